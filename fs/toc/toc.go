@@ -1,0 +1,163 @@
+package toc
+
+import (
+	"archive/tar"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// TOC is the decoded table of contents of one converted layer.
+type TOC struct {
+	// ChunkSize is the nominal size files were cut with (the last chunk of a file is shorter).
+	ChunkSize int64
+	// TarSize is the size of the layer's uncompressed tar.
+	TarSize int64
+	// Entries lists every tar entry in tar order (PAX global headers excepted).
+	Entries []Entry
+	// Chunks lists every content chunk in tar (and blob) order.
+	Chunks []Chunk
+}
+
+// Chunk is one independently compressed piece of a file's contents.
+type Chunk struct {
+	// Offset is the chunk's offset in the uncompressed tar stream.
+	Offset int64
+	// CompressedOffset is the offset of the chunk's zstd frame in the blob.
+	CompressedOffset int64
+	// Size and CompressedSize are the uncompressed and compressed (frame) sizes.
+	Size           uint32
+	CompressedSize uint32
+	// Sum is the sha256 of the chunk's uncompressed bytes: its content address.
+	Sum [32]byte
+}
+
+// Digest returns the chunk's content address.
+func (c *Chunk) Digest() digest.Digest {
+	return digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(c.Sum[:]))
+}
+
+// Entry flags.
+const (
+	// FlagSparse marks a GNU/PAX sparse file; its data is kept in the stream
+	// but not cut into chunks (readers cannot serve its contents lazily).
+	FlagSparse = 1 << 0
+)
+
+// Entry describes one tar entry with all of its metadata.
+type Entry struct {
+	// Name is the cleaned path relative to the layer root ("" is the root
+	// itself), without a leading "./" or "/" or a trailing "/".
+	Name string
+	// Linkname is the target of a symlink (verbatim) or a hardlink (cleaned like Name).
+	Linkname string
+	Uname    string
+	Gname    string
+	// Size is the file's logical size.
+	Size int64
+	// Mode holds the permission and special bits (setuid, setgid, sticky) as in the tar header.
+	Mode int64
+	UID  int64
+	GID  int64
+	// ModTime is the modification time (seconds and nanoseconds since the epoch).
+	ModTimeSec  int64
+	ModTimeNsec int32
+	// HeaderOffset is the offset in the tar of the entry's first header block
+	// (including any PAX or GNU long-name header before it).
+	HeaderOffset int64
+	Devmajor     uint32
+	Devminor     uint32
+	// FirstChunk and NumChunks select the entry's content chunks in TOC.Chunks.
+	FirstChunk uint32
+	NumChunks  uint32
+	// Type is the tar typeflag (tar.TypeReg, tar.TypeDir, ...).
+	Type  byte
+	Flags uint8
+	// Xattrs holds extended attributes (from SCHILY.xattr.* PAX records), sorted by key.
+	Xattrs []KV
+	// PAX holds the entry's other PAX records (not the ones already mirrored
+	// by the fields above: path, linkpath, size, uid, gid, uname, gname,
+	// mtime), sorted by key.
+	PAX []KV
+}
+
+// KV is one key/value pair of an entry's xattrs or PAX records.
+type KV struct {
+	Key   string
+	Value string
+}
+
+// ModTime returns the entry's modification time.
+func (e *Entry) ModTime() time.Time { return time.Unix(e.ModTimeSec, int64(e.ModTimeNsec)) }
+
+// IsRegular reports whether the entry is a regular file (with content).
+func (e *Entry) IsRegular() bool {
+	return e.Type == tar.TypeReg || e.Type == tar.TypeRegA || e.Type == tar.TypeCont
+}
+
+// Xattr returns the value of the extended attribute key, if present.
+func (e *Entry) Xattr(key string) (string, bool) {
+	i := sort.Search(len(e.Xattrs), func(i int) bool { return e.Xattrs[i].Key >= key })
+	if i < len(e.Xattrs) && e.Xattrs[i].Key == key {
+		return e.Xattrs[i].Value, true
+	}
+	return "", false
+}
+
+// EntryChunks returns the content chunks of entry e (a view into t.Chunks).
+func (t *TOC) EntryChunks(e *Entry) []Chunk {
+	if e.NumChunks == 0 {
+		return nil
+	}
+	return t.Chunks[e.FirstChunk : e.FirstChunk+e.NumChunks]
+}
+
+// ChunkRange returns the index range [first, last) of t.Chunks that holds the
+// bytes [off, off+n) of entry e's contents. It returns an empty range when the
+// range is empty or beyond the end of the file.
+func (t *TOC) ChunkRange(e *Entry, off, n int64) (first, last int) {
+	if e.NumChunks == 0 || n <= 0 || off >= e.Size || off < 0 {
+		return 0, 0
+	}
+	chunks := t.EntryChunks(e)
+	base := chunks[0].Offset
+	end := off + n
+	if end > e.Size {
+		end = e.Size
+	}
+	// First chunk whose end is beyond off.
+	i := sort.Search(len(chunks), func(i int) bool {
+		return chunks[i].Offset-base+int64(chunks[i].Size) > off
+	})
+	j := sort.Search(len(chunks), func(j int) bool { return chunks[j].Offset-base >= end })
+	return int(e.FirstChunk) + i, int(e.FirstChunk) + j
+}
+
+// DataOffset returns the offset of entry e's contents in the tar stream, or -1 if it has no chunks.
+func (t *TOC) DataOffset(e *Entry) int64 {
+	if e.NumChunks == 0 {
+		return -1
+	}
+	return t.Chunks[e.FirstChunk].Offset
+}
+
+// CleanName turns a tar path into the form used by Entry.Name, or returns
+// ErrUnsafePath when it escapes the root ("..", or ".." after cleaning).
+func CleanName(name string) (string, error) {
+	n := strings.TrimLeft(name, "/")
+	if n == "" || n == "." || n == "./" {
+		return "", nil
+	}
+	c := cleanPath(n)
+	if c == ".." || strings.HasPrefix(c, "../") {
+		return "", fmt.Errorf("%w: %q", ErrUnsafePath, name)
+	}
+	if c == "." {
+		return "", nil
+	}
+	return c, nil
+}

@@ -1,0 +1,422 @@
+package toc
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+)
+
+// Option configures Convert.
+type Option func(*options)
+
+type options struct {
+	chunkSize   int
+	level       zstd.EncoderLevel
+	concurrency int
+}
+
+// WithChunkSize sets the size files are cut into (default DefaultChunkSize).
+func WithChunkSize(n int) Option { return func(o *options) { o.chunkSize = n } }
+
+// WithLevel sets the zstd level of every frame (default zstd.SpeedDefault).
+func WithLevel(l zstd.EncoderLevel) Option { return func(o *options) { o.level = l } }
+
+// WithConcurrency sets how many frames are compressed at once (default GOMAXPROCS).
+func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
+
+// Result describes a converted layer.
+type Result struct {
+	TOC *TOC
+	// DiffID is the sha256 of the uncompressed tar; it equals the original layer's diffID.
+	DiffID digest.Digest
+	// Digest and Size describe the converted blob.
+	Digest digest.Digest
+	Size   int64
+	// Location is where the TOC bytes are in the blob.
+	Location Location
+}
+
+// Annotations returns the descriptor annotations that let a reader fetch and
+// verify the TOC with one range request.
+func (r *Result) Annotations() map[string]string {
+	return map[string]string{
+		AnnotationTOCOffset:        strconv.FormatInt(r.Location.Offset, 10),
+		AnnotationTOCLength:        strconv.FormatInt(r.Location.Length, 10),
+		AnnotationTOCDigest:        r.Location.Digest.String(),
+		AnnotationFormat:           strconv.Itoa(Version),
+		AnnotationChunkSize:        strconv.FormatInt(r.TOC.ChunkSize, 10),
+		AnnotationUncompressedSize: strconv.FormatInt(r.TOC.TarSize, 10),
+	}
+}
+
+// frame is one unit of compression: a run of tar bytes that becomes one zstd frame.
+type frame struct {
+	data  []byte
+	out   []byte
+	chunk int // index in TOC.Chunks, or -1 for a metadata frame
+	sum   [32]byte
+	done  chan struct{}
+}
+
+// Convert reads an uncompressed tar stream from src and writes the converted
+// layer blob to dst: every regular file's contents cut into chunks of the
+// configured size, each its own zstd frame, everything else (headers,
+// padding, the end-of-archive blocks) in metadata frames, then the TOC frame
+// and the footer. Decompressing the output yields src byte for byte.
+//
+// A tar entry whose path or hardlink target escapes the root fails with
+// ErrUnsafePath; a malformed tar fails with ErrBadTar. Errors name the entry
+// and its offset in the tar.
+func Convert(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) (*Result, error) {
+	o := options{chunkSize: DefaultChunkSize, level: zstd.SpeedDefault, concurrency: runtime.GOMAXPROCS(0)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.chunkSize < MinChunkSize || o.chunkSize > MaxChunkSize {
+		return nil, fmt.Errorf("chunk size %d outside [%d, %d]", o.chunkSize, MinChunkSize, MaxChunkSize)
+	}
+	if o.concurrency < 1 {
+		o.concurrency = 1
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.level), zstd.WithEncoderCRC(false),
+		zstd.WithEncoderConcurrency(o.concurrency), zstd.WithWindowSize(windowFor(o.chunkSize)))
+	if err != nil {
+		return nil, err
+	}
+	defer enc.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c := &converter{
+		ctx:    ctx,
+		cancel: cancel,
+		o:      o,
+		enc:    enc,
+		work:   make(chan *frame, o.concurrency*2),
+		order:  make(chan *frame, o.concurrency*4),
+		pool:   sync.Pool{New: func() any { return make([]byte, 0, o.chunkSize) }},
+		toc:    &TOC{ChunkSize: int64(o.chunkSize)},
+	}
+	var wg sync.WaitGroup
+	for range o.concurrency {
+		wg.Add(1)
+		go func() { defer wg.Done(); c.compress() }()
+	}
+	bw := &countingWriter{w: dst, h: sha256.New()}
+	writeErr := make(chan error, 1)
+	go func() { writeErr <- c.write(bw) }()
+
+	perr := c.produce(src)
+	close(c.work)
+	close(c.order)
+	werr := <-writeErr
+	wg.Wait()
+	if werr != nil {
+		return nil, fmt.Errorf("write converted layer: %w", werr)
+	}
+	if perr != nil {
+		return nil, perr
+	}
+
+	// TOC frame and footer.
+	payload := enc.EncodeAll(c.toc.Marshal(), nil)
+	tsum := sha256.Sum256(payload)
+	loc := Location{Offset: bw.n + 8, Length: int64(len(payload)), Digest: digest.NewDigestFromBytes(digest.SHA256, tsum[:])}
+	var hdr []byte
+	hdr = binary.LittleEndian.AppendUint32(hdr, TOCFrameMagic)
+	hdr = binary.LittleEndian.AppendUint32(hdr, uint32(len(payload)))
+	if len(payload) > 1<<32-1 {
+		return nil, fmt.Errorf("toc of %d bytes is too large", len(payload))
+	}
+	for _, b := range [][]byte{hdr, payload, AppendFooter(nil, Footer{Location: loc, Version: Version})} {
+		if _, err := bw.Write(b); err != nil {
+			return nil, err
+		}
+	}
+	return &Result{
+		TOC:      c.toc,
+		DiffID:   digest.NewDigest(digest.SHA256, c.tarHash),
+		Digest:   digest.NewDigest(digest.SHA256, bw.h),
+		Size:     bw.n,
+		Location: loc,
+	}, nil
+}
+
+// windowFor returns a zstd window that holds a whole chunk (so each frame is
+// one window) without exceeding what decoders must support.
+func windowFor(chunk int) int {
+	w := zstd.MinWindowSize
+	for w < chunk && w < 8<<20 {
+		w <<= 1
+	}
+	return w
+}
+
+type converter struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	o       options
+	enc     *zstd.Encoder
+	work    chan *frame
+	order   chan *frame
+	pool    sync.Pool
+	toc     *TOC
+	tarHash hash.Hash
+}
+
+func (c *converter) compress() {
+	for f := range c.work {
+		if c.ctx.Err() == nil {
+			if f.chunk >= 0 {
+				f.sum = sha256.Sum256(f.data)
+			}
+			f.out = c.enc.EncodeAll(f.data, make([]byte, 0, len(f.data)/2+64))
+		}
+		close(f.done)
+	}
+}
+
+// write emits frames in order and records the chunks' compressed positions.
+func (c *converter) write(w *countingWriter) error {
+	var err error
+	for f := range c.order {
+		<-f.done
+		if err == nil {
+			if err = c.ctx.Err(); err == nil {
+				if f.chunk >= 0 {
+					ch := &c.toc.Chunks[f.chunk]
+					ch.CompressedOffset = w.n
+					ch.CompressedSize = uint32(len(f.out))
+					ch.Sum = f.sum
+				}
+				_, err = w.Write(f.out)
+			}
+			if err != nil {
+				c.cancel()
+			}
+		}
+		if f.chunk >= 0 {
+			c.pool.Put(f.data[:0]) //nolint:staticcheck // a slice header per Put is cheap next to a chunk
+		}
+		f.out = nil
+	}
+	return err
+}
+
+func (c *converter) emit(data []byte, chunk int) error {
+	f := &frame{data: data, chunk: chunk, done: make(chan struct{})}
+	select {
+	case c.order <- f:
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
+	select {
+	case c.work <- f:
+	case <-c.ctx.Done():
+		close(f.done)
+		return c.ctx.Err()
+	}
+	return nil
+}
+
+// rawReader counts, hashes and optionally records the raw tar bytes that
+// archive/tar consumes, so headers and padding can be written verbatim.
+type rawReader struct {
+	r      io.Reader
+	n      int64
+	h      hash.Hash
+	record bool
+	buf    []byte
+}
+
+func (r *rawReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.n += int64(n)
+		r.h.Write(p[:n])
+		if r.record {
+			r.buf = append(r.buf, p[:n]...)
+		}
+	}
+	return n, err
+}
+
+const metaFlush = 1 << 20
+
+func (c *converter) flushMeta(raw *rawReader) error {
+	if len(raw.buf) == 0 {
+		return nil
+	}
+	data := raw.buf
+	raw.buf = make([]byte, 0, 64<<10)
+	return c.emit(data, -1)
+}
+
+func (c *converter) produce(src io.Reader) error {
+	raw := &rawReader{r: bufio.NewReaderSize(src, 1<<20), h: sha256.New(), record: true, buf: make([]byte, 0, 64<<10)}
+	c.tarHash = raw.h
+	tr := tar.NewReader(raw)
+	var dataEnd int64
+	for {
+		if err := c.ctx.Err(); err != nil {
+			return err
+		}
+		hdrOff := (dataEnd + 511) &^ 511
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%w: entry header at offset %d: %v", ErrBadTar, hdrOff, err)
+		}
+		if hdr.Typeflag == tar.TypeXGlobalHeader {
+			if _, err := io.Copy(io.Discard, tr); err != nil {
+				return fmt.Errorf("%w: pax global header at offset %d: %v", ErrBadTar, hdrOff, err)
+			}
+			dataEnd = raw.n
+			continue
+		}
+		e, err := entryFromHeader(hdr, hdrOff)
+		if err != nil {
+			return err
+		}
+		if e.IsRegular() && e.Flags&FlagSparse == 0 && hdr.Size > 0 {
+			if err := c.flushMeta(raw); err != nil {
+				return err
+			}
+			e.FirstChunk = uint32(len(c.toc.Chunks))
+			raw.record = false
+			for left := hdr.Size; left > 0; {
+				n := int64(c.o.chunkSize)
+				if left < n {
+					n = left
+				}
+				off := raw.n
+				buf := c.pool.Get().([]byte)[:n]
+				if _, err := io.ReadFull(tr, buf); err != nil {
+					return fmt.Errorf("%w: %q: contents at offset %d: %v", ErrBadTar, hdr.Name, off, unexpected(err))
+				}
+				c.toc.Chunks = append(c.toc.Chunks, Chunk{Offset: off, Size: uint32(n)})
+				if err := c.emit(buf, len(c.toc.Chunks)-1); err != nil {
+					return err
+				}
+				e.NumChunks++
+				left -= n
+			}
+			raw.record = true
+		} else if _, err := io.Copy(io.Discard, tr); err != nil {
+			return fmt.Errorf("%w: %q: contents at offset %d: %v", ErrBadTar, hdr.Name, raw.n, unexpected(err))
+		}
+		dataEnd = raw.n
+		c.toc.Entries = append(c.toc.Entries, e)
+		if len(raw.buf) >= metaFlush {
+			if err := c.flushMeta(raw); err != nil {
+				return err
+			}
+		}
+	}
+	// The end-of-archive blocks and any padding after them belong to the tar too.
+	if _, err := io.Copy(io.Discard, raw); err != nil {
+		return fmt.Errorf("%w: after the end of the archive at offset %d: %v", ErrBadTar, raw.n, err)
+	}
+	if err := c.flushMeta(raw); err != nil {
+		return err
+	}
+	c.toc.TarSize = raw.n
+	return nil
+}
+
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// entryFromHeader turns a tar header into an Entry, rejecting unsafe paths.
+func entryFromHeader(h *tar.Header, off int64) (Entry, error) {
+	name, err := CleanName(h.Name)
+	if err != nil {
+		return Entry{}, fmt.Errorf("entry at offset %d: %w", off, err)
+	}
+	e := Entry{
+		Name:         name,
+		Type:         h.Typeflag,
+		Mode:         h.Mode,
+		UID:          int64(h.Uid),
+		GID:          int64(h.Gid),
+		Uname:        h.Uname,
+		Gname:        h.Gname,
+		Size:         h.Size,
+		ModTimeSec:   h.ModTime.Unix(),
+		ModTimeNsec:  int32(h.ModTime.Nanosecond()),
+		HeaderOffset: off,
+		Linkname:     h.Linkname,
+	}
+	if e.Mode < 0 || e.UID < 0 || e.GID < 0 || e.Size < 0 || h.Devmajor < 0 || h.Devminor < 0 ||
+		h.Devmajor > 1<<32-1 || h.Devminor > 1<<32-1 {
+		return Entry{}, fmt.Errorf("%w: %q at offset %d: negative or oversized numeric field", ErrBadTar, h.Name, off)
+	}
+	if h.Typeflag == tar.TypeLink {
+		if e.Linkname, err = CleanName(h.Linkname); err != nil {
+			return Entry{}, fmt.Errorf("hardlink %q at offset %d: %w", h.Name, off, err)
+		}
+	}
+	if h.Typeflag == tar.TypeChar || h.Typeflag == tar.TypeBlock {
+		e.Devmajor, e.Devminor = uint32(h.Devmajor), uint32(h.Devminor)
+	}
+	if h.Typeflag == tar.TypeGNUSparse {
+		e.Flags |= FlagSparse
+	}
+	for k, v := range h.PAXRecords {
+		switch {
+		case strings.HasPrefix(k, "SCHILY.xattr."):
+			e.Xattrs = append(e.Xattrs, KV{Key: strings.TrimPrefix(k, "SCHILY.xattr."), Value: v})
+		case strings.HasPrefix(k, "GNU.sparse."):
+			e.Flags |= FlagSparse
+			e.PAX = append(e.PAX, KV{Key: k, Value: v})
+		case mirroredPAX[k]:
+		default:
+			e.PAX = append(e.PAX, KV{Key: k, Value: v})
+		}
+	}
+	sort.Slice(e.Xattrs, func(i, j int) bool { return e.Xattrs[i].Key < e.Xattrs[j].Key })
+	sort.Slice(e.PAX, func(i, j int) bool { return e.PAX[i].Key < e.PAX[j].Key })
+	if e.Flags&FlagSparse != 0 && h.Typeflag != tar.TypeGNUSparse {
+		e.Type = tar.TypeReg
+	}
+	return e, nil
+}
+
+// mirroredPAX are PAX keys whose values the Entry already holds in typed fields.
+var mirroredPAX = map[string]bool{
+	"path": true, "linkpath": true, "size": true, "uid": true, "gid": true,
+	"uname": true, "gname": true, "mtime": true,
+}
+
+type countingWriter struct {
+	w io.Writer
+	h hash.Hash
+	n int64
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	w.h.Write(p[:n])
+	w.n += int64(n)
+	return n, err
+}
