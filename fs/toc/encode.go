@@ -325,32 +325,36 @@ func Unmarshal(b []byte) (*TOC, error) {
 
 	nent := d.count("entry", 12)
 	t.Entries = make([]Entry, nent)
-	prev := ""
+	// Names are assembled in one arena and turned into a single string at the
+	// end: one allocation for all names instead of one per entry.
+	var arena []byte
+	spans := make([]uint64, nent)  // start<<32 | length, in arena
+	shared := make([]uint32, nent) // name bytes shared with the previous name
+	prevStart, prevLen := 0, 0
 	var hdr int64
 	var next uint32
-	var sb strings.Builder
 	for i := range t.Entries {
 		e := &t.Entries[i]
 		e.Type = d.byte1("entry type")
 		p := d.uvarint("name prefix")
-		suffix := d.str("name")
+		suffix := d.bytes(int(min(d.uvarint("name length"), uint64(len(d.b)+1))), "name")
 		if d.err != nil {
 			return nil, d.err
 		}
-		if p > uint64(len(prev)) {
+		if p > uint64(prevLen) {
 			d.fail("entry %d: name prefix %d longer than the previous name", i, p)
 			return nil, d.err
 		}
-		if p == 0 {
-			e.Name = suffix
-		} else {
-			sb.Reset()
-			sb.Grow(int(p) + len(suffix))
-			sb.WriteString(prev[:p])
-			sb.WriteString(suffix)
-			e.Name = sb.String()
+		start := len(arena)
+		if start+int(p)+len(suffix) > math.MaxUint32 {
+			d.fail("entry %d: names too long", i)
+			return nil, d.err
 		}
-		prev = e.Name
+		arena = append(arena, arena[prevStart:prevStart+int(p)]...)
+		arena = append(arena, suffix...)
+		prevStart, prevLen = start, len(arena)-start
+		spans[i] = uint64(start)<<32 | uint64(prevLen)
+		shared[i] = uint32(p)
 		e.Mode = d.int63("mode")
 		e.UID = d.int63("uid")
 		e.GID = d.int63("gid")
@@ -390,12 +394,25 @@ func Unmarshal(b []byte) (*TOC, error) {
 		if d.err != nil {
 			return nil, d.err
 		}
-		if err := t.checkEntry(i, e, &next); err != nil {
-			return nil, err
-		}
 	}
 	if d.err != nil {
 		return nil, d.err
+	}
+	names := string(arena)
+	for i := range t.Entries {
+		start, n := int(spans[i]>>32), int(spans[i]&math.MaxUint32)
+		t.Entries[i].Name = names[start : start+n]
+		// Whole components shared with the previous (checked) name need no new check.
+		from := 0
+		if i > 0 {
+			from = strings.LastIndexByte(t.Entries[i].Name[:shared[i]], '/') + 1
+		}
+		if !isCleanName(t.Entries[i].Name, from) {
+			return nil, fmt.Errorf("%w: entry %d (%q): name is not clean or escapes the root", ErrBadTOC, i, t.Entries[i].Name)
+		}
+		if err := t.checkEntry(i, &t.Entries[i], &next); err != nil {
+			return nil, err
+		}
 	}
 	if int(next) != len(t.Chunks) {
 		return nil, fmt.Errorf("%w: %d chunks listed, %d used by entries", ErrBadTOC, len(t.Chunks), next)
@@ -404,6 +421,27 @@ func Unmarshal(b []byte) (*TOC, error) {
 		return nil, fmt.Errorf("%w: %d trailing bytes", ErrBadTOC, len(b)-d.off)
 	}
 	return t, nil
+}
+
+// isCleanName reports whether name is what CleanName returns for some path:
+// relative, no empty, "." or ".." components, no trailing slash. It does
+// not allocate (path.Clean dominated TOC decoding). Components before byte
+// from (a component boundary) are taken as checked.
+func isCleanName(name string, from int) bool {
+	if name == "" {
+		return true
+	}
+	start := from
+	for i := from; i <= len(name); i++ {
+		if i == len(name) || name[i] == '/' {
+			switch name[start:i] {
+			case "", ".", "..":
+				return false
+			}
+			start = i + 1
+		}
+	}
+	return true
 }
 
 func (d *decoder) kvs(lookup func(string) string, what string) []KV {
@@ -425,11 +463,8 @@ func (t *TOC) checkEntry(i int, e *Entry, next *uint32) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: entry %d (%q): %s", ErrBadTOC, i, e.Name, fmt.Sprintf(format, args...))
 	}
-	if c, err := CleanName(e.Name); err != nil || c != e.Name {
-		return bad("name is not clean or escapes the root")
-	}
 	if e.Type == 0x31 /* hardlink */ {
-		if c, err := CleanName(e.Linkname); err != nil || c != e.Linkname {
+		if !isCleanName(e.Linkname, 0) {
 			return bad("hardlink target is not clean or escapes the root")
 		}
 	}

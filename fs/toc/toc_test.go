@@ -460,3 +460,13 @@ func (m *markerReader) Read(p []byte) (int, error) {
 	m.off += int64(len(p))
 	return len(p), nil
 }
+
+func TestIsCleanNameMatchesCleanName(t *testing.T) {
+	for _, n := range []string{"", "a", "a/b", "a//b", "a/./b", "a/../b", "../a", "/a", "a/", ".", "..", "a/..", "a/.b", "..a", "a/b..", "...", "a/.../b"} {
+		c, err := toc.CleanName(n)
+		want := err == nil && c == n
+		if _, err := toc.Unmarshal((&toc.TOC{Entries: []toc.Entry{{Name: n, Type: tar.TypeDir}}}).Marshal()); (err == nil) != want {
+			t.Errorf("%q: decoder accepts=%v, CleanName clean=%v", n, err == nil, want)
+		}
+	}
+}

@@ -1,0 +1,103 @@
+package toc_test
+
+import (
+	"bytes"
+	"context"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/lazyfs/lazyfs/fs/toc"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+)
+
+// seedTOC returns an encoded TOC covering every entry type.
+func seedTOC(t testing.TB) (*toc.Result, []byte) {
+	blob, res := toctest.Convert(t, toctest.Tar(t, toctest.AllTypes(20<<10)), toc.WithChunkSize(toc.MinChunkSize))
+	return res, blob
+}
+
+// FuzzUnmarshal: any bytes either decode into a consistent TOC that
+// re-encodes to the same bytes, or fail with an error; never a panic.
+func FuzzUnmarshal(f *testing.F) {
+	res, _ := seedTOC(f)
+	good := res.TOC.Marshal()
+	f.Add(good)
+	f.Add(good[:len(good)/2])
+	f.Add([]byte("LZFSTOC\x00\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tc, err := toc.Unmarshal(b)
+		if err != nil {
+			return
+		}
+		for i := range tc.Entries {
+			e := &tc.Entries[i]
+			if _, err := toc.CleanName(e.Name); err != nil {
+				t.Fatalf("accepted unsafe name %q", e.Name)
+			}
+			for _, c := range tc.EntryChunks(e) {
+				if c.Offset+int64(c.Size) > tc.TarSize {
+					t.Fatalf("accepted chunk beyond the tar")
+				}
+			}
+		}
+		tc2, err := toc.Unmarshal(tc.Marshal())
+		if err != nil {
+			t.Fatalf("re-encoded toc does not decode: %v", err)
+		}
+		if len(tc2.Entries) != len(tc.Entries) || len(tc2.Chunks) != len(tc.Chunks) {
+			t.Fatal("re-encoding changed the toc")
+		}
+	})
+}
+
+// FuzzParseFooter: never a panic; a parsed footer round-trips.
+func FuzzParseFooter(f *testing.F) {
+	res, blob := seedTOC(f)
+	f.Add(blob[len(blob)-toc.FooterSize:])
+	f.Add(toc.AppendFooter(nil, toc.Footer{Location: res.Location, Version: 2}))
+	f.Add(make([]byte, toc.FooterSize))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ft, err := toc.ParseFooter(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(toc.AppendFooter(nil, ft), b) {
+			t.Fatal("footer does not round-trip")
+		}
+	})
+}
+
+// FuzzReadTOC: a whole blob tail (footer + toc frame) from untrusted bytes.
+func FuzzReadTOC(f *testing.F) {
+	_, blob := seedTOC(f)
+	f.Add(blob)
+	enc, _ := zstd.NewWriter(nil)
+	f.Add(enc.EncodeAll([]byte("hello"), nil))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _, _ = toc.ReadTOC(context.Background(), bytes.NewReader(b), int64(len(b)), nil)
+	})
+}
+
+// FuzzConvert: arbitrary tar bytes convert or fail cleanly; a successful
+// conversion decompresses to the input.
+func FuzzConvert(f *testing.F) {
+	f.Add(toctest.Tar(f, toctest.AllTypes(9000)))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var out bytes.Buffer
+		res, err := toc.Convert(context.Background(), bytes.NewReader(b), &out, toc.WithChunkSize(toc.MinChunkSize))
+		if err != nil {
+			return
+		}
+		d, _ := zstd.NewReader(nil)
+		defer d.Close()
+		got, err := d.DecodeAll(out.Bytes(), nil)
+		if err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("converted stream does not decompress to the input: %v", err)
+		}
+		if _, _, err := toc.ReadTOC(context.Background(), bytes.NewReader(out.Bytes()), res.Size, nil); err != nil {
+			t.Fatalf("own toc rejected: %v", err)
+		}
+	})
+}
