@@ -1,0 +1,571 @@
+package blobcache
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+	"github.com/opencontainers/go-digest"
+)
+
+// Badger is a Cache backed by a badger/v4 database in one directory. Make it
+// with Open.
+type Badger struct {
+	dir          string
+	cfg          config
+	db           *badger.DB
+	vlogFileSize int64
+
+	life   sync.RWMutex // shared by every call, exclusive in Close
+	closed bool         // guarded by life
+
+	// wmu serialises every change to the database (Put, eviction, dropping a
+	// corrupt chunk, saving access times, forcing a memtable flush), so the
+	// index and the database never disagree about which chunks exist.
+	wmu       sync.Mutex
+	lastSaved int64 // access-time watermark of the last save; guarded by wmu
+
+	mu  sync.Mutex // guards idx
+	idx *index
+
+	evictedSinceGC atomic.Int64
+	gcKick         chan struct{}
+	stop           context.CancelFunc
+	done           chan struct{}
+	recPool        sync.Pool // *[]byte for assembling chunk records in Put
+	st             counters
+}
+
+// Badger tuning that does not depend on the capacity. Memtables are small
+// because the LSM tree only holds keys, value pointers and 24-byte meta
+// records: chunk bytes of ValueThreshold or more live in the value log.
+const (
+	memTableSize   = 4 << 20
+	valueThreshold = 256
+	minVlogFile    = 1 << 20
+	maxVlogFile    = 128 << 20
+	// gcDiscardRatio is badger's recommended ratio for routine collection: a
+	// value-log file is rewritten when half of it is garbage.
+	gcDiscardRatio = 0.5
+)
+
+// Open opens (creating if needed) the cache in dir. Badger allows one process
+// per directory; a second Open of the same directory fails.
+//
+// Bounds: Stats.Size (chunk bytes) never exceeds the capacity; the least
+// recently used unpinned chunk is evicted first. On disk, badger keeps chunk
+// bytes in value-log files of VLF bytes (default capacity/16, clamped to
+// [1 MiB, 128 MiB]) and reclaims evicted bytes by rewriting files that are at
+// least half garbage. A background goroutine owned by the cache does so every
+// GC interval and as soon as VLF bytes have been evicted since the last
+// collection; when the directory is still above the bound it collects files
+// with less garbage too. The directory's disk use stays within
+// capacity + DiskSlack(capacity) (see DiskSlack), measured right after a
+// collection; between collections it can exceed that by up to one more VLF.
+//
+// LRU order across reopen: the order in memory is exact; access times are
+// persisted lazily (every GC interval and on Close) in each chunk's meta
+// record, and Open rebuilds the order by sorting those records. After a crash
+// the order is as of the last save, i.e. approximate.
+//
+// Crash safety: every Put is one badger transaction holding the chunk record
+// and its meta record. Writes are not fsynced by default (WithSyncWrites): a
+// process killed at any instant loses no acknowledged Put, because badger
+// writes through mmap into the page cache; on the next Open badger replays
+// its write-ahead log and drops a torn tail, so a chunk is either wholly
+// present or absent. A chunk whose bytes are damaged anyway (power loss,
+// bit rot) fails the check on Get and is dropped, never served.
+func Open(dir string, opts ...Option) (*Badger, error) {
+	cfg := newConfig(opts, DefaultCapacity)
+	if cfg.capacity <= 0 {
+		return nil, fmt.Errorf("open cache %s: capacity %d must be positive", dir, cfg.capacity)
+	}
+	if dir == "" {
+		return nil, errors.New("open cache: empty directory")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open cache %s: %w", dir, err)
+	}
+	vlf := vlogFileSize(cfg)
+	db, err := badger.Open(badgerOptions(dir, cfg, vlf))
+	if err != nil {
+		return nil, fmt.Errorf("open cache %s: %w", dir, err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	c := &Badger{
+		dir:          dir,
+		cfg:          cfg,
+		db:           db,
+		vlogFileSize: vlf,
+		idx:          newIndex(),
+		gcKick:       make(chan struct{}, 1),
+		stop:         stop,
+		done:         make(chan struct{}),
+	}
+	if err := c.load(); err != nil {
+		stop()
+		db.Close()
+		return nil, fmt.Errorf("open cache %s: %w", dir, err)
+	}
+	go c.loop(ctx)
+	return c, nil
+}
+
+// vlogFileSize returns the value-log file size for cfg.
+func vlogFileSize(cfg config) int64 {
+	v := cfg.vlogFileSize
+	if v <= 0 {
+		v = cfg.capacity / 16
+	}
+	return min(max(v, minVlogFile), maxVlogFile)
+}
+
+// DiskSlack is the documented margin above the capacity that a Badger cache
+// directory stays within after a collection: three value-log files (the one
+// being written, one collected only once it is half garbage, and one of
+// garbage that triggers the next collection) plus the LSM tree, write-ahead
+// logs and badger's fixed files (16 MiB).
+func DiskSlack(capacity int64, opts ...Option) int64 {
+	cfg := newConfig(opts, capacity)
+	cfg.capacity = capacity
+	return 3*vlogFileSize(cfg) + 16<<20
+}
+
+func badgerOptions(dir string, cfg config, vlf int64) badger.Options {
+	return badger.DefaultOptions(dir).
+		WithLogger(badgerLogger{cfg.logger}).
+		WithSyncWrites(cfg.syncWrites).
+		WithMetricsEnabled(false).
+		WithDetectConflicts(false). // the cache serialises its own writes
+		WithCompression(options.None).
+		WithMemTableSize(memTableSize).
+		WithNumMemtables(2).
+		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTablesStall(8).
+		WithBaseTableSize(2 << 20).
+		WithBaseLevelSize(8 << 20).
+		WithBlockCacheSize(8 << 20).
+		WithNumCompactors(2).
+		WithNumVersionsToKeep(1).
+		WithValueThreshold(valueThreshold).
+		WithValueLogFileSize(vlf).
+		WithCompactL0OnClose(true)
+}
+
+// load rebuilds the index from the meta records, drops records without their
+// other half, and evicts down to the capacity if it shrank.
+func (c *Badger) load() error {
+	type rec struct {
+		k key
+		m meta
+	}
+	var recs []rec
+	var drop []key
+	metas := make(map[key]int) // index into recs
+	err := c.db.View(func(txn *badger.Txn) error {
+		opt := badger.DefaultIteratorOptions
+		opt.Prefix = []byte{prefixMeta}
+		it := txn.NewIterator(opt)
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			var k key
+			if len(item.Key()) != keyLen {
+				continue // not ours; badger keeps its own keys elsewhere
+			}
+			copy(k[:], item.Key()[1:])
+			var m meta
+			err := item.Value(func(v []byte) error {
+				var err error
+				m, err = decodeMeta(v)
+				return err
+			})
+			if err != nil {
+				c.cfg.logger.Warn("blobcache: dropping chunk with bad meta record", "chunk", k.digest(), "err", err)
+				drop = append(drop, k)
+				continue
+			}
+			metas[k] = len(recs)
+			recs = append(recs, rec{k, m})
+		}
+		it.Close()
+
+		opt = badger.DefaultIteratorOptions
+		opt.Prefix = []byte{prefixChunk}
+		opt.PrefetchValues = false
+		it = txn.NewIterator(opt)
+		defer it.Close()
+		seen := make([]bool, len(recs))
+		for it.Rewind(); it.Valid(); it.Next() {
+			var k key
+			if len(it.Item().Key()) != keyLen {
+				continue
+			}
+			copy(k[:], it.Item().Key()[1:])
+			i, ok := metas[k]
+			if !ok {
+				drop = append(drop, k) // chunk without meta
+				continue
+			}
+			seen[i] = true
+		}
+		for i, ok := range seen {
+			if !ok {
+				drop = append(drop, recs[i].k) // meta without chunk
+				recs[i].k = key{}
+				recs[i].m.size = -1
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("rebuild index: %w", err)
+	}
+	slices.SortFunc(recs, func(a, b rec) int { return cmp.Compare(a.m.atime, b.m.atime) })
+	for _, r := range recs {
+		if r.m.size < 0 {
+			continue
+		}
+		c.idx.add(&entry{k: r.k, size: r.m.size, atime: r.m.atime, savedAtime: r.m.atime})
+		c.lastSaved = max(c.lastSaved, r.m.atime)
+	}
+	victims := c.idx.evictFor(0, c.cfg.capacity)
+	for _, e := range victims {
+		drop = append(drop, e.k)
+	}
+	c.st.evictions.Add(int64(len(victims)))
+	if len(drop) > 0 {
+		if err := c.deleteKeys(drop); err != nil {
+			return fmt.Errorf("drop %d stale chunks: %w", len(drop), err)
+		}
+	}
+	return nil
+}
+
+// deleteKeys deletes both records of each chunk.
+func (c *Badger) deleteKeys(ks []key) error {
+	wb := c.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, k := range ks {
+		if err := wb.Delete(dbKey(prefixChunk, k)); err != nil {
+			return err
+		}
+		if err := wb.Delete(dbKey(prefixMeta, k)); err != nil {
+			return err
+		}
+	}
+	return wb.Flush()
+}
+
+// begin takes the shared lifetime lock; callers defer c.life.RUnlock().
+func (c *Badger) begin() error {
+	c.life.RLock()
+	if c.closed {
+		c.life.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// Get implements Cache.
+func (c *Badger) Get(ctx context.Context, d digest.Digest) ([]byte, error) {
+	return c.GetInto(ctx, d, nil)
+}
+
+// errBadChunk marks a stored chunk that failed to read or verify.
+var errBadChunk = errors.New("stored chunk fails verification")
+
+// GetInto is Get that returns the chunk in buf[:n] when cap(buf) is large
+// enough, so a caller with a reusable buffer avoids a chunk-sized allocation.
+func (c *Badger) GetInto(ctx context.Context, d digest.Digest, buf []byte) ([]byte, error) {
+	k, err := parseDigest(d)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := c.begin(); err != nil {
+		return nil, err
+	}
+	defer c.life.RUnlock()
+
+	c.mu.Lock()
+	e := c.idx.m[k]
+	var size int64
+	if e != nil {
+		c.idx.touch(e, time.Now().UnixNano())
+		size = e.size
+	}
+	c.mu.Unlock()
+	if e == nil {
+		c.st.misses.Add(1)
+		return nil, fmt.Errorf("chunk %s: %w", d, ErrNotFound)
+	}
+
+	out, err := c.read(k, size, buf)
+	switch {
+	case err == nil:
+		c.st.hits.Add(1)
+		c.st.bytesOut.Add(int64(len(out)))
+		return out, nil
+	case errors.Is(err, badger.ErrKeyNotFound): // evicted meanwhile
+		c.st.misses.Add(1)
+		return nil, fmt.Errorf("chunk %s: %w", d, ErrNotFound)
+	case errors.Is(err, errBadChunk):
+		c.dropCorrupt(k, err)
+		c.st.misses.Add(1)
+		return nil, fmt.Errorf("chunk %s: %w (dropped: %v)", d, ErrNotFound, err)
+	default:
+		return nil, fmt.Errorf("chunk %s: read: %w", d, err)
+	}
+}
+
+// read copies the chunk k of the given size into buf and verifies the copy.
+func (c *Badger) read(k key, size int64, buf []byte) ([]byte, error) {
+	txn := c.db.NewTransaction(false)
+	defer txn.Discard()
+	var kb [keyLen]byte
+	kb[0] = prefixChunk
+	copy(kb[1:], k[:])
+	item, err := txn.Get(kb[:])
+	if err != nil {
+		return nil, err
+	}
+	var (
+		out  []byte
+		want uint32
+	)
+	err = item.Value(func(v []byte) error {
+		crc, payload, err := decodeChunkRecord(v)
+		if err != nil {
+			return err
+		}
+		if int64(len(payload)) != size {
+			return fmt.Errorf("%d bytes, meta record says %d", len(payload), size)
+		}
+		want = crc
+		out = grow(buf, len(payload))
+		copy(out, payload)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadChunk, err)
+	}
+	// Verify the copy we return, not the mapped file.
+	if c.cfg.verify == VerifySHA256 {
+		if sha256.Sum256(out) != k {
+			return nil, fmt.Errorf("%w: sha256 differs", errBadChunk)
+		}
+	} else if got := crc32c(out); got != want {
+		return nil, fmt.Errorf("%w: crc32c %08x, recorded %08x", errBadChunk, got, want)
+	}
+	return out, nil
+}
+
+// dropCorrupt deletes a chunk that failed verification.
+func (c *Badger) dropCorrupt(k key, cause error) {
+	c.st.corrupt.Add(1)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	if e := c.idx.m[k]; e != nil {
+		c.idx.remove(e)
+	}
+	c.mu.Unlock()
+	err := c.deleteKeys([]key{k})
+	c.cfg.logger.Warn("blobcache: dropped corrupt chunk", "chunk", k.digest(), "cause", cause, "delete_err", err)
+}
+
+// Put implements Cache.
+func (c *Badger) Put(ctx context.Context, d digest.Digest, data []byte) error {
+	k, err := parseDigest(d)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	size := int64(len(data))
+	if size > c.cfg.capacity || size > MaxChunkSize {
+		return fmt.Errorf("chunk %s: %d bytes, capacity %d: %w", d, size, c.cfg.capacity, ErrTooLarge)
+	}
+	if err := c.begin(); err != nil {
+		return err
+	}
+	defer c.life.RUnlock()
+	if c.dedup(k) {
+		return nil
+	}
+	if sum := sha256.Sum256(data); sum != k {
+		return mismatch(d, sum)
+	}
+	bp, _ := c.recPool.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	defer c.recPool.Put(bp) // badger copies values before Commit returns
+	rec := grow(*bp, chunkHeaderLen+len(data))
+	*bp = rec
+	encodeChunkHeader(rec, crc32c(data))
+	copy(rec[chunkHeaderLen:], data)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	now := c.idx.stamp(time.Now().UnixNano())
+	if e := c.idx.m[k]; e != nil { // a concurrent Put won
+		c.idx.touch(e, now)
+		c.mu.Unlock()
+		c.st.dedups.Add(1)
+		return nil
+	}
+	victims := c.idx.evictFor(size, c.cfg.capacity)
+	c.mu.Unlock()
+	if err := c.evict(victims); err != nil {
+		return fmt.Errorf("chunk %s: evict: %w", d, err)
+	}
+
+	txn := c.db.NewTransaction(true)
+	defer txn.Discard()
+	if err := txn.Set(dbKey(prefixChunk, k), rec); err != nil {
+		return fmt.Errorf("chunk %s: store: %w", d, err)
+	}
+	if err := txn.Set(dbKey(prefixMeta, k), meta{size: size, atime: now}.encode()); err != nil {
+		return fmt.Errorf("chunk %s: store: %w", d, err)
+	}
+	if err := txn.Commit(); err != nil {
+		return fmt.Errorf("chunk %s: store: %w", d, err)
+	}
+	c.mu.Lock()
+	c.idx.add(&entry{k: k, size: size, atime: now, savedAtime: now})
+	c.mu.Unlock()
+	c.st.puts.Add(1)
+	c.st.bytesIn.Add(size)
+	return nil
+}
+
+// evict deletes chunks already removed from the index and kicks the
+// collector after an eviction burst. The caller holds wmu.
+func (c *Badger) evict(victims []*entry) error {
+	if len(victims) == 0 {
+		return nil
+	}
+	ks := make([]key, len(victims))
+	var bytes int64
+	for i, e := range victims {
+		ks[i] = e.k
+		bytes += e.size
+	}
+	c.st.evictions.Add(int64(len(victims)))
+	c.st.evictedBytes.Add(bytes)
+	err := c.deleteKeys(ks)
+	if c.evictedSinceGC.Add(bytes) >= c.vlogFileSize {
+		select {
+		case c.gcKick <- struct{}{}:
+		default:
+		}
+	}
+	return err
+}
+
+// dedup refreshes k and reports true when it is already stored.
+func (c *Badger) dedup(k key) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.idx.m[k]; e != nil {
+		c.idx.touch(e, time.Now().UnixNano())
+		c.st.dedups.Add(1)
+		return true
+	}
+	return false
+}
+
+// Has implements Cache.
+func (c *Badger) Has(ctx context.Context, d digest.Digest) (bool, error) {
+	k, err := parseDigest(d)
+	if err != nil {
+		return false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if err := c.begin(); err != nil {
+		return false, err
+	}
+	defer c.life.RUnlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.idx.m[k] != nil, nil
+}
+
+// Pin implements Pinner.
+func (c *Badger) Pin(ds ...digest.Digest) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range ds {
+		if k, err := parseDigest(d); err == nil {
+			c.idx.pin(k)
+		}
+	}
+}
+
+// Unpin implements Pinner.
+func (c *Badger) Unpin(ds ...digest.Digest) {
+	now := time.Now().UnixNano()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range ds {
+		if k, err := parseDigest(d); err == nil {
+			c.idx.unpin(k, now)
+		}
+	}
+}
+
+// Stats implements Cache. It measures the directory's disk use (a few stat
+// calls).
+func (c *Badger) Stats() Stats {
+	var s Stats
+	c.st.fill(&s)
+	c.mu.Lock()
+	s.Entries = int64(len(c.idx.m))
+	s.Size = c.idx.size
+	s.Pinned = c.idx.npinned
+	c.mu.Unlock()
+	s.Capacity = c.cfg.capacity
+	s.DiskSize, _ = dirSize(c.dir)
+	return s
+}
+
+// Close implements Cache: it stops the collector, saves access times and
+// closes the database.
+func (c *Badger) Close() error {
+	c.life.Lock()
+	if c.closed {
+		c.life.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.life.Unlock()
+	c.stop()
+	<-c.done
+	serr := c.saveAccessTimes()
+	if err := c.db.Close(); err != nil {
+		return fmt.Errorf("close cache %s: %w", c.dir, err)
+	}
+	if serr != nil {
+		return fmt.Errorf("close cache %s: save access times: %w", c.dir, serr)
+	}
+	return nil
+}

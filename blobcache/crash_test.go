@@ -1,0 +1,3 @@
+package blobcache_test
+
+func blobcacheCrashChild() bool { return false }

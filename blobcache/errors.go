@@ -1,0 +1,25 @@
+package blobcache
+
+import "errors"
+
+// Errors returned by every Cache implementation, wrapped with context naming
+// the chunk; test them with errors.Is.
+var (
+	// ErrNotFound reports a miss: the chunk is not stored (or was found corrupt
+	// and dropped).
+	ErrNotFound = errors.New("chunk not found")
+	// ErrDigestMismatch reports that the data given to Put does not hash to the
+	// digest it was offered under; nothing was stored.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrInvalidDigest reports a digest that is not a well-formed sha256 digest
+	// ("sha256:" and 64 lowercase hex characters).
+	ErrInvalidDigest = errors.New("invalid chunk digest")
+	// ErrTooLarge reports a chunk larger than the cache's capacity or than
+	// MaxChunkSize.
+	ErrTooLarge = errors.New("chunk too large")
+	// ErrClosed reports a call on a closed cache.
+	ErrClosed = errors.New("cache closed")
+	// ErrCorruptRecord reports a stored record that does not decode; the cache
+	// treats the chunk as corrupt.
+	ErrCorruptRecord = errors.New("corrupt cache record")
+)
