@@ -1,0 +1,16 @@
+//go:build !linux
+
+package prewarm
+
+import (
+	"os"
+	"syscall"
+)
+
+func childSysProcAttr(bool) *syscall.SysProcAttr { return nil }
+
+func killGroup(pid int, sig syscall.Signal) {
+	if p, err := os.FindProcess(pid); err == nil {
+		p.Signal(sig)
+	}
+}

@@ -1,0 +1,70 @@
+package prewarm
+
+import "errors"
+
+// Sentinel errors. Callers match them with errors.Is; the HTTP API carries
+// them as a stable "code" string (see errorCodes) and the Client maps the
+// code back to the same sentinel.
+var (
+	// ErrNoDriver means no NVIDIA driver (libnvidia-ml.so.1 or libcuda.so.1)
+	// could be loaded, or cgo was not compiled in.
+	ErrNoDriver = errors.New("no NVIDIA driver")
+	// ErrReportOnly means the daemon manages no GPU (no driver, no GPU) and
+	// only reports.
+	ErrReportOnly = errors.New("report-only mode: no GPU managed")
+	// ErrNotFound means no GPU or MIG device has the given UUID.
+	ErrNotFound = errors.New("gpu not found")
+	// ErrNoIdleGPU means a claim for "any idle GPU" found none.
+	ErrNoIdleGPU = errors.New("no idle gpu")
+	// ErrAlreadyClaimed means the GPU is claimed by someone else.
+	ErrAlreadyClaimed = errors.New("gpu already claimed")
+	// ErrBusy means a foreign compute process uses the GPU, or it is a MIG
+	// parent that cannot be claimed as a whole.
+	ErrBusy = errors.New("gpu busy")
+	// ErrNotClaimed means a release named a GPU (or claim id) that is not
+	// claimed.
+	ErrNotClaimed = errors.New("gpu not claimed")
+	// ErrHolder means a holder or warm-worker process failed to start or
+	// to report readiness.
+	ErrHolder = errors.New("holder failed")
+	// ErrBadRequest means an API request could not be decoded.
+	ErrBadRequest = errors.New("bad request")
+	// ErrNoWarmer means image warming has no cache owner to ask.
+	ErrNoWarmer = errors.New("no image warmer configured")
+)
+
+// errorCodes maps each sentinel to the code the API uses on the wire.
+var errorCodes = []struct {
+	err    error
+	code   string
+	status int
+}{
+	{ErrReportOnly, "report_only", 503},
+	{ErrNoDriver, "no_driver", 503},
+	{ErrNotFound, "not_found", 404},
+	{ErrNoIdleGPU, "no_idle_gpu", 409},
+	{ErrAlreadyClaimed, "already_claimed", 409},
+	{ErrBusy, "busy", 409},
+	{ErrNotClaimed, "not_claimed", 409},
+	{ErrHolder, "holder_failed", 500},
+	{ErrBadRequest, "bad_request", 400},
+	{ErrNoWarmer, "no_warmer", 503},
+}
+
+func codeOf(err error) (string, int) {
+	for _, c := range errorCodes {
+		if errors.Is(err, c.err) {
+			return c.code, c.status
+		}
+	}
+	return "internal", 500
+}
+
+func errOfCode(code string) error {
+	for _, c := range errorCodes {
+		if c.code == code {
+			return c.err
+		}
+	}
+	return nil
+}
