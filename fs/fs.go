@@ -1,0 +1,210 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazyfs/lazyfs/fs/toc"
+)
+
+// Cache is the content-addressed store of uncompressed, verified chunks
+// (package blobcache implements it). Any error from Get counts as a miss.
+// Bytes returned by Get are only read; Put is given a slice of its own.
+type Cache interface {
+	Get(ctx context.Context, d digest.Digest) ([]byte, error)
+	Put(ctx context.Context, d digest.Digest, data []byte) error
+}
+
+// cacheHaser is the optional existence check read-ahead uses to skip chunks
+// already cached without reading them.
+type cacheHaser interface {
+	Has(ctx context.Context, d digest.Digest) (bool, error)
+}
+
+// ChunkFetcher fetches a layer's chunks (package fs/remote implements it for
+// registries). FetchChunks calls fn once per chunk delivered, with i the
+// index in chunks and data its uncompressed bytes, valid only during the
+// call; fn may be called from several goroutines at once. It returns an error
+// if any chunk could not be delivered or fn failed.
+type ChunkFetcher interface {
+	FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i int, data []byte) error) error
+}
+
+// Layer is one converted layer to serve.
+type Layer struct {
+	// Name identifies the layer in logs, e.g. "docker.io/library/x@sha256:…/sha256:…".
+	Name string
+	// TOC is the layer's decoded table of contents. The Root reads it and never modifies it.
+	TOC *toc.TOC
+	// Fetcher fetches the layer's chunks that the cache does not hold.
+	Fetcher ChunkFetcher
+}
+
+// Options configures a Root. The zero value is usable.
+type Options struct {
+	// Cache holds fetched chunks; nil fetches every chunk on every read.
+	Cache Cache
+	// Logger gets EIO reports (one per chunk) and debug messages; nil discards.
+	Logger *slog.Logger
+	// ReadAhead is how many chunks past a sequential reader's position are
+	// fetched into the cache in the background: 0 means DefaultReadAhead, a
+	// negative value none.
+	ReadAhead int
+	// PrefetchWorkers bounds the background fetches (default 2).
+	PrefetchWorkers int
+	// EntryTimeout, AttrTimeout and NegativeTimeout are the kernel's cache
+	// lifetimes for names, attributes and missing names; 0 means
+	// DefaultTimeout (the contents never change).
+	EntryTimeout, AttrTimeout, NegativeTimeout time.Duration
+	// OverlayWhiteouts shows a single layer as an overlayfs lower layer:
+	// ".wh.NAME" as a 0:0 character device NAME, ".wh..wh..opq" as the
+	// trusted.overlay.opaque=y xattr of its directory. Without it the layers
+	// are merged with OCI whiteout rules and whiteout files are hidden.
+	OverlayWhiteouts bool
+	// Passthrough serves files whose chunks are all cached through FUSE
+	// passthrough from a copy in SpoolDir (needs root and kernel ≥ 6.9).
+	Passthrough bool
+	// SpoolDir holds the passthrough copies; required with Passthrough.
+	SpoolDir string
+}
+
+// Defaults.
+const (
+	DefaultReadAhead = 8
+	DefaultTimeout   = time.Hour
+)
+
+// Stats are a Root's counters since it was made.
+type Stats struct {
+	Reads         int64 // READ requests served (successfully or not)
+	BytesRead     int64 // bytes returned to readers
+	ChunkHits     int64 // chunks a read found in the cache
+	ChunkMisses   int64 // chunks a read had to fetch
+	FetchedChunks int64 // chunks delivered by fetchers (reads and read-ahead)
+	FetchedBytes  int64 // their uncompressed bytes
+	Prefetched    int64 // chunks fetched by read-ahead
+	EIO           int64 // reads failed with EIO
+	Interrupted   int64 // reads cancelled by the kernel's interrupt
+	Passthrough   int64 // opens served through FUSE passthrough
+	Lookups       int64 // LOOKUP requests
+	NegLookups    int64 // LOOKUP requests of missing names
+}
+
+type counters struct {
+	reads, bytesRead, hits, misses, fetched, fetchedBytes, prefetched, eio, interrupted, passthrough, lookups, neglookups atomic.Int64
+}
+
+// layer is a Layer as the Root holds it.
+type layer struct {
+	name    string
+	toc     *toc.TOC
+	fetcher ChunkFetcher
+}
+
+// Root is the filesystem of one or more layers. Mount it with Mount, or use
+// Node with go-fuse directly; Close stops its background work.
+type Root struct {
+	t     *tree
+	opts  Options
+	log   *slog.Logger
+	stats counters
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	prefetch chan prefetchJob
+	inflight sync.Map // [32]byte chunk sum → struct{}: read-ahead in progress
+	reported sync.Map // chunkKey → struct{}: EIO already logged
+	spool    *spool
+}
+
+// NewRoot builds the tree of layers (bottom layer first). It fails if no
+// layers are given, or with OverlayWhiteouts and more than one layer.
+func NewRoot(layers []Layer, opts Options) (*Root, error) {
+	if len(layers) == 0 {
+		return nil, ErrNoLayers
+	}
+	if opts.OverlayWhiteouts && len(layers) != 1 {
+		return nil, fmt.Errorf("%w: overlay whiteouts need exactly one layer, got %d", ErrBadOptions, len(layers))
+	}
+	if len(layers) > math.MaxUint16 {
+		return nil, fmt.Errorf("%w: %d layers", ErrBadOptions, len(layers))
+	}
+	if opts.Passthrough && opts.SpoolDir == "" {
+		return nil, fmt.Errorf("%w: passthrough needs a spool dir", ErrBadOptions)
+	}
+	ls := make([]*layer, len(layers))
+	for i, l := range layers {
+		if l.TOC == nil || l.Fetcher == nil {
+			return nil, fmt.Errorf("%w: layer %d (%s) has no toc or fetcher", ErrBadOptions, i, l.Name)
+		}
+		if uint64(len(l.TOC.Entries)) >= uint64(noEntry) {
+			return nil, fmt.Errorf("%w: layer %s: too many entries", ErrBadOptions, l.Name)
+		}
+		ls[i] = &layer{name: l.Name, toc: l.TOC, fetcher: l.Fetcher}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.ReadAhead == 0 {
+		opts.ReadAhead = DefaultReadAhead
+	}
+	if opts.PrefetchWorkers <= 0 {
+		opts.PrefetchWorkers = 2
+	}
+	for _, d := range []*time.Duration{&opts.EntryTimeout, &opts.AttrTimeout, &opts.NegativeTimeout} {
+		if *d == 0 {
+			*d = DefaultTimeout
+		}
+	}
+	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	if opts.Passthrough {
+		sp, err := newSpool(opts.SpoolDir)
+		if err != nil {
+			return nil, err
+		}
+		r.spool = sp
+	}
+	if opts.ReadAhead > 0 || r.spool != nil {
+		r.prefetch = make(chan prefetchJob, 64)
+		for range opts.PrefetchWorkers {
+			r.wg.Add(1)
+			go r.prefetcher()
+		}
+	}
+	return r, nil
+}
+
+// Close stops the Root's background work and waits for it. Reads still work
+// after Close, without read-ahead.
+func (r *Root) Close() error {
+	r.cancel()
+	r.wg.Wait()
+	if r.spool != nil {
+		return r.spool.close()
+	}
+	return nil
+}
+
+// Len returns the number of names in the tree (hardlinks counted once per name).
+func (r *Root) Len() int { return len(r.t.nodes) }
+
+// Stats returns the Root's counters.
+func (r *Root) Stats() Stats {
+	s := &r.stats
+	return Stats{
+		Reads: s.reads.Load(), BytesRead: s.bytesRead.Load(),
+		ChunkHits: s.hits.Load(), ChunkMisses: s.misses.Load(),
+		FetchedChunks: s.fetched.Load(), FetchedBytes: s.fetchedBytes.Load(),
+		Prefetched: s.prefetched.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
+		Passthrough: s.passthrough.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
+	}
+}

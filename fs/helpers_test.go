@@ -1,0 +1,395 @@
+package fs
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyfs/lazyfs/fs/fstest"
+	"github.com/lazyfs/lazyfs/fs/toc"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+)
+
+// testLayer is a converted layer with its fetcher.
+type testLayer struct {
+	tar     []byte
+	blob    []byte
+	toc     *toc.TOC
+	fetcher *fstest.BlobFetcher
+}
+
+func convertLayer(t testing.TB, tarball []byte, chunkSize int) *testLayer {
+	t.Helper()
+	blob, res := toctest.Convert(t, tarball, toc.WithChunkSize(chunkSize))
+	return &testLayer{tar: tarball, blob: blob, toc: res.TOC, fetcher: fstest.NewBlobFetcher(blob)}
+}
+
+func requireFUSE(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount FUSE (CI runs as root)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("needs /dev/fuse: %v", err)
+	}
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// mountLayers mounts the layers (bottom first) in a temp dir, unmounted at cleanup.
+func mountLayers(t testing.TB, layers []*testLayer, opts Options) (string, *Root) {
+	t.Helper()
+	requireFUSE(t)
+	ls := make([]Layer, len(layers))
+	for i, l := range layers {
+		ls[i] = Layer{Name: "test/layer" + string(rune('0'+i)), TOC: l.toc, Fetcher: l.fetcher}
+	}
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	root, err := NewRoot(ls, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv, err := Mount(dir, root, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	return dir, root
+}
+
+// dropCache drops the page cache of the file at p.
+func dropCache(t testing.TB, p string) {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fileInfo is what the equivalence tests compare for each path.
+type fileInfo struct {
+	Type   string
+	Perm   uint32 // incl. setuid, setgid, sticky
+	UID    uint32
+	GID    uint32
+	Size   int64 // regular files and symlinks
+	Link   string
+	Rdev   uint64
+	Mtime  int64 // nanoseconds since the epoch
+	Nlink  uint32
+	Xattrs map[string]string
+	SHA256 string
+}
+
+// treeInfo is a whole tree: infos by path plus hardlink groups.
+type treeInfo struct {
+	Files  map[string]fileInfo
+	Groups [][]string // sorted groups of paths sharing an inode (size > 1)
+}
+
+func typeName(mode uint32) string {
+	switch mode & syscall.S_IFMT {
+	case syscall.S_IFDIR:
+		return "dir"
+	case syscall.S_IFREG:
+		return "reg"
+	case syscall.S_IFLNK:
+		return "symlink"
+	case syscall.S_IFCHR:
+		return "char"
+	case syscall.S_IFBLK:
+		return "block"
+	case syscall.S_IFIFO:
+		return "fifo"
+	}
+	return "?"
+}
+
+func sortGroups(g map[uint64][]string) [][]string {
+	var out [][]string
+	for _, ps := range g {
+		if len(ps) > 1 {
+			slices.Sort(ps)
+			out = append(out, ps)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
+	return out
+}
+
+// walkMount reads the mounted tree at dir into a treeInfo.
+func walkMount(t testing.TB, dir string) treeInfo {
+	t.Helper()
+	ti := treeInfo{Files: map[string]fileInfo{}}
+	groups := map[uint64][]string{}
+	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			rel = ""
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		fi := fileInfo{Type: typeName(st.Mode), Perm: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid,
+			Mtime: st.Mtim.Nano(), Xattrs: map[string]string{}}
+		switch fi.Type {
+		case "reg":
+			fi.Size = st.Size
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(b)
+			fi.SHA256 = hex.EncodeToString(sum[:])
+		case "symlink":
+			fi.Size = st.Size
+			if fi.Link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		case "char", "block":
+			fi.Rdev = st.Rdev
+		}
+		if fi.Type != "dir" {
+			fi.Nlink = uint32(st.Nlink)
+			groups[st.Ino] = append(groups[st.Ino], rel)
+		}
+		buf := make([]byte, 64<<10)
+		n, err := unix.Llistxattr(p, buf)
+		if err != nil {
+			return err
+		}
+		for _, k := range strings.Split(string(buf[:n]), "\x00") {
+			if k == "" {
+				continue
+			}
+			v := make([]byte, 64<<10)
+			m, err := unix.Lgetxattr(p, k, v)
+			if err != nil {
+				return err
+			}
+			fi.Xattrs[k] = string(v[:m])
+		}
+		ti.Files[rel] = fi
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ti.Groups = sortGroups(groups)
+	return ti
+}
+
+// Reference applier: an in-memory extraction of the layers' tar streams
+// (read with archive/tar, independent of the TOC) with OCI whiteout rules.
+
+type refFile struct {
+	hdr  tar.Header
+	data []byte
+}
+
+type refNode struct {
+	f    *refFile // shared by the names of a hardlink group; nil for implicit dirs
+	kids map[string]*refNode
+}
+
+func (n *refNode) isDir() bool { return n.kids != nil }
+
+type refTree struct{ root *refNode }
+
+func newRefTree() *refTree { return &refTree{root: &refNode{kids: map[string]*refNode{}}} }
+
+func refClean(name string) string {
+	name = path.Clean("/" + name)
+	return strings.TrimPrefix(name, "/")
+}
+
+func (r *refTree) lookup(p string) *refNode {
+	n := r.root
+	for _, c := range strings.Split(p, "/") {
+		if c == "" {
+			continue
+		}
+		if !n.isDir() {
+			return nil
+		}
+		if n = n.kids[c]; n == nil {
+			return nil
+		}
+	}
+	return n
+}
+
+func (r *refTree) mkdirAll(p string) *refNode {
+	n := r.root
+	for _, c := range strings.Split(p, "/") {
+		if c == "" {
+			continue
+		}
+		k := n.kids[c]
+		if k == nil || !k.isDir() {
+			k = &refNode{kids: map[string]*refNode{}}
+			n.kids[c] = k
+		}
+		n = k
+	}
+	return n
+}
+
+// apply extracts one layer.
+func (r *refTree) apply(t testing.TB, tarball []byte) {
+	t.Helper()
+	var files []*refFile
+	tr := tar.NewReader(bytes.NewReader(tarball))
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, &refFile{hdr: *h, data: data})
+	}
+	// Whiteouts apply to the layers below only: first, all of them.
+	for _, f := range files {
+		name := refClean(f.hdr.Name)
+		dir, base := path.Split(name)
+		if !strings.HasPrefix(base, ".wh.") {
+			continue
+		}
+		d := r.lookup(dir)
+		if d == nil || !d.isDir() {
+			continue
+		}
+		if base == ".wh..wh..opq" {
+			d.kids = map[string]*refNode{}
+		} else if !strings.HasPrefix(base, ".wh..wh.") {
+			delete(d.kids, strings.TrimPrefix(base, ".wh."))
+		}
+	}
+	for _, f := range files {
+		name := refClean(f.hdr.Name)
+		dir, base := path.Split(name)
+		if strings.HasPrefix(base, ".wh.") {
+			continue
+		}
+		if name == "" {
+			r.root.f = f
+			continue
+		}
+		parent := r.mkdirAll(dir)
+		old := parent.kids[base]
+		switch {
+		case f.hdr.Typeflag == tar.TypeDir && old != nil && old.isDir():
+			old.f = f
+		case f.hdr.Typeflag == tar.TypeDir:
+			parent.kids[base] = &refNode{f: f, kids: map[string]*refNode{}}
+		case f.hdr.Typeflag == tar.TypeLink:
+			target := r.lookup(refClean(f.hdr.Linkname))
+			if target == nil || target.isDir() {
+				t.Fatalf("reference: hardlink %s to missing %s", name, f.hdr.Linkname)
+			}
+			parent.kids[base] = &refNode{f: target.f}
+		default:
+			parent.kids[base] = &refNode{f: f}
+		}
+	}
+}
+
+// info returns the tree as the mount should show it.
+func (r *refTree) info() treeInfo {
+	ti := treeInfo{Files: map[string]fileInfo{}}
+	ids := map[*refFile]uint64{}
+	groups := map[uint64][]string{}
+	var walk func(p string, n *refNode)
+	walk = func(p string, n *refNode) {
+		fi := fileInfo{Type: "dir", Perm: 0o755, Xattrs: map[string]string{}}
+		if f := n.f; f != nil {
+			h := &f.hdr
+			fi.Perm = uint32(h.Mode) & 0o7777
+			fi.UID, fi.GID = uint32(h.Uid), uint32(h.Gid)
+			fi.Mtime = h.ModTime.UnixNano()
+			for k, v := range h.PAXRecords {
+				if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+					fi.Xattrs[x] = v
+				}
+			}
+			if !n.isDir() {
+				if _, ok := ids[f]; !ok {
+					ids[f] = uint64(len(ids) + 1)
+				}
+				groups[ids[f]] = append(groups[ids[f]], p)
+			}
+			switch h.Typeflag {
+			case tar.TypeDir:
+			case tar.TypeSymlink:
+				fi.Type, fi.Link, fi.Size = "symlink", h.Linkname, int64(len(h.Linkname))
+			case tar.TypeChar:
+				fi.Type, fi.Rdev = "char", unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor))
+			case tar.TypeBlock:
+				fi.Type, fi.Rdev = "block", unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor))
+			case tar.TypeFifo:
+				fi.Type = "fifo"
+			default:
+				sum := sha256.Sum256(f.data)
+				fi.Type, fi.Size, fi.SHA256 = "reg", int64(len(f.data)), hex.EncodeToString(sum[:])
+			}
+		}
+		ti.Files[p] = fi
+		for name, k := range n.kids {
+			walk(path.Join(p, name), k)
+		}
+	}
+	walk("", r.root)
+	for p, fi := range ti.Files {
+		if fi.Type != "dir" {
+			fi.Nlink = uint32(len(groups[ids[r.lookup(p).f]]))
+			ti.Files[p] = fi
+		}
+	}
+	ti.Groups = sortGroups(groups)
+	return ti
+}

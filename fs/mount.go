@@ -1,0 +1,118 @@
+package fs
+
+import (
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// MountOptions configures Mount. The zero value is usable.
+type MountOptions struct {
+	// FsName is the mount's source as mount(8) shows it (default "lazyfs").
+	FsName string
+	// Private mounts without allow_other: only the mounting user sees the files.
+	Private bool
+	// NoDefaultPermissions leaves permission checks to nobody instead of the
+	// kernel checking the files' modes (default_permissions).
+	NoDefaultPermissions bool
+	// ReadAheadKB is the kernel read-ahead of the mount in KiB, written to its
+	// bdi's read_ahead_kb (default 1024, which makes the kernel send 1 MiB
+	// READs; negative leaves the kernel's default).
+	ReadAheadKB int
+	// Options are extra mount options (e.g. "suid", "dev"; the default is
+	// nosuid,nodev).
+	Options []string
+	// Debug logs every FUSE request to the go-fuse logger.
+	Debug bool
+}
+
+// Server is a mounted Root.
+type Server struct {
+	*fuse.Server
+	root *Root
+	dir  string
+}
+
+// Unmount unmounts the filesystem and stops the Root's background work.
+func (s *Server) Unmount() error {
+	err := s.Server.Unmount()
+	if cerr := s.root.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Dir returns the mount point.
+func (s *Server) Dir() string { return s.dir }
+
+// Mount mounts root read-only on dir and returns once the mount is ready.
+// The caller unmounts it with Server.Unmount.
+func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w: %v", dir, ErrNotMounted, err)
+	}
+	if mo.FsName == "" {
+		mo.FsName = "lazyfs"
+	}
+	if mo.ReadAheadKB == 0 {
+		mo.ReadAheadKB = 1024
+	}
+	opts := []string{"ro"}
+	if !mo.NoDefaultPermissions {
+		opts = append(opts, "default_permissions")
+	}
+	opts = append(opts, mo.Options...)
+	zero := time.Duration(0)
+	o := &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:    !mo.Private,
+			FsName:        mo.FsName,
+			Name:          "lazyfs",
+			Options:       opts,
+			MaxWrite:      1 << 20,
+			MaxReadAhead:  1 << 20,
+			DisableSplice: true,
+			DirectMount:   true,
+			Debug:         mo.Debug,
+			MaxBackground: 64,
+		},
+		EntryTimeout:    &root.opts.EntryTimeout,
+		AttrTimeout:     &root.opts.AttrTimeout,
+		NegativeTimeout: &root.opts.NegativeTimeout,
+		Logger:          log.New(os.Stderr, "lazyfs: ", 0),
+		RootStableAttr:  &gofs.StableAttr{Ino: 1},
+	}
+	if root.opts.NegativeTimeout < 0 {
+		o.NegativeTimeout = &zero
+	}
+	srv, err := gofs.Mount(dir, root.Node(), o)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w: %v", dir, ErrNotMounted, err)
+	}
+	s := &Server{Server: srv, root: root, dir: dir}
+	if mo.ReadAheadKB > 0 {
+		if err := setReadAhead(dir, mo.ReadAheadKB); err != nil {
+			root.log.Warn("cannot raise the mount's read-ahead", "dir", dir, "error", err)
+		}
+	}
+	return s, nil
+}
+
+// setReadAhead writes the read_ahead_kb of the bdi behind the mount at dir.
+func setReadAhead(dir string, kb int) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return err
+	}
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	return os.WriteFile(p, []byte(strconv.Itoa(kb)), 0o644)
+}

@@ -1,0 +1,326 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/lazyfs/lazyfs/fs/toc"
+)
+
+// handle is one open file. It tracks sequential access for read-ahead.
+type handle struct {
+	r *Root
+	d uint32
+
+	mu    sync.Mutex
+	next  int64 // offset just past the previous read
+	seq   int   // consecutive sequential reads
+	raEnd int   // chunk index up to which read-ahead was queued
+}
+
+var (
+	_ gofs.FileReader   = (*handle)(nil)
+	_ gofs.FileReleaser = (*handle)(nil)
+)
+
+func (r *Root) open(ctx context.Context, d uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if r.spool != nil {
+		if fh, ok := r.spool.open(ctx, r, d); ok {
+			return fh, 0, 0
+		}
+	}
+	return &handle{r: r, d: d}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (h *handle) Release(ctx context.Context) syscall.Errno {
+	if h.r.spool != nil {
+		h.r.spool.release(h.d, false)
+	}
+	return 0
+}
+
+// Read returns exactly the bytes [off, off+len(dest)) of the file (fewer at its end).
+func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.mu.Lock()
+	if off == h.next {
+		h.seq++
+	} else {
+		h.seq = 0
+	}
+	h.next = off + int64(len(dest))
+	seq := h.seq
+	h.mu.Unlock()
+
+	n, last, errno := h.r.readFile(ctx, h.d, dest, off)
+	if errno != 0 {
+		return nil, errno
+	}
+	if seq >= 2 && h.r.opts.ReadAhead > 0 {
+		h.readAhead(last)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// readAhead queues the chunks after last (an index into the layer's chunks)
+// that have not been queued yet.
+func (h *handle) readAhead(last int) {
+	r := h.r
+	l, e := r.t.dataEntry(h.d)
+	end := int(e.FirstChunk + e.NumChunks)
+	h.mu.Lock()
+	from := max(last, h.raEnd)
+	to := min(last+r.opts.ReadAhead, end)
+	if from >= to {
+		h.mu.Unlock()
+		return
+	}
+	h.raEnd = to
+	h.mu.Unlock()
+	r.queuePrefetch(prefetchJob{l: l, first: from, last: to, path: e.Name})
+}
+
+// dataEntry returns the layer and entry holding node d's contents.
+func (t *tree) dataEntry(d uint32) (*layer, *toc.Entry) {
+	n := &t.nodes[d]
+	l := t.layers[n.layer]
+	return l, &l.toc.Entries[n.entry]
+}
+
+type chunkKey struct {
+	l *layer
+	i int
+}
+
+// readFile reads node d's contents at off into dest. It returns the number
+// of bytes read and the index after the last chunk it used.
+func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (int, int, syscall.Errno) {
+	r.stats.reads.Add(1)
+	l, e := r.t.dataEntry(d)
+	if off < 0 {
+		return 0, 0, syscall.EINVAL
+	}
+	if off >= e.Size || len(dest) == 0 {
+		return 0, 0, 0
+	}
+	n := int(min(int64(len(dest)), e.Size-off))
+	if e.NumChunks == 0 {
+		// A sparse file: its data is not chunked, so it cannot be served.
+		r.reportEIO(chunkKey{l, -1 - int(d)}, e.Name, -1, fmt.Errorf("%w: sparse file is not chunked", ErrChunkUnavailable))
+		return 0, 0, syscall.EIO
+	}
+	t := l.toc
+	first, last := t.ChunkRange(e, off, int64(n))
+	base := t.Chunks[e.FirstChunk].Offset
+	var missing []int
+	for i := first; i < last; i++ {
+		c := &t.Chunks[i]
+		if data, ok := r.cacheGet(ctx, c); ok {
+			r.stats.hits.Add(1)
+			copyChunk(dest[:n], off, c.Offset-base, data)
+			continue
+		}
+		missing = append(missing, i)
+	}
+	if len(missing) > 0 {
+		r.stats.misses.Add(int64(len(missing)))
+		failed, err := r.fetch(ctx, l, missing, func(i int, data []byte) {
+			copyChunk(dest[:n], off, t.Chunks[i].Offset-base, data)
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				r.stats.interrupted.Add(1)
+				return 0, 0, syscall.EINTR
+			}
+			r.reportEIO(chunkKey{l, failed}, e.Name, failed, err)
+			return 0, 0, syscall.EIO
+		}
+	}
+	r.stats.bytesRead.Add(int64(n))
+	return n, last, 0
+}
+
+// copyChunk copies the part of a chunk at file offset coff that overlaps
+// dest, which holds the file's bytes from off.
+func copyChunk(dest []byte, off, coff int64, data []byte) {
+	lo := max(off, coff)
+	hi := min(off+int64(len(dest)), coff+int64(len(data)))
+	if lo < hi {
+		copy(dest[lo-off:hi-off], data[lo-coff:hi-coff])
+	}
+}
+
+func (r *Root) cacheGet(ctx context.Context, c *toc.Chunk) ([]byte, bool) {
+	if r.opts.Cache == nil {
+		return nil, false
+	}
+	data, err := r.opts.Cache.Get(ctx, c.Digest())
+	if err != nil || len(data) != int(c.Size) {
+		if err != nil && ctx.Err() == nil && !isNotFound(err) {
+			r.log.Debug("cache get", "chunk", c.Digest(), "error", err)
+		}
+		return nil, false
+	}
+	return data, true
+}
+
+// isNotFound reports whether err says "not in the cache" (the cache's
+// ErrNotFound), matched by its text so that fs needs no cache package.
+func isNotFound(err error) bool {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if strings.HasSuffix(e.Error(), "not found") {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Root) cacheHas(ctx context.Context, c *toc.Chunk) bool {
+	switch ca := r.opts.Cache.(type) {
+	case nil:
+		return false
+	case cacheHaser:
+		ok, err := ca.Has(ctx, c.Digest())
+		return err == nil && ok
+	default:
+		_, ok := r.cacheGet(ctx, c)
+		return ok
+	}
+}
+
+// fetch fetches chunks idx (indices into l's chunks) through l's fetcher,
+// verifies each, hands it to deliver (if not nil) and puts it in the cache.
+// On error it returns the index of a chunk that was not delivered.
+func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i int, data []byte)) (int, error) {
+	chunks := make([]toc.Chunk, len(idx))
+	for k, i := range idx {
+		chunks[k] = l.toc.Chunks[i]
+	}
+	got := make([]bool, len(idx))
+	err := l.fetcher.FetchChunks(ctx, chunks, func(k int, data []byte) error {
+		if k < 0 || k >= len(chunks) {
+			return fmt.Errorf("fetcher delivered chunk %d of %d", k, len(chunks))
+		}
+		c := &chunks[k]
+		if len(data) != int(c.Size) || sha256.Sum256(data) != c.Sum {
+			return fmt.Errorf("chunk %d (%s): %w", idx[k], c.Digest(), ErrChunkCorrupt)
+		}
+		if deliver != nil {
+			deliver(idx[k], data)
+		}
+		r.stats.fetched.Add(1)
+		r.stats.fetchedBytes.Add(int64(len(data)))
+		if r.opts.Cache != nil {
+			if err := r.opts.Cache.Put(ctx, c.Digest(), bytes.Clone(data)); err != nil && ctx.Err() == nil {
+				r.log.Debug("cache put", "layer", l.name, "chunk", idx[k], "error", err)
+			}
+		}
+		got[k] = true
+		return nil
+	})
+	if err == nil {
+		for k := range got {
+			if !got[k] {
+				err = fmt.Errorf("chunk %d: %w: fetcher did not deliver it", idx[k], ErrChunkUnavailable)
+				break
+			}
+		}
+	}
+	if err != nil {
+		for k := range got {
+			if !got[k] {
+				return idx[k], err
+			}
+		}
+		return idx[0], err
+	}
+	return 0, nil
+}
+
+// reportEIO counts a failed read and logs it once per chunk.
+func (r *Root) reportEIO(k chunkKey, path string, chunk int, err error) {
+	r.stats.eio.Add(1)
+	if _, dup := r.reported.LoadOrStore(k, struct{}{}); dup {
+		return
+	}
+	attrs := []any{"layer", k.l.name, "path", path, "chunk", chunk, "error", err}
+	if chunk >= 0 {
+		c := &k.l.toc.Chunks[chunk]
+		attrs = append(attrs, "digest", c.Digest().String(), "offset", c.CompressedOffset, "size", c.CompressedSize)
+	}
+	r.log.Error("read failed: EIO", attrs...)
+}
+
+// prefetchJob asks for chunks [first, last) of l to be fetched into the cache.
+type prefetchJob struct {
+	l           *layer
+	first, last int
+	path        string
+	done        func() // called when the job ends (may be nil)
+}
+
+// queuePrefetch queues a job unless the queue is full or the Root closed.
+func (r *Root) queuePrefetch(j prefetchJob) bool {
+	if r.prefetch == nil || r.ctx.Err() != nil || r.opts.Cache == nil {
+		return false
+	}
+	select {
+	case r.prefetch <- j:
+		return true
+	default:
+		return false
+	}
+}
+
+func (r *Root) prefetcher() {
+	defer r.wg.Done()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case j := <-r.prefetch:
+			r.runPrefetch(j)
+			if j.done != nil {
+				j.done()
+			}
+		}
+	}
+}
+
+func (r *Root) runPrefetch(j prefetchJob) {
+	var todo []int
+	for i := j.first; i < j.last; i++ {
+		c := &j.l.toc.Chunks[i]
+		if _, busy := r.inflight.LoadOrStore(c.Sum, struct{}{}); busy {
+			continue
+		}
+		if r.cacheHas(r.ctx, c) {
+			r.inflight.Delete(c.Sum)
+			continue
+		}
+		todo = append(todo, i)
+	}
+	if len(todo) == 0 {
+		return
+	}
+	defer func() {
+		for _, i := range todo {
+			r.inflight.Delete(j.l.toc.Chunks[i].Sum)
+		}
+	}()
+	if _, err := r.fetch(r.ctx, j.l, todo, nil); err != nil {
+		if r.ctx.Err() == nil {
+			r.log.Debug("read-ahead failed", "layer", j.l.name, "path", j.path, "error", err)
+		}
+		return
+	}
+	r.stats.prefetched.Add(int64(len(todo)))
+}
