@@ -1,0 +1,536 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lazyfs/lazyfs/fs/toc"
+)
+
+// Blob is a blob of one repository, opened for range reads. It holds no
+// connection; every method sends its own requests.
+type Blob struct {
+	f      *Fetcher
+	repo   name.Repository
+	digest v1.Hash
+	size   int64
+}
+
+// Blob opens blob d (of size bytes, from its descriptor) of repository repo.
+// No request is sent until a read.
+func (f *Fetcher) Blob(repo name.Repository, d v1.Hash, size int64) *Blob {
+	return &Blob{f: f, repo: repo, digest: d, size: size}
+}
+
+// Digest returns the blob's digest.
+func (b *Blob) Digest() v1.Hash { return b.digest }
+
+// Size returns the blob's size as given to Fetcher.Blob.
+func (b *Blob) Size() int64 { return b.size }
+
+func (b *Blob) String() string { return b.repo.String() + "@" + b.digest.String() }
+
+// ReadAt reads len(p) bytes at off with single-range requests (split into
+// parallel requests of at most the request bound when p is larger), retried.
+// The bytes are not verified: use it for footers, TOCs and whole blobs whose
+// digest the caller checks. Like io.ReaderAt it returns io.EOF with n <
+// len(p) when the read reaches the end of the blob.
+func (b *Blob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("blob %s: %w: negative offset %d", b.digest, ErrBadChunkRequest, off)
+	}
+	want := int64(len(p))
+	var eof error
+	if b.size > 0 {
+		if off >= b.size {
+			return 0, io.EOF
+		}
+		if off+want > b.size {
+			want, eof = b.size-off, io.EOF
+		}
+	}
+	if want == 0 {
+		return 0, eof
+	}
+	step := b.f.opts.maxRequest
+	if want <= step {
+		if err := b.readRange(ctx, p[:want], off); err != nil {
+			return 0, err
+		}
+		return int(want), eof
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(b.f.opts.concurrency)
+	for s := int64(0); s < want; s += step {
+		e := min(s+step, want)
+		g.Go(func() error { return b.readRange(gctx, p[s:e], off+s) })
+	}
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	return int(want), eof
+}
+
+func (b *Blob) readRange(ctx context.Context, p []byte, off int64) error {
+	if err := b.f.acquire(ctx); err != nil {
+		return err
+	}
+	defer b.f.release()
+	var done int64
+	end := off + int64(len(p))
+	err := b.f.do(ctx, b.repo, capPull, func() int64 { return done }, func(ctx context.Context, ep *endpoint, c *http.Client) error {
+		return b.rangeAttempt(ctx, ep, c, off+done, end, func(r io.Reader) error {
+			n, err := io.ReadFull(r, p[done:])
+			done += int64(n)
+			return err
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("blob %s: read %d bytes at %d: %w", b.digest, len(p), off, err)
+	}
+	return nil
+}
+
+func (f *Fetcher) acquire(ctx context.Context) error {
+	select {
+	case f.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (f *Fetcher) release() { <-f.sem }
+
+// rangeAttempt sends one request for bytes [off, end) of the blob to ep (or
+// to the cached redirect of ep) and lets consume read them.
+func (b *Blob) rangeAttempt(ctx context.Context, ep *endpoint, c *http.Client, off, end int64, consume func(io.Reader) error) error {
+	f := b.f
+	if ep.noRange.Load() && off > f.opts.maxSkip {
+		return fmt.Errorf("%w: %s (offset %d)", ErrRangeNotSupported, ep.base, off)
+	}
+	rk := redirectKey{ep.base, b.repo.RepositoryStr(), b.digest.String()}
+	u, cached := f.cachedRedirect(rk)
+	rawURL := ep.blobURL(b.repo, b.digest.String())
+	if cached {
+		rawURL = u.String()
+	}
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	timer := time.AfterFunc(f.opts.stallTimeout, func() { cancel(errStalled) })
+	defer timer.Stop()
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrBadResponse, err)
+	}
+	req.Header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-"+strconv.FormatInt(end-1, 10))
+	if !cached {
+		for k, vs := range ep.header {
+			req.Header[k] = vs
+		}
+	} else {
+		f.st.redirectReuses.Add(1)
+	}
+	f.st.requests.Add(1)
+	resp, err := c.Do(req)
+	if err != nil {
+		return doError(err, rctx)
+	}
+	defer resp.Body.Close()
+	timer.Reset(f.opts.stallTimeout)
+	if !cached && resp.Request != nil && resp.Request != req && resp.Request.URL.String() != req.URL.String() {
+		f.storeRedirect(rk, resp.Request.URL)
+	}
+	where := redact(resp.Request.URL)
+	br := &body{r: resp.Body, timer: timer, stall: f.opts.stallTimeout, count: &f.st.bytes}
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		start, last, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+		if err != nil || start != off || last != end-1 || (total >= 0 && b.size > 0 && total != b.size) {
+			return fmt.Errorf("%w: %s: asked for bytes %d-%d of %d, got Content-Range %q",
+				ErrBadResponse, where, off, end-1, b.size, resp.Header.Get("Content-Range"))
+		}
+		if resp.ContentLength >= 0 && resp.ContentLength != end-off {
+			return fmt.Errorf("%w: %s: Content-Length %d for a range of %d bytes", ErrBadResponse, where, resp.ContentLength, end-off)
+		}
+		br.remaining = end - off
+		return consume(br)
+	case http.StatusOK:
+		// The host ignored Range and sends the whole blob.
+		if b.size > 0 && resp.ContentLength >= 0 && resp.ContentLength != b.size {
+			return fmt.Errorf("%w: %s: 200 with %d bytes for a blob of %d", ErrBadResponse, where, resp.ContentLength, b.size)
+		}
+		if off > 0 || (b.size > 0 && end < b.size) {
+			f.st.rangeIgnored.Add(1)
+			if !ep.noRange.Swap(true) {
+				f.opts.logger.WarnContext(ctx, "registry host ignores range requests", "host", ep.base, "blob", b.digest.String())
+			}
+		}
+		if off > f.opts.maxSkip {
+			return fmt.Errorf("%w: %s answered 200 to a range at offset %d", ErrRangeNotSupported, where, off)
+		}
+		br.remaining = end
+		if _, err := io.CopyN(io.Discard, br, off); err != nil {
+			return err
+		}
+		return consume(br)
+	case http.StatusForbidden, http.StatusNotFound, http.StatusGone, http.StatusUnauthorized:
+		if cached {
+			_ = responseError(resp)
+			f.dropRedirect(rk)
+			return errRedirectGone
+		}
+	}
+	return responseError(resp)
+}
+
+// parseContentRange parses "bytes first-last/total" (total may be "*": -1).
+func parseContentRange(s string) (first, last, total int64, err error) {
+	bad := fmt.Errorf("%w: Content-Range %q", ErrBadResponse, s)
+	rest, ok := strings.CutPrefix(strings.TrimSpace(s), "bytes ")
+	if !ok {
+		return 0, 0, 0, bad
+	}
+	rng, tot, ok := strings.Cut(strings.TrimSpace(rest), "/")
+	if !ok {
+		return 0, 0, 0, bad
+	}
+	a, z, ok := strings.Cut(rng, "-")
+	if !ok {
+		return 0, 0, 0, bad
+	}
+	if first, err = strconv.ParseInt(a, 10, 64); err != nil || first < 0 {
+		return 0, 0, 0, bad
+	}
+	if last, err = strconv.ParseInt(z, 10, 64); err != nil || last < first {
+		return 0, 0, 0, bad
+	}
+	total = -1
+	if tot != "*" {
+		if total, err = strconv.ParseInt(tot, 10, 64); err != nil || total <= last {
+			return 0, 0, 0, bad
+		}
+	}
+	return first, last, total, nil
+}
+
+// Chunks: singleflight per chunk across all callers of the fetcher.
+
+type chunkKey struct {
+	digest string
+	off    int64
+	sum    [32]byte
+}
+
+type chunkCall struct {
+	done    chan struct{}
+	waiters int // joined callers; guarded by Fetcher.mu
+	data    []byte
+	err     error
+	// abandoned means the owner stopped (its context ended or its callback
+	// failed): waiters should fetch the chunk themselves.
+	abandoned bool
+}
+
+type want struct {
+	c    toc.Chunk
+	key  chunkKey
+	idx  []int
+	call *chunkCall
+}
+
+func (w *want) end() int64 { return w.c.CompressedOffset + int64(w.c.CompressedSize) }
+
+// complete publishes a chunk's result and reports whether anyone joined it
+// (if not, the owner may recycle data once it has delivered it).
+func (f *Fetcher) complete(w *want, data []byte, err error, abandoned bool) (shared bool) {
+	f.mu.Lock()
+	if f.inflight[w.key] == w.call {
+		delete(f.inflight, w.key)
+	}
+	shared = w.call.waiters > 0
+	f.mu.Unlock()
+	w.call.data, w.call.err, w.call.abandoned = data, err, abandoned
+	close(w.call.done)
+	return shared
+}
+
+// FetchChunks fetches the given chunks of the blob, in any order: it sorts
+// them, coalesces neighbours (gaps up to the max gap) into single-range
+// requests up to the request bound, runs the requests in parallel, and
+// shares each chunk with concurrent callers fetching it. Every chunk is
+// decoded and verified with toc.DecodeChunk; fn is called once per index of
+// chunks with the verified uncompressed bytes, possibly concurrently; data
+// is only valid during the call. It returns the first error (naming the blob
+// and chunk offset; verification failures wrap toc.ErrDigestMismatch or
+// toc.ErrBadChunk); chunks verified before the error were still delivered.
+func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i int, data []byte) error) error {
+	if len(chunks) == 0 {
+		return nil
+	}
+	byKey := make(map[chunkKey]*want, len(chunks))
+	pending := make([]*want, 0, len(chunks))
+	for i := range chunks {
+		c := &chunks[i]
+		if err := b.checkChunk(c); err != nil {
+			return err
+		}
+		k := chunkKey{b.digest.Hex, c.CompressedOffset, c.Sum}
+		w := byKey[k]
+		if w == nil {
+			w = &want{c: *c, key: k}
+			byKey[k] = w
+			pending = append(pending, w)
+		}
+		w.idx = append(w.idx, i)
+	}
+	for len(pending) > 0 {
+		var own, wait []*want
+		b.f.mu.Lock()
+		for _, w := range pending {
+			if call := b.f.inflight[w.key]; call != nil {
+				call.waiters++
+				w.call = call
+				wait = append(wait, w)
+				continue
+			}
+			w.call = &chunkCall{done: make(chan struct{})}
+			b.f.inflight[w.key] = w.call
+			own = append(own, w)
+		}
+		b.f.mu.Unlock()
+		b.f.st.shared.Add(int64(len(wait)))
+		if err := b.fetchOwned(ctx, own, fn); err != nil {
+			return err
+		}
+		var retry []*want
+		for _, w := range wait {
+			select {
+			case <-w.call.done:
+			case <-ctx.Done():
+				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, w.c.CompressedOffset, ctx.Err())
+			}
+			if w.call.err != nil {
+				if w.call.abandoned && ctx.Err() == nil {
+					retry = append(retry, w)
+					continue
+				}
+				return w.call.err
+			}
+			if err := deliver(fn, w, w.call.data); err != nil {
+				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, w.c.CompressedOffset, err)
+			}
+		}
+		pending = retry
+	}
+	return nil
+}
+
+func (b *Blob) checkChunk(c *toc.Chunk) error {
+	switch {
+	case c.CompressedOffset < 0, c.CompressedSize == 0, c.Size > toc.MaxChunkSize,
+		b.size > 0 && c.CompressedOffset+int64(c.CompressedSize) > b.size:
+		return fmt.Errorf("blob %s: %w: chunk at %d+%d (size %d) in a blob of %d bytes",
+			b.digest, ErrBadChunkRequest, c.CompressedOffset, c.CompressedSize, c.Size, b.size)
+	}
+	return nil
+}
+
+func deliver(fn func(int, []byte) error, w *want, data []byte) error {
+	for _, i := range w.idx {
+		if err := fn(i, data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// plan groups sorted chunks into runs, each fetched with one range request.
+func (b *Blob) plan(own []*want) [][]*want {
+	sort.Slice(own, func(i, j int) bool { return own[i].c.CompressedOffset < own[j].c.CompressedOffset })
+	var runs [][]*want
+	var cur []*want
+	var start, end int64
+	for _, w := range own {
+		o, e := w.c.CompressedOffset, w.end()
+		if len(cur) > 0 && o >= end && o-end <= b.f.opts.maxGap && e-start <= b.f.opts.maxRequest {
+			cur = append(cur, w)
+			end = e
+			continue
+		}
+		if len(cur) > 0 {
+			runs = append(runs, cur)
+		}
+		cur, start, end = []*want{w}, o, e
+	}
+	if len(cur) > 0 {
+		runs = append(runs, cur)
+	}
+	return runs
+}
+
+func (b *Blob) fetchOwned(ctx context.Context, own []*want, fn func(int, []byte) error) error {
+	if len(own) == 0 {
+		return nil
+	}
+	runs := b.plan(own)
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(b.f.opts.concurrency)
+	for _, r := range runs {
+		g.Go(func() error { return b.fetchRun(gctx, r, fn) })
+	}
+	return g.Wait()
+}
+
+var framePool sync.Pool // *[]byte
+
+func getFrame(n int) *[]byte {
+	if p, _ := framePool.Get().(*[]byte); p != nil && cap(*p) >= n {
+		*p = (*p)[:n]
+		return p
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+var dataPool sync.Pool // *[]byte
+
+func getData(n int) []byte {
+	if p, _ := dataPool.Get().(*[]byte); p != nil && cap(*p) >= n {
+		return (*p)[:0]
+	}
+	return make([]byte, 0, n)
+}
+
+func putData(b []byte) { dataPool.Put(&b) }
+
+// fetchRun fetches one run of chunks with one range request (more on retry:
+// each retry asks only for the chunks not yet delivered). Every chunk of the
+// run is completed (delivered or failed) when it returns.
+func (b *Blob) fetchRun(ctx context.Context, run []*want, fn func(int, []byte) error) (err error) {
+	f := b.f
+	i := 0
+	defer func() {
+		if i == len(run) {
+			return
+		}
+		if err == nil {
+			err = fmt.Errorf("blob %s: chunk at %d: not fetched", b.digest, run[i].c.CompressedOffset)
+		}
+		var st *stopError
+		abandoned := ctx.Err() != nil || errors.As(err, &st)
+		for _, w := range run[i:] {
+			f.complete(w, nil, err, abandoned)
+		}
+	}()
+	if err := f.acquire(ctx); err != nil {
+		return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, run[0].c.CompressedOffset, err)
+	}
+	defer f.release()
+	end := run[len(run)-1].end()
+	err = f.do(ctx, b.repo, capPull, func() int64 { return int64(i) }, func(ctx context.Context, ep *endpoint, c *http.Client) error {
+		if i == len(run) {
+			return nil
+		}
+		off := run[i].c.CompressedOffset
+		return b.rangeAttempt(ctx, ep, c, off, end, func(r io.Reader) error {
+			pos := off
+			for i < len(run) {
+				w := run[i]
+				if gap := w.c.CompressedOffset - pos; gap > 0 {
+					if _, err := io.CopyN(io.Discard, r, gap); err != nil {
+						return err
+					}
+				}
+				fp := getFrame(int(w.c.CompressedSize))
+				if _, err := io.ReadFull(r, *fp); err != nil {
+					framePool.Put(fp)
+					return err
+				}
+				pos = w.end()
+				data, err := toc.DecodeChunk(&w.c, *fp, getData(int(w.c.Size)))
+				framePool.Put(fp)
+				if err != nil {
+					f.st.verify.Add(1)
+					f.opts.logger.WarnContext(ctx, "chunk failed verification", "blob", b.digest.String(), "host", ep.base, "offset", w.c.CompressedOffset, "err", err)
+					return &verifyError{fmt.Errorf("blob %s from %s: %w", b.digest, ep.base, err)}
+				}
+				f.st.chunks.Add(1)
+				shared := f.complete(w, data, nil, false)
+				i++
+				if err := deliver(fn, w, data); err != nil {
+					return &stopError{fmt.Errorf("blob %s: chunk at %d: %w", b.digest, w.c.CompressedOffset, err)}
+				}
+				if !shared {
+					putData(data)
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		var ve *verifyError
+		var st *stopError
+		if !errors.As(err, &ve) && !errors.As(err, &st) {
+			err = fmt.Errorf("blob %s: chunk at %d: %w", b.digest, run[min(i, len(run)-1)].c.CompressedOffset, err)
+		}
+	}
+	return err
+}
+
+// TOC fetches and verifies the layer's TOC: with one range request when the
+// descriptor annotations locate it, otherwise by reading the blob's tail
+// (footer, and the TOC too when it fits in the tail) first.
+func (b *Blob) TOC(ctx context.Context, annotations map[string]string) (*toc.TOC, error) {
+	if b.size <= 0 {
+		return nil, fmt.Errorf("blob %s: toc: blob size unknown", b.digest)
+	}
+	loc, ok, err := toc.LocationFromAnnotations(annotations)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", b.digest, err)
+	}
+	r := &tailReaderAt{ctx: ctx, b: b}
+	var lp *toc.Location
+	if ok {
+		lp = &loc
+	} else {
+		n := min(b.size, 256<<10)
+		r.tail = make([]byte, n)
+		r.tailOff = b.size - n
+		if _, err := b.ReadAt(ctx, r.tail, r.tailOff); err != nil && err != io.EOF {
+			return nil, fmt.Errorf("toc: %w", err)
+		}
+	}
+	t, _, err := toc.ReadTOC(ctx, r, b.size, lp)
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", b.digest, err)
+	}
+	return t, nil
+}
+
+// tailReaderAt serves reads from a prefetched tail of the blob, else remotely.
+type tailReaderAt struct {
+	ctx     context.Context
+	b       *Blob
+	tail    []byte
+	tailOff int64
+}
+
+func (r *tailReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if r.tail != nil && off >= r.tailOff && off+int64(len(p)) <= r.tailOff+int64(len(r.tail)) {
+		return copy(p, r.tail[off-r.tailOff:]), nil
+	}
+	return r.b.ReadAt(r.ctx, p, off)
+}
