@@ -40,6 +40,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(
 		newVersionCmd(),
+		newConvertCmd(),
 	)
 	return root
 }
