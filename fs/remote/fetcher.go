@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -352,7 +353,7 @@ func retryAfter(resp *http.Response) time.Duration {
 func responseError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	msg := string(b)
+	msg := strings.Join(strings.Fields(string(b)), " ")
 	if len(msg) > 200 {
 		msg = msg[:200] + "..."
 	}
