@@ -162,3 +162,23 @@ func gzipBytes(b *testing.B, p []byte) []byte {
 	zw.Close()
 	return buf.Bytes()
 }
+
+// BenchmarkConvertChunkSize compares conversion throughput across chunk
+// sizes in one run (per-frame encoder setup costs show at small sizes).
+func BenchmarkConvertChunkSize(b *testing.B) {
+	tarball := benchTar(b)
+	for _, cs := range []int{64 << 10, 128 << 10, 256 << 10, 1 << 20} {
+		b.Run(fmt.Sprintf("%dKiB", cs>>10), func(b *testing.B) {
+			b.SetBytes(int64(len(tarball)))
+			var size int64
+			for b.Loop() {
+				res, err := toc.Convert(context.Background(), bytes.NewReader(tarball), io.Discard, toc.WithChunkSize(cs))
+				if err != nil {
+					b.Fatal(err)
+				}
+				size = res.Size
+			}
+			b.ReportMetric(float64(size)/float64(len(tarball)), "ratio")
+		})
+	}
+}
