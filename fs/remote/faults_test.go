@@ -47,7 +47,7 @@ func TestFaults(t *testing.T) {
 			opts:  []Option{WithStallTimeout(200 * time.Millisecond)},
 			check: func(t *testing.T, st Stats, _ *faults) { atLeast(t, "retries", st.Retries, 1) }},
 		{name: "ignores range near start", set: func(f *faults) { f.ignoreRange = true },
-			opts: []Option{WithMaxRequestSize(64 << 20)}, // one request from the first chunk
+			opts:  []Option{WithMaxRequestSize(64 << 20)}, // one request from the first chunk
 			check: func(t *testing.T, st Stats, _ *faults) { atLeast(t, "range ignored", st.RangeIgnored, 1) }},
 		{name: "ignores range far into blob", set: func(f *faults) { f.ignoreRange = true },
 			opts:    []Option{WithMaxSkip(100)},

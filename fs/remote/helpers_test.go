@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -325,3 +326,5 @@ func pushIndex(t testing.TB, host, repoTag string, archs map[string]v1.Hash) str
 	}
 	return ref.String()
 }
+
+func urlParse(s string) (*url.URL, error) { return url.Parse(s) }
