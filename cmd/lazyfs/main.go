@@ -41,6 +41,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newVersionCmd(),
 		newConvertCmd(),
+		newInspectCmd(),
 	)
 	return root
 }

@@ -154,6 +154,16 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 	return json.Marshal(time.Duration(d).Seconds())
 }
 
+// UnmarshalJSON reads a duration in seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s float64
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	*d = Duration(s * float64(time.Second))
+	return nil
+}
+
 func (o *options) remoteOpts(ctx context.Context) []remote.Option {
 	ro := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(o.keychain), remote.WithJobs(max(o.jobs, 4)),
 		remote.WithUserAgent("lazyfs-convert")}

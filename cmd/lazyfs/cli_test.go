@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/lazyfs/lazyfs/fs/convert"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+)
+
+// run executes the lazyfs command line in-process.
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newRootCmd()
+	var out, errb bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errb)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+// testRegistry starts an in-process registry and returns its host.
+func testRegistry(t *testing.T) string {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func pushSample(t *testing.T, ref string) {
+	t.Helper()
+	b := toctest.Tar(t, toctest.AllTypes(700<<10))
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, err := run(t, "version")
+	if err != nil || !strings.HasPrefix(out, "lazyfs ") {
+		t.Fatalf("%q %v", out, err)
+	}
+}
+
+func TestConvertAndInspect(t *testing.T) {
+	host := testRegistry(t)
+	src, dst := host+"/sample:1", host+"/sample:1-lazy"
+	pushSample(t, src)
+
+	out, err := run(t, "inspect", "--json", src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before inspectReport
+	if err := json.Unmarshal([]byte(out), &before); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if before.Chunked || len(before.Layers) != 1 || before.Layers[0].Chunked {
+		t.Fatalf("plain image reported as chunked: %+v", before)
+	}
+
+	out, err = run(t, "convert", "--json", "--chunk-size", "64KiB", src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep convert.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	l := rep.Images[0].Layers[0]
+	if l.Chunks == 0 || l.Entries != len(toctest.AllTypes(1)) || l.SourceSize == 0 || l.Size == 0 {
+		t.Fatalf("layer report %+v", l)
+	}
+
+	out, err = run(t, "inspect", "--json", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var after inspectReport
+	if err := json.Unmarshal([]byte(out), &after); err != nil {
+		t.Fatal(err)
+	}
+	il := after.Layers[0]
+	if !after.Chunked || !il.Chunked || il.Entries != l.Entries || il.Chunks != l.Chunks || il.ChunkSize != 64<<10 || il.TOCSize != l.TOCSize {
+		t.Fatalf("inspect after conversion: %+v vs %+v", after, l)
+	}
+
+	// Human output.
+	out, err = run(t, "inspect", dst)
+	if err != nil || !strings.Contains(out, "lazyfs:    yes") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	out, err = run(t, "convert", dst, dst)
+	if err != nil || !strings.Contains(out, "already a lazyfs image") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
+func TestCLIErrors(t *testing.T) {
+	host := testRegistry(t)
+	for _, args := range [][]string{
+		{"convert", "only-one-arg"},
+		{"convert", "--chunk-size", "lots", "a", "b"},
+		{"convert", "--chunk-size", "1KiB", host + "/missing:1", host + "/x:1"},
+		{"convert", host + "/missing:1", host + "/x:1"},
+		{"inspect", "UPPER/case:bad"},
+		{"convert", "--platform", "not/a/valid/platform/x", "a", "b"},
+	} {
+		if _, err := run(t, args...); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"4096": 4096, "64KiB": 64 << 10, "1MiB": 1 << 20, "1.5G": 3 << 29, "10GB": 10e9, "256k": 256 << 10} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("%s: %d %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "x", "-1", "1XB"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lazyfs/lazyfs/fs/remote"
+	"github.com/lazyfs/lazyfs/fs/toc"
+)
+
+type inspectReport struct {
+	Reference   string         `json:"reference"`
+	Digest      string         `json:"digest"`
+	IndexDigest string         `json:"indexDigest,omitempty"`
+	MediaType   string         `json:"mediaType"`
+	Platform    string         `json:"platform,omitempty"`
+	Chunked     bool           `json:"chunked"`
+	Profile     string         `json:"profile,omitempty"`
+	Layers      []inspectLayer `json:"layers"`
+}
+
+type inspectLayer struct {
+	Digest           string `json:"digest"`
+	MediaType        string `json:"mediaType"`
+	Size             int64  `json:"size"`
+	Chunked          bool   `json:"chunked"`
+	UncompressedSize int64  `json:"uncompressedSize,omitempty"`
+	ChunkSize        int64  `json:"chunkSize,omitempty"`
+	Entries          int    `json:"entries,omitempty"`
+	Chunks           int    `json:"chunks,omitempty"`
+	TOCSize          int64  `json:"tocSize,omitempty"`
+	Error            string `json:"error,omitempty"`
+}
+
+func newInspectCmd() *cobra.Command {
+	var (
+		platform string
+		insecure bool
+		asJSON   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "inspect [flags] REF",
+		Short: "Show whether an image is lazyfs-converted, layer by layer",
+		Long: `Inspect resolves REF (for an index, the image of --platform, default this
+machine's platform) and prints each layer's media type and size, whether it is
+a lazyfs chunked layer, and for chunked layers the entries, chunks and TOC size
+read from the layer's verified TOC (one range request per layer). It works on
+any image: a plain image is reported as not chunked.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var p *v1.Platform
+			if platform != "" {
+				var err error
+				if p, err = v1.ParsePlatform(platform); err != nil {
+					return fmt.Errorf("--platform %q: %w", platform, err)
+				}
+			}
+			f := remote.New(remote.WithInsecure(insecure), remote.WithUserAgent("lazyfs-inspect"))
+			img, err := f.Resolve(cmd.Context(), args[0], p)
+			if err != nil {
+				return err
+			}
+			rep := inspectReport{Reference: args[0], Digest: img.Digest.String(), MediaType: string(img.MediaType), Chunked: len(img.Layers) > 0}
+			if img.IndexDigest != (v1.Hash{}) {
+				rep.IndexDigest = img.IndexDigest.String()
+			}
+			if img.Platform != nil {
+				rep.Platform = img.Platform.String()
+			}
+			if img.Manifest != nil {
+				rep.Profile = img.Manifest.Annotations[toc.AnnotationProfileDigest]
+			}
+			rep.Layers = make([]inspectLayer, len(img.Layers))
+			var g errgroup.Group
+			g.SetLimit(8)
+			for i := range img.Layers {
+				l := &img.Layers[i]
+				il := &rep.Layers[i]
+				*il = inspectLayer{Digest: l.Digest.String(), MediaType: string(l.MediaType), Size: l.Size, Chunked: l.Chunked()}
+				if !il.Chunked {
+					rep.Chunked = false
+					continue
+				}
+				g.Go(func() error {
+					t, err := f.Blob(img.Repo, l.Digest, l.Size).TOC(cmd.Context(), l.Annotations)
+					if err != nil {
+						il.Error = err.Error()
+						return fmt.Errorf("layer %d (%s): %w", i, l.Digest, err)
+					}
+					loc, _, _ := toc.LocationFromAnnotations(l.Annotations)
+					il.UncompressedSize, il.ChunkSize, il.Entries, il.Chunks, il.TOCSize = t.TarSize, t.ChunkSize, len(t.Entries), len(t.Chunks), loc.Length
+					return nil
+				})
+			}
+			gerr := g.Wait()
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+			} else if err := printInspect(cmd.OutOrStdout(), &rep); err != nil {
+				return err
+			}
+			return gerr
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&platform, "platform", "", "platform to pick from an index (os/arch[/variant]); default: this machine's")
+	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to any registry")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printInspect(w io.Writer, rep *inspectReport) error {
+	fmt.Fprintf(w, "image:     %s\ndigest:    %s\n", rep.Reference, rep.Digest)
+	if rep.IndexDigest != "" {
+		fmt.Fprintf(w, "index:     %s (platform %s)\n", rep.IndexDigest, rep.Platform)
+	}
+	state := "no: layers are fetched whole (convert it with: lazyfs convert SRC DST)"
+	if rep.Chunked {
+		state = "yes: every layer is chunked"
+	}
+	fmt.Fprintf(w, "lazyfs:    %s\n", state)
+	profile := "none"
+	if rep.Profile != "" {
+		profile = rep.Profile
+	}
+	fmt.Fprintf(w, "profile:   %s\n\n", profile)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "#\tDIGEST\tMEDIA TYPE\tSIZE\tCHUNKED\tTAR\tENTRIES\tCHUNKS\tTOC")
+	for i, l := range rep.Layers {
+		short := l.Digest
+		if len(short) > 19 {
+			short = short[:19]
+		}
+		if !l.Chunked {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\tno\t-\t-\t-\t-\n", i, short, l.MediaType, humanBytes(l.Size))
+			continue
+		}
+		if l.Error != "" {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\tbroken\t%s\n", i, short, l.MediaType, humanBytes(l.Size), l.Error)
+			continue
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\tyes\t%s\t%d\t%d\t%s\n", i, short, l.MediaType, humanBytes(l.Size),
+			humanBytes(l.UncompressedSize), l.Entries, l.Chunks, humanBytes(l.TOCSize))
+	}
+	return tw.Flush()
+}
