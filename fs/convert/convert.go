@@ -407,48 +407,51 @@ func (c *converter) index(ctx context.Context, idx v1.ImageIndex) (*index, []Ima
 	return out, reps, nil
 }
 
-// bufferedReader keeps the source reader's Close while buffering reads.
-type bufferedReader struct {
-	*bufio.Reader
-	io.Closer
+// Decompress returns the uncompressed tar of a layer blob read from r,
+// detecting gzip, zstd or plain tar from the first bytes (media types are not
+// always truthful). The returned Close releases the decoder, not r.
+func Decompress(r io.Reader) (io.ReadCloser, error) {
+	br := bufio.NewReaderSize(r, 1<<20)
+	head, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("gzip: %w", err)
+		}
+		return zr, nil
+	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30))
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %w", err)
+		}
+		return zr.IOReadCloser(), nil
+	default:
+		return io.NopCloser(br), nil
+	}
 }
 
-// openTar opens a layer's uncompressed tar, detecting gzip, zstd or plain tar
-// from the first bytes (media types are not always truthful).
+// openTar opens a layer's uncompressed tar (see Decompress); drain reads the
+// rest of the compressed stream, so that the registry reader verifies the
+// blob's digest, and closes it.
 func openTar(l partial.CompressedLayer) (io.ReadCloser, func() error, error) {
 	rc, err := l.Compressed()
 	if err != nil {
 		return nil, nil, err
 	}
-	br := bufio.NewReaderSize(rc, 1<<20)
-	head, _ := br.Peek(4)
-	// drain reads the compressed stream to its end so the registry reader
-	// verifies the blob digest, then closes it.
+	tr, err := Decompress(rc)
+	if err != nil {
+		rc.Close()
+		return nil, nil, err
+	}
 	drain := func() error {
-		_, err := io.Copy(io.Discard, br)
+		_, err := io.Copy(io.Discard, rc)
 		if cerr := rc.Close(); err == nil {
 			err = cerr
 		}
 		return err
 	}
-	switch {
-	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			rc.Close()
-			return nil, nil, fmt.Errorf("gzip: %w", err)
-		}
-		return zr, drain, nil
-	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30))
-		if err != nil {
-			rc.Close()
-			return nil, nil, fmt.Errorf("zstd: %w", err)
-		}
-		return io.NopCloser(zr), func() error { defer zr.Close(); return drain() }, nil
-	default:
-		return bufferedReader{br, rc}, drain, nil
-	}
+	return tr, drain, nil
 }
 
 // Types of layers this converter rewrites.
