@@ -328,3 +328,5 @@ func pushIndex(t testing.TB, host, repoTag string, archs map[string]v1.Hash) str
 }
 
 func urlParse(s string) (*url.URL, error) { return url.Parse(s) }
+
+var timeNowForFuzz = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
