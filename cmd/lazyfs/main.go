@@ -42,6 +42,9 @@ func newRootCmd() *cobra.Command {
 		newVersionCmd(),
 		newConvertCmd(),
 		newInspectCmd(),
+		newMountCmd(),
+		newUmountCmd(),
+		newStatsCmd(),
 	)
 	return root
 }

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyfs/lazyfs/fs/image"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+)
+
+// TestMain lets the test binary act as the lazyfs binary when the mount
+// command re-executes itself to start a background server.
+func TestMain(m *testing.M) {
+	if os.Getenv("LAZYFS_TEST_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func needFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mount tests need root (CI runs as root)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("mount tests need /dev/fuse")
+	}
+}
+
+func TestMountUmount(t *testing.T) {
+	needFUSE(t)
+	t.Setenv("LAZYFS_TEST_MAIN", "1")
+	host := testRegistry(t)
+	src, dst := host+"/mnt:1", host+"/mnt:1-lazy"
+	pushSample(t, src)
+	if _, err := run(t, "convert", src, dst); err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	mnt, state := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "state")
+	os.Mkdir(mnt, 0o755)
+	common := []string{"--state-dir", state, "--cache-dir", filepath.Join(tmp, "cache")}
+	t.Cleanup(func() { run(t, "umount", "--state-dir", state, mnt) })
+
+	// A plain image is refused with advice, and served with --pull.
+	_, err := run(t, append(append([]string{"mount"}, common...), src, mnt)...)
+	if err == nil || !strings.Contains(err.Error(), "lazyfs convert") || !strings.Contains(err.Error(), "--pull") {
+		t.Fatalf("plain image: %v", err)
+	}
+	if isMounted(mnt) {
+		t.Fatal("a refused image left a mount")
+	}
+
+	out, err := run(t, append(append([]string{"mount"}, common...), dst, mnt)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "mounted") || !isMounted(mnt) {
+		t.Fatalf("not mounted: %s", out)
+	}
+	got, err := os.ReadFile(filepath.Join(mnt, "etc/hostname"))
+	if err != nil || string(got) != "lazyfs\n" {
+		t.Fatalf("read from mount: %q %v", got, err)
+	}
+	out, err = run(t, "stats", "--json", "--state-dir", state, mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st image.Stats
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.FS.Reads == 0 || st.Remote.BytesFetched == 0 || st.Remote.BytesFetched >= st.ImageSize {
+		t.Errorf("after one small read: %d reads, %d of %d bytes fetched", st.FS.Reads, st.Remote.BytesFetched, st.ImageSize)
+	}
+	stateFile, _, _ := statePaths(state, mnt)
+	ms, err := readState(state, mnt)
+	if err != nil {
+		t.Fatalf("no state file %s: %v", stateFile, err)
+	}
+
+	if _, err := run(t, "umount", "--state-dir", state, mnt); err != nil {
+		t.Fatal(err)
+	}
+	if isMounted(mnt) || processAlive(ms.PID) && !isZombie(ms.PID) {
+		t.Fatal("still mounted or server still running after umount")
+	}
+
+	// A server killed outright leaves a stale mount that umount cleans up.
+	if _, err := run(t, append(append([]string{"mount"}, common...), dst, mnt)...); err != nil {
+		t.Fatal(err)
+	}
+	ms, _ = readState(state, mnt)
+	unix.Kill(ms.PID, unix.SIGKILL)
+	waitGone(t, ms.PID)
+	if _, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err == nil {
+		t.Fatal("read succeeded from a mount whose server is dead")
+	}
+	if _, err := run(t, "umount", "--state-dir", state, mnt); err != nil {
+		t.Fatal(err)
+	}
+	if isMounted(mnt) {
+		t.Fatal("stale mount not cleaned up")
+	}
+
+	// --pull serves the plain image the same way.
+	if _, err := run(t, append(append([]string{"mount", "--pull"}, common...), src, mnt)...); err != nil {
+		t.Fatal(err)
+	}
+	want := toctest.Random(1, 700<<10)
+	got, err = os.ReadFile(filepath.Join(mnt, "bin/tool"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("--pull read: %d bytes, %v", len(got), err)
+	}
+	fi, err := os.Lstat(filepath.Join(mnt, "dev/null"))
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		t.Fatalf("dev/null: %v %v", fi, err)
+	}
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	return err == nil && strings.Contains(string(b), ") Z ")
+}
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	for range 500 {
+		if !processAlive(pid) || isZombie(pid) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("process %d still alive", pid)
+}
