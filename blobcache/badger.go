@@ -6,8 +6,11 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 )
 
 // Badger is a Cache backed by a badger/v4 database in one directory. Make it
@@ -95,6 +99,9 @@ func Open(dir string, opts ...Option) (*Badger, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open cache %s: %w", dir, err)
 	}
+	if err := removeEmptyLogs(dir, cfg.logger); err != nil {
+		return nil, fmt.Errorf("open cache %s: %w", dir, err)
+	}
 	vlf := vlogFileSize(cfg)
 	db, err := badger.Open(badgerOptions(dir, cfg, vlf))
 	if err != nil {
@@ -118,6 +125,43 @@ func Open(dir string, opts ...Option) (*Badger, error) {
 	}
 	go c.loop(ctx)
 	return c, nil
+}
+
+// removeEmptyLogs deletes the zero-length write-ahead (.mem) and value-log
+// (.vlog) files that a process killed while creating one leaves behind:
+// badger v4 refuses to open a directory holding one (dgraph-io/badger#2207,
+// fix pending in #2331). Such a file holds no data. It takes badger's own
+// directory lock meanwhile, so it never touches a directory in use.
+func removeEmptyLogs(dir string, log *slog.Logger) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close() // releases the lock
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return ErrLocked
+		}
+		return fmt.Errorf("lock: %w", err)
+	}
+	ents, err := f.ReadDir(-1)
+	if err != nil {
+		return err
+	}
+	for _, de := range ents {
+		name := de.Name()
+		if !de.Type().IsRegular() || !strings.HasSuffix(name, ".mem") && !strings.HasSuffix(name, ".vlog") {
+			continue
+		}
+		if fi, err := de.Info(); err != nil || fi.Size() != 0 {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			return err
+		}
+		log.Warn("blobcache: removed empty log file left by a crash", "dir", dir, "file", name)
+	}
+	return nil
 }
 
 // vlogFileSize returns the value-log file size for cfg.
@@ -340,33 +384,40 @@ func (c *Badger) read(k key, size int64, buf []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var (
-		out  []byte
-		want uint32
-	)
-	err = item.Value(func(v []byte) error {
-		crc, payload, err := decodeChunkRecord(v)
-		if err != nil {
-			return err
-		}
-		if int64(len(payload)) != size {
-			return fmt.Errorf("%d bytes, meta record says %d", len(payload), size)
-		}
-		want = crc
-		out = grow(buf, len(payload))
-		copy(out, payload)
-		return nil
+	var out []byte
+	err = item.Value(func(rec []byte) error {
+		var err error
+		out, err = c.verifyRecord(k, size, rec, buf)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errBadChunk, err)
 	}
-	// Verify the copy we return, not the mapped file.
+	return out, nil
+}
+
+// verifyRecord copies the payload of rec, the stored record of chunk k of the
+// given size, into buf and checks the copy: what Get returns is exactly what
+// was checked, whatever happens to the mapped file meanwhile.
+func (c *Badger) verifyRecord(k key, size int64, rec, buf []byte) ([]byte, error) {
+	h, payload, err := decodeChunkRecord(rec)
+	if err != nil {
+		return nil, err
+	}
+	if h.k != k {
+		return nil, fmt.Errorf("record belongs to %s", h.k.digest())
+	}
+	if int64(len(payload)) != size {
+		return nil, fmt.Errorf("%d bytes, meta record says %d", len(payload), size)
+	}
+	out := grow(buf, len(payload))
+	copy(out, payload)
 	if c.cfg.verify == VerifySHA256 {
 		if sha256.Sum256(out) != k {
-			return nil, fmt.Errorf("%w: sha256 differs", errBadChunk)
+			return nil, errors.New("sha256 differs")
 		}
-	} else if got := crc32c(out); got != want {
-		return nil, fmt.Errorf("%w: crc32c %08x, recorded %08x", errBadChunk, got, want)
+	} else if got := crc32c(out); got != h.crc {
+		return nil, fmt.Errorf("crc32c %08x, recorded %08x", got, h.crc)
 	}
 	return out, nil
 }
@@ -415,7 +466,7 @@ func (c *Badger) Put(ctx context.Context, d digest.Digest, data []byte) error {
 	defer c.recPool.Put(bp) // badger copies values before Commit returns
 	rec := grow(*bp, chunkHeaderLen+len(data))
 	*bp = rec
-	encodeChunkHeader(rec, crc32c(data))
+	chunkHeader{crc: crc32c(data), k: k}.encode(rec)
 	copy(rec[chunkHeaderLen:], data)
 	if err := ctx.Err(); err != nil {
 		return err

@@ -3,8 +3,6 @@ package blobcache_test
 import (
 	"testing"
 
-	"go.uber.org/goleak"
-
 	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/blobcache/blobcachetest"
 )
@@ -37,11 +35,4 @@ func TestBadgerConformance(t *testing.T) {
 			})
 		})
 	}
-}
-
-func TestMain(m *testing.M) {
-	if blobcacheCrashChild() {
-		return
-	}
-	goleak.VerifyTestMain(m)
 }

@@ -17,6 +17,9 @@ var (
 	// ErrTooLarge reports a chunk larger than the cache's capacity or than
 	// MaxChunkSize.
 	ErrTooLarge = errors.New("chunk too large")
+	// ErrLocked reports that another process has the cache directory open:
+	// one process owns a directory, the others go through it.
+	ErrLocked = errors.New("cache directory in use by another process")
 	// ErrClosed reports a call on a closed cache.
 	ErrClosed = errors.New("cache closed")
 	// ErrCorruptRecord reports a stored record that does not decode; the cache

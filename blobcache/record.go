@@ -9,7 +9,7 @@ import (
 // On-disk layout of Badger (all integers little endian). Two keys per chunk,
 // written and deleted together in one transaction:
 //
-//	'c' + sha256 (33 bytes) → chunk record: header (8 bytes) + chunk bytes
+//	'c' + sha256 (33 bytes) → chunk record: header (40 bytes) + chunk bytes
 //	'm' + sha256 (33 bytes) → meta record (24 bytes)
 //
 // chunk record header:
@@ -18,6 +18,9 @@ import (
 //	[1]    version (1)
 //	[2:4]  zero
 //	[4:8]  CRC-32C (Castagnoli) of the chunk bytes
+//	[8:40] sha256 of the chunk bytes, i.e. the record's own key: a value
+//	       pointer that ends up at another chunk's intact record (after a
+//	       crash, or a bug) is rejected instead of served
 //
 // meta record:
 //
@@ -35,7 +38,7 @@ const (
 
 	chunkMagic     = 'L'
 	chunkVersion   = 1
-	chunkHeaderLen = 8
+	chunkHeaderLen = 40
 
 	metaVersion = 1
 	metaLen     = 24
@@ -53,26 +56,36 @@ func dbKey(p byte, k key) []byte {
 	return b
 }
 
-// encodeChunkHeader writes the chunk record header for data's CRC into dst.
-func encodeChunkHeader(dst []byte, crc uint32) {
+// chunkHeader is the decoded header of a chunk record.
+type chunkHeader struct {
+	crc uint32
+	k   key
+}
+
+// encode writes the header into dst[:chunkHeaderLen].
+func (h chunkHeader) encode(dst []byte) {
 	dst[0] = chunkMagic
 	dst[1] = chunkVersion
 	dst[2], dst[3] = 0, 0
-	binary.LittleEndian.PutUint32(dst[4:8], crc)
+	binary.LittleEndian.PutUint32(dst[4:8], h.crc)
+	copy(dst[8:40], h.k[:])
 }
 
-// decodeChunkRecord splits a stored chunk record into its CRC and payload.
-func decodeChunkRecord(rec []byte) (crc uint32, payload []byte, err error) {
+// decodeChunkRecord splits a stored chunk record into its header and payload.
+func decodeChunkRecord(rec []byte) (chunkHeader, []byte, error) {
+	var h chunkHeader
 	if len(rec) < chunkHeaderLen {
-		return 0, nil, fmt.Errorf("chunk record of %d bytes: %w", len(rec), ErrCorruptRecord)
+		return h, nil, fmt.Errorf("chunk record of %d bytes: %w", len(rec), ErrCorruptRecord)
 	}
 	if rec[0] != chunkMagic || rec[1] != chunkVersion || rec[2] != 0 || rec[3] != 0 {
-		return 0, nil, fmt.Errorf("chunk record header %x: %w", rec[:4], ErrCorruptRecord)
+		return h, nil, fmt.Errorf("chunk record header %x: %w", rec[:4], ErrCorruptRecord)
 	}
 	if len(rec)-chunkHeaderLen > MaxChunkSize {
-		return 0, nil, fmt.Errorf("chunk record of %d bytes: %w", len(rec), ErrCorruptRecord)
+		return h, nil, fmt.Errorf("chunk record of %d bytes: %w", len(rec), ErrCorruptRecord)
 	}
-	return binary.LittleEndian.Uint32(rec[4:8]), rec[chunkHeaderLen:], nil
+	h.crc = binary.LittleEndian.Uint32(rec[4:8])
+	copy(h.k[:], rec[8:40])
+	return h, rec[chunkHeaderLen:], nil
 }
 
 // meta is the decoded meta record.

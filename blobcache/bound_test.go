@@ -1,0 +1,73 @@
+package blobcache
+
+import (
+	"context"
+	"crypto/sha256"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// randomChunk returns n pseudo-random bytes and their digest.
+func randomChunk(r *rand.Rand, n int) ([]byte, digest.Digest) {
+	b := make([]byte, n)
+	for i := 0; i+8 <= n; i += 8 {
+		v := r.Uint64()
+		for j := range 8 {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return b, key(sha256.Sum256(b)).digest()
+}
+
+// TestDiskBound writes four times the capacity through the cache and checks
+// that the directory's disk use stays within capacity + DiskSlack.
+func TestDiskBound(t *testing.T) {
+	const capacity = 32 << 20
+	dir := t.TempDir()
+	c, err := Open(dir, WithCapacity(capacity))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bound := int64(capacity) + DiskSlack(capacity)
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(1, 2))
+	var written, peak int64
+	var hot []digest.Digest
+	for written < 4*capacity {
+		n := 64<<10 + r.IntN(1<<20-64<<10+1) // 64 KiB .. 1 MiB, like file tails and full chunks
+		data, d := randomChunk(r, n)
+		if err := c.Put(ctx, d, data); err != nil {
+			t.Fatal(err)
+		}
+		written += int64(n)
+		if len(hot) < 8 {
+			hot = append(hot, d)
+		}
+		for _, h := range hot { // keep a few early chunks hot: they survive and get rewritten by GC
+			if _, err := c.Get(ctx, h); err != nil {
+				t.Fatalf("hot chunk %s: %v", h, err)
+			}
+		}
+		s, _ := dirSize(dir)
+		peak = max(peak, s)
+	}
+	c.collect(ctx, true)
+	s := c.Stats()
+	t.Logf("capacity %d MiB, written %d MiB, bound %d MiB; peak disk %.1f MiB, after collect %.1f MiB; size %.1f MiB, %d entries, %d evictions, %d vlog rewrites",
+		capacity>>20, written>>20, bound>>20, float64(peak)/(1<<20), float64(s.DiskSize)/(1<<20), float64(s.Size)/(1<<20), s.Entries, s.Evictions, s.GCRuns)
+	if s.Size > capacity {
+		t.Fatalf("Size %d above capacity %d", s.Size, capacity)
+	}
+	if s.DiskSize > bound {
+		t.Fatalf("disk use %d after collection above capacity + slack %d", s.DiskSize, bound)
+	}
+	if peak > bound+c.vlogFileSize {
+		t.Fatalf("peak disk use %d above capacity + slack + one value-log file %d", peak, bound+c.vlogFileSize)
+	}
+	if s.GCRuns == 0 {
+		t.Fatal("no value-log file was rewritten")
+	}
+}
