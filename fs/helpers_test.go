@@ -63,6 +63,11 @@ func (w testWriter) Write(p []byte) (int, error) {
 // mountLayers mounts the layers (bottom first) in a temp dir, unmounted at cleanup.
 func mountLayers(t testing.TB, layers []*testLayer, opts Options) (string, *Root) {
 	t.Helper()
+	return mountLayersWith(t, layers, opts, MountOptions{})
+}
+
+func mountLayersWith(t testing.TB, layers []*testLayer, opts Options, mo MountOptions) (string, *Root) {
+	t.Helper()
 	requireFUSE(t)
 	ls := make([]Layer, len(layers))
 	for i, l := range layers {
@@ -76,7 +81,7 @@ func mountLayers(t testing.TB, layers []*testLayer, opts Options) (string, *Root
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	srv, err := Mount(dir, root, MountOptions{})
+	srv, err := Mount(dir, root, mo)
 	if err != nil {
 		t.Fatal(err)
 	}

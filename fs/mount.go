@@ -30,6 +30,12 @@ type MountOptions struct {
 	// Options are extra mount options (e.g. "suid", "dev"; the default is
 	// nosuid,nodev).
 	Options []string
+	// SyncRead makes the kernel send READs synchronously (no CAP_ASYNC_READ).
+	// Only synchronous requests are interrupted when the reading process gets
+	// a signal, so this lets a killed reader cancel the fetch it waits on;
+	// with asynchronous reads (the default) the reader still dies at once and
+	// the fetch completes in the background. See docs/fs.md for its cost.
+	SyncRead bool
 	// Debug logs every FUSE request to the go-fuse logger.
 	Debug bool
 }
@@ -83,6 +89,7 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 			DisableSplice: true,
 			DirectMount:   true,
 			Debug:         mo.Debug,
+			SyncRead:      mo.SyncRead,
 			MaxBackground: 64,
 		},
 		EntryTimeout:    &root.opts.EntryTimeout,

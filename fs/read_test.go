@@ -1,0 +1,301 @@
+package fs
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyfs/lazyfs/fs/fstest"
+	"github.com/lazyfs/lazyfs/fs/toc"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+)
+
+// TestBusybox runs a real program from a mounted busybox layer.
+func TestBusybox(t *testing.T) {
+	requireFUSE(t)
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skipf("needs busybox-static (/bin/busybox): %v", err)
+	}
+	if _, err := exec.LookPath("chroot"); err != nil {
+		t.Skipf("needs chroot: %v", err)
+	}
+	files := []toctest.File{
+		{Hdr: th(tar.TypeDir, "./", 0o755)},
+		{Hdr: th(tar.TypeDir, "bin/", 0o755)},
+		reg("bin/busybox", 0o755, bb),
+		{Hdr: th(tar.TypeDir, "etc/", 0o755)},
+		reg("etc/motd", 0o644, []byte("hello from lazyfs\n")),
+		{Hdr: th(tar.TypeDir, "tmp/", 0o1777)},
+	}
+	for _, app := range []string{"sh", "cat", "ls", "wc", "sha256sum", "echo"} {
+		files = append(files, link(tar.TypeSymlink, "bin/"+app, "busybox"))
+	}
+	files = append(files, link(tar.TypeLink, "bin/printf", "bin/busybox"))
+	layer := convertLayer(t, toctest.Tar(t, files), toc.DefaultChunkSize)
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache()})
+	out, err := exec.Command("chroot", dir, "/bin/sh", "-c",
+		"cat /etc/motd; ls /bin | wc -l; /bin/printf 'via-hardlink\\n'; sha256sum /bin/busybox").CombinedOutput()
+	if err != nil {
+		t.Fatalf("chroot: %v\n%s", err, out)
+	}
+	want := fmt.Sprintf("hello from lazyfs\n8\nvia-hardlink\n%x  /bin/busybox\n", sha256.Sum256(bb))
+	if string(out) != want {
+		t.Fatalf("output %q, want %q", out, want)
+	}
+	if s := root.Stats(); s.EIO != 0 || s.FetchedChunks == 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// bigCorpus returns a layer of many small files and a few big ones.
+func bigCorpus(t testing.TB, files, bigFiles, bigSize int) *testLayer {
+	var fs []toctest.File
+	fs = append(fs, toctest.File{Hdr: th(tar.TypeDir, "./", 0o755)})
+	for i := range files {
+		fs = append(fs, reg(fmt.Sprintf("small/f%04d", i), 0o644, toctest.Random(uint64(100+i), 1000+i*37%20000)))
+	}
+	for i := range bigFiles {
+		fs = append(fs, reg(fmt.Sprintf("big/b%d", i), 0o644, toctest.Random(uint64(7+i), bigSize+i*4099)))
+	}
+	return convertLayer(t, toctest.Tar(t, fs), testChunk)
+}
+
+// TestLazy checks that mounting fetches nothing and that reading one small
+// file fetches a tiny fraction of the image.
+func TestLazy(t *testing.T) {
+	layer := bigCorpus(t, 200, 4, 4<<20)
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache()})
+	if _, err := os.ReadDir(filepath.Join(dir, "small")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "big/b3")); err != nil {
+		t.Fatal(err)
+	}
+	if req, _, _ := layer.fetcher.Stats(); req != 0 {
+		t.Fatalf("%d fetches before any read", req)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "small/f0042"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := readEntry(t, layer, "small/f0042"); !bytes.Equal(b, want) {
+		t.Fatal("wrong bytes")
+	}
+	_, chunks, fetched := layer.fetcher.Stats()
+	if chunks != 1 || fetched*1000 > int64(len(layer.blob)) {
+		t.Fatalf("read one small file: %d chunks, %d bytes of a %d-byte blob fetched", chunks, fetched, len(layer.blob))
+	}
+	t.Logf("fetched %d of %d bytes (%.3f%%)", fetched, len(layer.blob), 100*float64(fetched)/float64(len(layer.blob)))
+	if s := root.Stats(); s.ChunkMisses != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func readEntry(t testing.TB, l *testLayer, name string) []byte {
+	for i := range l.toc.Entries {
+		if e := &l.toc.Entries[i]; e.Name == name {
+			return toctest.ReadFile(t, l.blob, l.toc, e)
+		}
+	}
+	t.Fatalf("no entry %s", name)
+	return nil
+}
+
+// TestReadAhead checks that a sequential reader gets the following chunks fetched ahead.
+func TestReadAhead(t *testing.T) {
+	layer := bigCorpus(t, 1, 1, 64*testChunk)
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), ReadAhead: 8})
+	f, err := os.Open(filepath.Join(dir, "big/b0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, testChunk)
+	for range 4 {
+		if _, err := io.ReadFull(f, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for root.Stats().Prefetched == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := root.Stats(); s.Prefetched == 0 {
+		t.Fatalf("no read-ahead after sequential reads: %+v", s)
+	}
+	if _, err := io.Copy(io.Discard, f); err != nil {
+		t.Fatal(err)
+	}
+	if s := root.Stats(); s.ChunkHits == 0 {
+		t.Fatalf("sequential read never hit a read-ahead chunk: %+v", s)
+	}
+}
+
+// TestFaults: a failing fetcher fails only uncached reads, with EIO, and the
+// mount recovers; tampered or wrong bytes give EIO, never wrong data.
+func TestFaults(t *testing.T) {
+	layer := bigCorpus(t, 10, 2, 8*testChunk)
+	cache := fstest.NewMemCache()
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: cache, ReadAhead: -1})
+	cached, uncached := filepath.Join(dir, "big/b0"), filepath.Join(dir, "big/b1")
+	want0, want1 := readEntry(t, layer, "big/b0"), readEntry(t, layer, "big/b1")
+	mustRead(t, cached, want0)
+
+	layer.fetcher.SetFailing(true)
+	dropCache(t, cached)
+	hits := root.Stats().ChunkHits
+	mustRead(t, cached, want0)
+	if root.Stats().ChunkHits == hits {
+		t.Fatal("cached file was served from the page cache, not from the chunk cache")
+	}
+	if _, err := os.ReadFile(uncached); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("uncached read with the fetcher down: %v, want EIO", err)
+	}
+	if _, err := os.ReadFile(filepath.Join(dir, "small/f0003")); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("uncached small read with the fetcher down: %v, want EIO", err)
+	}
+	if ents, err := os.ReadDir(filepath.Join(dir, "small")); err != nil || len(ents) != 10 {
+		t.Fatalf("readdir while the fetcher is down: %d entries, %v", len(ents), err)
+	}
+	if s := root.Stats(); s.EIO < 2 {
+		t.Fatalf("stats %+v", s)
+	}
+
+	layer.fetcher.SetFailing(false)
+	mustRead(t, uncached, want1)
+
+	for _, mode := range []string{"tampered", "lying"} {
+		cache.Clear()
+		dropCache(t, cached)
+		layer.fetcher.SetTampered(mode == "tampered")
+		layer.fetcher.SetLying(mode == "lying")
+		eio := root.Stats().EIO
+		if b, err := os.ReadFile(cached); !errors.Is(err, syscall.EIO) {
+			t.Fatalf("%s blob: read %d bytes, err %v; want EIO", mode, len(b), err)
+		}
+		if root.Stats().EIO == eio {
+			t.Fatalf("%s: EIO not counted", mode)
+		}
+		if cache.Len() != 0 {
+			t.Fatalf("%s: %d bad chunks reached the cache", mode, cache.Len())
+		}
+		layer.fetcher.SetTampered(false)
+		layer.fetcher.SetLying(false)
+		mustRead(t, cached, want0)
+	}
+}
+
+func mustRead(t testing.TB, p string, want []byte) {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("read %s: %v", p, err)
+	}
+	if !bytes.Equal(b, want) {
+		t.Fatalf("read %s: %d bytes differ from the %d expected", p, len(b), len(want))
+	}
+}
+
+// TestInterrupt: a read waiting on the network ends when its process is
+// killed (the kernel's FUSE_INTERRUPT cancels the fetch). The kernel
+// interrupts only synchronous READs, hence SyncRead.
+func TestInterrupt(t *testing.T) {
+	layer := bigCorpus(t, 1, 1, 4*testChunk)
+	dir, root := mountLayersWith(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), ReadAhead: -1}, MountOptions{SyncRead: true})
+	started := layer.fetcher.Block()
+	defer layer.fetcher.Unblock()
+	cmd := exec.Command("cat", filepath.Join(dir, "big/b0"))
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("the read never reached the fetcher")
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	cmd.Wait()
+	deadline := time.Now().Add(30 * time.Second)
+	for root.Stats().Interrupted == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := root.Stats(); s.Interrupted == 0 {
+		t.Fatalf("blocked fetch was not cancelled by the interrupt: %+v", s)
+	}
+	layer.fetcher.Unblock()
+	mustRead(t, filepath.Join(dir, "big/b0"), readEntry(t, layer, "big/b0"))
+}
+
+// TestConcurrentReads: 32 goroutines read random ranges of random files.
+func TestConcurrentReads(t *testing.T) {
+	layer := bigCorpus(t, 40, 4, 20*testChunk)
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), ReadAhead: 4})
+	var names []string
+	want := map[string][]byte{}
+	for i := range layer.toc.Entries {
+		if e := &layer.toc.Entries[i]; e.IsRegular() {
+			names = append(names, e.Name)
+			want[e.Name] = toctest.ReadFile(t, layer.blob, layer.toc, e)
+		}
+	}
+	iters := 200
+	if testing.Short() {
+		iters = 50
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, 32)
+	for g := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			for it := range iters {
+				name := names[rng.IntN(len(names))]
+				w := want[name]
+				f, err := os.Open(filepath.Join(dir, name))
+				if err != nil {
+					errc <- err
+					return
+				}
+				off := rng.Int64N(int64(len(w)) + 1)
+				n := rng.IntN(3*testChunk) + 1
+				buf := make([]byte, n)
+				got, err := f.ReadAt(buf, off)
+				if err != nil && !errors.Is(err, io.EOF) {
+					errc <- fmt.Errorf("%s at %d+%d: %w", name, off, n, err)
+				} else if exp := w[off:min(off+int64(n), int64(len(w)))]; !bytes.Equal(buf[:got], exp) {
+					errc <- fmt.Errorf("%s at %d+%d: %d bytes differ from the reference", name, off, n, got)
+				}
+				if it%16 == 0 {
+					unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+				}
+				f.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
+	if s := root.Stats(); s.EIO != 0 || s.ChunkHits == 0 || s.ChunkMisses == 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
