@@ -298,4 +298,3 @@ func TestConcurrentReads(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
-
