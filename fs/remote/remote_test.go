@@ -328,3 +328,25 @@ func TestBadChunkRequest(t *testing.T) {
 		}
 	}
 }
+
+// The same chunk twice in one call is fetched once and delivered to both indices.
+func TestDuplicateChunks(t *testing.T) {
+	l := allTypesLayer(t)
+	fl := &faults{}
+	_, host := newRegistry(t, fl.wrap)
+	push(t, host, "lazy/img:v1", l)
+	f := newFetcher(t)
+	b := f.Blob(repoOf(t, host, "lazy/img"), l.digest(), l.res.Size)
+	c := l.res.TOC.Chunks[2]
+	got, err := fetchAll(context.Background(), b, []toc.Chunk{c, l.res.TOC.Chunks[0], c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := l.want(t)
+	if !bytes.Equal(got[0], want[2]) || !bytes.Equal(got[1], want[0]) || !bytes.Equal(got[2], want[2]) {
+		t.Fatal("wrong bytes")
+	}
+	if st := f.Stats(); st.ChunksFetched != 2 {
+		t.Errorf("chunks fetched %d, want 2", st.ChunksFetched)
+	}
+}
