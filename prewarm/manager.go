@@ -728,6 +728,12 @@ func (m *Manager) Release(ctx context.Context, req ReleaseRequest) (ReleaseResul
 		m.wg.Done() // the AfterFunc will not run
 	}
 	deferred, cl.deferred = cl.deferred, nil
+	if deferred != nil && !deferred.exited() && g.child == nil {
+		// The job was shorter than the hand-off delay: the holder still
+		// holds, so it becomes the GPU's holder again.
+		deferred.stopping.Store(false)
+		g.child, deferred = deferred, nil
+	}
 	worker := cl.worker
 	m.cfg.Metrics.setState(req.UUID, StateGrace)
 	m.mu.Unlock()

@@ -496,3 +496,24 @@ func metricValue(t *testing.T, mt *Metrics, name string, labels map[string]strin
 	}
 	return -1
 }
+
+func TestDeferredHolderAdoptedOnEarlyRelease(t *testing.T) {
+	fake := NewFakeGPUs(1)
+	m := newTestManager(t, fake, Config{HandoffDelay: time.Hour}, "")
+	s := pollUntil(t, m, "held", stateIs(g0, StateHeld))
+	pid := gpuIn(s, g0).HolderPID
+	res, err := m.Claim(context.Background(), ClaimRequest{})
+	if err != nil || res.HolderRelease != "deferred" {
+		t.Fatalf("claim %+v %v", res, err)
+	}
+	if _, err := m.Release(context.Background(), ReleaseRequest{UUID: g0}); err != nil {
+		t.Fatal(err)
+	}
+	s = pollUntil(t, m, "held", stateIs(g0, StateHeld))
+	if got := gpuIn(s, g0).HolderPID; got != pid || !alive(pid) {
+		t.Fatalf("holder after an early release: pid %d, want the kept holder %d", got, pid)
+	}
+	// It is managed again: a crash now counts.
+	syscall.Kill(pid, syscall.SIGKILL)
+	s = pollUntil(t, m, "crash noticed", func(s Status) bool { return gpuIn(s, g0).Crashes == 1 })
+}

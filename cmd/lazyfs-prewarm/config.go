@@ -1,0 +1,179 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/spf13/pflag"
+)
+
+// config is the daemon's configuration: defaults, then the TOML file
+// (--config), then flags that were set explicitly.
+type config struct {
+	Socket            string   `toml:"socket"`
+	MetricsAddr       string   `toml:"metrics_addr"`
+	MemoryFloor       size     `toml:"memory_floor"`
+	AllowExclusive    bool     `toml:"allow_exclusive"`
+	HoldAlloc         size     `toml:"hold_alloc"`
+	NoHold            bool     `toml:"no_hold"`
+	IdleWindow        duration `toml:"idle_window"`
+	UtilThreshold     int      `toml:"util_threshold"`
+	Grace             duration `toml:"grace"`
+	HandoffDelay      duration `toml:"handoff_delay"`
+	PollInterval      duration `toml:"poll_interval"`
+	ReadyTimeout      duration `toml:"ready_timeout"`
+	WorkerCommand     []string `toml:"worker_command"`
+	WorkerDir         string   `toml:"worker_dir"`
+	Images            []string `toml:"images"`
+	ImageRefresh      duration `toml:"image_refresh"`
+	WarmSocket        string   `toml:"warm_socket"`
+	WarmWholeImages   bool     `toml:"warm_whole_images"`
+	EnablePersistence bool     `toml:"enable_persistence"`
+	LogLevel          string   `toml:"log_level"`
+	FakeGPUs          int      `toml:"-"`
+}
+
+func defaultConfig() config {
+	return config{
+		Socket:       "/run/lazyfs/prewarm.sock",
+		MetricsAddr:  "127.0.0.1:9610",
+		MemoryFloor:  1 << 30,
+		IdleWindow:   duration(30 * time.Second),
+		Grace:        duration(5 * time.Second),
+		HandoffDelay: duration(10 * time.Second),
+		PollInterval: duration(2 * time.Second),
+		ReadyTimeout: duration(60 * time.Second),
+		ImageRefresh: duration(5 * time.Minute),
+		LogLevel:     "info",
+	}
+}
+
+// bindFlags registers every flag on fs, writing into c.
+func (c *config) bindFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Socket, "socket", c.Socket, "unix socket of the claim/release API (mode 0600)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, `TCP address for /metrics and /healthz ("" disables)`)
+	fs.Var(&c.MemoryFloor, "memory-floor", "never hold a GPU with less free memory than this (e.g. 1GiB)")
+	fs.BoolVar(&c.AllowExclusive, "allow-exclusive", c.AllowExclusive, "hold GPUs in an exclusive compute mode too (released before every claim)")
+	fs.Var(&c.HoldAlloc, "hold-alloc", "bytes the holder allocates besides its context (e.g. 64MiB)")
+	fs.BoolVar(&c.NoHold, "no-hold", c.NoHold, "inventory and claims only: start no holders")
+	fs.Var(&c.IdleWindow, "idle-window", "a GPU must be quiet this long before it is held")
+	fs.IntVar(&c.UtilThreshold, "util-threshold", c.UtilThreshold, "utilisation percentage above which a GPU counts as active")
+	fs.Var(&c.Grace, "grace", "wait this long after a release before warming again")
+	fs.Var(&c.HandoffDelay, "handoff-delay", "keep the holder this long after a claim in default compute mode (0: release at once)")
+	fs.Var(&c.PollInterval, "poll-interval", "NVML inventory interval")
+	fs.Var(&c.ReadyTimeout, "ready-timeout", "how long a holder or warm worker may take to report READY")
+	fs.StringVar(&c.WorkerDir, "worker-dir", c.WorkerDir, "directory for warm-worker sockets")
+	fs.Var(&c.ImageRefresh, "image-refresh", "how often each image's tag is re-resolved")
+	fs.StringVar(&c.WarmSocket, "warm-socket", c.WarmSocket, "unix socket of the block-cache owner (lazyfs-snapshotter) that warms images")
+	fs.BoolVar(&c.WarmWholeImages, "warm-whole-images", c.WarmWholeImages, "warm whole images, not only their start-up profiles")
+	fs.BoolVar(&c.EnablePersistence, "enable-persistence", c.EnablePersistence, "turn persistence mode on for every GPU (otherwise it is only reported)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.IntVar(&c.FakeGPUs, "fake-gpus", 0, "pretend to have N GPUs with a fake CUDA driver (demos and tests)")
+	fs.MarkHidden("fake-gpus")
+}
+
+// merge returns defaults ← file ← explicitly set flags.
+func loadConfig(path string, flags config, fs *pflag.FlagSet, workerCmd string, images []string) (config, error) {
+	c := defaultConfig()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return c, fmt.Errorf("config %s: %w", path, err)
+		}
+		dec := toml.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
+			return c, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	set := map[string]func(){
+		"socket":             func() { c.Socket = flags.Socket },
+		"metrics-addr":       func() { c.MetricsAddr = flags.MetricsAddr },
+		"memory-floor":       func() { c.MemoryFloor = flags.MemoryFloor },
+		"allow-exclusive":    func() { c.AllowExclusive = flags.AllowExclusive },
+		"hold-alloc":         func() { c.HoldAlloc = flags.HoldAlloc },
+		"no-hold":            func() { c.NoHold = flags.NoHold },
+		"idle-window":        func() { c.IdleWindow = flags.IdleWindow },
+		"util-threshold":     func() { c.UtilThreshold = flags.UtilThreshold },
+		"grace":              func() { c.Grace = flags.Grace },
+		"handoff-delay":      func() { c.HandoffDelay = flags.HandoffDelay },
+		"poll-interval":      func() { c.PollInterval = flags.PollInterval },
+		"ready-timeout":      func() { c.ReadyTimeout = flags.ReadyTimeout },
+		"worker-dir":         func() { c.WorkerDir = flags.WorkerDir },
+		"image-refresh":      func() { c.ImageRefresh = flags.ImageRefresh },
+		"warm-socket":        func() { c.WarmSocket = flags.WarmSocket },
+		"warm-whole-images":  func() { c.WarmWholeImages = flags.WarmWholeImages },
+		"enable-persistence": func() { c.EnablePersistence = flags.EnablePersistence },
+		"log-level":          func() { c.LogLevel = flags.LogLevel },
+		"fake-gpus":          func() { c.FakeGPUs = flags.FakeGPUs },
+		"worker-command":     func() { c.WorkerCommand = strings.Fields(workerCmd) },
+		"image":              func() { c.Images = images },
+	}
+	fs.Visit(func(f *pflag.Flag) {
+		if fn := set[f.Name]; fn != nil {
+			fn()
+		}
+	})
+	if c.Socket == "" {
+		return c, fmt.Errorf("config: socket must not be empty")
+	}
+	return c, nil
+}
+
+// duration is a time.Duration written as "30s" in TOML and flags.
+type duration time.Duration
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = duration(v)
+	return nil
+}
+func (d duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+func (d *duration) Set(s string) error          { return d.UnmarshalText([]byte(s)) }
+func (d duration) String() string               { return time.Duration(d).String() }
+func (d duration) Type() string                 { return "duration" }
+
+// size is a byte count written as "1GiB", "512MiB", "64M" or "1048576".
+type size uint64
+
+func (s *size) UnmarshalText(b []byte) error {
+	v, err := parseSize(string(b))
+	if err != nil {
+		return err
+	}
+	*s = size(v)
+	return nil
+}
+func (s size) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+func (s *size) Set(v string) error          { return s.UnmarshalText([]byte(v)) }
+func (s size) String() string               { return strconv.FormatUint(uint64(s), 10) }
+func (s size) Type() string                 { return "bytes" }
+
+func parseSize(s string) (uint64, error) {
+	t := strings.TrimSpace(s)
+	mult := uint64(1)
+	for _, u := range []struct {
+		suf string
+		m   uint64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"K", 1000}, {"M", 1000 * 1000}, {"G", 1000 * 1000 * 1000}, {"B", 1}} {
+		if strings.HasSuffix(t, u.suf) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suf)), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseUint(t, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: want a number with an optional KiB/MiB/GiB/TiB/K/M/G suffix", s)
+	}
+	if mult > 1 && n > ^uint64(0)/mult {
+		return 0, fmt.Errorf("size %q: too large", s)
+	}
+	return n * mult, nil
+}

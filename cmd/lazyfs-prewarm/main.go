@@ -1,0 +1,37 @@
+// Command lazyfs-prewarm is the GPU pre-warm daemon: it keeps idle GPUs
+// initialised with one small holder process each (or a warm worker), hands
+// them over on claim through a unix-socket API, and keeps a list of images
+// warm in the node's block cache. Flags and wiring only; the logic is in
+// package prewarm.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCmd().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lazyfs-prewarm:", err)
+		var ec interface{ ExitCode() int }
+		if errors.As(err, &ec) {
+			os.Exit(ec.ExitCode())
+		}
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	root := newDaemonCmd()
+	root.AddCommand(newHoldCmd(), newWorkerCmd(), newFirstOpCmd(), newDevBenchCmd())
+	return root
+}

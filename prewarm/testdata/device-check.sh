@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Device check for the GPU pre-warm daemon (issue 5).
+#
+# Measures, on a real NVIDIA GPU, N fresh processes' time to their first
+# completed CUDA op (cuInit + primary context + 1 MiB alloc/memset/sync):
+#   (a)  with no daemon,
+#   (b0) with the daemon running NVML only (no holder),
+#   (b)  with the daemon holding the GPU (no claim),
+#   (b') after claiming the GPU from the daemon (holder kept for the hand-off),
+#   (c)  through a warm worker handed over on claim (Go worker; torch worker
+#        too when python3 has CUDA PyTorch), plus the PyTorch baseline,
+# and the claim→release latency (holder killed and reaped), then prints a
+# markdown table. Never changes persistence mode, clocks or MIG: it compares
+# nvidia-smi's view of them before and after and fails if anything moved.
+#
+# Usage (repo root):  prewarm/testdata/device-check.sh
+#   N=10           samples per row (>= 10 for the issue)
+#   TORCH=auto     auto|0|1: PyTorch rows
+#   FAKE=1         no GPU: fake GPUs and fake CUDA (tests the script itself)
+#   BIN=bin/lazyfs-prewarm   built by prewarm/testdata/build-device-bin.sh
+#   OUT=dir        also write device-check.md, samples.jsonl, daemon logs there
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+N=${N:-10}
+TORCH=${TORCH:-auto}
+FAKE=${FAKE:-0}
+BIN=${BIN:-bin/lazyfs-prewarm}
+START=$(date +%s)
+TMP=$(mktemp -d /tmp/pwcheck.XXXXXX)
+SOCK=$TMP/pw.sock
+ROWS=$TMP/rows.md
+JSONL=$TMP/samples.jsonl
+DAEMON_PID=
+: >"$ROWS"
+
+log() { echo "[device-check +$(($(date +%s) - START))s] $*" >&2; }
+die() {
+	echo "DEVICE CHECK FAILED: $*" >&2
+	exit 1
+}
+
+stop_daemon() {
+	[ -n "$DAEMON_PID" ] || return 0
+	kill -TERM "$DAEMON_PID" 2>/dev/null || true
+	for _ in $(seq 1 100); do
+		kill -0 "$DAEMON_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	if kill -0 "$DAEMON_PID" 2>/dev/null; then
+		kill -KILL "$DAEMON_PID" 2>/dev/null || true
+		DAEMON_PID=
+		die "daemon did not stop on SIGTERM within 10 s"
+	fi
+	wait "$DAEMON_PID" 2>/dev/null || true
+	DAEMON_PID=
+}
+
+finish() {
+	rc=$?
+	if [ -n "$DAEMON_PID" ]; then
+		kill -KILL "$DAEMON_PID" 2>/dev/null || true
+	fi
+	if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+		cp "$TMP"/*.log "$OUT"/ 2>/dev/null || true
+		cp "$JSONL" "$OUT"/samples.jsonl 2>/dev/null || true
+	fi
+	rm -rf "$TMP"
+	exit $rc
+}
+trap finish EXIT
+
+fetch() { # URL
+	if command -v curl >/dev/null; then
+		curl -fsS "$1"
+	else
+		python3 -c 'import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1"
+	fi
+}
+
+gpu_settings() {
+	nvidia-smi --query-gpu=index,uuid,persistence_mode,compute_mode,mig.mode.current,clocks.applications.graphics,clocks.applications.memory,clocks_throttle_reasons.applications_clocks_setting --format=csv,noheader 2>/dev/null ||
+		nvidia-smi --query-gpu=index,uuid,persistence_mode,compute_mode,mig.mode.current,clocks.applications.graphics,clocks.applications.memory --format=csv,noheader
+}
+
+# start_daemon NAME ARGS...: start the daemon, wait for its socket.
+start_daemon() {
+	local name=$1
+	shift
+	rm -f "$SOCK"
+	local extra=()
+	[ "$FAKE" = 1 ] && extra+=(--fake-gpus 1)
+	"$BIN" --socket "$SOCK" --metrics-addr 127.0.0.1:0 --idle-window 1s --poll-interval 100ms \
+		--grace 100ms --handoff-delay 5s --memory-floor 0 --ready-timeout 120s --log-level info \
+		"${extra[@]}" "$@" >"$TMP/daemon-$name.log" 2>&1 &
+	DAEMON_PID=$!
+	for _ in $(seq 1 100); do
+		[ -S "$SOCK" ] && return 0
+		kill -0 "$DAEMON_PID" 2>/dev/null || {
+			cat "$TMP/daemon-$name.log" >&2
+			die "daemon ($name) exited at start"
+		}
+		sleep 0.1
+	done
+	die "daemon ($name) socket $SOCK did not appear"
+}
+
+bench() { # LABEL SCENARIO [ARGS...]
+	local label=$1 scenario=$2
+	shift 2
+	log "$label"
+	"$BIN" devbench --scenario "$scenario" --n "$N" --socket "$SOCK" --label "$label" \
+		--json-out "$JSONL" --timeout 120s "$@" >>"$ROWS" 2>"$TMP/bench-$scenario.log" ||
+		{
+			tail -20 "$TMP/bench-$scenario.log" >&2
+			[ -n "$DAEMON_PID" ] && tail -20 "$TMP"/daemon-*.log >&2
+			die "$label"
+		}
+	tail -1 "$ROWS" >&2
+}
+
+# ---- preflight ---------------------------------------------------------
+[ "$N" -ge 1 ] 2>/dev/null || die "N=$N is not a positive number"
+[ "$(uname -m)" = x86_64 ] || die "needs x86-64, this is $(uname -m)"
+if [ ! -x "$BIN" ]; then
+	if command -v go >/dev/null; then
+		log "building $BIN with $(go version)"
+		prewarm/testdata/build-device-bin.sh >&2
+	else
+		die "$BIN missing and no Go here: run prewarm/testdata/build-device-bin.sh on the dev machine and carry bin/"
+	fi
+fi
+"$BIN" --help >/dev/null || die "$BIN does not run here (glibc?)"
+if [ "$FAKE" = 1 ]; then
+	export LAZYFS_PREWARM_FAKE_CUDA=1
+	BEFORE="fake"
+	GPU_DESC="fake GPU (FAKE=1: script self-test, numbers mean nothing)"
+else
+	command -v nvidia-smi >/dev/null || die "nvidia-smi not found"
+	nvidia-smi -L >&2 || die "nvidia-smi -L failed"
+	BEFORE=$(gpu_settings) || die "cannot read GPU settings"
+	GPU_DESC=$(nvidia-smi --query-gpu=name,driver_version,persistence_mode,compute_mode,mig.mode.current --format=csv,noheader | head -1)
+	apps=$(nvidia-smi --query-compute-apps=pid,process_name --format=csv,noheader || true)
+	[ -z "$apps" ] || log "WARNING: compute processes already running, baseline is not cold: $apps"
+fi
+log "GPU: $GPU_DESC"
+log "settings before: $BEFORE"
+
+if [ "$TORCH" = auto ]; then
+	if [ "$FAKE" != 1 ] && python3 -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+		TORCH=1
+	else
+		TORCH=0
+	fi
+fi
+
+# ---- (a) no daemon -----------------------------------------------------
+bench "(a) fresh process, no daemon" fresh
+if [ "$TORCH" = 1 ]; then
+	bench "(a-torch) fresh python3: import torch + first op, no daemon" torch-fresh --gap 200ms --script prewarm/testdata/torch_firstop.py
+fi
+
+# ---- (b0) daemon, NVML only ---------------------------------------------
+start_daemon nvml --no-hold
+sleep 2
+bench "(b0) fresh process, daemon with NVML open but no holder" fresh
+stop_daemon
+
+# ---- (b) daemon holding ----------------------------------------------
+start_daemon hold
+"$BIN" devbench --scenario wait-held --socket "$SOCK" --timeout 120s || die "GPU never held; daemon log: $(tail -5 "$TMP/daemon-hold.log")"
+maddr=$(sed -n 's/.*msg="metrics listening" addr=\([0-9.:]*\).*/\1/p' "$TMP/daemon-hold.log" | head -1)
+[ -n "$maddr" ] || die "no metrics address in the daemon log"
+fetch "http://$maddr/healthz" | grep -q '"ok"' || die "/healthz not ok"
+fetch "http://$maddr/metrics" | grep -q 'lazyfs_prewarm_gpu_state{state="held"' || die "/metrics has no held state"
+if [ -x bin/lazyfs ] && bin/lazyfs gpu --help >/dev/null 2>&1; then
+	bin/lazyfs gpu status --socket "$SOCK" >&2 || die "lazyfs gpu status failed"
+fi
+bench "(b) fresh process, daemon holding the GPU (no claim)" fresh
+bench "(b') fresh process: claim from the daemon, then first op (holder kept 5 s)" claim
+bench "claim→release: claim round trip incl. holder kill (release=now)" release --gap 0s
+fetch "http://$maddr/metrics" | grep -q 'lazyfs_prewarm_claim_seconds_count' || die "/metrics has no claim histogram"
+stop_daemon
+if pgrep -f "$BIN hold" >/dev/null; then die "holder processes survived the daemon"; fi
+
+# ---- (c) warm workers --------------------------------------------------
+start_daemon worker --worker-command "$BIN worker"
+bench "(c) fresh process: claim + first op through a warm Go worker" worker --gap 0s
+stop_daemon
+if [ "$TORCH" = 1 ]; then
+	start_daemon torchworker --worker-command "python3 prewarm/testdata/torch_worker.py"
+	bench "(c-torch) fresh process: claim + op through a warm torch worker" worker --gap 0s
+	stop_daemon
+fi
+
+# ---- settings unchanged -------------------------------------------------
+if [ "$FAKE" != 1 ]; then
+	AFTER=$(gpu_settings)
+	[ "$BEFORE" = "$AFTER" ] || die "GPU settings changed!
+before: $BEFORE
+after:  $AFTER"
+	left=$(nvidia-smi --query-compute-apps=pid,process_name --format=csv,noheader || true)
+	[ -z "$left" ] || die "compute processes left behind: $left"
+fi
+
+{
+	echo "GPU: $GPU_DESC; lazyfs-prewarm device check, N=$N, $(date -u +%FT%TZ), total $(($(date +%s) - START)) s"
+	echo
+	echo "| scenario (ms, wall clock from exec to first op done) | n | min | p50 | mean | max | detail (means, ms) |"
+	echo "|---|---|---|---|---|---|---|"
+	cat "$ROWS"
+	echo
+	echo "settings before = after: $BEFORE"
+} | tee "$TMP/device-check.md"
+[ -n "${OUT:-}" ] && cp "$TMP/device-check.md" "$OUT/" 2>/dev/null || true
+echo "DEVICE CHECK OK"
