@@ -156,10 +156,11 @@ func spawnMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) error {
 		if err := json.Unmarshal([]byte(msg), &st); err != nil {
 			return fmt.Errorf("mount server: %w", err)
 		}
+		pid := child.Process.Pid
 		_ = child.Process.Release()
 		_, err := fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s in %.0f ms: %d layers, %d entries, %s of the %s image fetched so far\nserving in the background (pid %d, log %s); unmount with: lazyfs umount %s\n",
 			ref, dir, st.ReadySeconds*1000, st.Layers, st.Entries, humanBytes(st.Remote.BytesFetched), humanBytes(st.ImageSize),
-			child.Process.Pid, logPath, dir)
+			pid, logPath, dir)
 		return err
 	}
 	if msg, ok := strings.CutPrefix(line, "error "); ok {
