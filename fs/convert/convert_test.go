@@ -37,7 +37,7 @@ type testRegistry struct {
 	uploads atomic.Int64
 }
 
-func newRegistry(t *testing.T) *testRegistry {
+func newRegistry(t testing.TB) *testRegistry {
 	r := &testRegistry{}
 	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -53,7 +53,7 @@ func newRegistry(t *testing.T) *testRegistry {
 
 func (r *testRegistry) ref(s string) string { return r.host + "/" + s }
 
-func tarLayer(t *testing.T, files []toctest.File, mt types.MediaType) v1.Layer {
+func tarLayer(t testing.TB, files []toctest.File, mt types.MediaType) v1.Layer {
 	t.Helper()
 	b := toctest.Tar(t, files)
 	var l v1.Layer
@@ -102,7 +102,7 @@ func sourceImage(t *testing.T, platform string) v1.Image {
 	return img
 }
 
-func push(t *testing.T, ref string, img v1.Image) {
+func push(t testing.TB, ref string, img v1.Image) {
 	t.Helper()
 	r, err := name.ParseReference(ref)
 	if err != nil {
