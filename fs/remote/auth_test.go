@@ -17,6 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
 type staticKeychain struct{ user, pass string }
@@ -256,5 +258,59 @@ func TestRedirectExpiry(t *testing.T) {
 		if got := redirectExpiry(u, now, ttl); !got.Equal(tc.want) {
 			t.Errorf("%q: %v, want %v", tc.q, got, tc.want)
 		}
+	}
+}
+
+// rotatingKeychain returns the current password; the test rotates it.
+type rotatingKeychain struct{ pass *atomic.Value }
+
+func (k rotatingKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
+	return authn.FromConfig(authn.AuthConfig{Username: "bob", Password: k.pass.Load().(string)}), nil
+}
+
+// A Basic-auth registry whose password rotates mid-mount: the 401 rebuilds
+// the credentials from the keychain once and the read succeeds.
+func TestAuthBasicRotation(t *testing.T) {
+	l := allTypesLayer(t)
+	_, host := newRegistry(t, nil)
+	push(t, host, "lazy/img:v1", l)
+	var serverPass, keyPass atomic.Value
+	serverPass.Store("one")
+	keyPass.Store("one")
+	backend := proxy(t, host)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "bob" || p != serverPass.Load().(string) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		backend.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	phost := strings.TrimPrefix(srv.URL, "http://")
+	f := newFetcher(t, WithKeychain(rotatingKeychain{&keyPass}))
+	b := f.Blob(repoOf(t, phost, "lazy/img"), l.digest(), l.res.Size)
+	want := l.want(t)
+	for i, c := range l.res.TOC.Chunks[:4] {
+		if i == 2 {
+			serverPass.Store("two")
+			keyPass.Store("two")
+		}
+		got, err := fetchAll(context.Background(), b, []toc.Chunk{c})
+		if err != nil {
+			t.Fatalf("chunk %d: %v", i, err)
+		}
+		if !bytes.Equal(got[0], want[i]) {
+			t.Fatalf("chunk %d differs", i)
+		}
+	}
+	if st := f.Stats(); st.AuthRefreshes != 1 {
+		t.Errorf("auth refreshes %d, want 1", st.AuthRefreshes)
+	}
+	// Revoked for good: a clear ErrUnauthorized after one rebuild.
+	serverPass.Store("three")
+	_, err := fetchAll(context.Background(), b, l.res.TOC.Chunks[5:6])
+	if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), l.digest().String()) {
+		t.Fatalf("err = %v, want ErrUnauthorized naming the blob", err)
 	}
 }

@@ -184,11 +184,20 @@ func BenchmarkSequentialFetch(b *testing.B) {
 	el := time.Since(start)
 	b.StopTimer()
 	fetch := float64(bb.size) * float64(b.N) / el.Seconds()
+	// The transport alone: the whole blob with parallel ranges, not decoded.
+	p := make([]byte, bb.size)
+	start = time.Now()
+	if _, err := blob.ReadAt(context.Background(), p, 0); err != nil {
+		b.Fatal(err)
+	}
+	readAt := float64(bb.size) / time.Since(start).Seconds()
+	p = nil
 	get := max(plainGet(b, url), plainGet(b, url))
 	curl := max(curlGet(b, url), curlGet(b, url))
 	b.ReportMetric(fetch/1e6, "fetch-MB/s")
 	b.ReportMetric(float64(tarBytes)*float64(b.N)/el.Seconds()/1e6, "fetch-uncompressed-MB/s")
 	b.ReportMetric(get/1e6, "get-MB/s")
+	b.ReportMetric(readAt/1e6, "readat-MB/s")
 	if curl > 0 {
 		b.ReportMetric(curl/1e6, "curl-MB/s")
 		b.ReportMetric(fetch/curl, "fetch/curl")
@@ -222,6 +231,7 @@ func BenchmarkPrefetch200(b *testing.B) {
 	}{
 		{"adjacent", all[:200], nil},
 		{"scattered", every2, []Option{WithMaxGap(0)}},
+		{"scattered-c64", every2, []Option{WithMaxGap(0), WithConcurrency(64)}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			var compressed int64

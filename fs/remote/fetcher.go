@@ -208,9 +208,9 @@ func (f *Fetcher) dropClient(ep *endpoint, repo name.Repository, gen uint64) {
 }
 
 func (f *Fetcher) authTransport(ctx context.Context, ep *endpoint, repo name.Repository) (http.RoundTripper, error) {
-	auth, err := authn.Resolve(ctx, f.opts.keychain, ep.reg)
+	auth, err := authn.Resolve(ctx, f.opts.keychain, ep.authReg)
 	if err != nil {
-		return nil, fmt.Errorf("%w: keychain for %s: %v", ErrUnauthorized, ep.reg, err)
+		return nil, fmt.Errorf("%w: keychain for %s: %v", ErrUnauthorized, ep.authReg, err)
 	}
 	inner := transport.NewUserAgent(ep.rt, f.opts.userAgent)
 	rt, err := transport.NewWithContext(ctx, ep.reg, auth, inner, []string{repo.Scope(transport.PullScope)})

@@ -202,12 +202,15 @@ func hostOrder(data []byte) ([]string, error) {
 
 // endpoint is one host requests for a registry may go to.
 type endpoint struct {
-	base   string // scheme://host[:port]/path-to-v2, no trailing slash
-	reg    name.Registry
-	mirror bool
-	caps   int
-	header http.Header
-	rt     http.RoundTripper
+	base string        // scheme://host[:port]/path-to-v2, no trailing slash
+	reg  name.Registry // the host, for the /v2/ handshake
+	// authReg is whose credentials the keychain is asked for: the host
+	// itself for a mirror, the image's registry for the server.
+	authReg name.Registry
+	mirror  bool
+	caps    int
+	header  http.Header
+	rt      http.RoundTripper
 
 	pausedUntil atomic.Int64 // unix nanos: a failing mirror is skipped until then
 	noRange     atomic.Bool  // the host answered a Range request with 200
@@ -295,8 +298,9 @@ func (f *Fetcher) loadHosts(reg name.Registry) (*hostSet, error) {
 		return nil, fmt.Errorf("registry %s: %w", reg, err)
 	}
 	if hf.Server.URL == origin {
-		e.reg = reg // keep docker.io's canonical name for the keychain
+		e.reg = reg // keep docker.io's canonical name
 	}
+	e.authReg = reg // a server named in hosts.toml is still this registry
 	hs.endpoints = append(hs.endpoints, e)
 	return hs, nil
 }
@@ -319,11 +323,12 @@ func (f *Fetcher) newEndpoint(h HostConfig, mirror bool) (*endpoint, error) {
 		return nil, fmt.Errorf("%w: host %q: %v", ErrBadHostsConfig, h.URL, err)
 	}
 	e := &endpoint{
-		base:   u.Scheme + "://" + u.Host + p,
-		reg:    reg,
-		mirror: mirror,
-		header: h.Header,
-		rt:     f.base,
+		base:    u.Scheme + "://" + u.Host + p,
+		reg:     reg,
+		authReg: reg,
+		mirror:  mirror,
+		header:  h.Header,
+		rt:      f.base,
 	}
 	if len(h.Capabilities) == 0 {
 		e.caps = capPull | capResolve | capPush
