@@ -97,7 +97,7 @@ func (s *Server) status() Status {
 
 func (s *Server) writeErr(w http.ResponseWriter, err error) {
 	code, status := codeOf(err)
-	if status >= 500 && s.Logger != nil {
+	if (code == "internal" || code == "holder_failed") && s.Logger != nil {
 		s.Logger.Error("api error", "err", err)
 	}
 	writeJSON(w, status, apiError{Error: err.Error(), Code: code})

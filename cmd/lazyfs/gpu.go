@@ -1,0 +1,222 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/prewarm"
+)
+
+// newGPUCmd is `lazyfs gpu status|claim|release`, the client of the
+// lazyfs-prewarm daemon's unix-socket API.
+func newGPUCmd() *cobra.Command {
+	socket := prewarm.DefaultSocket
+	if s := os.Getenv("LAZYFS_PREWARM_SOCKET"); s != "" {
+		socket = s
+	}
+	cmd := &cobra.Command{
+		Use:   "gpu",
+		Short: "Claim, release and inspect GPUs kept warm by lazyfs-prewarm",
+	}
+	cmd.PersistentFlags().StringVar(&socket, "socket", socket, "lazyfs-prewarm API socket (env LAZYFS_PREWARM_SOCKET)")
+	client := func() *prewarm.Client { return prewarm.NewClient(socket) }
+	cmd.AddCommand(newGPUStatusCmd(client), newGPUClaimCmd(client), newGPUReleaseCmd(client))
+	return cmd
+}
+
+// gpuError gives conflicts (GPU claimed, none idle, busy) exit status 2 so
+// scripts can retry; anything else exits 1.
+type gpuError struct{ err error }
+
+func (e gpuError) Error() string { return e.err.Error() }
+func (e gpuError) Unwrap() error { return e.err }
+func (e gpuError) ExitCode() int {
+	for _, s := range []error{prewarm.ErrAlreadyClaimed, prewarm.ErrNoIdleGPU, prewarm.ErrBusy} {
+		if errors.Is(e.err, s) {
+			return 2
+		}
+	}
+	return 1
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newGPUStatusCmd(client func() *prewarm.Client) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show every GPU, its pre-warm state, and the warmed images",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := client().Status(cmd.Context())
+			if err != nil {
+				return gpuError{err}
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), s)
+			}
+			return printStatus(cmd.OutOrStdout(), s)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the daemon's status as JSON")
+	return cmd
+}
+
+func printStatus(w io.Writer, s prewarm.Status) error {
+	fmt.Fprintf(w, "mode: %s", s.Mode)
+	if s.DriverVersion != "" {
+		fmt.Fprintf(w, "  driver: %s", s.DriverVersion)
+	}
+	fmt.Fprintln(w)
+	if s.Reason != "" {
+		fmt.Fprintf(w, "reason: %s\n", s.Reason)
+	}
+	if len(s.GPUs) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "UUID\tNAME\tSTATE\tFREE/TOTAL MiB\tUTIL\tPROCS\tCOMPUTE\tPERSIST\tPSTATE\tHOLDER\tDETAIL")
+		for _, g := range s.GPUs {
+			util := "-"
+			if g.UtilGPU >= 0 {
+				util = fmt.Sprintf("%d%%", g.UtilGPU)
+			}
+			ps := "-"
+			if g.PState >= 0 {
+				ps = fmt.Sprintf("P%d", g.PState)
+			}
+			holder := "-"
+			if g.HolderPID != 0 {
+				holder = fmt.Sprintf("%s %d", g.HolderKind, g.HolderPID)
+			}
+			detail := g.Reason
+			if g.Claim != nil {
+				detail = fmt.Sprintf("claim %s", g.Claim.ID)
+				if g.Claim.Owner != "" {
+					detail += " by " + g.Claim.Owner
+				}
+				if g.Claim.WorkerPID != 0 {
+					detail += fmt.Sprintf(" (worker %d)", g.Claim.WorkerPID)
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", g.UUID, g.Name, g.State,
+				g.MemoryFree>>20, g.MemoryTotal>>20, util, len(g.Processes), g.ComputeMode, g.Persistence, ps, holder, detail)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintln(w, "no GPU managed")
+	}
+	if len(s.Images) > 0 {
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "IMAGE\tDIGEST\tWARMS\tLAST ERROR")
+		for _, im := range s.Images {
+			d := im.Digest
+			if d == "" {
+				d = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", im.Ref, d, im.Warms, im.LastError)
+		}
+		return tw.Flush()
+	}
+	return nil
+}
+
+func newGPUClaimCmd(client func() *prewarm.Client) *cobra.Command {
+	var (
+		asJSON, env bool
+		req         prewarm.ClaimRequest
+	)
+	cmd := &cobra.Command{
+		Use:   "claim [UUID|any]",
+		Short: "Claim a GPU (a UUID, or any idle GPU) for a job",
+		Long: `claim hands a GPU to the caller. The daemon releases its holder first (at
+once in exclusive compute modes or with --release now; otherwise a few seconds
+later so the device stays initialised while the job starts) or, in warm-worker
+mode, hands over the warm worker. Exit status 2 means no GPU was available.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				req.UUID = args[0]
+			}
+			switch req.Release {
+			case "", "now", "deferred":
+			default:
+				return fmt.Errorf("--release %q: want now or deferred", req.Release)
+			}
+			res, err := client().Claim(cmd.Context(), req)
+			if err != nil {
+				return gpuError{err}
+			}
+			w := cmd.OutOrStdout()
+			switch {
+			case asJSON:
+				return printJSON(w, res)
+			case env:
+				fmt.Fprintf(w, "export CUDA_VISIBLE_DEVICES=%s\nexport LAZYFS_GPU_UUID=%s\nexport LAZYFS_CLAIM_ID=%s\n", res.UUID, res.UUID, res.ClaimID)
+				if res.Worker != nil {
+					fmt.Fprintf(w, "export LAZYFS_WORKER_SOCKET=%s\nexport LAZYFS_WORKER_PID=%d\n", res.Worker.Socket, res.Worker.PID)
+				}
+				return nil
+			}
+			fmt.Fprintf(w, "claimed %s (claim id %s)\n", res.UUID, res.ClaimID)
+			switch res.HolderRelease {
+			case "now":
+				fmt.Fprintf(w, "holder released in %.2f ms\n", res.ReleaseMs)
+			case "deferred":
+				fmt.Fprintf(w, "holder kept for %.0f ms while the job starts\n", res.ReleaseAfterMs)
+			case "handed_over":
+				fmt.Fprintf(w, "warm worker pid %d on %s\n", res.Worker.PID, res.Worker.Socket)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&asJSON, "json", false, "print the claim as JSON")
+	f.BoolVar(&env, "env", false, "print shell exports (CUDA_VISIBLE_DEVICES, LAZYFS_CLAIM_ID, worker socket)")
+	f.StringVar(&req.Owner, "owner", "", "who claims (shown in status)")
+	f.StringVar(&req.Release, "release", "", `"now" to have the holder gone before claim returns, "deferred" for the default`)
+	cmd.MarkFlagsMutuallyExclusive("json", "env")
+	return cmd
+}
+
+func newGPUReleaseCmd(client func() *prewarm.Client) *cobra.Command {
+	var (
+		asJSON bool
+		req    prewarm.ReleaseRequest
+	)
+	cmd := &cobra.Command{
+		Use:   "release UUID",
+		Short: "Release a claimed GPU; it is warmed again after a grace period",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.UUID = strings.TrimSpace(args[0])
+			if req.ClaimID == "" {
+				req.ClaimID = os.Getenv("LAZYFS_CLAIM_ID")
+			}
+			res, err := client().Release(cmd.Context(), req)
+			if err != nil {
+				return gpuError{err}
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), res)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "released %s; warm again in %.0f ms\n", res.UUID, res.WarmAfterMs)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().StringVar(&req.ClaimID, "claim-id", "", "claim to end (default $LAZYFS_CLAIM_ID; empty ends whatever claim holds the GPU)")
+	return cmd
+}

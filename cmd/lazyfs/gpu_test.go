@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/prewarm"
+)
+
+// startDaemon runs prewarm's manager and API over two fake GPUs on a unix
+// socket. Holders are real processes (a shell that prints READY and sleeps).
+func startDaemon(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "gpucli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "pw.sock")
+	m := prewarm.NewManager(prewarm.NewFakeGPUs(2), "", prewarm.Config{
+		HolderArgv:     func(string, uint64) []string { return []string{"/bin/sh", "-c", "echo READY; exec sleep 600"} },
+		IdleWindow:     time.Millisecond,
+		PollInterval:   5 * time.Millisecond,
+		Grace:          time.Millisecond,
+		NoHandoffDelay: true,
+	})
+	l, err := prewarm.ListenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv := &prewarm.Server{Manager: m}
+	done := make(chan struct{}, 2)
+	go func() { m.Run(ctx); done <- struct{}{} }()
+	go func() { prewarm.Serve(ctx, l, srv.Handler()); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+	c := prewarm.NewClient(sock)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s, err := c.Status(ctx)
+		if err == nil && len(s.GPUs) == 2 && s.GPUs[0].State == prewarm.StateHeld && s.GPUs[1].State == prewarm.StateHeld {
+			return sock
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not ready: %+v %v", s, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func runGPU(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := &cobra.Command{Use: "lazyfs", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(newGPUCmd())
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append([]string{"gpu"}, args...))
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func exitCode(err error) int {
+	var ec exitCoder
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+func TestGPUCommands(t *testing.T) {
+	sock := startDaemon(t)
+	out, err := runGPU(t, "status", "--socket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "GPU-fake-0") || !strings.Contains(out, "held") || !strings.Contains(out, "mode: hold") {
+		t.Fatalf("status table:\n%s", out)
+	}
+
+	out, err = runGPU(t, "claim", "GPU-fake-0", "--json", "--owner", "job-7", "--socket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res prewarm.ClaimResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("claim --json: %v\n%s", err, out)
+	}
+	if res.UUID != "GPU-fake-0" || res.HolderRelease != "now" || res.ClaimID == "" {
+		t.Fatalf("claim %+v", res)
+	}
+	_, err = runGPU(t, "claim", "GPU-fake-0", "--socket", sock)
+	if !errors.Is(err, prewarm.ErrAlreadyClaimed) || exitCode(err) != 2 {
+		t.Fatalf("second claim: %v (exit %d), want already claimed, exit 2", err, exitCode(err))
+	}
+
+	out, err = runGPU(t, "claim", "--env", "--socket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "export CUDA_VISIBLE_DEVICES=GPU-fake-1\n") || !strings.Contains(out, "export LAZYFS_CLAIM_ID=") {
+		t.Fatalf("claim --env:\n%s", out)
+	}
+	if _, err = runGPU(t, "claim", "any", "--socket", sock); !errors.Is(err, prewarm.ErrNoIdleGPU) || exitCode(err) != 2 {
+		t.Fatalf("claim with none idle: %v", err)
+	}
+
+	out, err = runGPU(t, "status", "--json", "--socket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st prewarm.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.GPUs[0].State != prewarm.StateClaimed || st.GPUs[0].Claim.Owner != "job-7" {
+		t.Fatalf("status --json %+v", st.GPUs[0])
+	}
+
+	if _, err = runGPU(t, "release", "GPU-fake-0", "--claim-id", "wrong", "--socket", sock); !errors.Is(err, prewarm.ErrNotClaimed) || exitCode(err) != 1 {
+		t.Fatalf("release with a wrong claim id: %v", err)
+	}
+	out, err = runGPU(t, "release", "GPU-fake-0", "--claim-id", res.ClaimID, "--socket", sock)
+	if err != nil || !strings.Contains(out, "released GPU-fake-0") {
+		t.Fatalf("release: %v\n%s", err, out)
+	}
+	t.Setenv("LAZYFS_PREWARM_SOCKET", sock)
+	if _, err = runGPU(t, "release", "GPU-fake-1", "--json"); err != nil {
+		t.Fatalf("release via env socket: %v", err)
+	}
+}
+
+func TestGPUNoDaemon(t *testing.T) {
+	_, err := runGPU(t, "status", "--socket", filepath.Join(t.TempDir(), "none.sock"))
+	if err == nil || exitCode(err) != 1 {
+		t.Fatalf("status without daemon: %v", err)
+	}
+	if _, err := runGPU(t, "claim", "--release", "later", "--socket", "/nonexistent"); err == nil {
+		t.Fatal("bad --release accepted")
+	}
+}
