@@ -284,8 +284,9 @@ func (c *Badger) load() error {
 	victims := c.idx.evictFor(0, c.cfg.capacity)
 	for _, e := range victims {
 		drop = append(drop, e.k)
+		c.st.evictions.Add(1)
+		c.st.evictedBytes.Add(e.size)
 	}
-	c.st.evictions.Add(int64(len(victims)))
 	if len(drop) > 0 {
 		if err := c.deleteKeys(drop); err != nil {
 			return fmt.Errorf("drop %d stale chunks: %w", len(drop), err)
@@ -410,8 +411,7 @@ func (c *Badger) verifyRecord(k key, size int64, rec, buf []byte) ([]byte, error
 	if int64(len(payload)) != size {
 		return nil, fmt.Errorf("%d bytes, meta record says %d", len(payload), size)
 	}
-	out := grow(buf, len(payload))
-	copy(out, payload)
+	out := copyInto(buf, payload)
 	if c.cfg.verify == VerifySHA256 {
 		if sha256.Sum256(out) != k {
 			return nil, errors.New("sha256 differs")
@@ -464,7 +464,12 @@ func (c *Badger) Put(ctx context.Context, d digest.Digest, data []byte) error {
 		bp = new([]byte)
 	}
 	defer c.recPool.Put(bp) // badger copies values before Commit returns
-	rec := grow(*bp, chunkHeaderLen+len(data))
+	rec := *bp
+	if n := chunkHeaderLen + len(data); cap(rec) >= n {
+		rec = rec[:n]
+	} else {
+		rec = make([]byte, n)
+	}
 	*bp = rec
 	chunkHeader{crc: crc32c(data), k: k}.encode(rec)
 	copy(rec[chunkHeaderLen:], data)

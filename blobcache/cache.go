@@ -111,10 +111,14 @@ func (k key) digest() digest.Digest {
 	return digest.NewDigestFromEncoded(digest.SHA256, hex.EncodeToString(k[:]))
 }
 
-// grow returns buf resized to n bytes, reusing its storage when it is large enough.
-func grow(buf []byte, n int) []byte {
-	if cap(buf) >= n {
-		return buf[:n]
+// copyInto returns a copy of src in buf[:len(src)] when buf is large enough,
+// else in a new slice. The new slice is made by append, which (unlike make)
+// does not zero memory that is about to be overwritten.
+func copyInto(buf, src []byte) []byte {
+	if cap(buf) >= len(src) {
+		out := buf[:len(src)]
+		copy(out, src)
+		return out
 	}
-	return make([]byte, n)
+	return append([]byte(nil), src...)
 }

@@ -79,8 +79,7 @@ func (c *Memory) GetInto(ctx context.Context, d digest.Digest, buf []byte) ([]by
 	c.idx.touch(e, time.Now().UnixNano())
 	data := e.data // immutable once stored
 	c.mu.Unlock()
-	out := grow(buf, len(data))
-	copy(out, data)
+	out := copyInto(buf, data)
 	c.st.hits.Add(1)
 	c.st.bytesOut.Add(int64(len(out)))
 	return out, nil
@@ -104,8 +103,7 @@ func (c *Memory) Put(ctx context.Context, d digest.Digest, data []byte) error {
 	if sum := sha256.Sum256(data); sum != k {
 		return mismatch(d, sum)
 	}
-	own := make([]byte, len(data))
-	copy(own, data)
+	own := copyInto(nil, data)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
