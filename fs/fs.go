@@ -123,6 +123,7 @@ type Root struct {
 	inflight sync.Map // [32]byte chunk sum → struct{}: read-ahead in progress
 	reported sync.Map // chunkKey → struct{}: EIO already logged
 	spool    *spool
+	bufs     sync.Pool // *[]byte chunk buffers for partial cache reads
 }
 
 // NewRoot builds the tree of layers (bottom layer first). It fails if no
@@ -166,6 +167,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 	}
 	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.bufs.New = func() any { b := make([]byte, 0, maxChunkSize(ls)); return &b }
 	if opts.Passthrough {
 		sp, err := newSpool(opts.SpoolDir)
 		if err != nil {
@@ -181,6 +183,14 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		}
 	}
 	return r, nil
+}
+
+func maxChunkSize(ls []*layer) int {
+	m := 0
+	for _, l := range ls {
+		m = max(m, int(l.toc.ChunkSize))
+	}
+	return min(m, toc.MaxChunkSize)
 }
 
 // Close stops the Root's background work and waits for it. Reads still work

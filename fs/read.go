@@ -13,6 +13,8 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
@@ -123,9 +125,8 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (
 	var missing []int
 	for i := first; i < last; i++ {
 		c := &t.Chunks[i]
-		if data, ok := r.cacheGet(ctx, c); ok {
+		if r.cacheRead(ctx, c, dest[:n], off, c.Offset-base) {
 			r.stats.hits.Add(1)
-			copyChunk(dest[:n], off, c.Offset-base, data)
 			continue
 		}
 		missing = append(missing, i)
@@ -158,15 +159,64 @@ func copyChunk(dest []byte, off, coff int64, data []byte) {
 	}
 }
 
+// cacheGetIntoer is the optional Cache method that reads a chunk into the
+// caller's buffer (blobcache has it): a chunk a read covers whole then goes
+// straight into the reader's buffer.
+type cacheGetIntoer interface {
+	GetInto(ctx context.Context, d digest.Digest, buf []byte) ([]byte, error)
+}
+
+// cacheRead copies the part of chunk c (at file offset coff) that overlaps
+// dest (the file's bytes from off) from the cache, and reports a hit.
+func (r *Root) cacheRead(ctx context.Context, c *toc.Chunk, dest []byte, off, coff int64) bool {
+	gi, ok := r.opts.Cache.(cacheGetIntoer)
+	if !ok {
+		data, ok := r.cacheGet(ctx, c)
+		if ok {
+			copyChunk(dest, off, coff, data)
+		}
+		return ok
+	}
+	size := int64(c.Size)
+	if coff >= off && coff+size <= off+int64(len(dest)) {
+		buf := dest[coff-off : coff-off+size : coff-off+size]
+		data, err := gi.GetInto(ctx, c.Digest(), buf)
+		if err != nil || len(data) != int(size) {
+			r.logCacheErr(ctx, c, err)
+			return false
+		}
+		if &data[0] != &buf[0] {
+			copy(buf, data)
+		}
+		return true
+	}
+	bp := r.bufs.Get().(*[]byte)
+	defer r.bufs.Put(bp)
+	data, err := gi.GetInto(ctx, c.Digest(), (*bp)[:0])
+	if err != nil || len(data) != int(size) {
+		r.logCacheErr(ctx, c, err)
+		return false
+	}
+	if cap(data) > cap(*bp) {
+		*bp = data[:0]
+	}
+	copyChunk(dest, off, coff, data)
+	return true
+}
+
+func (r *Root) logCacheErr(ctx context.Context, c *toc.Chunk, err error) {
+	if err != nil && ctx.Err() == nil && !isNotFound(err) {
+		r.log.Debug("cache get", "chunk", c.Digest(), "error", err)
+	}
+}
+
 func (r *Root) cacheGet(ctx context.Context, c *toc.Chunk) ([]byte, bool) {
 	if r.opts.Cache == nil {
 		return nil, false
 	}
 	data, err := r.opts.Cache.Get(ctx, c.Digest())
 	if err != nil || len(data) != int(c.Size) {
-		if err != nil && ctx.Err() == nil && !isNotFound(err) {
-			r.log.Debug("cache get", "chunk", c.Digest(), "error", err)
-		}
+		r.logCacheErr(ctx, c, err)
 		return nil, false
 	}
 	return data, true

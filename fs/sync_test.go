@@ -1,0 +1,5 @@
+package fs
+
+import "syscall"
+
+func syscallSync() { syscall.Sync() }
