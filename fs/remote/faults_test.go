@@ -46,6 +46,13 @@ func TestFaults(t *testing.T) {
 		{name: "stalled body", set: func(f *faults) { f.stalls = 1; f.stallFor = 5 * time.Second },
 			opts:  []Option{WithStallTimeout(200 * time.Millisecond)},
 			check: func(t *testing.T, st Stats, _ *faults) { atLeast(t, "retries", st.Retries, 1) }},
+		{name: "slow but live body is not cut", set: func(f *faults) { f.trickle = 10 * time.Millisecond },
+			opts: []Option{WithStallTimeout(300 * time.Millisecond), WithMaxRequestSize(64 << 20)},
+			check: func(t *testing.T, st Stats, _ *faults) {
+				if st.Retries != 0 {
+					t.Errorf("retries %d: a body that keeps arriving was treated as stalled", st.Retries)
+				}
+			}},
 		{name: "ignores range near start", set: func(f *faults) { f.ignoreRange = true },
 			opts:  []Option{WithMaxRequestSize(64 << 20)}, // one request from the first chunk
 			check: func(t *testing.T, st Stats, _ *faults) { atLeast(t, "range ignored", st.RangeIgnored, 1) }},

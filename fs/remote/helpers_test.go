@@ -151,6 +151,7 @@ type faults struct {
 	corrupt     int
 	corruptAt   int64
 	ignoreRange bool
+	trickle     time.Duration // pause before every body write (a slow but live body)
 	latency     time.Duration
 	gate        chan struct{}
 	ranges      []string
@@ -220,7 +221,7 @@ func (f *faults) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if f.ignoreRange {
 		r.Header.Del("Range")
 	}
-	stallFor, corruptAt, retryAfter := f.stallFor, f.corruptAt, f.retryAfter
+	stallFor, corruptAt, retryAfter, trickle := f.stallFor, f.corruptAt, f.retryAfter, f.trickle
 	f.mu.Unlock()
 	switch {
 	case status != 0:
@@ -237,8 +238,8 @@ func (f *faults) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			_ = tc.SetLinger(0) // RST instead of FIN
 		}
 		conn.Close()
-	case mid, stall, corrupt:
-		mw := &mangler{ResponseWriter: w, ctx: r.Context(), mid: mid, stall: stall, corrupt: corrupt, stallFor: stallFor, at: corruptAt}
+	case mid, stall, corrupt, trickle > 0:
+		mw := &mangler{ResponseWriter: w, ctx: r.Context(), mid: mid, stall: stall, corrupt: corrupt, stallFor: stallFor, at: corruptAt, trickle: trickle}
 		f.next.ServeHTTP(mw, r)
 	default:
 		f.next.ServeHTTP(w, r)
@@ -262,7 +263,7 @@ type mangler struct {
 	http.ResponseWriter
 	ctx                 context.Context
 	mid, stall, corrupt bool
-	stallFor            time.Duration
+	stallFor, trickle   time.Duration
 	at                  int64
 	written             int64
 	half                int64
@@ -280,6 +281,26 @@ func (m *mangler) WriteHeader(code int) {
 }
 
 func (m *mangler) Write(p []byte) (int, error) {
+	if m.trickle > 0 && len(p) > 8<<10 { // 8 KiB at a time, with a pause before each
+		total := 0
+		for len(p) > 0 {
+			n, err := m.Write(p[:min(len(p), 8<<10)])
+			total += n
+			if err != nil {
+				return total, err
+			}
+			p = p[n:]
+		}
+		return total, nil
+	}
+	if m.trickle > 0 {
+		m.ResponseWriter.(http.Flusher).Flush()
+		select {
+		case <-time.After(m.trickle):
+		case <-m.ctx.Done():
+			return 0, m.ctx.Err()
+		}
+	}
 	if m.corrupt && m.at >= m.written && m.at < m.written+int64(len(p)) {
 		p = bytes.Clone(p)
 		p[m.at-m.written] ^= 0x5a
