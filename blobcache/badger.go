@@ -63,7 +63,7 @@ const (
 )
 
 // Open opens (creating if needed) the cache in dir. Badger allows one process
-// per directory; a second Open of the same directory fails.
+// per directory; a second Open of the same directory fails with ErrLocked.
 //
 // Bounds: Stats.Size (chunk bytes) never exceeds the capacity; the least
 // recently used unpinned chunk is evicted first. On disk, badger keeps chunk
@@ -73,8 +73,8 @@ const (
 // GC interval and as soon as VLF bytes have been evicted since the last
 // collection; when the directory is still above the bound it collects files
 // with less garbage too. The directory's disk use stays within
-// capacity + DiskSlack(capacity) (see DiskSlack), measured right after a
-// collection; between collections it can exceed that by up to one more VLF.
+// capacity + DiskSlack() (Stats.DiskLimit) right after a collection; between
+// collections it can exceed that by up to one more VLF.
 //
 // LRU order across reopen: the order in memory is exact; access times are
 // persisted lazily (every GC interval and on Close) in each chunk's meta
@@ -173,15 +173,26 @@ func vlogFileSize(cfg config) int64 {
 	return min(max(v, minVlogFile), maxVlogFile)
 }
 
-// DiskSlack is the documented margin above the capacity that a Badger cache
-// directory stays within after a collection: three value-log files (the one
-// being written, one collected only once it is half garbage, and one of
-// garbage that triggers the next collection) plus the LSM tree, write-ahead
-// logs and badger's fixed files (16 MiB).
-func DiskSlack(capacity int64, opts ...Option) int64 {
-	cfg := newConfig(opts, capacity)
-	cfg.capacity = capacity
-	return 3*vlogFileSize(cfg) + 16<<20
+// DiskSlack is the documented margin above the capacity within which the
+// directory stays right after a collection:
+//
+//	3 × VLF (the file being written, one that is collected only once half of it
+//	        is garbage, and the garbage that triggers the next collection)
+//	+ capacity/64 (garbage left in files that are almost all live)
+//	+ 256 bytes per stored chunk (keys, value pointers and meta records in the
+//	        LSM tree)
+//	+ 16 MiB (write-ahead logs and badger's fixed files).
+//
+// Stats.DiskLimit reports capacity + DiskSlack.
+func (c *Badger) DiskSlack() int64 {
+	c.mu.Lock()
+	n := int64(len(c.idx.m))
+	c.mu.Unlock()
+	return diskSlack(c.cfg.capacity, c.vlogFileSize, n)
+}
+
+func diskSlack(capacity, vlf, entries int64) int64 {
+	return 3*vlf + capacity/64 + 256*entries + 16<<20
 }
 
 func badgerOptions(dir string, cfg config, vlf int64) badger.Options {
@@ -601,6 +612,7 @@ func (c *Badger) Stats() Stats {
 	c.mu.Unlock()
 	s.Capacity = c.cfg.capacity
 	s.DiskSize, _ = dirSize(c.dir)
+	s.DiskLimit = s.Capacity + diskSlack(c.cfg.capacity, c.vlogFileSize, s.Entries)
 	return s
 }
 

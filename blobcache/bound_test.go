@@ -22,7 +22,7 @@ func randomChunk(r *rand.Rand, n int) ([]byte, digest.Digest) {
 }
 
 // TestDiskBound writes four times the capacity through the cache and checks
-// that the directory's disk use stays within capacity + DiskSlack.
+// that the directory's disk use stays within Stats.DiskLimit.
 func TestDiskBound(t *testing.T) {
 	const capacity = 32 << 20
 	dir := t.TempDir()
@@ -31,7 +31,6 @@ func TestDiskBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	bound := int64(capacity) + DiskSlack(capacity)
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(1, 2))
 	var written, peak int64
@@ -56,10 +55,14 @@ func TestDiskBound(t *testing.T) {
 	}
 	c.collect(ctx, true)
 	s := c.Stats()
+	bound := s.DiskLimit
 	t.Logf("capacity %d MiB, written %d MiB, bound %d MiB; peak disk %.1f MiB, after collect %.1f MiB; size %.1f MiB, %d entries, %d evictions, %d vlog rewrites",
 		capacity>>20, written>>20, bound>>20, float64(peak)/(1<<20), float64(s.DiskSize)/(1<<20), float64(s.Size)/(1<<20), s.Entries, s.Evictions, s.GCRuns)
 	if s.Size > capacity {
 		t.Fatalf("Size %d above capacity %d", s.Size, capacity)
+	}
+	if want := int64(capacity + 3*c.vlogFileSize + capacity/64 + 256*s.Entries + 16<<20); bound != want {
+		t.Fatalf("DiskLimit %d, documented formula gives %d", bound, want)
 	}
 	if s.DiskSize > bound {
 		t.Fatalf("disk use %d after collection above capacity + slack %d", s.DiskSize, bound)

@@ -59,6 +59,9 @@ type Stats struct {
 	// DiskSize is the space the cache directory occupies on disk (allocated
 	// blocks), measured when Stats is called; 0 for Memory.
 	DiskSize int64
+	// DiskLimit is the bound DiskSize stays within after a collection:
+	// Capacity plus (*Badger).DiskSlack; 0 for Memory.
+	DiskLimit int64
 }
 
 // Compile-time checks that both implementations meet the contracts.

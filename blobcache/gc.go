@@ -39,7 +39,7 @@ func (c *Badger) loop(ctx context.Context) {
 // ratio step by step, flattening the LSM tree first so that every deletion is
 // accounted.
 func (c *Badger) collect(ctx context.Context, force bool) {
-	bound := c.cfg.capacity + DiskSlack(c.cfg.capacity, WithValueLogFileSize(c.vlogFileSize))
+	bound := c.cfg.capacity + c.DiskSlack()
 	over := func() bool {
 		n, err := dirSize(c.dir)
 		return err == nil && n > bound

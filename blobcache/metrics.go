@@ -25,6 +25,7 @@ func NewCollector(c Cache, constLabels prometheus.Labels) prometheus.Collector {
 		{d("capacity_bytes", "Bound on size_bytes."), prometheus.GaugeValue, func(s *Stats) int64 { return s.Capacity }},
 		{d("pinned_entries", "Stored chunks that are pinned."), prometheus.GaugeValue, func(s *Stats) int64 { return s.Pinned }},
 		{d("disk_bytes", "Disk space the cache directory occupies."), prometheus.GaugeValue, func(s *Stats) int64 { return s.DiskSize }},
+		{d("disk_limit_bytes", "Bound on disk_bytes after a collection."), prometheus.GaugeValue, func(s *Stats) int64 { return s.DiskLimit }},
 	}}
 }
 

@@ -53,7 +53,7 @@ func TestCollector(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
 		}
 	}
-	if len(got) != 15 {
-		t.Errorf("%d metrics exported, want 15", len(got))
+	if len(got) != 16 {
+		t.Errorf("%d metrics exported, want 16", len(got))
 	}
 }
