@@ -84,10 +84,11 @@ func (b *Blob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 }
 
 func (b *Blob) readRange(ctx context.Context, p []byte, off int64) error {
-	if err := b.f.acquire(ctx); err != nil {
+	bg := isBackground(ctx)
+	if err := b.f.acquire(ctx, bg); err != nil {
 		return err
 	}
-	defer b.f.release()
+	defer b.f.release(bg)
 	var done int64
 	end := off + int64(len(p))
 	err := b.f.do(ctx, b.repo, capPull, func() int64 { return done }, func(ctx context.Context, ep *endpoint, c *http.Client) error {
@@ -103,16 +104,44 @@ func (b *Blob) readRange(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
-func (f *Fetcher) acquire(ctx context.Context) error {
+// acquire takes a request slot; background work first takes one of the
+// background slots, so that a quarter of the slots stay for on-demand reads.
+func (f *Fetcher) acquire(ctx context.Context, bg bool) error {
+	if bg {
+		select {
+		case f.bgSem <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	select {
 	case f.sem <- struct{}{}:
 		return nil
 	case <-ctx.Done():
+		if bg {
+			<-f.bgSem
+		}
 		return ctx.Err()
 	}
 }
 
-func (f *Fetcher) release() { <-f.sem }
+func (f *Fetcher) release(bg bool) {
+	<-f.sem
+	if bg {
+		<-f.bgSem
+	}
+}
+
+type backgroundKey struct{}
+
+// Background marks fetches made under the returned context as background
+// work (prefetch, pre-warming): they never take the last quarter of the
+// fetcher's request slots, which stay free for on-demand reads.
+func Background(ctx context.Context) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, true)
+}
+
+func isBackground(ctx context.Context) bool { v, _ := ctx.Value(backgroundKey{}).(bool); return v }
 
 // rangeAttempt sends one request for bytes [off, end) of the blob to ep (or
 // to the cached redirect of ep) and lets consume read them.
@@ -276,6 +305,8 @@ func (f *Fetcher) complete(w *want, data []byte, err error, abandoned bool) (sha
 // is only valid during the call. It returns the first error (naming the blob
 // and chunk offset; verification failures wrap toc.ErrDigestMismatch or
 // toc.ErrBadChunk); chunks verified before the error were still delivered.
+// Under a context marked with Background the requests never take the last
+// quarter of the fetcher's request slots.
 func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i int, data []byte) error) error {
 	if len(chunks) == 0 {
 		return nil
@@ -297,26 +328,12 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 		w.idx = append(w.idx, i)
 	}
 	for len(pending) > 0 {
-		var own, wait []*want
-		b.f.mu.Lock()
-		for _, w := range pending {
-			if call := b.f.inflight[w.key]; call != nil {
-				call.waiters++
-				w.call = call
-				wait = append(wait, w)
-				continue
-			}
-			w.call = &chunkCall{done: make(chan struct{})}
-			b.f.inflight[w.key] = w.call
-			own = append(own, w)
-		}
-		b.f.mu.Unlock()
-		b.f.st.shared.Add(int64(len(wait)))
-		if err := b.fetchOwned(ctx, own, fn); err != nil {
+		joined, err := b.fetchPlanned(ctx, pending, fn)
+		if err != nil {
 			return err
 		}
 		var retry []*want
-		for _, w := range wait {
+		for _, w := range joined {
 			select {
 			case <-w.call.done:
 			case <-ctx.Done():
@@ -336,6 +353,67 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 		pending = retry
 	}
 	return nil
+}
+
+// fetchPlanned plans runs over wants and fetches them in parallel. A run
+// claims its chunks only when it gets a request slot, so chunks queued
+// behind a long (background) fetch are not held hostage: whoever starts
+// first fetches them and the others join. It returns the chunks that were
+// already in flight elsewhere, to be awaited.
+func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, fn func(int, []byte) error) ([]*want, error) {
+	f := b.f
+	bg := isBackground(ctx)
+	var mu sync.Mutex
+	var joined []*want
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(f.opts.concurrency)
+	for _, r := range b.plan(wants) {
+		g.Go(func() error {
+			if err := f.acquire(gctx, bg); err != nil {
+				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, r[0].c.CompressedOffset, err)
+			}
+			defer f.release(bg)
+			own, join := f.claim(r)
+			if len(join) > 0 {
+				mu.Lock()
+				joined = append(joined, join...)
+				mu.Unlock()
+			}
+			subs := b.plan(own)
+			for k, sub := range subs {
+				if err := b.fetchRun(gctx, sub, fn); err != nil {
+					for _, rest := range subs[k+1:] {
+						for _, w := range rest {
+							f.complete(w, nil, err, true)
+						}
+					}
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return joined, g.Wait()
+}
+
+// claim takes ownership of the chunks of run that nobody is fetching and
+// joins the others.
+func (f *Fetcher) claim(run []*want) (own, join []*want) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range run {
+		if call := f.inflight[w.key]; call != nil {
+			call.waiters++
+			w.call = call
+			join = append(join, w)
+			continue
+		}
+		w.call = &chunkCall{done: make(chan struct{})}
+		f.inflight[w.key] = w.call
+		own = append(own, w)
+	}
+	f.st.shared.Add(int64(len(join)))
+	return own, join
 }
 
 func (b *Blob) checkChunk(c *toc.Chunk) error {
@@ -381,19 +459,6 @@ func (b *Blob) plan(own []*want) [][]*want {
 	return runs
 }
 
-func (b *Blob) fetchOwned(ctx context.Context, own []*want, fn func(int, []byte) error) error {
-	if len(own) == 0 {
-		return nil
-	}
-	runs := b.plan(own)
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(b.f.opts.concurrency)
-	for _, r := range runs {
-		g.Go(func() error { return b.fetchRun(gctx, r, fn) })
-	}
-	return g.Wait()
-}
-
 var framePool sync.Pool // *[]byte
 
 func getFrame(n int) *[]byte {
@@ -416,9 +481,10 @@ func getData(n int) []byte {
 
 func putData(b []byte) { dataPool.Put(&b) }
 
-// fetchRun fetches one run of chunks with one range request (more on retry:
-// each retry asks only for the chunks not yet delivered). Every chunk of the
-// run is completed (delivered or failed) when it returns.
+// fetchRun fetches one run of owned chunks with one range request (more on
+// retry: each retry asks only for the chunks not yet delivered). The caller
+// holds a request slot. Every chunk of the run is completed (delivered or
+// failed) when it returns.
 func (b *Blob) fetchRun(ctx context.Context, run []*want, fn func(int, []byte) error) (err error) {
 	f := b.f
 	i := 0
@@ -435,10 +501,6 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, fn func(int, []byte) e
 			f.complete(w, nil, err, abandoned)
 		}
 	}()
-	if err := f.acquire(ctx); err != nil {
-		return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, run[0].c.CompressedOffset, err)
-	}
-	defer f.release()
 	end := run[len(run)-1].end()
 	err = f.do(ctx, b.repo, capPull, func() int64 { return int64(i) }, func(ctx context.Context, ep *endpoint, c *http.Client) error {
 		if i == len(run) {

@@ -29,6 +29,7 @@ type Fetcher struct {
 	base         http.RoundTripper
 	ownTransport *http.Transport // nil when WithTransport was given
 	sem          chan struct{}
+	bgSem        chan struct{}
 
 	mu              sync.Mutex
 	hosts           map[string]*hostSet
@@ -96,6 +97,7 @@ func New(opts ...Option) *Fetcher {
 	f := &Fetcher{
 		opts:      o,
 		sem:       make(chan struct{}, o.concurrency),
+		bgSem:     make(chan struct{}, max(1, o.concurrency-o.concurrency/4)),
 		hosts:     map[string]*hostSet{},
 		clients:   map[clientKey]*clientEntry{},
 		redirects: map[redirectKey]redirectEntry{},

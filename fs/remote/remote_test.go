@@ -350,3 +350,65 @@ func TestDuplicateChunks(t *testing.T) {
 		t.Errorf("chunks fetched %d, want 2", st.ChunksFetched)
 	}
 }
+
+// Background fetches leave a quarter of the request slots to on-demand
+// reads, and chunks queued behind them are fetched by whoever asks first.
+func TestBackgroundPriority(t *testing.T) {
+	l := allTypesLayer(t)
+	gate := make(chan struct{})
+	fl := &faults{}
+	_, host := newRegistry(t, fl.wrap)
+	push(t, host, "lazy/img:v1", l)
+	fl.set(func(f *faults) { f.gate = gate })
+	f := newFetcher(t, WithConcurrency(4), WithMaxGap(0), WithMaxRequestSize(1))
+	b := f.Blob(repoOf(t, host, "lazy/img"), l.digest(), l.res.Size)
+	chunks := l.res.TOC.Chunks // one request per chunk
+	bgDone := make(chan error, 1)
+	go func() {
+		_, err := fetchAll(Background(context.Background()), b, chunks)
+		bgDone <- err
+	}()
+	waitFor(t, func() bool { return fl.inflight.Load() == 3 })
+	time.Sleep(20 * time.Millisecond)
+	if n := fl.inflight.Load(); n != 3 {
+		t.Fatalf("background holds %d of 4 slots, want 3", n)
+	}
+	// The last chunk is queued behind the background fetch; an on-demand
+	// read of it starts at once in the reserved slot.
+	last := chunks[len(chunks)-1]
+	fgDone := make(chan error, 1)
+	go func() {
+		got, err := fetchAll(context.Background(), b, []toc.Chunk{last})
+		if err == nil && !bytes.Equal(got[0], l.want(t)[len(chunks)-1]) {
+			err = errors.New("wrong bytes")
+		}
+		fgDone <- err
+	}()
+	waitFor(t, func() bool { return fl.inflight.Load() == 4 })
+	want := fmt.Sprintf("bytes=%d-", last.CompressedOffset)
+	found := false
+	for _, r := range fl.rangesSeen() {
+		found = found || strings.HasPrefix(r, want)
+	}
+	if !found {
+		t.Errorf("on-demand read of the last chunk not sent while background work was queued; ranges %v", fl.rangesSeen())
+	}
+	close(gate)
+	if err := <-fgDone; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-bgDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
