@@ -373,9 +373,6 @@ func (c *Badger) GetInto(ctx context.Context, d digest.Digest, buf []byte) ([]by
 		c.st.hits.Add(1)
 		c.st.bytesOut.Add(int64(len(out)))
 		return out, nil
-	case errors.Is(err, badger.ErrKeyNotFound): // evicted meanwhile
-		c.st.misses.Add(1)
-		return nil, fmt.Errorf("chunk %s: %w", d, ErrNotFound)
 	case errors.Is(err, errBadChunk):
 		c.dropCorrupt(k, err)
 		c.st.misses.Add(1)
@@ -393,6 +390,11 @@ func (c *Badger) read(k key, size int64, buf []byte) ([]byte, error) {
 	kb[0] = prefixChunk
 	copy(kb[1:], k[:])
 	item, err := txn.Get(kb[:])
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		// The index lists only committed chunks and forgets them before they
+		// are deleted, so the record has gone behind the cache's back.
+		return nil, fmt.Errorf("%w: record missing", errBadChunk)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -416,3 +416,27 @@ func TestBadgerLogger(t *testing.T) {
 		t.Errorf("warnings/errors not forwarded: %q", out)
 	}
 }
+
+// TestRecordMissingBehindTheCachesBack checks that a chunk the index lists
+// but the database lost is reported as a miss and forgotten.
+func TestRecordMissingBehindTheCachesBack(t *testing.T) {
+	c := openT(t, t.TempDir(), WithCapacity(1<<20))
+	ctx := context.Background()
+	data, ds := chunksT(1, 4096, 9)
+	if err := c.Put(ctx, ds[0], data[0]); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := parseDigest(ds[0])
+	if err := c.db.Update(func(txn *badger.Txn) error { return txn.Delete(dbKey(prefixChunk, k)) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx, ds[0]); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get = %v, want ErrNotFound", err)
+	}
+	if ok, _ := c.Has(ctx, ds[0]); ok {
+		t.Fatal("lost chunk still listed")
+	}
+	if s := c.Stats(); s.Corrupt != 1 || s.Entries != 0 || s.Size != 0 {
+		t.Fatalf("stats: %+v", s)
+	}
+}
