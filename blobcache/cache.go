@@ -37,8 +37,8 @@ type Pinner interface {
 	Unpin(ds ...digest.Digest)
 }
 
-// Stats is a snapshot of a cache's counters. Counters (Hits … Corrupt) count
-// since the cache was opened; gauges (Entries … DiskSize) are current values.
+// Stats is a snapshot of a cache's counters. Counters (Hits … GCRuns) count
+// since the cache was opened; gauges (Entries … DiskLimit) are current values.
 type Stats struct {
 	Hits      int64 // Get calls that returned a chunk
 	Misses    int64 // Get calls that returned ErrNotFound (corrupt chunks included)

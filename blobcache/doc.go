@@ -6,7 +6,7 @@
 // conformance suite in blobcache/blobcachetest):
 //
 //   - [Badger], opened with [Open], keeps chunks in a badger/v4 database in one
-//     directory (the CLI default is /var/lib/lazyfs/cache). Badger allows one
+//     directory (by default DefaultDir, /var/lib/lazyfs/cache). Badger allows one
 //     process per directory: the snapshotter or mount daemon owns it and every
 //     other component goes through that daemon.
 //   - [Memory], made with [NewMemory], keeps them in process memory (tests,

@@ -2,8 +2,8 @@ package blobcache
 
 import "errors"
 
-// Errors returned by every Cache implementation, wrapped with context naming
-// the chunk; test them with errors.Is.
+// Errors returned by the caches (ErrLocked by Open), wrapped with context
+// naming the chunk or directory; test them with errors.Is.
 var (
 	// ErrNotFound reports a miss: the chunk is not stored (or was found corrupt
 	// and dropped).
@@ -22,7 +22,8 @@ var (
 	ErrLocked = errors.New("cache directory in use by another process")
 	// ErrClosed reports a call on a closed cache.
 	ErrClosed = errors.New("cache closed")
-	// ErrCorruptRecord reports a stored record that does not decode; the cache
-	// treats the chunk as corrupt.
-	ErrCorruptRecord = errors.New("corrupt cache record")
 )
+
+// errCorruptRecord reports a stored record that does not decode; the cache
+// treats the chunk as corrupt and reports a miss.
+var errCorruptRecord = errors.New("corrupt cache record")

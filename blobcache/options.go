@@ -22,6 +22,8 @@ const (
 
 // Defaults, in one place.
 const (
+	// DefaultDir is where the daemons keep the cache unless configured otherwise.
+	DefaultDir = "/var/lib/lazyfs/cache"
 	// DefaultCapacity bounds a cache opened without WithCapacity.
 	DefaultCapacity = 10 << 30
 	// DefaultMemoryCapacity bounds a Memory cache made without WithCapacity.

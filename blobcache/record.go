@@ -75,13 +75,13 @@ func (h chunkHeader) encode(dst []byte) {
 func decodeChunkRecord(rec []byte) (chunkHeader, []byte, error) {
 	var h chunkHeader
 	if len(rec) < chunkHeaderLen {
-		return h, nil, fmt.Errorf("chunk record of %d bytes: %w", len(rec), ErrCorruptRecord)
+		return h, nil, fmt.Errorf("chunk record of %d bytes: %w", len(rec), errCorruptRecord)
 	}
 	if rec[0] != chunkMagic || rec[1] != chunkVersion || rec[2] != 0 || rec[3] != 0 {
-		return h, nil, fmt.Errorf("chunk record header %x: %w", rec[:4], ErrCorruptRecord)
+		return h, nil, fmt.Errorf("chunk record header %x: %w", rec[:4], errCorruptRecord)
 	}
 	if len(rec)-chunkHeaderLen > MaxChunkSize {
-		return h, nil, fmt.Errorf("chunk record of %d bytes: %w", len(rec), ErrCorruptRecord)
+		return h, nil, fmt.Errorf("chunk record of %d bytes: %w", len(rec), errCorruptRecord)
 	}
 	h.crc = binary.LittleEndian.Uint32(rec[4:8])
 	copy(h.k[:], rec[8:40])
@@ -104,19 +104,19 @@ func (m meta) encode() []byte {
 
 func decodeMeta(b []byte) (meta, error) {
 	if len(b) != metaLen {
-		return meta{}, fmt.Errorf("meta record of %d bytes: %w", len(b), ErrCorruptRecord)
+		return meta{}, fmt.Errorf("meta record of %d bytes: %w", len(b), errCorruptRecord)
 	}
 	if b[0] != metaVersion {
-		return meta{}, fmt.Errorf("meta record version %d: %w", b[0], ErrCorruptRecord)
+		return meta{}, fmt.Errorf("meta record version %d: %w", b[0], errCorruptRecord)
 	}
 	for _, z := range b[1:8] {
 		if z != 0 {
-			return meta{}, fmt.Errorf("meta record reserved bytes %x: %w", b[1:8], ErrCorruptRecord)
+			return meta{}, fmt.Errorf("meta record reserved bytes %x: %w", b[1:8], errCorruptRecord)
 		}
 	}
 	size := binary.LittleEndian.Uint64(b[8:16])
 	if size > MaxChunkSize {
-		return meta{}, fmt.Errorf("meta record size %d: %w", size, ErrCorruptRecord)
+		return meta{}, fmt.Errorf("meta record size %d: %w", size, errCorruptRecord)
 	}
 	return meta{size: int64(size), atime: int64(binary.LittleEndian.Uint64(b[16:24]))}, nil
 }

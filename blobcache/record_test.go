@@ -62,8 +62,8 @@ func FuzzDecodeChunkRecord(f *testing.F) {
 	f.Fuzz(func(t *testing.T, rec []byte) {
 		h, payload, err := decodeChunkRecord(rec)
 		if err != nil {
-			if !errors.Is(err, ErrCorruptRecord) {
-				t.Fatalf("error %v does not wrap ErrCorruptRecord", err)
+			if !errors.Is(err, errCorruptRecord) {
+				t.Fatalf("error %v does not wrap errCorruptRecord", err)
 			}
 			return
 		}
@@ -89,8 +89,8 @@ func FuzzDecodeMeta(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decodeMeta(b)
 		if err != nil {
-			if !errors.Is(err, ErrCorruptRecord) {
-				t.Fatalf("error %v does not wrap ErrCorruptRecord", err)
+			if !errors.Is(err, errCorruptRecord) {
+				t.Fatalf("error %v does not wrap errCorruptRecord", err)
 			}
 			return
 		}
