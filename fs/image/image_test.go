@@ -255,4 +255,3 @@ func BenchmarkMount100k(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms-to-ready")
 }
-
