@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -82,6 +83,11 @@ type Config struct {
 	// RetryBackoff after a failed or crashed holder, doubled per failure
 	// up to MaxBackoff (2s, 5m).
 	RetryBackoff, MaxBackoff time.Duration
+	// HoldWhileBusy keeps a holder when a foreign (unclaimed) compute
+	// process appears on the GPU, in default compute mode, so jobs that do
+	// not use the claim API still find the device initialised. Off, the
+	// holder is released to give its memory back.
+	HoldWhileBusy bool
 	// EnablePersistence turns persistence mode on for every GPU at start.
 	// Without it persistence mode is only reported, never changed.
 	EnablePersistence bool
@@ -320,6 +326,12 @@ func (m *Manager) step(uuid string, g *gpu, now time.Time) {
 		g.lastActive = now
 	}
 	if isForeign {
+		if g.child != nil && m.cfg.HoldWhileBusy && !d.ComputeMode.Exclusive() {
+			if why := m.ineligible(g, now); why == "" || strings.HasPrefix(why, "holding disabled") {
+				g.state, g.reason = StateBusy, fmt.Sprintf("foreign compute process pid %d (holder kept: hold-while-busy)", pid)
+				return
+			}
+		}
 		if g.child != nil || g.warmCancel != nil {
 			m.log.Info("foreign compute process on a held gpu: releasing holder", "gpu", uuid, "pid", pid)
 			m.dropChildrenLocked(g)
@@ -428,6 +440,7 @@ func (m *Manager) warmed(uuid string, gen uint64, c *child, err error) {
 			g.retryAt = time.Now().Add(backoff)
 			g.lastErr = err.Error()
 			g.state, g.reason = StateIdle, g.lastErr
+			m.cfg.Metrics.setState(uuid, g.state)
 			m.log.Warn("holder start failed", "gpu", uuid, "err", err, "retry_in", backoff)
 			if mt := m.cfg.Metrics; mt != nil {
 				mt.holderExits.WithLabelValues(uuid, "start_failed").Inc()
@@ -442,6 +455,7 @@ func (m *Manager) warmed(uuid string, gen uint64, c *child, err error) {
 	g.child = c
 	g.failures = 0
 	g.state, g.reason = StateHeld, ""
+	m.cfg.Metrics.setState(uuid, g.state)
 	m.log.Info("gpu held", "gpu", uuid, "kind", c.spec.kind, "pid", c.pid, "init_ms", c.ready.InitMs, "retain_ms", c.ready.RetainMs)
 	m.wg.Add(1)
 	go func() {
@@ -473,6 +487,7 @@ func (m *Manager) childExited(uuid string, c *child) {
 		g.lastErr += ": " + lastLine(t)
 	}
 	g.state, g.reason = StateIdle, g.lastErr
+	m.cfg.Metrics.setState(uuid, g.state)
 	m.log.Warn("holder exited unexpectedly", "gpu", uuid, "pid", c.pid, "err", g.lastErr, "retry_in", backoff)
 	if mt := m.cfg.Metrics; mt != nil {
 		mt.holderExits.WithLabelValues(uuid, "crashed").Inc()

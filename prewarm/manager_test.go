@@ -517,3 +517,29 @@ func TestDeferredHolderAdoptedOnEarlyRelease(t *testing.T) {
 	syscall.Kill(pid, syscall.SIGKILL)
 	s = pollUntil(t, m, "crash noticed", func(s Status) bool { return gpuIn(s, g0).Crashes == 1 })
 }
+
+func TestHoldWhileBusy(t *testing.T) {
+	fake := NewFakeGPUs(1)
+	m := newTestManager(t, fake, Config{HoldWhileBusy: true, MemoryFloor: 1 << 30}, "")
+	s := pollUntil(t, m, "held", stateIs(g0, StateHeld))
+	pid := gpuIn(s, g0).HolderPID
+	fake.Update(g0, func(d *DeviceInfo) { d.Processes = []Process{{PID: 999, UsedMemory: 1 << 30}} })
+	m.Poll(context.Background())
+	g := gpuIn(m.Status(), g0)
+	if g.State != StateBusy || g.HolderPID != pid || !alive(pid) {
+		t.Fatalf("foreign process with hold-while-busy: %+v, want busy with the holder kept", g)
+	}
+	if _, err := m.Claim(context.Background(), ClaimRequest{UUID: g0}); !errors.Is(err, ErrBusy) {
+		t.Fatalf("claim of a busy GPU: %v", err)
+	}
+	// The foreign job leaves: held again by the same holder.
+	fake.Update(g0, func(d *DeviceInfo) { d.Processes = nil })
+	s = pollUntil(t, m, "held again", stateIs(g0, StateHeld))
+	if gpuIn(s, g0).HolderPID != pid {
+		t.Fatal("holder replaced")
+	}
+	// Memory pressure still releases it.
+	fake.Update(g0, func(d *DeviceInfo) { d.Processes = []Process{{PID: 999}}; d.MemoryFree = 1 << 20 })
+	pollUntil(t, m, "released", func(s Status) bool { return gpuIn(s, g0).HolderPID == 0 })
+	waitDead(t, pid)
+}

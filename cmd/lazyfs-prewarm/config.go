@@ -20,6 +20,7 @@ type config struct {
 	AllowExclusive    bool     `toml:"allow_exclusive"`
 	HoldAlloc         size     `toml:"hold_alloc"`
 	NoHold            bool     `toml:"no_hold"`
+	HoldWhileBusy     bool     `toml:"hold_while_busy"`
 	IdleWindow        duration `toml:"idle_window"`
 	UtilThreshold     int      `toml:"util_threshold"`
 	Grace             duration `toml:"grace"`
@@ -60,6 +61,7 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.AllowExclusive, "allow-exclusive", c.AllowExclusive, "hold GPUs in an exclusive compute mode too (released before every claim)")
 	fs.Var(&c.HoldAlloc, "hold-alloc", "bytes the holder allocates besides its context (e.g. 64MiB)")
 	fs.BoolVar(&c.NoHold, "no-hold", c.NoHold, "inventory and claims only: start no holders")
+	fs.BoolVar(&c.HoldWhileBusy, "hold-while-busy", c.HoldWhileBusy, "keep the holder when an unclaimed compute process appears (default compute mode only)")
 	fs.Var(&c.IdleWindow, "idle-window", "a GPU must be quiet this long before it is held")
 	fs.IntVar(&c.UtilThreshold, "util-threshold", c.UtilThreshold, "utilisation percentage above which a GPU counts as active")
 	fs.Var(&c.Grace, "grace", "wait this long after a release before warming again")
@@ -97,6 +99,7 @@ func loadConfig(path string, flags config, fs *pflag.FlagSet, workerCmd string, 
 		"allow-exclusive":    func() { c.AllowExclusive = flags.AllowExclusive },
 		"hold-alloc":         func() { c.HoldAlloc = flags.HoldAlloc },
 		"no-hold":            func() { c.NoHold = flags.NoHold },
+		"hold-while-busy":    func() { c.HoldWhileBusy = flags.HoldWhileBusy },
 		"idle-window":        func() { c.IdleWindow = flags.IdleWindow },
 		"util-threshold":     func() { c.UtilThreshold = flags.UtilThreshold },
 		"grace":              func() { c.Grace = flags.Grace },

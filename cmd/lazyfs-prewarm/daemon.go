@@ -67,6 +67,7 @@ func runDaemon(ctx context.Context, cfg config) error {
 	mcfg := prewarm.Config{
 		MemoryFloor:       uint64(cfg.MemoryFloor),
 		AllowExclusive:    cfg.AllowExclusive,
+		HoldWhileBusy:     cfg.HoldWhileBusy,
 		HoldAlloc:         uint64(cfg.HoldAlloc),
 		IdleWindow:        time.Duration(cfg.IdleWindow),
 		UtilThreshold:     cfg.UtilThreshold,

@@ -18,12 +18,13 @@
 #   TORCH=auto     auto|0|1: PyTorch rows
 #   FAKE=1         no GPU: fake GPUs and fake CUDA (tests the script itself)
 #   BIN=bin/lazyfs-prewarm   built by prewarm/testdata/build-device-bin.sh
-#   OUT=dir        also write device-check.md, samples.jsonl, daemon logs there
+#   OUT=dir        also write device-check.md, samples.jsonl, device-check-logs.txt there
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 N=${N:-10}
 TORCH=${TORCH:-auto}
+TORCH_N=${TORCH_N:-$N}
 FAKE=${FAKE:-0}
 BIN=${BIN:-bin/lazyfs-prewarm}
 START=$(date +%s)
@@ -62,7 +63,9 @@ finish() {
 		kill -KILL "$DAEMON_PID" 2>/dev/null || true
 	fi
 	if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-		cp "$TMP"/*.log "$OUT"/ 2>/dev/null || true
+		for f in "$TMP"/*.log; do
+			[ -e "$f" ] && { echo "===== $(basename "$f")"; cat "$f"; }
+		done >"$OUT/device-check-logs.txt" 2>/dev/null || true
 		cp "$JSONL" "$OUT"/samples.jsonl 2>/dev/null || true
 	fi
 	rm -rf "$TMP"
@@ -157,7 +160,7 @@ fi
 # ---- (a) no daemon -----------------------------------------------------
 bench "(a) fresh process, no daemon" fresh
 if [ "$TORCH" = 1 ]; then
-	bench "(a-torch) fresh python3: import torch + first op, no daemon" torch-fresh --gap 200ms --script prewarm/testdata/torch_firstop.py
+	N=$TORCH_N bench "(a-torch) fresh python3: import torch + first op, no daemon" torch-fresh --gap 200ms --script prewarm/testdata/torch_firstop.py
 fi
 
 # ---- (b0) daemon, NVML only ---------------------------------------------
@@ -167,19 +170,24 @@ bench "(b0) fresh process, daemon with NVML open but no holder" fresh
 stop_daemon
 
 # ---- (b) daemon holding ----------------------------------------------
-start_daemon hold
+# --hold-while-busy: the probes below are unclaimed compute processes; without
+# it the daemon would (rightly) release its holder when it sees them.
+start_daemon hold --hold-while-busy
 "$BIN" devbench --scenario wait-held --socket "$SOCK" --timeout 120s || die "GPU never held; daemon log: $(tail -5 "$TMP/daemon-hold.log")"
 maddr=$(sed -n 's/.*msg="metrics listening" addr=\([0-9.:]*\).*/\1/p' "$TMP/daemon-hold.log" | head -1)
 [ -n "$maddr" ] || die "no metrics address in the daemon log"
-fetch "http://$maddr/healthz" | grep -q '"ok"' || die "/healthz not ok"
-fetch "http://$maddr/metrics" | grep -q 'lazyfs_prewarm_gpu_state{state="held"' || die "/metrics has no held state"
+health=$(fetch "http://$maddr/healthz") || die "/healthz unreachable"
+grep -q '"ok"' <<<"$health" || die "/healthz not ok: $health"
+metrics=$(fetch "http://$maddr/metrics") || die "/metrics unreachable"
+grep -q 'lazyfs_prewarm_gpu_state{state="held",uuid=".*"} 1' <<<"$metrics" || die "/metrics shows no held GPU"
 if [ -x bin/lazyfs ] && bin/lazyfs gpu --help >/dev/null 2>&1; then
 	bin/lazyfs gpu status --socket "$SOCK" >&2 || die "lazyfs gpu status failed"
 fi
 bench "(b) fresh process, daemon holding the GPU (no claim)" fresh
 bench "(b') fresh process: claim from the daemon, then first op (holder kept 5 s)" claim
 bench "claim→release: claim round trip incl. holder kill (release=now)" release --gap 0s
-fetch "http://$maddr/metrics" | grep -q 'lazyfs_prewarm_claim_seconds_count' || die "/metrics has no claim histogram"
+metrics=$(fetch "http://$maddr/metrics") || die "/metrics unreachable"
+grep -q '^lazyfs_prewarm_claim_seconds_count{uuid=".*"} [1-9]' <<<"$metrics" || die "/metrics has no claim histogram"
 stop_daemon
 if pgrep -f "$BIN hold" >/dev/null; then die "holder processes survived the daemon"; fi
 
@@ -189,7 +197,7 @@ bench "(c) fresh process: claim + first op through a warm Go worker" worker --ga
 stop_daemon
 if [ "$TORCH" = 1 ]; then
 	start_daemon torchworker --worker-command "python3 prewarm/testdata/torch_worker.py"
-	bench "(c-torch) fresh process: claim + op through a warm torch worker" worker --gap 0s
+	N=$TORCH_N bench "(c-torch) fresh process: claim + op through a warm torch worker" worker --gap 0s
 	stop_daemon
 fi
 
