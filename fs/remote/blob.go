@@ -179,8 +179,9 @@ func (b *Blob) rangeAttempt(ctx context.Context, ep *endpoint, c *http.Client, o
 	}
 	defer resp.Body.Close()
 	timer.Reset(f.opts.stallTimeout)
-	if !cached && resp.Request != nil && resp.Request != req && resp.Request.URL.String() != req.URL.String() {
-		f.storeRedirect(rk, resp.Request.URL)
+	if !cached && (resp.StatusCode == http.StatusPartialContent || resp.StatusCode == http.StatusOK) &&
+		resp.Request != nil && resp.Request != req && resp.Request.URL.String() != req.URL.String() {
+		f.storeRedirect(rk, resp.Request.URL) // only URLs that served the blob
 	}
 	where := redact(resp.Request.URL)
 	br := &body{r: resp.Body, timer: timer, stall: f.opts.stallTimeout, count: &f.st.bytes}

@@ -428,6 +428,10 @@ func (f *Fetcher) do(ctx context.Context, repo name.Repository, cp int, progress
 				lastP, tries, since = p, 0, time.Now()
 			}
 		}
+		if errors.Is(err, errRedirectGone) && tries < f.opts.maxAttempts {
+			tries++
+			continue // straight back to the same host for a fresh URL
+		}
 		if class == classFatal || ep.mirror {
 			if i < len(eps)-1 {
 				if ep.mirror {
@@ -442,9 +446,6 @@ func (f *Fetcher) do(ctx context.Context, repo name.Repository, cp int, progress
 				f.st.errors.Add(1)
 				return err
 			}
-		}
-		if errors.Is(err, errRedirectGone) {
-			continue // straight back to the registry for a fresh URL
 		}
 		tries++
 		delay := f.backoff(tries, err)
