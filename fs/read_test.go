@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs/fstest"
 	"github.com/lazyfs/lazyfs/fs/toc"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
@@ -244,8 +245,21 @@ func TestInterrupt(t *testing.T) {
 
 // TestConcurrentReads: 32 goroutines read random ranges of random files.
 func TestConcurrentReads(t *testing.T) {
+	requireFUSE(t)
 	layer := bigCorpus(t, 40, 4, 20*testChunk)
-	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), ReadAhead: 4})
+	t.Run("memcache", func(t *testing.T) { concurrentReads(t, layer, fstest.NewMemCache()) })
+	t.Run("badger", func(t *testing.T) {
+		c, err := blobcache.Open(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		concurrentReads(t, layer, c)
+	})
+}
+
+func concurrentReads(t *testing.T, layer *testLayer, cache Cache) {
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: cache, ReadAhead: 4})
 	var names []string
 	want := map[string][]byte{}
 	for i := range layer.toc.Entries {
