@@ -55,8 +55,15 @@ type Badger struct {
 const (
 	memTableSize   = 4 << 20
 	valueThreshold = 256
-	minVlogFile    = 1 << 20
-	maxVlogFile    = 128 << 20
+	// Value-log file size: derived from the capacity within
+	// [defaultMinVlogFile, maxVlogFile]; WithValueLogFileSize may go down to
+	// badger's minimum, minVlogFile. Badger refuses a value larger than a
+	// file, so the file size also bounds the chunk size (chunk record header
+	// included): 8 MiB leaves room for the 4 MiB chunks lazyfs may be
+	// configured with.
+	minVlogFile        = 1 << 20
+	defaultMinVlogFile = 8 << 20
+	maxVlogFile        = 128 << 20
 	// gcDiscardRatio is badger's recommended ratio for routine collection: a
 	// value-log file is rewritten when half of it is garbage.
 	gcDiscardRatio = 0.5
@@ -68,7 +75,8 @@ const (
 // Bounds: Stats.Size (chunk bytes) never exceeds the capacity; the least
 // recently used unpinned chunk is evicted first. On disk, badger keeps chunk
 // bytes in value-log files of VLF bytes (default capacity/16, clamped to
-// [1 MiB, 128 MiB]) and reclaims evicted bytes by rewriting files that are at
+// [8 MiB, 128 MiB]; chunks up to VLF-40 bytes are accepted, ErrTooLarge
+// above, and never above MaxChunkSize) and reclaims evicted bytes by rewriting files that are at
 // least half garbage. A background goroutine owned by the cache does so every
 // GC interval and as soon as VLF bytes have been evicted since the last
 // collection; when the directory is still above the bound it collects files
@@ -166,11 +174,15 @@ func removeEmptyLogs(dir string, log *slog.Logger) error {
 
 // vlogFileSize returns the value-log file size for cfg.
 func vlogFileSize(cfg config) int64 {
-	v := cfg.vlogFileSize
-	if v <= 0 {
-		v = cfg.capacity / 16
+	if v := cfg.vlogFileSize; v > 0 {
+		return min(max(v, minVlogFile), maxVlogFile)
 	}
-	return min(max(v, minVlogFile), maxVlogFile)
+	return min(max(cfg.capacity/16, defaultMinVlogFile), maxVlogFile)
+}
+
+// maxChunk is the largest chunk c accepts.
+func (c *Badger) maxChunk() int64 {
+	return min(c.cfg.capacity, MaxChunkSize, c.vlogFileSize-chunkHeaderLen)
 }
 
 // DiskSlack is the documented margin above the capacity within which the
@@ -459,8 +471,8 @@ func (c *Badger) Put(ctx context.Context, d digest.Digest, data []byte) error {
 		return err
 	}
 	size := int64(len(data))
-	if size > c.cfg.capacity || size > MaxChunkSize {
-		return fmt.Errorf("chunk %s: %d bytes, capacity %d: %w", d, size, c.cfg.capacity, ErrTooLarge)
+	if size > c.maxChunk() {
+		return fmt.Errorf("chunk %s: %d bytes, limit %d: %w", d, size, c.maxChunk(), ErrTooLarge)
 	}
 	if err := c.begin(); err != nil {
 		return err

@@ -440,3 +440,42 @@ func TestRecordMissingBehindTheCachesBack(t *testing.T) {
 		t.Fatalf("stats: %+v", s)
 	}
 }
+
+// TestChunkSizeLimit checks that chunks up to the value-log file size (badger
+// refuses larger values) are stored and evicted, and larger ones refused.
+func TestChunkSizeLimit(t *testing.T) {
+	ctx := context.Background()
+	c := openT(t, t.TempDir(), WithCapacity(16<<20)) // VLF 8 MiB
+	if c.vlogFileSize != 8<<20 {
+		t.Fatalf("value-log file size %d, want 8 MiB", c.vlogFileSize)
+	}
+	data, ds := chunksT(3, 8<<20-chunkHeaderLen, 11)
+	for i := range ds {
+		if err := c.Put(ctx, ds[i], data[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := presentT(t, c, ds), "011"; got != want {
+		t.Fatalf("present = %s, want %s", got, want)
+	}
+	for i := 1; i < 3; i++ {
+		if got, err := c.Get(ctx, ds[i]); err != nil || !bytes.Equal(got, data[i]) {
+			t.Fatalf("chunk %d: %v", i, err)
+		}
+	}
+	big := make([]byte, 8<<20-chunkHeaderLen+1)
+	if err := c.Put(ctx, digest.FromBytes(big), big); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Put above the value-log file size = %v", err)
+	}
+
+	// A small explicit file size keeps small caches tight but bounds chunks.
+	c = openT(t, t.TempDir(), WithCapacity(16<<20), WithValueLogFileSize(1<<20))
+	ok := make([]byte, 1<<20-chunkHeaderLen)
+	if err := c.Put(ctx, digest.FromBytes(ok), ok); err != nil {
+		t.Fatal(err)
+	}
+	big = make([]byte, 1<<20)
+	if err := c.Put(ctx, digest.FromBytes(big), big); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("1 MiB chunk with 1 MiB value-log files = %v", err)
+	}
+}

@@ -24,9 +24,14 @@ func randomChunk(r *rand.Rand, n int) ([]byte, digest.Digest) {
 // TestDiskBound writes four times the capacity through the cache and checks
 // that the directory's disk use stays within Stats.DiskLimit.
 func TestDiskBound(t *testing.T) {
+	t.Run("default", func(t *testing.T) { testDiskBound(t) }) // 8 MiB value-log files
+	t.Run("vlf-2MiB", func(t *testing.T) { testDiskBound(t, WithValueLogFileSize(2<<20)) })
+}
+
+func testDiskBound(t *testing.T, opts ...Option) {
 	const capacity = 32 << 20
 	dir := t.TempDir()
-	c, err := Open(dir, WithCapacity(capacity))
+	c, err := Open(dir, append(opts, WithCapacity(capacity))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,8 +61,8 @@ func TestDiskBound(t *testing.T) {
 	c.collect(ctx, true)
 	s := c.Stats()
 	bound := s.DiskLimit
-	t.Logf("capacity %d MiB, written %d MiB, bound %d MiB; peak disk %.1f MiB, after collect %.1f MiB; size %.1f MiB, %d entries, %d evictions, %d vlog rewrites",
-		capacity>>20, written>>20, bound>>20, float64(peak)/(1<<20), float64(s.DiskSize)/(1<<20), float64(s.Size)/(1<<20), s.Entries, s.Evictions, s.GCRuns)
+	t.Logf("capacity %d MiB, value-log files %d MiB, written %d MiB, limit %.1f MiB; peak disk %.1f MiB, after collect %.1f MiB; size %.1f MiB, %d entries, %d evictions, %d vlog rewrites",
+		capacity>>20, c.vlogFileSize>>20, written>>20, float64(bound)/(1<<20), float64(peak)/(1<<20), float64(s.DiskSize)/(1<<20), float64(s.Size)/(1<<20), s.Entries, s.Evictions, s.GCRuns)
 	if s.Size > capacity {
 		t.Fatalf("Size %d above capacity %d", s.Size, capacity)
 	}

@@ -14,8 +14,8 @@ var (
 	// ErrInvalidDigest reports a digest that is not a well-formed sha256 digest
 	// ("sha256:" and 64 lowercase hex characters).
 	ErrInvalidDigest = errors.New("invalid chunk digest")
-	// ErrTooLarge reports a chunk larger than the cache's capacity or than
-	// MaxChunkSize.
+	// ErrTooLarge reports a chunk larger than the cache accepts: above its
+	// capacity, MaxChunkSize, or (Badger) its value-log file size.
 	ErrTooLarge = errors.New("chunk too large")
 	// ErrLocked reports that another process has the cache directory open:
 	// one process owns a directory, the others go through it.

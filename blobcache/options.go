@@ -28,7 +28,8 @@ const (
 	DefaultCapacity = 10 << 30
 	// DefaultMemoryCapacity bounds a Memory cache made without WithCapacity.
 	DefaultMemoryCapacity = 256 << 20
-	// MaxChunkSize is the largest chunk either implementation accepts.
+	// MaxChunkSize is the largest chunk either implementation accepts (Badger
+	// also keeps chunks below its value-log file size, see Open).
 	MaxChunkSize = 64 << 20
 
 	defaultGCInterval = time.Minute
@@ -98,8 +99,9 @@ func WithGCInterval(d time.Duration) Option {
 }
 
 // WithValueLogFileSize overrides the size of badger's value-log files, the
-// unit in which disk space is reclaimed (Badger only; default capacity/16,
-// clamped to [1 MiB, 128 MiB]).
+// unit in which disk space is reclaimed and the bound on the chunk size
+// (Badger only; default capacity/16, clamped to [8 MiB, 128 MiB]; an override
+// is clamped to [1 MiB, 128 MiB]).
 func WithValueLogFileSize(bytes int64) Option {
 	return func(c *config) { c.vlogFileSize = bytes }
 }
