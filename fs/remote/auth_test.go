@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -312,5 +314,39 @@ func TestAuthBasicRotation(t *testing.T) {
 	_, err := fetchAll(context.Background(), b, l.res.TOC.Chunks[5:6])
 	if !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), l.digest().String()) {
 		t.Fatalf("err = %v, want ErrUnauthorized naming the blob", err)
+	}
+}
+
+// A registry with a public-looking name speaks plain HTTP only with WithInsecure.
+func TestInsecure(t *testing.T) {
+	l := allTypesLayer(t)
+	_, host := newRegistry(t, nil)
+	push(t, host, "lazy/img:v1", l)
+	_, port, _ := strings.Cut(host, ":")
+	dialer := &net.Dialer{}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if strings.HasPrefix(addr, "registry.example.test:") {
+			addr = "127.0.0.1:" + port
+		}
+		return dialer.DialContext(ctx, network, addr)
+	}
+	defer tr.CloseIdleConnections()
+	ref := "registry.example.test:" + port + "/lazy/img:v1"
+	strict := New(WithTransport(tr), WithRetry(1, time.Millisecond, time.Second))
+	defer strict.Close()
+	if _, err := strict.Resolve(context.Background(), ref, nil); err == nil {
+		t.Fatal("plain HTTP used without WithInsecure")
+	}
+	f := New(WithTransport(tr), WithInsecure(true))
+	defer f.Close()
+	img, err := f.Resolve(context.Background(), ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A repository parsed without name.Insecure still gets plain HTTP.
+	repo, _ := name.NewRepository("registry.example.test:" + port + "/lazy/img")
+	if _, err := fetchAll(context.Background(), f.Blob(repo, img.Layers[0].Digest, img.Layers[0].Size), l.res.TOC.Chunks); err != nil {
+		t.Fatal(err)
 	}
 }

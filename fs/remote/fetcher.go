@@ -132,6 +132,11 @@ func (f *Fetcher) Close() error {
 }
 
 func (f *Fetcher) hostsFor(reg name.Registry) (*hostSet, error) {
+	if f.opts.insecure && reg.Scheme() != "http" {
+		if r, err := name.NewRegistry(reg.RegistryStr(), name.WeakValidation, name.Insecure); err == nil {
+			reg = r
+		}
+	}
 	key := reg.Scheme() + "://" + reg.RegistryStr()
 	f.mu.Lock()
 	defer f.mu.Unlock()
