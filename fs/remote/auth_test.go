@@ -333,10 +333,12 @@ func TestInsecure(t *testing.T) {
 	}
 	defer tr.CloseIdleConnections()
 	ref := "registry.example.test:" + port + "/lazy/img:v1"
-	strict := New(WithTransport(tr), WithRetry(1, time.Millisecond, time.Second))
+	strict := New(WithTransport(tr))
 	defer strict.Close()
 	if _, err := strict.Resolve(context.Background(), ref, nil); err == nil {
 		t.Fatal("plain HTTP used without WithInsecure")
+	} else if st := strict.Stats(); st.Retries != 0 {
+		t.Errorf("a plain-HTTP answer to TLS was retried %d times (%v)", st.Retries, err)
 	}
 	f := New(WithTransport(tr), WithInsecure(true))
 	defer f.Close()

@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -233,7 +234,15 @@ func (f *Fetcher) authTransport(ctx context.Context, ep *endpoint, repo name.Rep
 		}
 		return nil, &statusError{Code: te.StatusCode, URL: ep.base + "/", Msg: "auth handshake", RetryAfter: 0}
 	}
-	return nil, transient(fmt.Errorf("auth handshake with %s: %w", ep.base, err))
+	err = fmt.Errorf("auth handshake with %s: %w", ep.base, err)
+	var rh tls.RecordHeaderError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ce x509.CertificateInvalidError
+	if errors.As(err, &rh) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ce) || plainHTTPServer(err) {
+		return nil, err // TLS misconfiguration: retrying will not help
+	}
+	return nil, transient(err)
 }
 
 // Error classes.
@@ -334,11 +343,18 @@ func doError(err error, rctx context.Context) error {
 		var ce x509.CertificateInvalidError
 		var ua x509.UnknownAuthorityError
 		var he x509.HostnameError
-		if errors.As(err, &ce) || errors.As(err, &ua) || errors.As(err, &he) || errors.Is(err, ErrBadResponse) {
+		var rh tls.RecordHeaderError
+		if errors.As(err, &ce) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &rh) || plainHTTPServer(err) || errors.Is(err, ErrBadResponse) {
 			return err
 		}
 	}
 	return transient(err)
+}
+
+// plainHTTPServer reports net/http's error for a TLS request answered in
+// plain HTTP (it replaces the tls.RecordHeaderError with a bare string).
+func plainHTTPServer(err error) bool {
+	return strings.Contains(err.Error(), "server gave HTTP response to HTTPS client")
 }
 
 func retryAfter(resp *http.Response) time.Duration {
