@@ -514,12 +514,23 @@ func (c *Badger) Put(ctx context.Context, d digest.Digest, data []byte) error {
 	}
 	victims := c.idx.evictFor(size, c.cfg.capacity)
 	c.mu.Unlock()
-	if err := c.evict(victims); err != nil {
-		return fmt.Errorf("chunk %s: evict: %w", d, err)
-	}
+	defer c.evicted(victims)
 
+	// One transaction deletes the victims and stores the chunk, unless the
+	// victims are too many for one (a big chunk displacing tiny ones).
 	txn := c.db.NewTransaction(true)
 	defer txn.Discard()
+	if len(victims) > maxVictimsPerTxn {
+		if err := c.deleteKeys(keysOf(victims)); err != nil {
+			return fmt.Errorf("chunk %s: evict %d chunks: %w", d, len(victims), err)
+		}
+	} else {
+		for _, e := range victims {
+			if err := errors.Join(txn.Delete(dbKey(prefixChunk, e.k)), txn.Delete(dbKey(prefixMeta, e.k))); err != nil {
+				return fmt.Errorf("chunk %s: evict: %w", d, err)
+			}
+		}
+	}
 	if err := txn.Set(dbKey(prefixChunk, k), rec); err != nil {
 		return fmt.Errorf("chunk %s: store: %w", d, err)
 	}
@@ -527,6 +538,8 @@ func (c *Badger) Put(ctx context.Context, d digest.Digest, data []byte) error {
 		return fmt.Errorf("chunk %s: store: %w", d, err)
 	}
 	if err := txn.Commit(); err != nil {
+		// The victims are gone from the index; if their deletion failed with
+		// the commit, Open finds them again and re-applies the bound.
 		return fmt.Errorf("chunk %s: store: %w", d, err)
 	}
 	c.mu.Lock()
@@ -537,28 +550,36 @@ func (c *Badger) Put(ctx context.Context, d digest.Digest, data []byte) error {
 	return nil
 }
 
-// evict deletes chunks already removed from the index and kicks the
-// collector after an eviction burst. The caller holds wmu.
-func (c *Badger) evict(victims []*entry) error {
-	if len(victims) == 0 {
-		return nil
-	}
-	ks := make([]key, len(victims))
-	var bytes int64
-	for i, e := range victims {
+// maxVictimsPerTxn bounds the deletions folded into a Put's transaction,
+// well below badger's per-transaction entry limit.
+const maxVictimsPerTxn = 256
+
+func keysOf(es []*entry) []key {
+	ks := make([]key, len(es))
+	for i, e := range es {
 		ks[i] = e.k
+	}
+	return ks
+}
+
+// evicted counts evicted chunks and kicks the collector after an eviction
+// burst.
+func (c *Badger) evicted(victims []*entry) {
+	if len(victims) == 0 {
+		return
+	}
+	var bytes int64
+	for _, e := range victims {
 		bytes += e.size
 	}
 	c.st.evictions.Add(int64(len(victims)))
 	c.st.evictedBytes.Add(bytes)
-	err := c.deleteKeys(ks)
 	if c.evictedSinceGC.Add(bytes) >= c.vlogFileSize {
 		select {
 		case c.gcKick <- struct{}{}:
 		default:
 		}
 	}
-	return err
 }
 
 // dedup refreshes k and reports true when it is already stored.

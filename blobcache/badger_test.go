@@ -479,3 +479,33 @@ func TestChunkSizeLimit(t *testing.T) {
 		t.Fatalf("1 MiB chunk with 1 MiB value-log files = %v", err)
 	}
 }
+
+// TestBigChunkEvictsManySmall evicts more chunks than one transaction takes
+// and checks they stay gone after reopen.
+func TestBigChunkEvictsManySmall(t *testing.T) {
+	const n, small = maxVictimsPerTxn + 44, 100
+	dir := t.TempDir()
+	ctx := context.Background()
+	c := openT(t, dir, WithCapacity(n*small))
+	data, ds := chunksT(n, small, 12)
+	for i := range ds {
+		if err := c.Put(ctx, ds[i], data[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	big, bd := randomChunk(rand.New(rand.NewPCG(1, 1)), n*small)
+	if err := c.Put(ctx, bd, big); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Stats(); s.Entries != 1 || s.Evictions != n || s.Size != n*small {
+		t.Fatalf("stats: %+v", s)
+	}
+	closeT(t, c)
+	c = openT(t, dir, WithCapacity(n*small))
+	if s := c.Stats(); s.Entries != 1 || s.Evictions != 0 {
+		t.Fatalf("after reopen: %+v", s)
+	}
+	if got, err := c.Get(ctx, bd); err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("big chunk: %v", err)
+	}
+}
