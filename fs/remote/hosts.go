@@ -35,6 +35,9 @@ type HostConfig struct {
 	Capabilities []string
 	// CA lists PEM files of CAs to trust for this host.
 	CA []string
+	// Client lists client certificates for mutual TLS: each a [cert, key]
+	// pair of PEM files ([cert] alone when the file holds both).
+	Client [][]string
 	// SkipVerify disables TLS verification for this host.
 	SkipVerify bool
 	// OverridePath uses URL's path as the API root instead of appending /v2.
@@ -86,7 +89,7 @@ func ParseHostsFile(data []byte, defaultServer string) (*HostsFile, error) {
 		server = defaultServer
 	}
 	hf.Server, err = hostConfig(server, hostTOML{
-		Capabilities: raw.Capabilities, CA: raw.CA, SkipVerify: raw.SkipVerify,
+		Capabilities: raw.Capabilities, CA: raw.CA, Client: raw.Client, SkipVerify: raw.SkipVerify,
 		OverridePath: raw.OverridePath, Header: raw.Header,
 	})
 	if err != nil {
@@ -119,6 +122,9 @@ func hostConfig(u string, h hostTOML) (HostConfig, error) {
 	}
 	if hc.CA, err = stringList(h.CA); err != nil {
 		return hc, fmt.Errorf("%w: host %q: ca: %v", ErrBadHostsConfig, u, err)
+	}
+	if hc.Client, err = clientList(h.Client); err != nil {
+		return hc, fmt.Errorf("%w: host %q: client: %v", ErrBadHostsConfig, u, err)
 	}
 	if len(h.Header) > 0 {
 		hc.Header = http.Header{}
@@ -153,6 +159,28 @@ func stringList(v any) ([]string, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("want a string or a list of strings, got %T", v)
+}
+
+// clientList parses containerd's client key: "pem", ["pem", ...] (files
+// holding certificate and key) or [["cert", "key"], ...].
+func clientList(v any) ([][]string, error) {
+	switch v := v.(type) {
+	case nil:
+		return nil, nil
+	case string:
+		return [][]string{{v}}, nil
+	case []any:
+		var out [][]string
+		for _, e := range v {
+			pair, err := stringList(e)
+			if err != nil || len(pair) == 0 || len(pair) > 2 {
+				return nil, fmt.Errorf("want a file or a [cert, key] pair, got %v", e)
+			}
+			out = append(out, pair)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("want a string or a list, got %T", v)
 }
 
 // hostOrder returns the keys of the host table in the order the file names
@@ -343,7 +371,7 @@ func (f *Fetcher) newEndpoint(h HostConfig, mirror bool) (*endpoint, error) {
 			e.caps |= capPush
 		}
 	}
-	if (h.SkipVerify || len(h.CA) > 0) && f.ownTransport != nil {
+	if (h.SkipVerify || len(h.CA) > 0 || len(h.Client) > 0) && f.ownTransport != nil {
 		cfg := &tls.Config{InsecureSkipVerify: h.SkipVerify} //nolint:gosec // asked for by hosts.toml
 		if len(h.CA) > 0 {
 			pool, err := x509.SystemCertPool()
@@ -360,6 +388,17 @@ func (f *Fetcher) newEndpoint(h HostConfig, mirror bool) (*endpoint, error) {
 				}
 			}
 			cfg.RootCAs = pool
+		}
+		for _, pair := range h.Client {
+			certFile, keyFile := pair[0], pair[0]
+			if len(pair) == 2 {
+				keyFile = pair[1]
+			}
+			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+			if err != nil {
+				return nil, fmt.Errorf("%w: host %q: client certificate: %v", ErrBadHostsConfig, h.URL, err)
+			}
+			cfg.Certificates = append(cfg.Certificates, cert)
 		}
 		t := f.ownTransport.Clone()
 		t.TLSClientConfig = cfg

@@ -34,6 +34,7 @@ capabilities = ["pull", "resolve"]
   capabilities = ["pull", "resolve"]
   override_path = true
   ca = ["/etc/ca1.pem", "/etc/ca2.pem"]
+  client = [["/etc/c.cert", "/etc/c.key"], "/etc/both.pem"]
 `)
 	hf, err := ParseHostsFile(data, "https://default")
 	if err != nil {
@@ -45,7 +46,7 @@ capabilities = ["pull", "resolve"]
 			{URL: "https://z-first.mirror", Capabilities: []string{"pull"}, SkipVerify: true,
 				Header: http.Header{"X-Token": {"abc"}, "X-Multi": {"1", "2"}}},
 			{URL: "http://a-second.mirror:5000/prefix/v2", Capabilities: []string{"pull", "resolve"}, OverridePath: true,
-				CA: []string{"/etc/ca1.pem", "/etc/ca2.pem"}},
+				CA: []string{"/etc/ca1.pem", "/etc/ca2.pem"}, Client: [][]string{{"/etc/c.cert", "/etc/c.key"}, {"/etc/both.pem"}}},
 		},
 	}
 	if diff := cmp.Diff(want, hf); diff != "" {
@@ -61,6 +62,7 @@ capabilities = ["pull", "resolve"]
 		`[host."https://m"]` + "\ncapabilities = [\"fly\"]",
 		`[host."https://m"]` + "\nca = 3",
 		`server = `,
+		`client = [["a", "b", "c"]]`,
 	} {
 		if _, err := ParseHostsFile([]byte(bad), "https://default"); !errors.Is(err, ErrBadHostsConfig) {
 			t.Errorf("%q: %v, want ErrBadHostsConfig", bad, err)
