@@ -16,7 +16,8 @@
 # Usage (repo root):  prewarm/testdata/device-check.sh
 #   N=10           samples per row (>= 10 for the issue)
 #   TORCH=auto     auto|0|1: PyTorch rows
-#   FAKE=1         no GPU: fake GPUs and fake CUDA (tests the script itself)
+#   FAKE=1         no GPU: fake GPUs and fake CUDA (tests the script itself);
+#                  FAKE=2 also runs the nvidia-smi checks (with a stub nvidia-smi)
 #   BIN=bin/lazyfs-prewarm   built by prewarm/testdata/build-device-bin.sh
 #   OUT=dir        also write device-check.md, samples.jsonl, device-check-logs.txt there
 set -euo pipefail
@@ -92,7 +93,7 @@ start_daemon() {
 	shift
 	rm -f "$SOCK"
 	local extra=()
-	[ "$FAKE" = 1 ] && extra+=(--fake-gpus 1)
+	[ "$FAKE" != 0 ] && extra+=(--fake-gpus 1)
 	"$BIN" --socket "$SOCK" --metrics-addr 127.0.0.1:0 --idle-window 1s --poll-interval 100ms \
 		--grace 100ms --handoff-delay 5s --memory-floor 0 --ready-timeout 120s --log-level info \
 		"${extra[@]}" "$@" >"$TMP/daemon-$name.log" 2>&1 &
@@ -134,8 +135,8 @@ if [ ! -x "$BIN" ]; then
 	fi
 fi
 "$BIN" --help >/dev/null || die "$BIN does not run here (glibc?)"
+[ "$FAKE" != 0 ] && export LAZYFS_PREWARM_FAKE_CUDA=1
 if [ "$FAKE" = 1 ]; then
-	export LAZYFS_PREWARM_FAKE_CUDA=1
 	BEFORE="fake"
 	GPU_DESC="fake GPU (FAKE=1: script self-test, numbers mean nothing)"
 else
@@ -150,7 +151,7 @@ log "GPU: $GPU_DESC"
 log "settings before: $BEFORE"
 
 if [ "$TORCH" = auto ]; then
-	if [ "$FAKE" != 1 ] && python3 -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+	if [ "$FAKE" = 0 ] && python3 -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
 		TORCH=1
 	else
 		TORCH=0
