@@ -131,6 +131,13 @@ func Convert(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) 
 	if perr != nil {
 		return nil, perr
 	}
+	if len(c.written) != len(c.toc.Chunks) {
+		return nil, fmt.Errorf("internal error: %d chunks produced, %d written", len(c.toc.Chunks), len(c.written))
+	}
+	for i, p := range c.written {
+		ch := &c.toc.Chunks[i]
+		ch.CompressedOffset, ch.CompressedSize, ch.Sum = p.off, p.size, p.sum
+	}
 
 	// TOC frame and footer.
 	payload := enc.EncodeAll(c.toc.Marshal(), nil)
@@ -176,6 +183,14 @@ type converter struct {
 	pool    sync.Pool
 	toc     *TOC
 	tarHash hash.Hash
+	written []chunkPlace // owned by write
+}
+
+// chunkPlace is where the writer put a chunk's frame.
+type chunkPlace struct {
+	off  int64
+	size uint32
+	sum  [32]byte
 }
 
 func (c *converter) compress() {
@@ -198,10 +213,9 @@ func (c *converter) write(w *countingWriter) error {
 		if err == nil {
 			if err = c.ctx.Err(); err == nil {
 				if f.chunk >= 0 {
-					ch := &c.toc.Chunks[f.chunk]
-					ch.CompressedOffset = w.n
-					ch.CompressedSize = uint32(len(f.out))
-					ch.Sum = f.sum
+					// Chunk frames arrive in chunk order; the producer owns
+					// toc.Chunks, so results are merged after both finish.
+					c.written = append(c.written, chunkPlace{off: w.n, size: uint32(len(f.out)), sum: f.sum})
 				}
 				_, err = w.Write(f.out)
 			}
