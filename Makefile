@@ -26,6 +26,7 @@ deps:
 ## test: vet and the whole test suite (what CI runs)
 test: vet
 	$(GO) test -count=1 -timeout 25m ./...
+	$(GO) test -count=1 -race -short -timeout 15m ./fs/...
 
 ## test-short: the suite without the slow cases
 test-short:

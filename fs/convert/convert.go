@@ -297,9 +297,8 @@ type converter struct {
 	mu        sync.Mutex
 	layers    map[v1.Hash]*layerJob // by source digest: layers shared between platforms convert once
 	converted int
-	done      int64
+	done      int64 // progress, guarded by mu like total
 	total     int64
-	progMu    sync.Mutex
 }
 
 type layerJob struct {
@@ -323,8 +322,8 @@ func (c *converter) report(phase string, n int64) {
 	if c.o.progress == nil {
 		return
 	}
-	c.progMu.Lock()
-	defer c.progMu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.done += n
 	c.o.progress(Progress{Done: c.done, Total: c.total, Phase: phase})
 }
