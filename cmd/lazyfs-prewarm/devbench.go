@@ -32,6 +32,8 @@ func newDevBenchCmd() *cobra.Command {
 		python   string
 		script   string
 		jsonOut  string
+		maxDur   time.Duration
+		minN     int
 	)
 	cmd := &cobra.Command{
 		Use:    "devbench --scenario fresh|claim|worker|release|torch-fresh|wait-held|wait-worker",
@@ -51,7 +53,12 @@ func newDevBenchCmd() *cobra.Command {
 				return err
 			}
 			var samples []sample
+			began := time.Now()
 			for i := 0; i < n; i++ {
+				if maxDur > 0 && i >= minN && time.Since(began) > maxDur {
+					fmt.Fprintf(os.Stderr, "%s: stopping after %d samples: --max-duration %v reached\n", scenario, i, maxDur)
+					break
+				}
 				if i > 0 && gap > 0 {
 					time.Sleep(gap)
 				}
@@ -123,6 +130,8 @@ func newDevBenchCmd() *cobra.Command {
 	f.StringVar(&python, "python", "python3", "python for torch-fresh")
 	f.StringVar(&script, "script", "prewarm/testdata/torch_firstop.py", "torch probe script")
 	f.StringVar(&jsonOut, "json-out", "", "append every sample as a JSON line to this file")
+	f.DurationVar(&maxDur, "max-duration", 0, "take no new sample after this long (0: no limit); the row reports the samples taken")
+	f.IntVar(&minN, "min-n", 3, "samples taken regardless of --max-duration")
 	return cmd
 }
 

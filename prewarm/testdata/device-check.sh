@@ -15,7 +15,9 @@
 #
 # Usage (repo root):  prewarm/testdata/device-check.sh
 #   N=10           samples per row (>= 10 for the issue)
-#   TORCH=auto     auto|0|1: PyTorch rows
+#   TORCH=auto     auto|0|1: PyTorch rows (TORCH_N samples, default N; they run
+#                  last and stop early, after >= 3 samples, to keep the whole run
+#                  within BUDGET_S=270 s; the table's n column says how many)
 #   FAKE=1         no GPU: fake GPUs and fake CUDA (tests the script itself);
 #                  FAKE=2 also runs the nvidia-smi checks (with a stub nvidia-smi)
 #   BIN=bin/lazyfs-prewarm   built by prewarm/testdata/build-device-bin.sh
@@ -26,6 +28,7 @@ cd "$(dirname "$0")/../.."
 N=${N:-10}
 TORCH=${TORCH:-auto}
 TORCH_N=${TORCH_N:-$N}
+BUDGET_S=${BUDGET_S:-270} # the torch rows stop early (>= 3 samples) to end within this
 FAKE=${FAKE:-0}
 BIN=${BIN:-bin/lazyfs-prewarm}
 START=$(date +%s)
@@ -34,6 +37,7 @@ SOCK=$TMP/pw.sock
 ROWS=$TMP/rows.md
 JSONL=$TMP/samples.jsonl
 DAEMON_PID=
+BENCH_NO=0
 : >"$ROWS"
 
 log() { echo "[device-check +$(($(date +%s) - START))s] $*" >&2; }
@@ -112,11 +116,13 @@ start_daemon() {
 bench() { # LABEL SCENARIO [ARGS...]
 	local label=$1 scenario=$2
 	shift 2
+	BENCH_NO=$((BENCH_NO + 1))
+	local blog="$TMP/bench-$BENCH_NO-$scenario.log"
 	log "$label"
 	"$BIN" devbench --scenario "$scenario" --n "$N" --socket "$SOCK" --label "$label" \
-		--json-out "$JSONL" --timeout 120s "$@" >>"$ROWS" 2>"$TMP/bench-$scenario.log" ||
+		--json-out "$JSONL" --timeout 120s --gap 300ms "$@" >>"$ROWS" 2>"$blog" ||
 		{
-			tail -20 "$TMP/bench-$scenario.log" >&2
+			tail -20 "$blog" >&2
 			[ -n "$DAEMON_PID" ] && tail -20 "$TMP"/daemon-*.log >&2
 			die "$label"
 		}
@@ -160,13 +166,10 @@ fi
 
 # ---- (a) no daemon -----------------------------------------------------
 bench "(a) fresh process, no daemon" fresh
-if [ "$TORCH" = 1 ]; then
-	N=$TORCH_N bench "(a-torch) fresh python3: import torch + first op, no daemon" torch-fresh --gap 200ms --script prewarm/testdata/torch_firstop.py
-fi
 
 # ---- (b0) daemon, NVML only ---------------------------------------------
 start_daemon nvml --no-hold
-sleep 2
+sleep 1
 bench "(b0) fresh process, daemon with NVML open but no holder" fresh
 stop_daemon
 
@@ -196,9 +199,18 @@ if pgrep -f "$BIN hold" >/dev/null; then die "holder processes survived the daem
 start_daemon worker --worker-command "$BIN worker"
 bench "(c) fresh process: claim + first op through a warm Go worker" worker --gap 0s
 stop_daemon
+# ---- PyTorch rows, last: they get what is left of the time budget --------
+left() { # seconds left of the budget, minus $1, divided by $2; at least 1
+	local d=$(((BUDGET_S - ($(date +%s) - START) - ${1:-0}) / ${2:-1}))
+	[ "$d" -ge 1 ] || d=1
+	echo "${d}s"
+}
 if [ "$TORCH" = 1 ]; then
+	N=$TORCH_N bench "(a-torch) fresh python3: import torch + first op, no daemon" torch-fresh --gap 200ms \
+		--script prewarm/testdata/torch_firstop.py --max-duration "$(left 0 2)"
 	start_daemon torchworker --worker-command "python3 prewarm/testdata/torch_worker.py"
-	N=$TORCH_N bench "(c-torch) fresh process: claim + op through a warm torch worker" worker --gap 0s
+	N=$TORCH_N bench "(c-torch) fresh process: claim + op through a warm torch worker" worker --gap 0s \
+		--max-duration "$(left 20)"
 	stop_daemon
 fi
 
