@@ -86,6 +86,7 @@ func TestGPUCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("status:\n%s", out)
 	if !strings.Contains(out, "GPU-fake-0") || !strings.Contains(out, "held") || !strings.Contains(out, "mode: hold") {
 		t.Fatalf("status table:\n%s", out)
 	}
