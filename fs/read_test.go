@@ -312,3 +312,75 @@ func concurrentReads(t *testing.T, layer *testLayer, cache Cache) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// TestPassthrough: a fully cached big file is copied to the spool and later
+// opens are served by the kernel from it, with the right bytes; opens of
+// both kinds never overlap on one inode.
+func TestPassthrough(t *testing.T) {
+	requireFUSE(t)
+	var u unix.Utsname
+	unix.Uname(&u)
+	var major, minor int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
+	if major < 6 || major == 6 && minor < 9 {
+		t.Skipf("kernel %d.%d has no FUSE passthrough (needs 6.9)", major, minor)
+	}
+	layer := bigCorpus(t, 1, 1, 80*testChunk)
+	dir, root := mountLayers(t, []*testLayer{layer},
+		Options{Cache: fstest.NewMemCache(), Passthrough: true, SpoolDir: t.TempDir()})
+	p := filepath.Join(dir, "big/b0")
+	want := readEntry(t, layer, "big/b0")
+
+	// A cached-mode handle stays open while the copy is made.
+	held, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	mustRead(t, p, want) // fills the chunk cache
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		f, err := os.Open(p) // starts the copy; must not be passthrough while held is open
+		if err != nil {
+			t.Fatalf("open while a cached-mode handle is open: %v", err)
+		}
+		f.Close()
+		ready := spoolReady(root)
+		if ready {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("spool copy never made")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := root.Stats().Passthrough; n != 0 {
+		t.Fatalf("%d passthrough opens while a cached-mode handle was open", n)
+	}
+	mustRead(t, p, want)
+	held.Close()
+
+	waitSpooled(t, root, p)
+	f1, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f1.Close()
+	dropCache(t, p)
+	reads := root.Stats().Reads
+	mustRead(t, p, want) // a second passthrough open while f1 is open
+	if got := root.Stats().Reads; got != reads {
+		t.Fatalf("%d READs reached the daemon through passthrough", got-reads)
+	}
+}
+
+func spoolReady(r *Root) bool {
+	r.spool.mu.Lock()
+	defer r.spool.mu.Unlock()
+	for _, s := range r.spool.files {
+		if s.ready {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,18 @@
+package fs
+
+import (
+	"github.com/lazyfs/lazyfs/blobcache"
+	"github.com/lazyfs/lazyfs/fs/fstest"
+	"github.com/lazyfs/lazyfs/fs/remote"
+)
+
+// The implementations this package is wired to meet its interfaces.
+var (
+	_ ChunkFetcher   = (*remote.Blob)(nil)
+	_ ChunkFetcher   = (*fstest.BlobFetcher)(nil)
+	_ Cache          = (*blobcache.Badger)(nil)
+	_ Cache          = (*blobcache.Memory)(nil)
+	_ Cache          = (*fstest.MemCache)(nil)
+	_ cacheHaser     = (*blobcache.Badger)(nil)
+	_ cacheGetIntoer = (*blobcache.Badger)(nil)
+)
