@@ -3,8 +3,10 @@ package fs
 import (
 	"archive/tar"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -201,8 +203,16 @@ func TestMetadata(t *testing.T) {
 	if err := unix.Statfs(dir, &sfs); err != nil {
 		t.Fatal(err)
 	}
-	if sfs.Files != uint64(root.Len()) || sfs.Blocks == 0 || sfs.Bsize != 4096 {
+	if sfs.Files != uint64(root.Len()) || sfs.Blocks == 0 || sfs.Bsize != 4096 || sfs.Flags&unix.ST_RDONLY == 0 {
 		t.Errorf("statfs %+v", sfs)
+	}
+	var st0 unix.Stat_t
+	if err := unix.Stat(dir, &st0); err != nil {
+		t.Fatal(err)
+	}
+	ra, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st0.Dev), unix.Minor(st0.Dev)))
+	if err != nil || strings.TrimSpace(string(ra)) != "1024" {
+		t.Errorf("bdi read_ahead_kb = %q, %v; want 1024", ra, err)
 	}
 	ents, err := os.ReadDir(filepath.Join(dir, "dev"))
 	if err != nil {

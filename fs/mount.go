@@ -88,9 +88,13 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 			MaxReadAhead:  1 << 20,
 			DisableSplice: true,
 			DirectMount:   true,
-			Debug:         mo.Debug,
-			SyncRead:      mo.SyncRead,
-			MaxBackground: 64,
+			// Read-only at the mount level too (the "ro" option only makes
+			// the superblock read-only); suid/dev options can still lift
+			// nosuid/nodev.
+			DirectMountFlags: syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV,
+			Debug:            mo.Debug,
+			SyncRead:         mo.SyncRead,
+			MaxBackground:    64,
 		},
 		EntryTimeout:    &root.opts.EntryTimeout,
 		AttrTimeout:     &root.opts.AttrTimeout,
