@@ -61,7 +61,7 @@ type Options struct {
 	PrefetchWorkers int
 	// EntryTimeout, AttrTimeout and NegativeTimeout are the kernel's cache
 	// lifetimes for names, attributes and missing names; 0 means
-	// DefaultTimeout (the contents never change).
+	// DefaultTimeout (the contents never change), a negative value no caching.
 	EntryTimeout, AttrTimeout, NegativeTimeout time.Duration
 	// OverlayWhiteouts shows a single layer as an overlayfs lower layer:
 	// ".wh.NAME" as a 0:0 character device NAME, ".wh..wh..opq" as the
@@ -161,8 +161,11 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		opts.PrefetchWorkers = 2
 	}
 	for _, d := range []*time.Duration{&opts.EntryTimeout, &opts.AttrTimeout, &opts.NegativeTimeout} {
-		if *d == 0 {
+		switch {
+		case *d == 0:
 			*d = DefaultTimeout
+		case *d < 0:
+			*d = 0
 		}
 	}
 	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger}

@@ -1,13 +1,15 @@
 package fs
 
 import (
+	"context"
 	"fmt"
 	"log"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
-	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -72,12 +74,15 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 	if mo.ReadAheadKB == 0 {
 		mo.ReadAheadKB = 1024
 	}
+	level := slog.LevelWarn
+	if mo.Debug {
+		level = slog.LevelDebug // a line per request
+	}
 	opts := []string{"ro"}
 	if !mo.NoDefaultPermissions {
 		opts = append(opts, "default_permissions")
 	}
 	opts = append(opts, mo.Options...)
-	zero := time.Duration(0)
 	o := &gofs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther:    !mo.Private,
@@ -99,11 +104,8 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 		EntryTimeout:    &root.opts.EntryTimeout,
 		AttrTimeout:     &root.opts.AttrTimeout,
 		NegativeTimeout: &root.opts.NegativeTimeout,
-		Logger:          log.New(os.Stderr, "lazyfs: ", 0),
+		Logger:          log.New(logWriter{root.log, level}, "", 0),
 		RootStableAttr:  &gofs.StableAttr{Ino: 1},
-	}
-	if root.opts.NegativeTimeout < 0 {
-		o.NegativeTimeout = &zero
 	}
 	srv, err := gofs.Mount(dir, root.Node(), o)
 	if err != nil {
@@ -126,4 +128,15 @@ func setReadAhead(dir string, kb int) error {
 	}
 	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
 	return os.WriteFile(p, []byte(strconv.Itoa(kb)), 0o644)
+}
+
+// logWriter sends go-fuse's log lines to the Root's logger.
+type logWriter struct {
+	l     *slog.Logger
+	level slog.Level
+}
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.l.Log(context.Background(), w.level, "go-fuse: "+strings.TrimSpace(string(p)))
+	return len(p), nil
 }

@@ -3,10 +3,12 @@ package fs
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -151,7 +153,8 @@ func TestReadAhead(t *testing.T) {
 func TestFaults(t *testing.T) {
 	layer := bigCorpus(t, 10, 2, 8*testChunk)
 	cache := fstest.NewMemCache()
-	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: cache, ReadAhead: -1})
+	logs := &countingHandler{}
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: cache, ReadAhead: -1, Logger: slog.New(logs)})
 	cached, uncached := filepath.Join(dir, "big/b0"), filepath.Join(dir, "big/b1")
 	want0, want1 := readEntry(t, layer, "big/b0"), readEntry(t, layer, "big/b1")
 	mustRead(t, cached, want0)
@@ -174,6 +177,17 @@ func TestFaults(t *testing.T) {
 	}
 	if s := root.Stats(); s.EIO < 2 {
 		t.Fatalf("stats %+v", s)
+	}
+	// Once more: counted again, but each failing chunk is logged only once.
+	before := logs.errors()
+	if _, err := os.ReadFile(filepath.Join(dir, "small/f0003")); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("second read: %v", err)
+	}
+	if logs.errors() != before {
+		t.Fatalf("EIO of the same chunk logged again (%d records, was %d)", logs.errors(), before)
+	}
+	if !logs.has("layer", "path", "chunk", "digest") {
+		t.Fatalf("EIO record lacks layer/path/chunk/digest fields: %v", logs.last())
 	}
 
 	layer.fetcher.SetFailing(false)
@@ -383,4 +397,44 @@ func spoolReady(r *Root) bool {
 		}
 	}
 	return false
+}
+
+// countingHandler records the error-level log records.
+type countingHandler struct {
+	mu   sync.Mutex
+	recs []slog.Record
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler            { return h }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelError {
+		h.mu.Lock()
+		h.recs = append(h.recs, r)
+		h.mu.Unlock()
+	}
+	return nil
+}
+
+func (h *countingHandler) errors() int { h.mu.Lock(); defer h.mu.Unlock(); return len(h.recs) }
+
+func (h *countingHandler) last() map[string]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	m := map[string]string{}
+	if len(h.recs) > 0 {
+		h.recs[len(h.recs)-1].Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.String(); return true })
+	}
+	return m
+}
+
+func (h *countingHandler) has(keys ...string) bool {
+	m := h.last()
+	for _, k := range keys {
+		if _, ok := m[k]; !ok {
+			return false
+		}
+	}
+	return true
 }
