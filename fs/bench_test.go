@@ -264,3 +264,42 @@ func waitSpooled(tb testing.TB, root *Root, p string) {
 }
 
 func syncAll() { syscallSync() }
+
+// BenchmarkInodeMemory reports the heap cost per entry once every entry of a
+// 100,000-entry mount has been looked up (go-fuse inodes included), as a
+// `find` over the whole tree leaves it.
+func BenchmarkInodeMemory(b *testing.B) {
+	requireFUSE(b)
+	const n = 100_000
+	tc := syntheticTOC(b, n)
+	var per float64
+	for b.Loop() {
+		root, err := NewRoot([]Layer{{Name: "bench", TOC: tc, Fetcher: fstest.NewBlobFetcher(nil)}}, Options{ReadAhead: -1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		dir := b.TempDir()
+		srv, err := Mount(dir, root, MountOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		h0 := heap()
+		count := 0
+		err = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			_, err = os.Lstat(p)
+			count++
+			return err
+		})
+		if err != nil || count < n {
+			b.Fatalf("walked %d entries: %v", count, err)
+		}
+		per = float64(heap()-h0) / float64(count)
+		if err := srv.Unmount(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(per, "inode-B/entry")
+}

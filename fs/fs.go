@@ -73,12 +73,17 @@ type Options struct {
 	Passthrough bool
 	// SpoolDir holds the passthrough copies; required with Passthrough.
 	SpoolDir string
+	// SpoolLimit bounds the bytes of passthrough copies (default
+	// DefaultSpoolLimit); files that do not fit are served without passthrough.
+	SpoolLimit int64
 }
 
 // Defaults.
 const (
 	DefaultReadAhead = 8
 	DefaultTimeout   = time.Hour
+	// DefaultSpoolLimit bounds the passthrough copies of a Root.
+	DefaultSpoolLimit = 8 << 30
 )
 
 // Stats are a Root's counters since it was made.
@@ -172,7 +177,11 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.bufs.New = func() any { b := make([]byte, 0, maxChunkSize(ls)); return &b }
 	if opts.Passthrough {
-		sp, err := newSpool(opts.SpoolDir)
+		if opts.SpoolLimit <= 0 {
+			opts.SpoolLimit = DefaultSpoolLimit
+			r.opts.SpoolLimit = DefaultSpoolLimit
+		}
+		sp, err := newSpool(opts.SpoolDir, opts.SpoolLimit)
 		if err != nil {
 			return nil, err
 		}

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,6 +28,8 @@ type spool struct {
 	mu    sync.Mutex
 	files map[uint32]*spoolFile
 	sem   chan struct{} // bounds concurrent copies
+	limit int64         // bound on used
+	used  int64         // bytes of copies made or being made
 }
 
 type spoolFile struct {
@@ -37,7 +40,7 @@ type spoolFile struct {
 	cached   int // open cached-mode handles
 }
 
-func newSpool(dir string) (*spool, error) {
+func newSpool(dir string, limit int64) (*spool, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("spool %s: %w", dir, err)
 	}
@@ -45,7 +48,7 @@ func newSpool(dir string) (*spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool %s: %w", dir, err)
 	}
-	return &spool{dir: d, files: map[uint32]*spoolFile{}, sem: make(chan struct{}, 1)}, nil
+	return &spool{dir: d, files: map[uint32]*spoolFile{}, sem: make(chan struct{}, 1), limit: limit}, nil
 }
 
 func (s *spool) path(d uint32) string { return filepath.Join(s.dir, strconv.FormatUint(uint64(d), 10)) }
@@ -92,9 +95,10 @@ func (s *spool) open(ctx context.Context, r *Root, d uint32) (gofs.FileHandle, b
 		sf.ready = false
 	}
 	sf.cached++
-	start := !sf.ready && !sf.building && !sf.failed && sf.pt == 0
+	start := !sf.ready && !sf.building && !sf.failed && sf.pt == 0 && s.used+e.Size <= s.limit
 	if start {
 		sf.building = true
+		s.used += e.Size
 	}
 	s.mu.Unlock()
 	if start {
@@ -105,6 +109,12 @@ func (s *spool) open(ctx context.Context, r *Root, d uint32) (gofs.FileHandle, b
 			s.mu.Lock()
 			sf.building = false
 			sf.ready = err == nil
+			if err != nil {
+				s.used -= e.Size
+				// Not all cached yet: a later open tries again. Anything
+				// else (disk full, ...) is not retried.
+				sf.failed = !errors.Is(err, errNotCached) && r.ctx.Err() == nil
+			}
 			s.mu.Unlock()
 			if err != nil && r.ctx.Err() == nil {
 				r.log.Debug("passthrough copy not made", "path", e.Name, "error", err)
