@@ -240,3 +240,31 @@ func TestMetadata(t *testing.T) {
 		t.Errorf("hardlinks: ino %d/%d nlink %d mode %o", st.Ino, st2.Ino, st.Nlink, st.Mode)
 	}
 }
+
+// TestExternalUnmount: umount(2) from outside ends Server.Wait and the Root's work.
+func TestExternalUnmount(t *testing.T) {
+	requireFUSE(t)
+	layers := buildLayers(t, layeredCorpus()[:1])
+	root, err := NewRoot([]Layer{{Name: "l", TOC: layers[0].toc, Fetcher: layers[0].fetcher}}, Options{Cache: fstest.NewMemCache()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv, err := Mount(dir, root, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
+	if err := syscall.Unmount(dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Wait did not return after umount")
+	}
+	if root.ctx.Err() == nil {
+		t.Fatal("Root not closed after umount")
+	}
+}

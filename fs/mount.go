@@ -58,6 +58,13 @@ func (s *Server) Unmount() error {
 	return err
 }
 
+// Wait waits until the filesystem is unmounted (by Unmount or by umount(8)
+// from outside), then stops the Root's background work.
+func (s *Server) Wait() {
+	s.Server.Wait()
+	s.root.Close()
+}
+
 // Dir returns the mount point.
 func (s *Server) Dir() string { return s.dir }
 
