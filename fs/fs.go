@@ -73,9 +73,23 @@ type Options struct {
 	Passthrough bool
 	// SpoolDir holds the passthrough copies; required with Passthrough.
 	SpoolDir string
+	// OnRead, if set, is called for every READ that reaches the daemon (the
+	// kernel's page cache absorbs the others), before it is served: a hook to
+	// record a start-up profile. It must be fast and safe for concurrent use.
+	OnRead func(ReadEvent)
 	// SpoolLimit bounds the bytes of passthrough copies (default
 	// DefaultSpoolLimit); files that do not fit are served without passthrough.
 	SpoolLimit int64
+}
+
+// ReadEvent describes one READ: the bytes [Offset, Offset+Size) of the file
+// at Path, held by chunks [FirstChunk, LastChunk) of layer Layer (an index
+// into the layers given to NewRoot and into that layer's TOC.Chunks).
+type ReadEvent struct {
+	Layer                 int
+	Path                  string
+	Offset, Size          int64
+	FirstChunk, LastChunk int
 }
 
 // Defaults.
@@ -108,6 +122,7 @@ type counters struct {
 
 // layer is a Layer as the Root holds it.
 type layer struct {
+	index   int
 	name    string
 	toc     *toc.TOC
 	fetcher ChunkFetcher
@@ -154,7 +169,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		if uint64(len(l.TOC.Entries)) >= uint64(noEntry) {
 			return nil, fmt.Errorf("%w: layer %s: too many entries", ErrBadOptions, l.Name)
 		}
-		ls[i] = &layer{name: l.Name, toc: l.TOC, fetcher: l.Fetcher}
+		ls[i] = &layer{index: i, name: l.Name, toc: l.TOC, fetcher: l.Fetcher}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -121,6 +122,9 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (
 	}
 	t := l.toc
 	first, last := t.ChunkRange(e, off, int64(n))
+	if r.opts.OnRead != nil {
+		r.opts.OnRead(ReadEvent{Layer: l.index, Path: e.Name, Offset: off, Size: int64(n), FirstChunk: first, LastChunk: last})
+	}
 	base := t.Chunks[e.FirstChunk].Offset
 	var missing []int
 	for i := first; i < last; i++ {
@@ -373,4 +377,42 @@ func (r *Root) runPrefetch(j prefetchJob) {
 		return
 	}
 	r.stats.prefetched.Add(int64(len(todo)))
+}
+
+// Prefetch fetches every chunk of the regular file at path (relative to the
+// root, as the mount shows it) that the cache lacks into the cache, and
+// returns when they are there or the first error.
+func (r *Root) Prefetch(ctx context.Context, path string) error {
+	if r.opts.Cache == nil {
+		return fmt.Errorf("prefetch %s: %w: no cache", path, ErrBadOptions)
+	}
+	i := uint32(0)
+	for _, c := range strings.Split(path, "/") {
+		if c == "" || c == "." {
+			continue
+		}
+		var ok bool
+		if i, ok = r.t.child(i, c); !ok {
+			return fmt.Errorf("prefetch %s: %w", path, os.ErrNotExist)
+		}
+		i = r.t.nodes[i].data
+	}
+	if r.t.mode(i)&syscall.S_IFMT != syscall.S_IFREG {
+		return fmt.Errorf("prefetch %s: not a regular file", path)
+	}
+	l, e := r.t.dataEntry(i)
+	var todo []int
+	for c := int(e.FirstChunk); c < int(e.FirstChunk+e.NumChunks); c++ {
+		if !r.cacheHas(ctx, &l.toc.Chunks[c]) {
+			todo = append(todo, c)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	if _, err := r.fetch(ctx, l, todo, nil); err != nil {
+		return fmt.Errorf("prefetch %s: layer %s: %w", path, l.name, err)
+	}
+	r.stats.prefetched.Add(int64(len(todo)))
+	return nil
 }

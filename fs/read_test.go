@@ -438,3 +438,37 @@ func (h *countingHandler) has(keys ...string) bool {
 	}
 	return true
 }
+
+// TestPrefetchAndOnRead: Prefetch fills the cache for a path; OnRead sees
+// every READ with its chunks.
+func TestPrefetchAndOnRead(t *testing.T) {
+	layer := bigCorpus(t, 3, 1, 10*testChunk)
+	var mu sync.Mutex
+	var events []ReadEvent
+	onRead := func(ev ReadEvent) { mu.Lock(); events = append(events, ev); mu.Unlock() }
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), ReadAhead: -1, OnRead: onRead})
+	if err := root.Prefetch(context.Background(), "big/b0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := root.Prefetch(context.Background(), "big/none"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("prefetch of a missing path: %v", err)
+	}
+	layer.fetcher.SetFailing(true)
+	mustRead(t, filepath.Join(dir, "big/b0"), readEntry(t, layer, "big/b0"))
+	mustRead(t, filepath.Join(dir, "big/b0"), readEntry(t, layer, "big/b0"))
+	mu.Lock()
+	defer mu.Unlock()
+	if len(events) == 0 {
+		t.Fatal("no read events")
+	}
+	var covered int64
+	for _, ev := range events {
+		if ev.Path != "big/b0" || ev.Layer != 0 || ev.LastChunk <= ev.FirstChunk {
+			t.Fatalf("event %+v", ev)
+		}
+		covered += ev.Size
+	}
+	if covered < int64(10*testChunk) {
+		t.Fatalf("events cover %d bytes of a %d-byte file", covered, 10*testChunk)
+	}
+}
