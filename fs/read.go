@@ -13,7 +13,6 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-
 	"github.com/opencontainers/go-digest"
 
 	"github.com/lazyfs/lazyfs/fs/toc"
