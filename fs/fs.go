@@ -53,9 +53,10 @@ type Options struct {
 	Cache Cache
 	// Logger gets EIO reports (one per chunk) and debug messages; nil discards.
 	Logger *slog.Logger
-	// ReadAhead is how many chunks past a sequential reader's position are
-	// fetched into the cache in the background: 0 means DefaultReadAhead, a
-	// negative value none.
+	// ReadAhead is the most chunks past a sequential reader's position that
+	// are fetched into the cache in the background (the window starts at 4
+	// and doubles per sequential READ): 0 means DefaultReadAhead, a negative
+	// value none.
 	ReadAhead int
 	// PrefetchWorkers bounds the background fetches (default 2).
 	PrefetchWorkers int
@@ -94,7 +95,7 @@ type ReadEvent struct {
 
 // Defaults.
 const (
-	DefaultReadAhead = 8
+	DefaultReadAhead = 32
 	DefaultTimeout   = time.Hour
 	// DefaultSpoolLimit bounds the passthrough copies of a Root.
 	DefaultSpoolLimit = 8 << 30

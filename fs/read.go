@@ -52,13 +52,19 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 
 // Read returns exactly the bytes [off, off+len(dest)) of the file (fewer at its end).
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	// The kernel sends a sequential reader's READs a few at a time and not
+	// always in order: a READ near the end of the previous one continues
+	// the stream.
 	h.mu.Lock()
-	if off == h.next {
+	if d := off - h.next; d >= -2*int64(len(dest)) && d <= 2*int64(len(dest)) {
 		h.seq++
 	} else {
 		h.seq = 0
 	}
-	h.next = off + int64(len(dest))
+	h.next = max(h.next, off+int64(len(dest)))
+	if h.seq == 0 {
+		h.next = off + int64(len(dest))
+	}
 	seq := h.seq
 	h.mu.Unlock()
 
@@ -67,20 +73,25 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		return nil, errno
 	}
 	if seq >= 2 && h.r.opts.ReadAhead > 0 {
-		h.readAhead(last)
+		h.readAhead(last, seq)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
 // readAhead queues the chunks after last (an index into the layer's chunks)
-// that have not been queued yet.
-func (h *handle) readAhead(last int) {
+// that have not been queued yet. The window starts at 4 chunks and doubles
+// with every sequential READ up to ReadAhead.
+func (h *handle) readAhead(last, seq int) {
 	r := h.r
 	l, e := r.t.dataEntry(h.d)
 	end := int(e.FirstChunk + e.NumChunks)
+	window := r.opts.ReadAhead
+	if seq < 6 {
+		window = min(window, 4<<(seq-2))
+	}
 	h.mu.Lock()
 	from := max(last, h.raEnd)
-	to := min(last+r.opts.ReadAhead, end)
+	to := min(last+window, end)
 	if from >= to {
 		h.mu.Unlock()
 		return

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -37,6 +38,7 @@ type BlobFetcher struct {
 	lie     bool
 	block   chan struct{}
 	started chan struct{}
+	latency time.Duration
 
 	requests atomic.Int64 // FetchChunks calls
 	chunks   atomic.Int64 // chunks delivered
@@ -56,6 +58,10 @@ func (f *BlobFetcher) SetTampered(v bool) { f.mu.Lock(); f.tamper = v; f.mu.Unlo
 // SetLying makes the fetcher deliver wrong bytes of the right size without
 // verifying them, as a buggy fetcher would.
 func (f *BlobFetcher) SetLying(v bool) { f.mu.Lock(); f.lie = v; f.mu.Unlock() }
+
+// SetLatency makes every FetchChunks call wait d first, like a round trip
+// to a registry.
+func (f *BlobFetcher) SetLatency(d time.Duration) { f.mu.Lock(); f.latency = d; f.mu.Unlock() }
 
 // Block makes later fetches wait until their context ends or Unblock is
 // called. The returned channel receives once per fetch that started waiting.
@@ -90,8 +96,17 @@ func (f *BlobFetcher) Reset() { f.requests.Store(0); f.chunks.Store(0); f.bytes.
 func (f *BlobFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i int, data []byte) error) error {
 	f.requests.Add(1)
 	f.mu.Lock()
-	fail, tamper, lie, block, started := f.fail, f.tamper, f.lie, f.block, f.started
+	fail, tamper, lie, block, started, latency := f.fail, f.tamper, f.lie, f.block, f.started, f.latency
 	f.mu.Unlock()
+	if latency > 0 {
+		t := time.NewTimer(latency)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+	}
 	if block != nil {
 		select {
 		case started <- struct{}{}:
