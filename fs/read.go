@@ -15,6 +15,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
@@ -236,16 +237,8 @@ func (r *Root) cacheGet(ctx context.Context, c *toc.Chunk) ([]byte, bool) {
 	return data, true
 }
 
-// isNotFound reports whether err says "not in the cache" (the cache's
-// ErrNotFound), matched by its text so that fs needs no cache package.
-func isNotFound(err error) bool {
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if strings.HasSuffix(e.Error(), "not found") {
-			return true
-		}
-	}
-	return false
-}
+// isNotFound reports whether err is a plain miss (not worth a log line).
+func isNotFound(err error) bool { return errors.Is(err, blobcache.ErrNotFound) }
 
 func (r *Root) cacheHas(ctx context.Context, c *toc.Chunk) bool {
 	switch ca := r.opts.Cache.(type) {

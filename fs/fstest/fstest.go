@@ -15,6 +15,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
@@ -22,8 +23,9 @@ import (
 var (
 	// ErrFetchFailed is returned by a BlobFetcher switched to fail.
 	ErrFetchFailed = errors.New("fetch failed")
-	// ErrNotFound is returned by MemCache.Get on a miss.
-	ErrNotFound = errors.New("not found")
+	// ErrNotFound is returned by MemCache.Get on a miss: blobcache's, so
+	// that callers treat both caches alike.
+	ErrNotFound = blobcache.ErrNotFound
 )
 
 // BlobFetcher serves chunks from a converted layer blob in memory, decoding
