@@ -207,7 +207,11 @@ func (b *builder) add(li int, ei uint32) {
 	if b.overlay && strings.HasPrefix(base, whiteoutPrefix) {
 		kind = kindWhiteout
 		base = base[len(whiteoutPrefix):]
-		old, exists = b.nodes[parent].kids[base]
+		if _, exists := b.nodes[parent].kids[base]; exists {
+			// A whiteout hides lower layers only, never an entry (or a
+			// parent of one) of its own layer.
+			return
+		}
 	}
 	if kind == kindEntry && e.Type == tar.TypeDir && exists && b.isDir(old) {
 		// A directory over a directory: new attributes, children kept.

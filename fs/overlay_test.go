@@ -1,0 +1,65 @@
+package fs
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/lazyfs/lazyfs/fs/fstest"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+)
+
+// TestOverlayfsLowers stacks per-layer mounts (OverlayWhiteouts) under a
+// read-only overlayfs, as the snapshotter does, and compares the result with
+// the extraction of all layers.
+func TestOverlayfsLowers(t *testing.T) {
+	requireFUSE(t)
+	if b, err := os.ReadFile("/proc/filesystems"); err != nil || !strings.Contains(string(b), "overlay") {
+		if out, err := exec.Command("modprobe", "overlay").CombinedOutput(); err != nil {
+			t.Skipf("no overlayfs: %v %s", err, out)
+		}
+	}
+	corpus := layeredCorpus()
+	// A hardlink into a lower layer cannot be shown by a per-layer mount.
+	var l2 []toctest.File
+	for _, f := range corpus[1] {
+		if f.Hdr.Name != "implicit/hl" {
+			l2 = append(l2, f)
+		}
+	}
+	corpus[1] = l2
+	layers := buildLayers(t, corpus)
+	var lowers []string
+	for i := len(layers) - 1; i >= 0; i-- { // overlayfs lists the top layer first
+		dir, _ := mountLayers(t, layers[i:i+1], Options{OverlayWhiteouts: true, Cache: fstest.NewMemCache()})
+		lowers = append(lowers, dir)
+	}
+	merged := t.TempDir()
+	if err := syscall.Mount("overlay", merged, "overlay", syscall.MS_RDONLY, "lowerdir="+strings.Join(lowers, ":")); err != nil {
+		t.Skipf("cannot mount overlayfs over FUSE lowers: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(merged, syscall.MNT_DETACH) })
+
+	want, got := reference(t, layers), walkMount(t, merged)
+	// Per-layer mounts show a directory a layer has no entry for with
+	// default attributes (0755, root, mtime 0), and overlayfs shows the
+	// topmost layer's: compare directories by type only.
+	// The link count is the lower inode's: names whited out in upper layers
+	// still count (overlayfs behaviour).
+	for _, ti := range []treeInfo{want, got} {
+		for p, fi := range ti.Files {
+			if fi.Type == "dir" {
+				fi = fileInfo{Type: "dir"}
+			}
+			fi.Nlink = 0
+			ti.Files[p] = fi
+		}
+	}
+	if d := cmp.Diff(want.Files, got.Files); d != "" {
+		t.Fatalf("overlayfs over per-layer mounts differs from the extraction (-want +got):\n%s", d)
+	}
+}
