@@ -81,6 +81,16 @@ type Options struct {
 	// SpoolLimit bounds the bytes of passthrough copies (default
 	// DefaultSpoolLimit); files that do not fit are served without passthrough.
 	SpoolLimit int64
+	// NeighbourWindow is how many compressed bytes of the chunks that follow
+	// a small file in its layer are fetched into the cache in the background
+	// when a read of that file misses: files that start together (a Python
+	// package's modules, a library's data files) sit together in the tar, so
+	// one extra request in parallel saves a round trip per later file.
+	// 0 means DefaultNeighbourWindow, a negative value none.
+	NeighbourWindow int64
+	// PrefetchContext, if set, derives the context of background fetches
+	// (read-ahead, neighbours), e.g. to mark them low-priority for the fetcher.
+	PrefetchContext func(context.Context) context.Context
 }
 
 // ReadEvent describes one READ: the bytes [Offset, Offset+Size) of the file
@@ -96,7 +106,9 @@ type ReadEvent struct {
 // Defaults.
 const (
 	DefaultReadAhead = 32
-	DefaultTimeout   = time.Hour
+	// DefaultNeighbourWindow is the default Options.NeighbourWindow.
+	DefaultNeighbourWindow = 1 << 20
+	DefaultTimeout         = time.Hour
 	// DefaultSpoolLimit bounds the passthrough copies of a Root.
 	DefaultSpoolLimit = 8 << 30
 )
@@ -109,7 +121,8 @@ type Stats struct {
 	ChunkMisses   int64 // chunks a read had to fetch
 	FetchedChunks int64 // chunks delivered by fetchers (reads and read-ahead)
 	FetchedBytes  int64 // their uncompressed bytes
-	Prefetched    int64 // chunks fetched by read-ahead
+	Prefetched    int64 // chunks fetched by read-ahead and neighbour prefetch
+	NeighbourJobs int64 // neighbour prefetches queued after small-file misses
 	EIO           int64 // reads failed with EIO
 	Interrupted   int64 // reads cancelled by the kernel's interrupt
 	Passthrough   int64 // opens served through FUSE passthrough
@@ -118,7 +131,7 @@ type Stats struct {
 }
 
 type counters struct {
-	reads, bytesRead, hits, misses, fetched, fetchedBytes, prefetched, eio, interrupted, passthrough, lookups, neglookups atomic.Int64
+	reads, bytesRead, hits, misses, fetched, fetchedBytes, prefetched, neighbourJobs, eio, interrupted, passthrough, lookups, neglookups atomic.Int64
 }
 
 // layer is a Layer as the Root holds it.
@@ -138,6 +151,7 @@ type Root struct {
 	stats counters
 
 	ctx      context.Context
+	bgctx    context.Context // ctx, as PrefetchContext derives it for background fetches
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	prefetch chan prefetchJob
@@ -181,6 +195,9 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 	if opts.PrefetchWorkers <= 0 {
 		opts.PrefetchWorkers = 2
 	}
+	if opts.NeighbourWindow == 0 {
+		opts.NeighbourWindow = DefaultNeighbourWindow
+	}
 	for _, d := range []*time.Duration{&opts.EntryTimeout, &opts.AttrTimeout, &opts.NegativeTimeout} {
 		switch {
 		case *d == 0:
@@ -191,6 +208,10 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 	}
 	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.bgctx = r.ctx
+	if opts.PrefetchContext != nil {
+		r.bgctx = opts.PrefetchContext(r.ctx)
+	}
 	r.bufs.New = func() any { b := make([]byte, 0, maxChunkSize(ls)); return &b }
 	if opts.Passthrough {
 		if opts.SpoolLimit <= 0 {
@@ -203,7 +224,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		}
 		r.spool = sp
 	}
-	if opts.ReadAhead > 0 || r.spool != nil {
+	if opts.ReadAhead > 0 || opts.NeighbourWindow > 0 || r.spool != nil {
 		r.prefetch = make(chan prefetchJob, 64)
 		for range opts.PrefetchWorkers {
 			r.wg.Add(1)
@@ -242,7 +263,7 @@ func (r *Root) Stats() Stats {
 		Reads: s.reads.Load(), BytesRead: s.bytesRead.Load(),
 		ChunkHits: s.hits.Load(), ChunkMisses: s.misses.Load(),
 		FetchedChunks: s.fetched.Load(), FetchedBytes: s.fetchedBytes.Load(),
-		Prefetched: s.prefetched.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
+		Prefetched: s.prefetched.Load(), NeighbourJobs: s.neighbourJobs.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
 		Passthrough: s.passthrough.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
 	}
 }

@@ -148,6 +148,9 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (
 	}
 	if len(missing) > 0 {
 		r.stats.misses.Add(int64(len(missing)))
+		if e.NumChunks == 1 && r.opts.NeighbourWindow > 0 {
+			r.prefetchNeighbours(l, int(e.FirstChunk)+1, e.Name)
+		}
 		failed, err := r.fetch(ctx, l, missing, func(i int, data []byte) {
 			copyChunk(dest[:n], off, t.Chunks[i].Offset-base, data)
 		})
@@ -316,6 +319,20 @@ func (r *Root) reportEIO(k chunkKey, path string, chunk int, err error) {
 	r.log.Error("read failed: EIO", attrs...)
 }
 
+// prefetchNeighbours queues the chunks from index from on (in blob order,
+// across files) up to NeighbourWindow compressed bytes, for the read-ahead
+// workers to fetch into the cache in parallel with the read that missed.
+func (r *Root) prefetchNeighbours(l *layer, from int, path string) {
+	chunks := l.toc.Chunks
+	to := from
+	for sum := int64(0); to < len(chunks) && sum < r.opts.NeighbourWindow; to++ {
+		sum += int64(chunks[to].CompressedSize)
+	}
+	if to > from && r.queuePrefetch(prefetchJob{l: l, first: from, last: to, path: path}) {
+		r.stats.neighbourJobs.Add(1)
+	}
+}
+
 // prefetchJob asks for chunks [first, last) of l to be fetched into the cache.
 type prefetchJob struct {
 	l           *layer
@@ -359,7 +376,7 @@ func (r *Root) runPrefetch(j prefetchJob) {
 		if _, busy := r.inflight.LoadOrStore(c.Sum, struct{}{}); busy {
 			continue
 		}
-		if r.cacheHas(r.ctx, c) {
+		if r.cacheHas(r.bgctx, c) {
 			r.inflight.Delete(c.Sum)
 			continue
 		}
@@ -373,7 +390,7 @@ func (r *Root) runPrefetch(j prefetchJob) {
 			r.inflight.Delete(j.l.toc.Chunks[i].Sum)
 		}
 	}()
-	if _, err := r.fetch(r.ctx, j.l, todo, nil); err != nil {
+	if _, err := r.fetch(r.bgctx, j.l, todo, nil); err != nil {
 		if r.ctx.Err() == nil {
 			r.log.Debug("read-ahead failed", "layer", j.l.name, "path", j.path, "error", err)
 		}

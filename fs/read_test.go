@@ -81,7 +81,7 @@ func bigCorpus(t testing.TB, files, bigFiles, bigSize int) *testLayer {
 // file fetches a tiny fraction of the image.
 func TestLazy(t *testing.T) {
 	layer := bigCorpus(t, 200, 4, 4<<20)
-	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache()})
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), NeighbourWindow: -1})
 	if _, err := os.ReadDir(filepath.Join(dir, "small")); err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +105,46 @@ func TestLazy(t *testing.T) {
 	t.Logf("fetched %d of %d bytes (%.3f%%)", fetched, len(layer.blob), 100*float64(fetched)/float64(len(layer.blob)))
 	if s := root.Stats(); s.ChunkMisses != 1 {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+// TestNeighbourPrefetch: a miss on a small file fetches the small files that
+// follow it in the layer in the background, so reading them is a cache hit.
+func TestNeighbourPrefetch(t *testing.T) {
+	layer := bigCorpus(t, 200, 4, 4<<20)
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), NeighbourWindow: 64 << 10})
+	if _, err := os.ReadFile(filepath.Join(dir, "small/f0042")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for root.Stats().Prefetched == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no neighbour prefetch after a small-file miss: %+v", root.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for root.Stats().Prefetched < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	before := root.Stats()
+	if before.NeighbourJobs != 1 {
+		t.Errorf("%d neighbour jobs for one miss", before.NeighbourJobs)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "small/f0043"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := readEntry(t, layer, "small/f0043"); !bytes.Equal(b, want) {
+		t.Fatal("wrong bytes")
+	}
+	after := root.Stats()
+	if after.ChunkMisses != before.ChunkMisses || after.ChunkHits == before.ChunkHits {
+		t.Fatalf("the next small file was not served from the neighbour prefetch: before %+v after %+v", before, after)
+	}
+	// The window bounds what was fetched.
+	_, _, fetched := layer.fetcher.Stats()
+	if fetched > 64<<10+200<<10 {
+		t.Errorf("fetched %d compressed bytes for a 64 KiB window", fetched)
 	}
 }
 

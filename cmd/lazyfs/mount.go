@@ -60,6 +60,7 @@ type mountFlags struct {
 	platform    string
 	pull        bool
 	readAhead   int
+	neighbours  sizeFlag
 	passthrough bool
 	stateDir    string
 	hostsDir    string
@@ -105,6 +106,7 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.StringVar(&mf.platform, "platform", "", "platform to pick from an index (default: this machine's)")
 	f.BoolVar(&mf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
 	f.IntVar(&mf.readAhead, "read-ahead", 0, "chunks fetched ahead of a sequential reader (0: default, -1: none)")
+	f.Var(&mf.neighbours, "neighbour-window", "compressed bytes after a small file fetched in the background when it misses (0: default 1MiB, e.g. 1B to disable)")
 	f.BoolVar(&mf.passthrough, "passthrough", false, "serve fully cached files through FUSE passthrough (kernel ≥ 6.9)")
 	f.StringVar(&mf.stateDir, "state-dir", defaultStateDir, "where mount servers record their state")
 	f.StringVar(&mf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
@@ -214,7 +216,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 	defer closeCache()
 	opts := image.Options{
 		Platform: p, Fetcher: remote.New(ropts...), Cache: cache, Pull: mf.pull, Logger: log,
-		FS:    fs.Options{ReadAhead: mf.readAhead, Passthrough: mf.passthrough},
+		FS:    fs.Options{ReadAhead: mf.readAhead, Passthrough: mf.passthrough, NeighbourWindow: int64(mf.neighbours)},
 		Mount: fs.MountOptions{Debug: mf.debug},
 	}
 	if mf.passthrough {

@@ -180,6 +180,10 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 	}
 	fo := o.FS
 	fo.Cache = o.Cache
+	if fo.PrefetchContext == nil {
+		// Read-ahead and neighbour fetches yield request slots to on-demand reads.
+		fo.PrefetchContext = remote.Background
+	}
 	if fo.Logger == nil {
 		fo.Logger = log
 	}

@@ -25,6 +25,7 @@ import (
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/convert"
 	"github.com/lazyfs/lazyfs/fs/fstest"
 	"github.com/lazyfs/lazyfs/fs/image"
@@ -117,7 +118,8 @@ func mount(t testing.TB, ref string, fetcher *remote.Fetcher) *image.Mounted {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "mnt")
 	os.Mkdir(dir, 0o755)
-	m, err := image.Mount(context.Background(), ref, dir, image.Options{Fetcher: fetcher, Cache: fstest.NewMemCache()})
+	// No neighbour prefetch: these tests count exactly what reads fetch.
+	m, err := image.Mount(context.Background(), ref, dir, image.Options{Fetcher: fetcher, Cache: fstest.NewMemCache(), FS: fs.Options{NeighbourWindow: -1}})
 	if err != nil {
 		t.Fatal(err)
 	}
