@@ -16,3 +16,6 @@ var (
 	_ cacheHaser     = (*blobcache.Badger)(nil)
 	_ cacheGetIntoer = (*blobcache.Badger)(nil)
 )
+
+// The registry fetcher verifies every chunk, so fs may skip its own hash.
+var _ verifyingFetcher = (*remote.Blob)(nil)

@@ -58,7 +58,8 @@ type Options struct {
 	// and doubles per sequential READ): 0 means DefaultReadAhead, a negative
 	// value none.
 	ReadAhead int
-	// PrefetchWorkers bounds the background fetches (default 2).
+	// PrefetchWorkers bounds the background fetch jobs running at once
+	// (default DefaultPrefetchWorkers); each waits mostly on the network.
 	PrefetchWorkers int
 	// EntryTimeout, AttrTimeout and NegativeTimeout are the kernel's cache
 	// lifetimes for names, attributes and missing names; 0 means
@@ -106,6 +107,8 @@ type ReadEvent struct {
 // Defaults.
 const (
 	DefaultReadAhead = 32
+	// DefaultPrefetchWorkers is the default Options.PrefetchWorkers.
+	DefaultPrefetchWorkers = 8
 	// DefaultNeighbourWindow is the default Options.NeighbourWindow.
 	DefaultNeighbourWindow = 1 << 20
 	DefaultTimeout         = time.Hour
@@ -152,6 +155,8 @@ type Root struct {
 
 	ctx      context.Context
 	bgctx    context.Context // ctx, as PrefetchContext derives it for background fetches
+	puts     chan putJob     // verified chunks for the cache writer
+	pending  sync.Map        // [32]byte sum -> []byte: chunks queued for the cache
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	prefetch chan prefetchJob
@@ -193,7 +198,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		opts.ReadAhead = DefaultReadAhead
 	}
 	if opts.PrefetchWorkers <= 0 {
-		opts.PrefetchWorkers = 2
+		opts.PrefetchWorkers = DefaultPrefetchWorkers
 	}
 	if opts.NeighbourWindow == 0 {
 		opts.NeighbourWindow = DefaultNeighbourWindow
@@ -223,6 +228,11 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 			return nil, err
 		}
 		r.spool = sp
+	}
+	if opts.Cache != nil {
+		r.puts = make(chan putJob, 256)
+		r.wg.Add(1)
+		go r.cacheWriter()
 	}
 	if opts.ReadAhead > 0 || opts.NeighbourWindow > 0 || r.spool != nil {
 		r.prefetch = make(chan prefetchJob, 64)

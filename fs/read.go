@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -187,6 +188,10 @@ type cacheGetIntoer interface {
 // cacheRead copies the part of chunk c (at file offset coff) that overlaps
 // dest (the file's bytes from off) from the cache, and reports a hit.
 func (r *Root) cacheRead(ctx context.Context, c *toc.Chunk, dest []byte, off, coff int64) bool {
+	if v, ok := r.pending.Load(c.Sum); ok {
+		copyChunk(dest, off, coff, v.([]byte))
+		return true
+	}
 	gi, ok := r.opts.Cache.(cacheGetIntoer)
 	if !ok {
 		data, ok := r.cacheGet(ctx, c)
@@ -232,6 +237,9 @@ func (r *Root) cacheGet(ctx context.Context, c *toc.Chunk) ([]byte, bool) {
 	if r.opts.Cache == nil {
 		return nil, false
 	}
+	if v, ok := r.pending.Load(c.Sum); ok {
+		return v.([]byte), true
+	}
 	data, err := r.opts.Cache.Get(ctx, c.Digest())
 	if err != nil || len(data) != int(c.Size) {
 		r.logCacheErr(ctx, c, err)
@@ -244,6 +252,9 @@ func (r *Root) cacheGet(ctx context.Context, c *toc.Chunk) ([]byte, bool) {
 func isNotFound(err error) bool { return errors.Is(err, blobcache.ErrNotFound) }
 
 func (r *Root) cacheHas(ctx context.Context, c *toc.Chunk) bool {
+	if _, ok := r.pending.Load(c.Sum); ok {
+		return true
+	}
 	switch ca := r.opts.Cache.(type) {
 	case nil:
 		return false
@@ -265,12 +276,14 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		chunks[k] = l.toc.Chunks[i]
 	}
 	got := make([]bool, len(idx))
+	vf, ok := l.fetcher.(verifyingFetcher)
+	trusted := ok && vf.VerifiesChunks()
 	err := l.fetcher.FetchChunks(ctx, chunks, func(k int, data []byte) error {
 		if k < 0 || k >= len(chunks) {
 			return fmt.Errorf("fetcher delivered chunk %d of %d", k, len(chunks))
 		}
 		c := &chunks[k]
-		if len(data) != int(c.Size) || sha256.Sum256(data) != c.Sum {
+		if len(data) != int(c.Size) || (!trusted && sha256.Sum256(data) != c.Sum) {
 			return fmt.Errorf("chunk %d (%s): %w", idx[k], c.Digest(), ErrChunkCorrupt)
 		}
 		if deliver != nil {
@@ -278,11 +291,7 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		}
 		r.stats.fetched.Add(1)
 		r.stats.fetchedBytes.Add(int64(len(data)))
-		if r.opts.Cache != nil {
-			if err := r.opts.Cache.Put(ctx, c.Digest(), bytes.Clone(data)); err != nil && ctx.Err() == nil {
-				r.log.Debug("cache put", "layer", l.name, "chunk", idx[k], "error", err)
-			}
-		}
+		r.storeChunk(c, data)
 		got[k] = true
 		return nil
 	})
@@ -303,6 +312,90 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		return idx[0], err
 	}
 	return 0, nil
+}
+
+// verifyingFetcher is implemented by fetchers that check every chunk's size
+// and sha256 before delivering it (fs/remote does); fs then does not hash
+// the chunk a second time. Other fetchers' chunks are verified here.
+type verifyingFetcher interface {
+	VerifiesChunks() bool
+}
+
+// cacheVerifiedPutter is the optional Cache method that stores a chunk
+// without hashing it again (blobcache has it): fetch has just verified it.
+type cacheVerifiedPutter interface {
+	PutVerified(ctx context.Context, d digest.Digest, data []byte) error
+}
+
+// putJob is a fetched, verified chunk on its way into the cache.
+type putJob struct {
+	sum  [32]byte
+	d    digest.Digest
+	data []byte
+}
+
+// storeChunk hands a verified chunk to the cache writer without making the
+// fetch wait for the cache's write path (badger's is slower than the
+// network on loopback): until it is written, reads find it in r.pending.
+// When the writer's queue is full the chunk is written right here.
+func (r *Root) storeChunk(c *toc.Chunk, data []byte) {
+	if r.opts.Cache == nil {
+		return
+	}
+	own := bytes.Clone(data)
+	if _, loaded := r.pending.LoadOrStore(c.Sum, own); loaded {
+		return // the same chunk is already on its way (shared fetch)
+	}
+	j := putJob{sum: c.Sum, d: c.Digest(), data: own}
+	select {
+	case r.puts <- j:
+	default:
+		r.put(j)
+	}
+}
+
+func (r *Root) put(j putJob) {
+	var err error
+	if vp, ok := r.opts.Cache.(cacheVerifiedPutter); ok {
+		err = vp.PutVerified(r.ctx, j.d, j.data)
+	} else {
+		err = r.opts.Cache.Put(r.ctx, j.d, j.data)
+	}
+	if err != nil && r.ctx.Err() == nil {
+		r.log.Debug("cache put", "chunk", j.d, "error", err)
+	}
+	r.pending.Delete(j.sum)
+}
+
+// FlushCache waits until every fetched chunk queued for the cache has been
+// written (or ctx ends).
+func (r *Root) FlushCache(ctx context.Context) error {
+	for {
+		empty := true
+		r.pending.Range(func(_, _ any) bool { empty = false; return false })
+		if empty {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// cacheWriter writes queued chunks into the cache until the Root closes;
+// chunks still queued then are dropped (the cache is only a cache).
+func (r *Root) cacheWriter() {
+	defer r.wg.Done()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case j := <-r.puts:
+			r.put(j)
+		}
+	}
 }
 
 // reportEIO counts a failed read and logs it once per chunk.

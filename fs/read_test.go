@@ -49,7 +49,7 @@ func TestBusybox(t *testing.T) {
 	}
 	files = append(files, link(tar.TypeLink, "bin/printf", "bin/busybox"))
 	layer := convertLayer(t, toctest.Tar(t, files), toc.DefaultChunkSize)
-	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache()})
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{NeighbourWindow: -1, Cache: fstest.NewMemCache()})
 	out, err := exec.Command("chroot", dir, "/bin/sh", "-c",
 		"cat /etc/motd; ls /bin | wc -l; /bin/printf 'via-hardlink\\n'; sha256sum /bin/busybox").CombinedOutput()
 	if err != nil {
@@ -161,7 +161,7 @@ func readEntry(t testing.TB, l *testLayer, name string) []byte {
 // TestReadAhead checks that a sequential reader gets the following chunks fetched ahead.
 func TestReadAhead(t *testing.T) {
 	layer := bigCorpus(t, 1, 1, 64*testChunk)
-	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), ReadAhead: 8})
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{NeighbourWindow: -1, Cache: fstest.NewMemCache(), ReadAhead: 8})
 	f, err := os.Open(filepath.Join(dir, "big/b0"))
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +194,7 @@ func TestFaults(t *testing.T) {
 	layer := bigCorpus(t, 10, 2, 8*testChunk)
 	cache := fstest.NewMemCache()
 	logs := &countingHandler{}
-	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: cache, ReadAhead: -1, Logger: slog.New(logs)})
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{NeighbourWindow: -1, Cache: cache, ReadAhead: -1, Logger: slog.New(logs)})
 	cached, uncached := filepath.Join(dir, "big/b0"), filepath.Join(dir, "big/b1")
 	want0, want1 := readEntry(t, layer, "big/b0"), readEntry(t, layer, "big/b1")
 	mustRead(t, cached, want0)
@@ -234,6 +234,9 @@ func TestFaults(t *testing.T) {
 	mustRead(t, uncached, want1)
 
 	for _, mode := range []string{"tampered", "lying"} {
+		if err := root.FlushCache(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		cache.Clear()
 		dropCache(t, cached)
 		layer.fetcher.SetTampered(mode == "tampered")
@@ -270,7 +273,7 @@ func mustRead(t testing.TB, p string, want []byte) {
 // interrupts only synchronous READs, hence SyncRead.
 func TestInterrupt(t *testing.T) {
 	layer := bigCorpus(t, 1, 1, 4*testChunk)
-	dir, root := mountLayersWith(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), ReadAhead: -1}, MountOptions{SyncRead: true})
+	dir, root := mountLayersWith(t, []*testLayer{layer}, Options{NeighbourWindow: -1, Cache: fstest.NewMemCache(), ReadAhead: -1}, MountOptions{SyncRead: true})
 	started := layer.fetcher.Block()
 	defer layer.fetcher.Unblock()
 	cmd := exec.Command("cat", filepath.Join(dir, "big/b0"))
@@ -313,7 +316,7 @@ func TestConcurrentReads(t *testing.T) {
 }
 
 func concurrentReads(t *testing.T, layer *testLayer, cache Cache) {
-	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: cache, ReadAhead: 4})
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{NeighbourWindow: -1, Cache: cache, ReadAhead: 4})
 	var names []string
 	want := map[string][]byte{}
 	for i := range layer.toc.Entries {
@@ -381,7 +384,7 @@ func TestPassthrough(t *testing.T) {
 	}
 	layer := bigCorpus(t, 1, 1, 80*testChunk)
 	dir, root := mountLayers(t, []*testLayer{layer},
-		Options{Cache: fstest.NewMemCache(), Passthrough: true, SpoolDir: t.TempDir()})
+		Options{NeighbourWindow: -1, Cache: fstest.NewMemCache(), Passthrough: true, SpoolDir: t.TempDir()})
 	p := filepath.Join(dir, "big/b0")
 	want := readEntry(t, layer, "big/b0")
 
@@ -486,7 +489,7 @@ func TestPrefetchAndOnRead(t *testing.T) {
 	var mu sync.Mutex
 	var events []ReadEvent
 	onRead := func(ev ReadEvent) { mu.Lock(); events = append(events, ev); mu.Unlock() }
-	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), ReadAhead: -1, OnRead: onRead})
+	dir, root := mountLayers(t, []*testLayer{layer}, Options{NeighbourWindow: -1, Cache: fstest.NewMemCache(), ReadAhead: -1, OnRead: onRead})
 	if err := root.Prefetch(context.Background(), "big/b0"); err != nil {
 		t.Fatal(err)
 	}

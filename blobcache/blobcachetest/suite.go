@@ -42,6 +42,7 @@ func TestCache(t *testing.T, newCache func(t *testing.T, capacity int64) blobcac
 		{"CanceledContext", testCanceledContext},
 		{"Concurrency", testConcurrency},
 		{"Close", testClose},
+		{"PutVerified", testPutVerified},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newCache) })
@@ -65,6 +66,34 @@ func Chunk(seed uint64, size int) ([]byte, digest.Digest) {
 }
 
 const chunkSize = 4096
+
+// verifiedPutter is the optional trusted Put of both implementations.
+type verifiedPutter interface {
+	PutVerified(ctx context.Context, d digest.Digest, data []byte) error
+}
+
+// testPutVerified: PutVerified stores and serves like Put, and dedups.
+func testPutVerified(t *testing.T, newCache func(*testing.T, int64) blobcache.Cache) {
+	c := newCache(t, 1<<20)
+	vp, ok := c.(verifiedPutter)
+	if !ok {
+		t.Skip("no PutVerified")
+	}
+	data, d := Chunk(99, chunkSize)
+	if err := vp.PutVerified(context.Background(), d, data); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Get(context.Background(), d)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("get after PutVerified: %v", err)
+	}
+	if err := vp.PutVerified(context.Background(), d, data); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Stats(); st.Entries != 1 || st.Size != chunkSize {
+		t.Fatalf("stats after a duplicate PutVerified: %+v", st)
+	}
+}
 
 func put(t *testing.T, c blobcache.Cache, data []byte, d digest.Digest) {
 	t.Helper()

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -184,6 +185,14 @@ func lastLines(s string, n int) string {
 
 // serveMount mounts and serves in this process until unmounted or signalled.
 func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error) {
+	if path := os.Getenv("LAZYFS_CPUPROFILE"); path != "" {
+		// For developers: profile a mount server from start to unmount.
+		if f, perr := os.Create(path); perr == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer func() { pprof.StopCPUProfile(); f.Close() }()
+			}
+		}
+	}
 	level := slog.LevelInfo
 	if mf.debug {
 		level = slog.LevelDebug

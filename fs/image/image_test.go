@@ -54,7 +54,9 @@ type faultyRegistry struct {
 
 func newRegistry(t testing.TB) *faultyRegistry {
 	r := &faultyRegistry{}
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	// Blobs on disk: the in-memory handler copies a whole blob per request,
+	// which no real registry does and which would swamp range reads.
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithBlobHandler(registry.NewDiskBlobHandler(t.TempDir())))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		isBlob := strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Method == http.MethodGet
 		if isBlob {

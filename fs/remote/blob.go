@@ -134,6 +134,11 @@ func (f *Fetcher) release(bg bool) {
 
 type backgroundKey struct{}
 
+// VerifiesChunks reports that FetchChunks delivers only chunks whose size
+// and sha256 match the TOC (toc.DecodeChunk checks both), so consumers such
+// as package fs need not hash them again.
+func (b *Blob) VerifiesChunks() bool { return true }
+
 // Background marks fetches made under the returned context as background
 // work (prefetch, pre-warming): they never take the last quarter of the
 // fetcher's request slots, which stay free for on-demand reads.

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Cold sequential read of a 1 GiB file through a lazy mount vs `crane blob`
+# of the same converted blob, both from the distribution registry (Debian's
+# docker-registry) on loopback, measured in the same run. Root; run
+# hack/demo.sh once first (it fetches the registry and crane into .cache).
+#   SIZE_MIB=1024 ROUNDS=3 bench/scripts/cold-read.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+export PATH=/usr/local/go/bin:$REPO/.cache/bin:$PATH
+SIZE_MIB=${SIZE_MIB:-1024}
+ROUNDS=${ROUNDS:-3}
+LAZYFS=$REPO/bin/lazyfs
+[ -x .cache/registry/usr/bin/docker-registry ] && command -v crane >/dev/null || { echo "run hack/demo.sh once first (registry + crane)" >&2; exit 1; }
+[ -n "${NO_BUILD:-}" ] || make -s build >/dev/null
+W=$(mktemp -d /tmp/lazyfs-coldread.XXXXXX)
+REGPID=
+cleanup() {
+	set +e
+	mountpoint -q "$W/mnt" && "$LAZYFS" umount --state-dir "$W/state" "$W/mnt" >/dev/null
+	[ -n "$REGPID" ] && kill "$REGPID" && wait "$REGPID" 2>/dev/null
+	rm -rf "$W"
+}
+trap cleanup EXIT
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+REG=127.0.0.1:$PORT
+printf 'version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s/registry}}\nhttp: {addr: %s}\n' "$W" "$REG" > "$W/registry.yml"
+.cache/registry/usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
+REGPID=$!
+for _ in $(seq 100); do curl -fs "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
+
+# A binary-like file: a model's weights compress about as badly as this.
+mkdir -p "$W/root"
+python3 - "$W/root/model.bin" "$SIZE_MIB" <<'PY'
+import os, sys, random
+random.seed(1)
+with open(sys.argv[1], "wb") as f:
+    block = bytearray(os.urandom(1 << 20))
+    for i in range(int(sys.argv[2])):
+        block[i % 4096::4096] = bytes([i % 256]) * len(block[i % 4096::4096])
+        f.write(block)
+PY
+tar -C "$W/root" -cf "$W/layer.tar" model.bin
+crane append --insecure -f "$W/layer.tar" -t "$REG/bench/model:plain" >/dev/null 2>&1
+"$LAZYFS" convert "$REG/bench/model:plain" "$REG/bench/model:lazy" >/dev/null
+DIGEST=$("$LAZYFS" inspect --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"])')
+BLOB=$("$LAZYFS" inspect --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["size"])')
+now() { date +%s.%N; }
+echo "| round | crane blob (s) | lazyfs mount + cat (s) | crane MB/s | lazyfs MB/s | lazyfs / crane speed |"
+echo "|---|---|---|---|---|---|"
+for r in $(seq "$ROUNDS"); do
+	sync; echo 3 > /proc/sys/vm/drop_caches
+	t0=$(now); crane blob --insecure "$REG/bench/model@$DIGEST" > /dev/null; t1=$(now)
+	rm -rf "$W/cache" "$W/mnt"; mkdir -p "$W/mnt"
+	sync; echo 3 > /proc/sys/vm/drop_caches
+	read -r _ u0 n0 s0 i0 _ < /proc/stat
+	t2=$(now)
+	LAZYFS_CPUPROFILE=${LAZYFS_CPUPROFILE:-} "$LAZYFS" mount ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+	cat "$W/mnt/model.bin" > /dev/null
+	[ -z "${SHOW_STATS:-}" ] || "$LAZYFS" stats --state-dir "$W/state" "$W/mnt" >&2
+	t3=$(now)
+	read -r _ u1 n1 s1 i1 _ < /proc/stat
+	[ -z "${SHOW_STATS:-}" ] || echo "cpu busy during the lazy read: $(( (u1-u0)+(n1-n0)+(s1-s0) )) of $(( (u1-u0)+(n1-n0)+(s1-s0)+(i1-i0) )) jiffies" >&2
+	"$LAZYFS" umount --state-dir "$W/state" "$W/mnt" >/dev/null
+	python3 -c "import sys; c=float(sys.argv[2])-float(sys.argv[1]); l=float(sys.argv[4])-float(sys.argv[3]); b=int(sys.argv[5]); print(f'| {sys.argv[6]} | {c:.2f} | {l:.2f} | {b/1e6/c:.0f} | {b/1e6/l:.0f} | {c/l:.2f} |')" "$t0" "$t1" "$t2" "$t3" "$BLOB" "$r"
+done
+echo "(blob: $BLOB bytes for a ${SIZE_MIB} MiB file; registry: distribution on $REG)"
