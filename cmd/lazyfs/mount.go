@@ -243,7 +243,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 	defer m.Close()
 
 	statePath, sockPath, logPath := statePaths(mf.stateDir, dir)
-	stopStats, err := serveStats(sockPath, m)
+	stopStats, err := serveStats(sockPath, m, image.WarmHandler(m.Fetcher, cache))
 	if err != nil {
 		return err
 	}
@@ -287,7 +287,9 @@ func openCache(dir string, capacity int64, log *slog.Logger) (fs.Cache, func(), 
 	return c, func() { c.Close() }, nil
 }
 
-func serveStats(sock string, m *image.Mounted) (func(), error) {
+// serveStats serves a mount's counters (GET /stats) and warming of its cache
+// (POST /v1/warm, the lazyfs-prewarm contract) on a unix socket.
+func serveStats(sock string, m *image.Mounted, warm http.Handler) (func(), error) {
 	os.Remove(sock)
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -299,6 +301,7 @@ func serveStats(sock string, m *image.Mounted) (func(), error) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(m.Stats())
 	})
+	mux.Handle("POST /v1/warm", warm)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	return func() { srv.Close(); os.Remove(sock) }, nil
