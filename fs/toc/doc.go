@@ -10,15 +10,20 @@
 // and verify a TOC and decode a chunk. The specification is docs/format.md.
 package toc
 
-import "errors"
+import (
+	"errors"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
 
 // Format constants. They are part of the on-disk format: see docs/format.md.
 const (
 	// Version is the TOC format version written by this package.
 	Version = 1
 
-	// MediaTypeLayer is the media type of a converted layer.
-	MediaTypeLayer = "application/vnd.oci.image.layer.v1.tar+zstd"
+	// MediaTypeLayer is the media type of a converted layer: the OCI zstd
+	// layer type, so that any runtime can pull it.
+	MediaTypeLayer = ocispec.MediaTypeImageLayerZstd
 
 	// DefaultChunkSize is the default size of a file-content chunk; see
 	// docs/format.md for the measurements behind it.
