@@ -132,7 +132,7 @@ func (n *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Err
 		}
 	}
 	if e := n.r.t.entry(n.idx); e != nil && n.r.t.nodes[n.idx].kind == kindEntry {
-		for _, kv := range e.Xattrs {
+		for _, kv := range e.Xattrs() {
 			add(kv.Key)
 		}
 	}

@@ -41,10 +41,10 @@ func (t *TOC) Marshal() []byte {
 		e := &t.Entries[i]
 		intern(e.Uname)
 		intern(e.Gname)
-		for _, kv := range e.Xattrs {
+		for _, kv := range e.Xattrs() {
 			intern(kv.Key)
 		}
-		for _, kv := range e.PAX {
+		for _, kv := range e.PAX() {
 			intern(kv.Key)
 		}
 	}
@@ -104,10 +104,10 @@ func (t *TOC) Marshal() []byte {
 		if e.Devmajor != 0 || e.Devminor != 0 {
 			f |= encFlagDev
 		}
-		if len(e.Xattrs) > 0 {
+		if len(e.Xattrs()) > 0 {
 			f |= encFlagXattrs
 		}
-		if len(e.PAX) > 0 {
+		if len(e.PAX()) > 0 {
 			f |= encFlagPAX
 		}
 		b = binary.AppendUvarint(b, f)
@@ -119,10 +119,10 @@ func (t *TOC) Marshal() []byte {
 			b = binary.AppendUvarint(b, uint64(e.Devminor))
 		}
 		if f&encFlagXattrs != 0 {
-			b = appendKVs(b, e.Xattrs, strs)
+			b = appendKVs(b, e.Xattrs(), strs)
 		}
 		if f&encFlagPAX != 0 {
-			b = appendKVs(b, e.PAX, strs)
+			b = appendKVs(b, e.PAX(), strs)
 		}
 	}
 	return b
@@ -385,11 +385,14 @@ func Unmarshal(b []byte) (*TOC, error) {
 			e.Devmajor = d.u32("devmajor")
 			e.Devminor = d.u32("devminor")
 		}
-		if f&encFlagXattrs != 0 {
-			e.Xattrs = d.kvs(lookup, "xattr")
-		}
-		if f&encFlagPAX != 0 {
-			e.PAX = d.kvs(lookup, "pax record")
+		if f&(encFlagXattrs|encFlagPAX) != 0 {
+			e.Ext = &EntryExt{}
+			if f&encFlagXattrs != 0 {
+				e.Ext.Xattrs = d.kvs(lookup, "xattr")
+			}
+			if f&encFlagPAX != 0 {
+				e.Ext.PAX = d.kvs(lookup, "pax record")
+			}
 		}
 		if d.err != nil {
 			return nil, d.err

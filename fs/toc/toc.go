@@ -48,7 +48,8 @@ const (
 	FlagSparse = 1 << 0
 )
 
-// Entry describes one tar entry with all of its metadata.
+// Entry describes one tar entry with all of its metadata. Fields are
+// ordered for size: a decoded TOC keeps one Entry per tar entry in memory.
 type Entry struct {
 	// Name is the cleaned path relative to the layer root ("" is the root
 	// itself), without a leading "./" or "/" or a trailing "/".
@@ -64,11 +65,11 @@ type Entry struct {
 	UID  int64
 	GID  int64
 	// ModTime is the modification time (seconds and nanoseconds since the epoch).
-	ModTimeSec  int64
-	ModTimeNsec int32
+	ModTimeSec int64
 	// HeaderOffset is the offset in the tar of the entry's first header block
 	// (including any PAX or GNU long-name header before it).
 	HeaderOffset int64
+	ModTimeNsec  int32
 	Devmajor     uint32
 	Devminor     uint32
 	// FirstChunk and NumChunks select the entry's content chunks in TOC.Chunks.
@@ -77,12 +78,35 @@ type Entry struct {
 	// Type is the tar typeflag (tar.TypeReg, tar.TypeDir, ...).
 	Type  byte
 	Flags uint8
+	// Ext holds the entry's xattrs and other PAX records; nil when it has none
+	// (most entries), which keeps an Entry small.
+	Ext *EntryExt
+}
+
+// EntryExt holds the rarer metadata of an entry.
+type EntryExt struct {
 	// Xattrs holds extended attributes (from SCHILY.xattr.* PAX records), sorted by key.
 	Xattrs []KV
 	// PAX holds the entry's other PAX records (not the ones already mirrored
-	// by the fields above: path, linkpath, size, uid, gid, uname, gname,
+	// by Entry's fields: path, linkpath, size, uid, gid, uname, gname,
 	// mtime), sorted by key.
 	PAX []KV
+}
+
+// Xattrs returns the entry's extended attributes, sorted by key.
+func (e *Entry) Xattrs() []KV {
+	if e.Ext == nil {
+		return nil
+	}
+	return e.Ext.Xattrs
+}
+
+// PAX returns the entry's other PAX records, sorted by key.
+func (e *Entry) PAX() []KV {
+	if e.Ext == nil {
+		return nil
+	}
+	return e.Ext.PAX
 }
 
 // KV is one key/value pair of an entry's xattrs or PAX records.
@@ -101,9 +125,10 @@ func (e *Entry) IsRegular() bool {
 
 // Xattr returns the value of the extended attribute key, if present.
 func (e *Entry) Xattr(key string) (string, bool) {
-	i := sort.Search(len(e.Xattrs), func(i int) bool { return e.Xattrs[i].Key >= key })
-	if i < len(e.Xattrs) && e.Xattrs[i].Key == key {
-		return e.Xattrs[i].Value, true
+	xs := e.Xattrs()
+	i := sort.Search(len(xs), func(i int) bool { return xs[i].Key >= key })
+	if i < len(xs) && xs[i].Key == key {
+		return xs[i].Value, true
 	}
 	return "", false
 }

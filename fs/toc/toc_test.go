@@ -122,7 +122,7 @@ func checkTOCAgainstTar(t *testing.T, tarball, blob []byte, tc *toc.TOC, chunk i
 			Devmajor: uint32(h.Devmajor), Devminor: uint32(h.Devminor),
 		}
 		got := *e
-		got.HeaderOffset, got.FirstChunk, got.NumChunks, got.Xattrs, got.PAX = 0, 0, 0, nil, nil
+		got.HeaderOffset, got.FirstChunk, got.NumChunks, got.Ext = 0, 0, 0, nil
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("entry %d (%s) (-tar +toc):\n%s", i, h.Name, diff)
 		}
@@ -133,7 +133,7 @@ func checkTOCAgainstTar(t *testing.T, tarball, blob []byte, tc *toc.TOC, chunk i
 				}
 			} else if k == "comment" {
 				found := false
-				for _, kv := range e.PAX {
+				for _, kv := range e.PAX() {
 					found = found || (kv.Key == k && kv.Value == v)
 				}
 				if !found {

@@ -396,20 +396,24 @@ func entryFromHeader(h *tar.Header, off int64) (Entry, error) {
 	if h.Typeflag == tar.TypeGNUSparse {
 		e.Flags |= FlagSparse
 	}
+	var ext EntryExt
 	for k, v := range h.PAXRecords {
 		switch {
 		case strings.HasPrefix(k, "SCHILY.xattr."):
-			e.Xattrs = append(e.Xattrs, KV{Key: strings.TrimPrefix(k, "SCHILY.xattr."), Value: v})
+			ext.Xattrs = append(ext.Xattrs, KV{Key: strings.TrimPrefix(k, "SCHILY.xattr."), Value: v})
 		case strings.HasPrefix(k, "GNU.sparse."):
 			e.Flags |= FlagSparse
-			e.PAX = append(e.PAX, KV{Key: k, Value: v})
+			ext.PAX = append(ext.PAX, KV{Key: k, Value: v})
 		case mirroredPAX[k]:
 		default:
-			e.PAX = append(e.PAX, KV{Key: k, Value: v})
+			ext.PAX = append(ext.PAX, KV{Key: k, Value: v})
 		}
 	}
-	sort.Slice(e.Xattrs, func(i, j int) bool { return e.Xattrs[i].Key < e.Xattrs[j].Key })
-	sort.Slice(e.PAX, func(i, j int) bool { return e.PAX[i].Key < e.PAX[j].Key })
+	if len(ext.Xattrs)+len(ext.PAX) > 0 {
+		sort.Slice(ext.Xattrs, func(i, j int) bool { return ext.Xattrs[i].Key < ext.Xattrs[j].Key })
+		sort.Slice(ext.PAX, func(i, j int) bool { return ext.PAX[i].Key < ext.PAX[j].Key })
+		e.Ext = &ext
+	}
 	if e.Flags&FlagSparse != 0 && h.Typeflag != tar.TypeGNUSparse {
 		e.Type = tar.TypeReg
 	}
