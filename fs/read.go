@@ -94,7 +94,10 @@ func (h *handle) readAhead(last, seq int) {
 	h.mu.Lock()
 	from := max(last, h.raEnd)
 	to := min(last+window, end)
-	if from >= to {
+	// Queue in batches of at least half the window (or up to the end of the
+	// file): one large coalesced request costs the registry and the fetcher
+	// less than many small ones for the same bytes.
+	if from >= to || (to-from < window/2 && to < end && h.raEnd > last) {
 		h.mu.Unlock()
 		return
 	}
