@@ -33,7 +33,6 @@ func (l *list) front() *entry        { return l.root.next }
 func (l *list) back() *entry         { return l.root.prev }
 func (l *list) end(e *entry) bool    { return e == &l.root }
 func (l *list) pushFront(e *entry)   { l.insertAfter(e, &l.root) }
-func (l *list) pushBack(e *entry)    { l.insertAfter(e, l.root.prev) }
 func (l *list) moveToFront(e *entry) { unlink(e); l.pushFront(e) }
 
 func (l *list) insertAfter(e, at *entry) {

@@ -121,14 +121,12 @@ func FuzzTree(f *testing.F) {
 	f.Add([]byte{1, 1, 0, 2, 5, 2, 3, 9, 1, 0, 0, 0, 2, 1, 3, 5, 9, 4, 7, 2, 2})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		corpus := fuzzLayers(data)
-		var layers []*testLayer
 		var ls []Layer
 		ref := &refTree{root: &refNode{kids: map[string]*refNode{}}, lenient: true}
 		for i, files := range corpus {
 			tb := toctest.Tar(t, files)
 			blob, res := toctest.Convert(t, tb, toc.WithChunkSize(toc.MinChunkSize), toc.WithConcurrency(1))
 			l := &testLayer{tar: tb, blob: blob, toc: res.TOC, fetcher: fstest.NewBlobFetcher(blob)}
-			layers = append(layers, l)
 			ls = append(ls, Layer{Name: fmt.Sprint(i), TOC: l.toc, Fetcher: l.fetcher})
 			ref.apply(t, tb)
 		}

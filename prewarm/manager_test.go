@@ -515,7 +515,7 @@ func TestDeferredHolderAdoptedOnEarlyRelease(t *testing.T) {
 	}
 	// It is managed again: a crash now counts.
 	syscall.Kill(pid, syscall.SIGKILL)
-	s = pollUntil(t, m, "crash noticed", func(s Status) bool { return gpuIn(s, g0).Crashes == 1 })
+	pollUntil(t, m, "crash noticed", func(s Status) bool { return gpuIn(s, g0).Crashes == 1 })
 }
 
 func TestHoldWhileBusy(t *testing.T) {

@@ -2,6 +2,7 @@ package prewarm
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Metrics holds the daemon's Prometheus collectors on their own registry.
@@ -50,7 +51,7 @@ func NewMetrics() *Metrics {
 		}, []string{"ref", "result"}),
 	}
 	m.Registry.MustRegister(m.state, m.heldBytes, m.freeBytes, m.claim, m.release, m.holderExits, m.reportOnly, m.imageWarms,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

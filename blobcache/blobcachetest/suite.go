@@ -311,7 +311,7 @@ func testEvictionOrder(t *testing.T, newCache func(*testing.T, int64) blobcache.
 		put(t, c, data[i], ds[i])
 	}
 	mustGet(t, c, ds[0], data[0]) // A is now the most recently used
-	if has(t, c, ds[1]) != true { // Has must not refresh B
+	if !has(t, c, ds[1]) {        // Has must not refresh B
 		t.Fatal("B missing")
 	}
 	put(t, c, data[4], ds[4]) // evicts B, the least recently used

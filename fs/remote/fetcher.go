@@ -248,10 +248,9 @@ func (f *Fetcher) authTransport(ctx context.Context, ep *endpoint, repo name.Rep
 // Error classes.
 
 var (
-	errStalled       = errors.New("no bytes received within the stall timeout")
-	errRedirectGone  = errors.New("cached redirect url refused")
-	errNoHost        = errors.New("no registry host with the needed capability")
-	errRangeOnlyHost = errors.New("host ignores range requests")
+	errStalled      = errors.New("no bytes received within the stall timeout")
+	errRedirectGone = errors.New("cached redirect url refused")
+	errNoHost       = errors.New("no registry host with the needed capability")
 )
 
 // statusError is an HTTP status the registry answered with.

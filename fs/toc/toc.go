@@ -120,7 +120,7 @@ func (e *Entry) ModTime() time.Time { return time.Unix(e.ModTimeSec, int64(e.Mod
 
 // IsRegular reports whether the entry is a regular file (with content).
 func (e *Entry) IsRegular() bool {
-	return e.Type == tar.TypeReg || e.Type == tar.TypeRegA || e.Type == tar.TypeCont
+	return e.Type == tar.TypeReg || e.Type == 0 /* old TypeRegA */ || e.Type == tar.TypeCont
 }
 
 // Xattr returns the value of the extended attribute key, if present.

@@ -67,7 +67,8 @@ func (r *Result) Annotations() map[string]string {
 type frame struct {
 	data  []byte
 	out   []byte
-	chunk int // index in TOC.Chunks, or -1 for a metadata frame
+	chunk int     // index in TOC.Chunks, or -1 for a metadata frame
+	buf   *[]byte // pooled buffer behind data, returned after writing (chunk frames)
 	sum   [32]byte
 	done  chan struct{}
 }
@@ -108,7 +109,7 @@ func Convert(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) 
 		enc:    enc,
 		work:   make(chan *frame, o.concurrency*2),
 		order:  make(chan *frame, o.concurrency*4),
-		pool:   sync.Pool{New: func() any { return make([]byte, 0, o.chunkSize) }},
+		pool:   sync.Pool{New: func() any { b := make([]byte, 0, o.chunkSize); return &b }},
 		toc:    &TOC{ChunkSize: int64(o.chunkSize)},
 	}
 	var wg sync.WaitGroup
@@ -223,16 +224,17 @@ func (c *converter) write(w *countingWriter) error {
 				c.cancel()
 			}
 		}
-		if f.chunk >= 0 {
-			c.pool.Put(f.data[:0]) //nolint:staticcheck // a slice header per Put is cheap next to a chunk
+		if f.buf != nil {
+			*f.buf = f.data[:0]
+			c.pool.Put(f.buf)
 		}
 		f.out = nil
 	}
 	return err
 }
 
-func (c *converter) emit(data []byte, chunk int) error {
-	f := &frame{data: data, chunk: chunk, done: make(chan struct{})}
+func (c *converter) emit(data []byte, chunk int, buf *[]byte) error {
+	f := &frame{data: data, chunk: chunk, buf: buf, done: make(chan struct{})}
 	select {
 	case c.order <- f:
 	case <-c.ctx.Done():
@@ -277,7 +279,7 @@ func (c *converter) flushMeta(raw *rawReader) error {
 	}
 	data := raw.buf
 	raw.buf = make([]byte, 0, 64<<10)
-	return c.emit(data, -1)
+	return c.emit(data, -1, nil)
 }
 
 func (c *converter) produce(src io.Reader) error {
@@ -320,12 +322,13 @@ func (c *converter) produce(src io.Reader) error {
 					n = left
 				}
 				off := raw.n
-				buf := c.pool.Get().([]byte)[:n]
+				bp := c.pool.Get().(*[]byte)
+				buf := (*bp)[:n]
 				if _, err := io.ReadFull(tr, buf); err != nil {
 					return fmt.Errorf("%w: %q: contents at offset %d: %v", ErrBadTar, hdr.Name, off, unexpected(err))
 				}
 				c.toc.Chunks = append(c.toc.Chunks, Chunk{Offset: off, Size: uint32(n)})
-				if err := c.emit(buf, len(c.toc.Chunks)-1); err != nil {
+				if err := c.emit(buf, len(c.toc.Chunks)-1, bp); err != nil {
 					return err
 				}
 				e.NumChunks++
