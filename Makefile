@@ -7,7 +7,7 @@ LDFLAGS   := -s -w -X github.com/lazyfs/lazyfs/internal/version.Version=$(VERSIO
 BINARIES  := lazyfs lazyfs-snapshotter lazyfs-prewarm
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build test test-short race fuzz bench deps demo vet fmt clean
+.PHONY: all build test test-short race fuzz bench deps demo vet lint fmt clean
 
 all: build
 
@@ -39,6 +39,12 @@ race:
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+
+## lint: staticcheck (installed from the Go module proxy into .cache/bin)
+STATICCHECK := $(CURDIR)/.cache/bin/staticcheck
+lint:
+	@test -x $(STATICCHECK) || GOBIN=$(CURDIR)/.cache/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+	$(STATICCHECK) ./...
 
 ## fuzz: run every fuzz target for FUZZTIME each
 FUZZTIME ?= 30s
