@@ -32,6 +32,9 @@ import (
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
+// refDigestAnnotation ties a BuildKit attestation manifest to the image it describes.
+const refDigestAnnotation = "vnd.docker.reference.digest"
+
 // Errors of this package.
 var (
 	// ErrUnsupportedMediaType means a manifest or layer type cannot be converted.
@@ -398,6 +401,25 @@ func (c *converter) index(ctx context.Context, idx v1.ImageIndex) (*index, []Ima
 			out.children[nd.Digest] = ni
 		default:
 			return nil, nil, fmt.Errorf("image %s@%s: %w: manifest type %q in index", c.src, d.Digest, ErrUnsupportedMediaType, d.MediaType)
+		}
+	}
+	// Manifests that refer to a converted one by digest (BuildKit's
+	// attestations: vnd.docker.reference.digest) follow it.
+	moved := map[string]string{}
+	for i, d := range im.Manifests {
+		if nd := out.manifest.Manifests[i].Digest; nd != d.Digest {
+			moved[d.Digest.String()] = nd.String()
+		}
+	}
+	for i := range out.manifest.Manifests {
+		a := out.manifest.Manifests[i].Annotations
+		if to, ok := moved[a[refDigestAnnotation]]; ok {
+			na := make(map[string]string, len(a))
+			for k, v := range a {
+				na[k] = v
+			}
+			na[refDigestAnnotation] = to
+			out.manifest.Manifests[i].Annotations = na
 		}
 	}
 	if err := out.seal(); err != nil {

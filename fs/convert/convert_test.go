@@ -381,3 +381,56 @@ func TestReportJSON(t *testing.T) {
 		t.Fatalf("%s %v", b, err)
 	}
 }
+
+// TestIndexWithAttestation: a BuildKit-style attestation manifest (in-toto
+// layer, no diffIDs, platform unknown/unknown) is kept byte for byte, and its
+// reference annotation follows the converted image's new digest.
+func TestIndexWithAttestation(t *testing.T) {
+	reg := newRegistry(t)
+	amd := sourceImage(t, "linux/amd64")
+	amdDigest, _ := amd.Digest()
+	att, err := mutate.AppendLayers(empty.Image, static.NewLayer([]byte(`{"_type":"https://in-toto.io/Statement/v0.1"}`), "application/vnd.in-toto+json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := att.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.RootFS.DiffIDs = nil
+	att, _ = mutate.ConfigFile(att, cf)
+	attDigest, _ := att.Digest()
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: amd, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+		mutate.IndexAddendum{Add: att, Descriptor: v1.Descriptor{
+			Platform: &v1.Platform{OS: "unknown", Architecture: "unknown"},
+			Annotations: map[string]string{
+				"vnd.docker.reference.type":   "attestation-manifest",
+				"vnd.docker.reference.digest": amdDigest.String(),
+			},
+		}},
+	)
+	r, _ := name.ParseReference(reg.ref("att:1"))
+	if err := remote.WriteIndex(r, idx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := convert.Image(context.Background(), reg.ref("att:1"), reg.ref("att:lazy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Images[1].Layers[0].Kept != "not a tar layer" {
+		t.Errorf("attestation layer report %+v", rep.Images[1].Layers[0])
+	}
+	dr, _ := name.ParseReference(reg.ref("att:lazy"))
+	out, err := remote.Index(dr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, _ := out.IndexManifest()
+	if im.Manifests[1].Digest != attDigest {
+		t.Errorf("attestation manifest changed: %s, was %s", im.Manifests[1].Digest, attDigest)
+	}
+	if got := im.Manifests[1].Annotations["vnd.docker.reference.digest"]; got != im.Manifests[0].Digest.String() || got == amdDigest.String() {
+		t.Errorf("attestation refers to %s; converted image is %s (source %s)", got, im.Manifests[0].Digest, amdDigest)
+	}
+	img, _ := out.Image(im.Manifests[0].Digest)
+	checkConverted(t, amd, img)
+}

@@ -51,7 +51,10 @@ func (c *converter) image(ctx context.Context, img v1.Image, platform *v1.Platfo
 	var g errgroup.Group
 	g.SetLimit(max(c.o.jobs, 1))
 	for i, d := range m.Layers {
-		if i >= len(cfg.RootFS.DiffIDs) {
+		var diffID v1.Hash
+		if i < len(cfg.RootFS.DiffIDs) {
+			diffID = cfg.RootFS.DiffIDs[i]
+		} else if isTarLayer(d.MediaType) && d.MediaType.IsDistributable() {
 			return nil, ir, fmt.Errorf("%s: layer %d (%s): no diffID in the config (%d diffIDs, %d layers)", where, i, d.Digest, len(cfg.RootFS.DiffIDs), len(m.Layers))
 		}
 		c.mu.Lock()
@@ -65,7 +68,6 @@ func (c *converter) image(ctx context.Context, img v1.Image, platform *v1.Platfo
 		}
 		c.mu.Unlock()
 		jobs[i] = j
-		diffID := cfg.RootFS.DiffIDs[i]
 		g.Go(func() error {
 			j.once.Do(func() { j.err = c.layer(ctx, img, where, i, d, diffID, j) })
 			return j.err
@@ -73,6 +75,20 @@ func (c *converter) image(ctx context.Context, img v1.Image, platform *v1.Platfo
 	}
 	if err := g.Wait(); err != nil {
 		return nil, ir, err
+	}
+
+	// Nothing converted (already chunked, or not an image of tar layers, such
+	// as a build attestation): keep the manifest byte for byte, digest and all.
+	converted := false
+	for _, j := range jobs {
+		converted = converted || j.report.Kept == ""
+	}
+	if !converted {
+		for _, j := range jobs {
+			ir.Layers = append(ir.Layers, j.report)
+		}
+		ir.Digest = srcDigest.String()
+		return img, ir, nil
 	}
 
 	// The new manifest: OCI, same config bytes, converted layer descriptors.
