@@ -6,7 +6,10 @@
 # it, and compares two cold starts of `python3 -c 'import json, ...'`:
 #   full:  download and unpack the whole image (crane export | tar -x), then run;
 #   lazy:  lazyfs mount (chunks fetched on demand), then run from the mount.
-# Everything it starts is stopped and removed on exit, also on Ctrl-C.
+# The registry sits in its own network namespace behind a veth link shaped to
+# SHAPE (default 200mbit, as a node's share of a datacenter link; SHAPE=off
+# puts it on loopback). Everything it starts is stopped and removed on exit,
+# also on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -42,25 +45,57 @@ LAZYFS=$REPO/bin/lazyfs
 # --- 2. a registry and a sample image --------------------------------------
 WORK=$(mktemp -d /tmp/lazyfs-demo.XXXXXX)
 REGPID=
+NS=
+SHAPE=${SHAPE:-200mbit}
 cleanup() {
+	trap '' INT TERM # finish cleaning up even if Ctrl-C is pressed again
 	set +e
 	for m in "$WORK/mnt"; do mountpoint -q "$m" 2>/dev/null && "$LAZYFS" umount --state-dir "$WORK/state" "$m" >/dev/null; done
 	[ -n "$REGPID" ] && kill "$REGPID" 2>/dev/null && wait "$REGPID" 2>/dev/null
+	[ -n "$NS" ] && ip netns del "$NS" 2>/dev/null
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# shape_link puts a network namespace with a veth pair (169.254.77.1/30 here,
+# .2/30 there) between the registry and us, and limits the registry's egress.
+shape_link() {
+	NS=lazyfs-demo-$$
+	local vh=lzd$$h vn=lzd$$n
+	ip netns add "$NS" &&
+		ip link add "$vh" type veth peer name "$vn" &&
+		ip link set "$vn" netns "$NS" &&
+		ip addr add 169.254.77.1/30 dev "$vh" && ip link set "$vh" up &&
+		ip netns exec "$NS" ip addr add 169.254.77.2/30 dev "$vn" &&
+		ip netns exec "$NS" ip link set "$vn" up &&
+		ip netns exec "$NS" ip link set lo up &&
+		ip netns exec "$NS" tc qdisc add dev "$vn" root tbf rate "$SHAPE" burst 256kb latency 100ms
+}
+RUN_NS=()
+INSECURE=()
+LINK="loopback registry, no shaping"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 REG=127.0.0.1:$PORT
+if [ "$SHAPE" != off ]; then
+	if shape_link 2>"$WORK/shape.err"; then
+		REG=169.254.77.2:5000
+		RUN_NS=(ip netns exec "$NS")
+		INSECURE=(--insecure)
+		LINK="registry behind a $SHAPE link"
+	else
+		echo "demo: could not shape a link ($(tail -1 "$WORK/shape.err")); using loopback" >&2
+		ip netns del "$NS" 2>/dev/null; NS=
+	fi
+fi
 cat > "$WORK/registry.yml" <<YML
 version: 0.1
 log: {level: error, accesslog: {disabled: true}}
 storage: {filesystem: {rootdirectory: $WORK/registry}, delete: {enabled: true}}
 http: {addr: $REG}
 YML
-say "starting a registry on $REG"
-.cache/registry/usr/bin/docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+say "starting a registry on $REG ($LINK)"
+${RUN_NS[@]+"${RUN_NS[@]}"} .cache/registry/usr/bin/docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
 REGPID=$!
 for _ in $(seq 100); do curl -fs "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
 
@@ -84,8 +119,8 @@ crane append --insecure -f "$WORK/base.tar.gz" -f "$WORK/python.tar.gz" -t "$REG
 IMG_BYTES=$(du -cb "$WORK"/base.tar.gz "$WORK"/python.tar.gz | tail -1 | cut -f1)
 
 say "converting it: lazyfs convert $REG/demo/python:plain $REG/demo/python:lazy"
-"$LAZYFS" convert "$REG/demo/python:plain" "$REG/demo/python:lazy"
-"$LAZYFS" inspect "$REG/demo/python:lazy"
+"$LAZYFS" convert ${INSECURE[@]+"${INSECURE[@]}"} "$REG/demo/python:plain" "$REG/demo/python:lazy"
+"$LAZYFS" inspect ${INSECURE[@]+"${INSECURE[@]}"} "$REG/demo/python:lazy"
 
 WORKLOAD='import json, csv, email.parser, http.client, decimal, argparse; print("hello from python", json.dumps({"ok": True}))'
 
@@ -105,7 +140,7 @@ say "cold start B: lazyfs mount, then run python from the mount"
 sync; echo 3 > /proc/sys/vm/drop_caches
 mkdir -p "$WORK/mnt"
 t0=$(now)
-"$LAZYFS" mount --state-dir "$WORK/state" --cache-dir "$WORK/cache" "$REG/demo/python:lazy" "$WORK/mnt"
+"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$WORK/cache" "$REG/demo/python:lazy" "$WORK/mnt"
 t1=$(now)
 chroot "$WORK/mnt" /usr/bin/python3 -c "$WORKLOAD"
 t2=$(now)
@@ -116,16 +151,16 @@ LAZY_IMG=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.s
 
 # --- 5. what happened -------------------------------------------------------
 say "result"
-python3 - "$FULL_READY" "$FULL_TOTAL" "$LAZY_READY" "$LAZY_TOTAL" "$IMG_BYTES" "$FETCHED" "$LAZY_IMG" <<'PY'
+python3 - "$FULL_READY" "$FULL_TOTAL" "$LAZY_READY" "$LAZY_TOTAL" "$IMG_BYTES" "$FETCHED" "$LAZY_IMG" "$LINK" <<'PY'
 import sys
-fr, ft, lr, lt = map(float, sys.argv[1:5]); img, fetched, limg = map(int, sys.argv[5:8])
+fr, ft, lr, lt = map(float, sys.argv[1:5]); img, fetched, limg = map(int, sys.argv[5:8]); link = sys.argv[8]
 mb = lambda b: f"{b/1e6:.1f} MB"
 print(f"{'':28}{'full pull':>14}{'lazyfs':>14}")
 print(f"{'time to ready (s)':28}{fr:>14.2f}{lr:>14.2f}")
 print(f"{'time to first output (s)':28}{ft:>14.2f}{lt:>14.2f}")
 print(f"{'bytes downloaded':28}{mb(img):>14}{mb(fetched):>14}")
 print(f"\nlazyfs fetched {100*fetched/limg:.1f}% of the {mb(limg)} converted image; "
-      f"time to first output {ft/lt:.1f}x faster than the full pull (loopback registry, no shaping).")
+      f"time to first output {ft/lt:.1f}x faster than the full pull ({link}).")
 PY
 cat <<TXT
 

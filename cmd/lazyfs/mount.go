@@ -335,7 +335,9 @@ func readState(stateDir, dir string) (*mountState, error) {
 	return &st, nil
 }
 
-// isMounted reports whether dir is a mount point (from /proc/self/mountinfo).
+// isMounted reports whether dir is a lazyfs mount point (fstype fuse.lazyfs
+// in /proc/self/mountinfo), served or stale. Other mounts never count, so
+// umount cannot take down a filesystem that is not ours.
 func isMounted(dir string) bool {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
@@ -343,8 +345,13 @@ func isMounted(dir string) bool {
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 && unescapeMount(f[4]) == dir {
-			return true
+		if len(f) < 5 || unescapeMount(f[4]) != dir {
+			continue
+		}
+		for i := 5; i+1 < len(f); i++ {
+			if f[i] == "-" && f[i+1] == "fuse.lazyfs" {
+				return true
+			}
 		}
 	}
 	return false

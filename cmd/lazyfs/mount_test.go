@@ -142,3 +142,20 @@ func waitGone(t *testing.T, pid int) {
 	}
 	t.Fatalf("process %d still alive", pid)
 }
+
+// TestUmountRefusesForeignMounts: umount only touches lazyfs mounts.
+func TestUmountRefusesForeignMounts(t *testing.T) {
+	needFUSE(t)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, 0) })
+	if _, err := run(t, "umount", "--state-dir", t.TempDir(), dir); err == nil || !strings.Contains(err.Error(), "not a lazyfs mount") {
+		t.Fatalf("umount of a tmpfs: %v", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.TMPFS_MAGIC {
+		t.Fatal("the tmpfs was unmounted")
+	}
+}
