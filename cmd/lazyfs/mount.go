@@ -91,6 +91,9 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return fmt.Errorf("mount point %s: not a directory", dir)
 			}
+			if isMounted(dir) {
+				return fmt.Errorf("%s is already a lazyfs mount (lazyfs umount %s first)", dir, dir)
+			}
 			if mf.foreground {
 				return serveMount(cmd, args[0], dir, &mf)
 			}

@@ -71,6 +71,9 @@ func TestMountUmount(t *testing.T) {
 	if err != nil || string(got) != "lazyfs\n" {
 		t.Fatalf("read from mount: %q %v", got, err)
 	}
+	if _, err := run(t, append(append([]string{"mount"}, common...), dst, mnt)...); err == nil || !strings.Contains(err.Error(), "already a lazyfs mount") {
+		t.Fatalf("mounting twice on one directory: %v", err)
+	}
 	out, err = run(t, "stats", "--json", "--state-dir", state, mnt)
 	if err != nil {
 		t.Fatal(err)
