@@ -218,6 +218,22 @@ func Image(ctx context.Context, src, dst string, opts ...Option) (*Report, error
 	var push func() error
 	var outDigest v1.Hash
 	var outType types.MediaType
+	// single converts one image and plans to push it alone.
+	single := func(img v1.Image, p *v1.Platform) error {
+		ci, ir, err := c.image(ctx, img, p)
+		if err != nil {
+			return err
+		}
+		if outDigest, err = ci.Digest(); err != nil {
+			return err
+		}
+		if outType, err = ci.MediaType(); err != nil {
+			return err
+		}
+		rep.Images = []ImageReport{ir}
+		push = func() error { return remote.Write(dstRef, ci, ro...) }
+		return nil
+	}
 	switch {
 	case desc.MediaType.IsIndex():
 		idx, err := desc.ImageIndex()
@@ -229,13 +245,9 @@ func Image(ctx context.Context, src, dst string, opts ...Option) (*Report, error
 			if err != nil {
 				return nil, err
 			}
-			ci, ir, err := c.image(ctx, img, child.Platform)
-			if err != nil {
+			if err := single(img, child.Platform); err != nil {
 				return nil, err
 			}
-			rep.Images = []ImageReport{ir}
-			push = func() error { return remote.Write(dstRef, ci, ro...) }
-			outDigest, outType = mustDigest(ci), types.OCIManifestSchema1
 			break
 		}
 		ni, irs, err := c.index(ctx, idx)
@@ -250,13 +262,9 @@ func Image(ctx context.Context, src, dst string, opts ...Option) (*Report, error
 		if err != nil {
 			return nil, fmt.Errorf("image %s: %w", srcRef, err)
 		}
-		ci, ir, err := c.image(ctx, img, desc.Platform)
-		if err != nil {
+		if err := single(img, desc.Platform); err != nil {
 			return nil, err
 		}
-		rep.Images = []ImageReport{ir}
-		push = func() error { return remote.Write(dstRef, ci, ro...) }
-		outDigest, outType = mustDigest(ci), types.OCIManifestSchema1
 	default:
 		return nil, fmt.Errorf("image %s: %w: manifest type %q", srcRef, ErrUnsupportedMediaType, desc.MediaType)
 	}
@@ -283,14 +291,6 @@ func Image(ctx context.Context, src, dst string, opts ...Option) (*Report, error
 	}
 	rep.Duration = Duration(time.Since(start))
 	return rep, nil
-}
-
-func mustDigest(img v1.Image) v1.Hash {
-	h, err := img.Digest()
-	if err != nil {
-		panic(err) // the manifest was marshalled by us
-	}
-	return h
 }
 
 type converter struct {

@@ -112,7 +112,11 @@ func (c *converter) image(ctx context.Context, img v1.Image, platform *v1.Platfo
 	if err != nil {
 		return nil, ir, err
 	}
-	ir.Digest = mustDigest(out).String()
+	d, err := out.Digest()
+	if err != nil {
+		return nil, ir, err
+	}
+	ir.Digest = d.String()
 	return out, ir, nil
 }
 

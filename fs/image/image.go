@@ -94,11 +94,16 @@ func (m *Mounted) Stats() Stats {
 // Close unmounts and releases the mount's resources.
 func (m *Mounted) Close() error {
 	err := m.Server.Unmount()
+	m.removeTemps()
+	return err
+}
+
+// removeTemps deletes the locally converted blobs of pulled layers.
+func (m *Mounted) removeTemps() {
 	for _, f := range m.tempFiles {
 		f.Close()
 		os.Remove(f.Name())
 	}
-	return err
 }
 
 // Mount resolves ref and mounts its merged root read-only at dir.
@@ -118,10 +123,7 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 	m := &Mounted{Image: img, Fetcher: o.Fetcher}
 	defer func() {
 		if err != nil {
-			for _, f := range m.tempFiles {
-				f.Close()
-				os.Remove(f.Name())
-			}
+			m.removeTemps()
 		}
 	}()
 	if !o.Pull {
