@@ -629,11 +629,7 @@ func (c *Badger) Has(ctx context.Context, d digest.Digest) (bool, error) {
 func (c *Badger) Pin(ds ...digest.Digest) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, d := range ds {
-		if k, err := parseDigest(d); err == nil {
-			c.idx.pin(k)
-		}
-	}
+	c.idx.pinDigests(ds)
 }
 
 // Unpin implements Pinner.
@@ -641,11 +637,7 @@ func (c *Badger) Unpin(ds ...digest.Digest) {
 	now := time.Now().UnixNano()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, d := range ds {
-		if k, err := parseDigest(d); err == nil {
-			c.idx.unpin(k, now)
-		}
-	}
+	c.idx.unpinDigests(ds, now)
 }
 
 // Stats implements Cache. It measures the directory's disk use (a few stat

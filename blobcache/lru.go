@@ -1,5 +1,7 @@
 package blobcache
 
+import "github.com/opencontainers/go-digest"
+
 // index is the in-memory LRU state shared by both implementations: every
 // stored chunk, its size and last access, in two recency lists (unpinned and
 // pinned), plus the pin counts. It is not safe for concurrent use; the owner
@@ -116,6 +118,25 @@ func (x *index) evictFor(need, capacity int64) []*entry {
 		out = append(out, e)
 	}
 	return out
+}
+
+// pinDigests pins every valid digest of ds (an invalid one names no
+// storable chunk, so there is nothing to pin).
+func (x *index) pinDigests(ds []digest.Digest) {
+	for _, d := range ds {
+		if k, err := parseDigest(d); err == nil {
+			x.pin(k)
+		}
+	}
+}
+
+// unpinDigests unpins every valid digest of ds.
+func (x *index) unpinDigests(ds []digest.Digest, now int64) {
+	for _, d := range ds {
+		if k, err := parseDigest(d); err == nil {
+			x.unpin(k, now)
+		}
+	}
 }
 
 // pin takes a reference on k; a stored unpinned chunk moves to the pinned list.

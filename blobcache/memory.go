@@ -174,11 +174,7 @@ func (c *Memory) Has(ctx context.Context, d digest.Digest) (bool, error) {
 func (c *Memory) Pin(ds ...digest.Digest) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, d := range ds {
-		if k, err := parseDigest(d); err == nil {
-			c.idx.pin(k)
-		}
-	}
+	c.idx.pinDigests(ds)
 }
 
 // Unpin implements Pinner.
@@ -186,11 +182,7 @@ func (c *Memory) Unpin(ds ...digest.Digest) {
 	now := time.Now().UnixNano()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, d := range ds {
-		if k, err := parseDigest(d); err == nil {
-			c.idx.unpin(k, now)
-		}
-	}
+	c.idx.unpinDigests(ds, now)
 }
 
 // Stats implements Cache.
