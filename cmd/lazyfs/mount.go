@@ -276,9 +276,16 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 	return nil
 }
 
+// nodeCache is what a mount server needs of the block cache: reads through
+// it (fs) and warming it (image.WarmHandler). Both blobcache caches are one.
+type nodeCache interface {
+	fs.Cache
+	image.WarmCache
+}
+
 // openCache opens the badger block cache; when another process holds the
 // directory it falls back to an in-memory cache of the same capacity.
-func openCache(dir string, capacity int64, log *slog.Logger) (fs.Cache, func(), error) {
+func openCache(dir string, capacity int64, log *slog.Logger) (nodeCache, func(), error) {
 	if dir == "" {
 		return blobcache.NewMemory(blobcache.WithCapacity(capacity)), func() {}, nil
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
@@ -25,13 +24,21 @@ type WarmResult struct {
 	Bytes  int64  `json:"bytes"`
 }
 
+// WarmCache is what warming needs of the node's block cache (blobcache's
+// caches have both): chunks arrive verified by the fetcher, so they are
+// stored without a second hash.
+type WarmCache interface {
+	Has(ctx context.Context, d digest.Digest) (bool, error)
+	PutVerified(ctx context.Context, d digest.Digest, data []byte) error
+}
+
 // Warm fetches an image's chunks into cache ahead of its first container:
 // every chunk with whole, otherwise the start-up set. Until recorded
 // start-up profiles exist (lazyfs record), the start-up set is the first
 // chunk of every regular file — what opening and starting to read any file
 // needs. Chunks already cached are skipped; fetches are background work for
 // the fetcher (on-demand reads of live mounts go first).
-func Warm(ctx context.Context, f *remote.Fetcher, cache fs.Cache, ref string, whole bool) (WarmResult, error) {
+func Warm(ctx context.Context, f *remote.Fetcher, cache WarmCache, ref string, whole bool) (WarmResult, error) {
 	if cache == nil {
 		return WarmResult{}, errors.New("warm: no cache")
 	}
@@ -40,7 +47,7 @@ func Warm(ctx context.Context, f *remote.Fetcher, cache fs.Cache, ref string, wh
 		return WarmResult{}, err
 	}
 	res := WarmResult{Digest: img.Digest.String()}
-	var chunks, bytes atomic.Int64
+	var chunks, nbytes atomic.Int64
 	ctx = remote.Background(ctx)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(4)
@@ -68,7 +75,7 @@ func Warm(ctx context.Context, f *remote.Fetcher, cache fs.Cache, ref string, wh
 						continue
 					}
 					seen[c.Sum] = true
-					if ok, _ := has(gctx, cache, c.Digest()); !ok {
+					if ok, _ := cache.Has(gctx, c.Digest()); !ok {
 						want = append(want, c)
 					}
 				}
@@ -77,11 +84,11 @@ func Warm(ctx context.Context, f *remote.Fetcher, cache fs.Cache, ref string, wh
 				return nil
 			}
 			err = blob.FetchChunks(gctx, want, func(k int, data []byte) error {
-				if err := putVerified(gctx, cache, want[k].Digest(), data); err != nil {
+				if err := cache.PutVerified(gctx, want[k].Digest(), data); err != nil {
 					return err
 				}
 				chunks.Add(1)
-				bytes.Add(int64(len(data)))
+				nbytes.Add(int64(len(data)))
 				return nil
 			})
 			if err != nil {
@@ -91,35 +98,14 @@ func Warm(ctx context.Context, f *remote.Fetcher, cache fs.Cache, ref string, wh
 		})
 	}
 	err = g.Wait()
-	res.Chunks, res.Bytes = int(chunks.Load()), bytes.Load()
+	res.Chunks, res.Bytes = int(chunks.Load()), nbytes.Load()
 	return res, err
-}
-
-func has(ctx context.Context, c fs.Cache, d digest.Digest) (bool, error) {
-	if h, ok := c.(interface {
-		Has(context.Context, digest.Digest) (bool, error)
-	}); ok {
-		return h.Has(ctx, d)
-	}
-	_, err := c.Get(ctx, d)
-	return err == nil, nil
-}
-
-// putVerified stores a chunk the registry fetcher has just verified.
-func putVerified(ctx context.Context, c fs.Cache, d digest.Digest, data []byte) error {
-	own := append([]byte(nil), data...)
-	if vp, ok := c.(interface {
-		PutVerified(context.Context, digest.Digest, []byte) error
-	}); ok {
-		return vp.PutVerified(ctx, d, own)
-	}
-	return c.Put(ctx, d, own)
 }
 
 // WarmHandler serves POST /v1/warm {"ref": "...", "whole": bool} with a
 // WarmResult: the contract lazyfs-prewarm's HTTPWarmer speaks to the process
 // that owns the node's block cache (see docs/prewarm.md).
-func WarmHandler(f *remote.Fetcher, cache fs.Cache) http.Handler {
+func WarmHandler(f *remote.Fetcher, cache WarmCache) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/warm", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
