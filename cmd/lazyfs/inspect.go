@@ -88,7 +88,7 @@ any image: a plain image is reported as not chunked.`,
 					continue
 				}
 				g.Go(func() error {
-					t, err := f.Blob(img.Repo, l.Digest, l.Size).TOC(cmd.Context(), l.Annotations)
+					t, err := f.LayerBlob(img, i).TOC(cmd.Context(), l.Annotations)
 					if err != nil {
 						il.Error = err.Error()
 						return fmt.Errorf("layer %d (%s): %w", i, l.Digest, err)

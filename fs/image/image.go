@@ -141,7 +141,7 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 	g.SetLimit(8)
 	for i := range img.Layers {
 		l := &img.Layers[i]
-		blob := o.Fetcher.Blob(img.Repo, l.Digest, l.Size)
+		blob := o.Fetcher.LayerBlob(img, i)
 		name := fmt.Sprintf("%s@%s/%s", img.Repo, img.Digest, l.Digest)
 		g.Go(func() error {
 			if l.Chunked() {

@@ -57,7 +57,7 @@ func Warm(ctx context.Context, f *remote.Fetcher, cache WarmCache, ref string, w
 			return res, fmt.Errorf("warm %s: %w: layer %d (%s) is not chunked", ref, ErrNotConverted, i, l.Digest)
 		}
 		g.Go(func() error {
-			blob := f.Blob(img.Repo, l.Digest, l.Size)
+			blob := f.LayerBlob(img, i)
 			t, err := blob.TOC(gctx, l.Annotations)
 			if err != nil {
 				return fmt.Errorf("warm %s: layer %d: %w", ref, i, err)
