@@ -1,0 +1,209 @@
+package snapshotter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/errdefs"
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sync/errgroup"
+)
+
+// restoreConcurrency bounds how many remote snapshots New mounts at once.
+const restoreConcurrency = 4
+
+// prepareRemote tries to serve the active snapshot key (directory id) as a
+// lazy mount and commit it as target. It reports whether it did; when it did
+// not, it has logged and counted why, and the snapshot is left active and
+// empty for containerd to unpack into.
+func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string, labels map[string]string, opts []snapshots.Opt) bool {
+	if s.fs == nil {
+		s.fallback(key, labels, ReasonNoFileSystem, errors.New("no lazy filesystem configured"))
+		return false
+	}
+	if labels[LabelImageRef] == "" || labels[LabelLayerDigest] == "" {
+		s.fallback(key, labels, ReasonNoLabels, fmt.Errorf("labels %s and %s missing (pull with `lazyfs pull`, or CRI with disable_snapshot_annotations = false)", LabelImageRef, LabelLayerDigest))
+		return false
+	}
+	start := time.Now()
+	mp := s.upperPath(id)
+	mctx, cancel := context.WithTimeoutCause(ctx, s.mountTimeout, errDeadline)
+	err := s.fs.Mount(mctx, mp, labels)
+	if err != nil && errors.Is(context.Cause(mctx), errDeadline) {
+		err = fmt.Errorf("%w: %w", errDeadline, err)
+	}
+	cancel()
+	if err != nil {
+		// A failed Mount may still have left something behind.
+		if uerr := s.unmount(ctx, mp); uerr != nil {
+			s.log.Error("cannot unmount a failed lazy mount", "mountpoint", mp, "err", uerr)
+		}
+		s.fallback(key, labels, reasonOf(err), err)
+		return false
+	}
+	committed := maps.Clone(labels)
+	committed[LabelRemote] = "true"
+	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+		_, err := storage.CommitActive(ctx, key, target, snapshots.Usage{}, append(opts, snapshots.WithLabels(committed))...)
+		return err
+	})
+	if errors.Is(err, errdefs.ErrAlreadyExists) {
+		// Another Prepare of the same layer committed target first: drop
+		// this copy; containerd finds the target either way.
+		if uerr := s.unmount(ctx, mp); uerr != nil {
+			s.log.Error("cannot unmount a duplicate lazy mount", "mountpoint", mp, "err", uerr)
+		}
+		if rerr := s.Remove(ctx, key); rerr != nil {
+			s.log.Warn("cannot remove a duplicate remote snapshot", "key", key, "err", rerr)
+		}
+		return true
+	}
+	if err != nil {
+		if uerr := s.unmount(ctx, mp); uerr != nil {
+			s.log.Error("cannot unmount after a failed commit", "mountpoint", mp, "err", uerr)
+		}
+		s.fallback(key, labels, ReasonCommitFailed, fmt.Errorf("commit remote snapshot %s: %w", target, err))
+		return false
+	}
+	d := time.Since(start)
+	s.m.remote.Inc()
+	s.m.prepare.Observe(d.Seconds())
+	s.log.Info("layer mounted lazily", "image", labels[LabelImageRef], "layer", labels[LabelLayerDigest], "snapshot", target, "took", d)
+	return true
+}
+
+func (s *Snapshotter) fallback(key string, labels map[string]string, reason string, err error) {
+	s.m.fallback.WithLabelValues(reason).Inc()
+	s.log.Warn("layer not mounted lazily; containerd unpacks it",
+		"reason", reason, "image", labels[LabelImageRef], "layer", labels[LabelLayerDigest], "key", key, "err", err)
+}
+
+type remoteSnapshot struct {
+	name   string
+	id     string
+	labels map[string]string
+}
+
+// ensureParents checks the lazy mounts among the snapshot chain that starts
+// at parent and mounts again any that stopped serving (a daemon restart, a
+// crashed mount). A parent that cannot be served is an error naming it:
+// never a container over an empty lower directory.
+func (s *Snapshotter) ensureParents(ctx context.Context, parent string) error {
+	if parent == "" || s.fs == nil {
+		return nil
+	}
+	var remotes []remoteSnapshot
+	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		for name := parent; name != ""; {
+			id, info, _, err := storage.GetInfo(ctx, name)
+			if err != nil {
+				return fmt.Errorf("parent snapshot %s: %w", name, err)
+			}
+			if info.Labels[LabelRemote] != "" {
+				remotes = append(remotes, remoteSnapshot{name: name, id: id, labels: info.Labels})
+			}
+			name = info.Parent
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, r := range remotes {
+		if err := s.check(ctx, r); err == nil {
+			continue
+		}
+		if err := s.restore(ctx, r); err != nil {
+			return fmt.Errorf("remote snapshot %s (layer %s): %w", r.name, r.labels[LabelLayerDigest], err)
+		}
+	}
+	return nil
+}
+
+func (s *Snapshotter) check(ctx context.Context, r remoteSnapshot) error {
+	cctx, cancel := context.WithTimeout(ctx, s.mountTimeout)
+	defer cancel()
+	return s.fs.Check(cctx, s.upperPath(r.id), r.labels)
+}
+
+// restore mounts a remote snapshot again, after detaching whatever dead mount
+// is left at its directory.
+func (s *Snapshotter) restore(ctx context.Context, r remoteSnapshot) error {
+	_, err, _ := s.remounts.Do(r.id, func() (any, error) {
+		if s.check(ctx, r) == nil { // restored by an earlier caller
+			return nil, nil
+		}
+		return nil, s.remount(ctx, r)
+	})
+	return err
+}
+
+func (s *Snapshotter) remount(ctx context.Context, r remoteSnapshot) error {
+	mp := s.upperPath(r.id)
+	if err := s.unmount(ctx, mp); err != nil {
+		s.m.restoreKO.Inc()
+		return err
+	}
+	mctx, cancel := context.WithTimeoutCause(ctx, s.mountTimeout, errDeadline)
+	defer cancel()
+	if err := s.fs.Mount(mctx, mp, r.labels); err != nil {
+		s.m.restoreKO.Inc()
+		s.log.Error("cannot restore lazy mount", "snapshot", r.name, "image", r.labels[LabelImageRef], "layer", r.labels[LabelLayerDigest], "err", err)
+		return fmt.Errorf("restore lazy mount: %w", err)
+	}
+	s.m.restored.Inc()
+	s.log.Info("lazy mount restored", "snapshot", r.name, "image", r.labels[LabelImageRef], "layer", r.labels[LabelLayerDigest])
+	return nil
+}
+
+// restoreAll mounts again every remote snapshot in the metastore that does
+// not serve. Failures are logged and counted, not returned: the snapshot is
+// retried when a container needs it (ensureParents).
+func (s *Snapshotter) restoreAll(ctx context.Context) error {
+	var remotes []remoteSnapshot
+	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		return storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			if info.Kind != snapshots.KindCommitted || info.Labels[LabelRemote] == "" {
+				return nil
+			}
+			id, _, _, err := storage.GetInfo(ctx, info.Name)
+			if err != nil {
+				return err
+			}
+			remotes = append(remotes, remoteSnapshot{name: info.Name, id: id, labels: info.Labels})
+			return nil
+		})
+	}); err != nil && !errors.Is(err, errdefs.ErrNotFound) { // a new store has no bucket yet
+		return fmt.Errorf("list remote snapshots: %w", err)
+	}
+	var g errgroup.Group
+	g.SetLimit(restoreConcurrency)
+	for _, r := range remotes {
+		g.Go(func() error {
+			if s.check(ctx, r) == nil {
+				return nil
+			}
+			_ = s.restore(ctx, r) // logged and counted
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// isMounted reports whether mp is a mount point; a dead FUSE mount
+// (ENOTCONN) counts as mounted.
+func isMounted(mp string) (bool, error) {
+	ok, err := mountinfo.Mounted(mp)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("mountpoint %s: %w", mp, err)
+	}
+	return ok, nil
+}

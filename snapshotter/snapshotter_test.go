@@ -1,0 +1,317 @@
+package snapshotter_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/core/snapshots/testsuite"
+	"github.com/containerd/errdefs"
+	"github.com/moby/sys/mountinfo"
+
+	"github.com/lazyfs/lazyfs/snapshotter"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount overlayfs")
+	}
+}
+
+// TestSnapshotterSuite runs containerd's own snapshotter conformance suite
+// against the overlay path. The suite is told "overlayfs" because that name
+// selects overlayfs's documented limits (renaming a lower directory needs
+// redirect_dir).
+func TestSnapshotterSuite(t *testing.T) {
+	needRoot(t)
+	testsuite.SnapshotterSuite(t, "overlayfs", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
+		s, err := snapshotter.New(ctx, root)
+		if err != nil {
+			return nil, nil, err
+		}
+		return s, s.Close, nil
+	})
+}
+
+// bindFS is a FileSystem that serves a layer by bind-mounting a prepared
+// directory read-only: a real mount, so that the snapshotter's
+// commit/overlay/restore/remove logic runs against the kernel without FUSE.
+// The FUSE-backed FileSystem (internal/node) is exercised end to end in the
+// containerd test.
+type bindFS struct {
+	layers map[string]string // layer digest -> directory
+	fail   map[string]error  // layer digest -> Mount error
+
+	mu      sync.Mutex
+	mounted map[string]bool
+	mounts  int
+}
+
+func (b *bindFS) Mount(ctx context.Context, mp string, labels map[string]string) error {
+	d := labels[snapshotter.LabelLayerDigest]
+	if err := b.fail[d]; err != nil {
+		return err
+	}
+	src, ok := b.layers[d]
+	if !ok {
+		return fmt.Errorf("layer %s: %w", d, errNotLazy)
+	}
+	if err := syscall.Mount(src, mp, "", syscall.MS_BIND, ""); err != nil {
+		return err
+	}
+	if err := syscall.Mount("", mp, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		syscall.Unmount(mp, 0)
+		return err
+	}
+	b.mu.Lock()
+	b.mounted[mp] = true
+	b.mounts++
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *bindFS) Check(ctx context.Context, mp string, labels map[string]string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.mounted[mp] {
+		return fmt.Errorf("%s: not mounted by this process", mp)
+	}
+	return nil
+}
+
+func (b *bindFS) Unmount(ctx context.Context, mp string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.mounted[mp] {
+		return fmt.Errorf("%s: not mounted by this process", mp)
+	}
+	delete(b.mounted, mp)
+	return syscall.Unmount(mp, 0)
+}
+
+// forget simulates a daemon that died: its mounts are detached and it knows
+// none of them.
+func (b *bindFS) forget(t *testing.T) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for mp := range b.mounted {
+		if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.mounted = map[string]bool{}
+}
+
+type reasonErr string
+
+func (e reasonErr) Error() string          { return "not lazy: " + string(e) }
+func (e reasonErr) FallbackReason() string { return string(e) }
+
+var errNotLazy = reasonErr("not_chunked")
+
+func layerLabels(ref, digest, target string) snapshots.Opt {
+	return snapshots.WithLabels(map[string]string{
+		snapshotter.LabelTargetRef:   target,
+		snapshotter.LabelImageRef:    ref,
+		snapshotter.LabelLayerDigest: digest,
+		snapshotter.LabelImageLayers: digest,
+	})
+}
+
+func mountAndRead(t *testing.T, ms []mount.Mount, file string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := mount.All(ms, dir); err != nil {
+		t.Fatalf("mount %+v: %v", ms, err)
+	}
+	defer mount.UnmountAll(dir, 0)
+	b, err := os.ReadFile(filepath.Join(dir, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestRemoteSnapshotLifecycle(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "hello"), []byte("lazy layer\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lfs := &bindFS{
+		layers:  map[string]string{"sha256:aaaa": src},
+		fail:    map[string]error{"sha256:bad": fmt.Errorf("layer sha256:bad: toc: %w", reasonErr("toc_invalid"))},
+		mounted: map[string]bool{},
+	}
+	root := t.TempDir()
+	m := snapshotter.NewMetrics()
+	s, err := snapshotter.New(ctx, root, snapshotter.WithFileSystem(lfs), snapshotter.WithMetrics(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); lfs.forget(t) })
+
+	// A layer of a pull: mounted lazily, committed, ErrAlreadyExists.
+	_, err = s.Prepare(ctx, "extract-1", "", layerLabels("reg/img:1", "sha256:aaaa", "layer-a"))
+	if !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("Prepare of a lazy layer: %v, want ErrAlreadyExists", err)
+	}
+	info, err := s.Stat(ctx, "layer-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Kind != snapshots.KindCommitted || info.Labels[snapshotter.LabelRemote] == "" || info.Labels[snapshotter.LabelLayerDigest] != "sha256:aaaa" {
+		t.Fatalf("remote snapshot info: %+v", info)
+	}
+	if _, err := s.Stat(ctx, "extract-1"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("active key still there after the remote commit: %v", err)
+	}
+	if got := m.RemoteLayers(); got != 1 {
+		t.Fatalf("remote layers counted: %v", got)
+	}
+
+	// A container over it: overlayfs with the lazy mount as lower.
+	ms, err := s.Prepare(ctx, "ctr-1", "layer-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mountAndRead(t, ms, "hello"); got != "lazy layer\n" {
+		t.Fatalf("container reads %q", got)
+	}
+
+	// Fallbacks are counted with their reason and leave an active snapshot.
+	for _, c := range []struct {
+		opt    snapshots.Opt
+		reason string
+	}{
+		{layerLabels("reg/img:1", "sha256:bad", "layer-bad"), "toc_invalid"},
+		{layerLabels("reg/img:1", "sha256:plain", "layer-plain"), "not_chunked"},
+		{snapshots.WithLabels(map[string]string{snapshotter.LabelTargetRef: "layer-nolabels"}), snapshotter.ReasonNoLabels},
+	} {
+		key := "extract-" + c.reason
+		ms, err := s.Prepare(ctx, key, "", c.opt)
+		if err != nil || len(ms) != 1 {
+			t.Fatalf("fallback Prepare (%s): %v %v", c.reason, ms, err)
+		}
+		if got := m.Fallbacks(c.reason); got != 1 {
+			t.Fatalf("fallbacks{reason=%s} = %v, want 1", c.reason, got)
+		}
+		if err := s.Remove(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Restart after the daemon died: the mount is gone, New restores it,
+	// and a new container reads the layer.
+	mp := lfs.forgetOne(t)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m2 := snapshotter.NewMetrics()
+	s, err = snapshotter.New(ctx, root, snapshotter.WithFileSystem(lfs), snapshotter.WithMetrics(m2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := mountinfo.Mounted(mp); !ok {
+		t.Fatalf("remote snapshot not mounted again at %s after restart", mp)
+	}
+	ms, err = s.Prepare(ctx, "ctr-2", "layer-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mountAndRead(t, ms, "hello"); got != "lazy layer\n" {
+		t.Fatalf("container after restart reads %q", got)
+	}
+
+	// A mount lost while running is restored when a container needs it.
+	lfs.forgetOne(t)
+	ms, err = s.Mounts(ctx, "ctr-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mountAndRead(t, ms, "hello"); got != "lazy layer\n" {
+		t.Fatalf("container after a lost mount reads %q", got)
+	}
+
+	// Remove frees everything: no mount, no directory.
+	for _, k := range []string{"ctr-1", "ctr-2", "layer-a"} {
+		if err := s.Remove(ctx, k); err != nil {
+			t.Fatalf("remove %s: %v", k, err)
+		}
+	}
+	if ok, _ := mountinfo.Mounted(mp); ok {
+		t.Fatalf("%s still mounted after Remove", mp)
+	}
+	if _, err := os.Stat(filepath.Dir(mp)); !os.IsNotExist(err) {
+		t.Fatalf("snapshot directory left after Remove: %v", err)
+	}
+	entries, _ := os.ReadDir(filepath.Join(root, "snapshots"))
+	if len(entries) != 0 {
+		t.Fatalf("snapshots left: %v", entries)
+	}
+}
+
+// forgetOne detaches the single mount bindFS holds and returns its path.
+func (b *bindFS) forgetOne(t *testing.T) string {
+	t.Helper()
+	b.mu.Lock()
+	var mp string
+	for k := range b.mounted {
+		mp = k
+	}
+	b.mu.Unlock()
+	if mp == "" {
+		t.Fatal("nothing mounted")
+	}
+	b.forget(t)
+	return mp
+}
+
+// TestConcurrentPrepareOfOneLayer: two pulls of the same layer at once end
+// with one remote snapshot and one mount.
+func TestConcurrentPrepareOfOneLayer(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	src := t.TempDir()
+	lfs := &bindFS{layers: map[string]string{"sha256:aaaa": src}, mounted: map[string]bool{}}
+	s, err := snapshotter.New(ctx, t.TempDir(), snapshotter.WithFileSystem(lfs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); lfs.forget(t) })
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = s.Prepare(ctx, fmt.Sprintf("extract-%d", i), "", layerLabels("r", "sha256:aaaa", "layer-a"))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if !errors.Is(err, errdefs.ErrAlreadyExists) {
+			t.Fatalf("Prepare %d: %v", i, err)
+		}
+	}
+	lfs.mu.Lock()
+	n := len(lfs.mounted)
+	lfs.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d mounts left for one layer, want 1", n)
+	}
+	var names []string
+	s.Walk(ctx, func(ctx context.Context, i snapshots.Info) error { names = append(names, i.Name); return nil })
+	if len(names) != 1 || names[0] != "layer-a" {
+		t.Fatalf("snapshots: %v", names)
+	}
+}
