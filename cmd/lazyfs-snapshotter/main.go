@@ -1,0 +1,65 @@
+// Command lazyfs-snapshotter is the lazyfs node daemon: containerd's proxy
+// snapshotter for lazyfs images, owner of the node's block cache, and server
+// of the control API used by lazyfs mount/ls/stats and lazyfs-prewarm. It
+// parses flags and the TOML config and wires the packages that do the work.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/internal/version"
+	"github.com/lazyfs/lazyfs/snapshotter/service"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newCmd().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lazyfs-snapshotter:", err)
+		os.Exit(1)
+	}
+}
+
+func newCmd() *cobra.Command {
+	flags := service.Defaults()
+	var configPath string
+	cmd := &cobra.Command{
+		Use:           "lazyfs-snapshotter [flags]",
+		Short:         "containerd snapshotter and node daemon for lazyfs images",
+		Version:       version.Version,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := service.Load(configPath, cmd.Flags().Changed("config"), flags, cmd.Flags())
+			if err != nil {
+				return err
+			}
+			level, _ := cfg.Level()
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			return run(cmd.Context(), cfg, log)
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", service.DefaultConfigPath, "TOML configuration file (flags win over it)")
+	flags.BindFlags(cmd.Flags())
+	return cmd
+}
+
+// run wires the node (cache, fetcher, lazy layers, control API) into the
+// snapshotter service and serves until ctx is done.
+func run(ctx context.Context, cfg service.Config, log *slog.Logger) error {
+	deps := service.Deps{Logger: log}
+	srv, err := service.New(ctx, cfg, deps)
+	if err != nil {
+		return err
+	}
+	return srv.Serve(ctx)
+}

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/snapshotter/pull"
+)
+
+func newPullCmd() *cobra.Command {
+	var (
+		address, namespace, snapshotter, platform string
+		plainHTTP                                 bool
+	)
+	cmd := &cobra.Command{
+		Use:   "pull [flags] REF",
+		Short: "Pull an image into containerd for the lazyfs snapshotter",
+		Long: `Pull fetches REF into containerd and unpacks it with the lazyfs snapshotter,
+passing the labels that let it mount lazyfs layers lazily instead of
+downloading them (containerd 1.6's ctr pull does not pass them). Afterwards
+'ctr run --snapshotter lazyfs REF ...' starts containers from it. Layers that
+are not lazyfs layers are downloaded and unpacked as by a normal pull.
+Registries on localhost and loopback addresses are reached over plain HTTP.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := pull.Pull(cmd.Context(), args[0],
+				pull.WithAddress(address), pull.WithNamespace(namespace),
+				pull.WithSnapshotter(snapshotter), pull.WithPlainHTTP(plainHTTP),
+				pull.WithPlatform(platform))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", r.Name, r.Digest)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&address, "address", pull.DefaultAddress, "containerd's gRPC socket")
+	f.StringVarP(&namespace, "namespace", "n", pull.DefaultNamespace, "containerd namespace")
+	f.StringVar(&snapshotter, "snapshotter", pull.DefaultSnapshotter, "snapshotter to unpack into")
+	f.StringVar(&platform, "platform", "", "platform to pull from an index (default: this machine's)")
+	f.BoolVar(&plainHTTP, "plain-http", false, "use plain HTTP for every registry")
+	return cmd
+}

@@ -1,0 +1,194 @@
+// Package service runs lazyfs-snapshotter: it serves a snapshotter.Snapshotter
+// to containerd over gRPC (the proxy plugin API), the node's control API on a
+// second unix socket, and Prometheus metrics, and reads the daemon's TOML
+// configuration. cmd/lazyfs-snapshotter only parses flags and wires the node.
+package service
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/spf13/pflag"
+)
+
+// DefaultConfigPath is where the daemon looks for its configuration.
+const DefaultConfigPath = "/etc/lazyfs/config.toml"
+
+// Config is the daemon's configuration: Defaults(), then the TOML file, then
+// flags set explicitly. Keys in the file are the flag names with '_' for '-'.
+type Config struct {
+	Address        string   `toml:"address"`         // containerd snapshots gRPC socket
+	ControlAddress string   `toml:"control_address"` // control API socket (lazyfs mount/ls/stats, /v1/warm)
+	Root           string   `toml:"root"`            // state: snapshots, metadata
+	CacheDir       string   `toml:"cache_dir"`       // block cache directory (default ROOT/cache)
+	CacheSize      Size     `toml:"cache_size"`      // block cache bound
+	HostsDir       string   `toml:"hosts_dir"`       // containerd-style hosts.toml directory for mirrors
+	MetricsAddress string   `toml:"metrics_address"` // TCP address for /metrics; "" disables
+	LogLevel       string   `toml:"log_level"`       // debug, info, warn, error
+	MountTimeout   Duration `toml:"mount_timeout"`   // bound on mounting one layer lazily
+}
+
+// Defaults returns the built-in configuration.
+func Defaults() Config {
+	return Config{
+		Address:        "/run/lazyfs/snapshotter.sock",
+		ControlAddress: "/run/lazyfs/control.sock",
+		Root:           "/var/lib/lazyfs",
+		CacheSize:      10 << 30,
+		MetricsAddress: "127.0.0.1:9611",
+		LogLevel:       "info",
+		MountTimeout:   Duration(30 * time.Second),
+	}
+}
+
+// BindFlags registers a flag for every key on f, with c's values as defaults.
+func (c *Config) BindFlags(f *pflag.FlagSet) {
+	f.StringVar(&c.Address, "address", c.Address, "unix socket for containerd's snapshots API (proxy plugin address)")
+	f.StringVar(&c.ControlAddress, "control-address", c.ControlAddress, "unix socket of the node control API (lazyfs mount/ls/stats, lazyfs-prewarm)")
+	f.StringVar(&c.Root, "root", c.Root, "state directory (snapshots, metadata)")
+	f.StringVar(&c.CacheDir, "cache-dir", c.CacheDir, "block cache directory (default ROOT/cache)")
+	f.Var(&c.CacheSize, "cache-size", "block cache bound (e.g. 10GiB)")
+	f.StringVar(&c.HostsDir, "hosts-dir", c.HostsDir, "directory of containerd-style HOST/hosts.toml files (mirrors)")
+	f.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, `TCP address for /metrics ("" disables)`)
+	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	f.Var(&c.MountTimeout, "mount-timeout", "bound on mounting one layer lazily before it falls back")
+}
+
+// Load returns Defaults() overlaid with the TOML file at path and then with the
+// flags of f that were set (flags win). A missing file is an error only when
+// explicit is true (the path came from --config).
+func Load(path string, explicit bool, flags Config, f *pflag.FlagSet) (Config, error) {
+	c := Defaults()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && !explicit:
+		case err != nil:
+			return c, fmt.Errorf("config %s: %w", path, err)
+		default:
+			if len(b) > 1<<20 {
+				return c, fmt.Errorf("config %s: larger than 1 MiB", path)
+			}
+			dec := toml.NewDecoder(strings.NewReader(string(b)))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&c); err != nil {
+				return c, fmt.Errorf("config %s: %w", path, err)
+			}
+		}
+	}
+	if f != nil {
+		set := map[string]func(){
+			"address":         func() { c.Address = flags.Address },
+			"control-address": func() { c.ControlAddress = flags.ControlAddress },
+			"root":            func() { c.Root = flags.Root },
+			"cache-dir":       func() { c.CacheDir = flags.CacheDir },
+			"cache-size":      func() { c.CacheSize = flags.CacheSize },
+			"hosts-dir":       func() { c.HostsDir = flags.HostsDir },
+			"metrics-address": func() { c.MetricsAddress = flags.MetricsAddress },
+			"log-level":       func() { c.LogLevel = flags.LogLevel },
+			"mount-timeout":   func() { c.MountTimeout = flags.MountTimeout },
+		}
+		f.Visit(func(fl *pflag.Flag) {
+			if fn := set[fl.Name]; fn != nil {
+				fn()
+			}
+		})
+	}
+	return c, c.Validate()
+}
+
+// Validate reports the first unusable value.
+func (c Config) Validate() error {
+	switch {
+	case c.Address == "":
+		return errors.New("config: address must not be empty")
+	case c.Root == "":
+		return errors.New("config: root must not be empty")
+	case c.CacheSize == 0:
+		return errors.New("config: cache_size must be positive")
+	case c.MountTimeout <= 0:
+		return errors.New("config: mount_timeout must be positive")
+	}
+	if _, err := c.Level(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Level is the slog level of LogLevel.
+func (c Config) Level() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return l, fmt.Errorf("config: log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	return l, nil
+}
+
+// CachePath is CacheDir, or ROOT/cache when it is empty.
+func (c Config) CachePath() string {
+	if c.CacheDir != "" {
+		return c.CacheDir
+	}
+	return strings.TrimRight(c.Root, "/") + "/cache"
+}
+
+// Duration is a time.Duration written as "30s" in TOML and flags.
+type Duration time.Duration
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+func (d *Duration) Set(s string) error          { return d.UnmarshalText([]byte(s)) }
+func (d Duration) String() string               { return time.Duration(d).String() }
+func (d Duration) Type() string                 { return "duration" }
+
+// Size is a byte count written as "10GiB", "512MiB", "64M" or "1048576".
+type Size uint64
+
+func (s *Size) UnmarshalText(b []byte) error {
+	v, err := parseSize(string(b))
+	if err != nil {
+		return err
+	}
+	*s = Size(v)
+	return nil
+}
+func (s Size) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+func (s *Size) Set(v string) error          { return s.UnmarshalText([]byte(v)) }
+func (s Size) String() string               { return strconv.FormatUint(uint64(s), 10) }
+func (s Size) Type() string                 { return "bytes" }
+
+func parseSize(s string) (uint64, error) {
+	t := strings.TrimSpace(s)
+	mult := uint64(1)
+	for _, u := range []struct {
+		suf string
+		m   uint64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"K", 1000}, {"M", 1000 * 1000}, {"G", 1000 * 1000 * 1000}, {"T", 1000 * 1000 * 1000 * 1000}, {"B", 1}} {
+		if strings.HasSuffix(t, u.suf) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suf)), u.m
+			break
+		}
+	}
+	n, err := strconv.ParseUint(t, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("size %q: want a number with an optional KiB/MiB/GiB/TiB/K/M/G/T suffix", s)
+	}
+	if mult > 1 && n > ^uint64(0)/mult {
+		return 0, fmt.Errorf("size %q: too large", s)
+	}
+	return n * mult, nil
+}

@@ -1,0 +1,237 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/lazyfs/lazyfs/snapshotter"
+)
+
+// Deps is what the node wiring hands the service.
+type Deps struct {
+	// FileSystem mounts layers lazily; nil makes a plain overlay snapshotter.
+	FileSystem snapshotter.FileSystem
+	// Control serves the node control API on Config.ControlAddress; nil
+	// leaves that socket closed.
+	Control http.Handler
+	// Collectors are registered with the snapshotter's own metrics.
+	Collectors []prometheus.Collector
+	// Logger receives the daemon's log; nil discards it.
+	Logger *slog.Logger
+}
+
+// Server is a running lazyfs-snapshotter: listeners open, snapshotter
+// restored, ready for containerd.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	sn       *snapshotter.Snapshotter
+	rpc      *grpc.Server
+	rpcL     net.Listener
+	control  *http.Server
+	controlL net.Listener
+	metrics  *http.Server
+	metricsL net.Listener
+}
+
+// ShutdownTimeout bounds a graceful stop before connections are cut.
+const ShutdownTimeout = 10 * time.Second
+
+// New opens the snapshotter under cfg.Root (restoring its lazy mounts) and
+// opens every listener; Serve then answers on them. Unix sockets are created
+// mode 0600 inside a directory of mode 0700.
+func New(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := d.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	reg := prometheus.NewRegistry()
+	m := snapshotter.NewMetrics()
+	if err := reg.Register(m); err != nil {
+		return nil, err
+	}
+	for _, c := range d.Collectors {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	s := &Server{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			s.closeAll()
+		}
+	}()
+	opts := []snapshotter.Option{snapshotter.WithLogger(log), snapshotter.WithMetrics(m), snapshotter.WithMountTimeout(time.Duration(cfg.MountTimeout))}
+	if d.FileSystem != nil {
+		opts = append(opts, snapshotter.WithFileSystem(d.FileSystem))
+	}
+	if err := mkdirPrivate(cfg.Root); err != nil {
+		return nil, err
+	}
+	if s.sn, err = snapshotter.New(ctx, filepath.Join(cfg.Root, "snapshotter"), opts...); err != nil {
+		return nil, err
+	}
+	if s.rpcL, err = ListenUnix(cfg.Address); err != nil {
+		return nil, err
+	}
+	s.rpc = grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(s.rpc, snapshotservice.FromSnapshotter(s.sn))
+	if d.Control != nil && cfg.ControlAddress != "" {
+		if s.controlL, err = ListenUnix(cfg.ControlAddress); err != nil {
+			return nil, err
+		}
+		s.control = &http.Server{Handler: d.Control, ReadHeaderTimeout: 10 * time.Second}
+	}
+	if cfg.MetricsAddress != "" {
+		if s.metricsL, err = net.Listen("tcp", cfg.MetricsAddress); err != nil {
+			return nil, fmt.Errorf("metrics address %s: %w", cfg.MetricsAddress, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+		s.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
+	return s, nil
+}
+
+// Snapshotter returns the served snapshotter.
+func (s *Server) Snapshotter() *snapshotter.Snapshotter { return s.sn }
+
+// MetricsAddr returns the metrics listener's address, or "" when disabled.
+func (s *Server) MetricsAddr() string {
+	if s.metricsL == nil {
+		return ""
+	}
+	return s.metricsL.Addr().String()
+}
+
+// Serve answers until ctx is done, then stops gracefully (within
+// ShutdownTimeout) and closes the snapshotter. Lazy mounts stay with their
+// FileSystem, whose owner decides whether they outlive the process.
+func (s *Server) Serve(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := s.rpc.Serve(s.rpcL); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("snapshots API on %s: %w", s.cfg.Address, err)
+		}
+		return nil
+	})
+	for _, h := range []struct {
+		srv *http.Server
+		l   net.Listener
+	}{{s.control, s.controlL}, {s.metrics, s.metricsL}} {
+		if h.srv == nil {
+			continue
+		}
+		g.Go(func() error {
+			if err := h.srv.Serve(h.l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve %s: %w", h.l.Addr(), err)
+			}
+			return nil
+		})
+	}
+	s.log.Info("lazyfs-snapshotter serving", "address", s.cfg.Address, "control", s.cfg.ControlAddress, "metrics", s.MetricsAddr(), "root", s.cfg.Root)
+	g.Go(func() error {
+		<-gctx.Done()
+		s.shutdown()
+		return nil
+	})
+	err := g.Wait()
+	if cerr := s.sn.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (s *Server) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { s.rpc.GracefulStop(); close(done) }()
+	for _, srv := range []*http.Server{s.control, s.metrics} {
+		if srv != nil {
+			srv.Shutdown(ctx)
+		}
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.rpc.Stop()
+	}
+	os.Remove(s.cfg.Address)
+	if s.controlL != nil {
+		os.Remove(s.cfg.ControlAddress)
+	}
+}
+
+// closeAll releases what New opened when New fails.
+func (s *Server) closeAll() {
+	for _, l := range []net.Listener{s.rpcL, s.controlL, s.metricsL} {
+		if l != nil {
+			l.Close()
+		}
+	}
+	if s.sn != nil {
+		s.sn.Close()
+	}
+}
+
+// ListenUnix listens on a unix socket at path, created mode 0600 (umask 077
+// while it is bound, so it is never reachable by others) in a directory that
+// is created mode 0700. A directory that others can enter is refused, and a
+// stale socket from an earlier run is replaced.
+func ListenUnix(path string) (net.Listener, error) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("socket %s: directory %s has mode %04o; want 0700 (remove it or chmod 700)", path, dir, st.Mode().Perm())
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("socket %s: exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s: in use by another process", path)
+		}
+		os.Remove(path)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("socket %s: %w", path, err)
+	}
+	return l, nil
+}
+
+func mkdirPrivate(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("root %s: %w", dir, err)
+	}
+	return nil
+}
