@@ -1,0 +1,541 @@
+// Package e2e_test runs lazyfs-snapshotter end to end: a private containerd
+// with the daemon as its proxy snapshotter, a real registry on 127.0.0.1,
+// `lazyfs pull` (package pull) and `ctr run` with runc.
+package e2e_test
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/lazyfs/lazyfs/fs/convert"
+	"github.com/lazyfs/lazyfs/fs/toc"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/lazyfs/lazyfs/internal/ctrtest"
+	"github.com/lazyfs/lazyfs/snapshotter/pull"
+)
+
+// countingRegistry is ggcr's registry (blobs on disk) that counts the blob
+// bytes it serves per repository: the bytes a node fetched.
+type countingRegistry struct {
+	host  string
+	mu    sync.Mutex
+	bytes map[string]int64
+}
+
+func newRegistry(t *testing.T) *countingRegistry {
+	r := &countingRegistry{bytes: map[string]int64{}}
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithBlobHandler(registry.NewDiskBlobHandler(t.TempDir())))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		repo, _, isBlob := strings.Cut(strings.TrimPrefix(req.URL.Path, "/v2/"), "/blobs/sha256:")
+		if req.Method == http.MethodGet && isBlob {
+			cw := &countingWriter{ResponseWriter: w}
+			h.ServeHTTP(cw, req)
+			r.mu.Lock()
+			r.bytes[repo] += cw.n
+			r.mu.Unlock()
+			return
+		}
+		h.ServeHTTP(w, req)
+	}))
+	t.Cleanup(srv.Close)
+	r.host = strings.TrimPrefix(srv.URL, "http://")
+	return r
+}
+
+func (r *countingRegistry) ref(s string) string { return r.host + "/" + s }
+
+func (r *countingRegistry) fetched(repo string) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bytes[repo]
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+func layer(t *testing.T, files []toctest.File) v1.Layer {
+	t.Helper()
+	b := toctest.Tar(t, files)
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(string(b))), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func reg(name string, mode int64, data []byte) toctest.File {
+	return toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(data))}, Data: data}
+}
+
+func dir(name string) toctest.File {
+	return toctest.File{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: 0o755}}
+}
+
+func push(t *testing.T, ref string, layers ...v1.Layer) {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Config(img, v1.Config{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// corruptTOC rewrites ref's manifest so that its last layer's TOC digest
+// annotation names other bytes: the TOC no longer verifies, the blob itself
+// (and the diffID) is unchanged.
+func corruptTOC(t *testing.T, ref string) {
+	t.Helper()
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	layers := m["layers"].([]any)
+	ann := layers[len(layers)-1].(map[string]any)["annotations"].(map[string]any)
+	if _, ok := ann[toc.AnnotationTOCDigest]; !ok {
+		t.Fatalf("converted layer has no %s annotation: %v", toc.AnnotationTOCDigest, ann)
+	}
+	ann[toc.AnnotationTOCDigest] = "sha256:" + strings.Repeat("0", 64)
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Put(r, rawManifest{b: b, mt: desc.MediaType}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type rawManifest struct {
+	b  []byte
+	mt types.MediaType
+}
+
+func (m rawManifest) RawManifest() ([]byte, error)        { return m.b, nil }
+func (m rawManifest) MediaType() (types.MediaType, error) { return m.mt, nil }
+
+// daemon is a lazyfs-snapshotter process.
+type daemon struct {
+	t                   *testing.T
+	bin, root, sock     string
+	control, metricsURL string
+	metricsAddr         string
+	cmd                 *exec.Cmd
+	exited              chan struct{}
+	log                 *os.File
+}
+
+func buildDaemon(t *testing.T) string {
+	t.Helper()
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		if _, err := os.Stat("/usr/local/go/bin/go"); err != nil {
+			t.Skip("needs the go tool to build lazyfs-snapshotter")
+		}
+		gobin = "/usr/local/go/bin/go"
+	}
+	out := filepath.Join(t.TempDir(), "lazyfs-snapshotter")
+	cmd := exec.Command(gobin, "build", "-o", out, "github.com/lazyfs/lazyfs/cmd/lazyfs-snapshotter")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build lazyfs-snapshotter: %v\n%s", err, b)
+	}
+	return out
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func newDaemon(t *testing.T, bin string) *daemon {
+	base, err := os.MkdirTemp("", fmt.Sprintf("lazyfs-e2e-snap-%d-", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{
+		t:           t,
+		bin:         bin,
+		root:        filepath.Join(base, "root"),
+		sock:        filepath.Join(base, "run", "snapshotter.sock"),
+		control:     filepath.Join(base, "run", "control.sock"),
+		metricsAddr: freePort(t),
+	}
+	d.metricsURL = "http://" + d.metricsAddr + "/metrics"
+	t.Cleanup(func() {
+		d.stop()
+		unmountUnder(t, base)
+		os.RemoveAll(base)
+	})
+	d.start()
+	return d
+}
+
+func (d *daemon) start() {
+	t := d.t
+	t.Helper()
+	var err error
+	d.log, err = os.OpenFile(filepath.Join(filepath.Dir(d.root), "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = exec.Command(d.bin, "--config", "", "--root", d.root, "--address", d.sock, "--control-address", d.control,
+		"--metrics-address", d.metricsAddr, "--cache-size", "1GiB", "--log-level", "debug")
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d.exited = make(chan struct{})
+	go func(c *exec.Cmd, ch chan struct{}) { c.Wait(); close(ch) }(d.cmd, d.exited)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("unix", d.sock); err == nil {
+			c.Close()
+			if resp, err := http.Get(d.metricsURL); err == nil {
+				resp.Body.Close()
+				return
+			}
+		}
+		select {
+		case <-d.exited:
+			t.Fatalf("lazyfs-snapshotter exited:\n%s", d.logTail())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazyfs-snapshotter not ready within 30s:\n%s", d.logTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (d *daemon) logTail() string {
+	b, _ := os.ReadFile(filepath.Join(filepath.Dir(d.root), "daemon.log"))
+	if len(b) > 6000 {
+		b = b[len(b)-6000:]
+	}
+	return string(b)
+}
+
+// kill9 kills the daemon without a chance to clean up.
+func (d *daemon) kill9() {
+	d.cmd.Process.Kill()
+	<-d.exited
+	d.log.Close()
+}
+
+func (d *daemon) stop() {
+	if d.cmd == nil || d.cmd.ProcessState != nil {
+		return
+	}
+	select {
+	case <-d.exited:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(20 * time.Second):
+		d.t.Errorf("lazyfs-snapshotter did not stop within 20s of SIGTERM")
+		d.cmd.Process.Kill()
+		<-d.exited
+	}
+	d.log.Close()
+}
+
+// metric sums the samples of a metric whose line starts with prefix (a name,
+// or a name and the start of its labels).
+func (d *daemon) metric(prefix string) float64 {
+	d.t.Helper()
+	resp, err := http.Get(d.metricsURL)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// mountsUnder lists the mount points below dir.
+func mountsUnder(t *testing.T, dir string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+func unmountUnder(t *testing.T, dir string) {
+	ms := mountsUnder(t, dir)
+	for i := len(ms) - 1; i >= 0; i-- {
+		syscall.Unmount(ms[i], syscall.MNT_DETACH)
+	}
+}
+
+func md5hex(b []byte) string {
+	s := md5.Sum(b)
+	return hex.EncodeToString(s[:])
+}
+
+// TestContainerdLazyPull is the node story: pull a converted image through
+// the daemon, run it, and check what it fetched, fallbacks, a burst of
+// containers and a kill -9 of the daemon.
+func TestContainerdLazyPull(t *testing.T) {
+	ctrtest.Skip(t)
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
+	busybox, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("needs busybox-static")
+	}
+	bin := buildDaemon(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	r := newRegistry(t)
+	big := toctest.Random(1, 24<<20)  // never read: the lazy pull must not fetch it
+	burst := toctest.Random(2, 3<<20) // read by 8 containers at once
+	later := toctest.Random(3, 1<<20) // read after the daemon was killed
+	base := layer(t, []toctest.File{dir("bin/"), reg("bin/busybox", 0o755, busybox),
+		{Hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/sh", Linkname: "busybox", Mode: 0o777}}})
+	app := layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("served lazily by lazyfs\n")),
+		dir("data/"), reg("data/big", 0o644, big), reg("data/burst", 0o644, burst), reg("data/later", 0o644, later)})
+	push(t, r.ref("src/app:1"), base, app)
+	if _, err := convert.Image(ctx, r.ref("src/app:1"), r.ref("lazy/app:1"), convert.WithChunkSize(64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	push(t, r.ref("plain/app:1"), base, layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("plain image\n"))}))
+	push(t, r.ref("src/bad:1"), base, layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("toc did not verify\n"))}))
+	if _, err := convert.Image(ctx, r.ref("src/bad:1"), r.ref("bad/app:1"), convert.WithChunkSize(64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	corruptTOC(t, r.ref("bad/app:1"))
+	imageSize := imageBytes(t, r.ref("lazy/app:1"))
+
+	d := newDaemon(t, bin)
+	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
+	id := 0
+	run := func(ref string, args ...string) (string, error) {
+		id++
+		return c.Ctr(append([]string{"run", "--rm", "--snapshotter", "lazyfs", ref, fmt.Sprintf("snap-e2e-%d-%d", os.Getpid(), id)}, args...)...)
+	}
+	pullRef := func(ref string) error {
+		_, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace))
+		return err
+	}
+
+	// 1. lazyfs pull, then ctr run: the layers are remote snapshots, the
+	// container sees the image, and the node fetched a small part of it.
+	lazy := r.ref("lazy/app:1")
+	if err := pullRef(lazy); err != nil {
+		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 2 {
+		t.Fatalf("remote layers after pulling a 2-layer converted image: %v, want 2\n%s", got, d.logTail())
+	}
+	out, err := run(lazy, "/bin/sh", "-c", "cat /etc/motd; busybox --help | head -1")
+	if err != nil || !strings.Contains(out, "served lazily by lazyfs") || !strings.Contains(out, "BusyBox") {
+		t.Fatalf("ctr run: %v\n%s\n%s", err, out, d.logTail())
+	}
+	fetched := r.fetched("lazy/app")
+	t.Logf("image %d bytes; fetched %d bytes (%.1f%%) to pull and run it", imageSize, fetched, 100*float64(fetched)/float64(imageSize))
+	if fetched > imageSize/4 {
+		t.Errorf("lazy pull and run fetched %d of %d bytes; want far less than the image", fetched, imageSize)
+	}
+
+	// 2. Eight containers of the image at once read the same file: each chunk
+	// is fetched once, and every container reads the right bytes.
+	before := r.fetched("lazy/app")
+	var wg sync.WaitGroup
+	outs := make([]string, 8)
+	errs := make([]error, 8)
+	ids := id
+	id += 8
+	for i := range outs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i], errs[i] = c.Ctr("run", "--rm", "--snapshotter", "lazyfs", lazy, fmt.Sprintf("snap-e2e-%d-%d", os.Getpid(), ids+i+1), "md5sum", "/data/burst")
+		}()
+	}
+	wg.Wait()
+	for i := range outs {
+		if errs[i] != nil || !strings.Contains(outs[i], md5hex(burst)) {
+			t.Fatalf("container %d of the burst: %v %q, want md5 %s", i, errs[i], outs[i], md5hex(burst))
+		}
+	}
+	burstFetched := r.fetched("lazy/app") - before
+	t.Logf("8 containers read a %d-byte file; fetched %d bytes (%.2fx the file)", len(burst), burstFetched, float64(burstFetched)/float64(len(burst)))
+	if burstFetched > int64(len(burst))*3/2 {
+		t.Errorf("8 containers reading one %d-byte file fetched %d bytes: chunks fetched more than once", len(burst), burstFetched)
+	}
+
+	// 3. A plain image falls back to containerd's unpack, counted with a reason.
+	fb := d.metric("lazyfs_snapshotter_fallback_layers_total")
+	if err := pullRef(r.ref("plain/app:1")); err != nil {
+		t.Fatalf("pull plain image: %v", err)
+	}
+	if got := d.metric("lazyfs_snapshotter_fallback_layers_total") - fb; got != 1 {
+		t.Errorf("fallbacks counted for the plain image's one new layer: %v, want 1", got)
+	}
+	if out, err := run(r.ref("plain/app:1"), "cat", "/etc/motd"); err != nil || out != "plain image\n" {
+		t.Fatalf("plain image: %v %q", err, out)
+	}
+
+	// 4. A layer whose TOC does not verify is not mounted lazily: it falls
+	// back (or the pull fails clearly); never a container with wrong bytes.
+	fb = d.metric("lazyfs_snapshotter_fallback_layers_total")
+	if err := pullRef(r.ref("bad/app:1")); err != nil {
+		t.Logf("pull of an image with a corrupt TOC failed (allowed): %v", err)
+	} else {
+		if got := d.metric("lazyfs_snapshotter_fallback_layers_total") - fb; got != 1 {
+			t.Errorf("fallbacks counted for the corrupt-TOC layer: %v, want 1", got)
+		}
+		if out, err := run(r.ref("bad/app:1"), "cat", "/etc/motd"); err != nil || out != "toc did not verify\n" {
+			t.Fatalf("corrupt-TOC image through the fallback: %v %q", err, out)
+		}
+	}
+	t.Logf("fallback reasons:\n%s", metricLines(t, d.metricsURL, "lazyfs_snapshotter_fallback_layers_total{"))
+
+	// 5. kill -9 of the daemon, restart: the remote snapshots are mounted
+	// again and a new container of the image runs and reads a file it never read.
+	d.kill9()
+	d.start()
+	out, err = run(lazy, "/bin/sh", "-c", "cat /etc/motd; md5sum /data/later")
+	if err != nil || !strings.Contains(out, "served lazily by lazyfs") || !strings.Contains(out, md5hex(later)) {
+		t.Fatalf("container after kill -9 and restart: %v\n%s\n%s", err, out, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_restored_mounts_total"); got < 2 {
+		t.Errorf("restored mounts after restart: %v, want ≥ 2", got)
+	}
+
+	// 6. Removing the images frees every lazy mount.
+	for _, ref := range []string{lazy, r.ref("plain/app:1"), r.ref("bad/app:1")} {
+		c.Ctr("images", "rm", "--sync", ref)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ms := mountsUnder(t, d.root)
+		if len(ms) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			out, _ := c.Ctr("snapshots", "--snapshotter", "lazyfs", "ls")
+			t.Fatalf("mounts left after removing every image: %v\nsnapshots:\n%s", ms, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func metricLines(t *testing.T, url, prefix string) string {
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func imageBytes(t *testing.T, ref string) int64 {
+	r, _ := name.ParseReference(ref)
+	img, err := remote.Image(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, l := range ls {
+		s, err := l.Size()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += s
+	}
+	return n
+}
