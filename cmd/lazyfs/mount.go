@@ -246,7 +246,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 	defer m.Close()
 
 	statePath, sockPath, logPath := statePaths(mf.stateDir, dir)
-	stopStats, err := serveStats(sockPath, m, image.WarmHandler(m.Fetcher, cache))
+	stopStats, err := serveStats(sockPath, m, image.WarmHandler(opts.Fetcher, cache))
 	if err != nil {
 		return err
 	}
@@ -256,17 +256,17 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 		return err
 	}
 	defer os.Remove(statePath)
-	log.Info("mounted", "image", ref, "dir", dir, "ready", m.Ready, "layers", len(m.Image.Layers), "entries", m.Entries)
+	log.Info("mounted", "image", ref, "dir", dir, "ready", m.Ready(), "layers", len(m.Image().Layers), "entries", m.Stats().Entries)
 	if notify != nil {
 		b, _ := json.Marshal(m.Stats())
 		fmt.Fprintf(notify, "ready %s\n", b)
 		notify.Close()
 		notify = nil
 	} else {
-		fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s in %v; Ctrl-C to unmount\n", ref, dir, m.Ready.Round(time.Millisecond))
+		fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s in %v; Ctrl-C to unmount\n", ref, dir, m.Ready().Round(time.Millisecond))
 	}
 	unmounted := make(chan struct{})
-	go func() { m.Server.Wait(); close(unmounted) }()
+	go func() { m.Wait(); close(unmounted) }()
 	select {
 	case <-cmd.Context().Done():
 		log.Info("unmounting", "dir", dir)

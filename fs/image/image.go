@@ -15,11 +15,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/convert"
@@ -30,12 +33,18 @@ import (
 // ErrNotConverted means the image has layers that are not lazyfs-chunked.
 var ErrNotConverted = errors.New("not a lazyfs image")
 
-// Options configures Mount.
+// ErrBusy means a mount could not be unmounted because files in it are in use.
+var ErrBusy = errors.New("mount is busy")
+
+// Options configures Mount and MountLayer.
 type Options struct {
 	// Platform picks the image of an index (nil: the running platform).
 	Platform *v1.Platform
-	// Fetcher reaches the registry (required).
+	// Fetcher reaches the registry (required unless Resolver is set).
 	Fetcher *remote.Fetcher
+	// Resolver shares resolved images and TOCs between mounts (nil: a
+	// private one over Fetcher).
+	Resolver *Resolver
 	// Cache is the node's chunk cache (nil: none).
 	Cache fs.Cache
 	// Pull fetches layers that are not converted whole and converts them
@@ -46,86 +55,215 @@ type Options struct {
 	// FS and Mount are passed to fs.NewRoot and fs.Mount.
 	FS    fs.Options
 	Mount fs.MountOptions
+	// OnFetch, if set, is called after each fetch of chunks for the mount
+	// (reads and read-ahead), e.g. to feed a latency histogram. It must be
+	// fast and safe for concurrent use.
+	OnFetch func(FetchEvent)
 }
 
-// Mounted is an image served at a directory.
+// FetchEvent describes one fetch of chunks for a mount.
+type FetchEvent struct {
+	Chunks   int           // chunks delivered
+	Bytes    int64         // their compressed bytes
+	Duration time.Duration // from the call to its return
+	Err      error
+}
+
+func (o *Options) resolver() (*Resolver, error) {
+	if o.Resolver != nil {
+		return o.Resolver, nil
+	}
+	if o.Fetcher == nil {
+		return nil, errors.New("image: no fetcher")
+	}
+	return NewResolver(o.Fetcher, ResolverOptions{}), nil
+}
+
+func (o *Options) logger() *slog.Logger {
+	if o.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Logger
+}
+
+// Mounted is an image, or one layer of it, served at a directory. Its
+// methods are safe for concurrent use.
 type Mounted struct {
-	Image   *remote.Image
-	Root    *fs.Root
-	Server  *fs.Server
-	Fetcher *remote.Fetcher
-	// ImageSize is the sum of the layer blob sizes; TarSize of their tars.
-	ImageSize, TarSize int64
-	// Entries and Chunks count the TOCs' entries and chunks.
-	Entries, Chunks int
-	// Ready is how long Mount took, from its call to a mounted, ready root.
-	Ready time.Duration
-	// PulledLayers counts layers fetched whole (Options.Pull).
-	PulledLayers int
-	tempFiles    []*os.File
+	img     *remote.Image
+	layers  []*Layer
+	layer   string // the layer's digest for a per-layer mount
+	root    *fs.Root
+	srv     *fs.Server
+	fetcher *remote.Fetcher
+	counts  []*fetchCounter
+	ready   time.Duration
+	done    chan struct{} // closed when the FUSE server stopped serving
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
-// Stats are a mount's counters, for `lazyfs stats` and the demo.
+// Stats are a mount's counters, for `lazyfs stats`, `lazyfs ls` and the demo.
 type Stats struct {
-	Image        string       `json:"image"`
-	Digest       string       `json:"digest"`
-	Dir          string       `json:"dir"`
-	Layers       int          `json:"layers"`
-	ImageSize    int64        `json:"imageSize"`
-	TarSize      int64        `json:"tarSize"`
-	Entries      int          `json:"entries"`
-	Chunks       int          `json:"chunks"`
-	ReadySeconds float64      `json:"readySeconds"`
-	PulledLayers int          `json:"pulledLayers"`
-	FS           fs.Stats     `json:"fs"`
-	Remote       remote.Stats `json:"remote"`
+	Image  string `json:"image"`
+	Digest string `json:"digest"`
+	// Layer is the served layer's digest for a per-layer mount ("" when the
+	// mount is the merged image).
+	Layer        string  `json:"layer,omitempty"`
+	Dir          string  `json:"dir"`
+	Layers       int     `json:"layers"`
+	ImageSize    int64   `json:"imageSize"`
+	TarSize      int64   `json:"tarSize"`
+	Entries      int     `json:"entries"`
+	Chunks       int     `json:"chunks"`
+	ReadySeconds float64 `json:"readySeconds"`
+	PulledLayers int     `json:"pulledLayers"`
+	// Fetched counts what this mount's reads and read-ahead had fetched,
+	// whoever else shares the fetcher.
+	Fetched FetchStats `json:"fetched"`
+	FS      fs.Stats   `json:"fs"`
+	// Remote are the fetcher's counters: node-wide when the fetcher is
+	// shared (a daemon), this mount's alone when it is private.
+	Remote remote.Stats `json:"remote"`
+}
+
+// FetchStats count the chunks a mount's layers fetched through its fetchers.
+type FetchStats struct {
+	// Chunks delivered from the registry (or a local pulled blob).
+	Chunks int64 `json:"chunks"`
+	// Bytes are those chunks' compressed sizes: what the network moved for
+	// this mount (a chunk fetched once for two mounts counts for both).
+	Bytes int64 `json:"bytes"`
+	// Failures counts fetch calls that failed (each is an EIO or a retry).
+	Failures int64 `json:"failures"`
 }
 
 // Stats returns the mount's counters.
 func (m *Mounted) Stats() Stats {
-	return Stats{
-		Image: m.Image.Ref.String(), Digest: m.Image.Digest.String(), Dir: m.Server.Dir(), Layers: len(m.Image.Layers),
-		ImageSize: m.ImageSize, TarSize: m.TarSize, Entries: m.Entries, Chunks: m.Chunks,
-		ReadySeconds: m.Ready.Seconds(), PulledLayers: m.PulledLayers,
-		FS: m.Root.Stats(), Remote: m.Fetcher.Stats(),
+	st := Stats{
+		Image: m.img.Ref.String(), Digest: m.img.Digest.String(), Layer: m.layer, Dir: m.srv.Dir(), Layers: len(m.layers),
+		ReadySeconds: m.ready.Seconds(), FS: m.root.Stats(),
 	}
+	if m.fetcher != nil {
+		st.Remote = m.fetcher.Stats()
+	}
+	for i, l := range m.layers {
+		st.ImageSize += l.Size()
+		st.TarSize += l.TOC.TarSize
+		st.Entries += len(l.TOC.Entries)
+		st.Chunks += len(l.TOC.Chunks)
+		if l.Pulled() {
+			st.PulledLayers++
+		}
+		c := m.counts[i]
+		st.Fetched.Chunks += c.chunks.Load()
+		st.Fetched.Bytes += c.bytes.Load()
+		st.Fetched.Failures += c.failures.Load()
+	}
+	return st
 }
 
-// Close unmounts and releases the mount's resources.
+// Dir returns the mount point.
+func (m *Mounted) Dir() string { return m.srv.Dir() }
+
+// Image returns the resolved image the mount serves. It is shared: do not modify it.
+func (m *Mounted) Image() *remote.Image { return m.img }
+
+// Ready is how long mounting took, from the call to a ready root.
+func (m *Mounted) Ready() time.Duration { return m.ready }
+
+// Done is closed when the mount stopped serving: unmounted by Close, by
+// umount(8) from outside, or its FUSE connection aborted.
+func (m *Mounted) Done() <-chan struct{} { return m.done }
+
+// Wait waits until the mount stopped serving (see Done).
+func (m *Mounted) Wait() { <-m.done }
+
+// LocalBytes returns how many of the mount's uncompressed chunk bytes the
+// cache holds (a chunk shared by files or layers counts once per layer).
+func (m *Mounted) LocalBytes(ctx context.Context, cache interface {
+	Has(context.Context, digest.Digest) (bool, error)
+}) (int64, error) {
+	var n int64
+	for _, l := range m.layers {
+		if l.Pulled() {
+			n += l.TOC.TarSize
+			continue
+		}
+		for i := range l.TOC.Chunks {
+			if i%1024 == 0 {
+				if err := ctx.Err(); err != nil {
+					return n, err
+				}
+			}
+			c := &l.TOC.Chunks[i]
+			if ok, _ := cache.Has(ctx, c.Digest()); ok {
+				n += int64(c.Size)
+			}
+		}
+	}
+	return n, nil
+}
+
+// Close unmounts and releases the mount's resources (background work,
+// goroutines, pulled layers' temp files). If files in the mount are in use
+// it returns an error wrapping ErrBusy and the mount keeps serving; Detach
+// then unmounts it lazily. Close after a successful Close returns nil.
 func (m *Mounted) Close() error {
-	err := m.Server.Unmount()
-	m.removeTemps()
-	return err
+	select {
+	case <-m.done:
+	default:
+		if err := unix.Unmount(m.srv.Dir(), 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			if errors.Is(err, unix.EBUSY) {
+				return fmt.Errorf("unmount %s: %w", m.srv.Dir(), ErrBusy)
+			}
+			return fmt.Errorf("unmount %s: %w", m.srv.Dir(), err)
+		}
+	}
+	return m.release(10 * time.Second)
 }
 
-// removeTemps deletes the locally converted blobs of pulled layers.
-func (m *Mounted) removeTemps() {
-	for _, f := range m.tempFiles {
-		f.Close()
-		os.Remove(f.Name())
+// Detach unmounts lazily (MNT_DETACH): the mount point is free at once,
+// processes that have files open keep reading them, and the server stops
+// when the last is closed. It returns without waiting; Wait or Done tell
+// when the server stopped, then Close releases the rest.
+func (m *Mounted) Detach() error {
+	if err := unix.Unmount(m.srv.Dir(), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("detach %s: %w", m.srv.Dir(), err)
 	}
+	return nil
+}
+
+// release waits (up to timeout) for the FUSE server to stop after an
+// unmount, then frees the Root and the layers.
+func (m *Mounted) release(timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-m.done:
+	case <-t.C:
+		return fmt.Errorf("unmount %s: the FUSE server did not stop within %v", m.srv.Dir(), timeout)
+	}
+	m.closeOnce.Do(func() {
+		m.closeErr = m.root.Close()
+		for _, l := range m.layers {
+			l.Close()
+		}
+	})
+	return m.closeErr
 }
 
 // Mount resolves ref and mounts its merged root read-only at dir.
 func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err error) {
 	start := time.Now()
-	if o.Fetcher == nil {
-		return nil, errors.New("image.Mount: no fetcher")
-	}
-	log := o.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	img, err := o.Fetcher.Resolve(ctx, ref, o.Platform)
+	r, err := o.resolver()
 	if err != nil {
 		return nil, err
 	}
-	m := &Mounted{Image: img, Fetcher: o.Fetcher}
-	defer func() {
-		if err != nil {
-			m.removeTemps()
-		}
-	}()
+	img, err := r.Resolve(ctx, ref, o.Platform)
+	if err != nil {
+		return nil, err
+	}
 	if !o.Pull {
 		for i, l := range img.Layers {
 			if !l.Chunked() {
@@ -135,50 +273,84 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 			}
 		}
 	}
-	layers := make([]fs.Layer, len(img.Layers))
-	temps := make([]*os.File, len(img.Layers))
+	layers := make([]*Layer, len(img.Layers))
+	defer func() {
+		if err != nil {
+			for _, l := range layers {
+				if l != nil {
+					l.Close()
+				}
+			}
+		}
+	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
+	lo := LayerOptions{Pull: o.Pull, TempDir: o.TempDir, Logger: o.Logger}
 	for i := range img.Layers {
-		l := &img.Layers[i]
-		blob := o.Fetcher.LayerBlob(img, i)
-		name := fmt.Sprintf("%s@%s/%s", img.Repo, img.Digest, l.Digest)
 		g.Go(func() error {
-			if l.Chunked() {
-				t, err := blob.TOC(gctx, l.Annotations)
-				if err != nil {
-					return fmt.Errorf("image %s: layer %d (%s): %w", ref, i, l.Digest, err)
-				}
-				layers[i] = fs.Layer{Name: name, TOC: t, Fetcher: blob}
-				return nil
-			}
-			log.Info("layer is not converted: fetching it whole", "image", ref, "layer", l.Digest, "size", l.Size)
-			f, t, err := pullLayer(gctx, blob, l, o.TempDir)
-			if f != nil {
-				temps[i] = f
-			}
-			if err != nil {
-				return fmt.Errorf("image %s: layer %d (%s): %w", ref, i, l.Digest, err)
-			}
-			layers[i] = fs.Layer{Name: name, TOC: t, Fetcher: &fileFetcher{f: f}}
-			return nil
+			l, err := OpenLayer(gctx, r, img, i, lo)
+			layers[i] = l
+			return err
 		})
 	}
-	err = g.Wait()
-	for _, f := range temps {
-		if f != nil {
-			m.tempFiles = append(m.tempFiles, f)
-			m.PulledLayers++
-		}
+	if err := g.Wait(); err != nil {
+		return nil, err
 	}
+	if o.Mount.FsName == "" {
+		o.Mount.FsName = "lazyfs:" + img.Ref.String()
+	}
+	return mountLayers(img, layers, "", dir, r.Fetcher(), o, start)
+}
+
+// MountLayer mounts layer (a digest) of the image ref alone at dir, as an
+// overlayfs lower layer (fs.Options.OverlayWhiteouts): the per-layer mount
+// of a remote snapshot. The layer must be lazyfs-chunked unless o.Pull.
+func MountLayer(ctx context.Context, ref string, layer digest.Digest, dir string, o Options) (_ *Mounted, err error) {
+	start := time.Now()
+	r, err := o.resolver()
 	if err != nil {
 		return nil, err
 	}
+	img, err := r.Resolve(ctx, ref, o.Platform)
+	if err != nil {
+		return nil, err
+	}
+	i := -1
+	for k := range img.Layers {
+		if img.Layers[k].Digest.String() == layer.String() {
+			i = k
+			break
+		}
+	}
+	if i < 0 {
+		return nil, fmt.Errorf("image %s (%s): %w: no layer %s", ref, img.Digest, ErrNoLayer, layer)
+	}
+	l, err := OpenLayer(ctx, r, img, i, LayerOptions{Pull: o.Pull, TempDir: o.TempDir, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
+	o.FS.OverlayWhiteouts = true
+	if o.Mount.FsName == "" {
+		o.Mount.FsName = "lazyfs:" + layer.String()
+	}
+	m, err := mountLayers(img, []*Layer{l}, layer.String(), dir, r.Fetcher(), o, start)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// ErrNoLayer means an image has no layer of the digest asked for.
+var ErrNoLayer = errors.New("layer not in image")
+
+func mountLayers(img *remote.Image, layers []*Layer, layer, dir string, f *remote.Fetcher, o Options, start time.Time) (*Mounted, error) {
+	m := &Mounted{img: img, layers: layers, layer: layer, fetcher: f, done: make(chan struct{})}
+	fl := make([]fs.Layer, len(layers))
 	for i, l := range layers {
-		m.ImageSize += img.Layers[i].Size
-		m.TarSize += l.TOC.TarSize
-		m.Entries += len(l.TOC.Entries)
-		m.Chunks += len(l.TOC.Chunks)
+		c := &fetchCounter{f: l.fetcher, on: o.OnFetch}
+		m.counts = append(m.counts, c)
+		fl[i] = fs.Layer{Name: l.Name(), TOC: l.TOC, Fetcher: c}
 	}
 	fo := o.FS
 	fo.Cache = o.Cache
@@ -187,24 +359,58 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 		fo.PrefetchContext = remote.Background
 	}
 	if fo.Logger == nil {
-		fo.Logger = log
+		fo.Logger = o.logger()
 	}
-	root, err := fs.NewRoot(layers, fo)
+	root, err := fs.NewRoot(fl, fo)
 	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", ref, err)
+		return nil, fmt.Errorf("image %s: %w", img.Ref, err)
 	}
-	mo := o.Mount
-	if mo.FsName == "" {
-		mo.FsName = "lazyfs:" + img.Ref.String()
-	}
-	srv, err := fs.Mount(dir, root, mo)
+	srv, err := fs.Mount(dir, root, o.Mount)
 	if err != nil {
 		root.Close()
-		return nil, fmt.Errorf("mount %s at %s: %w", ref, dir, err)
+		return nil, fmt.Errorf("mount %s at %s: %w", img.Ref, dir, err)
 	}
-	m.Root, m.Server = root, srv
-	m.Ready = time.Since(start)
+	m.root, m.srv = root, srv
+	go func() {
+		srv.Server.Wait() // go-fuse's serve loops, not fs.Server.Wait (which closes the Root)
+		close(m.done)
+	}()
+	m.ready = time.Since(start)
 	return m, nil
+}
+
+// fetchCounter counts what one mount's layer fetched through a fetcher
+// that other mounts may share.
+type fetchCounter struct {
+	f                       fs.ChunkFetcher
+	on                      func(FetchEvent)
+	chunks, bytes, failures atomic.Int64
+}
+
+func (c *fetchCounter) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
+	start := time.Now()
+	var n, nb atomic.Int64
+	err := c.f.FetchChunks(ctx, chunks, func(i int, data []byte) error {
+		n.Add(1)
+		nb.Add(int64(chunks[i].CompressedSize))
+		return fn(i, data)
+	})
+	c.chunks.Add(n.Load())
+	c.bytes.Add(nb.Load())
+	if err != nil {
+		c.failures.Add(1)
+	}
+	if c.on != nil {
+		c.on(FetchEvent{Chunks: int(n.Load()), Bytes: nb.Load(), Duration: time.Since(start), Err: err})
+	}
+	return err
+}
+
+// VerifiesChunks passes on the wrapped fetcher's promise (fs trusts chunks
+// that a verifying fetcher delivers).
+func (c *fetchCounter) VerifiesChunks() bool {
+	v, ok := c.f.(interface{ VerifiesChunks() bool })
+	return ok && v.VerifiesChunks()
 }
 
 // pullLayer downloads a layer blob whole, checks its digest, and converts its

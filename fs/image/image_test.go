@@ -139,7 +139,7 @@ func TestRegistryDownAfterMount(t *testing.T) {
 	})
 	f := remote.New(remote.WithRetry(3, 10*time.Millisecond, 2*time.Second))
 	m := mount(t, ref, f)
-	dir := m.Server.Dir()
+	dir := m.Dir()
 
 	if got, err := os.ReadFile(filepath.Join(dir, "cached.bin")); err != nil || !bytes.Equal(got, a) {
 		t.Fatalf("read before the fault: %v", err)
@@ -175,15 +175,15 @@ func TestTamperedBlobIsEIO(t *testing.T) {
 	ref := pushConverted(t, reg, "tamper", []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644}, Data: data}})
 	m := mount(t, ref, remote.New(remote.WithRetry(2, time.Millisecond, time.Second)))
 	reg.tamper.Store(true)
-	got, err := os.ReadFile(filepath.Join(m.Server.Dir(), "f"))
+	got, err := os.ReadFile(filepath.Join(m.Dir(), "f"))
 	if !errors.Is(err, syscall.EIO) {
 		t.Fatalf("tampered registry: read %d bytes, err %v; want EIO", len(got), err)
 	}
-	if m.Fetcher.Stats().VerifyFailures == 0 {
+	if m.Stats().Remote.VerifyFailures == 0 {
 		t.Error("no verification failure counted")
 	}
 	reg.tamper.Store(false)
-	if got, err := os.ReadFile(filepath.Join(m.Server.Dir(), "f")); err != nil || !bytes.Equal(got, data) {
+	if got, err := os.ReadFile(filepath.Join(m.Dir(), "f")); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("after the registry is honest again: %v", err)
 	}
 }
@@ -203,7 +203,7 @@ func TestLazyAndMerged(t *testing.T) {
 			{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/conf", Mode: 0o644}, Data: []byte("v2")},
 		})
 	m := mount(t, ref, remote.New())
-	dir := m.Server.Dir()
+	dir := m.Dir()
 	if got, err := os.ReadFile(filepath.Join(dir, "etc/conf")); err != nil || string(got) != "v2" {
 		t.Fatalf("upper layer wins: %q %v", got, err)
 	}
@@ -252,8 +252,8 @@ func BenchmarkMount100k(b *testing.B) {
 			b.Fatal(err)
 		}
 		total += time.Since(start)
-		if m.Entries != 100_000 {
-			b.Fatalf("%d entries", m.Entries)
+		if m.Stats().Entries != 100_000 {
+			b.Fatalf("%d entries", m.Stats().Entries)
 		}
 		m.Close()
 	}

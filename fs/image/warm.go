@@ -39,10 +39,16 @@ type WarmCache interface {
 // needs. Chunks already cached are skipped; fetches are background work for
 // the fetcher (on-demand reads of live mounts go first).
 func Warm(ctx context.Context, f *remote.Fetcher, cache WarmCache, ref string, whole bool) (WarmResult, error) {
+	return NewResolver(f, ResolverOptions{}).Warm(ctx, cache, ref, whole)
+}
+
+// Warm is the package's Warm with the Resolver's shared images and TOCs: a
+// daemon that warms an image it serves loads no manifest or TOC again.
+func (r *Resolver) Warm(ctx context.Context, cache WarmCache, ref string, whole bool) (WarmResult, error) {
 	if cache == nil {
 		return WarmResult{}, errors.New("warm: no cache")
 	}
-	img, err := f.Resolve(ctx, ref, nil)
+	img, err := r.Resolve(ctx, ref, nil)
 	if err != nil {
 		return WarmResult{}, err
 	}
@@ -57,10 +63,10 @@ func Warm(ctx context.Context, f *remote.Fetcher, cache WarmCache, ref string, w
 			return res, fmt.Errorf("warm %s: %w: layer %d (%s) is not chunked", ref, ErrNotConverted, i, l.Digest)
 		}
 		g.Go(func() error {
-			blob := f.LayerBlob(img, i)
-			t, err := blob.TOC(gctx, l.Annotations)
+			blob := r.Fetcher().LayerBlob(img, i)
+			t, err := r.TOC(gctx, img, i)
 			if err != nil {
-				return fmt.Errorf("warm %s: layer %d: %w", ref, i, err)
+				return fmt.Errorf("warm %s: %w", ref, err)
 			}
 			var want []toc.Chunk
 			seen := map[[32]byte]bool{}
@@ -106,17 +112,23 @@ func Warm(ctx context.Context, f *remote.Fetcher, cache WarmCache, ref string, w
 // WarmResult: the contract lazyfs-prewarm's HTTPWarmer speaks to the process
 // that owns the node's block cache (see docs/prewarm.md).
 func WarmHandler(f *remote.Fetcher, cache WarmCache) http.Handler {
+	return NewResolver(f, ResolverOptions{}).WarmHandler(cache)
+}
+
+// WarmHandler is the package's WarmHandler over the Resolver's shared
+// images and TOCs.
+func (r *Resolver) WarmHandler(cache WarmCache) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/warm", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
+	mux.HandleFunc("POST /v1/warm", func(w http.ResponseWriter, req *http.Request) {
+		var body struct {
 			Ref   string `json:"ref"`
 			Whole bool   `json:"whole"`
 		}
-		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil || req.Ref == "" {
+		if err := json.NewDecoder(io.LimitReader(req.Body, 1<<16)).Decode(&body); err != nil || body.Ref == "" {
 			http.Error(w, "body must be {\"ref\": \"repo@sha256:...\", \"whole\": false}", http.StatusBadRequest)
 			return
 		}
-		res, err := Warm(r.Context(), f, cache, req.Ref, req.Whole)
+		res, err := r.Warm(req.Context(), cache, body.Ref, body.Whole)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
