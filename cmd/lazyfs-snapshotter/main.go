@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/internal/version"
 	"github.com/lazyfs/lazyfs/snapshotter/service"
 )
@@ -55,9 +56,27 @@ func newCmd() *cobra.Command {
 
 // run wires the node (cache, fetcher, lazy layers, control API) into the
 // snapshotter service and serves until ctx is done.
-func run(ctx context.Context, cfg service.Config, log *slog.Logger) error {
-	deps := service.Deps{Logger: log}
-	srv, err := service.New(ctx, cfg, deps)
+func run(ctx context.Context, cfg service.Config, log *slog.Logger) (err error) {
+	n, err := node.New(ctx, node.Config{
+		Root:      cfg.Root,
+		CacheDir:  cfg.CachePath(),
+		CacheSize: int64(cfg.CacheSize),
+		HostsDir:  cfg.HostsDir,
+		Logger:    log,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := n.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	srv, err := service.New(ctx, cfg, service.Deps{
+		FileSystem: service.WithReasons(n.LayerFS()),
+		Collectors: n.Collectors(),
+		Logger:     log,
+	})
 	if err != nil {
 		return err
 	}
