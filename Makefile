@@ -7,7 +7,7 @@ LDFLAGS   := -s -w -X github.com/lazyfs/lazyfs/internal/version.Version=$(VERSIO
 BINARIES  := lazyfs lazyfs-snapshotter lazyfs-prewarm
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build test test-short race fuzz bench deps demo vet lint fmt clean
+.PHONY: all build test test-short race fuzz bench deps demo vet lint fmt clean install
 
 all: build
 
@@ -62,6 +62,25 @@ bench:
 ## demo: set up everything and run the cold-start demo (root, Debian 12)
 demo: build
 	./hack/demo.sh
+
+## install: binaries, systemd units and sample configs (DESTDIR, PREFIX, SYSCONFDIR, SYSTEMDDIR);
+## existing configs in SYSCONFDIR/lazyfs are never overwritten
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(PREFIX)/share/lazyfs
+	install -m 0755 $(addprefix bin/,$(BINARIES)) $(DESTDIR)$(PREFIX)/bin/
+	for u in lazyfs-snapshotter lazyfs-prewarm; do \
+		sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|g' -e 's|/etc/lazyfs/|$(SYSCONFDIR)/lazyfs/|g' docs/examples/$$u.service > $(DESTDIR)$(SYSTEMDDIR)/$$u.service || exit 1; \
+		chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/$$u.service; \
+	done
+	install -m 0644 docs/examples/config.toml docs/examples/prewarm.toml docs/examples/containerd-config.toml $(DESTDIR)$(PREFIX)/share/lazyfs/
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/lazyfs
+	for c in config.toml prewarm.toml; do \
+		test -e $(DESTDIR)$(SYSCONFDIR)/lazyfs/$$c || install -m 0644 docs/examples/$$c $(DESTDIR)$(SYSCONFDIR)/lazyfs/$$c || exit 1; \
+	done
+	@echo "installed; add $(PREFIX)/share/lazyfs/containerd-config.toml to /etc/containerd/config.toml (docs/containerd.md)"
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

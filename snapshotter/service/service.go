@@ -222,6 +222,7 @@ func ListenUnix(path string) (net.Listener, error) {
 		}
 		os.Remove(path)
 	}
+	syscall.Umask(0o177) // the socket itself: 0600
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("socket %s: %w", path, err)

@@ -1,0 +1,91 @@
+package service_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/pflag"
+
+	"github.com/lazyfs/lazyfs/snapshotter/service"
+)
+
+// TestSampleConfigIsDefaults pins docs/examples/config.toml to Defaults():
+// the commented sample documents the real defaults.
+func TestSampleConfigIsDefaults(t *testing.T) {
+	got, err := service.Load("../../docs/examples/config.toml", true, service.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(service.Defaults(), got); d != "" {
+		t.Fatalf("sample config differs from the defaults (-defaults +sample):\n%s", d)
+	}
+}
+
+func TestLoadFlagsWin(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.toml")
+	os.WriteFile(path, []byte("root = \"/from/file\"\ncache_size = \"2GiB\"\nlog_level = \"debug\"\nmount_timeout = \"5s\"\n"), 0o600)
+	flags := service.Defaults()
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	flags.BindFlags(fs)
+	if err := fs.Parse([]string{"--root", "/from/flag", "--metrics-address", ""}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := service.Load(path, true, flags, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Root != "/from/flag" || c.CacheSize != 2<<30 || c.LogLevel != "debug" || c.MetricsAddress != "" || time.Duration(c.MountTimeout) != 5*time.Second {
+		t.Fatalf("merged config: %+v", c)
+	}
+	if c.CachePath() != "/from/flag/cache" {
+		t.Fatalf("cache path %q", c.CachePath())
+	}
+	// A missing default file is fine, a missing explicit one is not.
+	if _, err := service.Load(filepath.Join(dir, "none.toml"), false, flags, nil); err != nil {
+		t.Fatalf("missing default config: %v", err)
+	}
+	if _, err := service.Load(filepath.Join(dir, "none.toml"), true, flags, nil); err == nil {
+		t.Fatal("missing --config file accepted")
+	}
+	for _, bad := range []string{"unknown_key = 1\n", "cache_size = \"lots\"\n", "log_level = \"loud\"\n", "mount_timeout = \"0s\"\n", "address = \"\"\n"} {
+		os.WriteFile(path, []byte(bad), 0o600)
+		if _, err := service.Load(path, true, flags, nil); err == nil {
+			t.Errorf("config %q accepted", bad)
+		}
+	}
+}
+
+func TestListenUnixPermissions(t *testing.T) {
+	base := t.TempDir()
+	sock := filepath.Join(base, "run", "s.sock")
+	l, err := service.ListenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(sock)
+	dst, _ := os.Stat(filepath.Dir(sock))
+	if st.Mode().Perm() != 0o600 || dst.Mode().Perm() != 0o700 {
+		t.Fatalf("socket %04o in dir %04o, want 0600 in 0700", st.Mode().Perm(), dst.Mode().Perm())
+	}
+	if _, err := service.ListenUnix(sock); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second listener on a live socket: %v", err)
+	}
+	l.Close()
+	// A stale socket file (no listener) is replaced.
+	os.WriteFile(sock, nil, 0o600)
+	if _, err := service.ListenUnix(sock); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("regular file at the socket path: %v", err)
+	}
+	os.Remove(sock)
+	open := filepath.Join(base, "open")
+	os.Mkdir(open, 0o755)
+	os.Chmod(open, 0o755)
+	if _, err := service.ListenUnix(filepath.Join(open, "s.sock")); err == nil {
+		t.Fatal("socket in a 0755 directory accepted")
+	}
+}
