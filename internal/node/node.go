@@ -452,3 +452,5 @@ func (k *keyedMutex) lock(key string) (unlock func()) {
 		k.mu.Unlock()
 	}
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
