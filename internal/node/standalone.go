@@ -126,6 +126,10 @@ func ServeStandalone(ctx context.Context, c StandaloneConfig) (err error) {
 	if err := MkdirPrivate(filepath.Dir(statePath)); err != nil {
 		return err
 	}
+	if c.Node.Root == "" {
+		c.Node.Root = strings.TrimSuffix(statePath, ".json") + ".d"
+		defer os.RemoveAll(c.Node.Root)
+	}
 	n, err := New(ctx, c.Node)
 	if err != nil {
 		return err
