@@ -74,6 +74,7 @@ func run(ctx context.Context, cfg service.Config, log *slog.Logger) (err error) 
 	}()
 	srv, err := service.New(ctx, cfg, service.Deps{
 		FileSystem: service.WithReasons(n.LayerFS()),
+		Control:    n.Handler(),
 		Collectors: n.Collectors(),
 		Logger:     log,
 	})

@@ -45,6 +45,7 @@ func newRootCmd() *cobra.Command {
 		newMountCmd(),
 		newUmountCmd(),
 		newStatsCmd(),
+		newLsCmd(),
 		newPullCmd(),
 		newGPUCmd(),
 	)

@@ -1,56 +1,23 @@
 package main
 
 import (
-	"bufio"
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
-	"strings"
-	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"golang.org/x/sys/unix"
 
 	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
-	"github.com/lazyfs/lazyfs/fs/remote"
+	"github.com/lazyfs/lazyfs/internal/node"
 )
-
-const defaultStateDir = "/run/lazyfs"
-
-// mountState is what a mount server records so that umount and stats find it.
-type mountState struct {
-	PID    int    `json:"pid"`
-	Dir    string `json:"dir"`
-	Ref    string `json:"ref"`
-	Socket string `json:"socket"`
-	Log    string `json:"log"`
-}
-
-func stateID(dir string) string {
-	sum := sha256.Sum256([]byte(dir))
-	return hex.EncodeToString(sum[:8])
-}
-
-func statePaths(stateDir, dir string) (state, sock, logf string) {
-	base := filepath.Join(stateDir, "mounts", stateID(dir))
-	return base + ".json", base + ".sock", base + ".log"
-}
 
 type mountFlags struct {
 	foreground  bool
@@ -65,19 +32,31 @@ type mountFlags struct {
 	passthrough bool
 	stateDir    string
 	hostsDir    string
+	control     string
+	noDaemon    bool
+	logLimit    sizeFlag
 	debug       bool
 }
 
+// daemonFlags are the flags that belong to the serving process: with a
+// daemon, its own settings apply instead.
+var daemonFlags = []string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "passthrough", "hosts-dir", "debug"}
+
 func newMountCmd() *cobra.Command {
-	mf := mountFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity)}
+	mf := mountFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity), logLimit: node.DefaultLogLimit}
 	cmd := &cobra.Command{
 		Use:   "mount [flags] REF DIR",
 		Short: "Mount an image's files lazily at DIR",
 		Long: `Mount fetches REF's manifest and layer indexes, mounts the merged root
-filesystem read-only at DIR, and returns once the mount is ready; a server keeps
-serving it in the background (--foreground keeps it attached, and unmounts on
-SIGINT/SIGTERM). File contents are fetched from the registry chunk by chunk as
-they are read, verified, and kept in the block cache (--cache-dir).
+filesystem read-only at DIR, and returns once the mount is ready.
+
+When the node daemon (lazyfs-snapshotter) answers on its control socket
+(--control), the daemon serves the mount with the node's shared block cache
+and registry budget. Otherwise a server of its own keeps serving it in the
+background (--foreground keeps it attached, and unmounts on SIGINT/SIGTERM;
+files still open then keep being served from a detached mount until they are
+closed). Its block cache (--cache-dir) must be usable: a directory another
+process holds is an error, never a silent in-memory cache.
 
 REF must be a lazyfs image (see lazyfs convert); --pull serves any image by
 fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
@@ -91,20 +70,25 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return fmt.Errorf("mount point %s: not a directory", dir)
 			}
-			if isMounted(dir) {
+			if m, _ := node.IsLazyfsMount(dir); m {
 				return fmt.Errorf("%s is already a lazyfs mount (lazyfs umount %s first)", dir, dir)
 			}
 			if mf.foreground {
 				return serveMount(cmd, args[0], dir, &mf)
 			}
+			if !mf.noDaemon {
+				if h, err := node.NewClient(mf.control, 0).Health(cmd.Context()); err == nil {
+					return daemonMount(cmd, args[0], dir, &mf, h)
+				}
+			}
 			return spawnMount(cmd, args[0], dir, &mf)
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVar(&mf.foreground, "foreground", false, "stay attached; unmount on SIGINT/SIGTERM")
+	f.BoolVar(&mf.foreground, "foreground", false, "serve in this process, without the daemon; unmount on SIGINT/SIGTERM")
 	f.IntVar(&mf.notifyFD, "notify-fd", -1, "file descriptor to report readiness on (internal)")
 	_ = f.MarkHidden("notify-fd")
-	f.StringVar(&mf.cacheDir, "cache-dir", "/var/lib/lazyfs/cache", "block cache directory (\"\" for an in-memory cache)")
+	f.StringVar(&mf.cacheDir, "cache-dir", "/var/lib/lazyfs/cache", "block cache directory (\"\" for a private in-memory cache)")
 	f.Var(&mf.cacheSize, "cache-size", "block cache capacity")
 	f.BoolVar(&mf.insecure, "insecure", false, "allow plain HTTP to any registry")
 	f.StringVar(&mf.platform, "platform", "", "platform to pick from an index (default: this machine's)")
@@ -112,28 +96,35 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.IntVar(&mf.readAhead, "read-ahead", 0, "chunks fetched ahead of a sequential reader (0: default, -1: none)")
 	f.Var(&mf.neighbours, "neighbour-window", "compressed bytes after a small file fetched in the background when it misses (0: default 1MiB, e.g. 1B to disable)")
 	f.BoolVar(&mf.passthrough, "passthrough", false, "serve fully cached files through FUSE passthrough (kernel ≥ 6.9)")
-	f.StringVar(&mf.stateDir, "state-dir", defaultStateDir, "where mount servers record their state")
+	f.StringVar(&mf.stateDir, "state-dir", node.DefaultStateDir, "where standalone mount servers record their state (0700)")
 	f.StringVar(&mf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
+	f.StringVar(&mf.control, "control", node.DefaultControlSocket, "the node daemon's control socket")
+	f.BoolVar(&mf.noDaemon, "no-daemon", false, "never ask the daemon; serve the mount with a server of its own")
+	f.Var(&mf.logLimit, "log-limit", "bound of a standalone server's log (one previous log is kept)")
 	f.BoolVar(&mf.debug, "debug", false, "log debug messages")
 	return cmd
 }
 
-// spawnMount starts the mount server as a background process and waits until
-// it reports the mount ready (or failed).
+// daemonMount asks the node daemon to serve the mount.
+func daemonMount(cmd *cobra.Command, ref, dir string, mf *mountFlags, h node.Health) error {
+	for _, name := range daemonFlags {
+		if cmd.Flags().Changed(name) {
+			fmt.Fprintf(cmd.ErrOrStderr(), "lazyfs: --%s is ignored: the daemon (pid %d) serves the mount with its own settings (--no-daemon to serve it here)\n", name, h.PID)
+		}
+	}
+	st, err := node.NewClient(mf.control, 0).MountImage(cmd.Context(), node.MountRequest{Ref: ref, Dir: dir, Pull: mf.pull, Platform: mf.platform})
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s in %.0f ms: %d layers, %d entries, %s of the %s image fetched so far\nserved by the daemon (pid %d, %s); unmount with: lazyfs umount %s\n",
+		ref, dir, st.ReadySeconds*1000, st.Layers, st.Entries, humanBytes(st.Fetched.Bytes), humanBytes(st.ImageSize), h.PID, mf.control, dir)
+	return err
+}
+
+// spawnMount starts a standalone mount server in the background and waits
+// until it reports the mount ready (or failed).
 func spawnMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) error {
-	_, _, logPath := statePaths(mf.stateDir, dir)
-	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
-		return err
-	}
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return err
-	}
+	_, _, logPath := node.StatePaths(mf.stateDir, dir)
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -145,48 +136,17 @@ func spawnMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) error {
 		}
 	})
 	args = append(args, ref, dir)
-	child := exec.Command(self, args...)
-	child.Stdout, child.Stderr, child.Stdin = logf, logf, nil
-	child.ExtraFiles = []*os.File{pw}
-	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := child.Start(); err != nil {
-		return fmt.Errorf("start mount server: %w", err)
-	}
-	pw.Close()
-	done := make(chan error, 1)
-	go func() { done <- child.Wait() }()
-	line, rerr := bufio.NewReader(pr).ReadString('\n')
-	pr.Close()
-	if msg, ok := strings.CutPrefix(line, "ready "); ok {
-		var st image.Stats
-		if err := json.Unmarshal([]byte(msg), &st); err != nil {
-			return fmt.Errorf("mount server: %w", err)
-		}
-		pid := child.Process.Pid
-		_ = child.Process.Release()
-		_, err := fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s in %.0f ms: %d layers, %d entries, %s of the %s image fetched so far\nserving in the background (pid %d, log %s); unmount with: lazyfs umount %s\n",
-			ref, dir, st.ReadySeconds*1000, st.Layers, st.Entries, humanBytes(st.Remote.BytesFetched), humanBytes(st.ImageSize),
-			pid, logPath, dir)
+	pid, st, err := node.Spawn(cmd.Context(), node.SpawnConfig{Exe: self, Args: args, Log: logPath})
+	if err != nil {
 		return err
 	}
-	if msg, ok := strings.CutPrefix(line, "error "); ok {
-		<-done
-		return errors.New(strings.TrimSpace(msg))
-	}
-	err = <-done
-	tail, _ := os.ReadFile(logPath)
-	return fmt.Errorf("mount server exited before the mount was ready (%v, %v): %s", err, rerr, lastLines(string(tail), 10))
+	_, err = fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s in %.0f ms: %d layers, %d entries, %s of the %s image fetched so far\nserving in the background (pid %d, log %s); unmount with: lazyfs umount %s\n",
+		ref, dir, st.ReadySeconds*1000, st.Layers, st.Entries, humanBytes(st.Fetched.Bytes), humanBytes(st.ImageSize),
+		pid, logPath, dir)
+	return err
 }
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// serveMount mounts and serves in this process until unmounted or signalled.
+// serveMount serves the mount in this process until unmounted or signalled.
 func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error) {
 	if path := os.Getenv("LAZYFS_CPUPROFILE"); path != "" {
 		// For developers: profile a mount server from start to unmount.
@@ -196,234 +156,102 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 			}
 		}
 	}
+	notify := node.NewNotifier(mf.notifyFD)
+	defer func() {
+		if err != nil {
+			notify.Fail(err)
+		}
+	}()
 	level := slog.LevelInfo
 	if mf.debug {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-	var notify *os.File
+	logw := cmd.ErrOrStderr()
 	if mf.notifyFD >= 0 {
-		notify = os.NewFile(uintptr(mf.notifyFD), "notify")
-		defer func() {
-			if err != nil {
-				fmt.Fprintf(notify, "error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
-			}
-			notify.Close()
-		}()
+		// Spawned in the background: the log file, bounded.
+		_, _, logPath := node.StatePaths(mf.stateDir, dir)
+		l, err := node.OpenLog(logPath, int64(mf.logLimit), true)
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		logw = l
 	}
+	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
 	var p *v1.Platform
 	if mf.platform != "" {
 		if p, err = v1.ParsePlatform(mf.platform); err != nil {
 			return fmt.Errorf("--platform %q: %w", mf.platform, err)
 		}
 	}
-	ropts := []remote.Option{remote.WithInsecure(mf.insecure), remote.WithLogger(log), remote.WithUserAgent("lazyfs-mount")}
-	if mf.hostsDir != "" {
-		ropts = append(ropts, remote.WithHostsDir(mf.hostsDir))
+	cacheDir := mf.cacheDir
+	if cacheDir == "" {
+		cacheDir = node.MemoryCache
 	}
-	cache, closeCache, err := openCache(mf.cacheDir, int64(mf.cacheSize), log)
-	if err != nil {
-		return err
+	if mf.cacheSize <= 0 {
+		return fmt.Errorf("--cache-size %d: the block cache needs a positive capacity", int64(mf.cacheSize))
 	}
-	defer closeCache()
-	opts := image.Options{
-		Platform: p, Fetcher: remote.New(ropts...), Cache: cache, Pull: mf.pull, Logger: log,
-		FS:    fs.Options{ReadAhead: mf.readAhead, Passthrough: mf.passthrough, NeighbourWindow: int64(mf.neighbours)},
-		Mount: fs.MountOptions{Debug: mf.debug},
+	cfg := node.Config{
+		CacheDir: cacheDir, CacheSize: int64(mf.cacheSize), HostsDir: mf.hostsDir, Insecure: mf.insecure, Logger: log,
+		PullDir: os.TempDir(),
+		FS:      fs.Options{ReadAhead: mf.readAhead, Passthrough: mf.passthrough, NeighbourWindow: int64(mf.neighbours)},
+		Mount:   fs.MountOptions{Debug: mf.debug},
 	}
 	if mf.passthrough {
-		spool := filepath.Join(mf.stateDir, "spool", stateID(dir))
-		if err := os.MkdirAll(spool, 0o700); err != nil {
+		state, _, _ := node.StatePaths(mf.stateDir, dir)
+		spool := state + ".spool"
+		if err := node.MkdirPrivate(spool); err != nil {
 			return err
 		}
 		defer os.RemoveAll(spool)
-		opts.FS.SpoolDir = spool
+		cfg.FS.SpoolDir = spool
 	}
-	m, err := image.Mount(cmd.Context(), ref, dir, opts)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-
-	statePath, sockPath, logPath := statePaths(mf.stateDir, dir)
-	stopStats, err := serveStats(sockPath, m, image.WarmHandler(opts.Fetcher, cache))
-	if err != nil {
-		return err
-	}
-	defer stopStats()
-	st := mountState{PID: os.Getpid(), Dir: dir, Ref: ref, Socket: sockPath, Log: logPath}
-	if err := writeJSONAtomic(statePath, st); err != nil {
-		return err
-	}
-	defer os.Remove(statePath)
-	log.Info("mounted", "image", ref, "dir", dir, "ready", m.Ready(), "layers", len(m.Image().Layers), "entries", m.Stats().Entries)
-	if notify != nil {
-		b, _ := json.Marshal(m.Stats())
-		fmt.Fprintf(notify, "ready %s\n", b)
-		notify.Close()
-		notify = nil
-	} else {
-		fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s in %v; Ctrl-C to unmount\n", ref, dir, m.Ready().Round(time.Millisecond))
-	}
-	unmounted := make(chan struct{})
-	go func() { m.Wait(); close(unmounted) }()
-	select {
-	case <-cmd.Context().Done():
-		log.Info("unmounting", "dir", dir)
-	case <-unmounted:
-		log.Info("unmounted from outside", "dir", dir)
-	}
-	return nil
-}
-
-// nodeCache is what a mount server needs of the block cache: reads through
-// it (fs) and warming it (image.WarmHandler). Both blobcache caches are one.
-type nodeCache interface {
-	fs.Cache
-	image.WarmCache
-}
-
-// openCache opens the badger block cache; when another process holds the
-// directory it falls back to an in-memory cache of the same capacity.
-func openCache(dir string, capacity int64, log *slog.Logger) (nodeCache, func(), error) {
-	if dir == "" {
-		return blobcache.NewMemory(blobcache.WithCapacity(capacity)), func() {}, nil
-	}
-	c, err := blobcache.Open(dir, blobcache.WithCapacity(capacity), blobcache.WithLogger(log))
-	if err != nil {
-		log.Warn("block cache unavailable, using an in-memory cache for this mount", "dir", dir, "err", err)
-		return blobcache.NewMemory(blobcache.WithCapacity(capacity)), func() {}, nil
-	}
-	return c, func() { c.Close() }, nil
-}
-
-// serveStats serves a mount's counters (GET /stats) and warming of its cache
-// (POST /v1/warm, the lazyfs-prewarm contract) on a unix socket.
-func serveStats(sock string, m *image.Mounted, warm http.Handler) (func(), error) {
-	os.Remove(sock)
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		return nil, fmt.Errorf("stats socket: %w", err)
-	}
-	os.Chmod(sock, 0o600)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(m.Stats())
-	})
-	mux.Handle("POST /v1/warm", warm)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
-	return func() { srv.Close(); os.Remove(sock) }, nil
-}
-
-func writeJSONAtomic(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func readState(stateDir, dir string) (*mountState, error) {
-	path, _, _ := statePaths(stateDir, dir)
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var st mountState
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("state %s: %w", path, err)
-	}
-	return &st, nil
-}
-
-// isMounted reports whether dir is a lazyfs mount point (fstype fuse.lazyfs
-// in /proc/self/mountinfo), served or stale. Other mounts never count, so
-// umount cannot take down a filesystem that is not ours.
-func isMounted(dir string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || unescapeMount(f[4]) != dir {
-			continue
-		}
-		for i := 5; i+1 < len(f); i++ {
-			if f[i] == "-" && f[i+1] == "fuse.lazyfs" {
-				return true
+	return node.ServeStandalone(cmd.Context(), node.StandaloneConfig{
+		Node: cfg, Ref: ref, Dir: dir, StateDir: mf.stateDir, Image: node.ImageOptions{Platform: p, Pull: mf.pull},
+		Ready: func(st image.Stats) {
+			if mf.notifyFD >= 0 {
+				notify.Ready(st)
+				return
 			}
-		}
-	}
-	return false
-}
-
-func unescapeMount(s string) string {
-	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
-	return r.Replace(s)
-}
-
-func processAlive(pid int) bool {
-	return pid > 0 && unix.Kill(pid, 0) == nil
+			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s in %v; Ctrl-C to unmount\n", ref, dir, time.Duration(st.ReadySeconds*float64(time.Second)).Round(time.Millisecond))
+		},
+	})
 }
 
 func newUmountCmd() *cobra.Command {
-	var stateDir string
-	var timeout time.Duration
+	var uc node.UnmountConfig
 	cmd := &cobra.Command{
 		Use:   "umount DIR",
 		Short: "Unmount a lazyfs mount and stop its server",
-		Long:  "Umount stops the server of the mount at DIR and unmounts it. A stale mount whose server died is unmounted too.",
-		Args:  cobra.ExactArgs(1),
+		Long: `Umount unmounts the lazyfs mount at DIR, whoever serves it: the node daemon, a
+standalone server (which then exits), or nobody (a stale mount left by a killed
+server). It reports failure while the server is still running, e.g. because
+files in the mount are still open.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dir, err := filepath.Abs(args[0])
+			rep, err := node.UnmountDir(cmd.Context(), args[0], uc)
 			if err != nil {
 				return err
 			}
-			st, serr := readState(stateDir, dir)
-			mounted := isMounted(dir)
-			if serr != nil && !mounted {
-				return fmt.Errorf("%s is not a lazyfs mount", dir)
-			}
-			if st != nil && processAlive(st.PID) {
-				_ = unix.Kill(st.PID, unix.SIGTERM)
-				deadline := time.Now().Add(timeout)
-				for processAlive(st.PID) && time.Now().Before(deadline) {
-					time.Sleep(20 * time.Millisecond)
-				}
-			}
-			if isMounted(dir) {
-				if err := unix.Unmount(dir, 0); err != nil {
-					if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-						return fmt.Errorf("unmount %s: %w", dir, err)
-					}
-				}
-			}
-			if st != nil {
-				statePath, sock, _ := statePaths(stateDir, dir)
-				os.Remove(statePath)
-				os.Remove(sock)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "unmounted %s\n", dir)
-			return nil
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), rep)
+			return err
 		},
 	}
-	cmd.Flags().StringVar(&stateDir, "state-dir", defaultStateDir, "where mount servers record their state")
-	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Second, "how long to wait for the server to stop before unmounting by force")
+	cmd.Flags().StringVar(&uc.StateDir, "state-dir", node.DefaultStateDir, "where standalone mount servers record their state")
+	cmd.Flags().StringVar(&uc.Control, "control", node.DefaultControlSocket, "the node daemon's control socket")
+	cmd.Flags().BoolVar(&uc.NoDaemon, "no-daemon", false, "do not ask the daemon")
+	cmd.Flags().DurationVar(&uc.Timeout, "timeout", 10*time.Second, "how long to wait for the server to stop")
 	return cmd
 }
 
+func serversFlags(cmd *cobra.Command, s *node.Servers) {
+	cmd.Flags().StringVar(&s.StateDir, "state-dir", node.DefaultStateDir, "where standalone mount servers record their state")
+	cmd.Flags().StringVar(&s.Control, "control", node.DefaultControlSocket, "the node daemon's control socket")
+	cmd.Flags().BoolVar(&s.NoDaemon, "no-daemon", false, "do not ask the daemon")
+}
+
 func newStatsCmd() *cobra.Command {
-	var stateDir string
+	var s node.Servers
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "stats DIR",
@@ -434,46 +262,34 @@ func newStatsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := readState(stateDir, dir)
+			c, err := s.Find(cmd.Context(), dir)
 			if err != nil {
-				return fmt.Errorf("%s is not a lazyfs mount served from this machine: %w", dir, err)
+				return err
 			}
-			s, err := fetchStats(cmd.Context(), st.Socket)
+			st, err := c.Stats(cmd.Context(), dir)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(s)
+				return writeJSON(cmd, st)
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "image:        %s (%s)\n", s.Image, s.Digest)
-			fmt.Fprintf(w, "ready in:     %.0f ms\n", s.ReadySeconds*1000)
-			fmt.Fprintf(w, "image size:   %s compressed, %s of tar, %d entries\n", humanBytes(s.ImageSize), humanBytes(s.TarSize), s.Entries)
-			fmt.Fprintf(w, "fetched:      %s in %d requests (%.1f%% of the image)\n", humanBytes(s.Remote.BytesFetched), s.Remote.Requests, 100*float64(s.Remote.BytesFetched)/float64(max(s.ImageSize, 1)))
-			fmt.Fprintf(w, "reads:        %d (%s), chunk hits %d, misses %d, read-ahead %d, EIO %d\n", s.FS.Reads, humanBytes(s.FS.BytesRead), s.FS.ChunkHits, s.FS.ChunkMisses, s.FS.Prefetched, s.FS.EIO)
+			fmt.Fprintf(w, "image:        %s (%s)\n", st.Image, st.Digest)
+			if st.Layer != "" {
+				fmt.Fprintf(w, "layer:        %s\n", st.Layer)
+			}
+			fmt.Fprintf(w, "ready in:     %.0f ms\n", st.ReadySeconds*1000)
+			fmt.Fprintf(w, "image size:   %s compressed, %s of tar, %d entries\n", humanBytes(st.ImageSize), humanBytes(st.TarSize), st.Entries)
+			fmt.Fprintf(w, "fetched:      %s in %d chunks (%.1f%% of the image)\n", humanBytes(st.Fetched.Bytes), st.Fetched.Chunks, 100*float64(st.Fetched.Bytes)/float64(max(st.ImageSize, 1)))
+			fmt.Fprintf(w, "reads:        %d (%s), chunk hits %d, misses %d, read-ahead %d, EIO %d\n", st.FS.Reads, humanBytes(st.FS.BytesRead), st.FS.ChunkHits, st.FS.ChunkMisses, st.FS.Prefetched, st.FS.EIO)
+			fmt.Fprintf(w, "server:       %d requests, %s fetched in all by its fetcher\n", st.Remote.Requests, humanBytes(st.Remote.BytesFetched))
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&stateDir, "state-dir", defaultStateDir, "where mount servers record their state")
+	serversFlags(cmd, &s)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 
-func fetchStats(ctx context.Context, sock string) (*image.Stats, error) {
-	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}, Timeout: 5 * time.Second}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://lazyfs/stats", nil)
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("mount server not answering on %s: %w", sock, err)
-	}
-	defer resp.Body.Close()
-	var s image.Stats
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&s); err != nil {
-		return nil, err
-	}
-	return &s, nil
-}
+// errPartial marks output that is complete except for servers that did not answer.
+var errPartial = errors.New("some servers did not answer")

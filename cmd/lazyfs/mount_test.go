@@ -14,7 +14,17 @@ import (
 
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/lazyfs/lazyfs/internal/node"
 )
+
+func isMounted(t *testing.T, dir string) bool {
+	t.Helper()
+	m, err := node.IsLazyfsMount(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
 
 // TestMain lets the test binary act as the lazyfs binary when the mount
 // command re-executes itself to start a background server.
@@ -48,15 +58,16 @@ func TestMountUmount(t *testing.T) {
 	tmp := t.TempDir()
 	mnt, state := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "state")
 	os.Mkdir(mnt, 0o755)
-	common := []string{"--state-dir", state, "--cache-dir", filepath.Join(tmp, "cache")}
-	t.Cleanup(func() { run(t, "umount", "--state-dir", state, mnt) })
+	nodaemon := filepath.Join(tmp, "no-daemon.sock") // no daemon answers here
+	common := []string{"--state-dir", state, "--cache-dir", filepath.Join(tmp, "cache"), "--control", nodaemon}
+	t.Cleanup(func() { run(t, "umount", "--state-dir", state, "--control", nodaemon, mnt) })
 
 	// A plain image is refused with advice, and served with --pull.
 	_, err := run(t, append(append([]string{"mount"}, common...), src, mnt)...)
 	if err == nil || !strings.Contains(err.Error(), "lazyfs convert") || !strings.Contains(err.Error(), "--pull") {
 		t.Fatalf("plain image: %v", err)
 	}
-	if isMounted(mnt) {
+	if isMounted(t, mnt) {
 		t.Fatal("a refused image left a mount")
 	}
 
@@ -64,7 +75,7 @@ func TestMountUmount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, "mounted") || !isMounted(mnt) {
+	if !strings.Contains(out, "mounted") || !isMounted(t, mnt) {
 		t.Fatalf("not mounted: %s", out)
 	}
 	got, err := os.ReadFile(filepath.Join(mnt, "etc/hostname"))
@@ -74,7 +85,7 @@ func TestMountUmount(t *testing.T) {
 	if _, err := run(t, append(append([]string{"mount"}, common...), dst, mnt)...); err == nil || !strings.Contains(err.Error(), "already a lazyfs mount") {
 		t.Fatalf("mounting twice on one directory: %v", err)
 	}
-	out, err = run(t, "stats", "--json", "--state-dir", state, mnt)
+	out, err = run(t, "stats", "--json", "--state-dir", state, "--control", nodaemon, mnt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,19 +93,19 @@ func TestMountUmount(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.FS.Reads == 0 || st.Remote.BytesFetched == 0 || st.Remote.BytesFetched >= st.ImageSize {
-		t.Errorf("after one small read: %d reads, %d of %d bytes fetched", st.FS.Reads, st.Remote.BytesFetched, st.ImageSize)
+	if st.FS.Reads == 0 || st.Fetched.Bytes == 0 || st.Fetched.Bytes >= st.ImageSize {
+		t.Errorf("after one small read: %d reads, %d of %d bytes fetched", st.FS.Reads, st.Fetched.Bytes, st.ImageSize)
 	}
-	stateFile, _, _ := statePaths(state, mnt)
-	ms, err := readState(state, mnt)
+	stateFile, _, _ := node.StatePaths(state, mnt)
+	ms, err := node.ReadMountState(state, mnt)
 	if err != nil {
 		t.Fatalf("no state file %s: %v", stateFile, err)
 	}
 
-	if _, err := run(t, "umount", "--state-dir", state, mnt); err != nil {
+	if _, err := run(t, "umount", "--state-dir", state, "--control", nodaemon, mnt); err != nil {
 		t.Fatal(err)
 	}
-	if isMounted(mnt) || processAlive(ms.PID) && !isZombie(ms.PID) {
+	if isMounted(t, mnt) || ms.Process.Alive() {
 		t.Fatal("still mounted or server still running after umount")
 	}
 
@@ -102,16 +113,16 @@ func TestMountUmount(t *testing.T) {
 	if _, err := run(t, append(append([]string{"mount"}, common...), dst, mnt)...); err != nil {
 		t.Fatal(err)
 	}
-	ms, _ = readState(state, mnt)
-	unix.Kill(ms.PID, unix.SIGKILL)
-	waitGone(t, ms.PID)
+	ms, _ = node.ReadMountState(state, mnt)
+	unix.Kill(ms.Process.PID, unix.SIGKILL)
+	waitGone(t, ms.Process.PID)
 	if _, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err == nil {
 		t.Fatal("read succeeded from a mount whose server is dead")
 	}
-	if _, err := run(t, "umount", "--state-dir", state, mnt); err != nil {
+	if _, err := run(t, "umount", "--state-dir", state, "--control", nodaemon, mnt); err != nil {
 		t.Fatal(err)
 	}
-	if isMounted(mnt) {
+	if isMounted(t, mnt) {
 		t.Fatal("stale mount not cleaned up")
 	}
 
@@ -138,7 +149,7 @@ func isZombie(pid int) bool {
 func waitGone(t *testing.T, pid int) {
 	t.Helper()
 	for range 500 {
-		if !processAlive(pid) || isZombie(pid) {
+		if unix.Kill(pid, 0) != nil || isZombie(pid) {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -154,7 +165,7 @@ func TestUmountRefusesForeignMounts(t *testing.T) {
 		t.Skipf("cannot mount a tmpfs here: %v", err)
 	}
 	t.Cleanup(func() { unix.Unmount(dir, 0) })
-	if _, err := run(t, "umount", "--state-dir", t.TempDir(), dir); err == nil || !strings.Contains(err.Error(), "not a lazyfs mount") {
+	if _, err := run(t, "umount", "--no-daemon", "--state-dir", t.TempDir(), dir); err == nil || !strings.Contains(err.Error(), "not a lazyfs mount") {
 		t.Fatalf("umount of a tmpfs: %v", err)
 	}
 	var st unix.Statfs_t

@@ -30,6 +30,10 @@ func MkdirPrivate(dir string) error {
 	if st, ok := fi.Sys().(*unix.Stat_t); ok && int(st.Uid) != os.Geteuid() {
 		return fmt.Errorf("%s: owned by uid %d, not by us (uid %d): refusing to keep state there", dir, st.Uid, os.Geteuid())
 	}
+	if fi.Mode()&os.ModeSticky != 0 || fi.Mode().Perm()&0o002 != 0 {
+		// A shared directory (/tmp): never narrow it, never keep state in it.
+		return fmt.Errorf("%s: a shared, world-writable directory: use a private directory of its own", dir)
+	}
 	if fi.Mode().Perm() != 0o700 {
 		if err := os.Chmod(dir, 0o700); err != nil {
 			return err

@@ -51,6 +51,9 @@ type Config struct {
 	// FS and Mount are the defaults for every mount's fs.NewRoot and fs.Mount.
 	FS    fs.Options
 	Mount fs.MountOptions
+	// PullDir holds the local copies of layers fetched whole (ImageOptions.Pull);
+	// default Root/pull.
+	PullDir string
 	// Resolver bounds the shared image/TOC caches.
 	Resolver image.ResolverOptions
 	// UnmountTimeout bounds how long an unmount waits for a FUSE server to
@@ -229,9 +232,12 @@ func (n *Node) MountImage(ctx context.Context, ref, dir string, o ImageOptions) 
 	opts := n.imageOptions()
 	opts.Platform, opts.Pull = o.Platform, o.Pull
 	if o.Pull {
-		opts.TempDir = filepath.Join(n.cfg.Root, "pull")
-		if err := MkdirPrivate(opts.TempDir); err != nil {
-			return nil, err
+		opts.TempDir = n.cfg.PullDir
+		if opts.TempDir == "" {
+			opts.TempDir = filepath.Join(n.cfg.Root, "pull")
+			if err := MkdirPrivate(opts.TempDir); err != nil {
+				return nil, err
+			}
 		}
 	}
 	m, err := image.Mount(ctx, ref, dir, opts)
@@ -452,3 +458,5 @@ func (k *keyedMutex) lock(key string) (unlock func()) {
 		k.mu.Unlock()
 	}
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

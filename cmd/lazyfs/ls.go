@@ -1,0 +1,74 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/internal/node"
+)
+
+func newLsCmd() *cobra.Command {
+	var s node.Servers
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List lazyfs mounts: the daemon's (images and snapshot layers) and standalone ones",
+		Long: `Ls lists every lazy mount of this machine: those the node daemon serves (merged
+images from lazyfs mount, and the per-layer mounts of containerd snapshots) and
+those of standalone mount servers, with the image, the layer, the size, the bytes
+held by the block cache (LOCAL) and the bytes fetched.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ms, lerr := s.List(cmd.Context())
+			if ms == nil {
+				ms = []node.ServedMount{}
+			}
+			if asJSON {
+				if err := writeJSON(cmd, ms); err != nil {
+					return err
+				}
+			} else {
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "DIR\tKIND\tIMAGE\tLAYER\tSIZE\tLOCAL\tFETCHED\tSERVER")
+				for _, m := range ms {
+					layer := "-"
+					if m.Layer != "" {
+						layer = shortDigest(m.Layer)
+					}
+					server := fmt.Sprintf("pid %d", m.PID)
+					if m.Daemon {
+						server = fmt.Sprintf("daemon (pid %d)", m.PID)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Dir, m.Kind, m.Ref, layer,
+						humanBytes(m.Size), humanBytes(m.LocalBytes), humanBytes(m.FetchedBytes), server)
+				}
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+			}
+			if lerr != nil {
+				return fmt.Errorf("%w: %w", errPartial, lerr)
+			}
+			return nil
+		},
+	}
+	serversFlags(cmd, &s)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func shortDigest(d string) string {
+	if len(d) > 19 {
+		return d[:19]
+	}
+	return d
+}
+
+func writeJSON(cmd *cobra.Command, v any) error {
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

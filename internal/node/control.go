@@ -1,0 +1,194 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lazyfs/lazyfs/fs/image"
+)
+
+// DefaultControlSocket is where the node daemon serves its control API.
+const DefaultControlSocket = "/run/lazyfs/control.sock"
+
+// MountRequest is the body of POST /v1/mounts.
+type MountRequest struct {
+	Ref      string `json:"ref"`
+	Dir      string `json:"dir"`
+	Pull     bool   `json:"pull,omitempty"`
+	Platform string `json:"platform,omitempty"`
+}
+
+// Health is the answer of GET /v1/health.
+type Health struct {
+	PID    int `json:"pid"`
+	Mounts int `json:"mounts"`
+}
+
+// maxRequestBody bounds a control API request body.
+const maxRequestBody = 64 << 10
+
+// Handler serves the node's control API (HTTP/JSON, for a unix socket):
+//
+//	GET    /v1/health             Health
+//	GET    /v1/mounts             []MountInfo: every mount (images and layers)
+//	POST   /v1/mounts             MountRequest → image.Stats: mount an image's merged root
+//	DELETE /v1/mounts?dir=DIR     unmount (lazily when busy)
+//	GET    /v1/stats?dir=DIR      image.Stats of one mount
+//	POST   /v1/warm               the lazyfs-prewarm contract (image.WarmHandler) on the node cache
+//
+// Errors are plain text with status 400 (bad request), 404 (no such
+// mount), 409 (mount point in use) or 502 (registry or mount failure).
+func (n *Node) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		n.mu.Lock()
+		h := Health{PID: os.Getpid(), Mounts: len(n.mounts)}
+		n.mu.Unlock()
+		writeJSON(w, h)
+	})
+	mux.HandleFunc("GET /v1/mounts", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, n.List(r.Context()))
+	})
+	mux.HandleFunc("POST /v1/mounts", func(w http.ResponseWriter, r *http.Request) {
+		var req MountRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody)).Decode(&req); err != nil || req.Ref == "" || req.Dir == "" {
+			http.Error(w, `body must be {"ref": "...", "dir": "/abs/path", "pull": false, "platform": ""}`, http.StatusBadRequest)
+			return
+		}
+		var o ImageOptions
+		o.Pull = req.Pull
+		if req.Platform != "" {
+			p, err := v1.ParsePlatform(req.Platform)
+			if err != nil {
+				http.Error(w, fmt.Sprintf("platform %q: %v", req.Platform, err), http.StatusBadRequest)
+				return
+			}
+			o.Platform = p
+		}
+		if !filepath.IsAbs(req.Dir) {
+			http.Error(w, "dir must be absolute", http.StatusBadRequest)
+			return
+		}
+		m, err := n.MountImage(r.Context(), req.Ref, req.Dir, o)
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		writeJSON(w, m.Stats())
+	})
+	mux.HandleFunc("DELETE /v1/mounts", func(w http.ResponseWriter, r *http.Request) {
+		dir := r.URL.Query().Get("dir")
+		if !filepath.IsAbs(dir) {
+			http.Error(w, "dir must be absolute", http.StatusBadRequest)
+			return
+		}
+		if err := n.Unmount(r.Context(), dir); err != nil {
+			httpError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
+		st, err := n.Stats(r.URL.Query().Get("dir"))
+		if err != nil {
+			httpError(w, err)
+			return
+		}
+		writeJSON(w, st)
+	})
+	mux.Handle("POST /v1/warm", n.resolver.WarmHandler(n.cache))
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func httpError(w http.ResponseWriter, err error) {
+	code := http.StatusBadGateway
+	switch {
+	case errors.Is(err, ErrNotMounted):
+		code = http.StatusNotFound
+	case errors.Is(err, ErrMountPointInUse):
+		code = http.StatusConflict
+	case errors.Is(err, image.ErrNotConverted):
+		code = http.StatusUnprocessableEntity
+	}
+	http.Error(w, err.Error(), code)
+}
+
+// umaskMu serialises the process-wide umask change around socket creation.
+var umaskMu sync.Mutex
+
+// Listen listens on the unix socket path, created under umask 177 (mode
+// 0600 from the start, not chmod after listen) inside a 0700 directory it
+// creates. A stale socket file (nobody answering) is replaced; a live one
+// is an error.
+func Listen(path string) (net.Listener, error) {
+	if err := MkdirPrivate(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("control socket %s: exists and is not a socket", path)
+		}
+		c, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			c.Close()
+			return nil, fmt.Errorf("control socket %s: another server is listening on it", path)
+		}
+		os.Remove(path)
+	}
+	umaskMu.Lock()
+	old := syscall.Umask(0o177) // the socket is born 0600
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	umaskMu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve serves h on the unix socket path (see Listen) until ctx is done,
+// then stops accepting, gives running requests 5 s, and removes the socket.
+func Serve(ctx context.Context, path string, h http.Handler) error {
+	ln, err := Listen(path)
+	if err != nil {
+		return err
+	}
+	return ServeListener(ctx, ln, h)
+}
+
+// ServeListener is Serve on a listener from Listen.
+func ServeListener(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	<-done
+	if errors.Is(err, context.DeadlineExceeded) {
+		srv.Close()
+	}
+	return nil
+}

@@ -1,0 +1,159 @@
+package node_test
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lazyfs/lazyfs/fs/image"
+	"github.com/lazyfs/lazyfs/fs/image/imagetest"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/lazyfs/lazyfs/internal/node"
+)
+
+// TestStandaloneBusyTermination: a standalone mount server told to stop
+// (SIGTERM cancels its context) while a file in the mount is open detaches
+// the mount (the directory is free at once), keeps serving the open file,
+// and returns only once it is closed: no reader ever sees a dead mount.
+// Its state file, socket and their directory are private.
+func TestStandaloneBusyTermination(t *testing.T) {
+	needFUSE(t)
+	reg := imagetest.New(t)
+	data := toctest.Random(31, 300<<10)
+	ref := reg.PushConverted(t, "busy", []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644}, Data: data}})
+	dir, stateDir := mountDir(t, "mnt"), filepath.Join(t.TempDir(), "state")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan image.Stats, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- node.ServeStandalone(ctx, node.StandaloneConfig{
+			Node: node.Config{Root: t.TempDir(), CacheDir: node.MemoryCache, CacheSize: 1 << 30},
+			Ref:  ref, Dir: dir, StateDir: stateDir,
+			Ready: func(st image.Stats) { ready <- st },
+		})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	case <-time.After(time.Minute):
+		t.Fatal("not ready")
+	}
+	statePath, sock, _ := node.StatePaths(stateDir, dir)
+	for p, want := range map[string]os.FileMode{statePath: 0o600, sock: 0o600, filepath.Dir(statePath): 0o700, stateDir: 0o700} {
+		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != want {
+			t.Errorf("%s: %v %v, want %v", p, fi, err, want)
+		}
+	}
+	st, err := node.ReadMountState(stateDir, dir)
+	if err != nil || st.Process.PID != os.Getpid() || st.Process.StartTime == 0 || st.Process.Cmdline == "" {
+		t.Fatalf("state: %+v %v", st, err)
+	}
+
+	f, err := os.Open(filepath.Join(dir, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	head := make([]byte, 10)
+	if _, err := io.ReadFull(f, head); err != nil {
+		t.Fatal(err)
+	}
+	cancel() // SIGTERM
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if m, _ := node.IsLazyfsMount(dir); !m {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("busy mount neither unmounted nor detached")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("server returned (%v) while a file in its mount is open", err)
+	default:
+	}
+	rest, err := io.ReadAll(f)
+	if err != nil || len(rest) != len(data)-10 || string(rest[:100]) != string(data[10:110]) {
+		t.Fatalf("reading the open file after detach: %d bytes, %v", len(rest), err)
+	}
+	f.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("server still running after the last open file was closed")
+	}
+	if _, err := os.Stat(statePath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state file left: %v", err)
+	}
+}
+
+// TestUnmountNeverSignalsADecoy: a state file left by a SIGKILLed server
+// names a PID that now belongs to an unrelated process (the decoy).
+// lazyfs umount cleans the stale mount and state and leaves the decoy alone.
+func TestUnmountNeverSignalsADecoy(t *testing.T) {
+	needFUSE(t)
+	decoy := exec.Command("sleep", "60")
+	if err := decoy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { decoy.Process.Kill(); decoy.Wait() })
+	real, err := node.ReadProcess(decoy.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(t.TempDir(), "state")
+	dir := mountDir(t, "mnt")
+	statePath, sock, logPath := node.StatePaths(stateDir, dir)
+	// What the dead server recorded: same PID, its own start time and command line.
+	stale := node.MountState{Process: node.ProcessID{PID: real.PID, StartTime: real.StartTime - 1, Cmdline: "lazyfs mount --foreground r " + dir},
+		Dir: dir, Ref: "r", Socket: sock, Log: logPath}
+	if err := node.WriteJSONPrivate(statePath, stale); err != nil {
+		t.Fatal(err)
+	}
+	if stale.Process.Alive() {
+		t.Fatal("a process with another start time counts as alive")
+	}
+	if !real.Alive() {
+		t.Fatal("the decoy does not count as alive")
+	}
+	deadMount(t, dir)
+	uc := node.UnmountConfig{StateDir: stateDir, NoDaemon: true, Timeout: 2 * time.Second}
+	rep, err := node.UnmountDir(context.Background(), dir, uc)
+	if err != nil || !strings.Contains(rep, "not signalled") {
+		t.Fatalf("umount: %q %v", rep, err)
+	}
+	if m, _ := node.IsLazyfsMount(dir); m {
+		t.Fatal("stale mount left")
+	}
+	if _, err := os.Stat(statePath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale state left: %v", err)
+	}
+	// Same decoy, same PID, the command line differs only.
+	stale.Process.StartTime = real.StartTime
+	if err := node.WriteJSONPrivate(statePath, stale); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.UnmountDir(context.Background(), dir, uc); err != nil {
+		t.Fatalf("umount of a state without a mount: %v", err)
+	}
+	if !real.Alive() {
+		t.Fatal("umount signalled the decoy")
+	}
+	if _, err := node.UnmountDir(context.Background(), dir, uc); err == nil || !strings.Contains(err.Error(), "not a lazyfs mount") {
+		t.Fatalf("umount of nothing: %v", err)
+	}
+}
