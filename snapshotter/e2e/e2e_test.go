@@ -39,6 +39,7 @@ import (
 	"github.com/lazyfs/lazyfs/fs/toc"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
 	"github.com/lazyfs/lazyfs/internal/ctrtest"
+	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/snapshotter/pull"
 )
 
@@ -380,6 +381,13 @@ func TestContainerdLazyPull(t *testing.T) {
 	if _, err := convert.Image(ctx, r.ref("src/app:1"), r.ref("lazy/app:1"), convert.WithChunkSize(64<<10)); err != nil {
 		t.Fatal(err)
 	}
+	// A second image whose own layer carries a copy of data/burst: once the
+	// first image's containers read it, its chunks are in the node's cache.
+	push(t, r.ref("src/other:1"), base, layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("another image\n")),
+		dir("data/"), reg("data/copy", 0o644, burst)}))
+	if _, err := convert.Image(ctx, r.ref("src/other:1"), r.ref("other/app:1"), convert.WithChunkSize(64<<10)); err != nil {
+		t.Fatal(err)
+	}
 	push(t, r.ref("plain/app:1"), base, layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("plain image\n"))}))
 	push(t, r.ref("src/bad:1"), base, layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("toc did not verify\n"))}))
 	if _, err := convert.Image(ctx, r.ref("src/bad:1"), r.ref("bad/app:1"), convert.WithChunkSize(64<<10)); err != nil {
@@ -446,6 +454,37 @@ func TestContainerdLazyPull(t *testing.T) {
 		t.Errorf("8 containers reading one %d-byte file fetched %d bytes: chunks fetched more than once", len(burst), burstFetched)
 	}
 
+	// 2b. Another image with the same file: its chunks are shared through
+	// the content-addressed cache and not fetched again.
+	other := r.ref("other/app:1")
+	if err := pullRef(other); err != nil {
+		t.Fatalf("lazyfs pull of the second image: %v", err)
+	}
+	before = r.fetched("other/app")
+	if out, err := run(other, "busybox", "md5sum", "/data/copy"); err != nil || !strings.Contains(out, md5hex(burst)) {
+		t.Fatalf("second image: %v %q", err, out)
+	}
+	shared := r.fetched("other/app") - before
+	t.Logf("second image read its %d-byte copy of a cached file; fetched %d bytes", len(burst), shared)
+	if shared > int64(len(burst))/10 {
+		t.Errorf("a file whose chunks are cached (read through another image) fetched %d of %d bytes again", shared, len(burst))
+	}
+
+	// The node's control API (lazyfs ls) lists the snapshotter's layer mounts.
+	ms, err := node.NewClient(d.control, 10*time.Second).List(ctx)
+	if err != nil {
+		t.Fatalf("control API: %v", err)
+	}
+	layers := 0
+	for _, m := range ms {
+		if m.Kind == node.KindLayer {
+			layers++
+		}
+	}
+	if layers != 3 { // busybox (shared), app, other's app layer
+		t.Errorf("control API lists %d layer mounts, want 3: %+v", layers, ms)
+	}
+
 	// 3. A plain image falls back to containerd's unpack, counted with a reason.
 	fb := d.metric("lazyfs_snapshotter_fallback_layers_total")
 	if err := pullRef(r.ref("plain/app:1")); err != nil {
@@ -489,12 +528,12 @@ func TestContainerdLazyPull(t *testing.T) {
 	if err != nil || !strings.Contains(out, "served lazily by lazyfs") || !strings.Contains(out, md5hex(later)) {
 		t.Fatalf("container after kill -9 and restart: %v\n%s\n%s", err, out, d.logTail())
 	}
-	if got := d.metric("lazyfs_snapshotter_restored_mounts_total"); got < 2 {
-		t.Errorf("restored mounts after restart: %v, want ≥ 2", got)
+	if got := d.metric("lazyfs_snapshotter_restored_mounts_total"); got < 3 {
+		t.Errorf("restored mounts after restart: %v, want ≥ 3", got)
 	}
 
 	// 6. Removing the images frees every lazy mount.
-	for _, ref := range []string{lazy, r.ref("plain/app:1"), r.ref("bad/app:1")} {
+	for _, ref := range []string{lazy, other, r.ref("plain/app:1"), r.ref("bad/app:1")} {
 		c.Ctr("images", "rm", "--sync", ref)
 	}
 	deadline := time.Now().Add(30 * time.Second)
