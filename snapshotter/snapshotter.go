@@ -298,7 +298,11 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			return nil, err
 		}
 	}
-	sn, info, err := s.createSnapshot(ctx, snapshots.KindActive, key, parent, opts)
+	// Lazy parents must serve before the new snapshot reads its parent's owner.
+	if err := s.ensureParents(ctx, parent); err != nil {
+		return nil, err
+	}
+	sn, _, err := s.createSnapshot(ctx, snapshots.KindActive, key, parent, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -307,19 +311,16 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 		}
 	}
-	if err := s.ensureParents(ctx, info.Parent); err != nil {
-		return nil, err
-	}
 	return s.mounts(sn), nil
 }
 
 // View creates a read-only snapshot of parent.
 func (s *Snapshotter) View(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
-	sn, info, err := s.createSnapshot(ctx, snapshots.KindView, key, parent, opts)
-	if err != nil {
+	if err := s.ensureParents(ctx, parent); err != nil {
 		return nil, err
 	}
-	if err := s.ensureParents(ctx, info.Parent); err != nil {
+	sn, _, err := s.createSnapshot(ctx, snapshots.KindView, key, parent, opts)
+	if err != nil {
 		return nil, err
 	}
 	return s.mounts(sn), nil

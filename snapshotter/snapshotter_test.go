@@ -242,8 +242,18 @@ func TestRemoteSnapshotLifecycle(t *testing.T) {
 		t.Fatalf("container after a lost mount reads %q", got)
 	}
 
+	// And when a new container is prepared on top of it.
+	lfs.forgetOne(t)
+	ms, err = s.Prepare(ctx, "ctr-3", "layer-a")
+	if err != nil {
+		t.Fatalf("Prepare over a lost lazy mount: %v", err)
+	}
+	if got := mountAndRead(t, ms, "hello"); got != "lazy layer\n" {
+		t.Fatalf("new container over a lost mount reads %q", got)
+	}
+
 	// Remove frees everything: no mount, no directory.
-	for _, k := range []string{"ctr-1", "ctr-2", "layer-a"} {
+	for _, k := range []string{"ctr-1", "ctr-2", "ctr-3", "layer-a"} {
 		if err := s.Remove(ctx, k); err != nil {
 			t.Fatalf("remove %s: %v", k, err)
 		}

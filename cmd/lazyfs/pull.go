@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -12,6 +13,7 @@ func newPullCmd() *cobra.Command {
 	var (
 		address, namespace, snapshotter, platform string
 		plainHTTP                                 bool
+		timeout                                   time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "pull [flags] REF",
@@ -27,7 +29,7 @@ Registries on localhost and loopback addresses are reached over plain HTTP.`,
 			r, err := pull.Pull(cmd.Context(), args[0],
 				pull.WithAddress(address), pull.WithNamespace(namespace),
 				pull.WithSnapshotter(snapshotter), pull.WithPlainHTTP(plainHTTP),
-				pull.WithPlatform(platform))
+				pull.WithPlatform(platform), pull.WithTimeout(timeout))
 			if err != nil {
 				return err
 			}
@@ -41,5 +43,6 @@ Registries on localhost and loopback addresses are reached over plain HTTP.`,
 	f.StringVar(&snapshotter, "snapshotter", pull.DefaultSnapshotter, "snapshotter to unpack into")
 	f.StringVar(&platform, "platform", "", "platform to pull from an index (default: this machine's)")
 	f.BoolVar(&plainHTTP, "plain-http", false, "use plain HTTP for every registry")
+	f.DurationVar(&timeout, "timeout", pull.DefaultTimeout, "give up the pull after this long")
 	return cmd
 }

@@ -22,6 +22,7 @@ const (
 	DefaultNamespace   = "default"
 	DefaultSnapshotter = "lazyfs"
 	DefaultDialTimeout = 10 * time.Second
+	DefaultTimeout     = 30 * time.Minute
 )
 
 // Option configures Pull.
@@ -34,6 +35,7 @@ type options struct {
 	plainHTTP   bool
 	dialTimeout time.Duration
 	platform    string
+	timeout     time.Duration
 }
 
 // WithAddress sets containerd's gRPC socket (DefaultAddress).
@@ -92,6 +94,18 @@ func WithDialTimeout(d time.Duration) Option {
 	}
 }
 
+// WithTimeout bounds the whole pull (DefaultTimeout): a registry that stalls
+// cannot hold it forever.
+func WithTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("pull: timeout %v: must be positive", d)
+		}
+		o.timeout = d
+		return nil
+	}
+}
+
 // Result describes a pulled image.
 type Result struct {
 	Name   string // the image name in containerd
@@ -101,15 +115,17 @@ type Result struct {
 
 // Pull fetches ref's manifest and config into containerd's content store and
 // unpacks it into the snapshotter. Layers the snapshotter serves lazily are
-// not downloaded; the others are, as by a normal pull. ctx bounds the whole
-// pull.
+// not downloaded; the others are, as by a normal pull. ctx and WithTimeout
+// bound the whole pull.
 func Pull(ctx context.Context, ref string, opts ...Option) (Result, error) {
-	o := options{address: DefaultAddress, namespace: DefaultNamespace, snapshotter: DefaultSnapshotter, dialTimeout: DefaultDialTimeout}
+	o := options{address: DefaultAddress, namespace: DefaultNamespace, snapshotter: DefaultSnapshotter, dialTimeout: DefaultDialTimeout, timeout: DefaultTimeout}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return Result{}, err
 		}
 	}
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
 	c, err := client.New(o.address, client.WithDefaultNamespace(o.namespace), client.WithTimeout(o.dialTimeout))
 	if err != nil {
 		return Result{}, fmt.Errorf("containerd at %s: %w", o.address, err)
