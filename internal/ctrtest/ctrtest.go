@@ -49,6 +49,22 @@ const CtrTimeout = 2 * time.Minute
 // machine do not meet.
 func Start(t testing.TB, proxies map[string]string) *Containerd {
 	t.Helper()
+	return StartWith(t, Options{Proxies: proxies})
+}
+
+// Options configures StartWith.
+type Options struct {
+	// Proxies maps proxy snapshotter names to their sockets.
+	Proxies map[string]string
+	// CRI, when not empty, keeps the CRI plugin enabled and is appended to
+	// the config (e.g. its [plugins."io.containerd.grpc.v1.cri"] tables).
+	CRI string
+}
+
+// StartWith is Start with more choices.
+func StartWith(t testing.TB, o Options) *Containerd {
+	t.Helper()
+	proxies := o.Proxies
 	dir, err := os.MkdirTemp("", "ctrtest-")
 	if err != nil {
 		t.Fatal(err)
@@ -59,11 +75,16 @@ func Start(t testing.TB, proxies map[string]string) *Containerd {
 		Namespace: fmt.Sprintf("lazyfs-test-%d", os.Getpid()),
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = %q\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = %q\n",
-		filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.Address, filepath.Join(dir, "opt"))
+	disabled := `["io.containerd.grpc.v1.cri"]`
+	if o.CRI != "" {
+		disabled = "[]"
+	}
+	fmt.Fprintf(&b, "version = 2\nroot = %q\nstate = %q\ndisabled_plugins = %s\n[grpc]\n  address = %q\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = %q\n",
+		filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled, c.Address, filepath.Join(dir, "opt"))
 	for name, sock := range proxies {
 		fmt.Fprintf(&b, "[proxy_plugins.%s]\n  type = \"snapshot\"\n  address = %q\n", name, sock)
 	}
+	b.WriteString(o.CRI)
 	cfg := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,89 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/lazyfs/lazyfs/fs/convert"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/lazyfs/lazyfs/internal/ctrtest"
+)
+
+// TestCRIPassesLabels: containerd's CRI plugin, configured as
+// docs/kubernetes.md says (snapshotter = "lazyfs",
+// disable_snapshot_annotations = false), pulls a converted image for the
+// kubelet with every layer mounted lazily and no lazyfs pull involved.
+func TestCRIPassesLabels(t *testing.T) {
+	ctrtest.Skip(t)
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
+	busybox, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("needs busybox-static")
+	}
+	bin := buildDaemon(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r := newRegistry(t)
+	push(t, r.ref("src/cri:1"),
+		layer(t, []toctest.File{dir("bin/"), reg("bin/busybox", 0o755, busybox), symlink("bin/sh", "busybox")}),
+		layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("pulled by CRI\n")), reg("etc/big", 0o644, toctest.Random(7, 8<<20))}))
+	if _, err := convert.Image(ctx, r.ref("src/cri:1"), r.ref("lazy/cri:1")); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, bin)
+	c := ctrtest.StartWith(t, ctrtest.Options{
+		Proxies: map[string]string{"lazyfs": d.sock},
+		CRI: fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "lazyfs"
+  disable_snapshot_annotations = false
+[plugins."io.containerd.grpc.v1.cri".registry.mirrors.%q]
+  endpoint = ["http://%s"]
+`, r.host, r.host),
+	})
+	conn, err := grpc.NewClient("unix://"+c.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	images := runtimeapi.NewImageServiceClient(conn)
+	ref := r.ref("lazy/cri:1")
+	var resp *runtimeapi.PullImageResponse
+	for deadline := time.Now().Add(30 * time.Second); ; { // the CRI plugin initialises after the socket answers
+		resp, err = images.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+		if err == nil || time.Now().After(deadline) || !strings.Contains(err.Error(), "Unimplemented") && !strings.Contains(err.Error(), "not initialized") {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("CRI PullImage: %v\n%s", err, d.logTail())
+	}
+	t.Logf("CRI pulled %s as %s", ref, resp.ImageRef)
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 2 {
+		t.Fatalf("remote layers after a CRI pull: %v, want 2 (fallbacks: %s)\n%s", got,
+			metricLines(t, d.metricsURL, "lazyfs_snapshotter_fallback_layers_total{"), d.logTail())
+	}
+	if size := imageBytes(t, ref); r.fetched("lazy/cri") > size/4 {
+		t.Errorf("CRI pull fetched %d of %d bytes", r.fetched("lazy/cri"), size)
+	}
+	k8s := &ctrtest.Containerd{Address: c.Address, Namespace: "k8s.io"}
+	out, err := k8s.Ctr("snapshots", "--snapshotter", "lazyfs", "ls")
+	if err != nil || strings.Count(out, "Committed") != 2 {
+		t.Errorf("k8s.io snapshots: %v\n%s", err, out)
+	}
+	if _, err := images.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+		t.Errorf("CRI RemoveImage: %v", err)
+	}
+}
