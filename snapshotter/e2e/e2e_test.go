@@ -178,21 +178,50 @@ type daemon struct {
 	log                 *os.File
 }
 
+// buildDaemon builds cmd/lazyfs-snapshotter once per test binary.
 func buildDaemon(t *testing.T) string {
 	t.Helper()
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		if _, err := os.Stat("/usr/local/go/bin/go"); err != nil {
-			t.Skip("needs the go tool to build lazyfs-snapshotter")
+	build.once.Do(func() {
+		gobin, err := exec.LookPath("go")
+		if err != nil {
+			if _, err := os.Stat("/usr/local/go/bin/go"); err != nil {
+				build.skip = "needs the go tool to build lazyfs-snapshotter"
+				return
+			}
+			gobin = "/usr/local/go/bin/go"
 		}
-		gobin = "/usr/local/go/bin/go"
+		dir, err := os.MkdirTemp("", "lazyfs-e2e-bin-")
+		if err != nil {
+			build.err = err
+			return
+		}
+		build.dir = dir
+		build.path = filepath.Join(dir, "lazyfs-snapshotter")
+		if b, err := exec.Command(gobin, "build", "-o", build.path, "github.com/lazyfs/lazyfs/cmd/lazyfs-snapshotter").CombinedOutput(); err != nil {
+			build.err = fmt.Errorf("build lazyfs-snapshotter: %v\n%s", err, b)
+		}
+	})
+	if build.skip != "" {
+		t.Skip(build.skip)
 	}
-	out := filepath.Join(t.TempDir(), "lazyfs-snapshotter")
-	cmd := exec.Command(gobin, "build", "-o", out, "github.com/lazyfs/lazyfs/cmd/lazyfs-snapshotter")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build lazyfs-snapshotter: %v\n%s", err, b)
+	if build.err != nil {
+		t.Fatal(build.err)
 	}
-	return out
+	return build.path
+}
+
+var build struct {
+	once            sync.Once
+	dir, path, skip string
+	err             error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if build.dir != "" {
+		os.RemoveAll(build.dir)
+	}
+	os.Exit(code)
 }
 
 func freePort(t *testing.T) string {
