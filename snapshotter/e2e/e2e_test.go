@@ -561,6 +561,24 @@ func TestContainerdLazyPull(t *testing.T) {
 		t.Errorf("restored mounts after restart: %v, want ≥ 3", got)
 	}
 
+	// 5b. A graceful stop (SIGTERM) unmounts the layers; the next start
+	// mounts them again.
+	d.stop()
+	if ms := mountsUnder(t, d.root); len(ms) != 0 {
+		t.Errorf("mounts left after SIGTERM: %v", ms)
+	}
+	d.start()
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		out, err = run(other, "busybox", "cat", "/etc/motd")
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unavailable") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil || out != "another image\n" {
+		t.Fatalf("container after SIGTERM and restart: %v %q\n%s", err, out, d.logTail())
+	}
+
 	// 6. Removing the images frees every lazy mount.
 	for _, ref := range []string{lazy, other, r.ref("plain/app:1"), r.ref("bad/app:1")} {
 		c.Ctr("images", "rm", "--sync", ref)

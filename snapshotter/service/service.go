@@ -199,8 +199,6 @@ func (s *Server) closeAll() {
 // is created mode 0700. A directory that others can enter is refused, and a
 // stale socket from an earlier run is replaced.
 func ListenUnix(path string) (net.Listener, error) {
-	old := syscall.Umask(0o077)
-	defer syscall.Umask(old)
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("socket %s: %w", path, err)
@@ -222,8 +220,10 @@ func ListenUnix(path string) (net.Listener, error) {
 		}
 		os.Remove(path)
 	}
-	syscall.Umask(0o177) // the socket itself: 0600
+	// The umask is process-wide: hold it only around the bind.
+	old := syscall.Umask(0o177) // the socket itself: 0600
 	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("socket %s: %w", path, err)
 	}
