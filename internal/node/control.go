@@ -240,3 +240,9 @@ func ServeListener(ctx context.Context, ln net.Listener, h http.Handler) error {
 	}
 	return nil
 }
+
+// Serve serves the Node's control API (Handler) on the unix socket path
+// until ctx is done (see the package's Serve).
+func (n *Node) Serve(ctx context.Context, path string) error {
+	return Serve(ctx, path, n.Handler())
+}
