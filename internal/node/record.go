@@ -5,8 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"io"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -106,4 +106,3 @@ func readJSON[T any](path string, limit int64) (*T, error) {
 	}
 	return &v, nil
 }
-
