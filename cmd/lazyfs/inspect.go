@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
@@ -62,7 +63,8 @@ any image: a plain image is reported as not chunked.`,
 				}
 			}
 			f := remote.New(remote.WithInsecure(insecure), remote.WithUserAgent("lazyfs-inspect"))
-			img, err := f.Resolve(cmd.Context(), args[0], p)
+			r := image.NewResolver(f, image.ResolverOptions{})
+			img, err := r.Resolve(cmd.Context(), args[0], p)
 			if err != nil {
 				return err
 			}
@@ -88,10 +90,10 @@ any image: a plain image is reported as not chunked.`,
 					continue
 				}
 				g.Go(func() error {
-					t, err := f.LayerBlob(img, i).TOC(cmd.Context(), l.Annotations)
+					t, err := r.TOC(cmd.Context(), img, i)
 					if err != nil {
 						il.Error = err.Error()
-						return fmt.Errorf("layer %d (%s): %w", i, l.Digest, err)
+						return err // names the image and layer
 					}
 					loc, _, _ := toc.LocationFromAnnotations(l.Annotations)
 					il.UncompressedSize, il.ChunkSize, il.Entries, il.Chunks, il.TOCSize = t.TarSize, t.ChunkSize, len(t.Entries), len(t.Chunks), loc.Length

@@ -306,7 +306,6 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 // overlayfs lower layer (fs.Options.OverlayWhiteouts): the per-layer mount
 // of a remote snapshot. The layer must be lazyfs-chunked unless o.Pull.
 func MountLayer(ctx context.Context, ref string, layer digest.Digest, dir string, o Options) (_ *Mounted, err error) {
-	start := time.Now()
 	r, err := o.resolver()
 	if err != nil {
 		return nil, err
@@ -325,6 +324,17 @@ func MountLayer(ctx context.Context, ref string, layer digest.Digest, dir string
 	if i < 0 {
 		return nil, fmt.Errorf("image %s (%s): %w: no layer %s", ref, img.Digest, ErrNoLayer, layer)
 	}
+	return MountImageLayer(ctx, r, img, i, dir, o)
+}
+
+// MountImageLayer is MountLayer for layer i of an image already resolved
+// (or rebuilt from a recorded descriptor), with r loading its TOC.
+func MountImageLayer(ctx context.Context, r *Resolver, img *remote.Image, i int, dir string, o Options) (*Mounted, error) {
+	start := time.Now()
+	if i < 0 || i >= len(img.Layers) {
+		return nil, fmt.Errorf("image %s: %w: index %d of %d", img.Ref, ErrNoLayer, i, len(img.Layers))
+	}
+	layer := img.Layers[i].Digest
 	l, err := OpenLayer(ctx, r, img, i, LayerOptions{Pull: o.Pull, TempDir: o.TempDir, Logger: o.Logger})
 	if err != nil {
 		return nil, err

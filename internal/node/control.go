@@ -30,6 +30,12 @@ type MountRequest struct {
 	Platform string `json:"platform,omitempty"`
 }
 
+// LayerRequest is the body of POST /v1/layers and /v1/layers/check.
+type LayerRequest struct {
+	Mountpoint string            `json:"mountpoint"`
+	Labels     map[string]string `json:"labels"`
+}
+
 // Health is the answer of GET /v1/health.
 type Health struct {
 	PID    int `json:"pid"`
@@ -47,6 +53,9 @@ const maxRequestBody = 64 << 10
 //	DELETE /v1/mounts?dir=DIR     unmount (lazily when busy)
 //	GET    /v1/stats?dir=DIR      image.Stats of one mount
 //	POST   /v1/warm               the lazyfs-prewarm contract (image.WarmHandler) on the node cache
+//	POST   /v1/layers             LayerRequest: LayerFS.Mount (for RemoteLayerFS)
+//	POST   /v1/layers/check       LayerRequest: LayerFS.Check
+//	DELETE /v1/layers?dir=DIR     LayerFS.Unmount
 //
 // Errors are plain text with status 400 (bad request), 404 (no such
 // mount), 409 (mount point in use) or 502 (registry or mount failure).
@@ -109,6 +118,45 @@ func (n *Node) Handler() http.Handler {
 		writeJSON(w, st)
 	})
 	mux.Handle("POST /v1/warm", n.resolver.WarmHandler(n.cache))
+	lfs := n.LayerFS()
+	layerReq := func(w http.ResponseWriter, r *http.Request) (LayerRequest, bool) {
+		var req LayerRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody)).Decode(&req); err != nil || !filepath.IsAbs(req.Mountpoint) || len(req.Labels) > 256 {
+			http.Error(w, `body must be {"mountpoint": "/abs/path", "labels": {...}}`, http.StatusBadRequest)
+			return req, false
+		}
+		return req, true
+	}
+	mux.HandleFunc("POST /v1/layers", func(w http.ResponseWriter, r *http.Request) {
+		if req, ok := layerReq(w, r); ok {
+			if err := lfs.Mount(r.Context(), req.Mountpoint, req.Labels); err != nil {
+				httpError(w, err)
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	mux.HandleFunc("POST /v1/layers/check", func(w http.ResponseWriter, r *http.Request) {
+		if req, ok := layerReq(w, r); ok {
+			if err := lfs.Check(r.Context(), req.Mountpoint, req.Labels); err != nil {
+				httpError(w, err)
+				return
+			}
+			w.WriteHeader(http.StatusNoContent)
+		}
+	})
+	mux.HandleFunc("DELETE /v1/layers", func(w http.ResponseWriter, r *http.Request) {
+		dir := r.URL.Query().Get("dir")
+		if !filepath.IsAbs(dir) {
+			http.Error(w, "dir must be absolute", http.StatusBadRequest)
+			return
+		}
+		if err := lfs.Unmount(r.Context(), dir); err != nil {
+			httpError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 	return mux
 }
 
@@ -191,4 +239,10 @@ func ServeListener(ctx context.Context, ln net.Listener, h http.Handler) error {
 		srv.Close()
 	}
 	return nil
+}
+
+// Serve serves the Node's control API (Handler) on the unix socket path
+// until ctx is done (see the package's Serve).
+func (n *Node) Serve(ctx context.Context, path string) error {
+	return Serve(ctx, path, n.Handler())
 }

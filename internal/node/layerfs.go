@@ -35,7 +35,9 @@ func (n *Node) LayerFS() *LayerFS { return &LayerFS{n: n} }
 //
 // Mount is idempotent: when mountpoint already serves that layer it returns
 // nil, so a restarted snapshotter can ask again for every remote snapshot
-// it knows; a stale mount left there by a killed daemon is replaced.
+// it knows; a stale mount left there by a killed daemon is replaced. The
+// layer's descriptor is recorded under Config.Root until Unmount, so that
+// a restart can mount it again even if its image reference has moved.
 func (l *LayerFS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
 	n := l.n
 	ref, layer, err := parseLabels(labels)
@@ -63,11 +65,17 @@ func (l *LayerFS) Mount(ctx context.Context, mountpoint string, labels map[strin
 		}
 		return fmt.Errorf("layer %s: mount point %s: %w", layer, dir, err)
 	}
-	m, err := image.MountLayer(ctx, ref, layer, dir, n.imageOptions())
+	img, i, err := n.resolveLayer(ctx, dir, ref, layer)
 	if err != nil {
 		n.metrics.fallback(err)
 		return err
 	}
+	m, err := image.MountImageLayer(ctx, n.resolver, img, i, dir, n.imageOptions())
+	if err != nil {
+		n.metrics.fallback(err)
+		return err
+	}
+	n.saveRecord(dir, ref, img, i)
 	if err := n.add(dir, &mountEntry{kind: KindLayer, ref: ref, layer: layer.String(), m: m, since: time.Now()}); err != nil {
 		m.Close()
 		return err
@@ -112,6 +120,9 @@ func (l *LayerFS) Check(ctx context.Context, mountpoint string, labels map[strin
 // A mountpoint the Node does not serve and that is not mounted is not an error.
 func (l *LayerFS) Unmount(ctx context.Context, mountpoint string) error {
 	err := l.n.Unmount(ctx, mountpoint)
+	if dir, derr := cleanDir(mountpoint); derr == nil && (err == nil || errors.Is(err, ErrNotMounted)) {
+		l.n.dropRecord(dir)
+	}
 	if errors.Is(err, ErrNotMounted) {
 		return nil
 	}

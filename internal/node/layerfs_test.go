@@ -296,3 +296,55 @@ func deadMount(t *testing.T, dir string) {
 	unix.Close(fd)
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
 }
+
+// TestLayerFSRestoreAfterTagMoved: a daemon restarted after its image's
+// tag moved to another image mounts its layer again at the same mount
+// point from the descriptor it recorded (a fresh daemon without the record
+// cannot).
+func TestLayerFSRestoreAfterTagMoved(t *testing.T) {
+	needFUSE(t)
+	reg := imagetest.New(t)
+	ref := reg.PushConverted(t, "moving", []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "v", Mode: 0o644}, Data: []byte("one")}})
+	f := remote.New()
+	img, err := f.Resolve(context.Background(), ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := labels(ref, img.Layers[0].Digest.String())
+	root, dir := t.TempDir(), mountDir(t, "layer")
+	cfg := node.Config{Root: root, CacheDir: node.MemoryCache, CacheSize: 1 << 30, Fetcher: f}
+	n1, err := node.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.LayerFS().Mount(context.Background(), dir, lb); err != nil {
+		t.Fatal(err)
+	}
+	if err := n1.Close(); err != nil { // the daemon stops; its snapshots stay
+		t.Fatal(err)
+	}
+	reg.PushConverted(t, "moving", []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "v", Mode: 0o644}, Data: []byte("two")}})
+
+	fresh := newNode(t, f)
+	if err := fresh.LayerFS().Mount(context.Background(), dir, lb); !errors.Is(err, image.ErrNoLayer) {
+		t.Fatalf("without a record: %v, want ErrNoLayer", err)
+	}
+	n2, err := node.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n2.Close()
+	if err := n2.LayerFS().Mount(context.Background(), dir, lb); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "v")); err != nil || string(got) != "one" {
+		t.Fatalf("restored layer: %q %v", got, err)
+	}
+	if err := n2.LayerFS().Unmount(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	// Unmount forgets the layer: no restore any more.
+	if err := n2.LayerFS().Mount(context.Background(), dir, lb); !errors.Is(err, image.ErrNoLayer) {
+		t.Fatalf("after Unmount: %v, want ErrNoLayer", err)
+	}
+}

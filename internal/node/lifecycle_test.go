@@ -111,9 +111,13 @@ func TestUnmountNeverSignalsADecoy(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { decoy.Process.Kill(); decoy.Wait() })
-	real, err := node.ReadProcess(decoy.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
+	// Until the child has exec'd, /proc shows the test binary's command line.
+	var real node.ProcessID
+	for deadline := time.Now().Add(10 * time.Second); !strings.HasPrefix(real.Cmdline, "sleep"); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("decoy not started: %+v", real)
+		}
+		real, _ = node.ReadProcess(decoy.Process.Pid)
 	}
 	stateDir := filepath.Join(t.TempDir(), "state")
 	dir := mountDir(t, "mnt")

@@ -160,8 +160,10 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 }
 
 // Close unmounts every mount of the node (lazily where files are still in
-// use: see docs/daemon.md), waits for their servers to stop, and closes the
-// cache and fetcher the Node opened.
+// use: see docs/daemon.md), waits up to Config.UnmountTimeout for their
+// servers to stop, and closes the cache and fetcher the Node opened. Mounts
+// still busy then are reported in the error; their readers fail once this
+// process exits.
 func (n *Node) Close() error {
 	n.mu.Lock()
 	n.closed = true
@@ -178,7 +180,17 @@ func (n *Node) Close() error {
 		}
 		cancel()
 	}
-	n.bg.Wait()
+	// Detached busy mounts stop when their last file is closed; a process
+	// that exits before then leaves their readers ENOTCONN (docs/daemon.md).
+	waited := make(chan struct{})
+	go func() { n.bg.Wait(); close(waited) }()
+	t := time.NewTimer(n.cfg.UnmountTimeout)
+	select {
+	case <-waited:
+		t.Stop()
+	case <-t.C:
+		errs = append(errs, fmt.Errorf("%w: detached mounts still had open files after %v", image.ErrBusy, n.cfg.UnmountTimeout))
+	}
 	if n.ownCache {
 		errs = append(errs, n.cache.Close())
 	}

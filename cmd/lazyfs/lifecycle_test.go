@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lazyfs/lazyfs/fs/remote"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/lazyfs/lazyfs/internal/node"
+)
+
+// TestMountLifecycle: a standalone mount is listed by ls; a second server
+// on the same cache is refused with the reason; umount of a mount with an
+// open file does not report success while its server serves that file,
+// and the file keeps reading; logs and state are private.
+func TestMountLifecycle(t *testing.T) {
+	needFUSE(t)
+	t.Setenv("LAZYFS_TEST_MAIN", "1")
+	host := testRegistry(t)
+	src, dst := host+"/life:1", host+"/life:1-lazy"
+	pushSample(t, src)
+	if _, err := run(t, "convert", src, dst); err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	mnt, mnt2, state := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "mnt2"), filepath.Join(tmp, "state")
+	os.Mkdir(mnt, 0o755)
+	os.Mkdir(mnt2, 0o755)
+	nodaemon := filepath.Join(tmp, "no-daemon.sock")
+	common := []string{"--state-dir", state, "--cache-dir", filepath.Join(tmp, "cache"), "--control", nodaemon}
+	umount := func(dir string) (string, error) {
+		return run(t, "umount", "--state-dir", state, "--control", nodaemon, "--timeout", "1s", dir)
+	}
+	t.Cleanup(func() { umount(mnt); umount(mnt2) })
+
+	if _, err := run(t, append(append([]string{"mount"}, common...), dst, mnt)...); err != nil {
+		t.Fatal(err)
+	}
+	// The cache is held by the first server: no silent RAM cache for the second.
+	_, err := run(t, append(append([]string{"mount"}, common...), dst, mnt2)...)
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") || !strings.Contains(err.Error(), "--cache-dir") {
+		t.Fatalf("second server on a held cache: %v", err)
+	}
+	if isMounted(t, mnt2) {
+		t.Fatal("the refused mount is there")
+	}
+
+	out, err := run(t, "ls", "--json", "--state-dir", state, "--control", nodaemon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ls []node.ServedMount
+	if err := json.Unmarshal([]byte(out), &ls); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := node.ReadMountState(state, mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ls) != 1 || ls[0].Dir != mnt || ls[0].Kind != node.KindImage || ls[0].Ref != dst || ls[0].PID != ms.Process.PID || ls[0].Daemon {
+		t.Fatalf("ls: %s", out)
+	}
+	if out, err := run(t, "ls", "--state-dir", state, "--control", nodaemon); err != nil || !strings.Contains(out, mnt) || !strings.Contains(out, "FETCHED") {
+		t.Fatalf("ls table: %q %v", out, err)
+	}
+	statePath, sock, logPath := node.StatePaths(state, mnt)
+	for p, want := range map[string]os.FileMode{statePath: 0o600, sock: 0o600, logPath: 0o600, state: 0o700, filepath.Dir(statePath): 0o700} {
+		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != want {
+			t.Errorf("%s: %v %v, want %v", p, fi, err, want)
+		}
+	}
+
+	// Busy: umount fails while the server serves the open file.
+	f, err := os.Open(filepath.Join(mnt, "bin/tool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, err = umount(mnt)
+	if !errors.Is(err, node.ErrServerAlive) && (err == nil || !strings.Contains(err.Error(), "still running")) {
+		t.Fatalf("umount of a busy mount: %v, want a report that the server still runs", err)
+	}
+	if !ms.Process.Alive() {
+		t.Fatal("the server died with a file open in its mount")
+	}
+	got, err := io.ReadAll(f)
+	if want := toctest.Random(1, 700<<10); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("reading the open file after umount: %d bytes, %v", len(got), err)
+	}
+	f.Close()
+	waitGone(t, ms.Process.PID)
+	if isMounted(t, mnt) {
+		t.Fatal("still mounted")
+	}
+	// Nothing left: umount says so.
+	if _, err := umount(mnt); err == nil {
+		t.Fatal("umount of nothing succeeded")
+	}
+}
+
+// TestMountThroughDaemon: with a daemon answering on --control, lazyfs
+// mount, ls, stats and umount go through it (shared cache and fetcher).
+func TestMountThroughDaemon(t *testing.T) {
+	needFUSE(t)
+	host := testRegistry(t)
+	src, dst := host+"/dmn:1", host+"/dmn:1-lazy"
+	pushSample(t, src)
+	if _, err := run(t, "convert", src, dst); err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	n, err := node.New(context.Background(), node.Config{Root: filepath.Join(tmp, "root"), CacheDir: node.MemoryCache, CacheSize: 1 << 30, Fetcher: remote.New()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(tmp, "run", "control.sock")
+	ln, err := node.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); node.ServeListener(ctx, ln, n.Handler()) }()
+	t.Cleanup(func() { cancel(); <-served; n.Close() })
+
+	mnt, state := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "state")
+	os.Mkdir(mnt, 0o755)
+	out, err := run(t, "mount", "--control", sock, "--state-dir", state, dst, mnt)
+	if err != nil || !strings.Contains(out, "served by the daemon") {
+		t.Fatalf("mount: %q %v", out, err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err != nil || string(got) != "lazyfs\n" {
+		t.Fatalf("read: %q %v", got, err)
+	}
+	out, err = run(t, "ls", "--json", "--control", sock, "--state-dir", state)
+	var ls []node.ServedMount
+	if err != nil || json.Unmarshal([]byte(out), &ls) != nil || len(ls) != 1 || !ls[0].Daemon || ls[0].Dir != mnt || ls[0].PID != os.Getpid() {
+		t.Fatalf("ls: %s %v", out, err)
+	}
+	if out, err := run(t, "stats", "--control", sock, "--state-dir", state, mnt); err != nil || !strings.Contains(out, dst) {
+		t.Fatalf("stats: %q %v", out, err)
+	}
+	if out, err := run(t, "umount", "--control", sock, "--state-dir", state, mnt); err != nil || !strings.Contains(out, "daemon") {
+		t.Fatalf("umount: %q %v", out, err)
+	}
+	if isMounted(t, mnt) {
+		t.Fatal("still mounted")
+	}
+	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a daemon mount wrote standalone state: %v", err)
+	}
+}
