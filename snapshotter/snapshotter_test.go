@@ -41,6 +41,21 @@ func TestSnapshotterSuite(t *testing.T) {
 	})
 }
 
+// TestSnapshotterSuiteWithFileSystem runs the suite again with a lazy
+// filesystem configured: the remote machinery (parent checks) must leave
+// the overlay path unchanged.
+func TestSnapshotterSuiteWithFileSystem(t *testing.T) {
+	needRoot(t)
+	testsuite.SnapshotterSuite(t, "overlayfs", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
+		lfs := &bindFS{layers: map[string]string{}, mounted: map[string]bool{}}
+		s, err := snapshotter.New(ctx, root, snapshotter.WithFileSystem(lfs))
+		if err != nil {
+			return nil, nil, err
+		}
+		return s, s.Close, nil
+	})
+}
+
 // bindFS is a FileSystem that serves a layer by bind-mounting a prepared
 // directory read-only: a real mount, so that the snapshotter's
 // commit/overlay/restore/remove logic runs against the kernel without FUSE.
