@@ -178,7 +178,8 @@ type daemon struct {
 	log                 *os.File
 }
 
-// buildDaemon builds cmd/lazyfs-snapshotter once per test binary.
+// buildDaemon builds cmd/lazyfs-snapshotter (and cmd/lazyfs, at build.cli)
+// once per test binary.
 func buildDaemon(t *testing.T) string {
 	t.Helper()
 	build.once.Do(func() {
@@ -197,8 +198,9 @@ func buildDaemon(t *testing.T) string {
 		}
 		build.dir = dir
 		build.path = filepath.Join(dir, "lazyfs-snapshotter")
-		if b, err := exec.Command(gobin, "build", "-o", build.path, "github.com/lazyfs/lazyfs/cmd/lazyfs-snapshotter").CombinedOutput(); err != nil {
-			build.err = fmt.Errorf("build lazyfs-snapshotter: %v\n%s", err, b)
+		build.cli = filepath.Join(dir, "lazyfs")
+		if b, err := exec.Command(gobin, "build", "-o", dir+"/", "github.com/lazyfs/lazyfs/cmd/lazyfs-snapshotter", "github.com/lazyfs/lazyfs/cmd/lazyfs").CombinedOutput(); err != nil {
+			build.err = fmt.Errorf("build lazyfs-snapshotter and lazyfs: %v\n%s", err, b)
 		}
 	})
 	if build.skip != "" {
@@ -211,9 +213,9 @@ func buildDaemon(t *testing.T) string {
 }
 
 var build struct {
-	once            sync.Once
-	dir, path, skip string
-	err             error
+	once                 sync.Once
+	dir, path, cli, skip string
+	err                  error
 }
 
 func TestMain(m *testing.M) {
@@ -515,9 +517,10 @@ func TestContainerdLazyPull(t *testing.T) {
 	}
 
 	// 3. A plain image falls back to containerd's unpack, counted with a reason.
+	// This pull goes through the lazyfs command line itself.
 	fb := d.metric("lazyfs_snapshotter_fallback_layers_total")
-	if err := pullRef(r.ref("plain/app:1")); err != nil {
-		t.Fatalf("pull plain image: %v", err)
+	if out, err := exec.CommandContext(ctx, build.cli, "pull", "--address", c.Address, "--namespace", c.Namespace, r.ref("plain/app:1")).CombinedOutput(); err != nil {
+		t.Fatalf("lazyfs pull of a plain image: %v\n%s", err, out)
 	}
 	if got := d.metric("lazyfs_snapshotter_fallback_layers_total") - fb; got != 1 {
 		t.Errorf("fallbacks counted for the plain image's one new layer: %v, want 1", got)
