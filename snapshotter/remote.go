@@ -161,10 +161,8 @@ func (s *Snapshotter) remount(ctx context.Context, r remoteSnapshot) error {
 	return nil
 }
 
-// restoreAll mounts again every remote snapshot in the metastore that does
-// not serve. Failures are logged and counted, not returned: the snapshot is
-// retried when a container needs it (ensureParents).
-func (s *Snapshotter) restoreAll(ctx context.Context) error {
+// listRemotes returns every committed remote snapshot in the metastore.
+func (s *Snapshotter) listRemotes(ctx context.Context) ([]remoteSnapshot, error) {
 	var remotes []remoteSnapshot
 	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		return storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
@@ -179,11 +177,21 @@ func (s *Snapshotter) restoreAll(ctx context.Context) error {
 			return nil
 		})
 	}); err != nil && !errors.Is(err, errdefs.ErrNotFound) { // a new store has no bucket yet
-		return fmt.Errorf("list remote snapshots: %w", err)
+		return nil, fmt.Errorf("list remote snapshots: %w", err)
 	}
+	return remotes, nil
+}
+
+// restoreAll mounts again every one of remotes that does not serve, a few
+// at a time, until ctx ends. Failures are logged and counted, not returned:
+// the snapshot is retried when a container needs it (ensureParents).
+func (s *Snapshotter) restoreAll(ctx context.Context, remotes []remoteSnapshot) {
 	var g errgroup.Group
 	g.SetLimit(restoreConcurrency)
 	for _, r := range remotes {
+		if ctx.Err() != nil {
+			break
+		}
 		g.Go(func() error {
 			if s.check(ctx, r) == nil {
 				return nil
@@ -192,7 +200,7 @@ func (s *Snapshotter) restoreAll(ctx context.Context) error {
 			return nil
 		})
 	}
-	return g.Wait()
+	g.Wait()
 }
 
 // isMounted reports whether mp is a mount point; a dead FUSE mount

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -131,6 +132,11 @@ type Snapshotter struct {
 	options      []string
 
 	remounts singleflight.Group // one re-mount at a time per remote snapshot id
+
+	// The restore pass New starts: stopped and waited for by Close.
+	stopRestore context.CancelFunc
+	restoring   sync.WaitGroup
+	restored    chan struct{}
 }
 
 var (
@@ -142,9 +148,10 @@ var (
 var errDeadline = errors.New("lazy mount deadline exceeded")
 
 // New opens (or creates) the snapshotter state under root (metadata.db and
-// snapshots/), then mounts again every remote snapshot recorded there whose
-// mount is gone, as after a restart. A remote snapshot that cannot be
-// restored is logged and counted, and retried when a container needs it.
+// snapshots/) and starts mounting again, in the background, every remote
+// snapshot recorded there whose mount is gone, as after a restart (see
+// Restored). A remote snapshot that cannot be restored is logged and
+// counted, and retried when a container needs it.
 func New(ctx context.Context, root string, opts ...Option) (*Snapshotter, error) {
 	c := config{logger: slog.New(slog.DiscardHandler), mountTimeout: DefaultMountTimeout}
 	for _, o := range opts {
@@ -193,12 +200,27 @@ func New(ctx context.Context, root string, opts ...Option) (*Snapshotter, error)
 		mountTimeout: c.mountTimeout,
 		options:      c.mountOptions,
 	}
-	if s.fs != nil {
-		if err := s.restoreAll(ctx); err != nil {
-			ms.Close()
-			return nil, err
-		}
+	s.restored = make(chan struct{})
+	if s.fs == nil {
+		close(s.restored)
+		return s, nil
 	}
+	remotes, err := s.listRemotes(ctx)
+	if err != nil {
+		ms.Close()
+		return nil, err
+	}
+	// Restoring runs in the background so that a slow or unreachable
+	// registry cannot keep the daemon from serving: a container that needs
+	// a layer before its turn restores it itself (ensureParents).
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopRestore = cancel
+	s.restoring.Add(1)
+	go func() {
+		defer s.restoring.Done()
+		defer close(s.restored)
+		s.restoreAll(rctx, remotes)
+	}()
 	return s, nil
 }
 
@@ -413,7 +435,17 @@ func (s *Snapshotter) Cleanup(ctx context.Context) error {
 
 // Close closes the metadata store. Lazy mounts belong to the FileSystem and
 // stay as they are.
-func (s *Snapshotter) Close() error { return s.ms.Close() }
+func (s *Snapshotter) Close() error {
+	if s.stopRestore != nil {
+		s.stopRestore()
+		s.restoring.Wait()
+	}
+	return s.ms.Close()
+}
+
+// Restored is closed when the restore pass that New started has tried every
+// remote snapshot recorded in the metastore.
+func (s *Snapshotter) Restored() <-chan struct{} { return s.restored }
 
 func (s *Snapshotter) orphanDirs(ctx context.Context) ([]string, error) {
 	ids, err := storage.IDMap(ctx)

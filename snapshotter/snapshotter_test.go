@@ -9,6 +9,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -64,6 +65,7 @@ func TestSnapshotterSuiteWithFileSystem(t *testing.T) {
 type bindFS struct {
 	layers map[string]string // layer digest -> directory
 	fail   map[string]error  // layer digest -> Mount error
+	block  chan struct{}     // when set, Mount waits for it to close
 
 	mu      sync.Mutex
 	mounted map[string]bool
@@ -74,6 +76,13 @@ func (b *bindFS) Mount(ctx context.Context, mp string, labels map[string]string)
 	d := labels[snapshotter.LabelLayerDigest]
 	if err := b.fail[d]; err != nil {
 		return err
+	}
+	if b.block != nil {
+		select {
+		case <-b.block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	src, ok := b.layers[d]
 	if !ok {
@@ -236,6 +245,11 @@ func TestRemoteSnapshotLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	select {
+	case <-s.Restored():
+	case <-time.After(30 * time.Second):
+		t.Fatal("restore pass not done within 30s")
+	}
 	if ok, _ := mountinfo.Mounted(mp); !ok {
 		t.Fatalf("remote snapshot not mounted again at %s after restart", mp)
 	}
@@ -338,5 +352,83 @@ func TestConcurrentPrepareOfOneLayer(t *testing.T) {
 	s.Walk(ctx, func(ctx context.Context, i snapshots.Info) error { names = append(names, i.Name); return nil })
 	if len(names) != 1 || names[0] != "layer-a" {
 		t.Fatalf("snapshots: %v", names)
+	}
+}
+
+// TestRestoreDoesNotBlockStart: after a restart, New serves at once even
+// when a lazy mount cannot be restored yet (registry down); the restore
+// finishes in the background.
+func TestRestoreDoesNotBlockStart(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	lfs := &bindFS{layers: map[string]string{"sha256:aaaa": t.TempDir()}, mounted: map[string]bool{}}
+	root := t.TempDir()
+	s, err := snapshotter.New(ctx, root, snapshotter.WithFileSystem(lfs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prepare(ctx, "extract-1", "", layerLabels("r", "sha256:aaaa", "layer-a")); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatal(err)
+	}
+	s.Close()
+	lfs.forget(t)
+
+	lfs.block = make(chan struct{})
+	s, err = snapshotter.New(ctx, root, snapshotter.WithFileSystem(lfs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); lfs.forget(t) })
+	select {
+	case <-s.Restored():
+		t.Fatal("restore finished while the lazy filesystem was blocked")
+	default:
+	}
+	if _, err := s.Prepare(ctx, "plain", ""); err != nil {
+		t.Fatalf("Prepare during the restore: %v", err)
+	}
+	close(lfs.block)
+	select {
+	case <-s.Restored():
+	case <-time.After(30 * time.Second):
+		t.Fatal("restore not done within 30s of unblocking")
+	}
+	lfs.mu.Lock()
+	n := len(lfs.mounted)
+	lfs.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d mounts after the restore, want 1", n)
+	}
+}
+
+// TestCloseStopsRestore: Close does not wait for a restore that cannot finish.
+func TestCloseStopsRestore(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	lfs := &bindFS{layers: map[string]string{"sha256:aaaa": t.TempDir()}, mounted: map[string]bool{}}
+	root := t.TempDir()
+	s, err := snapshotter.New(ctx, root, snapshotter.WithFileSystem(lfs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prepare(ctx, "extract-1", "", layerLabels("r", "sha256:aaaa", "layer-a")); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatal(err)
+	}
+	s.Close()
+	lfs.forget(t)
+	lfs.block = make(chan struct{}) // never closed
+	s, err = snapshotter.New(ctx, root, snapshotter.WithFileSystem(lfs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error)
+	go func() { done <- s.Close() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close waited for a blocked restore")
 	}
 }
