@@ -104,6 +104,9 @@ type Kind string
 const (
 	KindImage Kind = "image" // an image's merged root (lazyfs mount)
 	KindLayer Kind = "layer" // one layer as an overlayfs lower (the snapshotter)
+	// KindUnserved is a lazyfs mount in the mount table that no server
+	// answering here serves (lazyfs ls only): stale, or another process's.
+	KindUnserved Kind = "unserved"
 )
 
 type mountEntry struct {
