@@ -56,10 +56,7 @@ func TestMountLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ls []node.ServedMount
-	if err := json.Unmarshal([]byte(out), &ls); err != nil {
-		t.Fatal(err)
-	}
+	ls := lsUnder(t, out, tmp)
 	ms, err := node.ReadMountState(state, mnt)
 	if err != nil {
 		t.Fatal(err)
@@ -140,8 +137,10 @@ func TestMountThroughDaemon(t *testing.T) {
 		t.Fatalf("read: %q %v", got, err)
 	}
 	out, err = run(t, "ls", "--json", "--control", sock, "--state-dir", state)
-	var ls []node.ServedMount
-	if err != nil || json.Unmarshal([]byte(out), &ls) != nil || len(ls) != 1 || !ls[0].Daemon || ls[0].Dir != mnt || ls[0].PID != os.Getpid() {
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ls := lsUnder(t, out, tmp); len(ls) != 1 || !ls[0].Daemon || ls[0].Dir != mnt || ls[0].PID != os.Getpid() {
 		t.Fatalf("ls: %s %v", out, err)
 	}
 	if out, err := run(t, "stats", "--control", sock, "--state-dir", state, mnt); err != nil || !strings.Contains(out, dst) {
@@ -156,4 +155,20 @@ func TestMountThroughDaemon(t *testing.T) {
 	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a daemon mount wrote standalone state: %v", err)
 	}
+}
+
+// lsUnder decodes lazyfs ls --json and keeps the mounts under dir (other
+// tests of the machine may have lazyfs mounts too).
+func lsUnder(t *testing.T, out, dir string) []node.ServedMount {
+	t.Helper()
+	var all, ls []node.ServedMount
+	if err := json.Unmarshal([]byte(out), &all); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	for _, m := range all {
+		if strings.HasPrefix(m.Dir, dir+"/") {
+			ls = append(ls, m)
+		}
+	}
+	return ls
 }

@@ -34,12 +34,17 @@ held by the block cache (LOCAL) and the bytes fetched.`,
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "DIR\tKIND\tIMAGE\tLAYER\tSIZE\tLOCAL\tFETCHED\tSERVER")
 				for _, m := range ms {
+					if m.Ref == "" {
+						m.Ref = "-"
+					}
 					layer := "-"
 					if m.Layer != "" {
 						layer = shortDigest(m.Layer)
 					}
 					server := fmt.Sprintf("pid %d", m.PID)
-					if m.Daemon {
+					if m.Kind == node.KindUnserved {
+						server = "none here (stale? lazyfs umount DIR)"
+					} else if m.Daemon {
 						server = fmt.Sprintf("daemon (pid %d)", m.PID)
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Dir, m.Kind, m.Ref, layer,

@@ -119,6 +119,10 @@ func TestMountUmount(t *testing.T) {
 	if _, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err == nil {
 		t.Fatal("read succeeded from a mount whose server is dead")
 	}
+	out, err = run(t, "ls", "--json", "--state-dir", state, "--control", nodaemon)
+	if ls := lsUnder(t, out, tmp); err != nil || len(ls) != 1 || ls[0].Kind != node.KindUnserved {
+		t.Fatalf("ls of a stale mount: %v %+v", err, ls)
+	}
 	if _, err := run(t, "umount", "--state-dir", state, "--control", nodaemon, mnt); err != nil {
 		t.Fatal(err)
 	}

@@ -97,6 +97,7 @@ type Mounted struct {
 	fetcher *remote.Fetcher
 	counts  []*fetchCounter
 	ready   time.Duration
+	conn    uint32        // FUSE connection number (fusectl)
 	done    chan struct{} // closed when the FUSE server stopped serving
 
 	closeOnce sync.Once
@@ -208,7 +209,10 @@ func (m *Mounted) LocalBytes(ctx context.Context, cache interface {
 // Close unmounts and releases the mount's resources (background work,
 // goroutines, pulled layers' temp files). If files in the mount are in use
 // it returns an error wrapping ErrBusy and the mount keeps serving; Detach
-// then unmounts it lazily. Close after a successful Close returns nil.
+// then unmounts it lazily. If the mount is gone from this namespace but
+// its server keeps running (another mount namespace holds a copy), it
+// returns an error wrapping ErrPinned; Abort then ends it. Close after a
+// successful Close returns nil.
 func (m *Mounted) Close() error {
 	select {
 	case <-m.done:
@@ -220,7 +224,41 @@ func (m *Mounted) Close() error {
 			return fmt.Errorf("unmount %s: %w", m.srv.Dir(), err)
 		}
 	}
-	return m.release(10 * time.Second)
+	if err := m.release(pinnedGrace); err != nil {
+		return fmt.Errorf("unmount %s: %w: the kernel keeps serving it to another mount namespace "+
+			"(a copy made by unshare or a container runtime while it was mounted); Abort ends it", m.srv.Dir(), ErrPinned)
+	}
+	return nil
+}
+
+// pinnedGrace is how long Close waits for the FUSE server to stop after a
+// successful unmount before it concludes the mount is pinned elsewhere.
+const pinnedGrace = 2 * time.Second
+
+// ErrPinned means a mount is gone from this mount namespace but another
+// namespace still holds a copy, so the kernel keeps its FUSE connection
+// (and the server) alive.
+var ErrPinned = errors.New("mount is still held by another mount namespace")
+
+// Abort ends the mount's FUSE connection (fusectl's abort, mounting
+// fusectl at /sys/fs/fuse/connections if needed): every copy of the mount,
+// in any namespace, then fails with ENOTCONN and the server stops, so
+// Close can free it. For a mount that Close reported ErrPinned.
+func (m *Mounted) Abort() error {
+	if m.conn == 0 {
+		return fmt.Errorf("abort %s: connection unknown", m.srv.Dir())
+	}
+	const ctl = "/sys/fs/fuse/connections"
+	p := fmt.Sprintf("%s/%d/abort", ctl, m.conn)
+	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+		if err := unix.Mount("fusectl", ctl, "fusectl", 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("abort %s: mount fusectl: %w", m.srv.Dir(), err)
+		}
+	}
+	if err := os.WriteFile(p, []byte("1"), 0); err != nil {
+		return fmt.Errorf("abort %s: %w", m.srv.Dir(), err)
+	}
+	return nil
 }
 
 // Detach unmounts lazily (MNT_DETACH): the mount point is free at once,
@@ -381,6 +419,10 @@ func mountLayers(img *remote.Image, layers []*Layer, layer, dir string, f *remot
 		return nil, fmt.Errorf("mount %s at %s: %w", img.Ref, dir, err)
 	}
 	m.root, m.srv = root, srv
+	var st unix.Stat_t
+	if unix.Stat(srv.Dir(), &st) == nil {
+		m.conn = unix.Minor(st.Dev) // the fusectl connection number
+	}
 	go func() {
 		srv.Server.Wait() // go-fuse's serve loops, not fs.Server.Wait (which closes the Root)
 		close(m.done)

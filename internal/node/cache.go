@@ -30,6 +30,11 @@ func OpenCache(dir string, capacity int64, log *slog.Logger) (Cache, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// Chunks of private images must not be readable by other users: the
+	// directory is ours and 0700 (badger creates its files 0644).
+	if err := MkdirPrivate(dir); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCacheUnavailable, err)
+	}
 	c, err := blobcache.Open(dir, blobcache.WithCapacity(capacity), blobcache.WithLogger(log))
 	if errors.Is(err, blobcache.ErrLocked) {
 		return nil, fmt.Errorf("%w: %s is in use by another process (a running lazyfs daemon or mount server holds it): "+

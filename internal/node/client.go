@@ -105,7 +105,16 @@ func (c *Client) MountImage(ctx context.Context, req MountRequest) (image.Stats,
 
 // Unmount asks the server to unmount dir.
 func (c *Client) Unmount(ctx context.Context, dir string) error {
-	return c.do(ctx, http.MethodDelete, "/v1/mounts?dir="+url.QueryEscape(dir), nil, nil)
+	_, err := c.UnmountNote(ctx, dir)
+	return err
+}
+
+// UnmountNote is Unmount, returning the server's note of what happened
+// beyond a plain unmount (see UnmountResult).
+func (c *Client) UnmountNote(ctx context.Context, dir string) (string, error) {
+	var res UnmountResult
+	err := c.do(ctx, http.MethodDelete, "/v1/mounts?dir="+url.QueryEscape(dir), nil, &res)
+	return res.Note, err
 }
 
 // List lists the server's mounts.

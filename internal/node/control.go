@@ -36,6 +36,13 @@ type LayerRequest struct {
 	Labels     map[string]string `json:"labels"`
 }
 
+// UnmountResult is the answer of DELETE /v1/mounts: Note says what
+// happened beyond a plain unmount ("" for none): detached because files
+// were open, or another mount namespace held it.
+type UnmountResult struct {
+	Note string `json:"note,omitempty"`
+}
+
 // Health is the answer of GET /v1/health.
 type Health struct {
 	PID    int `json:"pid"`
@@ -50,7 +57,7 @@ const maxRequestBody = 64 << 10
 //	GET    /v1/health             Health
 //	GET    /v1/mounts             []MountInfo: every mount (images and layers)
 //	POST   /v1/mounts             MountRequest → image.Stats: mount an image's merged root
-//	DELETE /v1/mounts?dir=DIR     unmount (lazily when busy)
+//	DELETE /v1/mounts?dir=DIR     UnmountResult: unmount (lazily when busy)
 //	GET    /v1/stats?dir=DIR      image.Stats of one mount
 //	POST   /v1/warm               the lazyfs-prewarm contract (image.WarmHandler) on the node cache
 //	POST   /v1/layers             LayerRequest: LayerFS.Mount (for RemoteLayerFS)
@@ -103,11 +110,12 @@ func (n *Node) Handler() http.Handler {
 			http.Error(w, "dir must be absolute", http.StatusBadRequest)
 			return
 		}
-		if err := n.Unmount(r.Context(), dir); err != nil {
+		note, err := n.unmount(r.Context(), dir)
+		if err != nil {
 			httpError(w, err)
 			return
 		}
-		w.WriteHeader(http.StatusNoContent)
+		writeJSON(w, UnmountResult{Note: note})
 	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		st, err := n.Stats(r.URL.Query().Get("dir"))

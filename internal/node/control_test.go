@@ -154,6 +154,32 @@ func TestOpenCacheRefuses(t *testing.T) {
 	if !errors.Is(err, node.ErrCacheUnavailable) {
 		t.Errorf("node.New on a held cache: %v", err)
 	}
+	// A shared, world-writable directory is never used (nor narrowed).
+	shared := t.TempDir()
+	os.Chmod(shared, 0o1777)
+	if c, err := node.OpenCache(shared, 64<<20, nil); !errors.Is(err, node.ErrCacheUnavailable) {
+		if c != nil {
+			c.Close()
+		}
+		t.Errorf("world-writable cache dir: %v", err)
+	}
+}
+
+// TestCacheDirPrivate: the cache directory is made 0700, so cached chunks
+// of private images are not readable by other users.
+func TestCacheDirPrivate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "cache")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c, err := node.OpenCache(dir, 64<<20, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("cache dir: %v %v, want 0700", fi.Mode(), err)
+	}
 }
 
 func writeFile(t *testing.T) string {

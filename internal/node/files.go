@@ -84,6 +84,28 @@ func IsLazyfsMount(dir string) (bool, error) {
 	return lazyfsMountIn(b, dir), nil
 }
 
+// LazyfsMounts returns the mount points of every lazyfs FUSE mount in this
+// mount namespace (at most 65536).
+func LazyfsMounts() ([]string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() && len(out) < 1<<16 {
+		f := strings.Fields(sc.Text())
+		for i := 5; i+1 < len(f); i++ {
+			if f[i] == "-" && f[i+1] == "fuse.lazyfs" && len(f) > 4 {
+				out = append(out, unescapeMount(f[4]))
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
 func lazyfsMountIn(mountinfo []byte, dir string) bool {
 	sc := bufio.NewScanner(bytes.NewReader(mountinfo))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)

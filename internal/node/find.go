@@ -91,6 +91,20 @@ func (s Servers) List(ctx context.Context) ([]ServedMount, error) {
 			out = append(out, ServedMount{MountInfo: m, Socket: st.Socket})
 		}
 	}
+	// Mounts nobody here serves: left by a killed server (unmount them
+	// with lazyfs umount), or served from another process we cannot see.
+	seen := map[string]bool{}
+	for _, m := range out {
+		seen[m.Dir] = true
+	}
+	if dirs, err := LazyfsMounts(); err == nil {
+		for _, d := range dirs {
+			if !seen[d] {
+				seen[d] = true
+				out = append(out, ServedMount{MountInfo: MountInfo{Dir: d, Kind: KindUnserved}})
+			}
+		}
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Dir < out[j].Dir })
 	return out, errors.Join(errs...)
 }

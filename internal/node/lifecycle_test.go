@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -160,4 +161,69 @@ func TestUnmountNeverSignalsADecoy(t *testing.T) {
 	if _, err := node.UnmountDir(context.Background(), dir, uc); err == nil || !strings.Contains(err.Error(), "not a lazyfs mount") {
 		t.Fatalf("umount of nothing: %v", err)
 	}
+}
+
+// TestUnmountPinnedByAnotherNamespace: a process that unshared its mount
+// namespace while a mount existed holds a private copy of it, so after the
+// unmount here the kernel keeps the FUSE connection (and its server
+// goroutines) alive. Unmount detects it, aborts the connection, frees the
+// mount, and says so.
+func TestUnmountPinnedByAnotherNamespace(t *testing.T) {
+	needFUSE(t)
+	reg := imagetest.New(t)
+	ref := reg.PushConverted(t, "pinned", []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644}, Data: []byte("pinned")}})
+	n := newNode(t, nil)
+	dir := mountDir(t, "mnt")
+	m, err := n.MountImage(context.Background(), ref, dir, node.ImageOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := exec.Command("unshare", "-m", "--propagation", "private", "sleep", "60")
+	if err := holder.Start(); err != nil {
+		t.Skipf("unshare: %v", err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	copyPath := filepath.Join("/proc", strconv.Itoa(holder.Process.Pid), "root", dir, "f")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if b, err := os.ReadFile(copyPath); err == nil && string(b) == "pinned" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the other namespace has no copy of the mount")
+		}
+	}
+	srv := node.NewClient(serveControl(t, n), 30*time.Second)
+	note, err := srv.UnmountNote(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(note, "another mount namespace") {
+		t.Errorf("note %q does not report the pinning namespace", note)
+	}
+	select {
+	case <-m.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server still runs for the other namespace")
+	}
+	if m, _ := node.IsLazyfsMount(dir); m {
+		t.Fatal("still mounted here")
+	}
+	if _, err := os.ReadFile(copyPath); err == nil {
+		t.Fatal("the other namespace's copy still reads")
+	}
+}
+
+// serveControl serves n's control API on a socket in a temp dir until the test ends.
+func serveControl(t *testing.T, n *node.Node) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "ctl", "control.sock")
+	ln, err := node.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); node.ServeListener(ctx, ln, n.Handler()) }()
+	t.Cleanup(func() { cancel(); <-served })
+	return sock
 }

@@ -16,6 +16,7 @@ type metrics struct {
 	fetchLatency prometheus.Histogram
 	remoteLayers prometheus.Counter
 	fallbacks    *prometheus.CounterVec
+	pinned       prometheus.Counter
 
 	fetched, requests, chunks, verify, errs, retries *prometheus.Desc
 	mounts, imageSize, imageFetched                  *prometheus.Desc
@@ -40,6 +41,10 @@ func newMetrics(n *Node) *metrics {
 			Namespace: "lazyfs", Subsystem: "node", Name: "layer_fallbacks_total",
 			Help: "Layers that could not be mounted lazily, by reason (the snapshotter pulls them normally).",
 		}, []string{"reason"}),
+		pinned: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "lazyfs", Subsystem: "node", Name: "pinned_unmounts_total",
+			Help: "Unmounts whose mount another mount namespace still held (its FUSE connection was aborted).",
+		}),
 		fetched:      d("fetched_bytes_total", "Body bytes fetched from registries by the node's fetcher."),
 		requests:     d("requests_total", "HTTP requests the node's fetcher sent."),
 		chunks:       d("fetched_chunks_total", "Chunks fetched from registries and verified."),
@@ -75,7 +80,7 @@ func (m *metrics) fallback(err error) {
 // per-mount progress (size, fetched, local), and the block cache's
 // lazyfs_blobcache_* metrics. Register them on the registry of your choice.
 func (n *Node) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{n.metrics, n.metrics.fetchLatency, n.metrics.remoteLayers, n.metrics.fallbacks,
+	return []prometheus.Collector{n.metrics, n.metrics.fetchLatency, n.metrics.remoteLayers, n.metrics.fallbacks, n.metrics.pinned,
 		blobcache.NewCollector(n.cache, nil)}
 }
 

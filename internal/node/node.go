@@ -104,6 +104,9 @@ type Kind string
 const (
 	KindImage Kind = "image" // an image's merged root (lazyfs mount)
 	KindLayer Kind = "layer" // one layer as an overlayfs lower (the snapshotter)
+	// KindUnserved is a lazyfs mount in the mount table that no server
+	// answering here serves (lazyfs ls only): stale, or another process's.
+	KindUnserved Kind = "unserved"
 )
 
 type mountEntry struct {
@@ -320,9 +323,20 @@ func (n *Node) clearStale(dir string) error {
 // file is closed). A stale lazyfs mount at dir that the node does not serve
 // is unmounted too; a directory with neither is ErrNotMounted.
 func (n *Node) Unmount(ctx context.Context, dir string) error {
-	dir, err := cleanDir(dir)
+	_, err := n.unmount(ctx, dir)
+	return err
+}
+
+// Notes of unmount: what happened beyond a plain unmount.
+const (
+	noteDetached = "files in it are still open: detached; served until they are closed"
+	notePinned   = "another mount namespace still held it: its FUSE connection was aborted there"
+)
+
+func (n *Node) unmount(ctx context.Context, dir string) (note string, err error) {
+	dir, err = cleanDir(dir)
 	if err != nil {
-		return err
+		return "", err
 	}
 	unlock := n.locks.lock(dir)
 	defer unlock()
@@ -332,16 +346,16 @@ func (n *Node) Unmount(ctx context.Context, dir string) error {
 	n.mu.Unlock()
 	if e == nil {
 		if mounted, _ := IsLazyfsMount(dir); mounted {
-			return n.clearStale(dir)
+			return "stale mount without a server", n.clearStale(dir)
 		}
-		return fmt.Errorf("unmount %s: %w", dir, ErrNotMounted)
+		return "", fmt.Errorf("unmount %s: %w", dir, ErrNotMounted)
 	}
 	err = e.m.Close()
 	if errors.Is(err, image.ErrBusy) {
 		n.log.Warn("mount is busy: detaching it; its server stops when the last open file is closed", "dir", dir, "image", e.ref, "layer", e.layer)
 		if derr := e.m.Detach(); derr != nil {
 			n.add(dir, e)
-			return derr
+			return "", derr
 		}
 		n.bg.Add(1)
 		go func() {
@@ -349,13 +363,26 @@ func (n *Node) Unmount(ctx context.Context, dir string) error {
 			<-e.m.Done()
 			e.m.Close()
 		}()
-		return nil
+		return noteDetached, nil
+	}
+	if errors.Is(err, image.ErrPinned) {
+		// Unmounted here; a copy in another mount namespace keeps the
+		// kernel connection (and our server) alive. Free it: end the
+		// connection, as a process exit would.
+		n.log.Warn("mount is still held by another mount namespace: aborting its FUSE connection", "dir", dir, "image", e.ref, "layer", e.layer)
+		n.metrics.pinned.Inc()
+		if aerr := e.m.Abort(); aerr != nil {
+			return "", fmt.Errorf("unmount %s (%s): %w; %w", dir, e.ref, err, aerr)
+		}
+		if err = e.m.Close(); err == nil {
+			note = notePinned
+		}
 	}
 	if err != nil {
-		return fmt.Errorf("unmount %s (%s): %w", dir, e.ref, err)
+		return "", fmt.Errorf("unmount %s (%s): %w", dir, e.ref, err)
 	}
 	n.log.Info("unmounted", "dir", dir, "kind", e.kind, "image", e.ref, "layer", e.layer)
-	return nil
+	return note, nil
 }
 
 // MountInfo describes one mount of the node (lazyfs ls).

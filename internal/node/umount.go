@@ -51,10 +51,11 @@ func UnmountDir(ctx context.Context, dir string, c UnmountConfig) (string, error
 		if ms, err := cl.List(ctx); err == nil {
 			for _, m := range ms {
 				if m.Dir == dir {
-					if err := cl.Unmount(ctx, dir); err != nil {
+					note, err := cl.UnmountNote(ctx, dir)
+					if err != nil {
 						return "", fmt.Errorf("unmount %s (daemon at %s): %w", dir, c.Control, err)
 					}
-					return fmt.Sprintf("unmounted %s (served by the daemon)", dir), nil
+					return withNote(fmt.Sprintf("unmounted %s (served by the daemon)", dir), note), nil
 				}
 			}
 		}
@@ -73,9 +74,11 @@ func UnmountDir(ctx context.Context, dir string, c UnmountConfig) (string, error
 	report := "unmounted " + dir
 	if st != nil {
 		if st.Process.Alive() {
-			if err := stopServer(ctx, st, dir, c.Timeout); err != nil {
+			note, err := stopServer(ctx, st, dir, c.Timeout)
+			if err != nil {
 				return "", err
 			}
+			report = withNote(report, note)
 		} else {
 			report += fmt.Sprintf(" (its server, pid %d, was gone; the pid is not signalled)", st.Process.PID)
 			os.Remove(statePath)
@@ -95,9 +98,9 @@ func UnmountDir(ctx context.Context, dir string, c UnmountConfig) (string, error
 
 // stopServer asks the standalone server st to unmount dir and waits until
 // its process is gone.
-func stopServer(ctx context.Context, st *MountState, dir string, timeout time.Duration) error {
+func stopServer(ctx context.Context, st *MountState, dir string, timeout time.Duration) (string, error) {
 	cl := NewClient(st.Socket, timeout)
-	err := cl.Unmount(ctx, dir)
+	note, err := cl.UnmountNote(ctx, dir)
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrNotMounted):
@@ -105,7 +108,7 @@ func stopServer(ctx context.Context, st *MountState, dir string, timeout time.Du
 	default:
 		// Not answering: ask with a signal (only that very process).
 		if serr := st.Process.Signal(unix.SIGTERM); serr != nil && st.Process.Alive() {
-			return fmt.Errorf("unmount %s: server pid %d: %v; signal: %w", dir, st.Process.PID, err, serr)
+			return "", fmt.Errorf("unmount %s: server pid %d: %v; signal: %w", dir, st.Process.PID, err, serr)
 		}
 	}
 	deadline := time.NewTimer(timeout)
@@ -120,11 +123,18 @@ func stopServer(ctx context.Context, st *MountState, dir string, timeout time.Du
 			if m, _ := IsLazyfsMount(dir); m {
 				where = "the mount is still there"
 			}
-			return fmt.Errorf("unmount %s: %w: pid %d after %v: %s, or the mount lives on in another mount namespace; "+
+			return "", fmt.Errorf("unmount %s: %w: pid %d after %v: %s, or the mount lives on in another mount namespace; "+
 				"it exits when those are gone (or kill %d to end it now)", dir, ErrServerAlive, st.Process.PID, timeout, where, st.Process.PID)
 		case <-ctx.Done():
-			return ctx.Err()
+			return "", ctx.Err()
 		}
 	}
-	return nil
+	return note, nil
+}
+
+func withNote(report, note string) string {
+	if note == "" {
+		return report
+	}
+	return report + " (" + note + ")"
 }
