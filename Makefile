@@ -71,7 +71,7 @@ SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(PREFIX)/share/lazyfs
 	install -m 0755 $(addprefix bin/,$(BINARIES)) $(DESTDIR)$(PREFIX)/bin/
-	for u in lazyfs-snapshotter lazyfs-prewarm; do \
+	for u in lazyfs-snapshotter lazyfs-holder lazyfs-prewarm; do \
 		sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|g' -e 's|/etc/lazyfs/|$(SYSCONFDIR)/lazyfs/|g' docs/examples/$$u.service > $(DESTDIR)$(SYSTEMDDIR)/$$u.service || exit 1; \
 		chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/$$u.service; \
 	done

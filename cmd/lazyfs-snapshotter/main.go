@@ -49,21 +49,67 @@ func newCmd() *cobra.Command {
 			return run(cmd.Context(), cfg, log)
 		},
 	}
-	cmd.Flags().StringVar(&configPath, "config", service.DefaultConfigPath, "TOML configuration file (flags win over it)")
-	flags.BindFlags(cmd.Flags())
+	cmd.PersistentFlags().StringVar(&configPath, "config", service.DefaultConfigPath, "TOML configuration file (flags win over it)")
+	flags.BindFlags(cmd.PersistentFlags())
+	cmd.AddCommand(&cobra.Command{
+		Use:   "holder [flags]",
+		Short: "Hold the node's lazy mounts for a snapshotter run with --holder",
+		Long: `holder runs the node (block cache, fetcher, FUSE mounts) and serves its control
+API on --control-address. A lazyfs-snapshotter started with --holder mounts
+its lazy layers through it, so the snapshotter can be restarted or upgraded
+while running containers keep reading their layers.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := service.Load(configPath, cmd.Flags().Changed("config"), flags, cmd.Flags())
+			if err != nil {
+				return err
+			}
+			level, _ := cfg.Level()
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			return runHolder(cmd.Context(), cfg, log)
+		},
+	})
 	return cmd
 }
 
-// run wires the node (cache, fetcher, lazy layers, control API) into the
-// snapshotter service and serves until ctx is done.
-func run(ctx context.Context, cfg service.Config, log *slog.Logger) (err error) {
-	n, err := node.New(ctx, node.Config{
+// runHolder serves a node's control API (and its lazy layers) until ctx is done.
+func runHolder(ctx context.Context, cfg service.Config, log *slog.Logger) (err error) {
+	n, err := newNode(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := n.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	return service.ServeHolder(ctx, cfg, n.Handler(), n.Collectors(), log)
+}
+
+func newNode(ctx context.Context, cfg service.Config, log *slog.Logger) (*node.Node, error) {
+	return node.New(ctx, node.Config{
 		Root:      cfg.Root,
 		CacheDir:  cfg.CachePath(),
 		CacheSize: int64(cfg.CacheSize),
 		HostsDir:  cfg.HostsDir,
 		Logger:    log,
 	})
+}
+
+// run wires the node (cache, fetcher, lazy layers, control API) into the
+// snapshotter service and serves until ctx is done.
+func run(ctx context.Context, cfg service.Config, log *slog.Logger) (err error) {
+	if cfg.Holder {
+		srv, err := service.New(ctx, cfg, service.Deps{
+			FileSystem: service.WithReasons(node.NewRemoteLayerFS(cfg.ControlAddress)),
+			Logger:     log,
+		})
+		if err != nil {
+			return err
+		}
+		return srv.Serve(ctx)
+	}
+	n, err := newNode(ctx, cfg, log)
 	if err != nil {
 		return err
 	}

@@ -33,6 +33,14 @@ type Config struct {
 	MetricsAddress string   `toml:"metrics_address"` // TCP address for /metrics; "" disables
 	LogLevel       string   `toml:"log_level"`       // debug, info, warn, error
 	MountTimeout   Duration `toml:"mount_timeout"`   // bound on mounting one layer lazily
+
+	// Holder makes the snapshotter use the lazy layers of a holder process
+	// (`lazyfs-snapshotter holder`) serving the node at ControlAddress,
+	// instead of a node of its own: the snapshotter can then restart while
+	// running containers keep reading their layers.
+	Holder bool `toml:"holder"`
+	// HolderMetricsAddress is the holder's /metrics address ("" disables).
+	HolderMetricsAddress string `toml:"holder_metrics_address"`
 }
 
 // Defaults returns the built-in configuration.
@@ -45,6 +53,8 @@ func Defaults() Config {
 		MetricsAddress: "127.0.0.1:9611",
 		LogLevel:       "info",
 		MountTimeout:   Duration(30 * time.Second),
+
+		HolderMetricsAddress: "127.0.0.1:9612",
 	}
 }
 
@@ -59,6 +69,8 @@ func (c *Config) BindFlags(f *pflag.FlagSet) {
 	f.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, `TCP address for /metrics ("" disables)`)
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	f.Var(&c.MountTimeout, "mount-timeout", "bound on mounting one layer lazily before it falls back")
+	f.BoolVar(&c.Holder, "holder", c.Holder, "use the lazy layers of the holder process serving --control-address (lazyfs-snapshotter holder)")
+	f.StringVar(&c.HolderMetricsAddress, "holder-metrics-address", c.HolderMetricsAddress, `TCP address for the holder's /metrics ("" disables)`)
 }
 
 // Load returns Defaults() overlaid with the TOML file at path and then with the
@@ -85,15 +97,17 @@ func Load(path string, explicit bool, flags Config, f *pflag.FlagSet) (Config, e
 	}
 	if f != nil {
 		set := map[string]func(){
-			"address":         func() { c.Address = flags.Address },
-			"control-address": func() { c.ControlAddress = flags.ControlAddress },
-			"root":            func() { c.Root = flags.Root },
-			"cache-dir":       func() { c.CacheDir = flags.CacheDir },
-			"cache-size":      func() { c.CacheSize = flags.CacheSize },
-			"hosts-dir":       func() { c.HostsDir = flags.HostsDir },
-			"metrics-address": func() { c.MetricsAddress = flags.MetricsAddress },
-			"log-level":       func() { c.LogLevel = flags.LogLevel },
-			"mount-timeout":   func() { c.MountTimeout = flags.MountTimeout },
+			"address":                func() { c.Address = flags.Address },
+			"control-address":        func() { c.ControlAddress = flags.ControlAddress },
+			"root":                   func() { c.Root = flags.Root },
+			"cache-dir":              func() { c.CacheDir = flags.CacheDir },
+			"cache-size":             func() { c.CacheSize = flags.CacheSize },
+			"hosts-dir":              func() { c.HostsDir = flags.HostsDir },
+			"metrics-address":        func() { c.MetricsAddress = flags.MetricsAddress },
+			"log-level":              func() { c.LogLevel = flags.LogLevel },
+			"mount-timeout":          func() { c.MountTimeout = flags.MountTimeout },
+			"holder":                 func() { c.Holder = flags.Holder },
+			"holder-metrics-address": func() { c.HolderMetricsAddress = flags.HolderMetricsAddress },
 		}
 		f.Visit(func(fl *pflag.Flag) {
 			if fn := set[fl.Name]; fn != nil {
@@ -115,6 +129,8 @@ func (c Config) Validate() error {
 		return errors.New("config: cache_size must be positive")
 	case c.MountTimeout <= 0:
 		return errors.New("config: mount_timeout must be positive")
+	case c.Holder && c.ControlAddress == "":
+		return errors.New("config: holder needs control_address (the holder's socket)")
 	}
 	if _, err := c.Level(); err != nil {
 		return err

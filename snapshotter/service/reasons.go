@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/remote"
@@ -29,6 +30,29 @@ func (r reasonFS) Mount(ctx context.Context, mountpoint string, labels map[strin
 // set of words: not_converted, no_such_layer, toc_invalid, registry_auth,
 // registry_not_found, registry, timeout, mount_failed.
 func Reason(err error) string {
+	if r := reasonOf(err); r != snapshotter.ReasonMountFailed {
+		return r
+	}
+	// Errors from a holder process arrive as text: match the sentinels'
+	// messages, which are part of their packages' contracts.
+	msg := err.Error()
+	for _, c := range []struct {
+		sentinel error
+		reason   string
+	}{
+		{image.ErrNotConverted, "not_converted"}, {toc.ErrNotChunked, "not_converted"},
+		{image.ErrNoLayer, "no_such_layer"},
+		{toc.ErrDigestMismatch, "toc_invalid"}, {toc.ErrBadTOC, "toc_invalid"}, {toc.ErrBadFooter, "toc_invalid"},
+		{remote.ErrUnauthorized, "registry_auth"}, {remote.ErrNotFound, "registry_not_found"},
+	} {
+		if strings.Contains(msg, c.sentinel.Error()) {
+			return c.reason
+		}
+	}
+	return snapshotter.ReasonMountFailed
+}
+
+func reasonOf(err error) string {
 	switch {
 	case errors.Is(err, image.ErrNotConverted), errors.Is(err, toc.ErrNotChunked):
 		return "not_converted"

@@ -236,3 +236,63 @@ func mkdirPrivate(dir string) error {
 	}
 	return nil
 }
+
+// ServeHolder runs the holder process of holder mode: the node's control API
+// h (which includes the lazy layer endpoints the snapshotter's
+// node.RemoteLayerFS calls) on cfg.ControlAddress and collectors on
+// cfg.HolderMetricsAddress, until ctx is done. The FUSE mounts live in this
+// process, so the snapshotter can be restarted or upgraded without running
+// containers losing their layers.
+func ServeHolder(ctx context.Context, cfg Config, h http.Handler, collectors []prometheus.Collector, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ControlAddress == "" {
+		return errors.New("holder: control_address must not be empty")
+	}
+	reg := prometheus.NewRegistry()
+	for _, c := range collectors {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
+	cl, err := ListenUnix(cfg.ControlAddress)
+	if err != nil {
+		return err
+	}
+	servers := []*http.Server{{Handler: h, ReadHeaderTimeout: 10 * time.Second}}
+	listeners := []net.Listener{cl}
+	if cfg.HolderMetricsAddress != "" {
+		ml, err := net.Listen("tcp", cfg.HolderMetricsAddress)
+		if err != nil {
+			cl.Close()
+			return fmt.Errorf("holder metrics address %s: %w", cfg.HolderMetricsAddress, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+		servers = append(servers, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second})
+		listeners = append(listeners, ml)
+	}
+	log.Info("lazyfs holder serving", "control", cfg.ControlAddress, "metrics", cfg.HolderMetricsAddress, "root", cfg.Root)
+	g, gctx := errgroup.WithContext(ctx)
+	for i, srv := range servers {
+		g.Go(func() error {
+			if err := srv.Serve(listeners[i]); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve %s: %w", listeners[i].Addr(), err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+		defer cancel()
+		for _, srv := range servers {
+			srv.Shutdown(sctx)
+		}
+		os.Remove(cfg.ControlAddress)
+		return nil
+	})
+	return g.Wait()
+}
