@@ -173,6 +173,9 @@ type daemon struct {
 	bin, root, sock     string
 	control, metricsURL string
 	metricsAddr         string
+	args                []string // extra arguments ("holder" first for the holder)
+	ready               string   // socket that answers when it is ready (default sock)
+	logName             string
 	cmd                 *exec.Cmd
 	exited              chan struct{}
 	log                 *os.File
@@ -258,16 +261,57 @@ func newDaemon(t *testing.T, bin string) *daemon {
 	return d
 }
 
+// newHolderPair starts `lazyfs-snapshotter holder` and a snapshotter with
+// --holder that uses it, sharing one root and control socket.
+func newHolderPair(t *testing.T, bin string) (holder, front *daemon) {
+	base, err := os.MkdirTemp("", fmt.Sprintf("lazyfs-e2e-snap-%d-", os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name string) *daemon {
+		d := &daemon{
+			t:           t,
+			bin:         bin,
+			root:        filepath.Join(base, "root"),
+			sock:        filepath.Join(base, "run", "snapshotter.sock"),
+			control:     filepath.Join(base, "run", "control.sock"),
+			metricsAddr: freePort(t),
+			logName:     name + ".log",
+		}
+		d.metricsURL = "http://" + d.metricsAddr + "/metrics"
+		return d
+	}
+	holder, front = mk("holder"), mk("front")
+	holder.args = []string{"holder", "--holder-metrics-address", holder.metricsAddr, "--metrics-address", ""}
+	holder.ready = holder.control
+	front.args = []string{"--holder"}
+	t.Cleanup(func() {
+		front.stop()
+		holder.stop()
+		unmountUnder(t, base)
+		os.RemoveAll(base)
+	})
+	holder.start()
+	front.start()
+	return holder, front
+}
+
 func (d *daemon) start() {
 	t := d.t
 	t.Helper()
 	var err error
-	d.log, err = os.OpenFile(filepath.Join(filepath.Dir(d.root), "daemon.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	d.log, err = os.OpenFile(d.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(d.bin, "--config", "", "--root", d.root, "--address", d.sock, "--control-address", d.control,
-		"--metrics-address", d.metricsAddr, "--cache-size", "1GiB", "--log-level", "debug")
+	args := []string{"--config", "", "--root", d.root, "--address", d.sock, "--control-address", d.control,
+		"--metrics-address", d.metricsAddr, "--cache-size", "1GiB", "--log-level", "debug"}
+	if len(d.args) > 0 && d.args[0] == "holder" {
+		args = append([]string{"holder"}, append(args, d.args[1:]...)...)
+	} else {
+		args = append(args, d.args...)
+	}
+	d.cmd = exec.Command(d.bin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := d.cmd.Start(); err != nil {
@@ -277,7 +321,11 @@ func (d *daemon) start() {
 	go func(c *exec.Cmd, ch chan struct{}) { c.Wait(); close(ch) }(d.cmd, d.exited)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if c, err := net.Dial("unix", d.sock); err == nil {
+		ready := d.sock
+		if d.ready != "" {
+			ready = d.ready
+		}
+		if c, err := net.Dial("unix", ready); err == nil {
 			c.Close()
 			if resp, err := http.Get(d.metricsURL); err == nil {
 				resp.Body.Close()
@@ -296,8 +344,16 @@ func (d *daemon) start() {
 	}
 }
 
+func (d *daemon) logPath() string {
+	name := d.logName
+	if name == "" {
+		name = "daemon.log"
+	}
+	return filepath.Join(filepath.Dir(d.root), name)
+}
+
 func (d *daemon) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(filepath.Dir(d.root), "daemon.log"))
+	b, _ := os.ReadFile(d.logPath())
 	if len(b) > 6000 {
 		b = b[len(b)-6000:]
 	}
