@@ -14,32 +14,6 @@ import (
 	"time"
 )
 
-// State is where a GPU is in the pre-warm state machine:
-//
-//	unknown ──(idle for IdleWindow)──▶ idle ──▶ warming ──▶ held
-//	   ▲                               │  ▲                   │
-//	   └──── busy ◀─(foreign process)──┘  └──── grace ◀── claimed ◀─ (claim from idle/warming/held/grace)
-//
-// A GPU is idle when no foreign compute process ran on it and its
-// utilisation stayed at or below the threshold for the idle window, and no
-// claim is outstanding. unavailable marks a MIG-enabled physical GPU (its
-// MIG devices are managed instead).
-type State string
-
-// States.
-const (
-	StateUnknown     State = "unknown"
-	StateBusy        State = "busy"
-	StateIdle        State = "idle"
-	StateWarming     State = "warming"
-	StateHeld        State = "held"
-	StateClaimed     State = "claimed"
-	StateGrace       State = "grace"
-	StateUnavailable State = "unavailable"
-)
-
-var allStates = []State{StateUnknown, StateBusy, StateIdle, StateWarming, StateHeld, StateClaimed, StateGrace, StateUnavailable}
-
 // Config configures a Manager. Zero fields take the defaults noted.
 type Config struct {
 	// HolderArgv returns the command line of a holder child for one GPU;
@@ -538,40 +512,6 @@ func (m *Manager) shutdown() {
 	m.log.Info("gpu pre-warm stopped", "children_stopped", len(stops))
 }
 
-// ClaimRequest asks for one GPU.
-type ClaimRequest struct {
-	// UUID of a GPU or MIG device; "" or "any" means any idle GPU.
-	UUID string `json:"uuid,omitempty"`
-	// Owner is free text shown in status (a job or pod name).
-	Owner string `json:"owner,omitempty"`
-	// Release is "now" to kill the holder before the claim returns, or
-	// "deferred"/"" for the default (deferred by HandoffDelay in default
-	// compute mode; always "now" in exclusive modes).
-	Release string `json:"release,omitempty"`
-}
-
-// WorkerHandoff describes a warm worker handed to the claimer.
-type WorkerHandoff struct {
-	PID    int    `json:"pid"`
-	Socket string `json:"socket"`
-}
-
-// ClaimResult is what a successful claim returns.
-type ClaimResult struct {
-	UUID    string `json:"uuid"`
-	ClaimID string `json:"claim_id"`
-	// HolderRelease is "now", "deferred", "handed_over" (warm worker) or
-	// "none" (nothing was held).
-	HolderRelease string `json:"holder_release"`
-	// ReleaseMs is how long killing the holder took (0 unless "now").
-	ReleaseMs float64 `json:"release_ms"`
-	// ReleaseAfterMs is the delay of a deferred release.
-	ReleaseAfterMs float64 `json:"release_after_ms,omitempty"`
-	// ClaimMs is the server-side time of the whole claim.
-	ClaimMs float64        `json:"claim_ms"`
-	Worker  *WorkerHandoff `json:"worker,omitempty"`
-}
-
 var claimPreference = map[State]int{StateHeld: 0, StateWarming: 1, StateIdle: 2, StateGrace: 3, StateUnknown: 4}
 
 // Claim hands one GPU to the caller. Exactly one of several concurrent
@@ -696,23 +636,6 @@ func (m *Manager) pickLocked(uuid string) (string, *gpu, error) {
 	return best, m.devs[best], nil
 }
 
-// ReleaseRequest ends a claim.
-type ReleaseRequest struct {
-	UUID string `json:"uuid"`
-	// ClaimID, when set, must match the claim.
-	ClaimID string `json:"claim_id,omitempty"`
-}
-
-// ReleaseResult says when the GPU is warmed again.
-type ReleaseResult struct {
-	UUID        string  `json:"uuid"`
-	State       State   `json:"state"`
-	WarmAfterMs float64 `json:"warm_after_ms"`
-	// WorkerStopped is set when a handed-over warm worker was still running
-	// and the daemon stopped it.
-	WorkerStopped bool `json:"worker_stopped,omitempty"`
-}
-
 // Release ends a claim: a handed-over worker or deferred holder still
 // running is stopped, and the GPU goes back to warm after the grace period.
 func (m *Manager) Release(ctx context.Context, req ReleaseRequest) (ReleaseResult, error) {
@@ -763,40 +686,6 @@ func (m *Manager) Release(ctx context.Context, req ReleaseRequest) (ReleaseResul
 	}
 	m.log.Info("gpu released", "gpu", req.UUID, "claim", cl.id, "held_for", time.Since(cl.since).Round(time.Millisecond))
 	return res, nil
-}
-
-// GPUStatus is one GPU in Status.
-type GPUStatus struct {
-	DeviceInfo
-	State  State  `json:"state"`
-	Reason string `json:"reason,omitempty"`
-	// HolderPID is the managed holder's or warm worker's pid.
-	HolderPID  int    `json:"holder_pid,omitempty"`
-	HolderKind string `json:"holder_kind,omitempty"`
-	// HeldBytes is the GPU memory the daemon's own processes use.
-	HeldBytes  uint64     `json:"held_bytes"`
-	Claim      *ClaimInfo `json:"claim,omitempty"`
-	Crashes    int        `json:"holder_crashes"`
-	GraceUntil *time.Time `json:"grace_until,omitempty"`
-}
-
-// ClaimInfo describes an outstanding claim.
-type ClaimInfo struct {
-	ID        string    `json:"id"`
-	Owner     string    `json:"owner,omitempty"`
-	Since     time.Time `json:"since"`
-	WorkerPID int       `json:"worker_pid,omitempty"`
-}
-
-// Status is the daemon's view of its GPUs.
-type Status struct {
-	// Mode is "hold", "warm-workers", "inventory" (holding disabled) or
-	// "report-only".
-	Mode          string        `json:"mode"`
-	Reason        string        `json:"reason,omitempty"`
-	DriverVersion string        `json:"driver_version,omitempty"`
-	GPUs          []GPUStatus   `json:"gpus"`
-	Images        []ImageStatus `json:"images,omitempty"`
 }
 
 // Status returns a snapshot.

@@ -59,7 +59,7 @@ func (m *Metrics) setState(uuid string, s State) {
 	if m == nil {
 		return
 	}
-	for _, st := range allStates {
+	for _, st := range AllStates {
 		v := 0.0
 		if st == s {
 			v = 1

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -224,4 +225,22 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatalf("healthz %v %v", resp, err)
 	}
 	resp.Body.Close()
+}
+
+// TestVersionFlag: --version names the release, the commit and the Go
+// version (issue 13), and does not start the daemon.
+func TestVersionFlag(t *testing.T) {
+	root := newRootCmd()
+	var out strings.Builder
+	root.SetOut(&out)
+	root.SetArgs([]string{"--version"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{"lazyfs-prewarm ", "commit ", runtime.Version()} {
+		if !strings.Contains(got, want) {
+			t.Errorf("--version %q lacks %q", got, want)
+		}
+	}
 }

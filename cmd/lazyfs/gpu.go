@@ -11,13 +11,13 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lazyfs/lazyfs/prewarm"
+	"github.com/lazyfs/lazyfs/prewarm/api"
 )
 
 // newGPUCmd is `lazyfs gpu status|claim|release`, the client of the
 // lazyfs-prewarm daemon's unix-socket API.
 func newGPUCmd() *cobra.Command {
-	socket := prewarm.DefaultSocket
+	socket := api.DefaultSocket
 	if s := os.Getenv("LAZYFS_PREWARM_SOCKET"); s != "" {
 		socket = s
 	}
@@ -26,7 +26,7 @@ func newGPUCmd() *cobra.Command {
 		Short: "Claim, release and inspect GPUs kept warm by lazyfs-prewarm",
 	}
 	cmd.PersistentFlags().StringVar(&socket, "socket", socket, "lazyfs-prewarm API socket (env LAZYFS_PREWARM_SOCKET)")
-	client := func() *prewarm.Client { return prewarm.NewClient(socket) }
+	client := func() *api.Client { return api.NewClient(socket) }
 	cmd.AddCommand(newGPUStatusCmd(client), newGPUClaimCmd(client), newGPUReleaseCmd(client))
 	return cmd
 }
@@ -38,7 +38,7 @@ type gpuError struct{ err error }
 func (e gpuError) Error() string { return e.err.Error() }
 func (e gpuError) Unwrap() error { return e.err }
 func (e gpuError) ExitCode() int {
-	for _, s := range []error{prewarm.ErrAlreadyClaimed, prewarm.ErrNoIdleGPU, prewarm.ErrBusy} {
+	for _, s := range []error{api.ErrAlreadyClaimed, api.ErrNoIdleGPU, api.ErrBusy} {
 		if errors.Is(e.err, s) {
 			return 2
 		}
@@ -52,7 +52,7 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func newGPUStatusCmd(client func() *prewarm.Client) *cobra.Command {
+func newGPUStatusCmd(client func() *api.Client) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -73,7 +73,7 @@ func newGPUStatusCmd(client func() *prewarm.Client) *cobra.Command {
 	return cmd
 }
 
-func printStatus(w io.Writer, s prewarm.Status) error {
+func printStatus(w io.Writer, s api.Status) error {
 	fmt.Fprintf(w, "mode: %s", s.Mode)
 	if s.DriverVersion != "" {
 		fmt.Fprintf(w, "  driver: %s", s.DriverVersion)
@@ -133,10 +133,10 @@ func printStatus(w io.Writer, s prewarm.Status) error {
 	return nil
 }
 
-func newGPUClaimCmd(client func() *prewarm.Client) *cobra.Command {
+func newGPUClaimCmd(client func() *api.Client) *cobra.Command {
 	var (
 		asJSON, env bool
-		req         prewarm.ClaimRequest
+		req         api.ClaimRequest
 	)
 	cmd := &cobra.Command{
 		Use:   "claim [UUID|any]",
@@ -191,10 +191,10 @@ mode, hands over the warm worker. Exit status 2 means no GPU was available.`,
 	return cmd
 }
 
-func newGPUReleaseCmd(client func() *prewarm.Client) *cobra.Command {
+func newGPUReleaseCmd(client func() *api.Client) *cobra.Command {
 	var (
 		asJSON bool
-		req    prewarm.ReleaseRequest
+		req    api.ReleaseRequest
 	)
 	cmd := &cobra.Command{
 		Use:   "release UUID",

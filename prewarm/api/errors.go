@@ -1,4 +1,4 @@
-package prewarm
+package api
 
 import "errors"
 
@@ -51,7 +51,9 @@ var errorCodes = []struct {
 	{ErrNoWarmer, "no_warmer", 503},
 }
 
-func codeOf(err error) (string, int) {
+// ErrorCode returns the wire code and HTTP status of err: the first
+// sentinel it wraps, or "internal" and 500.
+func ErrorCode(err error) (string, int) {
 	for _, c := range errorCodes {
 		if errors.Is(err, c.err) {
 			return c.code, c.status
@@ -60,7 +62,8 @@ func codeOf(err error) (string, int) {
 	return "internal", 500
 }
 
-func errOfCode(code string) error {
+// ErrorOfCode returns the sentinel for a wire code, or nil.
+func ErrorOfCode(code string) error {
 	for _, c := range errorCodes {
 		if c.code == code {
 			return c.err
