@@ -20,6 +20,8 @@ type (
 	Status         = api.Status
 	ImageStatus    = api.ImageStatus
 	Client         = api.Client
+	WorkerState    = api.WorkerState
+	WorkerStatus   = api.WorkerStatus
 )
 
 // Compute modes, states and the default socket (see package api).
@@ -40,6 +42,15 @@ const (
 	StateUnavailable = api.StateUnavailable
 
 	DefaultSocket = api.DefaultSocket
+
+	WorkerStopped    = api.WorkerStopped
+	WorkerStarting   = api.WorkerStarting
+	WorkerReady      = api.WorkerReady
+	WorkerSuspending = api.WorkerSuspending
+	WorkerSuspended  = api.WorkerSuspended
+	WorkerResuming   = api.WorkerResuming
+	WorkerClaimed    = api.WorkerClaimed
+	WorkerFailed     = api.WorkerFailed
 )
 
 // AllStates lists every GPU state.
@@ -57,6 +68,9 @@ var (
 	ErrHolder         = api.ErrHolder
 	ErrBadRequest     = api.ErrBadRequest
 	ErrNoWarmer       = api.ErrNoWarmer
+	ErrWorkerNotFound = api.ErrWorkerNotFound
+	ErrWorkerNotReady = api.ErrWorkerNotReady
+	ErrNoCheckpoint   = api.ErrNoCheckpoint
 )
 
 // NewClient returns a client for the daemon listening on socket.

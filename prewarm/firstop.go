@@ -78,14 +78,11 @@ func ServeWorker(ctx context.Context, drv Driver, socket string, allocBytes uint
 		return err
 	}
 	defer c.Release()
-	os.Remove(socket)
-	l, err := net.Listen("unix", socket)
+	l, err := workerListener(socket)
 	if err != nil {
 		fmt.Fprintf(out, "ERROR %s\n", oneLine(err.Error()))
 		return err
 	}
-	defer os.Remove(socket)
-	os.Chmod(socket, 0o600)
 	b, _ := json.Marshal(HolderReady{PID: os.Getpid(), UUID: c.UUID(), AllocBytes: allocBytes, InitMs: ms(t1.Sub(t0)), RetainMs: ms(time.Since(t1))})
 	fmt.Fprintf(out, "READY %s\n", b)
 
@@ -161,4 +158,29 @@ func WorkerOp(ctx context.Context, socket string) (int64, error) {
 		return 0, errors.Join(fmt.Errorf("worker %s: bad answer %q", socket, strings.TrimSpace(line)), err)
 	}
 	return n, nil
+}
+
+// workerListener returns the listening socket the daemon passed in
+// (EnvWorkerFD), or binds socket itself when run by hand.
+func workerListener(socket string) (net.Listener, error) {
+	if v := os.Getenv(EnvWorkerFD); v != "" {
+		fd, err := strconv.Atoi(v)
+		if err != nil || fd < 3 {
+			return nil, fmt.Errorf("worker: %s=%q: want an inherited fd >= 3: %w", EnvWorkerFD, v, ErrBadRequest)
+		}
+		f := os.NewFile(uintptr(fd), "worker-socket")
+		defer f.Close()
+		l, err := net.FileListener(f)
+		if err != nil {
+			return nil, fmt.Errorf("worker: listening socket fd %d: %w", fd, err)
+		}
+		return l, nil
+	}
+	os.Remove(socket)
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		return nil, err
+	}
+	os.Chmod(socket, 0o600)
+	return l, nil
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -26,8 +27,17 @@ type Config struct {
 	// claimer. It gets CUDA_VISIBLE_DEVICES, LAZYFS_GPU_UUID and
 	// LAZYFS_WORKER_SOCKET and must print "READY" once it serves.
 	WorkerArgv []string
-	// WorkerDir holds worker sockets (default os.TempDir()).
+	// WorkerDir holds worker sockets (default DefaultWorkerDir). It must
+	// be a directory only the daemon's uid can enter (see SecureDir); a
+	// pre-existing one that is not is refused, never reused.
 	WorkerDir string
+	// EnvAllow lists the variables of the daemon's environment that
+	// holders and workers inherit (names, or prefixes ending in "*"); nil
+	// means DefaultEnvAllow. ChildEnv and the daemon's own variables are
+	// added after the filter.
+	EnvAllow []string
+	// WorkerCredential, when set, runs warm workers as this uid/gid.
+	WorkerCredential *syscall.Credential
 	// MemoryFloor: never hold a GPU whose free memory (not counting the
 	// daemon's own use) is below this many bytes.
 	MemoryFloor uint64
@@ -364,13 +374,11 @@ func (m *Manager) ineligible(g *gpu, now time.Time) string {
 
 // warmLocked starts a holder or worker in the background; m.mu is held.
 func (m *Manager) warmLocked(uuid string, g *gpu) {
-	spec := childSpec{uuid: uuid, env: append(slices.Clone(m.cfg.ChildEnv), "CUDA_VISIBLE_DEVICES="+uuid, "LAZYFS_GPU_UUID="+uuid)}
+	spec := childSpec{uuid: uuid, env: append(slices.Clone(m.cfg.ChildEnv), "CUDA_VISIBLE_DEVICES="+uuid, "LAZYFS_GPU_UUID="+uuid),
+		envAllow: m.cfg.EnvAllow}
 	if len(m.cfg.WorkerArgv) > 0 {
-		dir := m.cfg.WorkerDir
-		if dir == "" {
-			dir = filepath.Join(osTempDir(), "lazyfs-prewarm-workers")
-		}
-		spec.kind, spec.argv = kindWorker, m.cfg.WorkerArgv
+		dir := m.workerDir()
+		spec.kind, spec.argv, spec.cred = kindWorker, m.cfg.WorkerArgv, m.cfg.WorkerCredential
 		spec.socket = filepath.Join(dir, sanitize(uuid)+"-"+strconv.FormatUint(g.gen+1, 10)+".sock")
 		spec.env = append(spec.env, "LAZYFS_WORKER_SOCKET="+spec.socket)
 	} else {
@@ -386,12 +394,6 @@ func (m *Manager) warmLocked(uuid string, g *gpu) {
 		defer m.wg.Done()
 		defer close(done)
 		defer cancel()
-		if spec.socket != "" {
-			if err := mkdirAll(filepath.Dir(spec.socket)); err != nil {
-				m.warmed(uuid, gen, nil, err)
-				return
-			}
-		}
 		c, err := startChild(ctx, spec, m.cfg.ReadyTimeout, m.log)
 		m.warmed(uuid, gen, c, err)
 	}()
@@ -548,6 +550,19 @@ func (m *Manager) Claim(ctx context.Context, req ClaimRequest) (ClaimResult, err
 		res.HolderRelease, res.ReleaseMs = "now", ms(time.Since(t))
 	}
 	if c != nil {
+		if c.spec.kind == kindWorker {
+			if err := checkSocket(c.spec.socket); err != nil {
+				// Never hand out a socket that is not the daemon's own.
+				c.stop()
+				m.mu.Lock()
+				if g.claim == cl {
+					g.claim, g.state, g.reason = nil, StateIdle, err.Error()
+				}
+				m.mu.Unlock()
+				m.log.Error("warm worker socket refused", "gpu", uuid, "err", err)
+				return ClaimResult{}, fmt.Errorf("gpu %s: warm worker: %w: %w", uuid, err, ErrHolder)
+			}
+		}
 		switch {
 		case c.spec.kind == kindWorker:
 			c.handedOver.Store(true)
@@ -726,6 +741,13 @@ func (m *Manager) Status() Status {
 		s.GPUs = append(s.GPUs, gs)
 	}
 	return s
+}
+
+func (m *Manager) workerDir() string {
+	if m.cfg.WorkerDir != "" {
+		return m.cfg.WorkerDir
+	}
+	return DefaultWorkerDir
 }
 
 func newID() string {

@@ -3,12 +3,16 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/pflag"
+
+	"github.com/lazyfs/lazyfs/prewarm"
 )
 
 // config is the daemon's configuration: defaults, then the TOML file
@@ -29,6 +33,8 @@ type config struct {
 	ReadyTimeout      duration `toml:"ready_timeout"`
 	WorkerCommand     []string `toml:"worker_command"`
 	WorkerDir         string   `toml:"worker_dir"`
+	EnvAllow          []string `toml:"env_allow"`
+	WorkerUser        string   `toml:"worker_user"`
 	Images            []string `toml:"images"`
 	ImageRefresh      duration `toml:"image_refresh"`
 	WarmSocket        string   `toml:"warm_socket"`
@@ -49,6 +55,8 @@ func defaultConfig() config {
 		PollInterval: duration(2 * time.Second),
 		ReadyTimeout: duration(60 * time.Second),
 		ImageRefresh: duration(5 * time.Minute),
+		WorkerDir:    prewarm.DefaultWorkerDir,
+		EnvAllow:     prewarm.DefaultEnvAllow,
 		LogLevel:     "info",
 	}
 }
@@ -68,7 +76,9 @@ func (c *config) bindFlags(fs *pflag.FlagSet) {
 	fs.Var(&c.HandoffDelay, "handoff-delay", "keep the holder this long after a claim in default compute mode (0: release at once)")
 	fs.Var(&c.PollInterval, "poll-interval", "NVML inventory interval")
 	fs.Var(&c.ReadyTimeout, "ready-timeout", "how long a holder or warm worker may take to report READY")
-	fs.StringVar(&c.WorkerDir, "worker-dir", c.WorkerDir, "directory for warm-worker sockets")
+	fs.StringVar(&c.WorkerDir, "worker-dir", c.WorkerDir, "directory for warm-worker sockets: created 0700, refused if it exists with another owner, other permissions, or as a symlink")
+	fs.StringSliceVar(&c.EnvAllow, "env-allow", c.EnvAllow, "variables of the daemon's environment that holders and workers inherit (names, or prefixes ending in *)")
+	fs.StringVar(&c.WorkerUser, "worker-user", c.WorkerUser, `run warm workers as this user: "UID[:GID]" or a user name ("" keeps the daemon's)`)
 	fs.Var(&c.ImageRefresh, "image-refresh", "how often each image's tag is re-resolved")
 	fs.StringVar(&c.WarmSocket, "warm-socket", c.WarmSocket, "unix socket of the block-cache owner (lazyfs-snapshotter) that warms images")
 	fs.BoolVar(&c.WarmWholeImages, "warm-whole-images", c.WarmWholeImages, "warm whole images, not only their start-up profiles")
@@ -107,6 +117,8 @@ func loadConfig(path string, flags config, fs *pflag.FlagSet, workerCmd string, 
 		"poll-interval":      func() { c.PollInterval = flags.PollInterval },
 		"ready-timeout":      func() { c.ReadyTimeout = flags.ReadyTimeout },
 		"worker-dir":         func() { c.WorkerDir = flags.WorkerDir },
+		"env-allow":          func() { c.EnvAllow = flags.EnvAllow },
+		"worker-user":        func() { c.WorkerUser = flags.WorkerUser },
 		"image-refresh":      func() { c.ImageRefresh = flags.ImageRefresh },
 		"warm-socket":        func() { c.WarmSocket = flags.WarmSocket },
 		"warm-whole-images":  func() { c.WarmWholeImages = flags.WarmWholeImages },
@@ -179,4 +191,29 @@ func parseSize(s string) (uint64, error) {
 		return 0, fmt.Errorf("size %q: too large", s)
 	}
 	return n * mult, nil
+}
+
+// parseUser resolves --worker-user: "UID", "UID:GID" or a user name (its
+// primary group). "" returns nil: workers keep the daemon's ids.
+func parseUser(s string) (*syscall.Credential, error) {
+	if s == "" {
+		return nil, nil
+	}
+	us, gs, hasGID := strings.Cut(s, ":")
+	uid, err := strconv.ParseUint(us, 10, 32)
+	gid := uid
+	if err != nil {
+		u, lerr := user.Lookup(us)
+		if lerr != nil {
+			return nil, fmt.Errorf("worker user %q: %w", s, lerr)
+		}
+		uid, _ = strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ = strconv.ParseUint(u.Gid, 10, 32)
+	}
+	if hasGID {
+		if gid, err = strconv.ParseUint(gs, 10, 32); err != nil {
+			return nil, fmt.Errorf("worker user %q: group must be a number", s)
+		}
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 }

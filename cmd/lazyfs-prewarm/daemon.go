@@ -63,6 +63,10 @@ func runDaemon(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
+	cred, err := parseUser(cfg.WorkerUser)
+	if err != nil {
+		return err
+	}
 	metrics := prewarm.NewMetrics()
 	mcfg := prewarm.Config{
 		MemoryFloor:       uint64(cfg.MemoryFloor),
@@ -78,6 +82,8 @@ func runDaemon(ctx context.Context, cfg config) error {
 		ReadyTimeout:      time.Duration(cfg.ReadyTimeout),
 		WorkerArgv:        cfg.WorkerCommand,
 		WorkerDir:         cfg.WorkerDir,
+		EnvAllow:          cfg.EnvAllow,
+		WorkerCredential:  cred,
 		EnablePersistence: cfg.EnablePersistence,
 		Logger:            log,
 		Metrics:           metrics,

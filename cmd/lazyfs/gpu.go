@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -156,19 +157,20 @@ mode, hands over the warm worker. Exit status 2 means no GPU was available.`,
 				return fmt.Errorf("--release %q: want now or deferred", req.Release)
 			}
 			res, err := client().Claim(cmd.Context(), req)
+			w := cmd.OutOrStdout()
 			if err != nil {
+				if env {
+					// eval "$(lazyfs gpu claim --env)" must not go on
+					// silently with an empty environment.
+					writeEnvFailure(w, err)
+				}
 				return gpuError{err}
 			}
-			w := cmd.OutOrStdout()
 			switch {
 			case asJSON:
 				return printJSON(w, res)
 			case env:
-				fmt.Fprintf(w, "export CUDA_VISIBLE_DEVICES=%s\nexport LAZYFS_GPU_UUID=%s\nexport LAZYFS_CLAIM_ID=%s\n", res.UUID, res.UUID, res.ClaimID)
-				if res.Worker != nil {
-					fmt.Fprintf(w, "export LAZYFS_WORKER_SOCKET=%s\nexport LAZYFS_WORKER_PID=%d\n", res.Worker.Socket, res.Worker.PID)
-				}
-				return nil
+				return writeEnv(w, res)
 			}
 			fmt.Fprintf(w, "claimed %s (claim id %s)\n", res.UUID, res.ClaimID)
 			switch res.HolderRelease {
@@ -219,4 +221,35 @@ func newGPUReleaseCmd(client func() *api.Client) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().StringVar(&req.ClaimID, "claim-id", "", "claim to end (default $LAZYFS_CLAIM_ID; empty ends whatever claim holds the GPU)")
 	return cmd
+}
+
+// writeEnv prints the claim as shell exports, every value single-quoted so
+// that eval assigns it verbatim whatever bytes it holds.
+func writeEnv(w io.Writer, res api.ClaimResult) error {
+	vars := [][2]string{{"CUDA_VISIBLE_DEVICES", res.UUID}, {"LAZYFS_GPU_UUID", res.UUID}, {"LAZYFS_CLAIM_ID", res.ClaimID}}
+	if wk := res.Worker; wk != nil {
+		vars = append(vars, [2]string{"LAZYFS_WORKER_SOCKET", wk.Socket}, [2]string{"LAZYFS_WORKER_PID", strconv.Itoa(wk.PID)})
+		if wk.Name != "" {
+			vars = append(vars, [2]string{"LAZYFS_WORKER_NAME", wk.Name})
+		}
+	}
+	var b strings.Builder
+	for _, v := range vars {
+		fmt.Fprintf(&b, "export %s=%s\n", v[0], shellQuote(v[1]))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeEnvFailure prints shell code that reports err on stderr and fails,
+// so eval "$(lazyfs gpu claim --env)" fails visibly (and stops a set -e
+// script) instead of evaluating nothing.
+func writeEnvFailure(w io.Writer, err error) {
+	fmt.Fprintf(w, "echo %s >&2; false\n", shellQuote("lazyfs gpu claim: "+err.Error()))
+}
+
+// shellQuote quotes s for POSIX sh: inside single quotes every byte is
+// literal, and a single quote is written as '\”.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lazyfs/lazyfs/prewarm"
+	"github.com/lazyfs/lazyfs/prewarm/api"
 )
 
 // startDaemon runs prewarm's manager and API over two fake GPUs on a unix
@@ -111,7 +113,7 @@ func TestGPUCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out, "export CUDA_VISIBLE_DEVICES=GPU-fake-1\n") || !strings.Contains(out, "export LAZYFS_CLAIM_ID=") {
+	if !strings.Contains(out, "export CUDA_VISIBLE_DEVICES='GPU-fake-1'\n") || !strings.Contains(out, "export LAZYFS_CLAIM_ID=") {
 		t.Fatalf("claim --env:\n%s", out)
 	}
 	if _, err = runGPU(t, "claim", "any", "--socket", sock); !errors.Is(err, prewarm.ErrNoIdleGPU) || exitCode(err) != 2 {
@@ -150,5 +152,64 @@ func TestGPUNoDaemon(t *testing.T) {
 	}
 	if _, err := runGPU(t, "claim", "--release", "later", "--socket", "/nonexistent"); err == nil {
 		t.Fatal("bad --release accepted")
+	}
+}
+
+// evalEnv runs the claim --env output through sh's eval, as a job script
+// does, and returns what sh printed (stdout and stderr) and its error.
+func evalEnv(t *testing.T, envOut string, script string) (string, error) {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", `set -e; eval "$LAZYFS_TEST_ENV"; `+script)
+	cmd.Env = append(os.Environ(), "LAZYFS_TEST_ENV="+envOut)
+	cmd.Dir = t.TempDir()
+	b, err := cmd.CombinedOutput()
+	return string(b), err
+}
+
+// TestClaimEnvQuoting: every value --env prints survives eval verbatim,
+// shell metacharacters included, and runs nothing (issue 9 item 9).
+func TestClaimEnvQuoting(t *testing.T) {
+	hostile := `/run/lazyfs/workers/a b'; touch PWNED; echo '$(touch PWNED2)` + "`touch PWNED3`\n\"x\""
+	res := api.ClaimResult{UUID: "GPU-1 2", ClaimID: "c'id", Worker: &api.WorkerHandoff{PID: 42, Socket: hostile, Name: "llama;rm"}}
+	var b strings.Builder
+	if err := writeEnv(&b, res); err != nil {
+		t.Fatal(err)
+	}
+	out, err := evalEnv(t, b.String(), `printf '%s|' "$CUDA_VISIBLE_DEVICES" "$LAZYFS_CLAIM_ID" "$LAZYFS_WORKER_SOCKET" "$LAZYFS_WORKER_PID" "$LAZYFS_WORKER_NAME"; ls`)
+	if err != nil {
+		t.Fatalf("eval: %v\n%s\n%s", err, b.String(), out)
+	}
+	want := "GPU-1 2|c'id|" + hostile + "|42|llama;rm|"
+	if out != want {
+		t.Fatalf("round trip through eval:\n got %q\nwant %q", out, want)
+	}
+}
+
+// TestClaimEnvFailsVisiblyInReportOnly: with a daemon in report-only mode,
+// eval "$(lazyfs gpu claim any --env)" fails and says why (issue 13).
+func TestClaimEnvFailsVisiblyInReportOnly(t *testing.T) {
+	dir, err := os.MkdirTemp("", "gpucli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "pw.sock")
+	m := prewarm.NewManager(nil, "no NVIDIA driver", prewarm.Config{})
+	l, err := prewarm.ListenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { prewarm.Serve(ctx, l, (&prewarm.Server{Manager: m}).Handler()); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	envOut, err := runGPU(t, "claim", "any", "--env", "--socket", sock)
+	if !errors.Is(err, prewarm.ErrReportOnly) {
+		t.Fatalf("claim in report-only mode: %v", err)
+	}
+	out, err := evalEnv(t, envOut, "echo REACHED")
+	if err == nil || strings.Contains(out, "REACHED") || !strings.Contains(out, "report-only") {
+		t.Fatalf("eval of a failed claim went on or said nothing: %v\n%s", err, out)
 	}
 }

@@ -95,12 +95,25 @@ type ClaimRequest struct {
 	// "deferred"/"" for the default (deferred by HandoffDelay in default
 	// compute mode; always "now" in exclusive modes).
 	Release string `json:"release,omitempty"`
+	// Worker names a model warm worker (see WorkerStatus) to claim instead
+	// of a whole GPU; UUID then optionally names the GPU to resume it on.
+	Worker string `json:"worker,omitempty"`
 }
 
 // WorkerHandoff describes a warm worker handed to the claimer.
 type WorkerHandoff struct {
 	PID    int    `json:"pid"`
 	Socket string `json:"socket"`
+	// Name is the model worker's name ("" for a per-GPU warm worker).
+	Name string `json:"name,omitempty"`
+	// Resumed is set when the worker was suspended (its GPU memory in host
+	// RAM) and was restored for this claim, taking ResumeMs.
+	Resumed  bool    `json:"resumed,omitempty"`
+	ResumeMs float64 `json:"resume_ms,omitempty"`
+	// CheckpointedOn is the GPU the worker was suspended on. When it
+	// differs from the claim's UUID the driver remapped it (Remapped).
+	CheckpointedOn string `json:"checkpointed_on,omitempty"`
+	Remapped       bool   `json:"remapped,omitempty"`
 }
 
 // ClaimResult is what a successful claim returns.
@@ -121,7 +134,11 @@ type ClaimResult struct {
 
 // ReleaseRequest ends a claim.
 type ReleaseRequest struct {
+	// UUID is the claimed GPU; for a model-worker claim it may be left
+	// empty when Worker is set.
 	UUID string `json:"uuid"`
+	// Worker ends the claim of this model worker.
+	Worker string `json:"worker,omitempty"`
 	// ClaimID, when set, must match the claim.
 	ClaimID string `json:"claim_id,omitempty"`
 }
@@ -134,6 +151,10 @@ type ReleaseResult struct {
 	// WorkerStopped is set when a handed-over warm worker was still running
 	// and the daemon stopped it.
 	WorkerStopped bool `json:"worker_stopped,omitempty"`
+	// Worker and WorkerState: a released model worker and where it went
+	// (suspended, ready = kept resident, or starting = restarted cold).
+	Worker      string      `json:"worker,omitempty"`
+	WorkerState WorkerState `json:"worker_state,omitempty"`
 }
 
 // GPUStatus is one GPU in Status.
@@ -168,6 +189,65 @@ type Status struct {
 	DriverVersion string        `json:"driver_version,omitempty"`
 	GPUs          []GPUStatus   `json:"gpus"`
 	Images        []ImageStatus `json:"images,omitempty"`
+	// Workers are the model warm workers; Checkpoint says whether the
+	// driver can suspend them; SuspendedBytes (host memory their GPU
+	// memory takes while suspended) stays within SuspendMemory.
+	Workers        []WorkerStatus `json:"workers,omitempty"`
+	Checkpoint     string         `json:"checkpoint,omitempty"`
+	SuspendMemory  uint64         `json:"suspend_memory_bytes,omitempty"`
+	SuspendedBytes uint64         `json:"suspended_bytes,omitempty"`
+}
+
+// WorkerState is where a model warm worker is:
+//
+//	stopped ─▶ starting ─▶ ready ─▶ suspending ─▶ suspended ─▶ resuming ─▶ claimed
+//	              │          ▲  ▲                     │            │         │
+//	              ▼          │  └──── (release, kept resident) ◀───┼─────────┤
+//	           failed ◀──────┴──────────── (error/exit) ◀──────────┘         │
+//	                                suspending ◀──────── (release) ◀─────────┘
+//
+// failed and stopped (evicted from the host-memory budget) are restarted
+// cold later. Only ready and suspended workers are claimable.
+type WorkerState string
+
+// Worker states.
+const (
+	WorkerStopped    WorkerState = "stopped"
+	WorkerStarting   WorkerState = "starting"
+	WorkerReady      WorkerState = "ready"
+	WorkerSuspending WorkerState = "suspending"
+	WorkerSuspended  WorkerState = "suspended"
+	WorkerResuming   WorkerState = "resuming"
+	WorkerClaimed    WorkerState = "claimed"
+	WorkerFailed     WorkerState = "failed"
+)
+
+// AllWorkerStates lists every WorkerState, for metrics.
+var AllWorkerStates = []WorkerState{WorkerStopped, WorkerStarting, WorkerReady, WorkerSuspending, WorkerSuspended, WorkerResuming, WorkerClaimed, WorkerFailed}
+
+// WorkerStatus is one model warm worker in Status.
+type WorkerStatus struct {
+	Name   string      `json:"name"`
+	State  WorkerState `json:"state"`
+	Reason string      `json:"reason,omitempty"`
+	// GPU is where the worker runs, or was suspended from.
+	GPU    string `json:"gpu,omitempty"`
+	PID    int    `json:"pid,omitempty"`
+	Socket string `json:"socket,omitempty"`
+	// SuspendedBytes is the host memory its checkpoint takes (0 unless
+	// suspended).
+	SuspendedBytes uint64 `json:"suspended_bytes"`
+	// LastSuspendMs, LastResumeMs and LastColdStartMs are the latest
+	// durations; Resumes, ColdStarts, Evictions and Failures count events.
+	LastSuspendMs   float64    `json:"last_suspend_ms,omitempty"`
+	LastResumeMs    float64    `json:"last_resume_ms,omitempty"`
+	LastColdStartMs float64    `json:"last_cold_start_ms,omitempty"`
+	Resumes         int        `json:"resumes"`
+	ColdStarts      int        `json:"cold_starts"`
+	Evictions       int        `json:"evictions"`
+	Failures        int        `json:"failures"`
+	LastUsed        *time.Time `json:"last_used,omitempty"`
+	Claim           *ClaimInfo `json:"claim,omitempty"`
 }
 
 // ImageStatus is one configured image in Status.

@@ -18,14 +18,19 @@ torch.cuda.synchronize()
 t_ready = time.time_ns()
 
 path = os.environ["LAZYFS_WORKER_SOCKET"]
-try:
-    os.unlink(path)
-except FileNotFoundError:
-    pass
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-srv.bind(path)
-os.chmod(path, 0o600)
-srv.listen(16)
+if os.environ.get("LAZYFS_WORKER_FD"):
+    # The daemon bound the socket in its root-only directory and passed it.
+    srv = socket.socket(fileno=int(os.environ["LAZYFS_WORKER_FD"]))
+    path = None
+else:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    os.chmod(path, 0o600)
+    srv.listen(16)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 print("READY " + json.dumps({"pid": os.getpid(), "uuid": os.environ.get("LAZYFS_GPU_UUID", ""),
                              "init_ms": (t_ready - t0) / 1e6}), flush=True)
@@ -50,7 +55,8 @@ try:
                     f.write(b"error unknown command\n")
                 f.flush()
 finally:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
