@@ -94,7 +94,7 @@ func startChild(ctx context.Context, spec childSpec, timeout time.Duration, log 
 		allow = DefaultEnvAllow
 	}
 	cmd.Env = append(filterEnv(os.Environ(), allow), spec.env...)
-	cmd.SysProcAttr = childSysProcAttr(spec.kind == kindHolder)
+	cmd.SysProcAttr = childSysProcAttr(spec.kind != kindWorker) // handed-over per-GPU workers outlive the daemon
 	if spec.cred != nil {
 		setCredential(cmd.SysProcAttr, spec.cred)
 	}

@@ -72,6 +72,27 @@ type Config struct {
 	// not use the claim API still find the device initialised. Off, the
 	// holder is released to give its memory back.
 	HoldWhileBusy bool
+	// ModelWorkers are the model warm workers (issue 14): each is started
+	// once, suspended into host memory through Checkpointer, and resumed
+	// for a claim that names it.
+	ModelWorkers []ModelWorker
+	// Checkpointer suspends and resumes model workers; nil (or one whose
+	// Caps fails) keeps them resident and restarts them cold after each
+	// claim.
+	Checkpointer Checkpointer
+	// SuspendMemory bounds the host memory suspended workers take (0: no
+	// bound); beyond it the least recently used is stopped (evicted) and
+	// started again when there is room or a claim asks for it.
+	SuspendMemory uint64
+	// ResidentFloor: a released model worker stays resident (ready, no
+	// resume needed) while its GPU has at least this much free memory;
+	// when free memory drops below it the least recently used resident
+	// worker is suspended. 0 suspends on every release.
+	ResidentFloor uint64
+	// SuspendTimeout and ResumeTimeout bound one checkpoint or restore
+	// (60s each); PingTimeout bounds the health check of a resumed worker
+	// before it is handed out (5s).
+	SuspendTimeout, ResumeTimeout, PingTimeout time.Duration
 	// EnablePersistence turns persistence mode on for every GPU at start.
 	// Without it persistence mode is only reported, never changed.
 	EnablePersistence bool
@@ -92,6 +113,9 @@ func (c Config) withDefaults() Config {
 	def(&c.RetryBackoff, 2*time.Second)
 	def(&c.MaxBackoff, 5*time.Minute)
 	def(&c.HandoffDelay, 10*time.Second)
+	def(&c.SuspendTimeout, 60*time.Second)
+	def(&c.ResumeTimeout, 60*time.Second)
+	def(&c.PingTimeout, 5*time.Second)
 	if c.NoHandoffDelay {
 		c.HandoffDelay = 0
 	}
@@ -115,6 +139,12 @@ type Manager struct {
 	order []string
 	ctx   context.Context // Run's context; children are tied to it
 	wg    sync.WaitGroup  // goroutines that start or stop children
+
+	workers     map[string]*modelWorker
+	workerOrder []string
+	ckptCaps    CheckpointCaps
+	ckptErr     error
+	stopped     bool // shutdown began: start nothing new
 }
 
 type gpu struct {
@@ -148,6 +178,7 @@ type claim struct {
 func NewManager(gpus GPUs, reason string, cfg Config) *Manager {
 	cfg = cfg.withDefaults()
 	m := &Manager{cfg: cfg, gpus: gpus, reason: reason, log: cfg.Logger, devs: map[string]*gpu{}, ctx: context.Background()}
+	m.initWorkers()
 	if cfg.Metrics != nil {
 		v := 0.0
 		if gpus == nil {
@@ -240,6 +271,9 @@ func (m *Manager) Poll(ctx context.Context) {
 			mt.freeBytes.WithLabelValues(d.UUID).Set(float64(d.MemoryFree))
 		}
 	}
+	if !m.stopped {
+		m.stepWorkersLocked(now)
+	}
 	for _, uuid := range slices.Clone(m.order) {
 		if seen[uuid] {
 			continue
@@ -255,7 +289,7 @@ func (m *Manager) Poll(ctx context.Context) {
 
 // markOurs flags the processes that are the daemon's own children.
 func (m *Manager) markOurs(g *gpu, d *DeviceInfo) {
-	var pids []int
+	pids := m.workerPIDsLocked(d.UUID)
 	if g.child != nil {
 		pids = append(pids, g.child.pid)
 	}
@@ -488,7 +522,8 @@ func (m *Manager) dropChildrenLocked(g *gpu) {
 
 func (m *Manager) shutdown() {
 	m.mu.Lock()
-	var stops []*child
+	m.stopped = true
+	stops := m.shutdownWorkersLocked()
 	for _, g := range m.devs {
 		g.gen++
 		if g.warmCancel != nil {
@@ -522,6 +557,9 @@ func (m *Manager) Claim(ctx context.Context, req ClaimRequest) (ClaimResult, err
 	t0 := time.Now()
 	if m.gpus == nil {
 		return ClaimResult{}, ErrReportOnly
+	}
+	if req.Worker != "" {
+		return m.claimWorker(ctx, req)
 	}
 	m.mu.Lock()
 	uuid, g, err := m.pickLocked(req.UUID)
@@ -629,6 +667,9 @@ func (m *Manager) pickLocked(uuid string) (string, *gpu, error) {
 		if pid, ok := foreign(&g.info); ok {
 			return "", nil, fmt.Errorf("gpu %s: foreign compute process pid %d: %w", uuid, pid, ErrBusy)
 		}
+		if w := m.workerOnLocked(uuid); w != "" {
+			return "", nil, fmt.Errorf("gpu %s: model worker %s runs on it: %w", uuid, w, ErrBusy)
+		}
 		return uuid, g, nil
 	}
 	best, bestRank := "", 1<<30
@@ -638,7 +679,7 @@ func (m *Manager) pickLocked(uuid string) (string, *gpu, error) {
 		if !ok {
 			continue
 		}
-		if _, f := foreign(&g.info); f {
+		if _, f := foreign(&g.info); f || m.workerOnLocked(u) != "" {
 			continue
 		}
 		if rank < bestRank {
@@ -656,6 +697,9 @@ func (m *Manager) pickLocked(uuid string) (string, *gpu, error) {
 func (m *Manager) Release(ctx context.Context, req ReleaseRequest) (ReleaseResult, error) {
 	if m.gpus == nil {
 		return ReleaseResult{}, ErrReportOnly
+	}
+	if req.Worker != "" {
+		return m.releaseWorker(req)
 	}
 	m.mu.Lock()
 	g := m.devs[req.UUID]
@@ -740,6 +784,7 @@ func (m *Manager) Status() Status {
 		}
 		s.GPUs = append(s.GPUs, gs)
 	}
+	m.workerStatusLocked(&s)
 	return s
 }
 

@@ -58,8 +58,8 @@ func (s *Server) Handler() http.Handler {
 			s.writeErr(w, err)
 			return
 		}
-		if req.UUID == "" {
-			s.writeErr(w, fmt.Errorf("release: uuid missing: %w", ErrBadRequest))
+		if req.UUID == "" && req.Worker == "" {
+			s.writeErr(w, fmt.Errorf("release: uuid (or worker) missing: %w", ErrBadRequest))
 			return
 		}
 		res, err := s.Manager.Release(r.Context(), req)
