@@ -118,6 +118,37 @@ func printStatus(w io.Writer, s api.Status) error {
 	} else {
 		fmt.Fprintln(w, "no GPU managed")
 	}
+	if len(s.Workers) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "model workers: checkpoint %s; suspended %s", s.Checkpoint, mib(s.SuspendedBytes))
+		if s.SuspendMemory > 0 {
+			fmt.Fprintf(w, " of %s (--suspend-memory)", mib(s.SuspendMemory))
+		}
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "WORKER\tSTATE\tGPU\tPID\tSUSPENDED\tSUSPEND ms\tRESUME ms\tCOLD ms\tRESUMES\tCOLD STARTS\tEVICTIONS\tFAILURES\tDETAIL")
+		for _, wk := range s.Workers {
+			pid, gpu := "-", wk.GPU
+			if wk.PID != 0 {
+				pid = strconv.Itoa(wk.PID)
+			}
+			if gpu == "" {
+				gpu = "-"
+			}
+			detail := wk.Reason
+			if wk.Claim != nil {
+				detail = "claim " + wk.Claim.ID
+				if wk.Claim.Owner != "" {
+					detail += " by " + wk.Claim.Owner
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%d\t%d\t%d\t%d\t%s\n", wk.Name, wk.State, gpu, pid, mib(wk.SuspendedBytes),
+				wk.LastSuspendMs, wk.LastResumeMs, wk.LastColdStartMs, wk.Resumes, wk.ColdStarts, wk.Evictions, wk.Failures, detail)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
 	if len(s.Images) > 0 {
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -134,6 +165,8 @@ func printStatus(w io.Writer, s api.Status) error {
 	return nil
 }
 
+func mib(n uint64) string { return fmt.Sprintf("%dMiB", n>>20) }
+
 func newGPUClaimCmd(client func() *api.Client) *cobra.Command {
 	var (
 		asJSON, env bool
@@ -141,11 +174,21 @@ func newGPUClaimCmd(client func() *api.Client) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "claim [UUID|any]",
-		Short: "Claim a GPU (a UUID, or any idle GPU) for a job",
+		Short: "Claim a GPU (a UUID, or any idle GPU), or a model warm worker, for a job",
 		Long: `claim hands a GPU to the caller. The daemon releases its holder first (at
 once in exclusive compute modes or with --release now; otherwise a few seconds
 later so the device stays initialised while the job starts) or, in warm-worker
-mode, hands over the warm worker. Exit status 2 means no GPU was available.`,
+mode, hands over the warm worker.
+
+With --worker NAME it hands over that model worker instead, resuming it from
+host memory if it was suspended: on the GPU given (only if the driver can
+remap a checkpoint to another GPU), else on the GPU it was suspended on, and
+the reply says which. Release it with 'lazyfs gpu release --worker NAME'.
+
+Exit status 2 means no GPU (or worker) was available: retry later.`,
+		Example: `  lazyfs gpu claim any --owner job-7
+  eval "$(lazyfs gpu claim --env)"        # fails visibly if nothing was claimed
+  lazyfs gpu claim --worker llama --json  # resume the suspended "llama" worker`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
@@ -172,6 +215,19 @@ mode, hands over the warm worker. Exit status 2 means no GPU was available.`,
 			case env:
 				return writeEnv(w, res)
 			}
+			if wk := res.Worker; wk != nil && wk.Name != "" {
+				fmt.Fprintf(w, "claimed worker %s on %s (claim id %s)\n", wk.Name, res.UUID, res.ClaimID)
+				switch {
+				case wk.Resumed && wk.Remapped:
+					fmt.Fprintf(w, "resumed from host memory in %.1f ms, moved from %s (where it was suspended)\n", wk.ResumeMs, wk.CheckpointedOn)
+				case wk.Resumed:
+					fmt.Fprintf(w, "resumed from host memory in %.1f ms on the GPU it was suspended on\n", wk.ResumeMs)
+				default:
+					fmt.Fprintln(w, "was resident: no resume needed")
+				}
+				fmt.Fprintf(w, "worker pid %d on %s\n", wk.PID, wk.Socket)
+				return nil
+			}
 			fmt.Fprintf(w, "claimed %s (claim id %s)\n", res.UUID, res.ClaimID)
 			switch res.HolderRelease {
 			case "now":
@@ -189,6 +245,7 @@ mode, hands over the warm worker. Exit status 2 means no GPU was available.`,
 	f.BoolVar(&env, "env", false, "print shell exports (CUDA_VISIBLE_DEVICES, LAZYFS_CLAIM_ID, worker socket)")
 	f.StringVar(&req.Owner, "owner", "", "who claims (shown in status)")
 	f.StringVar(&req.Release, "release", "", `"now" to have the holder gone before claim returns, "deferred" for the default`)
+	f.StringVar(&req.Worker, "worker", "", "claim this model warm worker (resumed from host memory if suspended); UUID then names the GPU to resume it on")
 	cmd.MarkFlagsMutuallyExclusive("json", "env")
 	return cmd
 }
@@ -199,11 +256,21 @@ func newGPUReleaseCmd(client func() *api.Client) *cobra.Command {
 		req    api.ReleaseRequest
 	)
 	cmd := &cobra.Command{
-		Use:   "release UUID",
-		Short: "Release a claimed GPU; it is warmed again after a grace period",
-		Args:  cobra.ExactArgs(1),
+		Use:   "release UUID | --worker NAME",
+		Short: "Release a claimed GPU (warmed again after a grace period) or model worker (suspended again)",
+		Example: `  lazyfs gpu release GPU-8f2e…
+  lazyfs gpu release --worker llama`,
+		Args: cobra.RangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req.UUID = strings.TrimSpace(args[0])
+			if len(args) == 1 {
+				req.UUID = strings.TrimSpace(args[0])
+			}
+			if req.UUID == "" && req.Worker == "" {
+				req.Worker = os.Getenv("LAZYFS_WORKER_NAME")
+			}
+			if req.UUID == "" && req.Worker == "" {
+				return fmt.Errorf("release: name a GPU UUID or --worker NAME")
+			}
 			if req.ClaimID == "" {
 				req.ClaimID = os.Getenv("LAZYFS_CLAIM_ID")
 			}
@@ -214,11 +281,16 @@ func newGPUReleaseCmd(client func() *api.Client) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), res)
 			}
+			if res.Worker != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "released worker %s on %s; now %s\n", res.Worker, res.UUID, res.WorkerState)
+				return nil
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "released %s; warm again in %.0f ms\n", res.UUID, res.WarmAfterMs)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().StringVar(&req.Worker, "worker", "", "release this model worker (default $LAZYFS_WORKER_NAME when no UUID is given)")
 	cmd.Flags().StringVar(&req.ClaimID, "claim-id", "", "claim to end (default $LAZYFS_CLAIM_ID; empty ends whatever claim holds the GPU)")
 	return cmd
 }

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -211,5 +214,95 @@ func TestClaimEnvFailsVisiblyInReportOnly(t *testing.T) {
 	out, err := evalEnv(t, envOut, "echo REACHED")
 	if err == nil || strings.Contains(out, "REACHED") || !strings.Contains(out, "report-only") {
 		t.Fatalf("eval of a failed claim went on or said nothing: %v\n%s", err, out)
+	}
+}
+
+// The test binary doubles as a model worker (the reference worker on the
+// fake CUDA driver) when LAZYFS_GPU_TEST_WORKER is set; init runs before
+// TestMain.
+func init() {
+	if os.Getenv("LAZYFS_GPU_TEST_WORKER") != "1" {
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := prewarm.ServeWorker(ctx, prewarm.DriverFromEnv(), os.Getenv("LAZYFS_WORKER_SOCKET"), 0, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// TestGPUClaimWorker drives `lazyfs gpu claim/release --worker` and the
+// status table against a daemon whose model worker is suspended through
+// the fake checkpointer.
+func TestGPUClaimWorker(t *testing.T) {
+	dir, err := os.MkdirTemp("", "gpucli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "pw.sock")
+	m := prewarm.NewManager(prewarm.NewFakeGPUs(1), "", prewarm.Config{
+		ModelWorkers: []prewarm.ModelWorker{{Name: "llama", Argv: []string{os.Args[0], "-test.run=^$"}}},
+		Checkpointer: &prewarm.FakeCheckpointer{Bytes: 5 << 30},
+		ChildEnv:     []string{"LAZYFS_GPU_TEST_WORKER=1", prewarm.EnvFakeCUDA + "=1"},
+		WorkerDir:    filepath.Join(dir, "workers"),
+		IdleWindow:   time.Millisecond, PollInterval: 5 * time.Millisecond,
+	})
+	l, err := prewarm.ListenUnix(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { m.Run(ctx); done <- struct{}{} }()
+	go func() { prewarm.Serve(ctx, l, (&prewarm.Server{Manager: m}).Handler()); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+	waitWorker := func(st api.WorkerState) api.Status {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			s, err := api.NewClient(sock).Status(ctx)
+			if err == nil && len(s.Workers) == 1 && s.Workers[0].State == st {
+				return s
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("worker never %s: %+v %v", st, s, err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitWorker(api.WorkerSuspended)
+	out, err := runGPU(t, "status", "--socket", sock)
+	if err != nil || !strings.Contains(out, "llama") || !strings.Contains(out, "suspended") || !strings.Contains(out, "5120MiB") {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	out, err = runGPU(t, "claim", "--worker", "llama", "--socket", sock)
+	if err != nil || !strings.Contains(out, "claimed worker llama on GPU-fake-0") || !strings.Contains(out, "on the GPU it was suspended on") {
+		t.Fatalf("claim --worker: %v\n%s", err, out)
+	}
+	if _, err := runGPU(t, "claim", "--worker", "llama", "--socket", sock); exitCode(err) != 2 {
+		t.Fatalf("second claim: %v (exit %d), want exit 2", err, exitCode(err))
+	}
+	out, err = runGPU(t, "release", "--worker", "llama", "--socket", sock)
+	if err != nil || !strings.Contains(out, "released worker llama") {
+		t.Fatalf("release --worker: %v\n%s", err, out)
+	}
+	waitWorker(api.WorkerSuspended)
+	envOut, err := runGPU(t, "claim", "--worker", "llama", "--env", "--socket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err = evalEnv(t, envOut, `printf '%s|%s' "$LAZYFS_WORKER_NAME" "$CUDA_VISIBLE_DEVICES"`)
+	if err != nil || out != "llama|GPU-fake-0" {
+		t.Fatalf("eval of claim --worker --env: %v %q", err, out)
+	}
+	out, err = runGPU(t, "status", "--json", "--socket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st api.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Workers[0].Resumes != 2 || st.Workers[0].State != api.WorkerClaimed {
+		t.Fatalf("status --json: %v\n%s", err, out)
 	}
 }
