@@ -57,8 +57,10 @@ func FirstOp(drv Driver) (FirstOpResult, error) {
 // (plus allocBytes), listens on socket, prints "READY {json}" to out and
 // answers one line per request until ctx is done:
 //
-//	"op"   → runs Context.Op, answers "ok <unix-nanoseconds when done>"
-//	"ping" → "pong"
+//	"op"    → runs Context.Op, answers "ok <unix-nanoseconds when done>"
+//	"check" → the same op, answers "ok <unix-nanoseconds> 0" (a worker
+//	          holding data answers its checksum, verified, instead of 0)
+//	"ping"  → "pong"
 //	"exit" → "bye", then ServeWorker returns
 //
 // Anything else answers "error unknown command".
@@ -116,6 +118,12 @@ func ServeWorker(ctx context.Context, drv Driver, socket string, allocBytes uint
 						continue
 					}
 					fmt.Fprintf(conn, "ok %d\n", time.Now().UnixNano())
+				case "check":
+					if err := c.Op(); err != nil {
+						fmt.Fprintf(conn, "error %s\n", oneLine(err.Error()))
+						continue
+					}
+					fmt.Fprintf(conn, "ok %d 0\n", time.Now().UnixNano())
 				case "ping":
 					fmt.Fprintln(conn, "pong")
 				case "exit":
@@ -133,31 +141,59 @@ func ServeWorker(ctx context.Context, drv Driver, socket string, allocBytes uint
 // WorkerOp asks a warm worker on socket to run one operation and returns
 // the wall clock (unix nanoseconds) at which the worker finished it.
 func WorkerOp(ctx context.Context, socket string) (int64, error) {
+	n, _, err := workerRequest(ctx, socket, "op")
+	return n, err
+}
+
+// WorkerCheck asks a warm worker to verify the data it holds on the GPU
+// (recomputing its checksum there) and run one op; it returns when the
+// worker finished and the checksum it reported.
+func WorkerCheck(ctx context.Context, socket string) (int64, string, error) {
+	return workerRequest(ctx, socket, "check")
+}
+
+func workerRequest(ctx context.Context, socket, req string) (int64, string, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
-		return 0, fmt.Errorf("worker %s: %w", socket, err)
+		return 0, "", fmt.Errorf("worker %s: %w", socket, err)
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	if _, err := io.WriteString(conn, "op\n"); err != nil {
-		return 0, fmt.Errorf("worker %s: %w", socket, err)
+	if _, err := io.WriteString(conn, req+"\n"); err != nil {
+		return 0, "", fmt.Errorf("worker %s: %w", socket, err)
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
+	line, err := bufio.NewReader(io.LimitReader(conn, maxWorkerLine)).ReadString('\n')
 	if err != nil {
-		return 0, fmt.Errorf("worker %s: %w", socket, err)
+		return 0, "", fmt.Errorf("worker %s: %s: %w", socket, req, err)
 	}
+	n, sum, err := parseWorkerAnswer(line)
+	if err != nil {
+		return 0, "", fmt.Errorf("worker %s: %s: %w", socket, req, err)
+	}
+	return n, sum, nil
+}
+
+// maxWorkerLine bounds one line a worker sends (READY or an answer).
+const maxWorkerLine = 64 << 10
+
+// parseWorkerAnswer parses "ok <unix-ns> [checksum]".
+func parseWorkerAnswer(line string) (int64, string, error) {
 	f := strings.Fields(line)
-	if len(f) != 2 || f[0] != "ok" {
-		return 0, fmt.Errorf("worker %s: answered %q", socket, strings.TrimSpace(line))
+	if len(f) < 2 || len(f) > 3 || f[0] != "ok" {
+		return 0, "", fmt.Errorf("answered %q", strings.TrimSpace(line))
 	}
 	n, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil {
-		return 0, errors.Join(fmt.Errorf("worker %s: bad answer %q", socket, strings.TrimSpace(line)), err)
+	if err != nil || n <= 0 {
+		return 0, "", errors.Join(fmt.Errorf("bad answer %q", strings.TrimSpace(line)), err)
 	}
-	return n, nil
+	sum := ""
+	if len(f) == 3 {
+		sum = f[2]
+	}
+	return n, sum, nil
 }
 
 // workerListener returns the listening socket the daemon passed in

@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"slices"
@@ -441,7 +442,7 @@ func pingWorker(ctx context.Context, socket string, timeout time.Duration) error
 	if _, err := conn.Write([]byte("ping\n")); err != nil {
 		return fmt.Errorf("worker %s: ping: %w", socket, err)
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
+	line, err := bufio.NewReader(io.LimitReader(conn, maxWorkerLine)).ReadString('\n')
 	if err != nil {
 		return fmt.Errorf("worker %s: no answer to ping within %v: %w", socket, timeout, err)
 	}
