@@ -325,7 +325,7 @@ func TestModelWorkerResumeFails(t *testing.T) {
 			ck.Lock()
 			ck.ResumeErr, ck.LeaveFrozen = nil, false
 			ck.Unlock()
-			s = pollUntil(t, m, "restarted cold", func(s Status) bool {
+			pollUntil(t, m, "restarted cold", func(s Status) bool {
 				w := workerIn(s, "llama")
 				return w.State == WorkerSuspended && w.ColdStarts == 2
 			})
