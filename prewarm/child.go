@@ -35,6 +35,9 @@ type childSpec struct {
 	// cred, when set, runs the child as this uid/gid (no supplementary
 	// groups).
 	cred *syscall.Credential
+	// started, when set, is called with the pid right after the start,
+	// before READY (so the daemon knows the process is its own).
+	started func(pid int)
 }
 
 // EnvWorkerFD names the variable that tells a worker which inherited file
@@ -122,6 +125,9 @@ func startChild(ctx context.Context, spec childSpec, timeout time.Duration, log 
 		return nil, fmt.Errorf("gpu %s: start %s %q: %v: %w", spec.uuid, spec.kind, spec.argv[0], err, ErrHolder)
 	}
 	c.cmd, c.pid = cmd, cmd.Process.Pid
+	if spec.started != nil {
+		spec.started(c.pid)
+	}
 	type result struct {
 		r   HolderReady
 		err error

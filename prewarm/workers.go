@@ -50,6 +50,8 @@ type modelWorker struct {
 	wanted bool
 	// resident: released with room to spare, kept on the GPU (ready).
 	resident bool
+	// startingPID is the process of a start in flight (before READY).
+	startingPID int
 }
 
 func validWorkerName(s string) bool {
@@ -137,8 +139,12 @@ func (m *Manager) workerOnLocked(uuid string) string {
 func (m *Manager) workerPIDsLocked(uuid string) []int {
 	var pids []int
 	for _, w := range m.workers {
-		if w.child != nil && w.gpu == uuid {
+		switch {
+		case w.gpu != uuid:
+		case w.child != nil:
 			pids = append(pids, w.child.pid)
+		case w.state == WorkerStarting && w.startingPID != 0:
+			pids = append(pids, w.startingPID)
 		}
 	}
 	return pids
@@ -167,11 +173,16 @@ func (m *Manager) gpuForWorkerLocked(w *modelWorker, want string, need uint64) (
 		if g == nil {
 			return fmt.Errorf("gpu %s: %w", uuid, ErrNotFound)
 		}
+		// Utilisation alone (often our own workers') does not count: only
+		// a whole-GPU claim, MIG, or a foreign process keeps workers off.
+		pid, isForeign := foreign(&g.info)
 		switch {
 		case g.state == StateClaimed:
 			return fmt.Errorf("gpu %s: claimed by %q: %w", uuid, g.claim.owner, ErrBusy)
-		case g.state == StateBusy || g.state == StateUnavailable:
+		case g.state == StateUnavailable:
 			return fmt.Errorf("gpu %s: %s: %w", uuid, g.reason, ErrBusy)
+		case isForeign:
+			return fmt.Errorf("gpu %s: foreign compute process pid %d: %w", uuid, pid, ErrBusy)
 		case g.info.ComputeMode != ComputeDefault:
 			return fmt.Errorf("gpu %s: compute mode %s: model workers need the default mode: %w", uuid, g.info.ComputeMode, ErrBusy)
 		}
@@ -265,6 +276,13 @@ func (m *Manager) startWorkerLocked(w *modelWorker, uuid string) {
 	spec := childSpec{kind: kindModel, uuid: uuid, argv: w.cfg.Argv, socket: sock, envAllow: m.cfg.EnvAllow, cred: m.cfg.WorkerCredential,
 		env: append(slices.Clone(m.cfg.ChildEnv), "CUDA_VISIBLE_DEVICES="+uuid, "LAZYFS_GPU_UUID="+uuid,
 			"LAZYFS_WORKER_SOCKET="+sock, "LAZYFS_WORKER_NAME="+w.cfg.Name)}
+	spec.started = func(pid int) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if w.gen == gen {
+			w.startingPID = pid
+		}
+	}
 	ctx := m.ctx
 	m.wg.Add(1)
 	go func() {
@@ -279,6 +297,9 @@ func (m *Manager) startWorkerLocked(w *modelWorker, uuid string) {
 func (m *Manager) workerStarted(w *modelWorker, gen uint64, c *child, err error, took time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if w.gen == gen {
+		w.startingPID = 0
+	}
 	if w.gen != gen || w.state != WorkerStarting || m.stopped {
 		if c != nil {
 			m.stopChildLocked(c)
@@ -648,8 +669,11 @@ func (m *Manager) workerStatusLocked(s *Status) {
 		ws := WorkerStatus{Name: n, State: w.state, Reason: w.reason, GPU: w.gpu, SuspendedBytes: w.suspendedBytes,
 			LastSuspendMs: ms(w.lastSuspend), LastResumeMs: ms(w.lastResume), LastColdStartMs: ms(w.lastCold),
 			Resumes: w.resumes, ColdStarts: w.coldStarts, Evictions: w.evictions, Failures: w.failures}
-		if w.child != nil {
+		switch {
+		case w.child != nil:
 			ws.PID, ws.Socket = w.child.pid, w.child.spec.socket
+		case w.state == WorkerStarting:
+			ws.PID = w.startingPID
 		}
 		if !w.lastUsed.IsZero() {
 			t := w.lastUsed

@@ -521,3 +521,23 @@ func TestParseUUID(t *testing.T) {
 		}
 	}
 }
+
+// TestModelWorkerStartingIsOurs: a model worker still starting (before
+// READY) shows up in NVML; it must count as the daemon's own process, not
+// as a foreign one that makes the GPU busy.
+func TestModelWorkerStartingIsOurs(t *testing.T) {
+	m, fake := newWorkerManager(t, 1, &FakeCheckpointer{}, Config{
+		ModelWorkers: []ModelWorker{{Name: "slow", Argv: []string{"/bin/sh", "-c", `sleep 1; exec "$0" -test.run=^$`, os.Args[0]}}},
+	})
+	s := pollUntil(t, m, "starting with a pid", func(s Status) bool {
+		w := workerIn(s, "slow")
+		return w.State == WorkerStarting && w.PID != 0
+	})
+	pid := workerIn(s, "slow").PID
+	fake.Update(g0, func(d *DeviceInfo) { d.Processes = []Process{{PID: uint32(pid), UsedMemory: 500 << 20}} })
+	m.Poll(context.Background())
+	if g := gpuIn(m.Status(), g0); g.State == StateBusy || strings.Contains(g.Reason, "foreign") {
+		t.Fatalf("starting worker counted as foreign: %+v", g)
+	}
+	pollUntil(t, m, "suspended", workerIs("slow", WorkerSuspended))
+}
