@@ -265,8 +265,10 @@ func newGPUReleaseCmd(client func() *api.Client) *cobra.Command {
 			if len(args) == 1 {
 				req.UUID = strings.TrimSpace(args[0])
 			}
-			if req.UUID == "" && req.Worker == "" {
-				req.Worker = os.Getenv("LAZYFS_WORKER_NAME")
+			if wn := os.Getenv("LAZYFS_WORKER_NAME"); req.Worker == "" && wn != "" && (req.UUID == "" || req.UUID == os.Getenv("LAZYFS_GPU_UUID")) {
+				// After eval "$(lazyfs gpu claim --worker NAME --env)",
+				// `release "$LAZYFS_GPU_UUID"` ends that worker's claim.
+				req.Worker = wn
 			}
 			if req.UUID == "" && req.Worker == "" {
 				return fmt.Errorf("release: name a GPU UUID or --worker NAME")
@@ -290,7 +292,7 @@ func newGPUReleaseCmd(client func() *api.Client) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
-	cmd.Flags().StringVar(&req.Worker, "worker", "", "release this model worker (default $LAZYFS_WORKER_NAME when no UUID is given)")
+	cmd.Flags().StringVar(&req.Worker, "worker", "", "release this model worker (default $LAZYFS_WORKER_NAME when no UUID, or $LAZYFS_GPU_UUID, is given)")
 	cmd.Flags().StringVar(&req.ClaimID, "claim-id", "", "claim to end (default $LAZYFS_CLAIM_ID; empty ends whatever claim holds the GPU)")
 	return cmd
 }

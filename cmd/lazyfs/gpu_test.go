@@ -305,4 +305,10 @@ func TestGPUClaimWorker(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Workers[0].Resumes != 2 || st.Workers[0].State != api.WorkerClaimed {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
+	// What a job script does after eval: release "$LAZYFS_GPU_UUID".
+	t.Setenv("LAZYFS_WORKER_NAME", "llama")
+	t.Setenv("LAZYFS_GPU_UUID", "GPU-fake-0")
+	if out, err := runGPU(t, "release", "GPU-fake-0", "--socket", sock); err != nil || !strings.Contains(out, "released worker llama") {
+		t.Fatalf("release $LAZYFS_GPU_UUID after a worker claim: %v\n%s", err, out)
+	}
 }
