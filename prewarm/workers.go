@@ -164,6 +164,24 @@ func (m *Manager) suspendedTotalLocked() uint64 {
 	return n
 }
 
+// committedLocked is the host memory the budget must keep for: what
+// suspended workers take now, plus the last checkpoint size of workers
+// that will be suspended again (claimed, resuming, suspending, resident),
+// so that an evicted worker is not restarted only to evict another at the
+// next release.
+func (m *Manager) committedLocked() uint64 {
+	var n uint64
+	for _, w := range m.workers {
+		switch w.state {
+		case WorkerSuspended:
+			n += w.suspendedBytes
+		case WorkerClaimed, WorkerResuming, WorkerSuspending, WorkerReady:
+			n += w.lastBytes
+		}
+	}
+	return n
+}
+
 // gpuForWorkerLocked picks the GPU to start or resume w on: want if set,
 // else w's own pinned GPU, else the eligible GPU with the most free
 // memory. need is the GPU memory the worker will take (0 if unknown).
@@ -229,8 +247,8 @@ func (m *Manager) stepWorkersLocked(now time.Time) {
 				continue
 			}
 			if budget := m.cfg.SuspendMemory; w.evictions > 0 && !w.wanted && budget > 0 && m.canSuspend() &&
-				m.suspendedTotalLocked()+w.lastBytes > budget {
-				w.reason = fmt.Sprintf("evicted: waiting for room in the host memory budget (%d MiB of %d MiB used, needs %d MiB); a claim starts it", m.suspendedTotalLocked()>>20, budget>>20, w.lastBytes>>20)
+				m.committedLocked()+w.lastBytes > budget {
+				w.reason = fmt.Sprintf("evicted: waiting for room in the host memory budget (%d MiB of %d MiB committed, needs %d MiB); a claim starts it", m.committedLocked()>>20, budget>>20, w.lastBytes>>20)
 				continue
 			}
 			uuid, err := m.gpuForWorkerLocked(w, "", 0)

@@ -264,6 +264,19 @@ func TestModelWorkerBudgetEviction(t *testing.T) {
 	if stopped != 1 || s.SuspendedBytes > 2<<30 {
 		t.Fatalf("after the wanted restart: %d stopped, %d suspended bytes: %+v", stopped, s.SuspendedBytes, s.Workers)
 	}
+	// The claimed worker will come back to host memory: the evicted one
+	// is not restarted into its room (which would only evict again).
+	for i := 0; i < 5; i++ {
+		m.Poll(context.Background())
+	}
+	s = m.Status()
+	cold := 0
+	for _, w := range s.Workers {
+		cold += w.ColdStarts
+	}
+	if cold != 4 {
+		t.Fatalf("%d cold starts, want 4 (3 + the wanted one): %+v", cold, s.Workers)
+	}
 }
 
 // TestModelWorkerCheckpointRefused: a worker the driver refuses to
