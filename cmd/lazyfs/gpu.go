@@ -23,8 +23,9 @@ func newGPUCmd() *cobra.Command {
 		socket = s
 	}
 	cmd := &cobra.Command{
-		Use:   "gpu",
-		Short: "Claim, release and inspect GPUs kept warm by lazyfs-prewarm",
+		Use:     "gpu",
+		Short:   "Claim, release and inspect GPUs kept warm by lazyfs-prewarm",
+		Example: `  eval "$(lazyfs gpu claim any --env)" && python3 job.py; lazyfs gpu release "$LAZYFS_GPU_UUID"`,
 	}
 	cmd.PersistentFlags().StringVar(&socket, "socket", socket, "lazyfs-prewarm API socket (env LAZYFS_PREWARM_SOCKET)")
 	client := func() *api.Client { return api.NewClient(socket) }
@@ -57,8 +58,10 @@ func newGPUStatusCmd(client func() *api.Client) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show every GPU, its pre-warm state, and the warmed images",
-		Args:  cobra.NoArgs,
+		Short: "Show every GPU, its pre-warm state, the model workers, and the warmed images",
+		Example: `  lazyfs gpu status
+  lazyfs gpu status --json | jq '.workers[] | {name, state, suspended_bytes, last_resume_ms}'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := client().Status(cmd.Context())
 			if err != nil {
