@@ -547,19 +547,24 @@ func (m *Manager) claimWorker(ctx context.Context, req ClaimRequest) (ClaimResul
 	if resume {
 		// The GPU asked for; else the one it was checkpointed on; else,
 		// if the driver can remap and the worker is not pinned, any.
+		// Remapping pairs whole-GPU UUIDs only (not MIG devices).
+		remap := m.ckptCaps.Remap && strings.HasPrefix(from, "GPU-")
 		target := req.UUID
 		if target == "" {
 			target = from
-			if _, err := m.gpuForWorkerLocked(w, from, w.lastBytes); err != nil && m.ckptCaps.Remap && w.cfg.GPU == "" {
+			if _, err := m.gpuForWorkerLocked(w, from, w.lastBytes); err != nil && remap && w.cfg.GPU == "" {
 				target = ""
 			}
 		}
-		if target != "" && target != from && !m.ckptCaps.Remap {
+		if target != "" && target != from && !remap {
 			m.mu.Unlock()
 			return ClaimResult{}, fmt.Errorf("worker %s: checkpointed on %s; this driver cannot restore it onto %s: %w", name, from, target, ErrBusy)
 		}
 		var err error
-		if to, err = m.gpuForWorkerLocked(w, target, w.lastBytes); err != nil {
+		if to, err = m.gpuForWorkerLocked(w, target, w.lastBytes); err == nil && to != from && !strings.HasPrefix(to, "GPU-") {
+			err = fmt.Errorf("gpu %s: a checkpoint cannot be remapped onto a MIG device: %w", to, ErrBusy)
+		}
+		if err != nil {
 			m.mu.Unlock()
 			return ClaimResult{}, fmt.Errorf("worker %s: %w", name, err)
 		}
