@@ -8,7 +8,7 @@
 // the pure-Go sub-package prewarm/api, which clients import instead.
 //
 // NVML and the CUDA driver sit behind small interfaces (GPUs, Driver,
-// Checkpointer) so that
-// everything except the cgo glue builds and is tested without a GPU; the cgo
-// files carry the build tag "linux && cgo" and have pure-Go stubs otherwise.
+// Checkpointer) so that everything except the cgo glue builds and is tested
+// without a GPU; the cgo files carry the build tag "linux && cgo" and have
+// pure-Go stubs otherwise.
 package prewarm
