@@ -3,8 +3,14 @@
 
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X github.com/lazyfs/lazyfs/internal/version.Version=$(VERSION)
+COMMIT    ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -s -w -X github.com/lazyfs/lazyfs/internal/version.Version=$(VERSION) -X main.commit=$(COMMIT)
 BINARIES  := lazyfs lazyfs-snapshotter lazyfs-prewarm
+# lazyfs links no cgo (its GPU client is the pure-Go package prewarm/api), so
+# it is built static; go-nvml's cgo code in lazyfs-prewarm calls NVML
+# functions its headers mark deprecated: keep Go's default -O2 -g and silence
+# only those warnings.
+PREWARM_CGO_CFLAGS := -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
 .PHONY: all build test test-short race fuzz bench deps demo vet lint fmt clean install
@@ -15,7 +21,11 @@ all: build
 build:
 	@mkdir -p bin
 	@for b in $(BINARIES); do \
-		if [ -d cmd/$$b ]; then $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/$$b ./cmd/$$b || exit 1; fi; \
+		cgo="$${CGO_ENABLED:-}"; cflags="$${CGO_CFLAGS:-}"; case $$b in \
+		lazyfs) cgo=0;; \
+		lazyfs-prewarm) cflags="$(PREWARM_CGO_CFLAGS) $$cflags";; \
+		esac; \
+		if [ -d cmd/$$b ]; then CGO_ENABLED="$$cgo" CGO_CFLAGS="$$cflags" $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/$$b ./cmd/$$b || exit 1; fi; \
 	done
 	@ls bin
 

@@ -24,7 +24,7 @@ func BenchmarkClaimReleaseAPI(b *testing.B) {
 	go func() { done <- Serve(ctx, l, (&Server{Manager: m}).Handler()) }()
 	defer func() { cancel(); <-done }()
 	c := NewClient(dir + "/s.sock")
-	defer c.hc.CloseIdleConnections()
+	defer c.Close()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

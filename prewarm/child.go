@@ -29,7 +29,23 @@ type childSpec struct {
 	argv   []string
 	env    []string
 	socket string // worker socket path, "" for holders
+	// envAllow filters the daemon's environment (DefaultEnvAllow if nil);
+	// env is added after it.
+	envAllow []string
+	// cred, when set, runs the child as this uid/gid (no supplementary
+	// groups).
+	cred *syscall.Credential
+	// started, when set, is called with the pid right after the start,
+	// before READY (so the daemon knows the process is its own).
+	started func(pid int)
 }
+
+// EnvWorkerFD names the variable that tells a worker which inherited file
+// descriptor is its listening socket (always 3). The daemon binds the
+// socket itself in its root-only directory, so a worker that runs as
+// another uid can still serve it; LAZYFS_WORKER_SOCKET is the path claimers
+// connect to.
+const EnvWorkerFD = "LAZYFS_WORKER_FD"
 
 // child is one running holder or warm worker. It is owned by the Manager
 // until handed over to a claimer.
@@ -76,8 +92,24 @@ func startChild(ctx context.Context, spec childSpec, timeout time.Duration, log 
 	}
 	c := &child{spec: spec, done: make(chan struct{})}
 	cmd := exec.Command(spec.argv[0], spec.argv[1:]...)
-	cmd.Env = append(os.Environ(), spec.env...)
-	cmd.SysProcAttr = childSysProcAttr(spec.kind == kindHolder)
+	allow := spec.envAllow
+	if allow == nil {
+		allow = DefaultEnvAllow
+	}
+	cmd.Env = append(filterEnv(os.Environ(), allow), spec.env...)
+	cmd.SysProcAttr = childSysProcAttr(spec.kind != kindWorker) // handed-over per-GPU workers outlive the daemon
+	if spec.cred != nil {
+		setCredential(cmd.SysProcAttr, spec.cred)
+	}
+	if spec.socket != "" {
+		f, err := listenWorkerSocket(spec.socket)
+		if err != nil {
+			return nil, fmt.Errorf("gpu %s: %s: %w", spec.uuid, spec.kind, err)
+		}
+		defer f.Close() // the child has its own copy once started
+		cmd.ExtraFiles = []*os.File{f}
+		cmd.Env = append(cmd.Env, EnvWorkerFD+"=3")
+	}
 	cmd.Stderr = c
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -87,9 +119,15 @@ func startChild(ctx context.Context, spec childSpec, timeout time.Duration, log 
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
+		if spec.socket != "" {
+			os.Remove(spec.socket)
+		}
 		return nil, fmt.Errorf("gpu %s: start %s %q: %v: %w", spec.uuid, spec.kind, spec.argv[0], err, ErrHolder)
 	}
 	c.cmd, c.pid = cmd, cmd.Process.Pid
+	if spec.started != nil {
+		spec.started(c.pid)
+	}
 	type result struct {
 		r   HolderReady
 		err error
@@ -115,6 +153,9 @@ func startChild(ctx context.Context, spec childSpec, timeout time.Duration, log 
 	go func() {
 		<-readerDone
 		c.exitErr = cmd.Wait()
+		if spec.socket != "" {
+			os.Remove(spec.socket)
+		}
 		close(c.done)
 	}()
 

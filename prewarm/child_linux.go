@@ -23,3 +23,5 @@ func killGroup(pid int, sig syscall.Signal) {
 		syscall.Kill(pid, sig)
 	}
 }
+
+func setCredential(a *syscall.SysProcAttr, c *syscall.Credential) { a.Credential = c }

@@ -7,7 +7,9 @@ import (
 	"syscall"
 )
 
-func childSysProcAttr(bool) *syscall.SysProcAttr { return nil }
+func childSysProcAttr(bool) *syscall.SysProcAttr { return &syscall.SysProcAttr{} }
+
+func setCredential(*syscall.SysProcAttr, *syscall.Credential) {}
 
 func killGroup(pid int, sig syscall.Signal) {
 	if p, err := os.FindProcess(pid); err == nil {

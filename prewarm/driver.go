@@ -157,7 +157,7 @@ func checkUUID(want, got string) error {
 
 // readReady reads the child's first line.
 func readReady(r *bufio.Reader) (HolderReady, error) {
-	line, err := r.ReadString('\n')
+	line, err := readLine(r, maxWorkerLine)
 	if err != nil {
 		return HolderReady{}, fmt.Errorf("no READY line: %w", err)
 	}
@@ -180,3 +180,20 @@ func readReady(r *bufio.Reader) (HolderReady, error) {
 func oneLine(s string) string { return strings.ReplaceAll(s, "\n", " ") }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// readLine reads one line of at most max bytes: a child that never ends
+// its first line cannot make the daemon buffer without bound.
+func readLine(r *bufio.Reader, max int) (string, error) {
+	var b []byte
+	for {
+		frag, err := r.ReadSlice('\n')
+		if len(b)+len(frag) > max {
+			return "", fmt.Errorf("line longer than %d bytes", max)
+		}
+		b = append(b, frag...)
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		return string(b), err
+	}
+}

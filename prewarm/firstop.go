@@ -57,8 +57,10 @@ func FirstOp(drv Driver) (FirstOpResult, error) {
 // (plus allocBytes), listens on socket, prints "READY {json}" to out and
 // answers one line per request until ctx is done:
 //
-//	"op"   → runs Context.Op, answers "ok <unix-nanoseconds when done>"
-//	"ping" → "pong"
+//	"op"    → runs Context.Op, answers "ok <unix-nanoseconds when done>"
+//	"check" → the same op, answers "ok <unix-nanoseconds> 0" (a worker
+//	          holding data answers its checksum, verified, instead of 0)
+//	"ping"  → "pong"
 //	"exit" → "bye", then ServeWorker returns
 //
 // Anything else answers "error unknown command".
@@ -78,14 +80,11 @@ func ServeWorker(ctx context.Context, drv Driver, socket string, allocBytes uint
 		return err
 	}
 	defer c.Release()
-	os.Remove(socket)
-	l, err := net.Listen("unix", socket)
+	l, err := workerListener(socket)
 	if err != nil {
 		fmt.Fprintf(out, "ERROR %s\n", oneLine(err.Error()))
 		return err
 	}
-	defer os.Remove(socket)
-	os.Chmod(socket, 0o600)
 	b, _ := json.Marshal(HolderReady{PID: os.Getpid(), UUID: c.UUID(), AllocBytes: allocBytes, InitMs: ms(t1.Sub(t0)), RetainMs: ms(time.Since(t1))})
 	fmt.Fprintf(out, "READY %s\n", b)
 
@@ -119,6 +118,12 @@ func ServeWorker(ctx context.Context, drv Driver, socket string, allocBytes uint
 						continue
 					}
 					fmt.Fprintf(conn, "ok %d\n", time.Now().UnixNano())
+				case "check":
+					if err := c.Op(); err != nil {
+						fmt.Fprintf(conn, "error %s\n", oneLine(err.Error()))
+						continue
+					}
+					fmt.Fprintf(conn, "ok %d 0\n", time.Now().UnixNano())
 				case "ping":
 					fmt.Fprintln(conn, "pong")
 				case "exit":
@@ -136,29 +141,82 @@ func ServeWorker(ctx context.Context, drv Driver, socket string, allocBytes uint
 // WorkerOp asks a warm worker on socket to run one operation and returns
 // the wall clock (unix nanoseconds) at which the worker finished it.
 func WorkerOp(ctx context.Context, socket string) (int64, error) {
+	n, _, err := workerRequest(ctx, socket, "op")
+	return n, err
+}
+
+// WorkerCheck asks a warm worker to verify the data it holds on the GPU
+// (recomputing its checksum there) and run one op; it returns when the
+// worker finished and the checksum it reported.
+func WorkerCheck(ctx context.Context, socket string) (int64, string, error) {
+	return workerRequest(ctx, socket, "check")
+}
+
+func workerRequest(ctx context.Context, socket, req string) (int64, string, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
-		return 0, fmt.Errorf("worker %s: %w", socket, err)
+		return 0, "", fmt.Errorf("worker %s: %w", socket, err)
 	}
 	defer conn.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
-	if _, err := io.WriteString(conn, "op\n"); err != nil {
-		return 0, fmt.Errorf("worker %s: %w", socket, err)
+	if _, err := io.WriteString(conn, req+"\n"); err != nil {
+		return 0, "", fmt.Errorf("worker %s: %w", socket, err)
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
+	line, err := bufio.NewReader(io.LimitReader(conn, maxWorkerLine)).ReadString('\n')
 	if err != nil {
-		return 0, fmt.Errorf("worker %s: %w", socket, err)
+		return 0, "", fmt.Errorf("worker %s: %s: %w", socket, req, err)
 	}
+	n, sum, err := parseWorkerAnswer(line)
+	if err != nil {
+		return 0, "", fmt.Errorf("worker %s: %s: %w", socket, req, err)
+	}
+	return n, sum, nil
+}
+
+// maxWorkerLine bounds one line a worker sends (READY or an answer).
+const maxWorkerLine = 64 << 10
+
+// parseWorkerAnswer parses "ok <unix-ns> [checksum]".
+func parseWorkerAnswer(line string) (int64, string, error) {
 	f := strings.Fields(line)
-	if len(f) != 2 || f[0] != "ok" {
-		return 0, fmt.Errorf("worker %s: answered %q", socket, strings.TrimSpace(line))
+	if len(f) < 2 || len(f) > 3 || f[0] != "ok" {
+		return 0, "", fmt.Errorf("answered %q", strings.TrimSpace(line))
 	}
 	n, err := strconv.ParseInt(f[1], 10, 64)
-	if err != nil {
-		return 0, errors.Join(fmt.Errorf("worker %s: bad answer %q", socket, strings.TrimSpace(line)), err)
+	if err != nil || n <= 0 {
+		return 0, "", errors.Join(fmt.Errorf("bad answer %q", strings.TrimSpace(line)), err)
 	}
-	return n, nil
+	sum := ""
+	if len(f) == 3 {
+		sum = f[2]
+	}
+	return n, sum, nil
+}
+
+// workerListener returns the listening socket the daemon passed in
+// (EnvWorkerFD), or binds socket itself when run by hand.
+func workerListener(socket string) (net.Listener, error) {
+	if v := os.Getenv(EnvWorkerFD); v != "" {
+		fd, err := strconv.Atoi(v)
+		if err != nil || fd < 3 {
+			return nil, fmt.Errorf("worker: %s=%q: want an inherited fd >= 3: %w", EnvWorkerFD, v, ErrBadRequest)
+		}
+		f := os.NewFile(uintptr(fd), "worker-socket")
+		defer f.Close()
+		l, err := net.FileListener(f)
+		if err != nil {
+			return nil, fmt.Errorf("worker: listening socket fd %d: %w", fd, err)
+		}
+		return l, nil
+	}
+	os.Remove(socket)
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		return nil, err
+	}
+	os.Chmod(socket, 0o600)
+	return l, nil
 }

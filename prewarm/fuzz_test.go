@@ -36,3 +36,31 @@ func FuzzClaimRequest(f *testing.F) {
 		readJSON(req, &c)
 	})
 }
+
+// FuzzWorkerAnswer feeds arbitrary worker answers to the parser the
+// device check and clients use: no panic, and only "ok <ns> [sum]" passes.
+func FuzzWorkerAnswer(f *testing.F) {
+	f.Add("ok 1700000000000000000\n")
+	f.Add("ok 1700000000000000000 1234567890\n")
+	f.Add("error checksum mismatch in tensor 3: 1 != 2\n")
+	f.Add("ok -5\n")
+	f.Add("ok x y z\n")
+	f.Fuzz(func(t *testing.T, line string) {
+		n, _, err := parseWorkerAnswer(line)
+		if err == nil && (n <= 0 || !strings.HasPrefix(strings.TrimSpace(line), "ok")) {
+			t.Fatalf("accepted %q", line)
+		}
+	})
+}
+
+// TestReadReadyBounded: a child whose first line never ends is refused
+// after maxWorkerLine bytes, not buffered without bound.
+func TestReadReadyBounded(t *testing.T) {
+	long := strings.Repeat("x", maxWorkerLine+1)
+	if _, err := readReady(bufio.NewReader(strings.NewReader(long))); err == nil || !strings.Contains(err.Error(), "longer than") {
+		t.Fatalf("endless line: %v", err)
+	}
+	if _, err := readReady(bufio.NewReader(strings.NewReader("READY " + strings.Repeat(" ", 5000) + "\n"))); err != nil {
+		t.Fatalf("READY line longer than bufio's buffer: %v", err)
+	}
+}

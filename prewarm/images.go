@@ -72,19 +72,6 @@ type ImageKeeperConfig struct {
 	Metrics             *Metrics
 }
 
-// ImageStatus is one configured image in Status.
-type ImageStatus struct {
-	Ref       string     `json:"ref"`
-	Digest    string     `json:"digest,omitempty"`
-	WarmedAt  *time.Time `json:"warmed_at,omitempty"`
-	Warms     int        `json:"warms"`
-	Chunks    int        `json:"chunks,omitempty"`
-	Bytes     int64      `json:"bytes,omitempty"`
-	LastError string     `json:"last_error,omitempty"`
-	Failures  int        `json:"failures,omitempty"`
-	NextCheck time.Time  `json:"next_check"`
-}
-
 // ImageKeeper keeps a list of images warm: it resolves each ref
 // periodically and warms it on first sight and whenever the tag moves,
 // backing off on errors.

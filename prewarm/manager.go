@@ -11,34 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
-
-// State is where a GPU is in the pre-warm state machine:
-//
-//	unknown ──(idle for IdleWindow)──▶ idle ──▶ warming ──▶ held
-//	   ▲                               │  ▲                   │
-//	   └──── busy ◀─(foreign process)──┘  └──── grace ◀── claimed ◀─ (claim from idle/warming/held/grace)
-//
-// A GPU is idle when no foreign compute process ran on it and its
-// utilisation stayed at or below the threshold for the idle window, and no
-// claim is outstanding. unavailable marks a MIG-enabled physical GPU (its
-// MIG devices are managed instead).
-type State string
-
-// States.
-const (
-	StateUnknown     State = "unknown"
-	StateBusy        State = "busy"
-	StateIdle        State = "idle"
-	StateWarming     State = "warming"
-	StateHeld        State = "held"
-	StateClaimed     State = "claimed"
-	StateGrace       State = "grace"
-	StateUnavailable State = "unavailable"
-)
-
-var allStates = []State{StateUnknown, StateBusy, StateIdle, StateWarming, StateHeld, StateClaimed, StateGrace, StateUnavailable}
 
 // Config configures a Manager. Zero fields take the defaults noted.
 type Config struct {
@@ -52,8 +27,17 @@ type Config struct {
 	// claimer. It gets CUDA_VISIBLE_DEVICES, LAZYFS_GPU_UUID and
 	// LAZYFS_WORKER_SOCKET and must print "READY" once it serves.
 	WorkerArgv []string
-	// WorkerDir holds worker sockets (default os.TempDir()).
+	// WorkerDir holds worker sockets (default DefaultWorkerDir). It must
+	// be a directory only the daemon's uid can enter (see SecureDir); a
+	// pre-existing one that is not is refused, never reused.
 	WorkerDir string
+	// EnvAllow lists the variables of the daemon's environment that
+	// holders and workers inherit (names, or prefixes ending in "*"); nil
+	// means DefaultEnvAllow. ChildEnv and the daemon's own variables are
+	// added after the filter.
+	EnvAllow []string
+	// WorkerCredential, when set, runs warm workers as this uid/gid.
+	WorkerCredential *syscall.Credential
 	// MemoryFloor: never hold a GPU whose free memory (not counting the
 	// daemon's own use) is below this many bytes.
 	MemoryFloor uint64
@@ -88,6 +72,27 @@ type Config struct {
 	// not use the claim API still find the device initialised. Off, the
 	// holder is released to give its memory back.
 	HoldWhileBusy bool
+	// ModelWorkers are the model warm workers (issue 14): each is started
+	// once, suspended into host memory through Checkpointer, and resumed
+	// for a claim that names it.
+	ModelWorkers []ModelWorker
+	// Checkpointer suspends and resumes model workers; nil (or one whose
+	// Caps fails) keeps them resident and restarts them cold after each
+	// claim.
+	Checkpointer Checkpointer
+	// SuspendMemory bounds the host memory suspended workers take (0: no
+	// bound); beyond it the least recently used is stopped (evicted) and
+	// started again when there is room or a claim asks for it.
+	SuspendMemory uint64
+	// ResidentFloor: a released model worker stays resident (ready, no
+	// resume needed) while its GPU has at least this much free memory;
+	// when free memory drops below it the least recently used resident
+	// worker is suspended. 0 suspends on every release.
+	ResidentFloor uint64
+	// SuspendTimeout and ResumeTimeout bound one checkpoint or restore
+	// (60s each); PingTimeout bounds the health check of a resumed worker
+	// before it is handed out (5s).
+	SuspendTimeout, ResumeTimeout, PingTimeout time.Duration
 	// EnablePersistence turns persistence mode on for every GPU at start.
 	// Without it persistence mode is only reported, never changed.
 	EnablePersistence bool
@@ -108,6 +113,9 @@ func (c Config) withDefaults() Config {
 	def(&c.RetryBackoff, 2*time.Second)
 	def(&c.MaxBackoff, 5*time.Minute)
 	def(&c.HandoffDelay, 10*time.Second)
+	def(&c.SuspendTimeout, 60*time.Second)
+	def(&c.ResumeTimeout, 60*time.Second)
+	def(&c.PingTimeout, 5*time.Second)
 	if c.NoHandoffDelay {
 		c.HandoffDelay = 0
 	}
@@ -131,6 +139,12 @@ type Manager struct {
 	order []string
 	ctx   context.Context // Run's context; children are tied to it
 	wg    sync.WaitGroup  // goroutines that start or stop children
+
+	workers     map[string]*modelWorker
+	workerOrder []string
+	ckptCaps    CheckpointCaps
+	ckptErr     error
+	stopped     bool // shutdown began: start nothing new
 }
 
 type gpu struct {
@@ -164,6 +178,7 @@ type claim struct {
 func NewManager(gpus GPUs, reason string, cfg Config) *Manager {
 	cfg = cfg.withDefaults()
 	m := &Manager{cfg: cfg, gpus: gpus, reason: reason, log: cfg.Logger, devs: map[string]*gpu{}, ctx: context.Background()}
+	m.initWorkers()
 	if cfg.Metrics != nil {
 		v := 0.0
 		if gpus == nil {
@@ -256,6 +271,9 @@ func (m *Manager) Poll(ctx context.Context) {
 			mt.freeBytes.WithLabelValues(d.UUID).Set(float64(d.MemoryFree))
 		}
 	}
+	if !m.stopped {
+		m.stepWorkersLocked(now)
+	}
 	for _, uuid := range slices.Clone(m.order) {
 		if seen[uuid] {
 			continue
@@ -271,7 +289,7 @@ func (m *Manager) Poll(ctx context.Context) {
 
 // markOurs flags the processes that are the daemon's own children.
 func (m *Manager) markOurs(g *gpu, d *DeviceInfo) {
-	var pids []int
+	pids := m.workerPIDsLocked(d.UUID)
 	if g.child != nil {
 		pids = append(pids, g.child.pid)
 	}
@@ -390,13 +408,11 @@ func (m *Manager) ineligible(g *gpu, now time.Time) string {
 
 // warmLocked starts a holder or worker in the background; m.mu is held.
 func (m *Manager) warmLocked(uuid string, g *gpu) {
-	spec := childSpec{uuid: uuid, env: append(slices.Clone(m.cfg.ChildEnv), "CUDA_VISIBLE_DEVICES="+uuid, "LAZYFS_GPU_UUID="+uuid)}
+	spec := childSpec{uuid: uuid, env: append(slices.Clone(m.cfg.ChildEnv), "CUDA_VISIBLE_DEVICES="+uuid, "LAZYFS_GPU_UUID="+uuid),
+		envAllow: m.cfg.EnvAllow}
 	if len(m.cfg.WorkerArgv) > 0 {
-		dir := m.cfg.WorkerDir
-		if dir == "" {
-			dir = filepath.Join(osTempDir(), "lazyfs-prewarm-workers")
-		}
-		spec.kind, spec.argv = kindWorker, m.cfg.WorkerArgv
+		dir := m.workerDir()
+		spec.kind, spec.argv, spec.cred = kindWorker, m.cfg.WorkerArgv, m.cfg.WorkerCredential
 		spec.socket = filepath.Join(dir, sanitize(uuid)+"-"+strconv.FormatUint(g.gen+1, 10)+".sock")
 		spec.env = append(spec.env, "LAZYFS_WORKER_SOCKET="+spec.socket)
 	} else {
@@ -412,12 +428,6 @@ func (m *Manager) warmLocked(uuid string, g *gpu) {
 		defer m.wg.Done()
 		defer close(done)
 		defer cancel()
-		if spec.socket != "" {
-			if err := mkdirAll(filepath.Dir(spec.socket)); err != nil {
-				m.warmed(uuid, gen, nil, err)
-				return
-			}
-		}
 		c, err := startChild(ctx, spec, m.cfg.ReadyTimeout, m.log)
 		m.warmed(uuid, gen, c, err)
 	}()
@@ -512,7 +522,8 @@ func (m *Manager) dropChildrenLocked(g *gpu) {
 
 func (m *Manager) shutdown() {
 	m.mu.Lock()
-	var stops []*child
+	m.stopped = true
+	stops := m.shutdownWorkersLocked()
 	for _, g := range m.devs {
 		g.gen++
 		if g.warmCancel != nil {
@@ -538,40 +549,6 @@ func (m *Manager) shutdown() {
 	m.log.Info("gpu pre-warm stopped", "children_stopped", len(stops))
 }
 
-// ClaimRequest asks for one GPU.
-type ClaimRequest struct {
-	// UUID of a GPU or MIG device; "" or "any" means any idle GPU.
-	UUID string `json:"uuid,omitempty"`
-	// Owner is free text shown in status (a job or pod name).
-	Owner string `json:"owner,omitempty"`
-	// Release is "now" to kill the holder before the claim returns, or
-	// "deferred"/"" for the default (deferred by HandoffDelay in default
-	// compute mode; always "now" in exclusive modes).
-	Release string `json:"release,omitempty"`
-}
-
-// WorkerHandoff describes a warm worker handed to the claimer.
-type WorkerHandoff struct {
-	PID    int    `json:"pid"`
-	Socket string `json:"socket"`
-}
-
-// ClaimResult is what a successful claim returns.
-type ClaimResult struct {
-	UUID    string `json:"uuid"`
-	ClaimID string `json:"claim_id"`
-	// HolderRelease is "now", "deferred", "handed_over" (warm worker) or
-	// "none" (nothing was held).
-	HolderRelease string `json:"holder_release"`
-	// ReleaseMs is how long killing the holder took (0 unless "now").
-	ReleaseMs float64 `json:"release_ms"`
-	// ReleaseAfterMs is the delay of a deferred release.
-	ReleaseAfterMs float64 `json:"release_after_ms,omitempty"`
-	// ClaimMs is the server-side time of the whole claim.
-	ClaimMs float64        `json:"claim_ms"`
-	Worker  *WorkerHandoff `json:"worker,omitempty"`
-}
-
 var claimPreference = map[State]int{StateHeld: 0, StateWarming: 1, StateIdle: 2, StateGrace: 3, StateUnknown: 4}
 
 // Claim hands one GPU to the caller. Exactly one of several concurrent
@@ -580,6 +557,9 @@ func (m *Manager) Claim(ctx context.Context, req ClaimRequest) (ClaimResult, err
 	t0 := time.Now()
 	if m.gpus == nil {
 		return ClaimResult{}, ErrReportOnly
+	}
+	if req.Worker != "" {
+		return m.claimWorker(ctx, req)
 	}
 	m.mu.Lock()
 	uuid, g, err := m.pickLocked(req.UUID)
@@ -608,6 +588,19 @@ func (m *Manager) Claim(ctx context.Context, req ClaimRequest) (ClaimResult, err
 		res.HolderRelease, res.ReleaseMs = "now", ms(time.Since(t))
 	}
 	if c != nil {
+		if c.spec.kind == kindWorker {
+			if err := checkSocket(c.spec.socket); err != nil {
+				// Never hand out a socket that is not the daemon's own.
+				c.stop()
+				m.mu.Lock()
+				if g.claim == cl {
+					g.claim, g.state, g.reason = nil, StateIdle, err.Error()
+				}
+				m.mu.Unlock()
+				m.log.Error("warm worker socket refused", "gpu", uuid, "err", err)
+				return ClaimResult{}, fmt.Errorf("gpu %s: warm worker: %w: %w", uuid, err, ErrHolder)
+			}
+		}
 		switch {
 		case c.spec.kind == kindWorker:
 			c.handedOver.Store(true)
@@ -674,6 +667,9 @@ func (m *Manager) pickLocked(uuid string) (string, *gpu, error) {
 		if pid, ok := foreign(&g.info); ok {
 			return "", nil, fmt.Errorf("gpu %s: foreign compute process pid %d: %w", uuid, pid, ErrBusy)
 		}
+		if w := m.workerOnLocked(uuid); w != "" {
+			return "", nil, fmt.Errorf("gpu %s: model worker %s runs on it: %w", uuid, w, ErrBusy)
+		}
 		return uuid, g, nil
 	}
 	best, bestRank := "", 1<<30
@@ -683,7 +679,7 @@ func (m *Manager) pickLocked(uuid string) (string, *gpu, error) {
 		if !ok {
 			continue
 		}
-		if _, f := foreign(&g.info); f {
+		if _, f := foreign(&g.info); f || m.workerOnLocked(u) != "" {
 			continue
 		}
 		if rank < bestRank {
@@ -696,28 +692,14 @@ func (m *Manager) pickLocked(uuid string) (string, *gpu, error) {
 	return best, m.devs[best], nil
 }
 
-// ReleaseRequest ends a claim.
-type ReleaseRequest struct {
-	UUID string `json:"uuid"`
-	// ClaimID, when set, must match the claim.
-	ClaimID string `json:"claim_id,omitempty"`
-}
-
-// ReleaseResult says when the GPU is warmed again.
-type ReleaseResult struct {
-	UUID        string  `json:"uuid"`
-	State       State   `json:"state"`
-	WarmAfterMs float64 `json:"warm_after_ms"`
-	// WorkerStopped is set when a handed-over warm worker was still running
-	// and the daemon stopped it.
-	WorkerStopped bool `json:"worker_stopped,omitempty"`
-}
-
 // Release ends a claim: a handed-over worker or deferred holder still
 // running is stopped, and the GPU goes back to warm after the grace period.
 func (m *Manager) Release(ctx context.Context, req ReleaseRequest) (ReleaseResult, error) {
 	if m.gpus == nil {
 		return ReleaseResult{}, ErrReportOnly
+	}
+	if req.Worker != "" {
+		return m.releaseWorker(req)
 	}
 	m.mu.Lock()
 	g := m.devs[req.UUID]
@@ -765,40 +747,6 @@ func (m *Manager) Release(ctx context.Context, req ReleaseRequest) (ReleaseResul
 	return res, nil
 }
 
-// GPUStatus is one GPU in Status.
-type GPUStatus struct {
-	DeviceInfo
-	State  State  `json:"state"`
-	Reason string `json:"reason,omitempty"`
-	// HolderPID is the managed holder's or warm worker's pid.
-	HolderPID  int    `json:"holder_pid,omitempty"`
-	HolderKind string `json:"holder_kind,omitempty"`
-	// HeldBytes is the GPU memory the daemon's own processes use.
-	HeldBytes  uint64     `json:"held_bytes"`
-	Claim      *ClaimInfo `json:"claim,omitempty"`
-	Crashes    int        `json:"holder_crashes"`
-	GraceUntil *time.Time `json:"grace_until,omitempty"`
-}
-
-// ClaimInfo describes an outstanding claim.
-type ClaimInfo struct {
-	ID        string    `json:"id"`
-	Owner     string    `json:"owner,omitempty"`
-	Since     time.Time `json:"since"`
-	WorkerPID int       `json:"worker_pid,omitempty"`
-}
-
-// Status is the daemon's view of its GPUs.
-type Status struct {
-	// Mode is "hold", "warm-workers", "inventory" (holding disabled) or
-	// "report-only".
-	Mode          string        `json:"mode"`
-	Reason        string        `json:"reason,omitempty"`
-	DriverVersion string        `json:"driver_version,omitempty"`
-	GPUs          []GPUStatus   `json:"gpus"`
-	Images        []ImageStatus `json:"images,omitempty"`
-}
-
 // Status returns a snapshot.
 func (m *Manager) Status() Status {
 	s := Status{Mode: "hold", GPUs: []GPUStatus{}}
@@ -836,7 +784,15 @@ func (m *Manager) Status() Status {
 		}
 		s.GPUs = append(s.GPUs, gs)
 	}
+	m.workerStatusLocked(&s)
 	return s
+}
+
+func (m *Manager) workerDir() string {
+	if m.cfg.WorkerDir != "" {
+		return m.cfg.WorkerDir
+	}
+	return DefaultWorkerDir
 }
 
 func newID() string {

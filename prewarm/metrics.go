@@ -3,6 +3,8 @@ package prewarm
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/lazyfs/lazyfs/prewarm/api"
 )
 
 // Metrics holds the daemon's Prometheus collectors on their own registry.
@@ -17,6 +19,12 @@ type Metrics struct {
 	holderExits *prometheus.CounterVec
 	reportOnly  prometheus.Gauge
 	imageWarms  *prometheus.CounterVec
+
+	workerState          *prometheus.GaugeVec
+	workerSuspendedBytes *prometheus.GaugeVec
+	workerResume         *prometheus.HistogramVec
+	workerSuspend        *prometheus.HistogramVec
+	workerEvents         *prometheus.CounterVec
 }
 
 // NewMetrics registers the collectors on a fresh registry (plus the Go and
@@ -49,7 +57,23 @@ func NewMetrics() *Metrics {
 		imageWarms: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lazyfs_prewarm_image_warms_total", Help: "Image warm attempts by result (ok, error).",
 		}, []string{"ref", "result"}),
+		workerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lazyfs_prewarm_worker_state", Help: "1 for the model worker's current state, 0 for the others.",
+		}, []string{"worker", "state"}),
+		workerSuspendedBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lazyfs_prewarm_worker_suspended_bytes", Help: "Host memory the suspended model worker's GPU checkpoint takes.",
+		}, []string{"worker"}),
+		workerResume: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "lazyfs_prewarm_worker_resume_seconds", Help: "Time to restore a suspended model worker's GPU memory and unlock it.", Buckets: buckets,
+		}, []string{"worker"}),
+		workerSuspend: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "lazyfs_prewarm_worker_suspend_seconds", Help: "Time to lock and checkpoint a model worker into host memory.", Buckets: buckets,
+		}, []string{"worker"}),
+		workerEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lazyfs_prewarm_worker_events_total", Help: "Model worker events: cold_start, resume, eviction, failure.",
+		}, []string{"worker", "event"}),
 	}
+	m.Registry.MustRegister(m.workerState, m.workerSuspendedBytes, m.workerResume, m.workerSuspend, m.workerEvents)
 	m.Registry.MustRegister(m.state, m.heldBytes, m.freeBytes, m.claim, m.release, m.holderExits, m.reportOnly, m.imageWarms,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -59,7 +83,7 @@ func (m *Metrics) setState(uuid string, s State) {
 	if m == nil {
 		return
 	}
-	for _, st := range allStates {
+	for _, st := range AllStates {
 		v := 0.0
 		if st == s {
 			v = 1
@@ -75,4 +99,24 @@ func (m *Metrics) forget(uuid string) {
 	m.state.DeletePartialMatch(prometheus.Labels{"uuid": uuid})
 	m.heldBytes.DeleteLabelValues(uuid)
 	m.freeBytes.DeleteLabelValues(uuid)
+}
+
+func (m *Metrics) setWorkerState(name string, s WorkerState) {
+	if m == nil {
+		return
+	}
+	for _, st := range api.AllWorkerStates {
+		v := 0.0
+		if st == s {
+			v = 1
+		}
+		m.workerState.WithLabelValues(name, string(st)).Set(v)
+	}
+}
+
+func (m *Metrics) workerEvent(name, event string) {
+	if m == nil {
+		return
+	}
+	m.workerEvents.WithLabelValues(name, event).Inc()
 }

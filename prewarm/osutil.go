@@ -1,12 +1,5 @@
 package prewarm
 
-import (
-	"bytes"
-	"os"
-)
-
-func osTempDir() string { return os.TempDir() }
-
-func mkdirAll(dir string) error { return os.MkdirAll(dir, 0o700) }
+import "bytes"
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lazyfs/lazyfs/prewarm/api"
 )
 
 // Server serves the claim/release API (HTTP/JSON on a unix socket):
@@ -56,8 +58,8 @@ func (s *Server) Handler() http.Handler {
 			s.writeErr(w, err)
 			return
 		}
-		if req.UUID == "" {
-			s.writeErr(w, fmt.Errorf("release: uuid missing: %w", ErrBadRequest))
+		if req.UUID == "" && req.Worker == "" {
+			s.writeErr(w, fmt.Errorf("release: uuid (or worker) missing: %w", ErrBadRequest))
 			return
 		}
 		res, err := s.Manager.Release(r.Context(), req)
@@ -96,16 +98,11 @@ func (s *Server) status() Status {
 }
 
 func (s *Server) writeErr(w http.ResponseWriter, err error) {
-	code, status := codeOf(err)
+	code, status := api.ErrorCode(err)
 	if (code == "internal" || code == "holder_failed") && s.Logger != nil {
 		s.Logger.Error("api error", "err", err)
 	}
-	writeJSON(w, status, apiError{Error: err.Error(), Code: code})
-}
-
-type apiError struct {
-	Error string `json:"error"`
-	Code  string `json:"code"`
+	writeJSON(w, status, api.Error{Error: err.Error(), Code: code})
 }
 
 func readJSON(r *http.Request, v any) error {

@@ -32,7 +32,7 @@ func startServer(t *testing.T, m *Manager, images *ImageKeeper) *Client {
 	go func() { done <- Serve(ctx, l, srv.Handler()) }()
 	c := NewClient(sock)
 	t.Cleanup(func() {
-		c.hc.CloseIdleConnections()
+		c.Close()
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
@@ -137,7 +137,7 @@ func TestAPIErrorsAndStatus(t *testing.T) {
 	if _, err := c.Release(ctx, ReleaseRequest{}); !errors.Is(err, ErrBadRequest) {
 		t.Fatalf("release without uuid: %v", err)
 	}
-	resp, err := c.hc.Post("http://x/v1/claim", "application/json", stringsReader(`{"uuid": 5}`))
+	resp, err := unixClient(c.Socket).Post("http://x/v1/claim", "application/json", stringsReader(`{"uuid": 5}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestAPIErrorsAndStatus(t *testing.T) {
 	if s.Mode != "hold" || len(s.GPUs) != 1 || s.GPUs[0].UUID != g0 || s.DriverVersion != "fake" {
 		t.Fatalf("status %+v", s)
 	}
-	resp, err = c.hc.Get("http://x/healthz")
+	resp, err = unixClient(c.Socket).Get("http://x/healthz")
 	if err != nil {
 		t.Fatal(err)
 	}

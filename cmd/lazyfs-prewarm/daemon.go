@@ -17,9 +17,10 @@ import (
 
 func newDaemonCmd() *cobra.Command {
 	var (
-		configPath string
-		workerCmd  string
-		images     []string
+		configPath   string
+		workerCmd    string
+		images       []string
+		modelWorkers []string
 	)
 	flags := defaultConfig()
 	cmd := &cobra.Command{
@@ -35,7 +36,7 @@ Persistence mode is reported and changed only with --enable-persistence.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(configPath, flags, cmd.Flags(), workerCmd, images)
+			cfg, err := loadConfig(configPath, flags, cmd.Flags(), workerCmd, images, modelWorkers...)
 			if err != nil {
 				return err
 			}
@@ -46,6 +47,7 @@ Persistence mode is reported and changed only with --enable-persistence.`,
 	fs.StringVar(&configPath, "config", "", "TOML configuration file (flags set explicitly win)")
 	fs.StringVar(&workerCmd, "worker-command", "", "warm-worker mode: command kept running per idle GPU and handed to the claimer (split on spaces)")
 	fs.StringArrayVar(&images, "image", nil, "image reference to keep warm (repeatable)")
+	fs.StringArrayVar(&modelWorkers, "model-worker", nil, "model warm worker NAME=COMMAND, suspended into host memory until 'lazyfs gpu claim --worker NAME' (repeatable; adds to the config's [[model_worker]])")
 	flags.bindFlags(fs)
 	return cmd
 }
@@ -60,6 +62,10 @@ func newLogger(level string) (*slog.Logger, error) {
 
 func runDaemon(ctx context.Context, cfg config) error {
 	log, err := newLogger(cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	cred, err := parseUser(cfg.WorkerUser)
 	if err != nil {
 		return err
 	}
@@ -78,6 +84,11 @@ func runDaemon(ctx context.Context, cfg config) error {
 		ReadyTimeout:      time.Duration(cfg.ReadyTimeout),
 		WorkerArgv:        cfg.WorkerCommand,
 		WorkerDir:         cfg.WorkerDir,
+		EnvAllow:          cfg.EnvAllow,
+		WorkerCredential:  cred,
+		ModelWorkers:      cfg.modelWorkers(),
+		SuspendMemory:     uint64(cfg.SuspendMemory),
+		ResidentFloor:     uint64(cfg.ResidentFloor),
 		EnablePersistence: cfg.EnablePersistence,
 		Logger:            log,
 		Metrics:           metrics,
@@ -95,6 +106,16 @@ func runDaemon(ctx context.Context, cfg config) error {
 	gpus, reason := openGPUs(ctx, cfg, log)
 	if cfg.FakeGPUs > 0 {
 		mcfg.ChildEnv = append(mcfg.ChildEnv, prewarm.EnvFakeCUDA+"=1")
+	}
+	if len(mcfg.ModelWorkers) > 0 {
+		switch {
+		case cfg.FakeGPUs == 0:
+			mcfg.Checkpointer = prewarm.NewCUDACheckpointer()
+		case cfg.FakeCheckpoint == "noapi":
+			mcfg.Checkpointer = &prewarm.FakeCheckpointer{NoAPI: true}
+		default:
+			mcfg.Checkpointer = &prewarm.FakeCheckpointer{Remap: cfg.FakeCheckpoint == "remap"}
+		}
 	}
 	if gpus != nil {
 		defer gpus.Close()

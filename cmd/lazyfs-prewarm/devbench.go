@@ -34,9 +34,11 @@ func newDevBenchCmd() *cobra.Command {
 		jsonOut  string
 		maxDur   time.Duration
 		minN     int
+		workers  []string
+		extra    []string
 	)
 	cmd := &cobra.Command{
-		Use:    "devbench --scenario fresh|claim|worker|release|torch-fresh|wait-held|wait-worker",
+		Use:    "devbench --scenario fresh|claim|worker|release|torch-fresh|worker-resume|worker-alternate|wait-held|wait-worker|wait-suspended",
 		Short:  "Device check: time N fresh processes to their first CUDA op",
 		Hidden: true,
 		Args:   cobra.NoArgs,
@@ -51,7 +53,18 @@ func newDevBenchCmd() *cobra.Command {
 			case "wait-held", "wait-worker":
 				_, err := waitHeld(ctx, c, scenario == "wait-worker", timeout)
 				return err
+			case "wait-suspended":
+				for _, w := range workers {
+					if _, err := waitWorkerState(ctx, c, w, prewarm.WorkerSuspended, timeout); err != nil {
+						return err
+					}
+				}
+				return nil
 			}
+			if (scenario == "worker-resume" || scenario == "worker-alternate") && len(workers) == 0 {
+				return fmt.Errorf("%s needs --worker NAME", scenario)
+			}
+			sums := map[string]string{}
 			var samples []sample
 			began := time.Now()
 			for i := 0; i < n; i++ {
@@ -96,7 +109,16 @@ func newDevBenchCmd() *cobra.Command {
 						}
 					}
 				case "torch-fresh":
-					s, err = probe(ctx, timeout, []string{python, script})
+					s, err = probe(ctx, timeout, append([]string{python, script}, extra...))
+				case "worker-resume", "worker-alternate":
+					name := workers[i%len(workers)]
+					s, err = resumeSample(ctx, c, name, timeout)
+					if err == nil {
+						if prev, ok := sums[name]; ok && prev != s.out.Checksum {
+							err = fmt.Errorf("worker %s: checksum %s after resume, was %s", name, s.out.Checksum, prev)
+						}
+						sums[name] = s.out.Checksum
+					}
 				default:
 					return fmt.Errorf("unknown scenario %q", scenario)
 				}
@@ -121,7 +143,7 @@ func newDevBenchCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&scenario, "scenario", "fresh", "fresh | claim | worker | release | torch-fresh | wait-held | wait-worker")
+	f.StringVar(&scenario, "scenario", "fresh", "fresh | claim | worker | release | torch-fresh | worker-resume | worker-alternate | wait-held | wait-worker | wait-suspended")
 	f.IntVar(&n, "n", 10, "samples")
 	f.StringVar(&socket, "socket", prewarm.DefaultSocket, "daemon socket")
 	f.StringVar(&label, "label", "", "row label")
@@ -132,6 +154,8 @@ func newDevBenchCmd() *cobra.Command {
 	f.StringVar(&jsonOut, "json-out", "", "append every sample as a JSON line to this file")
 	f.DurationVar(&maxDur, "max-duration", 0, "take no new sample after this long (0: no limit); the row reports the samples taken")
 	f.IntVar(&minN, "min-n", 3, "samples taken regardless of --max-duration")
+	f.StringArrayVar(&workers, "worker", nil, "model worker(s) for worker-resume, worker-alternate (claimed in turn) and wait-suspended")
+	f.StringArrayVar(&extra, "arg", nil, "extra argument for the torch-fresh script (repeatable)")
 	return cmd
 }
 
@@ -215,16 +239,26 @@ func row(label, scenario string, ss []sample) string {
 		}
 	case "worker":
 		detail = fmt.Sprintf("mean claim %.1f", mean(func(s sample) float64 { return s.out.ClaimMs }))
+	case "worker-resume", "worker-alternate":
+		names := map[string]bool{}
+		for _, s := range ss {
+			names[s.out.Worker] = true
+		}
+		detail = fmt.Sprintf("server-side resume %.1f, suspend %.1f, host memory %.0f MiB per worker; %d worker(s), checksum after every resume = at load",
+			mean(func(s sample) float64 { return s.out.ResumeMs }), mean(func(s sample) float64 { return s.out.SuspendMs }),
+			mean(func(s sample) float64 { return float64(s.out.SuspendedBytes >> 20) }), len(names))
 	case "release":
 		detail = fmt.Sprintf("server-side holder kill→reaped: mean %.2f, max %.2f", mean(func(s sample) float64 { return s.out.ReleaseMs }),
 			slices.MaxFunc(ss, func(a, b sample) int { return cmpF(a.out.ReleaseMs, b.out.ReleaseMs) }).out.ReleaseMs)
 	case "torch-fresh":
-		detail = fmt.Sprintf("mean after import torch: %.1f", mean(func(s sample) float64 {
-			if s.out.ImportDoneUnixNano == 0 {
-				return math.NaN()
-			}
-			return float64(s.out.DoneUnixNano-s.out.ImportDoneUnixNano) / 1e6
-		}))
+		if len(ss) > 0 && ss[0].out.ImportDoneUnixNano != 0 {
+			detail = fmt.Sprintf("mean after import torch: %.1f", mean(func(s sample) float64 {
+				if s.out.ImportDoneUnixNano == 0 {
+					return math.NaN()
+				}
+				return float64(s.out.DoneUnixNano-s.out.ImportDoneUnixNano) / 1e6
+			}))
+		}
 	}
 	slices.Sort(tot)
 	var sum float64
@@ -249,4 +283,77 @@ func cmpF(a, b float64) int {
 		return 1
 	}
 	return 0
+}
+
+// resumeSample times one claim of a suspended model worker to its first
+// verified op (a "check": checksum of its GPU data, then an op), then
+// releases it and waits until it is suspended again, noting how long the
+// suspend took and how much host memory it holds.
+func resumeSample(ctx context.Context, c *prewarm.Client, name string, timeout time.Duration) (sample, error) {
+	if _, err := waitWorkerState(ctx, c, name, prewarm.WorkerSuspended, timeout); err != nil {
+		return sample{}, err
+	}
+	t0 := time.Now()
+	res, err := c.Claim(ctx, prewarm.ClaimRequest{Worker: name, Owner: "devbench"})
+	if err != nil {
+		return sample{}, err
+	}
+	var s sample
+	s.out.Mode, s.out.Worker, s.out.UUID, s.out.ClaimID = "worker-resume", name, res.UUID, res.ClaimID
+	s.out.ClaimMs = msSince(t0)
+	if res.Worker == nil || !res.Worker.Resumed {
+		c.Release(ctx, prewarm.ReleaseRequest{Worker: name})
+		return s, fmt.Errorf("worker %s: claim did not resume it: %+v", name, res.Worker)
+	}
+	s.out.ResumeMs, s.out.WorkerPID = res.Worker.ResumeMs, res.Worker.PID
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	done, sum, err := prewarm.WorkerCheck(cctx, res.Worker.Socket)
+	cancel()
+	if err != nil {
+		c.Release(ctx, prewarm.ReleaseRequest{Worker: name})
+		return s, fmt.Errorf("worker %s after resume: %w", name, err)
+	}
+	s.out.DoneUnixNano, s.out.Checksum = done, sum
+	s.totalMs = float64(done-t0.UnixNano()) / 1e6
+	if _, err := c.Release(ctx, prewarm.ReleaseRequest{Worker: name, ClaimID: res.ClaimID}); err != nil {
+		return s, err
+	}
+	w, err := waitWorkerState(ctx, c, name, prewarm.WorkerSuspended, timeout)
+	if err != nil {
+		return s, err
+	}
+	s.out.SuspendMs, s.out.SuspendedBytes = w.LastSuspendMs, w.SuspendedBytes
+	return s, nil
+}
+
+// waitWorkerState waits until model worker name is in state st; a failed
+// worker ends the wait at once.
+func waitWorkerState(ctx context.Context, c *prewarm.Client, name string, st prewarm.WorkerState, timeout time.Duration) (prewarm.WorkerStatus, error) {
+	deadline := time.Now().Add(timeout)
+	var last prewarm.WorkerStatus
+	for {
+		s, err := c.Status(ctx)
+		if err == nil {
+			for _, w := range s.Workers {
+				if w.Name != name {
+					continue
+				}
+				last = w
+				if w.State == st {
+					return w, nil
+				}
+				if w.State == prewarm.WorkerFailed {
+					return w, fmt.Errorf("worker %s failed: %s", name, w.Reason)
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return last, fmt.Errorf("worker %s not %s after %v (last: %s %s; error %v)", name, st, timeout, last.State, last.Reason, err)
+		}
+		select {
+		case <-ctx.Done():
+			return last, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

@@ -33,7 +33,7 @@ func TestDeviceCheckScript(t *testing.T) {
 	run := func(extraEnv ...string) (string, error) {
 		cmd := exec.Command("bash", "prewarm/testdata/device-check.sh")
 		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "BIN="+bin, "N=2", "FAKE=2", "OUT=",
+		cmd.Env = append(os.Environ(), "BIN="+bin, "N=2", "FAKE=2", "OUT=", "SUSPEND_GIB=1", "SUSPEND_N=2",
 			"PATH="+filepath.Join(root, "prewarm/testdata/fake-nvidia-smi")+":"+os.Getenv("PATH"))
 		cmd.Env = append(cmd.Env, extraEnv...)
 		out, err := cmd.CombinedOutput()
@@ -43,7 +43,8 @@ func TestDeviceCheckScript(t *testing.T) {
 	if err != nil || !strings.Contains(out, "DEVICE CHECK OK") {
 		t.Fatalf("device check: %v\n%s", err, out)
 	}
-	for _, row := range []string{"| (a) ", "| (b0) ", "| (b) ", "| (b') ", "| claim→release", "| (c) "} {
+	for _, row := range []string{"| (a) ", "| (b0) ", "| (b) ", "| (b') ", "| claim→release", "| (c) ",
+		"| (d-cold 1GiB) ", "| (d-resume 1GiB) ", "| (d-alternate) ", "goal: resume of the 1 GiB worker", "goal: resume / cold start"} {
 		if !strings.Contains(out, row) {
 			t.Errorf("table lacks row %q", row)
 		}

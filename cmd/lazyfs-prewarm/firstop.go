@@ -21,6 +21,14 @@ type firstOpOut struct {
 	WorkerPID     int     `json:"worker_pid,omitempty"`
 	// ImportDoneUnixNano is set by the torch probe (import torch done).
 	ImportDoneUnixNano int64 `json:"import_done_unix_nano,omitempty"`
+	// Model-worker samples: the worker, the server-side resume, the
+	// suspend after the release, the host bytes it then held, and the
+	// checksum its GPU data had after the resume.
+	Worker         string  `json:"worker,omitempty"`
+	ResumeMs       float64 `json:"resume_ms,omitempty"`
+	SuspendMs      float64 `json:"suspend_ms,omitempty"`
+	SuspendedBytes uint64  `json:"suspended_bytes,omitempty"`
+	Checksum       string  `json:"checksum,omitempty"`
 }
 
 // newFirstOpCmd measures a fresh process's way to its first completed CUDA

@@ -32,6 +32,8 @@ func main() {
 
 func newRootCmd() *cobra.Command {
 	root := newDaemonCmd()
+	root.Version = versionString()
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(newHoldCmd(), newWorkerCmd(), newFirstOpCmd(), newDevBenchCmd())
 	return root
 }

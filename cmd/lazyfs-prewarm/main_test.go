@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -224,4 +225,67 @@ func TestMetricsEndpoint(t *testing.T) {
 		t.Fatalf("healthz %v %v", resp, err)
 	}
 	resp.Body.Close()
+}
+
+// TestVersionFlag: --version names the release, the commit and the Go
+// version (issue 13), and does not start the daemon.
+func TestVersionFlag(t *testing.T) {
+	root := newRootCmd()
+	var out strings.Builder
+	root.SetOut(&out)
+	root.SetArgs([]string{"--version"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{"lazyfs-prewarm ", "commit ", runtime.Version()} {
+		if !strings.Contains(got, want) {
+			t.Errorf("--version %q lacks %q", got, want)
+		}
+	}
+}
+
+// TestConfigModelWorkers: [[model_worker]] tables and --model-worker flags
+// add up, sizes parse, and a bad name or user is refused before start.
+func TestConfigModelWorkers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "prewarm.toml")
+	os.WriteFile(path, []byte(`
+suspend_memory = "64GiB"
+resident_floor = "8GiB"
+worker_user = "65534:65533"
+[[model_worker]]
+name = "llama"
+command = ["python3", "/opt/llama.py"]
+gpu = "GPU-1"
+`), 0o644)
+	flags := defaultConfig()
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	flags.bindFlags(fs)
+	c, err := loadConfig(path, flags, fs, "", nil, "whisper=python3 /opt/whisper.py --small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mw := c.modelWorkers()
+	if len(mw) != 2 || mw[0].Name != "llama" || mw[0].GPU != "GPU-1" || strings.Join(mw[1].Argv, " ") != "python3 /opt/whisper.py --small" ||
+		c.SuspendMemory != 64<<30 || c.ResidentFloor != 8<<30 || c.WorkerDir != prewarm.DefaultWorkerDir {
+		t.Fatalf("config %+v", c)
+	}
+	cred, err := parseUser(c.WorkerUser)
+	if err != nil || cred.Uid != 65534 || cred.Gid != 65533 {
+		t.Fatalf("worker user %+v %v", cred, err)
+	}
+	if cred, err := parseUser("root"); err != nil || cred.Uid != 0 {
+		t.Fatalf("user by name: %+v %v", cred, err)
+	}
+	for _, bad := range []string{"bad name=x", "noequals", "a="} {
+		if _, err := loadConfig("", flags, fs, "", nil, bad); err == nil {
+			t.Errorf("--model-worker %q accepted", bad)
+		}
+	}
+	if _, err := loadConfig(path, flags, fs, "", nil, "llama=other"); err == nil {
+		t.Error("duplicate model worker accepted")
+	}
+	if _, err := parseUser("1:x"); err == nil {
+		t.Error("bad gid accepted")
+	}
 }

@@ -6,27 +6,29 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
-	"github.com/lazyfs/lazyfs/prewarm"
+	"github.com/lazyfs/lazyfs/prewarm/api"
 )
 
 // newGPUCmd is `lazyfs gpu status|claim|release`, the client of the
 // lazyfs-prewarm daemon's unix-socket API.
 func newGPUCmd() *cobra.Command {
-	socket := prewarm.DefaultSocket
+	socket := api.DefaultSocket
 	if s := os.Getenv("LAZYFS_PREWARM_SOCKET"); s != "" {
 		socket = s
 	}
 	cmd := &cobra.Command{
-		Use:   "gpu",
-		Short: "Claim, release and inspect GPUs kept warm by lazyfs-prewarm",
+		Use:     "gpu",
+		Short:   "Claim, release and inspect GPUs kept warm by lazyfs-prewarm",
+		Example: `  eval "$(lazyfs gpu claim any --env)" && python3 job.py; lazyfs gpu release "$LAZYFS_GPU_UUID"`,
 	}
 	cmd.PersistentFlags().StringVar(&socket, "socket", socket, "lazyfs-prewarm API socket (env LAZYFS_PREWARM_SOCKET)")
-	client := func() *prewarm.Client { return prewarm.NewClient(socket) }
+	client := func() *api.Client { return api.NewClient(socket) }
 	cmd.AddCommand(newGPUStatusCmd(client), newGPUClaimCmd(client), newGPUReleaseCmd(client))
 	return cmd
 }
@@ -38,7 +40,7 @@ type gpuError struct{ err error }
 func (e gpuError) Error() string { return e.err.Error() }
 func (e gpuError) Unwrap() error { return e.err }
 func (e gpuError) ExitCode() int {
-	for _, s := range []error{prewarm.ErrAlreadyClaimed, prewarm.ErrNoIdleGPU, prewarm.ErrBusy} {
+	for _, s := range []error{api.ErrAlreadyClaimed, api.ErrNoIdleGPU, api.ErrBusy} {
 		if errors.Is(e.err, s) {
 			return 2
 		}
@@ -52,12 +54,14 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func newGPUStatusCmd(client func() *prewarm.Client) *cobra.Command {
+func newGPUStatusCmd(client func() *api.Client) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show every GPU, its pre-warm state, and the warmed images",
-		Args:  cobra.NoArgs,
+		Short: "Show every GPU, its pre-warm state, the model workers, and the warmed images",
+		Example: `  lazyfs gpu status
+  lazyfs gpu status --json | jq '.workers[] | {name, state, suspended_bytes, last_resume_ms}'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := client().Status(cmd.Context())
 			if err != nil {
@@ -73,7 +77,7 @@ func newGPUStatusCmd(client func() *prewarm.Client) *cobra.Command {
 	return cmd
 }
 
-func printStatus(w io.Writer, s prewarm.Status) error {
+func printStatus(w io.Writer, s api.Status) error {
 	fmt.Fprintf(w, "mode: %s", s.Mode)
 	if s.DriverVersion != "" {
 		fmt.Fprintf(w, "  driver: %s", s.DriverVersion)
@@ -117,6 +121,37 @@ func printStatus(w io.Writer, s prewarm.Status) error {
 	} else {
 		fmt.Fprintln(w, "no GPU managed")
 	}
+	if len(s.Workers) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "model workers: checkpoint %s; suspended %s", s.Checkpoint, mib(s.SuspendedBytes))
+		if s.SuspendMemory > 0 {
+			fmt.Fprintf(w, " of %s (--suspend-memory)", mib(s.SuspendMemory))
+		}
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "WORKER\tSTATE\tGPU\tPID\tSUSPENDED\tSUSPEND ms\tRESUME ms\tCOLD ms\tRESUMES\tCOLD STARTS\tEVICTIONS\tFAILURES\tDETAIL")
+		for _, wk := range s.Workers {
+			pid, gpu := "-", wk.GPU
+			if wk.PID != 0 {
+				pid = strconv.Itoa(wk.PID)
+			}
+			if gpu == "" {
+				gpu = "-"
+			}
+			detail := wk.Reason
+			if wk.Claim != nil {
+				detail = "claim " + wk.Claim.ID
+				if wk.Claim.Owner != "" {
+					detail += " by " + wk.Claim.Owner
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.1f\t%.1f\t%.1f\t%d\t%d\t%d\t%d\t%s\n", wk.Name, wk.State, gpu, pid, mib(wk.SuspendedBytes),
+				wk.LastSuspendMs, wk.LastResumeMs, wk.LastColdStartMs, wk.Resumes, wk.ColdStarts, wk.Evictions, wk.Failures, detail)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
 	if len(s.Images) > 0 {
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -133,18 +168,30 @@ func printStatus(w io.Writer, s prewarm.Status) error {
 	return nil
 }
 
-func newGPUClaimCmd(client func() *prewarm.Client) *cobra.Command {
+func mib(n uint64) string { return fmt.Sprintf("%dMiB", n>>20) }
+
+func newGPUClaimCmd(client func() *api.Client) *cobra.Command {
 	var (
 		asJSON, env bool
-		req         prewarm.ClaimRequest
+		req         api.ClaimRequest
 	)
 	cmd := &cobra.Command{
 		Use:   "claim [UUID|any]",
-		Short: "Claim a GPU (a UUID, or any idle GPU) for a job",
+		Short: "Claim a GPU (a UUID, or any idle GPU), or a model warm worker, for a job",
 		Long: `claim hands a GPU to the caller. The daemon releases its holder first (at
 once in exclusive compute modes or with --release now; otherwise a few seconds
 later so the device stays initialised while the job starts) or, in warm-worker
-mode, hands over the warm worker. Exit status 2 means no GPU was available.`,
+mode, hands over the warm worker.
+
+With --worker NAME it hands over that model worker instead, resuming it from
+host memory if it was suspended: on the GPU given (only if the driver can
+remap a checkpoint to another GPU), else on the GPU it was suspended on, and
+the reply says which. Release it with 'lazyfs gpu release --worker NAME'.
+
+Exit status 2 means no GPU (or worker) was available: retry later.`,
+		Example: `  lazyfs gpu claim any --owner job-7
+  eval "$(lazyfs gpu claim --env)"        # fails visibly if nothing was claimed
+  lazyfs gpu claim --worker llama --json  # resume the suspended "llama" worker`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 1 {
@@ -156,18 +203,32 @@ mode, hands over the warm worker. Exit status 2 means no GPU was available.`,
 				return fmt.Errorf("--release %q: want now or deferred", req.Release)
 			}
 			res, err := client().Claim(cmd.Context(), req)
+			w := cmd.OutOrStdout()
 			if err != nil {
+				if env {
+					// eval "$(lazyfs gpu claim --env)" must not go on
+					// silently with an empty environment.
+					writeEnvFailure(w, err)
+				}
 				return gpuError{err}
 			}
-			w := cmd.OutOrStdout()
 			switch {
 			case asJSON:
 				return printJSON(w, res)
 			case env:
-				fmt.Fprintf(w, "export CUDA_VISIBLE_DEVICES=%s\nexport LAZYFS_GPU_UUID=%s\nexport LAZYFS_CLAIM_ID=%s\n", res.UUID, res.UUID, res.ClaimID)
-				if res.Worker != nil {
-					fmt.Fprintf(w, "export LAZYFS_WORKER_SOCKET=%s\nexport LAZYFS_WORKER_PID=%d\n", res.Worker.Socket, res.Worker.PID)
+				return writeEnv(w, res)
+			}
+			if wk := res.Worker; wk != nil && wk.Name != "" {
+				fmt.Fprintf(w, "claimed worker %s on %s (claim id %s)\n", wk.Name, res.UUID, res.ClaimID)
+				switch {
+				case wk.Resumed && wk.Remapped:
+					fmt.Fprintf(w, "resumed from host memory in %.1f ms, moved from %s (where it was suspended)\n", wk.ResumeMs, wk.CheckpointedOn)
+				case wk.Resumed:
+					fmt.Fprintf(w, "resumed from host memory in %.1f ms on the GPU it was suspended on\n", wk.ResumeMs)
+				default:
+					fmt.Fprintln(w, "was resident: no resume needed")
 				}
+				fmt.Fprintf(w, "worker pid %d on %s\n", wk.PID, wk.Socket)
 				return nil
 			}
 			fmt.Fprintf(w, "claimed %s (claim id %s)\n", res.UUID, res.ClaimID)
@@ -187,21 +248,34 @@ mode, hands over the warm worker. Exit status 2 means no GPU was available.`,
 	f.BoolVar(&env, "env", false, "print shell exports (CUDA_VISIBLE_DEVICES, LAZYFS_CLAIM_ID, worker socket)")
 	f.StringVar(&req.Owner, "owner", "", "who claims (shown in status)")
 	f.StringVar(&req.Release, "release", "", `"now" to have the holder gone before claim returns, "deferred" for the default`)
+	f.StringVar(&req.Worker, "worker", "", "claim this model warm worker (resumed from host memory if suspended); UUID then names the GPU to resume it on")
 	cmd.MarkFlagsMutuallyExclusive("json", "env")
 	return cmd
 }
 
-func newGPUReleaseCmd(client func() *prewarm.Client) *cobra.Command {
+func newGPUReleaseCmd(client func() *api.Client) *cobra.Command {
 	var (
 		asJSON bool
-		req    prewarm.ReleaseRequest
+		req    api.ReleaseRequest
 	)
 	cmd := &cobra.Command{
-		Use:   "release UUID",
-		Short: "Release a claimed GPU; it is warmed again after a grace period",
-		Args:  cobra.ExactArgs(1),
+		Use:   "release UUID | --worker NAME",
+		Short: "Release a claimed GPU (warmed again after a grace period) or model worker (suspended again)",
+		Example: `  lazyfs gpu release GPU-8f2e…
+  lazyfs gpu release --worker llama`,
+		Args: cobra.RangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req.UUID = strings.TrimSpace(args[0])
+			if len(args) == 1 {
+				req.UUID = strings.TrimSpace(args[0])
+			}
+			if wn := os.Getenv("LAZYFS_WORKER_NAME"); req.Worker == "" && wn != "" && (req.UUID == "" || req.UUID == os.Getenv("LAZYFS_GPU_UUID")) {
+				// After eval "$(lazyfs gpu claim --worker NAME --env)",
+				// `release "$LAZYFS_GPU_UUID"` ends that worker's claim.
+				req.Worker = wn
+			}
+			if req.UUID == "" && req.Worker == "" {
+				return fmt.Errorf("release: name a GPU UUID or --worker NAME")
+			}
 			if req.ClaimID == "" {
 				req.ClaimID = os.Getenv("LAZYFS_CLAIM_ID")
 			}
@@ -212,11 +286,47 @@ func newGPUReleaseCmd(client func() *prewarm.Client) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), res)
 			}
+			if res.Worker != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "released worker %s on %s; now %s\n", res.Worker, res.UUID, res.WorkerState)
+				return nil
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "released %s; warm again in %.0f ms\n", res.UUID, res.WarmAfterMs)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().StringVar(&req.Worker, "worker", "", "release this model worker (default $LAZYFS_WORKER_NAME when no UUID, or $LAZYFS_GPU_UUID, is given)")
 	cmd.Flags().StringVar(&req.ClaimID, "claim-id", "", "claim to end (default $LAZYFS_CLAIM_ID; empty ends whatever claim holds the GPU)")
 	return cmd
+}
+
+// writeEnv prints the claim as shell exports, every value single-quoted so
+// that eval assigns it verbatim whatever bytes it holds.
+func writeEnv(w io.Writer, res api.ClaimResult) error {
+	vars := [][2]string{{"CUDA_VISIBLE_DEVICES", res.UUID}, {"LAZYFS_GPU_UUID", res.UUID}, {"LAZYFS_CLAIM_ID", res.ClaimID}}
+	if wk := res.Worker; wk != nil {
+		vars = append(vars, [2]string{"LAZYFS_WORKER_SOCKET", wk.Socket}, [2]string{"LAZYFS_WORKER_PID", strconv.Itoa(wk.PID)})
+		if wk.Name != "" {
+			vars = append(vars, [2]string{"LAZYFS_WORKER_NAME", wk.Name})
+		}
+	}
+	var b strings.Builder
+	for _, v := range vars {
+		fmt.Fprintf(&b, "export %s=%s\n", v[0], shellQuote(v[1]))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// writeEnvFailure prints shell code that reports err on stderr and fails,
+// so eval "$(lazyfs gpu claim --env)" fails visibly (and stops a set -e
+// script) instead of evaluating nothing.
+func writeEnvFailure(w io.Writer, err error) {
+	fmt.Fprintf(w, "echo %s >&2; false\n", shellQuote("lazyfs gpu claim: "+err.Error()))
+}
+
+// shellQuote quotes s for POSIX sh: inside single quotes every byte is
+// literal, and a single quote is written as '\”.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

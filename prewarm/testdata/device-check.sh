@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check for the GPU pre-warm daemon (issue 5).
+# Device check for the GPU pre-warm daemon (issues 5 and 14).
 #
 # Measures, on a real NVIDIA GPU, N fresh processes' time to their first
 # completed CUDA op (cuInit + primary context + 1 MiB alloc/memset/sync):
@@ -9,8 +9,17 @@
 #   (b') after claiming the GPU from the daemon (holder kept for the hand-off),
 #   (c)  through a warm worker handed over on claim (Go worker; torch worker
 #        too when python3 has CUDA PyTorch), plus the PyTorch baseline,
-# and the claim→release latency (holder killed and reaped), then prints a
-# markdown table. Never changes persistence mode, clocks or MIG: it compares
+# and the claim→release latency (holder killed and reaped), and (issue 14)
+# suspended model workers: for each size in SUSPEND_GIB a torch worker
+# holding that many GiB of tensors, timing
+#   (d-cold)   a fresh worker process: import torch, fill the tensors from
+#              host data, checksum on the GPU + first op,
+#   (d-resume) a claim of the suspended worker → restored from host memory →
+#              checksum on the GPU (must equal the one taken at load) + first
+#              op, and the suspend after its release (detail column),
+#   (d-alternate) two suspended workers on one GPU claimed in turn,
+# then checks the goals (resume of the largest ≤ 1 s and ≤ 0.1× its cold
+# start) and prints a markdown table. Never changes persistence mode, clocks or MIG: it compares
 # nvidia-smi's view of them before and after and fails if anything moved.
 #
 # Usage (repo root):  prewarm/testdata/device-check.sh
@@ -22,10 +31,19 @@
 #                  FAKE=2 also runs the nvidia-smi checks (with a stub nvidia-smi)
 #   BIN=bin/lazyfs-prewarm   built by prewarm/testdata/build-device-bin.sh
 #   OUT=dir        also write device-check.md, samples.jsonl, device-check-logs.txt there
+#   SECTIONS=all   all | prewarm (issue 5 rows only) | suspend (issue 14 rows
+#                  only: ≤ 8 minutes on an H100 by estimate, not yet measured)
+#   SUSPEND_GIB="1 4 16"  tensor sizes of the suspend rows; SUSPEND_N=3 samples
+#   ALT_GIB=4      tensor size of each of the two alternating workers
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 N=${N:-10}
+SECTIONS=${SECTIONS:-all}
+SUSPEND_GIB=${SUSPEND_GIB:-1 4 16}
+SUSPEND_N=${SUSPEND_N:-3}
+ALT_GIB=${ALT_GIB:-4}
+GOALS=$(mktemp /tmp/pwgoals.XXXXXX)
 TORCH=${TORCH:-auto}
 TORCH_N=${TORCH_N:-$N}
 BUDGET_S=${BUDGET_S:-270} # the torch rows stop early (>= 3 samples) to end within this
@@ -73,7 +91,7 @@ finish() {
 		done >"$OUT/device-check-logs.txt" 2>/dev/null || true
 		cp "$JSONL" "$OUT"/samples.jsonl 2>/dev/null || true
 	fi
-	rm -rf "$TMP"
+	rm -rf "$TMP" "$GOALS"
 	exit $rc
 }
 trap finish EXIT
@@ -98,7 +116,7 @@ start_daemon() {
 	rm -f "$SOCK"
 	local extra=()
 	[ "$FAKE" != 0 ] && extra+=(--fake-gpus 1)
-	"$BIN" --socket "$SOCK" --metrics-addr 127.0.0.1:0 --idle-window 1s --poll-interval 100ms \
+	"$BIN" --socket "$SOCK" --worker-dir "$TMP/workers" --metrics-addr 127.0.0.1:0 --idle-window 1s --poll-interval 100ms \
 		--grace 100ms --handoff-delay 5s --memory-floor 0 --ready-timeout 120s --log-level info \
 		"${extra[@]}" "$@" >"$TMP/daemon-$name.log" 2>&1 &
 	DAEMON_PID=$!
@@ -164,6 +182,10 @@ if [ "$TORCH" = auto ]; then
 	fi
 fi
 
+section() { [ "$SECTIONS" = all ] || [ "$SECTIONS" = "$1" ]; }
+case "$SECTIONS" in all | prewarm | suspend) ;; *) die "SECTIONS=$SECTIONS: want all, prewarm or suspend" ;; esac
+
+if section prewarm; then
 # ---- (a) no daemon -----------------------------------------------------
 bench "(a) fresh process, no daemon" fresh
 
@@ -213,13 +235,59 @@ if [ "$TORCH" = 1 ]; then
 		--max-duration "$(left 20)"
 	stop_daemon
 fi
+fi # section prewarm
+
+# ---- (d) suspended model workers (issue 14) -----------------------------
+# p50 LABEL-PREFIX: the p50 column of the first row whose label starts so.
+p50() { awk -F'|' -v p="$1" 'index($2, " " p) == 1 { gsub(/ /, "", $5); print $5; exit }' "$ROWS"; }
+if section suspend; then
+	if [ "$TORCH" = 1 ]; then
+		cold_args() { echo "--python python3 --script prewarm/testdata/torch_worker.py --arg --probe --arg --gib --arg $1"; }
+		worker_cmd() { echo "python3 prewarm/testdata/torch_worker.py --gib $1 --seed $2"; }
+		WDESC="torch worker"
+	else
+		# No CUDA PyTorch (or FAKE): the Go reference worker holding an
+		# uninitialised allocation; its "check" is an op, not a checksum.
+		cold_args() { echo "--python $BIN --script firstop"; }
+		worker_cmd() { echo "$BIN worker --alloc $1GiB"; }
+		WDESC="Go worker (no torch: no data checksum)"
+	fi
+	for g in $SUSPEND_GIB; do
+		# shellcheck disable=SC2046
+		N=$SUSPEND_N bench "(d-cold ${g}GiB) fresh $WDESC process: start, load ${g} GiB, check + first op" torch-fresh --gap 200ms $(cold_args "$g")
+		start_daemon "susp$g" --model-worker "w$g=$(worker_cmd "$g" "$g")"
+		"$BIN" devbench --scenario wait-suspended --worker "w$g" --socket "$SOCK" --timeout 300s ||
+			die "worker w$g never suspended; daemon log: $(tail -5 "$TMP/daemon-susp$g.log")"
+		N=$SUSPEND_N bench "(d-resume ${g}GiB) claim of the suspended $WDESC → restored → check + first op" worker-resume --worker "w$g" --gap 0s
+		stop_daemon
+		cold=$(p50 "(d-cold ${g}GiB)")
+		res=$(p50 "(d-resume ${g}GiB)")
+		echo "${g} ${cold} ${res}" >>"$GOALS"
+	done
+	start_daemon alt --model-worker "alt1=$(worker_cmd "$ALT_GIB" 11)" --model-worker "alt2=$(worker_cmd "$ALT_GIB" 12)"
+	"$BIN" devbench --scenario wait-suspended --worker alt1 --worker alt2 --socket "$SOCK" --timeout 300s ||
+		die "alternating workers never suspended; daemon log: $(tail -5 "$TMP/daemon-alt.log")"
+	N=$((2 * SUSPEND_N)) bench "(d-alternate) two suspended ${ALT_GIB} GiB workers on one GPU, claimed in turn" worker-alternate \
+		--worker alt1 --worker alt2 --gap 0s
+	stop_daemon
+	if pgrep -f "$BIN worker" >/dev/null || pgrep -f torch_worker.py >/dev/null; then die "model workers survived the daemon"; fi
+fi
 
 # ---- settings unchanged -------------------------------------------------
 if [ "$FAKE" != 1 ]; then
 	AFTER=$(gpu_settings)
-	[ "$BEFORE" = "$AFTER" ] || die "GPU settings changed!
+	if [ "$BEFORE" != "$AFTER" ]; then
+		# Put persistence and compute mode back as the check found them
+		# (nothing here changes them; this is the safety net), then fail.
+		while IFS=', ' read -r idx _ pm cm _; do
+			case "$pm" in Enabled) nvidia-smi -i "$idx" -pm 1 >&2 || true ;; Disabled) nvidia-smi -i "$idx" -pm 0 >&2 || true ;; esac
+			case "$cm" in Default | Exclusive_Process | Prohibited) nvidia-smi -i "$idx" -c "$(echo "$cm" | tr a-z A-Z)" >&2 || true ;; esac
+		done <<<"$BEFORE"
+		die "GPU settings changed (persistence and compute mode restored as found; check clocks/MIG by hand)!
 before: $BEFORE
-after:  $AFTER"
+after:  $AFTER
+now:    $(gpu_settings)"
+	fi
 	left=$(nvidia-smi --query-compute-apps=pid,process_name --format=csv,noheader || true)
 	[ -z "$left" ] || die "compute processes left behind: $left"
 fi
@@ -230,6 +298,13 @@ fi
 	echo "| scenario (ms, wall clock from exec to first op done) | n | min | p50 | mean | max | detail (means, ms) |"
 	echo "|---|---|---|---|---|---|---|"
 	cat "$ROWS"
+	if [ -s "$GOALS" ]; then
+		echo
+		# Goals of issue 14 for the largest size: resume ≤ 1 s and ≤ 0.1× cold.
+		tail -1 "$GOALS" | awk '{ g=$1; c=$2+0; r=$3+0;
+			printf "goal: resume of the %s GiB worker %.1f ms ≤ 1000 ms: %s\n", g, r, (r <= 1000 ? "MET" : "MISSED");
+			printf "goal: resume / cold start = %.1f / %.1f ms = %.3f ≤ 0.1: %s\n", r, c, (c > 0 ? r / c : 0), (c > 0 && r / c <= 0.1 ? "MET" : "MISSED") }'
+	fi
 	echo
 	echo "settings before = after: $BEFORE"
 } | tee "$TMP/device-check.md"

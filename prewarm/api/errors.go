@@ -1,4 +1,4 @@
-package prewarm
+package api
 
 import "errors"
 
@@ -31,6 +31,14 @@ var (
 	ErrBadRequest = errors.New("bad request")
 	// ErrNoWarmer means image warming has no cache owner to ask.
 	ErrNoWarmer = errors.New("no image warmer configured")
+	// ErrWorkerNotFound means no model worker has the given name.
+	ErrWorkerNotFound = errors.New("worker not found")
+	// ErrWorkerNotReady means the model worker exists but is starting,
+	// suspending, failed or evicted: retry later.
+	ErrWorkerNotReady = errors.New("worker not ready")
+	// ErrNoCheckpoint means the CUDA driver lacks the checkpoint API
+	// (cuCheckpointProcess*, r550+/CUDA 12.8) or refuses it.
+	ErrNoCheckpoint = errors.New("cuda checkpoint unsupported")
 )
 
 // errorCodes maps each sentinel to the code the API uses on the wire.
@@ -49,9 +57,14 @@ var errorCodes = []struct {
 	{ErrHolder, "holder_failed", 500},
 	{ErrBadRequest, "bad_request", 400},
 	{ErrNoWarmer, "no_warmer", 503},
+	{ErrWorkerNotFound, "worker_not_found", 404},
+	{ErrWorkerNotReady, "worker_not_ready", 409},
+	{ErrNoCheckpoint, "no_checkpoint", 503},
 }
 
-func codeOf(err error) (string, int) {
+// ErrorCode returns the wire code and HTTP status of err: the first
+// sentinel it wraps, or "internal" and 500.
+func ErrorCode(err error) (string, int) {
 	for _, c := range errorCodes {
 		if errors.Is(err, c.err) {
 			return c.code, c.status
@@ -60,7 +73,8 @@ func codeOf(err error) (string, int) {
 	return "internal", 500
 }
 
-func errOfCode(code string) error {
+// ErrorOfCode returns the sentinel for a wire code, or nil.
+func ErrorOfCode(code string) error {
 	for _, c := range errorCodes {
 		if c.code == code {
 			return c.err

@@ -1,4 +1,4 @@
-package prewarm
+package api
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 )
 
@@ -22,6 +23,9 @@ type Client struct {
 func NewClient(socket string) *Client {
 	return &Client{Socket: socket, hc: unixClient(socket)}
 }
+
+// Close closes the client's idle connections.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
 
 // Status returns the daemon's status.
 func (c *Client) Status(ctx context.Context) (Status, error) {
@@ -70,9 +74,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("prewarm daemon %s: %w", c.Socket, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e apiError
+		var e Error
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			if s := errOfCode(e.Code); s != nil {
+			if s := ErrorOfCode(e.Code); s != nil {
 				return &remoteError{msg: e.Error, sentinel: s}
 			}
 			return fmt.Errorf("prewarm daemon: %s", e.Error)
@@ -93,3 +97,19 @@ type remoteError struct {
 
 func (e *remoteError) Error() string { return e.msg }
 func (e *remoteError) Unwrap() error { return e.sentinel }
+
+// Error is the body of every API error answer.
+type Error struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func unixClient(socket string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConns: 4,
+	}}
+}
