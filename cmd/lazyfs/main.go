@@ -46,6 +46,7 @@ func newRootCmd() *cobra.Command {
 		newUmountCmd(),
 		newStatsCmd(),
 		newLsCmd(),
+		newServeCmd(),
 		newGPUCmd(),
 	)
 	return root
