@@ -7,9 +7,12 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
@@ -171,4 +174,77 @@ func lsUnder(t *testing.T, out, dir string) []node.ServedMount {
 		}
 	}
 	return ls
+}
+
+// TestServe: lazyfs serve is the node daemon without containerd: lazyfs
+// mount goes through it, its cache is its own (a standalone server on the
+// same cache is refused), and SIGTERM unmounts everything and exits.
+func TestServe(t *testing.T) {
+	needFUSE(t)
+	t.Setenv("LAZYFS_TEST_MAIN", "1")
+	host := testRegistry(t)
+	src, dst := host+"/srv:1", host+"/srv:1-lazy"
+	pushSample(t, src)
+	if _, err := run(t, "convert", src, dst); err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	sock, cache, state := filepath.Join(tmp, "run", "control.sock"), filepath.Join(tmp, "cache"), filepath.Join(tmp, "state")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	daemon := exec.Command(self, "serve", "--control", sock, "--root", filepath.Join(tmp, "root"), "--cache-dir", cache, "--cache-size", "64MiB")
+	daemon.Env = append(os.Environ(), "LAZYFS_TEST_MAIN=1")
+	var logs bytes.Buffer
+	daemon.Stdout, daemon.Stderr = &logs, &logs
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- daemon.Wait() }()
+	t.Cleanup(func() {
+		daemon.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", logs.String())
+		}
+	})
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := node.NewClient(sock, time.Second).Health(context.Background()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon not answering")
+		}
+	}
+	mnt, mnt2 := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "mnt2")
+	os.Mkdir(mnt, 0o755)
+	os.Mkdir(mnt2, 0o755)
+	if out, err := run(t, "mount", "--control", sock, "--state-dir", state, dst, mnt); err != nil || !strings.Contains(out, "served by the daemon") {
+		t.Fatalf("mount: %q %v", out, err)
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err != nil || string(got) != "lazyfs\n" {
+		t.Fatalf("read: %q %v", got, err)
+	}
+	_, err = run(t, "mount", "--no-daemon", "--cache-dir", cache, "--state-dir", state, dst, mnt2)
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		t.Fatalf("standalone server on the daemon's cache: %v", err)
+	}
+	daemon.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		exited <- err
+		if err != nil {
+			t.Fatalf("daemon exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("daemon did not exit on SIGTERM")
+	}
+	if isMounted(t, mnt) {
+		t.Fatal("mount left after the daemon stopped")
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("control socket left: %v", err)
+	}
 }

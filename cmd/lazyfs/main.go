@@ -47,6 +47,7 @@ func newRootCmd() *cobra.Command {
 		newStatsCmd(),
 		newLsCmd(),
 		newPullCmd(),
+		newServeCmd(),
 		newGPUCmd(),
 	)
 	return root

@@ -29,7 +29,10 @@ func isMounted(t *testing.T, dir string) bool {
 // TestMain lets the test binary act as the lazyfs binary when the mount
 // command re-executes itself to start a background server.
 func TestMain(m *testing.M) {
-	if os.Getenv("LAZYFS_TEST_MAIN") == "1" {
+	// A test binary started with a subcommand (not -test.* flags) is a
+	// re-executed lazyfs, even if a test forgot LAZYFS_TEST_MAIN: never
+	// let it run the tests again (each would spawn more).
+	if os.Getenv("LAZYFS_TEST_MAIN") == "1" || len(os.Args) > 1 && !strings.HasPrefix(os.Args[1], "-") {
 		main()
 		os.Exit(0)
 	}

@@ -1,9 +1,11 @@
-// Package image mounts a whole image: it resolves a reference, fetches and
-// verifies every layer's TOC, and serves the merged root through package fs,
-// with chunks coming from the registry (package fs/remote) through the
-// node's block cache. Layers that are not lazyfs-converted are refused, or,
-// with Options.Pull, fetched whole and converted locally so they are served
-// the same way.
+// Package image serves images and single layers of images: a Resolver
+// resolves references and fetches and verifies layers' TOCs once per image
+// and once per layer (shared by every mount, warming and inspect);
+// OpenLayer opens one layer, lazily from its TOC or, with Pull, fetched
+// whole and converted locally; Mount serves an image's merged root and
+// MountLayer one layer as an overlayfs lower layer, through package fs,
+// with chunks from the registry (package fs/remote) through the node's
+// block cache.
 package image
 
 import (

@@ -60,6 +60,7 @@ const maxRequestBody = 64 << 10
 //	DELETE /v1/mounts?dir=DIR     UnmountResult: unmount (lazily when busy)
 //	GET    /v1/stats?dir=DIR      image.Stats of one mount
 //	POST   /v1/warm               the lazyfs-prewarm contract (image.WarmHandler) on the node cache
+//	GET    /metrics               the node's Prometheus metrics (Collectors)
 //	POST   /v1/layers             LayerRequest: LayerFS.Mount (for RemoteLayerFS)
 //	POST   /v1/layers/check       LayerRequest: LayerFS.Check
 //	DELETE /v1/layers?dir=DIR     LayerFS.Unmount
@@ -126,6 +127,7 @@ func (n *Node) Handler() http.Handler {
 		writeJSON(w, st)
 	})
 	mux.Handle("POST /v1/warm", n.resolver.WarmHandler(n.cache))
+	mux.Handle("GET /metrics", n.MetricsHandler())
 	lfs := n.LayerFS()
 	layerReq := func(w http.ResponseWriter, r *http.Request) (LayerRequest, bool) {
 		var req LayerRequest

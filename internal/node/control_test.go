@@ -5,6 +5,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -110,6 +113,19 @@ func TestControlAPI(t *testing.T) {
 		if got[name] <= 0 {
 			t.Errorf("metric %s = %v, want > 0 (have %v)", name, got[name], got)
 		}
+	}
+
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}, Timeout: 10 * time.Second}
+	resp, err := hc.Get("http://lazyfs/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "lazyfs_node_fetched_bytes_total") || !strings.Contains(string(body), "lazyfs_blobcache_hits_total") {
+		t.Errorf("GET /metrics on the control socket:\n%.2000s", body)
 	}
 
 	if err := c.Unmount(ctx, dir); err != nil {

@@ -124,6 +124,9 @@ func TestLayerFS(t *testing.T) {
 	if got := reg.Manifests.Load(); got != 1 {
 		t.Errorf("two layers of one image fetched the manifest %d times, want 1", got)
 	}
+	if rs := n.Resolver().Stats(); rs.Resolves != 1 || rs.TOCLoads != 2 {
+		t.Errorf("resolver: %+v, want 1 resolve and 2 TOC loads", rs)
+	}
 	if got, err := os.ReadFile(filepath.Join(dirs[0], "bin/tool")); err != nil || !bytes.Equal(got, big) {
 		t.Fatalf("layer 0: bin/tool: %d bytes, %v", len(got), err)
 	}

@@ -2,8 +2,10 @@ package node
 
 import (
 	"errors"
+	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs/image"
@@ -119,4 +121,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.imageSize, prometheus.GaugeValue, float64(s.ImageSize), d, e.ref, e.layer)
 		ch <- prometheus.MustNewConstMetric(m.imageFetched, prometheus.GaugeValue, float64(s.Fetched.Bytes), d, e.ref, e.layer)
 	}
+}
+
+// MetricsHandler serves the node's collectors in the Prometheus text format
+// from a registry of its own (no global state).
+func (n *Node) MetricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	for _, c := range n.Collectors() {
+		reg.MustRegister(c)
+	}
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/blobcache"
+	"github.com/lazyfs/lazyfs/internal/node"
+)
+
+func newServeCmd() *cobra.Command {
+	var (
+		cfg       node.Config
+		cacheSize = sizeFlag(blobcache.DefaultCapacity)
+		control   string
+		debug     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the node daemon without containerd: one cache and fetcher for every lazyfs mount",
+		Long: `Serve runs the node daemon's core (internal/node) on its own: it owns the block
+cache and the registry fetcher, and serves the control API on --control, so
+that lazyfs mount, umount, stats and ls, and lazyfs-prewarm's warm requests
+share them. lazyfs-snapshotter runs the same core for containerd; run one or
+the other on a node. It can also hold the FUSE mounts of a snapshotter that
+uses node.RemoteLayerFS, so the snapshotter can restart while containers run
+(docs/daemon.md). SIGTERM unmounts every mount (detaching busy ones) and exits.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			level := slog.LevelInfo
+			if debug {
+				level = slog.LevelDebug
+			}
+			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			cfg.CacheSize = int64(cacheSize)
+			n, err := node.New(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			ln, err := node.Listen(control)
+			if err != nil {
+				n.Close()
+				return err
+			}
+			cfg.Logger.Info("serving", "control", control, "root", cfg.Root, "pid", os.Getpid())
+			serr := node.ServeListener(cmd.Context(), ln, n.Handler())
+			os.Remove(control)
+			cerr := n.Close()
+			if serr != nil {
+				return serr
+			}
+			if cerr != nil {
+				return fmt.Errorf("stopping: %w", cerr)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&control, "control", node.DefaultControlSocket, "control socket (created 0600 in a 0700 directory)")
+	f.StringVar(&cfg.Root, "root", node.DefaultRoot, "state directory")
+	f.StringVar(&cfg.CacheDir, "cache-dir", "", "block cache directory (default ROOT/cache; \":memory:\" for RAM)")
+	f.Var(&cacheSize, "cache-size", "block cache capacity")
+	f.StringVar(&cfg.HostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "allow plain HTTP to any registry")
+	f.DurationVar(&cfg.UnmountTimeout, "unmount-timeout", 10*time.Second, "how long stopping waits for busy mounts")
+	f.BoolVar(&debug, "debug", false, "log debug messages")
+	return cmd
+}
