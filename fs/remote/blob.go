@@ -425,9 +425,10 @@ func (f *Fetcher) claim(run []*want) (own, join []*want) {
 func (b *Blob) checkChunk(c *toc.Chunk) error {
 	switch {
 	case c.CompressedOffset < 0, c.CompressedSize == 0, c.Size > toc.MaxChunkSize,
+		c.CompressedSize > toc.MaxCompressedSize(c.Size),
 		b.size > 0 && c.CompressedOffset+int64(c.CompressedSize) > b.size:
-		return fmt.Errorf("blob %s: %w: chunk at %d+%d (size %d) in a blob of %d bytes",
-			b.digest, ErrBadChunkRequest, c.CompressedOffset, c.CompressedSize, c.Size, b.size)
+		return fmt.Errorf("blob %s: %w: chunk at %d+%d (size %d, zstd bound %d) in a blob of %d bytes",
+			b.digest, ErrBadChunkRequest, c.CompressedOffset, c.CompressedSize, c.Size, toc.MaxCompressedSize(c.Size), b.size)
 	}
 	return nil
 }

@@ -307,6 +307,10 @@ func Unmarshal(b []byte) (*TOC, error) {
 		if c.Size == 0 || c.CompressedSize == 0 {
 			d.fail("chunk %d: empty", i)
 		}
+		if c.Size > MaxChunkSize || c.CompressedSize > MaxCompressedSize(c.Size) {
+			d.fail("chunk %d: %d bytes compressed to %d: beyond the zstd bound %d (chunks are at most %d bytes)",
+				i, c.Size, c.CompressedSize, MaxCompressedSize(c.Size), MaxChunkSize)
+		}
 		c.Offset = endU + gapU
 		c.CompressedOffset = endC + gapC
 		if c.Offset < endU || c.CompressedOffset < endC || c.Offset > math.MaxInt64-int64(c.Size) ||

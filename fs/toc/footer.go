@@ -180,9 +180,15 @@ var chunkDecoder, _ = zstd.NewReader(nil,
 	zstd.WithDecoderMaxWindow(MaxChunkSize))
 
 // DecodeChunk decompresses frame (the chunk's compressed bytes), appending to
-// dst, and verifies size and sha256 against c. On a mismatch it returns an
+// dst, and verifies size and sha256 against c. A chunk larger than
+// MaxChunkSize or claiming more than MaxCompressedSize is refused before
+// anything is allocated. On a mismatch it returns an
 // error wrapping ErrDigestMismatch or ErrBadChunk and never the bytes.
 func DecodeChunk(c *Chunk, frame, dst []byte) ([]byte, error) {
+	if c.Size > MaxChunkSize || c.CompressedSize > MaxCompressedSize(c.Size) {
+		return nil, fmt.Errorf("chunk at %d: %w: %d bytes compressed to %d, beyond the zstd bound %d",
+			c.CompressedOffset, ErrBadChunk, c.Size, c.CompressedSize, MaxCompressedSize(c.Size))
+	}
 	if len(frame) != int(c.CompressedSize) {
 		return nil, fmt.Errorf("chunk at %d: %w: frame is %d bytes, want %d", c.CompressedOffset, ErrBadChunk, len(frame), c.CompressedSize)
 	}
