@@ -561,7 +561,10 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, fn func(int, []byte) e
 
 // TOC fetches and verifies the layer's TOC: with one range request when the
 // descriptor annotations locate it, otherwise by reading the blob's tail
-// (footer, and the TOC too when it fits in the tail) first.
+// (footer, and the TOC too when it fits in the tail) first. Concurrent
+// calls for the same blob and location share one fetch and one decode (the
+// returned TOC is shared: read-only); a caller whose ctx ends stops waiting,
+// and the shared fetch stops when the fetcher's deadline passes.
 func (b *Blob) TOC(ctx context.Context, annotations map[string]string) (*toc.TOC, error) {
 	if b.size <= 0 {
 		return nil, fmt.Errorf("blob %s: toc: blob size unknown", b.digest)
@@ -570,6 +573,25 @@ func (b *Blob) TOC(ctx context.Context, annotations map[string]string) (*toc.TOC
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", b.digest, err)
 	}
+	key := fmt.Sprintf("%s|%s|%d|%d|%s", b.repo.Name(), b.digest, b.size, loc.Offset, loc.Digest)
+	ch := b.f.tocFlight.DoChan(key, func() (any, error) {
+		// Shared by every caller waiting: not tied to the first one's ctx.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.f.opts.deadline)
+		defer cancel()
+		return b.readTOC(sctx, loc, ok)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*toc.TOC), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("blob %s: toc: %w", b.digest, ctx.Err())
+	}
+}
+
+func (b *Blob) readTOC(ctx context.Context, loc toc.Location, ok bool) (*toc.TOC, error) {
 	r := &tailReaderAt{ctx: ctx, b: b}
 	var lp *toc.Location
 	if ok {

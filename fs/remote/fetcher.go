@@ -41,6 +41,7 @@ type Fetcher struct {
 	gen             uint64
 
 	authFlight singleflight.Group
+	tocFlight  singleflight.Group // Blob.TOC: one fetch and decode per layer at a time
 	st         counters
 }
 

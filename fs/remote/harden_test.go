@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"runtime"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -70,4 +71,63 @@ func TestHugeCompressedSizeNoAllocation(t *testing.T) {
 
 func fmtSscanRange(s string, first, last *int64) (int, error) {
 	return fmt.Sscanf(s, "bytes=%d-%d", first, last)
+}
+
+// TestTOCDecodedOnce: concurrent TOC reads of one layer share one fetch and
+// one decode; a caller that gives up returns at once without failing the others.
+func TestTOCDecodedOnce(t *testing.T) {
+	fl := &faults{gate: make(chan struct{})}
+	_, host := newRegistry(t, fl.wrap)
+	l := allTypesLayer(t)
+	ref := push(t, host, "harden/toc:once", l)
+	f := newFetcher(t)
+	ctx := context.Background()
+	img, err := f.Resolve(ctx, ref.String(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := f.LayerBlob(img, 0)
+	const n = 8
+	var wg sync.WaitGroup
+	tocs := make([]*toc.TOC, n)
+	errs := make([]error, n)
+	started := make(chan struct{}, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			started <- struct{}{}
+			tocs[i], errs[i] = b.TOC(ctx, img.Layers[0].Annotations)
+		}()
+	}
+	for range n {
+		<-started
+	}
+	// A caller that gives up while the fetch is held.
+	cctx, cancel := context.WithCancel(ctx)
+	cancelled := make(chan error, 1)
+	go func() { _, err := b.TOC(cctx, img.Layers[0].Annotations); cancelled <- err }()
+	for fl.blobGets.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // let every caller reach the shared call
+	cancel()
+	select {
+	case err := <-cancelled:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled caller: err %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("cancelled caller still waiting")
+	}
+	close(fl.gate)
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil || tocs[i] != tocs[0] {
+			t.Fatalf("caller %d: %v (toc %p, first %p)", i, errs[i], tocs[i], tocs[0])
+		}
+	}
+	if got := fl.blobGets.Load(); got != 1 {
+		t.Errorf("%d concurrent TOC reads sent %d blob requests, want 1", n, got)
+	}
 }

@@ -2,10 +2,17 @@ package toc_test
 
 import (
 	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/lazyfs/lazyfs/fs/toc"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
@@ -77,4 +84,95 @@ func TestOwnFramesWithinBound(t *testing.T) {
 
 func fileHdr(name string) tar.Header {
 	return tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644}
+}
+
+// hostileTOCs returns encoded TOCs built to make a decoder allocate far
+// more than their size: long prefix-shared names, and a flood of all-zero
+// entries (each decodes to a whole Entry).
+func hostileTOCs(t testing.TB) map[string][]byte {
+	long := strings.Repeat(strings.Repeat("a", 250)+"/", 16) // 4016 bytes, components of 250
+	tc := &toc.TOC{ChunkSize: toc.DefaultChunkSize}
+	for i := range 40000 {
+		tc.Entries = append(tc.Entries, toc.Entry{Name: fmt.Sprintf("%s%05d", long, i), Type: tar.TypeReg, Mode: 0o644, HeaderOffset: int64(i) * 512})
+	}
+	tc.TarSize = int64(len(tc.Entries))*512 + 1024
+	prefixShared := tc.Marshal()
+
+	zero := []byte("LZFSTOC\x00")
+	zero = binary.AppendUvarint(zero, toc.Version)
+	zero = append(zero, 0, 0, 0) // flags, chunk size, tar size
+	zero = append(zero, 1, 0)    // a string table holding ""
+	zero = append(zero, 0)       // no chunks
+	const n = 5_000_000
+	zero = binary.AppendUvarint(zero, n)
+	zero = append(zero, make([]byte, n*toc.MinEntryBytes)...)
+
+	return map[string][]byte{"prefix-shared names": prefixShared, "zero entries": zero}
+}
+
+func compressTOC(t testing.TB, raw []byte) ([]byte, digest.Digest) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	p := enc.EncodeAll(raw, nil)
+	return p, digest.FromBytes(p)
+}
+
+// TestTOCAmplification: tiny hostile TOCs are refused with bounded memory
+// (a 37 KB TOC of 40,000 long prefix-shared names took 3.3 GB; 2 KB of zero
+// entries 816 MB).
+func TestTOCAmplification(t *testing.T) {
+	for name, raw := range hostileTOCs(t) {
+		payload, d := compressTOC(t, raw)
+		if name == "zero entries" {
+			// Also without the frame's content size: the decoder must stop
+			// at the limit by itself.
+			var buf bytes.Buffer
+			zw, _ := zstd.NewWriter(&buf, zstd.WithEncoderLevel(zstd.SpeedBestCompression))
+			zw.Write(raw)
+			zw.Close()
+			p := buf.Bytes()
+			var err error
+			n := allocated(func() { _, err = toc.DecodeTOC(p, digest.FromBytes(p)) })
+			t.Logf("%s, streamed: %d bytes compressed: allocated %d KiB: %v", name, len(p), n>>10, err)
+			if !errors.Is(err, toc.ErrBadTOC) || n > 64<<20 {
+				t.Errorf("%s, streamed: err %v, allocated %d MiB; want ErrBadTOC and under 64 MiB", name, err, n>>20)
+			}
+		}
+		var err error
+		n := allocated(func() { _, err = toc.DecodeTOC(payload, d) })
+		t.Logf("%s: %d bytes compressed, %d decompressed: allocated %d KiB: %v", name, len(payload), len(raw), n>>10, err)
+		if !errors.Is(err, toc.ErrBadTOC) {
+			t.Errorf("%s: err %v, want ErrBadTOC", name, err)
+		}
+		if n > 64<<20 {
+			t.Errorf("%s: decoding a %d-byte toc allocated %d MiB", name, len(payload), n>>20)
+		}
+	}
+}
+
+// TestTOCNameLimits: a path over 4096 bytes or a component over 255 is
+// refused by the decoder, and by the converter before it makes such a TOC.
+func TestTOCNameLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{strings.Repeat("a", 255), true},
+		{strings.Repeat("a", 256), false},
+		{strings.Repeat(strings.Repeat("b", 255)+"/", 16)[:4096], true},
+		{strings.Repeat(strings.Repeat("b", 255)+"/", 16) + "c", false},
+	} {
+		raw := (&toc.TOC{Entries: []toc.Entry{{Name: strings.TrimSuffix(tc.name, "/"), Type: tar.TypeDir}}}).Marshal()
+		if _, err := toc.Unmarshal(raw); (err == nil) != tc.ok {
+			t.Errorf("Unmarshal(name of %d bytes): err %v, want ok=%v", len(tc.name), err, tc.ok)
+		}
+		tarball := toctest.Tar(t, []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: tc.name + "/", Mode: 0o755, Format: tar.FormatPAX}}})
+		_, err := toc.Convert(context.Background(), bytes.NewReader(tarball), &toctest.Discard{})
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, toc.ErrTooLarge)) {
+			t.Errorf("Convert(name of %d bytes): err %v, want ok=%v or ErrTooLarge", len(tc.name), err, tc.ok)
+		}
+	}
 }

@@ -140,8 +140,20 @@ func Convert(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) 
 		ch.CompressedOffset, ch.CompressedSize, ch.Sum = p.off, p.size, p.sum
 	}
 
-	// TOC frame and footer.
-	payload := enc.EncodeAll(c.toc.Marshal(), nil)
+	// TOC frame and footer. A TOC readers would refuse (beyond the limits
+	// of docs/format.md) fails the conversion instead of making an
+	// unmountable layer.
+	raw := c.toc.Marshal()
+	if len(raw) > MaxTOCSize {
+		return nil, fmt.Errorf("%w: toc of %d bytes (%d entries, %d chunks) is larger than %d", ErrTooLarge, len(raw), len(c.toc.Entries), len(c.toc.Chunks), MaxTOCSize)
+	}
+	if _, err := Unmarshal(raw); err != nil {
+		return nil, fmt.Errorf("%w: readers would refuse the toc: %v", ErrTooLarge, err)
+	}
+	payload := enc.EncodeAll(raw, nil)
+	if int64(len(raw)) > tocLimit(len(payload)) || len(payload) > MaxTOCSize {
+		return nil, fmt.Errorf("%w: compressed toc of %d bytes", ErrTooLarge, len(payload))
+	}
 	tsum := sha256.Sum256(payload)
 	loc := Location{Offset: bw.n + 8, Length: int64(len(payload)), Digest: digest.NewDigestFromBytes(digest.SHA256, tsum[:])}
 	var hdr []byte
@@ -387,6 +399,10 @@ func entryFromHeader(h *tar.Header, off int64) (Entry, error) {
 	if e.Mode < 0 || e.UID < 0 || e.GID < 0 || e.Size < 0 || h.Devmajor < 0 || h.Devminor < 0 ||
 		h.Devmajor > 1<<32-1 || h.Devminor > 1<<32-1 {
 		return Entry{}, fmt.Errorf("%w: %q at offset %d: negative or oversized numeric field", ErrBadTar, h.Name, off)
+	}
+	if len(name) > MaxNameLength || !isCleanName(name, 0) || len(h.Linkname) > MaxNameLength {
+		return Entry{}, fmt.Errorf("%w: %.300q at offset %d: path longer than %d bytes or a component longer than %d",
+			ErrTooLarge, h.Name, off, MaxNameLength, MaxComponentLength)
 	}
 	if h.Typeflag == tar.TypeLink {
 		if e.Linkname, err = CleanName(h.Linkname); err != nil {
