@@ -61,6 +61,9 @@ const (
 	// prefix-compressed in the encoding but whole in memory (real layers:
 	// about 1 byte of names per byte of TOC).
 	MaxNameExpansion = 16
+	// MaxFileSize bounds a tar entry's (logical) size, ext4's limit: a sparse
+	// file may claim any size while storing a few bytes.
+	MaxFileSize = 16 << 40
 	// TOCDecodeBudget bounds the decompressed TOC bytes being decoded at
 	// once in a process (each decode reserves its limit); further decodes wait.
 	TOCDecodeBudget = 2 * MaxTOCSize

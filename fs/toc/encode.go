@@ -502,6 +502,9 @@ func (t *TOC) checkEntry(i int, e *Entry, next *uint32) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: entry %d (%q): %s", ErrBadTOC, i, e.Name, fmt.Sprintf(format, args...))
 	}
+	if e.Size > MaxFileSize {
+		return bad("size %d larger than %d", e.Size, int64(MaxFileSize))
+	}
 	if e.Type == 0x31 /* hardlink */ {
 		if !isCleanName(e.Linkname, 0) {
 			return bad("hardlink target is not clean or escapes the root")
