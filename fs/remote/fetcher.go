@@ -198,11 +198,28 @@ func (f *Fetcher) client(ctx context.Context, ep *endpoint, repo name.Repository
 	return v.(*clientEntry), nil
 }
 
+// checkRedirect bounds redirects and, on a redirect to another host, keeps
+// only the headers every request needs: net/http drops Authorization and
+// cookies itself, but would forward the registry's own headers (hosts.toml
+// [header] entries, often tokens) to blob storage.
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= 10 {
 		return fmt.Errorf("%w: stopped after 10 redirects", ErrBadResponse)
 	}
+	if req.URL.Host != via[0].URL.Host {
+		for k := range req.Header {
+			if !redirectSafeHeaders[http.CanonicalHeaderKey(k)] {
+				delete(req.Header, k)
+			}
+		}
+	}
 	return nil
+}
+
+// redirectSafeHeaders are forwarded across hosts on a redirect.
+var redirectSafeHeaders = map[string]bool{
+	"Range": true, "Accept": true, "Accept-Encoding": true, "User-Agent": true,
+	"If-Match": true, "If-None-Match": true, "If-Range": true,
 }
 
 // dropClient forgets the client of generation gen so the next request
@@ -235,7 +252,7 @@ func (f *Fetcher) authTransport(ctx context.Context, ep *endpoint, repo name.Rep
 		}
 		return nil, &statusError{Code: te.StatusCode, URL: ep.base + "/", Msg: "auth handshake", RetryAfter: 0}
 	}
-	err = fmt.Errorf("auth handshake with %s: %w", ep.base, err)
+	err = fmt.Errorf("auth handshake with %s: %w", ep.base, redactErr(err))
 	var rh tls.RecordHeaderError
 	var ua x509.UnknownAuthorityError
 	var he x509.HostnameError
@@ -333,8 +350,9 @@ func classify(err error) errClass {
 	return classFatal
 }
 
-// doError classifies an error of http.Client.Do.
+// doError classifies an error of http.Client.Do, with the URL redacted.
 func doError(err error, rctx context.Context) error {
+	err = redactErr(err)
 	if errors.Is(context.Cause(rctx), errStalled) {
 		return transient(fmt.Errorf("%w: %v", errStalled, err))
 	}
@@ -383,12 +401,40 @@ func responseError(resp *http.Response) error {
 	return &statusError{Code: resp.StatusCode, URL: redact(resp.Request.URL), Msg: msg, RetryAfter: retryAfter(resp)}
 }
 
-// redact drops the query (signed URLs carry credentials) for error messages.
+// redact drops the query, fragment and user info (signed URLs carry
+// credentials: X-Amz-Signature, sig, token, ...) for error messages and logs.
 func redact(u *url.URL) string {
 	if u == nil {
 		return ""
 	}
-	return u.Scheme + "://" + u.Host + u.Path
+	s := u.Scheme + "://" + u.Host + u.Path
+	if u.RawQuery != "" {
+		s += "?REDACTED"
+	}
+	return s
+}
+
+// redactString redacts a URL given as a string (what url.Error holds); a
+// string that does not parse is cut at its first '?'.
+func redactString(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return redact(u)
+	}
+	if i := strings.IndexAny(s, "?#"); i >= 0 {
+		return s[:i] + "?REDACTED"
+	}
+	return s
+}
+
+// redactErr redacts the URL of every *url.Error in err's chain (net/http
+// puts the whole request URL, query included, in its errors).
+func redactErr(err error) error {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if ue, ok := e.(*url.Error); ok {
+			ue.URL = redactString(ue.URL)
+		}
+	}
+	return err
 }
 
 // do runs attempt against the hosts with capability cp, in order: a mirror
