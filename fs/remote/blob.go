@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -165,6 +166,11 @@ func (b *Blob) rangeAttempt(ctx context.Context, ep *endpoint, c *http.Client, o
 	defer cancel(nil)
 	timer := time.AfterFunc(f.opts.stallTimeout, func() { cancel(errStalled) })
 	defer timer.Stop()
+	var moved atomic.Int64
+	if f.opts.minRate > 0 {
+		stop := watchThroughput(&moved, end-off, f.opts.minRate, f.opts.rateWindow, func() { cancel(errTooSlow) })
+		defer stop()
+	}
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, rawURL, nil)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadResponse, err)
@@ -189,7 +195,7 @@ func (b *Blob) rangeAttempt(ctx context.Context, ep *endpoint, c *http.Client, o
 		f.storeRedirect(rk, resp.Request.URL) // only URLs that served the blob
 	}
 	where := redact(resp.Request.URL)
-	br := &body{r: resp.Body, timer: timer, stall: f.opts.stallTimeout, count: &f.st.bytes}
+	br := &body{ctx: rctx, r: resp.Body, timer: timer, stall: f.opts.stallTimeout, count: &f.st.bytes, moved: &moved}
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 		start, last, total, err := parseContentRange(resp.Header.Get("Content-Range"))
@@ -229,6 +235,37 @@ func (b *Blob) rangeAttempt(ctx context.Context, ep *endpoint, c *http.Client, o
 		}
 	}
 	return responseError(resp)
+}
+
+// watchThroughput calls abort when fewer than rate×window bytes (or all
+// that were left to move) arrive during a window; the first window
+// includes the wait for the response headers. stop ends the watch.
+func watchThroughput(moved *atomic.Int64, total, rate int64, window time.Duration, abort func()) (stop func()) {
+	need := max(rate*int64(window)/int64(time.Second), 1)
+	var last int64
+	var t *time.Timer
+	var mu sync.Mutex
+	stopped := false
+	t = time.AfterFunc(window, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		m := moved.Load()
+		if m-last < min(need, total-last) {
+			abort()
+			return
+		}
+		last = m
+		t.Reset(window)
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		t.Stop()
+	}
 }
 
 // parseContentRange parses "bytes first-last/total" (total may be "*": -1).
@@ -317,6 +354,8 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 	if len(chunks) == 0 {
 		return nil
 	}
+	ctx, cancel := context.WithTimeoutCause(ctx, b.f.opts.fetchTimeout, errDeadline)
+	defer cancel()
 	byKey := make(map[chunkKey]*want, len(chunks))
 	pending := make([]*want, 0, len(chunks))
 	for i := range chunks {
@@ -343,7 +382,7 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 			select {
 			case <-w.call.done:
 			case <-ctx.Done():
-				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, w.c.CompressedOffset, ctx.Err())
+				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, w.c.CompressedOffset, context.Cause(ctx))
 			}
 			if w.call.err != nil {
 				if w.call.abandoned && ctx.Err() == nil {
@@ -376,7 +415,10 @@ func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, fn func(int, []b
 	for _, r := range b.plan(wants) {
 		g.Go(func() error {
 			if err := f.acquire(gctx, bg); err != nil {
-				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, r[0].c.CompressedOffset, err)
+				if c := context.Cause(gctx); c != nil {
+					err = c
+				}
+				return fmt.Errorf("blob %s: chunk at %d: waiting for a request slot: %w", b.digest, r[0].c.CompressedOffset, err)
 			}
 			defer f.release(bg)
 			own, join := f.claim(r)

@@ -267,6 +267,8 @@ func (f *Fetcher) authTransport(ctx context.Context, ep *endpoint, repo name.Rep
 
 var (
 	errStalled      = errors.New("no bytes received within the stall timeout")
+	errTooSlow      = errors.New("body slower than the minimum throughput")
+	errDeadline     = fmt.Errorf("%w: %w", ErrFetchDeadline, context.DeadlineExceeded)
 	errRedirectGone = errors.New("cached redirect url refused")
 	errNoHost       = errors.New("no registry host with the needed capability")
 )
@@ -353,8 +355,8 @@ func classify(err error) errClass {
 // doError classifies an error of http.Client.Do, with the URL redacted.
 func doError(err error, rctx context.Context) error {
 	err = redactErr(err)
-	if errors.Is(context.Cause(rctx), errStalled) {
-		return transient(fmt.Errorf("%w: %v", errStalled, err))
+	if c := context.Cause(rctx); errors.Is(c, errStalled) || errors.Is(c, errTooSlow) {
+		return transient(fmt.Errorf("%w: %v", c, err))
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
@@ -471,7 +473,7 @@ func (f *Fetcher) do(ctx context.Context, repo name.Repository, cp int, progress
 			return nil
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+			return fmt.Errorf("%w (last error: %v)", context.Cause(ctx), err)
 		}
 		class := classify(err)
 		switch class {
@@ -526,7 +528,7 @@ func (f *Fetcher) do(ctx context.Context, repo name.Repository, cp int, progress
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+			return fmt.Errorf("%w (last error: %v)", context.Cause(ctx), err)
 		case <-t.C:
 		}
 	}
@@ -635,13 +637,15 @@ func redirectExpiry(u *url.URL, now time.Time, ttl time.Duration) time.Time {
 }
 
 // body reads a response body of known length, counting bytes, feeding the
-// stall watchdog and marking network faults as transient.
+// stall and throughput watchdogs and marking network faults as transient.
 type body struct {
+	ctx       context.Context // the attempt's: its cause says why it ended
 	r         io.Reader
 	remaining int64
 	timer     *time.Timer
 	stall     time.Duration
 	count     *atomic.Int64
+	moved     *atomic.Int64 // bytes of this attempt, for the throughput watchdog
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -654,8 +658,14 @@ func (b *body) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	b.remaining -= int64(n)
 	b.count.Add(int64(n))
+	b.moved.Add(int64(n))
 	if n > 0 {
 		b.timer.Reset(b.stall)
+	}
+	if err != nil && err != io.EOF && b.ctx != nil {
+		if c := context.Cause(b.ctx); errors.Is(c, errStalled) || errors.Is(c, errTooSlow) {
+			return n, transient(fmt.Errorf("%w: %v", c, err))
+		}
 	}
 	switch {
 	case err == io.EOF && b.remaining > 0:
