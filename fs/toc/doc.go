@@ -112,6 +112,9 @@ var (
 	ErrBadTar = errors.New("bad tar stream")
 	// ErrBadChunk means a chunk's frame does not decode to the chunk's bytes.
 	ErrBadChunk = errors.New("bad chunk")
+	// ErrTOCMismatch means a converted blob's TOC does not describe the tar
+	// the blob decompresses to (see Verify).
+	ErrTOCMismatch = errors.New("toc does not match the layer's tar")
 	// ErrTooLarge means a tar entry or the layer is beyond a limit of the
 	// format (docs/format.md, "Limits"): a path or component too long, a
 	// sparse file too large, a TOC too large.
