@@ -176,3 +176,55 @@ func TestTOCNameLimits(t *testing.T) {
 		}
 	}
 }
+
+// hostileSeeds are small versions of the hostile inputs of these tests,
+// for the fuzzers' seed corpora: raw TOCs for FuzzUnmarshal, blob tails
+// for FuzzReadTOC, tars for FuzzConvert.
+func hostileSeeds(t testing.TB) (raw, tails, tars [][]byte) {
+	long := strings.Repeat(strings.Repeat("a", 250)+"/", 16)
+	tc := &toc.TOC{ChunkSize: toc.DefaultChunkSize}
+	for i := range 300 {
+		tc.Entries = append(tc.Entries, toc.Entry{Name: fmt.Sprintf("%s%05d", long, i), Type: tar.TypeReg, HeaderOffset: int64(i) * 512})
+	}
+	tc.TarSize = 300*512 + 1024
+	raw = append(raw, tc.Marshal())
+	zero := func(n int) []byte {
+		z := []byte("LZFSTOC\x00")
+		z = binary.AppendUvarint(z, toc.Version)
+		z = append(z, 0, 0, 0, 1, 0, 0)
+		z = binary.AppendUvarint(z, uint64(n))
+		return append(z, make([]byte, n*toc.MinEntryBytes)...)
+	}
+	raw = append(raw, zero(2000))
+	raw = append(raw, (&toc.TOC{Entries: []toc.Entry{{Name: strings.Repeat("c", 256), Type: tar.TypeDir}}}).Marshal())
+	res, _ := seedTOC(t)
+	huge := *res.TOC
+	huge.Chunks = append([]toc.Chunk(nil), res.TOC.Chunks...)
+	huge.Chunks[len(huge.Chunks)-1].CompressedSize = 512 << 20
+	raw = append(raw, huge.Marshal())
+
+	// Blob tails: padding, the TOC frame of 5 million zero entries (2 KB
+	// compressed), with and without a content size, and the footer.
+	big := zero(5_000_000)
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression))
+	var streamed bytes.Buffer
+	zw, _ := zstd.NewWriter(&streamed, zstd.WithEncoderLevel(zstd.SpeedBestCompression))
+	zw.Write(big)
+	zw.Close()
+	for _, payload := range [][]byte{enc.EncodeAll(big, nil), streamed.Bytes()} {
+		b := make([]byte, 8)
+		b = binary.LittleEndian.AppendUint32(b, toc.TOCFrameMagic)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(payload)))
+		loc := toc.Location{Offset: int64(len(b)), Length: int64(len(payload)), Digest: digest.FromBytes(payload)}
+		b = append(b, payload...)
+		tails = append(tails, toc.AppendFooter(b, toc.Footer{Location: loc, Version: toc.Version}))
+	}
+	enc.Close()
+
+	data := toctest.Random(3, 600)
+	for _, v := range []string{"1.0", "0.1", "gnu"} {
+		tars = append(tars, sparseTar(t, v, 8<<40, data), sparseTar(t, v, 1<<50, data))
+	}
+	tars = append(tars, toctest.Tar(t, []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: strings.Repeat("d", 256) + "/", Mode: 0o755, Format: tar.FormatPAX}}}))
+	return raw, tails, tars
+}
