@@ -409,8 +409,8 @@ func redact(u *url.URL) string {
 	if u == nil {
 		return ""
 	}
-	s := u.Scheme + "://" + u.Host + u.Path
-	if u.RawQuery != "" {
+	s := u.Scheme + "://" + u.Host + u.EscapedPath()
+	if u.RawQuery != "" || u.ForceQuery {
 		s += "?REDACTED"
 	}
 	return s

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -125,4 +126,29 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 	<-w.mu
 	defer func() { w.mu <- struct{}{} }()
 	return w.w.Write(p)
+}
+
+// FuzzRedactURL: whatever a registry puts in a redirect, the redacted form
+// keeps nothing after the first '?' or '#' and no user info.
+func FuzzRedactURL(f *testing.F) {
+	for _, s := range []string{
+		"https://bucket.s3.amazonaws.com/blob?X-Amz-Signature=abc&X-Amz-Credential=AKIA",
+		"https://user:pass@cdn.example/blob?sig=x&se=2026-01-01T00:00:00Z",
+		"http://[::1]:5000/v2/x/blobs/sha256:00?token=t#frag",
+		"%zz?token=secret", "no-scheme?token=secret", "",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := redactString(s)
+		q := strings.Count(got, "?")
+		if strings.Contains(got, "#") || q > 1 || (q == 1 && !strings.HasSuffix(got, "?REDACTED")) {
+			t.Fatalf("redact(%q) = %q keeps a query or fragment", s, got)
+		}
+		if u, err := url.Parse(s); err == nil && u.User != nil {
+			if p, ok := u.User.Password(); ok && len(p) >= 4 && strings.Contains(got, p) && !strings.Contains(u.Host+u.EscapedPath(), p) {
+				t.Fatalf("redact(%q) = %q keeps the password", s, got)
+			}
+		}
+	})
 }
