@@ -308,7 +308,8 @@ type chunkKey struct {
 
 type chunkCall struct {
 	done    chan struct{}
-	waiters int // joined callers; guarded by Fetcher.mu
+	waiters int     // joined callers; guarded by Fetcher.mu
+	flight  *flight // the request fetching it
 	data    []byte
 	err     error
 	// abandoned means the owner stopped (its context ended or its callback
@@ -321,6 +322,31 @@ type want struct {
 	key  chunkKey
 	idx  []int
 	call *chunkCall
+}
+
+// flight is one owner's run of requests, shared by the callers waiting for
+// its chunks: it goes on while any of them waits (the owner, or a caller
+// that joined one of its chunks) and is cancelled when the last one leaves.
+type flight struct {
+	refs   int // guarded by Fetcher.mu
+	cancel context.CancelCauseFunc
+}
+
+// errNobodyWaits cancels a flight whose callers all left.
+var errNobodyWaits = errors.New("every caller waiting for this fetch left")
+
+// leave drops one waiter of fl, cancelling it when it was the last.
+func (f *Fetcher) leave(fl *flight) {
+	if fl == nil {
+		return
+	}
+	f.mu.Lock()
+	fl.refs--
+	last := fl.refs == 0
+	f.mu.Unlock()
+	if last {
+		fl.cancel(errNobodyWaits)
+	}
 }
 
 func (w *want) end() int64 { return w.c.CompressedOffset + int64(w.c.CompressedSize) }
@@ -356,6 +382,17 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 	}
 	ctx, cancel := context.WithTimeoutCause(ctx, b.f.opts.fetchTimeout, errDeadline)
 	defer cancel()
+	var joinedAll []*chunkCall // one per join: each holds a reference on its flight
+	defer func() {
+		// Stop waiting for the fetches this call joined and did not see end.
+		for _, call := range joinedAll {
+			select {
+			case <-call.done:
+			default:
+				b.f.leave(call.flight)
+			}
+		}
+	}()
 	byKey := make(map[chunkKey]*want, len(chunks))
 	pending := make([]*want, 0, len(chunks))
 	for i := range chunks {
@@ -374,6 +411,9 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 	}
 	for len(pending) > 0 {
 		joined, err := b.fetchPlanned(ctx, pending, fn)
+		for _, w := range joined {
+			joinedAll = append(joinedAll, w.call)
+		}
 		if err != nil {
 			return err
 		}
@@ -420,25 +460,63 @@ func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, fn func(int, []b
 				}
 				return fmt.Errorf("blob %s: chunk at %d: waiting for a request slot: %w", b.digest, r[0].c.CompressedOffset, err)
 			}
-			defer f.release(bg)
-			own, join := f.claim(r)
+			fl := &flight{refs: 1}
+			own, join := f.claim(r, fl)
 			if len(join) > 0 {
 				mu.Lock()
 				joined = append(joined, join...)
 				mu.Unlock()
 			}
-			subs := b.plan(own)
-			for k, sub := range subs {
-				if err := b.fetchRun(gctx, sub, fn); err != nil {
-					for _, rest := range subs[k+1:] {
-						for _, w := range rest {
-							f.complete(w, nil, err, true)
-						}
-					}
-					return err
-				}
+			if len(own) == 0 {
+				f.release(bg)
+				return nil
 			}
-			return nil
+			// The requests run on their own context, under the fetch
+			// deadline, for as long as anyone waits for their chunks:
+			// this caller, or callers that joined them (see flight).
+			rctx, cancel := context.WithCancelCause(context.WithoutCancel(gctx))
+			rctx, cancelT := context.WithTimeoutCause(rctx, f.opts.fetchTimeout, errDeadline)
+			fl.cancel = cancel
+			// fn is this caller's: never called once it has left.
+			var dmu sync.Mutex
+			gone := false
+			deliverFn := func(i int, data []byte) error {
+				dmu.Lock()
+				defer dmu.Unlock()
+				if gone {
+					return nil
+				}
+				return fn(i, data)
+			}
+			done := make(chan error, 1)
+			go func() {
+				defer f.release(bg)
+				defer cancelT()
+				defer cancel(nil)
+				subs := b.plan(own)
+				for k, sub := range subs {
+					if err := b.fetchRun(rctx, sub, deliverFn); err != nil {
+						for _, rest := range subs[k+1:] {
+							for _, w := range rest {
+								f.complete(w, nil, err, true)
+							}
+						}
+						done <- err
+						return
+					}
+				}
+				done <- nil
+			}()
+			select {
+			case err := <-done:
+				return err
+			case <-gctx.Done():
+				dmu.Lock()
+				gone = true
+				dmu.Unlock()
+				f.leave(fl)
+				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, own[0].c.CompressedOffset, context.Cause(gctx))
+			}
 		})
 	}
 	return joined, g.Wait()
@@ -446,17 +524,20 @@ func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, fn func(int, []b
 
 // claim takes ownership of the chunks of run that nobody is fetching and
 // joins the others.
-func (f *Fetcher) claim(run []*want) (own, join []*want) {
+func (f *Fetcher) claim(run []*want, fl *flight) (own, join []*want) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, w := range run {
 		if call := f.inflight[w.key]; call != nil {
 			call.waiters++
+			if call.flight != nil {
+				call.flight.refs++
+			}
 			w.call = call
 			join = append(join, w)
 			continue
 		}
-		w.call = &chunkCall{done: make(chan struct{})}
+		w.call = &chunkCall{done: make(chan struct{}), flight: fl}
 		f.inflight[w.key] = w.call
 		own = append(own, w)
 	}

@@ -153,3 +153,115 @@ func biggest(cs []toc.Chunk) toc.Chunk {
 	}
 	return b
 }
+
+// gated holds blob GETs until its gate opens and records requests whose
+// client went away while held.
+type gated struct {
+	next      http.Handler
+	gate      chan struct{}
+	held      atomic.Int64
+	abandoned atomic.Int64
+}
+
+func (g *gated) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if isBlobGet(r) {
+		g.held.Add(1)
+		select {
+		case <-g.gate:
+		case <-r.Context().Done():
+			g.abandoned.Add(1)
+			return
+		}
+	}
+	g.next.ServeHTTP(w, r)
+}
+
+// TestFetchLivesWhileAnyoneWaits: a fetch goes on after the caller that
+// started it leaves, for a caller that joined it (one request, not two),
+// and is cancelled when every waiter has left.
+func TestFetchLivesWhileAnyoneWaits(t *testing.T) {
+	l := allTypesLayer(t)
+	c := l.res.TOC.Chunks[0]
+	g := &gated{gate: make(chan struct{})}
+	_, host := newRegistry(t, func(h http.Handler) http.Handler { g.next = h; return g })
+	push(t, host, "slow/img:v1", l)
+	f := newFetcher(t)
+	b := f.Blob(repoOf(t, host, "slow/img"), l.digest(), l.res.Size)
+	want := l.want(t)[0]
+
+	start := func(ctx context.Context) chan error {
+		ch := make(chan error, 1)
+		go func() {
+			got, err := fetchAll(ctx, b, []toc0{c})
+			if err == nil && string(got[0]) != string(want) {
+				err = errors.New("wrong bytes")
+			}
+			ch <- err
+		}()
+		return ch
+	}
+	wait := func(what string, ch chan error) error {
+		t.Helper()
+		select {
+		case err := <-ch:
+			return err
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s still waiting after 30 s", what)
+			return nil
+		}
+	}
+	joinedBy := func(n int64) {
+		for f.Stats().ChunksShared < n {
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	// The owner leaves, the joiner stays: the same request serves it.
+	octx, ocancel := context.WithCancel(context.Background())
+	owner := start(octx)
+	for g.held.Load() < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	joiner := start(context.Background())
+	joinedBy(1)
+	ocancel()
+	if err := wait("owner", owner); !errors.Is(err, context.Canceled) {
+		t.Fatalf("owner: err %v, want context.Canceled", err)
+	}
+	close(g.gate)
+	if err := wait("joiner", joiner); err != nil {
+		t.Fatalf("joiner after the owner left: %v", err)
+	}
+	if n := g.held.Load(); n != 1 {
+		t.Errorf("%d blob requests, want 1: the joiner fetched again", n)
+	}
+
+	// Everyone leaves: the request is cancelled.
+	g2 := &gated{gate: make(chan struct{})}
+	_, host2 := newRegistry(t, func(h http.Handler) http.Handler { g2.next = h; return g2 })
+	push(t, host2, "slow/img:v1", l)
+	f2 := newFetcher(t)
+	b = f2.Blob(repoOf(t, host2, "slow/img"), l.digest(), l.res.Size)
+	f = f2
+	octx, ocancel = context.WithCancel(context.Background())
+	jctx, jcancel := context.WithCancel(context.Background())
+	owner = start(octx)
+	for g2.held.Load() < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	joiner = start(jctx)
+	joinedBy(1)
+	ocancel()
+	wait("owner", owner)
+	if g2.abandoned.Load() != 0 {
+		t.Fatal("request cancelled while a joiner still waits")
+	}
+	jcancel()
+	wait("joiner", joiner)
+	for deadline := time.Now().Add(30 * time.Second); g2.abandoned.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("request still open 30 s after every waiter left")
+		}
+	}
+	close(g2.gate)
+}
