@@ -44,10 +44,15 @@ const (
 	// A real layer of 62,000 files has a 4.9 MB TOC (2.8 MB compressed).
 	MaxTOCSize = 128 << 20
 	// MaxTOCExpansion bounds the decompressed size of a TOC to this many
-	// times its compressed size plus 1 MiB: real TOCs, mostly sha256 sums,
-	// compress less than 2:1, while a tiny hostile TOC of zeros expands
-	// thousands of times.
-	MaxTOCExpansion = 64
+	// times its compressed size plus TOCExpansionFloor: real TOCs, mostly
+	// sha256 sums, compress less than 2:1 (5.5:1 for a tree of directories
+	// and symlinks; ~1000:1 for 100,000 empty files with sequential names and
+	// equal metadata, which the floor covers), while a tiny hostile TOC of
+	// zeros expands tens of thousands of times.
+	MaxTOCExpansion = 256
+	// TOCExpansionFloor is the decompressed size any TOC may have whatever
+	// its compressed size.
+	TOCExpansionFloor = 8 << 20
 	// MinEntryBytes is the smallest encoding of a TOC entry: a decoder takes
 	// no more entries than the decompressed TOC has bytes for.
 	MinEntryBytes = 14
@@ -64,6 +69,9 @@ const (
 	// MaxFileSize bounds a tar entry's (logical) size, ext4's limit: a sparse
 	// file may claim any size while storing a few bytes.
 	MaxFileSize = 16 << 40
+	// MaxTOCStrings bounds the TOC's string table (user and group names,
+	// xattr and PAX keys: a real layer has a handful).
+	MaxTOCStrings = 1 << 16
 	// TOCDecodeBudget bounds the decompressed TOC bytes being decoded at
 	// once in a process (each decode reserves its limit); further decodes wait.
 	TOCDecodeBudget = 2 * MaxTOCSize

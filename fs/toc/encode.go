@@ -280,6 +280,10 @@ func Unmarshal(b []byte) (*TOC, error) {
 	t.ChunkSize = d.int63("chunk size")
 	t.TarSize = d.int63("tar size")
 	nstr := d.count("string table", 1)
+	if nstr > MaxTOCStrings {
+		d.fail("string table of %d strings, more than %d", nstr, MaxTOCStrings)
+		return nil, d.err
+	}
 	table := make([]string, nstr)
 	for i := range table {
 		table[i] = d.str("string")

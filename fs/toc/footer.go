@@ -116,7 +116,8 @@ var tocBudget = semaphore.NewWeighted(TOCDecodeBudget)
 
 // DecodeTOC verifies the TOC bytes (the payload of the TOC frame) against
 // want, decompresses and decodes them. The decompressed size is bounded by
-// MaxTOCSize and by MaxTOCExpansion times the payload (plus 1 MiB); the
+// MaxTOCSize and by MaxTOCExpansion times the payload (plus
+// TOCExpansionFloor); the
 // decode waits for its share of TOCDecodeBudget.
 func DecodeTOC(payload []byte, want digest.Digest) (*TOC, error) {
 	return decodeTOC(context.Background(), payload, want)
@@ -132,7 +133,7 @@ func decodeTOC(ctx context.Context, payload []byte, want digest.Digest) (*TOC, e
 
 // tocLimit is the most a TOC payload of n bytes may decompress to.
 func tocLimit(n int) int64 {
-	return min(int64(MaxTOCSize), int64(MaxTOCExpansion)*int64(n)+1<<20)
+	return min(int64(MaxTOCSize), int64(MaxTOCExpansion)*int64(n)+TOCExpansionFloor)
 }
 
 func decodeTOCPayload(ctx context.Context, payload []byte) (*TOC, error) {
@@ -166,8 +167,8 @@ func decompressBounded(payload []byte, limit int64) ([]byte, error) {
 	var h zstd.Header
 	if h.Decode(payload) == nil && h.HasFCS {
 		if h.FrameContentSize > uint64(limit) {
-			return nil, fmt.Errorf("%w: declares %d bytes decompressed, more than %d (limit for a %d-byte toc: %d times it plus 1 MiB, at most %d)",
-				ErrBadTOC, h.FrameContentSize, limit, len(payload), MaxTOCExpansion, MaxTOCSize)
+			return nil, fmt.Errorf("%w: declares %d bytes decompressed, more than %d (limit for a %d-byte toc: %d times it plus %d, at most %d)",
+				ErrBadTOC, h.FrameContentSize, limit, len(payload), MaxTOCExpansion, TOCExpansionFloor, MaxTOCSize)
 		}
 		n = int64(h.FrameContentSize)
 	}
@@ -177,8 +178,8 @@ func decompressBounded(payload []byte, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%w: decompress: %v", ErrBadTOC, err)
 	}
 	if m > limit {
-		return nil, fmt.Errorf("%w: decompresses to more than %d bytes (limit for a %d-byte toc: %d times it plus 1 MiB, at most %d)",
-			ErrBadTOC, limit, len(payload), MaxTOCExpansion, MaxTOCSize)
+		return nil, fmt.Errorf("%w: decompresses to more than %d bytes (limit for a %d-byte toc: %d times it plus %d, at most %d)",
+			ErrBadTOC, limit, len(payload), MaxTOCExpansion, TOCExpansionFloor, MaxTOCSize)
 	}
 	return buf.Bytes(), nil
 }

@@ -228,3 +228,19 @@ func hostileSeeds(t testing.TB) (raw, tails, tars [][]byte) {
 	tars = append(tars, toctest.Tar(t, []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: strings.Repeat("d", 256) + "/", Mode: 0o755, Format: tar.FormatPAX}}}))
 	return raw, tails, tars
 }
+
+// TestTOCStringTableBound: a string table of 1-byte strings (16 bytes of
+// string header each once decoded) is bounded.
+func TestTOCStringTableBound(t *testing.T) {
+	b := []byte("LZFSTOC\x00")
+	b = binary.AppendUvarint(b, toc.Version)
+	b = append(b, 0, 0, 0)
+	b = binary.AppendUvarint(b, toc.MaxTOCStrings+1)
+	for range toc.MaxTOCStrings + 1 {
+		b = append(b, 1, 'x')
+	}
+	b = append(b, 0, 0) // no chunks, no entries
+	if _, err := toc.Unmarshal(b); !errors.Is(err, toc.ErrBadTOC) || !strings.Contains(err.Error(), "string table") {
+		t.Fatalf("err %v, want ErrBadTOC (string table)", err)
+	}
+}
