@@ -225,7 +225,7 @@ func (c *converter) verifyKept(ctx context.Context, l partial.CompressedLayer, d
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	n, err := io.Copy(f, ctxReader{ctx, rc})
+	n, err := io.Copy(f, ctxReader{ctx, io.LimitReader(rc, d.Size+1)})
 	if cerr := rc.Close(); err == nil {
 		err = cerr
 	}
