@@ -113,6 +113,9 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 		NegativeTimeout: &root.opts.NegativeTimeout,
 		Logger:          log.New(logWriter{root.log, level}, "", 0),
 		RootStableAttr:  &gofs.StableAttr{Ino: 1},
+		// Modes come from the image as they are: without this go-fuse shows
+		// a mode of 0000 as 0644 (0755 for directories).
+		NullPermissions: true,
 	}
 	srv, err := gofs.Mount(dir, root.Node(), o)
 	if err != nil {

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"strings"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -103,14 +104,22 @@ func (n *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return []byte(e.Linkname), 0
 }
 
-// Getxattr returns an xattr of the entry, and trusted.overlay.opaque on
-// opaque directories in overlay mode.
+// overlayXattr reports whether an xattr belongs to overlayfs (opaque,
+// redirect, metacopy, origin, ...). A layer's own ones are never served: an
+// image must not steer the overlayfs stacked on a per-layer mount, and the
+// opaque marker is generated from ".wh..wh..opq" whiteouts only.
+func overlayXattr(key string) bool {
+	return strings.HasPrefix(key, "trusted.overlay.") || strings.HasPrefix(key, "user.overlay.")
+}
+
+// Getxattr returns an xattr of the entry (overlayfs ones filtered, see
+// overlayXattr), and trusted.overlay.opaque on opaque directories in overlay mode.
 func (n *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	var val string
 	var ok bool
 	if attr == overlayOpaqueXattr && n.r.t.nodes[n.idx].flags&flagOpaque != 0 {
 		val, ok = "y", true
-	} else if e := n.r.t.entry(n.idx); e != nil && n.r.t.nodes[n.idx].kind == kindEntry {
+	} else if e := n.r.t.entry(n.idx); e != nil && n.r.t.nodes[n.idx].kind == kindEntry && !overlayXattr(attr) {
 		val, ok = e.Xattr(attr)
 	}
 	if !ok {
@@ -133,7 +142,9 @@ func (n *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Err
 	}
 	if e := n.r.t.entry(n.idx); e != nil && n.r.t.nodes[n.idx].kind == kindEntry {
 		for _, kv := range e.Xattrs() {
-			add(kv.Key)
+			if !overlayXattr(kv.Key) {
+				add(kv.Key)
+			}
 		}
 	}
 	if n.r.t.nodes[n.idx].flags&flagOpaque != 0 {

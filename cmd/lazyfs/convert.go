@@ -26,6 +26,7 @@ func newConvertCmd() *cobra.Command {
 		insecure  bool
 		asJSON    bool
 		tempDir   string
+		trust     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "convert [flags] SRC DST",
@@ -45,6 +46,7 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 				convert.WithLevel(zstd.EncoderLevelFromZstd(level)),
 				convert.WithInsecure(insecure),
 				convert.WithTempDir(tempDir),
+				convert.WithTrustChunked(trust),
 			}
 			if jobs > 0 {
 				opts = append(opts, convert.WithJobs(jobs))
@@ -91,10 +93,28 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to any registry")
 	f.BoolVar(&asJSON, "json", false, "print a machine-readable summary")
 	f.StringVar(&tempDir, "temp-dir", "", "where converted layers are staged before the push (default $TMPDIR)")
+	f.BoolVar(&trust, "trust-chunked", false, "keep layers already in the lazyfs format without verifying their TOC against their tar")
 	return cmd
 }
 
 func printConvertSummary(w io.Writer, rep *convert.Report) error {
+	var verified, trusted int
+	for _, ir := range rep.Images {
+		for _, l := range ir.Layers {
+			switch l.KeptTOC {
+			case "verified":
+				verified++
+			case "trusted":
+				trusted++
+			}
+		}
+	}
+	if verified+trusted > 0 {
+		if _, err := fmt.Fprintf(w, "kept %d already-chunked layer(s): %d verified against their tar, %d trusted (--trust-chunked)\n",
+			verified+trusted, verified, trusted); err != nil {
+			return err
+		}
+	}
 	if rep.AlreadyConverted {
 		_, err := fmt.Fprintf(w, "%s is already a lazyfs image: nothing to convert (%s@%s)\n", rep.Source, rep.Destination, rep.Digest)
 		return err

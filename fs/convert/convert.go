@@ -41,6 +41,10 @@ var (
 	ErrUnsupportedMediaType = errors.New("unsupported media type")
 	// ErrDiffIDMismatch means a layer's uncompressed bytes do not match the config's diffID.
 	ErrDiffIDMismatch = errors.New("layer does not match the config's diffID")
+	// ErrKeptLayerMismatch means a layer already in the lazyfs format failed
+	// verification: its TOC does not describe its tar, or its tar does not
+	// match the config's diffID.
+	ErrKeptLayerMismatch = errors.New("already-chunked layer failed verification")
 	// ErrNoMatchingPlatform means --platform matched no image of an index.
 	ErrNoMatchingPlatform = errors.New("no image for the requested platform")
 )
@@ -59,6 +63,7 @@ type options struct {
 	progress  func(Progress)
 	logger    *slog.Logger
 	transport remoteTransport
+	trust     bool
 }
 
 type remoteTransport = []remote.Option
@@ -87,6 +92,12 @@ func WithTempDir(dir string) Option { return func(o *options) { o.tempDir = dir 
 
 // WithProgress sets a function called as layers are read (from several goroutines, serialised).
 func WithProgress(f func(Progress)) Option { return func(o *options) { o.progress = f } }
+
+// WithTrustChunked keeps layers that are already in the lazyfs format
+// without checking their TOC against their tar (default: every kept layer
+// is downloaded and verified with toc.Verify, so that a scanner reading the
+// tar and the lazy mount cannot see different files).
+func WithTrustChunked(b bool) Option { return func(o *options) { o.trust = b } }
 
 // WithLogger sets a logger for debug output (default: silent).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
@@ -139,6 +150,9 @@ type LayerReport struct {
 	Duration         Duration `json:"duration"`
 	// Kept says why a layer was not converted ("already chunked", "not distributable", "not a tar layer").
 	Kept string `json:"kept,omitempty"`
+	// KeptTOC says, for a layer kept as "already chunked", whether its TOC
+	// was "verified" against its tar or "trusted" (WithTrustChunked).
+	KeptTOC string `json:"keptToc,omitempty"`
 }
 
 // ConversionTotals adds up the layers converted in this run.

@@ -143,10 +143,18 @@ func (c *converter) layer(ctx context.Context, img v1.Image, where string, i int
 		}
 		return keep("not a tar layer")
 	case d.MediaType == toc.MediaTypeLayer:
-		if _, ok, err := toc.LocationFromAnnotations(d.Annotations); err != nil {
+		if loc, ok, err := toc.LocationFromAnnotations(d.Annotations); err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		} else if ok {
-			c.report("convert", d.Size)
+			j.report.KeptTOC = "trusted"
+			if !c.o.trust {
+				if err := c.verifyKept(ctx, l, d, loc, diffID); err != nil {
+					return fmt.Errorf("%s: %w", where, err)
+				}
+				j.report.KeptTOC = "verified"
+			} else {
+				c.report("convert", d.Size)
+			}
 			return keep("already chunked")
 		}
 	}
@@ -200,6 +208,54 @@ func (c *converter) layer(ctx context.Context, img v1.Image, where string, i int
 	c.converted++
 	c.mu.Unlock()
 	return nil
+}
+
+// verifyKept downloads an already-chunked layer (its digest checked as it
+// is read) to a temporary file and checks its TOC against its tar, and the
+// tar against the config's diffID.
+func (c *converter) verifyKept(ctx context.Context, l partial.CompressedLayer, d v1.Descriptor, loc toc.Location, diffID v1.Hash) error {
+	rc, err := countingLayer{l, c}.Compressed()
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(c.o.tempDir, "lazyfs-kept-*")
+	if err != nil {
+		rc.Close()
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	n, err := io.Copy(f, ctxReader{ctx, io.LimitReader(rc, d.Size+1)})
+	if cerr := rc.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("download: %w", err)
+	}
+	if n != d.Size {
+		return fmt.Errorf("%w: blob of %d bytes, descriptor says %d", ErrKeptLayerMismatch, n, d.Size)
+	}
+	_, got, err := toc.Verify(ctx, f, n, &loc)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrKeptLayerMismatch, err)
+	}
+	if got.String() != diffID.String() {
+		return fmt.Errorf("%w: %w: uncompressed %s, config says %s", ErrKeptLayerMismatch, ErrDiffIDMismatch, got, diffID)
+	}
+	return nil
+}
+
+// ctxReader stops reading when ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
 }
 
 // countingLayer reports compressed bytes read for progress.

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -165,6 +166,11 @@ func (b *Blob) rangeAttempt(ctx context.Context, ep *endpoint, c *http.Client, o
 	defer cancel(nil)
 	timer := time.AfterFunc(f.opts.stallTimeout, func() { cancel(errStalled) })
 	defer timer.Stop()
+	var moved atomic.Int64
+	if f.opts.minRate > 0 {
+		stop := watchThroughput(&moved, end-off, f.opts.minRate, f.opts.rateWindow, func() { cancel(errTooSlow) })
+		defer stop()
+	}
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, rawURL, nil)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadResponse, err)
@@ -189,7 +195,7 @@ func (b *Blob) rangeAttempt(ctx context.Context, ep *endpoint, c *http.Client, o
 		f.storeRedirect(rk, resp.Request.URL) // only URLs that served the blob
 	}
 	where := redact(resp.Request.URL)
-	br := &body{r: resp.Body, timer: timer, stall: f.opts.stallTimeout, count: &f.st.bytes}
+	br := &body{ctx: rctx, r: resp.Body, timer: timer, stall: f.opts.stallTimeout, count: &f.st.bytes, moved: &moved}
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 		start, last, total, err := parseContentRange(resp.Header.Get("Content-Range"))
@@ -229,6 +235,37 @@ func (b *Blob) rangeAttempt(ctx context.Context, ep *endpoint, c *http.Client, o
 		}
 	}
 	return responseError(resp)
+}
+
+// watchThroughput calls abort when fewer than rate×window bytes (or all
+// that were left to move) arrive during a window; the first window
+// includes the wait for the response headers. stop ends the watch.
+func watchThroughput(moved *atomic.Int64, total, rate int64, window time.Duration, abort func()) (stop func()) {
+	need := max(rate*int64(window)/int64(time.Second), 1)
+	var last int64
+	var t *time.Timer
+	var mu sync.Mutex
+	stopped := false
+	t = time.AfterFunc(window, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		m := moved.Load()
+		if m-last < min(need, total-last) {
+			abort()
+			return
+		}
+		last = m
+		t.Reset(window)
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		t.Stop()
+	}
 }
 
 // parseContentRange parses "bytes first-last/total" (total may be "*": -1).
@@ -271,7 +308,8 @@ type chunkKey struct {
 
 type chunkCall struct {
 	done    chan struct{}
-	waiters int // joined callers; guarded by Fetcher.mu
+	waiters int     // joined callers; guarded by Fetcher.mu
+	flight  *flight // the request fetching it
 	data    []byte
 	err     error
 	// abandoned means the owner stopped (its context ended or its callback
@@ -284,6 +322,31 @@ type want struct {
 	key  chunkKey
 	idx  []int
 	call *chunkCall
+}
+
+// flight is one owner's run of requests, shared by the callers waiting for
+// its chunks: it goes on while any of them waits (the owner, or a caller
+// that joined one of its chunks) and is cancelled when the last one leaves.
+type flight struct {
+	refs   int // guarded by Fetcher.mu
+	cancel context.CancelCauseFunc
+}
+
+// errNobodyWaits cancels a flight whose callers all left.
+var errNobodyWaits = errors.New("every caller waiting for this fetch left")
+
+// leave drops one waiter of fl, cancelling it when it was the last.
+func (f *Fetcher) leave(fl *flight) {
+	if fl == nil {
+		return
+	}
+	f.mu.Lock()
+	fl.refs--
+	last := fl.refs == 0
+	f.mu.Unlock()
+	if last {
+		fl.cancel(errNobodyWaits)
+	}
 }
 
 func (w *want) end() int64 { return w.c.CompressedOffset + int64(w.c.CompressedSize) }
@@ -317,6 +380,19 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 	if len(chunks) == 0 {
 		return nil
 	}
+	ctx, cancel := context.WithTimeoutCause(ctx, b.f.opts.fetchTimeout, errDeadline)
+	defer cancel()
+	var joinedAll []*chunkCall // one per join: each holds a reference on its flight
+	defer func() {
+		// Stop waiting for the fetches this call joined and did not see end.
+		for _, call := range joinedAll {
+			select {
+			case <-call.done:
+			default:
+				b.f.leave(call.flight)
+			}
+		}
+	}()
 	byKey := make(map[chunkKey]*want, len(chunks))
 	pending := make([]*want, 0, len(chunks))
 	for i := range chunks {
@@ -335,6 +411,9 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 	}
 	for len(pending) > 0 {
 		joined, err := b.fetchPlanned(ctx, pending, fn)
+		for _, w := range joined {
+			joinedAll = append(joinedAll, w.call)
+		}
 		if err != nil {
 			return err
 		}
@@ -343,7 +422,7 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 			select {
 			case <-w.call.done:
 			case <-ctx.Done():
-				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, w.c.CompressedOffset, ctx.Err())
+				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, w.c.CompressedOffset, context.Cause(ctx))
 			}
 			if w.call.err != nil {
 				if w.call.abandoned && ctx.Err() == nil {
@@ -376,27 +455,68 @@ func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, fn func(int, []b
 	for _, r := range b.plan(wants) {
 		g.Go(func() error {
 			if err := f.acquire(gctx, bg); err != nil {
-				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, r[0].c.CompressedOffset, err)
+				if c := context.Cause(gctx); c != nil {
+					err = c
+				}
+				return fmt.Errorf("blob %s: chunk at %d: waiting for a request slot: %w", b.digest, r[0].c.CompressedOffset, err)
 			}
-			defer f.release(bg)
-			own, join := f.claim(r)
+			fl := &flight{refs: 1}
+			own, join := f.claim(r, fl)
 			if len(join) > 0 {
 				mu.Lock()
 				joined = append(joined, join...)
 				mu.Unlock()
 			}
-			subs := b.plan(own)
-			for k, sub := range subs {
-				if err := b.fetchRun(gctx, sub, fn); err != nil {
-					for _, rest := range subs[k+1:] {
-						for _, w := range rest {
-							f.complete(w, nil, err, true)
-						}
-					}
-					return err
-				}
+			if len(own) == 0 {
+				f.release(bg)
+				return nil
 			}
-			return nil
+			// The requests run on their own context, under the fetch
+			// deadline, for as long as anyone waits for their chunks:
+			// this caller, or callers that joined them (see flight).
+			rctx, cancel := context.WithCancelCause(context.WithoutCancel(gctx))
+			rctx, cancelT := context.WithTimeoutCause(rctx, f.opts.fetchTimeout, errDeadline)
+			fl.cancel = cancel
+			// fn is this caller's: never called once it has left.
+			var dmu sync.Mutex
+			gone := false
+			deliverFn := func(i int, data []byte) error {
+				dmu.Lock()
+				defer dmu.Unlock()
+				if gone {
+					return nil
+				}
+				return fn(i, data)
+			}
+			done := make(chan error, 1)
+			go func() {
+				defer f.release(bg)
+				defer cancelT()
+				defer cancel(nil)
+				subs := b.plan(own)
+				for k, sub := range subs {
+					if err := b.fetchRun(rctx, sub, deliverFn); err != nil {
+						for _, rest := range subs[k+1:] {
+							for _, w := range rest {
+								f.complete(w, nil, err, true)
+							}
+						}
+						done <- err
+						return
+					}
+				}
+				done <- nil
+			}()
+			select {
+			case err := <-done:
+				return err
+			case <-gctx.Done():
+				dmu.Lock()
+				gone = true
+				dmu.Unlock()
+				f.leave(fl)
+				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, own[0].c.CompressedOffset, context.Cause(gctx))
+			}
 		})
 	}
 	return joined, g.Wait()
@@ -404,17 +524,20 @@ func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, fn func(int, []b
 
 // claim takes ownership of the chunks of run that nobody is fetching and
 // joins the others.
-func (f *Fetcher) claim(run []*want) (own, join []*want) {
+func (f *Fetcher) claim(run []*want, fl *flight) (own, join []*want) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, w := range run {
 		if call := f.inflight[w.key]; call != nil {
 			call.waiters++
+			if call.flight != nil {
+				call.flight.refs++
+			}
 			w.call = call
 			join = append(join, w)
 			continue
 		}
-		w.call = &chunkCall{done: make(chan struct{})}
+		w.call = &chunkCall{done: make(chan struct{}), flight: fl}
 		f.inflight[w.key] = w.call
 		own = append(own, w)
 	}
@@ -425,9 +548,10 @@ func (f *Fetcher) claim(run []*want) (own, join []*want) {
 func (b *Blob) checkChunk(c *toc.Chunk) error {
 	switch {
 	case c.CompressedOffset < 0, c.CompressedSize == 0, c.Size > toc.MaxChunkSize,
+		c.CompressedSize > toc.MaxCompressedSize(c.Size),
 		b.size > 0 && c.CompressedOffset+int64(c.CompressedSize) > b.size:
-		return fmt.Errorf("blob %s: %w: chunk at %d+%d (size %d) in a blob of %d bytes",
-			b.digest, ErrBadChunkRequest, c.CompressedOffset, c.CompressedSize, c.Size, b.size)
+		return fmt.Errorf("blob %s: %w: chunk at %d+%d (size %d, zstd bound %d) in a blob of %d bytes",
+			b.digest, ErrBadChunkRequest, c.CompressedOffset, c.CompressedSize, c.Size, toc.MaxCompressedSize(c.Size), b.size)
 	}
 	return nil
 }
@@ -560,7 +684,10 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, fn func(int, []byte) e
 
 // TOC fetches and verifies the layer's TOC: with one range request when the
 // descriptor annotations locate it, otherwise by reading the blob's tail
-// (footer, and the TOC too when it fits in the tail) first.
+// (footer, and the TOC too when it fits in the tail) first. Concurrent
+// calls for the same blob and location share one fetch and one decode (the
+// returned TOC is shared: read-only); a caller whose ctx ends stops waiting,
+// and the shared fetch stops when the fetcher's deadline passes.
 func (b *Blob) TOC(ctx context.Context, annotations map[string]string) (*toc.TOC, error) {
 	if b.size <= 0 {
 		return nil, fmt.Errorf("blob %s: toc: blob size unknown", b.digest)
@@ -569,6 +696,25 @@ func (b *Blob) TOC(ctx context.Context, annotations map[string]string) (*toc.TOC
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", b.digest, err)
 	}
+	key := fmt.Sprintf("%s|%s|%d|%d|%s", b.repo.Name(), b.digest, b.size, loc.Offset, loc.Digest)
+	ch := b.f.tocFlight.DoChan(key, func() (any, error) {
+		// Shared by every caller waiting: not tied to the first one's ctx.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.f.opts.deadline)
+		defer cancel()
+		return b.readTOC(sctx, loc, ok)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*toc.TOC), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("blob %s: toc: %w", b.digest, ctx.Err())
+	}
+}
+
+func (b *Blob) readTOC(ctx context.Context, loc toc.Location, ok bool) (*toc.TOC, error) {
 	r := &tailReaderAt{ctx: ctx, b: b}
 	var lp *toc.Location
 	if ok {

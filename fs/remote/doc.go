@@ -33,4 +33,8 @@ var (
 	ErrBadChunkRequest = errors.New("invalid chunk request")
 	// ErrBadHostsConfig means a hosts.toml file could not be parsed.
 	ErrBadHostsConfig = errors.New("bad hosts.toml")
+	// ErrFetchDeadline means a FetchChunks call did not complete within the
+	// fetch deadline (WithFetchDeadline); it also matches
+	// context.DeadlineExceeded.
+	ErrFetchDeadline = errors.New("registry fetch deadline exceeded")
 )

@@ -41,6 +41,7 @@ type Fetcher struct {
 	gen             uint64
 
 	authFlight singleflight.Group
+	tocFlight  singleflight.Group // Blob.TOC: one fetch and decode per layer at a time
 	st         counters
 }
 
@@ -197,11 +198,28 @@ func (f *Fetcher) client(ctx context.Context, ep *endpoint, repo name.Repository
 	return v.(*clientEntry), nil
 }
 
+// checkRedirect bounds redirects and, on a redirect to another host, keeps
+// only the headers every request needs: net/http drops Authorization and
+// cookies itself, but would forward the registry's own headers (hosts.toml
+// [header] entries, often tokens) to blob storage.
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= 10 {
 		return fmt.Errorf("%w: stopped after 10 redirects", ErrBadResponse)
 	}
+	if req.URL.Host != via[0].URL.Host {
+		for k := range req.Header {
+			if !redirectSafeHeaders[http.CanonicalHeaderKey(k)] {
+				delete(req.Header, k)
+			}
+		}
+	}
 	return nil
+}
+
+// redirectSafeHeaders are forwarded across hosts on a redirect.
+var redirectSafeHeaders = map[string]bool{
+	"Range": true, "Accept": true, "Accept-Encoding": true, "User-Agent": true,
+	"If-Match": true, "If-None-Match": true, "If-Range": true,
 }
 
 // dropClient forgets the client of generation gen so the next request
@@ -234,7 +252,7 @@ func (f *Fetcher) authTransport(ctx context.Context, ep *endpoint, repo name.Rep
 		}
 		return nil, &statusError{Code: te.StatusCode, URL: ep.base + "/", Msg: "auth handshake", RetryAfter: 0}
 	}
-	err = fmt.Errorf("auth handshake with %s: %w", ep.base, err)
+	err = fmt.Errorf("auth handshake with %s: %w", ep.base, redactErr(err))
 	var rh tls.RecordHeaderError
 	var ua x509.UnknownAuthorityError
 	var he x509.HostnameError
@@ -249,6 +267,8 @@ func (f *Fetcher) authTransport(ctx context.Context, ep *endpoint, repo name.Rep
 
 var (
 	errStalled      = errors.New("no bytes received within the stall timeout")
+	errTooSlow      = errors.New("body slower than the minimum throughput")
+	errDeadline     = fmt.Errorf("%w: %w", ErrFetchDeadline, context.DeadlineExceeded)
 	errRedirectGone = errors.New("cached redirect url refused")
 	errNoHost       = errors.New("no registry host with the needed capability")
 )
@@ -332,10 +352,11 @@ func classify(err error) errClass {
 	return classFatal
 }
 
-// doError classifies an error of http.Client.Do.
+// doError classifies an error of http.Client.Do, with the URL redacted.
 func doError(err error, rctx context.Context) error {
-	if errors.Is(context.Cause(rctx), errStalled) {
-		return transient(fmt.Errorf("%w: %v", errStalled, err))
+	err = redactErr(err)
+	if c := context.Cause(rctx); errors.Is(c, errStalled) || errors.Is(c, errTooSlow) {
+		return transient(fmt.Errorf("%w: %v", c, err))
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {
@@ -382,12 +403,40 @@ func responseError(resp *http.Response) error {
 	return &statusError{Code: resp.StatusCode, URL: redact(resp.Request.URL), Msg: msg, RetryAfter: retryAfter(resp)}
 }
 
-// redact drops the query (signed URLs carry credentials) for error messages.
+// redact drops the query, fragment and user info (signed URLs carry
+// credentials: X-Amz-Signature, sig, token, ...) for error messages and logs.
 func redact(u *url.URL) string {
 	if u == nil {
 		return ""
 	}
-	return u.Scheme + "://" + u.Host + u.Path
+	s := u.Scheme + "://" + u.Host + u.EscapedPath()
+	if u.RawQuery != "" || u.ForceQuery {
+		s += "?REDACTED"
+	}
+	return s
+}
+
+// redactString redacts a URL given as a string (what url.Error holds); a
+// string that does not parse is cut at its first '?'.
+func redactString(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return redact(u)
+	}
+	if i := strings.IndexAny(s, "?#"); i >= 0 {
+		return s[:i] + "?REDACTED"
+	}
+	return s
+}
+
+// redactErr redacts the URL of every *url.Error in err's chain (net/http
+// puts the whole request URL, query included, in its errors).
+func redactErr(err error) error {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if ue, ok := e.(*url.Error); ok {
+			ue.URL = redactString(ue.URL)
+		}
+	}
+	return err
 }
 
 // do runs attempt against the hosts with capability cp, in order: a mirror
@@ -424,7 +473,7 @@ func (f *Fetcher) do(ctx context.Context, repo name.Repository, cp int, progress
 			return nil
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+			return fmt.Errorf("%w (last error: %v)", context.Cause(ctx), err)
 		}
 		class := classify(err)
 		switch class {
@@ -479,7 +528,7 @@ func (f *Fetcher) do(ctx context.Context, repo name.Repository, cp int, progress
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+			return fmt.Errorf("%w (last error: %v)", context.Cause(ctx), err)
 		case <-t.C:
 		}
 	}
@@ -588,13 +637,15 @@ func redirectExpiry(u *url.URL, now time.Time, ttl time.Duration) time.Time {
 }
 
 // body reads a response body of known length, counting bytes, feeding the
-// stall watchdog and marking network faults as transient.
+// stall and throughput watchdogs and marking network faults as transient.
 type body struct {
+	ctx       context.Context // the attempt's: its cause says why it ended
 	r         io.Reader
 	remaining int64
 	timer     *time.Timer
 	stall     time.Duration
 	count     *atomic.Int64
+	moved     *atomic.Int64 // bytes of this attempt, for the throughput watchdog
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -607,8 +658,14 @@ func (b *body) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	b.remaining -= int64(n)
 	b.count.Add(int64(n))
+	b.moved.Add(int64(n))
 	if n > 0 {
 		b.timer.Reset(b.stall)
+	}
+	if err != nil && err != io.EOF && b.ctx != nil {
+		if c := context.Cause(b.ctx); errors.Is(c, errStalled) || errors.Is(c, errTooSlow) {
+			return n, transient(fmt.Errorf("%w: %v", c, err))
+		}
 	}
 	switch {
 	case err == io.EOF && b.remaining > 0:

@@ -25,6 +25,9 @@ type options struct {
 	maxDelay     time.Duration
 	deadline     time.Duration
 	stallTimeout time.Duration
+	minRate      int64
+	rateWindow   time.Duration
+	fetchTimeout time.Duration
 	maxSkip      int64
 	redirectTTL  time.Duration
 	mirrorPause  time.Duration
@@ -41,9 +44,15 @@ const (
 	DefaultBaseDelay      = 100 * time.Millisecond
 	DefaultDeadline       = 60 * time.Second
 	DefaultStallTimeout   = 30 * time.Second
-	DefaultMaxSkip        = 1 << 20
-	DefaultRedirectTTL    = 5 * time.Minute
-	DefaultUserAgent      = "lazyfs"
+	// DefaultMinThroughput and DefaultThroughputWindow: an attempt that moves
+	// less than 4 KiB/s over 10 s is aborted and retried.
+	DefaultMinThroughput    = 4 << 10
+	DefaultThroughputWindow = 10 * time.Second
+	// DefaultFetchDeadline bounds one FetchChunks call.
+	DefaultFetchDeadline = 60 * time.Second
+	DefaultMaxSkip       = 1 << 20
+	DefaultRedirectTTL   = 5 * time.Minute
+	DefaultUserAgent     = "lazyfs"
 )
 
 func defaults() options {
@@ -57,6 +66,9 @@ func defaults() options {
 		maxDelay:     5 * time.Second,
 		deadline:     DefaultDeadline,
 		stallTimeout: DefaultStallTimeout,
+		minRate:      DefaultMinThroughput,
+		rateWindow:   DefaultThroughputWindow,
+		fetchTimeout: DefaultFetchDeadline,
 		maxSkip:      DefaultMaxSkip,
 		redirectTTL:  DefaultRedirectTTL,
 		mirrorPause:  30 * time.Second,
@@ -138,6 +150,33 @@ func WithStallTimeout(d time.Duration) Option {
 	return func(o *options) {
 		if d > 0 {
 			o.stallTimeout = d
+		}
+	}
+}
+
+// WithMinThroughput aborts (and retries) a request whose body moves fewer
+// than bytesPerSec bytes per second over any window of the given length
+// (default 4 KiB/s over 10 s): a registry trickling a byte every few
+// seconds defeats the stall timeout, not this. 0 bytes per second disables it.
+func WithMinThroughput(bytesPerSec int64, window time.Duration) Option {
+	return func(o *options) {
+		if bytesPerSec >= 0 {
+			o.minRate = bytesPerSec
+		}
+		if window > 0 {
+			o.rateWindow = window
+		}
+	}
+}
+
+// WithFetchDeadline bounds each FetchChunks call, retries and waits for
+// request slots included (default 60 s): then it fails with an error
+// wrapping ErrFetchDeadline (an I/O error at the FUSE edge), and its
+// requests are cancelled.
+func WithFetchDeadline(d time.Duration) Option {
+	return func(o *options) {
+		if d > 0 {
+			o.fetchTimeout = d
 		}
 	}
 }

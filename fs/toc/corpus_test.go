@@ -17,11 +17,13 @@ var regen = flag.Bool("regen", false, "rewrite the committed fuzz seed corpora i
 // the format `go test -fuzz` reads; run with -regen to rewrite them.
 func TestFuzzCorpus(t *testing.T) {
 	res, blob := seedTOC(t)
+	raw, tails, tars := hostileSeeds(t)
 	seeds := map[string][][]byte{
-		"FuzzUnmarshal":   {res.TOC.Marshal()},
+		"FuzzUnmarshal":   append([][]byte{res.TOC.Marshal()}, raw...),
 		"FuzzParseFooter": {blob[len(blob)-toc.FooterSize:]},
-		"FuzzReadTOC":     {blob[res.Location.Offset-8:]},
-		"FuzzConvert":     {toctest.Tar(t, toctest.AllTypes(5000))},
+		"FuzzReadTOC":     append([][]byte{blob[res.Location.Offset-8:]}, tails...),
+		"FuzzConvert":     append([][]byte{toctest.Tar(t, toctest.AllTypes(5000))}, tars...),
+		"FuzzVerify":      verifySeeds(t),
 	}
 	for name, list := range seeds {
 		dir := filepath.Join("testdata", "fuzz", name)

@@ -39,8 +39,42 @@ const (
 	// FooterSize is the size in bytes of the footer frame that ends every converted blob.
 	FooterSize = 8 + footerPayloadSize
 
-	// MaxTOCSize bounds the decompressed size of a TOC a reader accepts (untrusted input).
-	MaxTOCSize = 1 << 30
+	// MaxTOCSize bounds the decompressed size of a TOC a reader accepts
+	// (untrusted input), and the compressed size (Location.Length) too.
+	// A real layer of 62,000 files has a 4.9 MB TOC (2.8 MB compressed).
+	MaxTOCSize = 128 << 20
+	// MaxTOCExpansion bounds the decompressed size of a TOC to this many
+	// times its compressed size plus TOCExpansionFloor: real TOCs, mostly
+	// sha256 sums, compress less than 2:1 (5.5:1 for a tree of directories
+	// and symlinks; ~1000:1 for 100,000 empty files with sequential names and
+	// equal metadata, which the floor covers), while a tiny hostile TOC of
+	// zeros expands tens of thousands of times.
+	MaxTOCExpansion = 256
+	// TOCExpansionFloor is the decompressed size any TOC may have whatever
+	// its compressed size.
+	TOCExpansionFloor = 8 << 20
+	// MinEntryBytes is the smallest encoding of a TOC entry: a decoder takes
+	// no more entries than the decompressed TOC has bytes for.
+	MinEntryBytes = 14
+	// MaxNameLength and MaxComponentLength bound a path (Entry.Name, a
+	// hardlink's or symlink's target) and each of its components, as Linux
+	// does (PATH_MAX, NAME_MAX).
+	MaxNameLength      = 4096
+	MaxComponentLength = 255
+	// MaxNameExpansion bounds the total bytes of all entry names to this
+	// many times the decompressed TOC's size plus 1 MiB: names are
+	// prefix-compressed in the encoding but whole in memory (real layers:
+	// about 1 byte of names per byte of TOC).
+	MaxNameExpansion = 16
+	// MaxFileSize bounds a tar entry's (logical) size, ext4's limit: a sparse
+	// file may claim any size while storing a few bytes.
+	MaxFileSize = 16 << 40
+	// MaxTOCStrings bounds the TOC's string table (user and group names,
+	// xattr and PAX keys: a real layer has a handful).
+	MaxTOCStrings = 1 << 16
+	// TOCDecodeBudget bounds the decompressed TOC bytes being decoded at
+	// once in a process (each decode reserves its limit); further decodes wait.
+	TOCDecodeBudget = 2 * MaxTOCSize
 )
 
 // Annotations carried by a converted layer's descriptor.
@@ -86,4 +120,11 @@ var (
 	ErrBadTar = errors.New("bad tar stream")
 	// ErrBadChunk means a chunk's frame does not decode to the chunk's bytes.
 	ErrBadChunk = errors.New("bad chunk")
+	// ErrTOCMismatch means a converted blob's TOC does not describe the tar
+	// the blob decompresses to (see Verify).
+	ErrTOCMismatch = errors.New("toc does not match the layer's tar")
+	// ErrTooLarge means a tar entry or the layer is beyond a limit of the
+	// format (docs/format.md, "Limits"): a path or component too long, a
+	// sparse file too large, a TOC too large.
+	ErrTooLarge = errors.New("beyond the limits of the lazyfs format")
 )

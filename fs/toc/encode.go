@@ -6,6 +6,7 @@ import (
 	"math"
 	"path"
 	"strings"
+	"unsafe"
 )
 
 // tocMagic opens every encoded TOC; the version follows as a uvarint.
@@ -260,7 +261,11 @@ func (d *decoder) count(what string, minBytes int) int {
 
 // Unmarshal decodes an uncompressed binary TOC and checks its consistency:
 // chunk ranges in order and non-overlapping, every entry's chunks inside the
-// table and covering exactly its size, names safe.
+// table and covering exactly its size, names safe. It enforces the bounds
+// that keep a small hostile TOC from costing much memory (see
+// docs/format.md, "Limits"): MinEntryBytes per entry, MaxNameLength and
+// MaxComponentLength, MaxNameExpansion for all names together, the zstd
+// bound on every chunk's compressed size.
 func Unmarshal(b []byte) (*TOC, error) {
 	d := &decoder{b: b}
 	if len(b) < len(tocMagic) || string(b[:len(tocMagic)]) != tocMagic {
@@ -275,6 +280,10 @@ func Unmarshal(b []byte) (*TOC, error) {
 	t.ChunkSize = d.int63("chunk size")
 	t.TarSize = d.int63("tar size")
 	nstr := d.count("string table", 1)
+	if nstr > MaxTOCStrings {
+		d.fail("string table of %d strings, more than %d", nstr, MaxTOCStrings)
+		return nil, d.err
+	}
 	table := make([]string, nstr)
 	for i := range table {
 		table[i] = d.str("string")
@@ -307,6 +316,10 @@ func Unmarshal(b []byte) (*TOC, error) {
 		if c.Size == 0 || c.CompressedSize == 0 {
 			d.fail("chunk %d: empty", i)
 		}
+		if c.Size > MaxChunkSize || c.CompressedSize > MaxCompressedSize(c.Size) {
+			d.fail("chunk %d: %d bytes compressed to %d: beyond the zstd bound %d (chunks are at most %d bytes)",
+				i, c.Size, c.CompressedSize, MaxCompressedSize(c.Size), MaxChunkSize)
+		}
 		c.Offset = endU + gapU
 		c.CompressedOffset = endC + gapC
 		if c.Offset < endU || c.CompressedOffset < endC || c.Offset > math.MaxInt64-int64(c.Size) ||
@@ -323,7 +336,11 @@ func Unmarshal(b []byte) (*TOC, error) {
 		d.fail("chunks end at %d, beyond the tar size %d", endU, t.TarSize)
 	}
 
-	nent := d.count("entry", 12)
+	nent := d.count("entry", MinEntryBytes)
+	// Names are whole in memory but prefix-compressed in the encoding:
+	// bound their total by the size of the encoding.
+	nameBudget := min(uint64(MaxNameExpansion)*uint64(len(b))+1<<20, math.MaxUint32)
+	var nameBytes uint64
 	t.Entries = make([]Entry, nent)
 	// Names are assembled in one arena and turned into a single string at the
 	// end: one allocation for all names instead of one per entry.
@@ -345,10 +362,25 @@ func Unmarshal(b []byte) (*TOC, error) {
 			d.fail("entry %d: name prefix %d longer than the previous name", i, p)
 			return nil, d.err
 		}
+		if p+uint64(len(suffix)) > MaxNameLength {
+			d.fail("entry %d: name of %d bytes, longer than %d", i, p+uint64(len(suffix)), MaxNameLength)
+			return nil, d.err
+		}
+		if nameBytes += p + uint64(len(suffix)); nameBytes > nameBudget {
+			d.fail("entry %d: names add up to more than %d bytes (%d times the toc plus 1 MiB)", i, nameBudget, MaxNameExpansion)
+			return nil, d.err
+		}
 		start := len(arena)
 		if start+int(p)+len(suffix) > math.MaxUint32 {
 			d.fail("entry %d: names too long", i)
 			return nil, d.err
+		}
+		if need := start + int(p) + len(suffix); need > cap(arena) {
+			// Grow by doubling (append grows large slices by 1.25x, which
+			// allocates ~5x the final size in total).
+			na := make([]byte, start, min(max(2*cap(arena), need, 4096), int(nameBudget)))
+			copy(na, arena)
+			arena = na
 		}
 		arena = append(arena, arena[prevStart:prevStart+int(p)]...)
 		arena = append(arena, suffix...)
@@ -379,7 +411,9 @@ func Unmarshal(b []byte) (*TOC, error) {
 			e.Flags |= FlagSparse
 		}
 		if f&encFlagLink != 0 {
-			e.Linkname = d.str("linkname")
+			if e.Linkname = d.str("linkname"); len(e.Linkname) > MaxNameLength {
+				d.fail("entry %d: link target of %d bytes, longer than %d", i, len(e.Linkname), MaxNameLength)
+			}
 		}
 		if f&encFlagDev != 0 {
 			e.Devmajor = d.u32("devmajor")
@@ -401,7 +435,8 @@ func Unmarshal(b []byte) (*TOC, error) {
 	if d.err != nil {
 		return nil, d.err
 	}
-	names := string(arena)
+	// The arena is never written again: share it instead of copying.
+	names := unsafe.String(unsafe.SliceData(arena), len(arena))
 	for i := range t.Entries {
 		start, n := int(spans[i]>>32), int(spans[i]&math.MaxUint32)
 		t.Entries[i].Name = names[start : start+n]
@@ -411,7 +446,8 @@ func Unmarshal(b []byte) (*TOC, error) {
 			from = strings.LastIndexByte(t.Entries[i].Name[:shared[i]], '/') + 1
 		}
 		if !isCleanName(t.Entries[i].Name, from) {
-			return nil, fmt.Errorf("%w: entry %d (%q): name is not clean or escapes the root", ErrBadTOC, i, t.Entries[i].Name)
+			return nil, fmt.Errorf("%w: entry %d (%.300q): name is not clean, escapes the root or has a component longer than %d bytes",
+				ErrBadTOC, i, t.Entries[i].Name, MaxComponentLength)
 		}
 		if err := t.checkEntry(i, &t.Entries[i], &next); err != nil {
 			return nil, err
@@ -427,7 +463,8 @@ func Unmarshal(b []byte) (*TOC, error) {
 }
 
 // isCleanName reports whether name is what CleanName returns for some path:
-// relative, no empty, "." or ".." components, no trailing slash. It does
+// relative, no empty, "." or ".." components, none longer than
+// MaxComponentLength, no trailing slash. It does
 // not allocate (path.Clean dominated TOC decoding). Components before byte
 // from (a component boundary) are taken as checked.
 func isCleanName(name string, from int) bool {
@@ -439,6 +476,9 @@ func isCleanName(name string, from int) bool {
 		if i == len(name) || name[i] == '/' {
 			switch name[start:i] {
 			case "", ".", "..":
+				return false
+			}
+			if i-start > MaxComponentLength {
 				return false
 			}
 			start = i + 1
@@ -465,6 +505,9 @@ func (d *decoder) kvs(lookup func(string) string, what string) []KV {
 func (t *TOC) checkEntry(i int, e *Entry, next *uint32) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: entry %d (%q): %s", ErrBadTOC, i, e.Name, fmt.Sprintf(format, args...))
+	}
+	if e.Size > MaxFileSize {
+		return bad("size %d larger than %d", e.Size, int64(MaxFileSize))
 	}
 	if e.Type == 0x31 /* hardlink */ {
 		if !isCleanName(e.Linkname, 0) {

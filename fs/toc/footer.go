@@ -12,6 +12,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/semaphore"
 )
 
 const (
@@ -110,28 +111,77 @@ func LocationFromAnnotations(a map[string]string) (loc Location, ok bool, err er
 	return loc, true, nil
 }
 
-// decoderPool shares zstd decoders: DecodeAll is safe for concurrent use.
-var tocDecoder, _ = zstd.NewReader(nil,
-	zstd.WithDecoderConcurrency(0),
-	zstd.WithDecoderMaxMemory(MaxTOCSize),
-	zstd.WithDecoderMaxWindow(64<<20))
+// tocBudget holds the decompressed TOC bytes being decoded at once.
+var tocBudget = semaphore.NewWeighted(TOCDecodeBudget)
 
 // DecodeTOC verifies the TOC bytes (the payload of the TOC frame) against
-// want, decompresses and decodes them.
+// want, decompresses and decodes them. The decompressed size is bounded by
+// MaxTOCSize and by MaxTOCExpansion times the payload (plus
+// TOCExpansionFloor); the
+// decode waits for its share of TOCDecodeBudget.
 func DecodeTOC(payload []byte, want digest.Digest) (*TOC, error) {
+	return decodeTOC(context.Background(), payload, want)
+}
+
+func decodeTOC(ctx context.Context, payload []byte, want digest.Digest) (*TOC, error) {
 	sum := sha256.Sum256(payload)
 	if got := digest.NewDigestFromBytes(digest.SHA256, sum[:]); got != want {
 		return nil, fmt.Errorf("toc: %w: got %s, want %s", ErrDigestMismatch, got, want)
 	}
-	return decodeTOCPayload(payload)
+	return decodeTOCPayload(ctx, payload)
 }
 
-func decodeTOCPayload(payload []byte) (*TOC, error) {
-	raw, err := tocDecoder.DecodeAll(payload, nil)
+// tocLimit is the most a TOC payload of n bytes may decompress to.
+func tocLimit(n int) int64 {
+	return min(int64(MaxTOCSize), int64(MaxTOCExpansion)*int64(n)+TOCExpansionFloor)
+}
+
+func decodeTOCPayload(ctx context.Context, payload []byte) (*TOC, error) {
+	limit := tocLimit(len(payload))
+	if err := tocBudget.Acquire(ctx, limit); err != nil {
+		return nil, fmt.Errorf("toc: waiting for decode memory: %w", err)
+	}
+	defer tocBudget.Release(limit)
+	raw, err := decompressBounded(payload, limit)
+	if err != nil {
+		return nil, err
+	}
+	return Unmarshal(raw)
+}
+
+// decompressBounded decompresses payload, failing as soon as the output
+// would pass limit bytes. A decoder per call: TOCs are decoded once per
+// layer, and the limit is per payload.
+func decompressBounded(payload []byte, limit int64) ([]byte, error) {
+	dec, err := zstd.NewReader(bytes.NewReader(payload),
+		zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxMemory(uint64(limit)),
+		zstd.WithDecoderMaxWindow(uint64(limit)))
 	if err != nil {
 		return nil, fmt.Errorf("%w: decompress: %v", ErrBadTOC, err)
 	}
-	return Unmarshal(raw)
+	defer dec.Close()
+	// Start from the frame's declared size when it has one (still bounded).
+	n := int64(64 << 10)
+	var h zstd.Header
+	if h.Decode(payload) == nil && h.HasFCS {
+		if h.FrameContentSize > uint64(limit) {
+			return nil, fmt.Errorf("%w: declares %d bytes decompressed, more than %d (limit for a %d-byte toc: %d times it plus %d, at most %d)",
+				ErrBadTOC, h.FrameContentSize, limit, len(payload), MaxTOCExpansion, TOCExpansionFloor, MaxTOCSize)
+		}
+		n = int64(h.FrameContentSize)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, n+1))
+	m, err := buf.ReadFrom(io.LimitReader(dec, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: decompress: %v", ErrBadTOC, err)
+	}
+	if m > limit {
+		return nil, fmt.Errorf("%w: decompresses to more than %d bytes (limit for a %d-byte toc: %d times it plus %d, at most %d)",
+			ErrBadTOC, limit, len(payload), MaxTOCExpansion, TOCExpansionFloor, MaxTOCSize)
+	}
+	return buf.Bytes(), nil
 }
 
 // ReadTOC reads and verifies the TOC of a converted blob of the given size.
@@ -161,7 +211,7 @@ func ReadTOC(ctx context.Context, r io.ReaderAt, size int64, loc *Location) (*TO
 	if _, err := r.ReadAt(payload, loc.Offset); err != nil {
 		return nil, *loc, fmt.Errorf("read toc at %d: %w", loc.Offset, err)
 	}
-	t, err := DecodeTOC(payload, loc.Digest)
+	t, err := decodeTOC(ctx, payload, loc.Digest)
 	if err != nil {
 		return nil, *loc, err
 	}
@@ -180,9 +230,15 @@ var chunkDecoder, _ = zstd.NewReader(nil,
 	zstd.WithDecoderMaxWindow(MaxChunkSize))
 
 // DecodeChunk decompresses frame (the chunk's compressed bytes), appending to
-// dst, and verifies size and sha256 against c. On a mismatch it returns an
+// dst, and verifies size and sha256 against c. A chunk larger than
+// MaxChunkSize or claiming more than MaxCompressedSize is refused before
+// anything is allocated. On a mismatch it returns an
 // error wrapping ErrDigestMismatch or ErrBadChunk and never the bytes.
 func DecodeChunk(c *Chunk, frame, dst []byte) ([]byte, error) {
+	if c.Size > MaxChunkSize || c.CompressedSize > MaxCompressedSize(c.Size) {
+		return nil, fmt.Errorf("chunk at %d: %w: %d bytes compressed to %d, beyond the zstd bound %d",
+			c.CompressedOffset, ErrBadChunk, c.Size, c.CompressedSize, MaxCompressedSize(c.Size))
+	}
 	if len(frame) != int(c.CompressedSize) {
 		return nil, fmt.Errorf("chunk at %d: %w: frame is %d bytes, want %d", c.CompressedOffset, ErrBadChunk, len(frame), c.CompressedSize)
 	}

@@ -25,6 +25,10 @@ func FuzzUnmarshal(f *testing.F) {
 	f.Add(good)
 	f.Add(good[:len(good)/2])
 	f.Add([]byte("LZFSTOC\x00\x01"))
+	raw, _, _ := hostileSeeds(f)
+	for _, b := range raw {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		tc, err := toc.Unmarshal(b)
 		if err != nil {
@@ -74,9 +78,34 @@ func FuzzReadTOC(f *testing.F) {
 	f.Add(blob)
 	enc, _ := zstd.NewWriter(nil)
 	f.Add(enc.EncodeAll([]byte("hello"), nil))
+	_, tails, _ := hostileSeeds(f)
+	for _, b := range tails {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _, _ = toc.ReadTOC(context.Background(), bytes.NewReader(b), int64(len(b)), nil)
 	})
+}
+
+// FuzzVerify: any blob either verifies (its TOC describes the tar it
+// decompresses to) or fails with an error; never a panic.
+func FuzzVerify(f *testing.F) {
+	for _, b := range verifySeeds(f) {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tc, _, err := toc.Verify(context.Background(), bytes.NewReader(b), int64(len(b)), nil)
+		if err == nil && tc == nil {
+			t.Fatal("nil toc without an error")
+		}
+	})
+}
+
+// verifySeeds: an honest blob and one whose TOC lies.
+func verifySeeds(t testing.TB) [][]byte {
+	blob, res := toctest.Convert(t, toctest.Tar(t, toctest.AllTypes(9000)), toc.WithChunkSize(toc.MinChunkSize))
+	lying, _ := toctest.Relabel(t, blob, res, func(tc *toc.TOC) { tc.Entries[1].Mode |= 0o4000 })
+	return [][]byte{blob, lying}
 }
 
 // FuzzConvert: arbitrary tar bytes convert or fail cleanly; a successful
@@ -84,6 +113,10 @@ func FuzzReadTOC(f *testing.F) {
 func FuzzConvert(f *testing.F) {
 	f.Add(toctest.Tar(f, toctest.AllTypes(9000)))
 	f.Add([]byte{})
+	_, _, tars := hostileSeeds(f)
+	for _, b := range tars {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var out bytes.Buffer
 		res, err := toc.Convert(context.Background(), bytes.NewReader(b), &out, toc.WithChunkSize(toc.MinChunkSize))

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"time"
@@ -34,6 +35,19 @@ type Chunk struct {
 	CompressedSize uint32
 	// Sum is the sha256 of the chunk's uncompressed bytes: its content address.
 	Sum [32]byte
+}
+
+// MaxCompressedSize returns the largest frame a chunk of size uncompressed
+// bytes may have: zstd's worst-case bound (ZSTD_COMPRESSBOUND: size +
+// size/256, plus a margin for small inputs) and 64 bytes of frame overhead
+// (frame header, block headers, checksum). A TOC claiming more is refused,
+// so that a claimed compressed size never drives an allocation.
+func MaxCompressedSize(size uint32) uint32 {
+	n := uint64(size) + uint64(size)>>8 + 64
+	if size < 128<<10 {
+		n += uint64(128<<10-size) >> 11
+	}
+	return uint32(min(n, math.MaxUint32))
 }
 
 // Digest returns the chunk's content address.

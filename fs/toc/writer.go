@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math"
 	"runtime"
 	"sort"
 	"strconv"
@@ -27,6 +28,7 @@ type options struct {
 	chunkSize   int
 	level       zstd.EncoderLevel
 	concurrency int
+	indexOnly   bool // build the TOC (with sums) but compress and write nothing (Verify)
 }
 
 // WithChunkSize sets the size files are cut into (default DefaultChunkSize).
@@ -139,9 +141,24 @@ func Convert(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) 
 		ch := &c.toc.Chunks[i]
 		ch.CompressedOffset, ch.CompressedSize, ch.Sum = p.off, p.size, p.sum
 	}
+	if o.indexOnly { // sums only: compressed positions mean nothing
+		return &Result{TOC: c.toc, DiffID: digest.NewDigest(digest.SHA256, c.tarHash)}, nil
+	}
 
-	// TOC frame and footer.
-	payload := enc.EncodeAll(c.toc.Marshal(), nil)
+	// TOC frame and footer. A TOC readers would refuse (beyond the limits
+	// of docs/format.md) fails the conversion instead of making an
+	// unmountable layer.
+	raw := c.toc.Marshal()
+	if len(raw) > MaxTOCSize {
+		return nil, fmt.Errorf("%w: toc of %d bytes (%d entries, %d chunks) is larger than %d", ErrTooLarge, len(raw), len(c.toc.Entries), len(c.toc.Chunks), MaxTOCSize)
+	}
+	if _, err := Unmarshal(raw); err != nil {
+		return nil, fmt.Errorf("%w: readers would refuse the toc: %v", ErrTooLarge, err)
+	}
+	payload := enc.EncodeAll(raw, nil)
+	if int64(len(raw)) > tocLimit(len(payload)) || len(payload) > MaxTOCSize {
+		return nil, fmt.Errorf("%w: compressed toc of %d bytes", ErrTooLarge, len(payload))
+	}
 	tsum := sha256.Sum256(payload)
 	loc := Location{Offset: bw.n + 8, Length: int64(len(payload)), Digest: digest.NewDigestFromBytes(digest.SHA256, tsum[:])}
 	var hdr []byte
@@ -200,7 +217,9 @@ func (c *converter) compress() {
 			if f.chunk >= 0 {
 				f.sum = sha256.Sum256(f.data)
 			}
-			f.out = c.enc.EncodeAll(f.data, make([]byte, 0, len(f.data)/2+64))
+			if !c.o.indexOnly {
+				f.out = c.enc.EncodeAll(f.data, make([]byte, 0, len(f.data)/2+64))
+			}
 		}
 		close(f.done)
 	}
@@ -250,22 +269,37 @@ func (c *converter) emit(data []byte, chunk int, buf *[]byte) error {
 }
 
 // rawReader counts, hashes and optionally records the raw tar bytes that
-// archive/tar consumes, so headers and padding can be written verbatim.
+// archive/tar consumes, so headers and padding can be written verbatim. It
+// stops at once when ctx ends, even inside an entry, and hands recorded
+// data of an entry (up to dataEnd) to flush as it grows, so that a large
+// entry that is not cut into chunks (sparse, or data on a non-file) is not
+// held in memory.
 type rawReader struct {
-	r      io.Reader
-	n      int64
-	h      hash.Hash
-	record bool
-	buf    []byte
+	ctx     context.Context
+	r       io.Reader
+	n       int64
+	h       hash.Hash
+	record  bool
+	buf     []byte
+	dataEnd int64 // end of the current entry's data: bytes before it may be flushed mid-read
+	flush   func() error
 }
 
 func (r *rawReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
 	n, err := r.r.Read(p)
 	if n > 0 {
 		r.n += int64(n)
 		r.h.Write(p[:n])
 		if r.record {
 			r.buf = append(r.buf, p[:n]...)
+			if len(r.buf) >= metaFlush && r.n <= r.dataEnd && r.flush != nil {
+				if ferr := r.flush(); ferr != nil {
+					return n, ferr
+				}
+			}
 		}
 	}
 	return n, err
@@ -283,7 +317,8 @@ func (c *converter) flushMeta(raw *rawReader) error {
 }
 
 func (c *converter) produce(src io.Reader) error {
-	raw := &rawReader{r: bufio.NewReaderSize(src, 1<<20), h: sha256.New(), record: true, buf: make([]byte, 0, 64<<10)}
+	raw := &rawReader{ctx: c.ctx, r: bufio.NewReaderSize(src, 1<<20), h: sha256.New(), record: true, buf: make([]byte, 0, 64<<10)}
+	raw.flush = func() error { return c.flushMeta(raw) }
 	c.tarHash = raw.h
 	tr := tar.NewReader(raw)
 	var dataEnd int64
@@ -297,6 +332,9 @@ func (c *converter) produce(src io.Reader) error {
 			break
 		}
 		if err != nil {
+			if cerr := c.ctx.Err(); cerr != nil {
+				return fmt.Errorf("entry at offset %d: %w", hdrOff, cerr)
+			}
 			return fmt.Errorf("%w: entry header at offset %d: %v", ErrBadTar, hdrOff, err)
 		}
 		if hdr.Typeflag == tar.TypeXGlobalHeader {
@@ -310,6 +348,20 @@ func (c *converter) produce(src io.Reader) error {
 		if err != nil {
 			return err
 		}
+		if e.Flags&FlagSparse != 0 {
+			// The expanded view of a sparse file may be petabytes of
+			// holes: never read it. Its stored bytes are skipped (and
+			// recorded) by the next tr.Next; where they end comes from the
+			// entry's own header block.
+			end, err := sparseDataEnd(raw, hdrOff, hdr.Typeflag)
+			if err != nil {
+				return fmt.Errorf("%w: sparse file %q at offset %d: %v", ErrBadTar, hdr.Name, hdrOff, err)
+			}
+			raw.dataEnd, dataEnd = end, end
+			c.toc.Entries = append(c.toc.Entries, e)
+			continue
+		}
+		raw.dataEnd = raw.n + hdr.Size
 		if e.IsRegular() && e.Flags&FlagSparse == 0 && hdr.Size > 0 {
 			if err := c.flushMeta(raw); err != nil {
 				return err
@@ -325,6 +377,9 @@ func (c *converter) produce(src io.Reader) error {
 				bp := c.pool.Get().(*[]byte)
 				buf := (*bp)[:n]
 				if _, err := io.ReadFull(tr, buf); err != nil {
+					if cerr := c.ctx.Err(); cerr != nil {
+						return fmt.Errorf("%q: contents at offset %d: %w", hdr.Name, off, cerr)
+					}
 					return fmt.Errorf("%w: %q: contents at offset %d: %v", ErrBadTar, hdr.Name, off, unexpected(err))
 				}
 				c.toc.Chunks = append(c.toc.Chunks, Chunk{Offset: off, Size: uint32(n)})
@@ -336,6 +391,9 @@ func (c *converter) produce(src io.Reader) error {
 			}
 			raw.record = true
 		} else if _, err := io.Copy(io.Discard, tr); err != nil {
+			if cerr := c.ctx.Err(); cerr != nil {
+				return fmt.Errorf("%q: contents at offset %d: %w", hdr.Name, raw.n, cerr)
+			}
 			return fmt.Errorf("%w: %q: contents at offset %d: %v", ErrBadTar, hdr.Name, raw.n, unexpected(err))
 		}
 		dataEnd = raw.n
@@ -347,7 +405,11 @@ func (c *converter) produce(src io.Reader) error {
 		}
 	}
 	// The end-of-archive blocks and any padding after them belong to the tar too.
+	raw.dataEnd = math.MaxInt64
 	if _, err := io.Copy(io.Discard, raw); err != nil {
+		if cerr := c.ctx.Err(); cerr != nil {
+			return fmt.Errorf("after the end of the archive at offset %d: %w", raw.n, cerr)
+		}
 		return fmt.Errorf("%w: after the end of the archive at offset %d: %v", ErrBadTar, raw.n, err)
 	}
 	if err := c.flushMeta(raw); err != nil {
@@ -355,6 +417,70 @@ func (c *converter) produce(src io.Reader) error {
 	}
 	c.toc.TarSize = raw.n
 	return nil
+}
+
+// sparseDataEnd returns where the stored bytes of the sparse entry whose
+// headers start at hdrOff end in the tar, reading the entry's header block
+// (after any PAX or GNU long-name headers) from the recorded raw bytes:
+// its size field is the stored size, counted from the end of the header
+// block (PAX sparse 0.x and 1.0, whose sparse map is part of the data) or
+// from the end of the extension blocks, which tr.Next has just read (old
+// GNU sparse, typeflag 'S').
+func sparseDataEnd(raw *rawReader, hdrOff int64, typ byte) (int64, error) {
+	bufStart := raw.n - int64(len(raw.buf))
+	if hdrOff < bufStart {
+		return 0, fmt.Errorf("headers not buffered")
+	}
+	pos := hdrOff - bufStart
+	for {
+		if pos < 0 || pos+512 > int64(len(raw.buf)) {
+			return 0, fmt.Errorf("header block beyond the bytes read")
+		}
+		blk := raw.buf[pos : pos+512]
+		size, err := tarNumber(blk[124:136])
+		if err != nil {
+			return 0, fmt.Errorf("size field: %v", err)
+		}
+		switch blk[156] {
+		case tar.TypeXHeader, tar.TypeGNULongName, tar.TypeGNULongLink:
+			if size > int64(len(raw.buf)) {
+				return 0, fmt.Errorf("extended header of %d bytes beyond the bytes read", size)
+			}
+			pos += 512 + (size+511)&^511
+			continue
+		}
+		start := bufStart + pos + 512
+		if typ == tar.TypeGNUSparse {
+			start = raw.n
+		}
+		if start > raw.n || size > math.MaxInt64-start || start+size < raw.n {
+			return 0, fmt.Errorf("stored size %d at offset %d inconsistent with the %d bytes read", size, start, raw.n)
+		}
+		return start + size, nil
+	}
+}
+
+// tarNumber parses a tar header numeric field: octal, or base-256 when the
+// high bit of the first byte is set (positive values only).
+func tarNumber(b []byte) (int64, error) {
+	if len(b) > 0 && b[0]&0x80 != 0 {
+		if b[0] != 0x80 {
+			return 0, fmt.Errorf("negative or oversized base-256 number")
+		}
+		var v uint64
+		for _, c := range b[1:] {
+			if v > math.MaxInt64>>8 {
+				return 0, fmt.Errorf("base-256 number out of range")
+			}
+			v = v<<8 | uint64(c)
+		}
+		return int64(v), nil
+	}
+	s := strings.Trim(string(b), " \x00")
+	if s == "" {
+		return 0, nil
+	}
+	return strconv.ParseInt(s, 8, 64)
 }
 
 func unexpected(err error) error {
@@ -384,9 +510,16 @@ func entryFromHeader(h *tar.Header, off int64) (Entry, error) {
 		HeaderOffset: off,
 		Linkname:     h.Linkname,
 	}
+	if h.Size > MaxFileSize {
+		return Entry{}, fmt.Errorf("%w: %.300q at offset %d: size %d larger than %d", ErrTooLarge, h.Name, off, h.Size, int64(MaxFileSize))
+	}
 	if e.Mode < 0 || e.UID < 0 || e.GID < 0 || e.Size < 0 || h.Devmajor < 0 || h.Devminor < 0 ||
 		h.Devmajor > 1<<32-1 || h.Devminor > 1<<32-1 {
 		return Entry{}, fmt.Errorf("%w: %q at offset %d: negative or oversized numeric field", ErrBadTar, h.Name, off)
+	}
+	if len(name) > MaxNameLength || !isCleanName(name, 0) || len(h.Linkname) > MaxNameLength {
+		return Entry{}, fmt.Errorf("%w: %.300q at offset %d: path longer than %d bytes or a component longer than %d",
+			ErrTooLarge, h.Name, off, MaxNameLength, MaxComponentLength)
 	}
 	if h.Typeflag == tar.TypeLink {
 		if e.Linkname, err = CleanName(h.Linkname); err != nil {

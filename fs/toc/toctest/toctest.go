@@ -6,11 +6,15 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"io"
 	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
@@ -148,3 +152,28 @@ type Discard struct{ N int64 }
 func (d *Discard) Write(p []byte) (int, error) { d.N += int64(len(p)); return len(p), nil }
 
 var _ io.Writer = (*Discard)(nil)
+
+// Relabel returns blob (a converted layer) with its TOC replaced by the one
+// mutate makes of a copy of res.TOC, and the new TOC location: a layer
+// whose chunks are intact but whose TOC may lie about the tar.
+func Relabel(t testing.TB, blob []byte, res *toc.Result, mutate func(*toc.TOC)) ([]byte, toc.Location) {
+	t.Helper()
+	tc := *res.TOC
+	tc.Entries = append([]toc.Entry(nil), res.TOC.Entries...)
+	tc.Chunks = append([]toc.Chunk(nil), res.TOC.Chunks...)
+	mutate(&tc)
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := enc.EncodeAll(tc.Marshal(), nil)
+	enc.Close()
+	start := res.Location.Offset - 8 // the TOC frame's header
+	out := append([]byte(nil), blob[:start]...)
+	out = binary.LittleEndian.AppendUint32(out, toc.TOCFrameMagic)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(payload)))
+	loc := toc.Location{Offset: int64(len(out)), Length: int64(len(payload)), Digest: digest.FromBytes(payload)}
+	out = append(out, payload...)
+	out = toc.AppendFooter(out, toc.Footer{Location: loc, Version: toc.Version})
+	return out, loc
+}
