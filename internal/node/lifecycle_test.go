@@ -183,9 +183,17 @@ func TestUnmountPinnedByAnotherNamespace(t *testing.T) {
 		t.Skipf("unshare: %v", err)
 	}
 	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-	copyPath := filepath.Join("/proc", strconv.Itoa(holder.Process.Pid), "root", dir, "f")
+	procDir := filepath.Join("/proc", strconv.Itoa(holder.Process.Pid))
+	copyPath := filepath.Join(procDir, "root", dir, "f")
+	self, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		t.Skipf("mount namespaces: %v", err)
+	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if b, err := os.ReadFile(copyPath); err == nil && string(b) == "pinned" {
+		// Until unshare has run, the holder's root is ours, and reading
+		// the file through it proves nothing: wait for its own namespace.
+		ns, _ := os.Readlink(filepath.Join(procDir, "ns", "mnt"))
+		if b, err := os.ReadFile(copyPath); err == nil && string(b) == "pinned" && ns != "" && ns != self {
 			break
 		}
 		if time.Now().After(deadline) {
