@@ -9,9 +9,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/lazyfs/lazyfs/internal/unixsock"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -129,33 +129,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v)
 }
 
-// ListenUnix listens on path with mode 0600. A stale socket file (nobody
-// answering) is removed; a live one is an error, so two daemons never
-// share a socket.
-func ListenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("socket %s: %w", path, err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("socket %s: exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("socket %s: another daemon is listening", path)
-		}
-		os.Remove(path)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("socket %s: %w", path, err)
-	}
-	return l, nil
-}
+// ListenUnix is unixsock.Listen: a socket born 0600 in a 0700 directory,
+// never taking over a live one.
+func ListenUnix(path string) (net.Listener, error) { return unixsock.Listen(path) }
 
 // Serve serves h on l until ctx is done, then shuts down gracefully.
 func Serve(ctx context.Context, l net.Listener, h http.Handler) error {

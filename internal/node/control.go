@@ -10,9 +10,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
-	"syscall"
 	"time"
+
+	"github.com/lazyfs/lazyfs/internal/unixsock"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -188,38 +188,8 @@ func httpError(w http.ResponseWriter, err error) {
 	http.Error(w, err.Error(), code)
 }
 
-// umaskMu serialises the process-wide umask change around socket creation.
-var umaskMu sync.Mutex
-
-// Listen listens on the unix socket path, created under umask 177 (mode
-// 0600 from the start, not chmod after listen) inside a 0700 directory it
-// creates. A stale socket file (nobody answering) is replaced; a live one
-// is an error.
-func Listen(path string) (net.Listener, error) {
-	if err := MkdirPrivate(filepath.Dir(path)); err != nil {
-		return nil, fmt.Errorf("control socket %s: %w", path, err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("control socket %s: exists and is not a socket", path)
-		}
-		c, err := net.DialTimeout("unix", path, time.Second)
-		if err == nil {
-			c.Close()
-			return nil, fmt.Errorf("control socket %s: another server is listening on it", path)
-		}
-		os.Remove(path)
-	}
-	umaskMu.Lock()
-	old := syscall.Umask(0o177) // the socket is born 0600
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	umaskMu.Unlock()
-	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	return ln, nil
-}
+// Listen is unixsock.Listen: a socket born 0600 in a 0700 directory.
+func Listen(path string) (net.Listener, error) { return unixsock.Listen(path) }
 
 // Serve serves h on the unix socket path (see Listen) until ctx is done,
 // then stops accepting, gives running requests 5 s, and removes the socket.

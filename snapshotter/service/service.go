@@ -9,8 +9,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
+
+	"github.com/lazyfs/lazyfs/internal/unixsock"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
@@ -194,41 +195,9 @@ func (s *Server) closeAll() {
 	}
 }
 
-// ListenUnix listens on a unix socket at path, created mode 0600 (umask 077
-// while it is bound, so it is never reachable by others) in a directory that
-// is created mode 0700. A directory that others can enter is refused, and a
-// stale socket from an earlier run is replaced.
-func ListenUnix(path string) (net.Listener, error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("socket %s: %w", path, err)
-	}
-	st, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("socket %s: %w", path, err)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("socket %s: directory %s has mode %04o; want 0700 (remove it or chmod 700)", path, dir, st.Mode().Perm())
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("socket %s: exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("socket %s: in use by another process", path)
-		}
-		os.Remove(path)
-	}
-	// The umask is process-wide: hold it only around the bind.
-	old := syscall.Umask(0o177) // the socket itself: 0600
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("socket %s: %w", path, err)
-	}
-	return l, nil
-}
+// ListenUnix is unixsock.Listen: a socket born 0600 in a 0700 directory,
+// never taking over a live one.
+func ListenUnix(path string) (net.Listener, error) { return unixsock.Listen(path) }
 
 func mkdirPrivate(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
