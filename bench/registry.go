@@ -298,3 +298,5 @@ func lastLines(s string, n int) string {
 	}
 	return string(bytes.Join(lines, []byte("\n")))
 }
+
+func netListen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
