@@ -46,6 +46,7 @@ func newRootCmd() *cobra.Command {
 		newUmountCmd(),
 		newStatsCmd(),
 		newGPUCmd(),
+		newBenchCmd(),
 	)
 	return root
 }
