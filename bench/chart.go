@@ -5,6 +5,7 @@ import (
 	"html"
 	"io"
 	"math"
+	"strconv"
 	"strings"
 )
 
@@ -132,7 +133,7 @@ func (r *Report) WriteSVG(w io.Writer) error {
 			for i := 0; i <= 4; i++ {
 				v := top * float64(i) / 4
 				tx := float64(chartLeft) + v*scale
-				fmt.Fprintf(&sb, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#999"/><text x="%.1f" y="%d" text-anchor="middle" font-size="11" fill="#555">%s s</text>`+"\n", tx, y, tx, y+4, tx, y+16, strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.2f", v), "0"), "."))
+				fmt.Fprintf(&sb, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#999"/><text x="%.1f" y="%d" text-anchor="middle" font-size="11" fill="#555">%s s</text>`+"\n", tx, y, tx, y+4, tx, y+16, strconv.FormatFloat(v, 'g', 3, 64))
 			}
 		}
 		y += panelBottom

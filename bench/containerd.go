@@ -182,7 +182,7 @@ func (tr *ctrTrial) Run(ctx context.Context, ph *Phases) error {
 
 	start = time.Now()
 	tr.id = fmt.Sprintf("bench-%d-%d", os.Getpid(), tr.env.seq)
-	ps, err := tr.ctd.ctr(ctx, append([]string{"containers", "create", "--snapshotter", tr.snap, tr.ref, tr.id}, tr.t.Workload.Cmd...)...)
+	ps, err := tr.ctd.ctr(ctx, append([]string{"containers", "create", "--snapshotter", tr.snap, "--", tr.ref, tr.id}, tr.t.Workload.Cmd...)...)
 	ph.ClientCPU += cpuOf(ps)
 	if err != nil {
 		tr.id = ""

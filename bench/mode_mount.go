@@ -81,8 +81,11 @@ func (tr *mountTrial) mnt() string { return filepath.Join(tr.dir, "rootfs") }
 // Run implements Trial.
 func (tr *mountTrial) Run(ctx context.Context, ph *Phases) error {
 	mnt := tr.mnt()
-	if err := os.MkdirAll(mnt, 0o755); err != nil {
-		return err
+	// lazyfs mount --foreground expects its state directory to exist.
+	for _, d := range []string{mnt, filepath.Join(tr.dir, "state", "mounts")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
 	}
 	logf, err := os.OpenFile(filepath.Join(tr.dir, "mount.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
