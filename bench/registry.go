@@ -125,7 +125,7 @@ func StartDistribution(ctx context.Context, o DistributionOptions) (*Distributio
 	host := ""
 	switch {
 	case o.Link != nil:
-		host = net.JoinHostPort(o.Link.PeerIP.String(), strconv.Itoa(cmp(o.Port, 5000)))
+		host = net.JoinHostPort(o.Link.PeerIP.String(), strconv.Itoa(orDefault(o.Port, 5000)))
 	case o.Port != 0:
 		host = net.JoinHostPort("127.0.0.1", strconv.Itoa(o.Port))
 	default:
@@ -190,7 +190,7 @@ func StartDistribution(ctx context.Context, o DistributionOptions) (*Distributio
 	return d, nil
 }
 
-func cmp(v, def int) int {
+func orDefault(v, def int) int {
 	if v == 0 {
 		return def
 	}
