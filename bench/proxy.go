@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -158,8 +157,6 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return false
 	}
 }
-
-var errNotReady = errors.New("not ready")
 
 // waitFor polls cond every interval until it returns nil, ctx ends or
 // timeout passes; it returns cond's last error wrapped with what.
