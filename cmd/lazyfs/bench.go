@@ -33,6 +33,7 @@ func newBenchCmd() *cobra.Command {
 		timeout   time.Duration
 		weights   sizeFlag
 		tempDir   string
+		fromJSON  string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [flags] [-- CMD ARGS... with --image]",
@@ -57,6 +58,13 @@ components are missing are skipped with a note. Needs root.`,
   lazyfs bench --workload torch --link 1gbit --rtt 20ms --json > torch.json
   lazyfs bench --image 127.0.0.1:5000/app:v1 --ready-line 'listening' -- /app/server`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if fromJSON != "" {
+				rep, err := readReport(fromJSON)
+				if err != nil {
+					return err
+				}
+				return writeReport(cmd, rep, svgPath, asJSON)
+			}
 			prof, err := bench.ParseProfile(link)
 			if err != nil {
 				return err
@@ -135,32 +143,7 @@ components are missing are skipped with a note. Needs root.`,
 				return err
 			}
 			rep.Command = "lazyfs " + strings.Join(os.Args[1:], " ")
-			if svgPath != "" {
-				f, err := os.Create(svgPath)
-				if err != nil {
-					return err
-				}
-				if err := rep.WriteSVG(f); err != nil {
-					f.Close()
-					return fmt.Errorf("chart %s: %w", svgPath, err)
-				}
-				if err := f.Close(); err != nil {
-					return fmt.Errorf("chart %s: %w", svgPath, err)
-				}
-			}
-			out := cmd.OutOrStdout()
-			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
-			}
-			if err := rep.WriteTable(out); err != nil {
-				return err
-			}
-			if svgPath != "" {
-				_, err = fmt.Fprintf(out, "chart: %s\n", svgPath)
-			}
-			return err
+			return writeReport(cmd, rep, svgPath, asJSON)
 		},
 	}
 	f := cmd.Flags()
@@ -181,5 +164,53 @@ components are missing are skipped with a note. Needs root.`,
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "limit for each wait within a sample")
 	f.Var(&weights, "weights-size", "size of the weights workload's file (default 1GiB)")
 	f.StringVar(&tempDir, "temp-dir", "", "parent of the run's work directory (default $TMPDIR or /tmp)")
+	f.StringVar(&fromJSON, "from-json", "", "run nothing: print the table and write the chart of a saved --json report")
 	return cmd
+}
+
+func readReport(path string) (*bench.Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var rep bench.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, fmt.Errorf("report %s: %w", path, err)
+	}
+	if rep.SchemaVersion != bench.SchemaVersion {
+		return nil, fmt.Errorf("report %s: schema version %d, this lazyfs reads %d", path, rep.SchemaVersion, bench.SchemaVersion)
+	}
+	return &rep, nil
+}
+
+// writeReport writes the chart (when svgPath is set) and prints the report
+// as JSON or as a table.
+func writeReport(cmd *cobra.Command, rep *bench.Report, svgPath string, asJSON bool) error {
+	if svgPath != "" {
+		f, err := os.Create(svgPath)
+		if err != nil {
+			return err
+		}
+		if err := rep.WriteSVG(f); err != nil {
+			f.Close()
+			return fmt.Errorf("chart %s: %w", svgPath, err)
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("chart %s: %w", svgPath, err)
+		}
+	}
+	out := cmd.OutOrStdout()
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	if err := rep.WriteTable(out); err != nil {
+		return err
+	}
+	if svgPath != "" {
+		_, err := fmt.Fprintf(out, "chart: %s\n", svgPath)
+		return err
+	}
+	return nil
 }

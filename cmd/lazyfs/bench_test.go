@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -26,5 +28,25 @@ func TestBenchFlags(t *testing.T) {
 	out, err := run(t, "bench", "--help")
 	if err != nil || !strings.Contains(out, "--rtt") || !strings.Contains(out, "mount-warm") {
 		t.Errorf("bench --help: %v\n%s", err, out)
+	}
+}
+
+// TestBenchFromJSON re-renders a saved report (the schema's golden file).
+func TestBenchFromJSON(t *testing.T) {
+	svg := filepath.Join(t.TempDir(), "chart.svg")
+	out, err := run(t, "bench", "--from-json", "../../bench/testdata/report.golden.json", "--svg", svg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"python", "0.26×", "chart: " + svg} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if b, err := os.ReadFile(svg); err != nil || !strings.Contains(string(b), "<svg") {
+		t.Errorf("chart: %v", err)
+	}
+	if _, err := run(t, "bench", "--from-json", "/nonexistent.json"); err == nil {
+		t.Error("missing report accepted")
 	}
 }
