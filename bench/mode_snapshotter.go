@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -59,22 +60,40 @@ func (m SnapshotterMode) Check(env *Env) error {
 	return nil
 }
 
-// snapshotterArgs is how the harness starts lazyfs-snapshotter.
-func snapshotterArgs(dir, sock string, insecure bool) []string {
-	a := []string{"--address", sock, "--root", filepath.Join(dir, "snapshotter")}
-	if insecure {
-		a = append(a, "--insecure")
+// snapshotterArgs is how the harness starts lazyfs-snapshotter (flags as
+// in the snapshotter's docs/containerd.md; a node's /etc/lazyfs/config.toml,
+// if any, is read, and these flags win over it): its sockets in a 0700 directory, its root, block
+// cache and mirrors (hostsDir) below the trial's directory, no metrics
+// listener.
+func snapshotterArgs(dir, sockDir, hostsDir string) []string {
+	return []string{
+		"--address", filepath.Join(sockDir, "snapshotter.sock"),
+		"--control-address", filepath.Join(sockDir, "control.sock"),
+		"--root", filepath.Join(dir, "snapshotter"),
+		"--hosts-dir", hostsDir,
+		"--metrics-address", "",
 	}
-	return a
 }
 
 // pullArgs is how the harness asks lazyfs to pull through containerd.
 func pullArgs(lazyfs, ctdSock, ref string, insecure bool) []string {
 	a := []string{lazyfs, "pull", "--address", ctdSock, "--namespace", containerdNamespace, "--snapshotter", "lazyfs"}
 	if insecure {
-		a = append(a, "--insecure")
+		a = append(a, "--plain-http")
 	}
 	return append(a, ref)
+}
+
+// writeHostsDir writes a containerd-style hosts directory that reaches the
+// registry of ref over plain HTTP.
+func writeHostsDir(dir, ref string) error {
+	host, _, _ := strings.Cut(ref, "/")
+	d := filepath.Join(dir, host)
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf("server = %q\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+host, "http://"+host)
+	return os.WriteFile(filepath.Join(d, "hosts.toml"), []byte(conf), 0o644)
 }
 
 // Start implements Mode.
@@ -87,13 +106,20 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 	if err != nil {
 		return nil, err
 	}
-	sock := filepath.Join(dir, "snapshotter.sock")
+	sockDir, hostsDir := filepath.Join(dir, "sock"), filepath.Join(dir, "hosts")
+	if err := os.MkdirAll(sockDir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := writeHostsDir(hostsDir, t.Refs.Lazy); err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(sockDir, "snapshotter.sock")
 	logf, err := os.Create(filepath.Join(dir, "snapshotter.log"))
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
-	snap := exec.Command(bin, snapshotterArgs(dir, sock, env.Insecure)...)
+	snap := exec.Command(bin, snapshotterArgs(dir, sockDir, hostsDir)...)
 	snap.Stdout, snap.Stderr = logf, logf
 	snap.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := snap.Start(); err != nil {

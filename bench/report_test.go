@@ -26,8 +26,8 @@ func testReport() *Report {
 	}
 	r := &Report{
 		SchemaVersion: SchemaVersion, StartedAt: time.Date(2026, 11, 29, 21, 0, 0, 0, time.UTC), WallSeconds: 42,
-		Command: "lazyfs bench --workload python --mode full,mount,lazy -n 3",
-		Machine: Machine{CPUs: 2, MemoryBytes: 24 << 30, Kernel: "6.18.0", OS: "Debian GNU/Linux 12 (bookworm) amd64"},
+		Command:  "lazyfs bench --workload python --mode full,mount,lazy -n 3",
+		Machine:  Machine{CPUs: 2, MemoryBytes: 24 << 30, Kernel: "6.18.0", OS: "Debian GNU/Linux 12 (bookworm) amd64"},
 		Versions: Versions{Lazyfs: "lazyfs dev", Containerd: "containerd 1.6.20", Runc: "runc 1.1.5", Registry: "registry 2.8.2", Go: "go1.26"},
 		Link:     LinkInfo{Profile: "200mbit", RateBitsPerSecond: 200e6, BurstBytes: 256 << 10, Kind: "veth+tbf"}, SamplesPerMode: 3,
 		Workloads: []WorkloadResult{{
