@@ -26,14 +26,16 @@ var phaseNames = [3]string{"pull / mount", "create", "run to ready"}
 
 // WriteSVG draws the report as an SVG chart: one panel per workload, one
 // bar per mode that ran, the median time to ready split into its phases'
-// medians (scaled to the median total), a whisker to p95, and the ratio to
-// the full mode. Each panel has its own linear scale from 0.
+// medians (scaled to the median total), a whisker to p95, the ratio to
+// the full mode and the median megabytes received over the link. Each
+// panel has its own linear scale from 0.
 func (r *Report) WriteSVG(w io.Writer) error {
 	type bar struct {
 		mode        string
 		phases      [3]float64
 		median, p95 float64
 		ratio       float64
+		linkMB      float64
 		note        string
 	}
 	type panel struct {
@@ -43,7 +45,7 @@ func (r *Report) WriteSVG(w io.Writer) error {
 	}
 	var panels []panel
 	for _, wr := range r.Workloads {
-		p := panel{title: fmt.Sprintf("%s — %s", wr.Name, strings.Join(wr.Cmd, " "))}
+		p := panel{title: fmt.Sprintf("%s — %s", wr.Name, oneLine(strings.Join(wr.Cmd, " ")))}
 		if wr.Skipped != "" {
 			continue
 		}
@@ -57,6 +59,7 @@ func (r *Report) WriteSVG(w io.Writer) error {
 			default:
 				s := m.Summary
 				b.median, b.p95, b.ratio = s.ReadySeconds.Median, s.ReadySeconds.P95, m.ReadyRatioToFull
+				b.linkMB = s.LinkBytesReceived.Median / 1e6
 				parts := [3]float64{s.PullSeconds.Median, s.CreateSeconds.Median, s.RunSeconds.Median}
 				sum := parts[0] + parts[1] + parts[2]
 				for i := range parts {
@@ -121,8 +124,9 @@ func (r *Report) WriteSVG(w io.Writer) error {
 			fmt.Fprintf(&sb, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#333" stroke-width="1.5"/>`+"\n", px, cy-6, px, cy+6)
 			label := fmt.Sprintf("%.2f s", b.median)
 			if b.ratio > 0 && b.mode != "full" {
-				label += fmt.Sprintf("  (%.2f× full)", b.ratio)
+				label += fmt.Sprintf(" (%.2f× full)", b.ratio)
 			}
+			label += fmt.Sprintf(", %s MB", strconv.FormatFloat(b.linkMB, 'f', max(0, 1-int(math.Floor(math.Log10(math.Max(b.linkMB, 0.01))))), 64))
 			fmt.Fprintf(&sb, `<text x="%.1f" y="%d" dominant-baseline="middle">%s</text>`+"\n", math.Max(px, mx)+8, cy+1, label)
 			y += barHeight + barGap
 		}
@@ -155,6 +159,11 @@ func niceCeil(v float64) float64 {
 		}
 	}
 	return 10 * p
+}
+
+// oneLine collapses a multi-line command (a script) onto one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ; ")), " ")
 }
 
 func truncate(s string, n int) string {

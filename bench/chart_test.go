@@ -111,7 +111,7 @@ func TestWriteSVG(t *testing.T) {
 			t.Errorf("bad segment %+v", s)
 		}
 	}
-	for _, want := range []string{"python", "full", "mount", "lazy", "skipped", "6.50 s", "0.26× full", "200mbit"} {
+	for _, want := range []string{"python", "full", "mount", "lazy", "skipped", "6.50 s", "0.26× full", "9.0 MB", "200mbit"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("chart text lacks %q", want)
 		}

@@ -205,10 +205,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 		return err
 	}
 	var skips []string
+	seen := map[string]bool{}
 	for _, wr := range r.Workloads {
 		for _, m := range wr.Modes {
-			if m.Skipped != "" {
-				skips = append(skips, fmt.Sprintf("%s/%s: %s", wr.Name, m.Mode, m.Skipped))
+			if note := fmt.Sprintf("%s skipped: %s", m.Mode, m.Skipped); m.Skipped != "" && !seen[note] {
+				seen[note] = true
+				skips = append(skips, note)
 			}
 			for _, s := range m.Samples {
 				if s.Error != "" {

@@ -108,7 +108,7 @@ func TestWriteTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"6.50 (", "0.26×", "3/3", "2/3", "skipped", "lazy: no lazyfs-snapshotter", "round 2 failed", "torch"} {
+	for _, want := range []string{"6.50 (", "0.26×", "3/3", "2/3", "skipped", "lazy skipped: no lazyfs-snapshotter", "round 2 failed", "torch"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
