@@ -116,11 +116,13 @@ func delayCopy(dst, src net.Conn, delay time.Duration, n *atomic.Int64) {
 	q := make(chan packet, 4096)
 	go func() {
 		defer close(q)
+		buf := make([]byte, 64<<10)
 		for {
-			b := make([]byte, 64<<10)
-			k, err := src.Read(b)
+			k, err := src.Read(buf)
 			if k > 0 {
-				q <- packet{b[:k], time.Now().Add(delay)}
+				// Copy only what arrived: a shaped stream comes in
+				// segments, and a 64 KiB buffer each would be garbage.
+				q <- packet{append([]byte(nil), buf[:k]...), time.Now().Add(delay)}
 			}
 			if err != nil {
 				return
