@@ -85,7 +85,7 @@ func (im *Images) Prepare(ctx context.Context, image string, reg Registry) (Imag
 		img, err = im.layeredImage(ctx, []func(context.Context) (string, error){func(ctx context.Context) (string, error) { return im.rootfsLayer(ctx, image) }})
 	default:
 		repo = reg.Host() + "/bench/user-" + shortHash(image)
-		img, err = im.remoteImage(image)
+		img, err = remoteImageInsecure(ctx, image)
 	}
 	if err != nil {
 		return ImageRefs{}, fmt.Errorf("image %s: %w", image, err)
@@ -199,10 +199,6 @@ func remoteImageInsecure(ctx context.Context, ref string) (v1.Image, error) {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
 	return img, nil
-}
-
-func (im *Images) remoteImage(ref string) (v1.Image, error) {
-	return remoteImageInsecure(context.Background(), ref)
 }
 
 // busyboxLayer is a layer with a static busybox and its applets' links.

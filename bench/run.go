@@ -151,7 +151,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		r, err := images.Prepare(ctx, w.Image, reg)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return nil, fmt.Errorf("bench interrupted preparing image %s: %w", w.Image, ctx.Err())
 			}
 			imgErr[w.Image] = err
 			continue
@@ -217,14 +217,14 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 					continue
 				}
 				if ctx.Err() != nil {
-					return nil, ctx.Err()
+					return nil, fmt.Errorf("bench interrupted: %w", ctx.Err())
 				}
 				label := fmt.Sprintf("%s/%s round %d", w.Name, m.Name(), round)
 				cfg.logf("sample %s", label)
 				s := sample(ctx, env, m, Target{Workload: w, Refs: refs[w.Image]}, link, reg, proxy)
 				s.Round = round
 				if ctx.Err() != nil {
-					return nil, ctx.Err()
+					return nil, fmt.Errorf("bench interrupted in %s: %w", label, ctx.Err())
 				}
 				wr.Modes[mi].Samples = append(wr.Modes[mi].Samples, s)
 				done++
