@@ -29,8 +29,9 @@ type proxySnapshotter struct{ name, address string }
 
 // startContainerd writes the config and starts containerd, then waits until
 // it answers.
-func startContainerd(ctx context.Context, dir string, proxies []proxySnapshotter, timeout time.Duration) (*containerd, error) {
-	c := &containerd{dir: dir, sock: filepath.Join(dir, "containerd.sock"), done: make(chan struct{})}
+// Its sockets go in sockDir.
+func startContainerd(ctx context.Context, dir, sockDir string, proxies []proxySnapshotter, timeout time.Duration) (*containerd, error) {
+	c := &containerd{dir: dir, sock: filepath.Join(sockDir, "containerd.sock"), done: make(chan struct{})}
 	var b strings.Builder
 	fmt.Fprintf(&b, "version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n", filepath.Join(dir, "root"), filepath.Join(dir, "state"))
 	fmt.Fprintf(&b, "[grpc]\n  address = %q\n[ttrpc]\n  address = %q\n", c.sock, c.sock+".ttrpc")
@@ -58,7 +59,7 @@ func startContainerd(ctx context.Context, dir string, proxies []proxySnapshotter
 		select {
 		case <-c.done:
 			b, _ := os.ReadFile(logf.Name())
-			return fmt.Errorf("exited: %s", lastLines(string(b), 5))
+			return permanent(fmt.Errorf("exited: %s", lastLines(string(b), 5)))
 		default:
 		}
 		_, err := c.ctr(ctx, "version")
@@ -149,6 +150,7 @@ type ctrTrial struct {
 	env     *Env
 	t       Target
 	dir     string
+	sockDir string
 	ctd     *containerd
 	ref     string
 	snap    string   // snapshotter name
@@ -156,7 +158,6 @@ type ctrTrial struct {
 	id      string
 	extra   []int  // further daemon pids (a snapshotter)
 	onClose func() // stops further daemons
-	pulled  bool
 }
 
 func (tr *ctrTrial) Run(ctx context.Context, ph *Phases) error {
@@ -178,7 +179,6 @@ func (tr *ctrTrial) Run(ctx context.Context, ph *Phases) error {
 		return fmt.Errorf("pull %s: %w: %s", tr.ref, err, lastLines(string(out), 5))
 	}
 	ph.Pull = time.Since(start)
-	tr.pulled = true
 
 	start = time.Now()
 	tr.id = fmt.Sprintf("bench-%d-%d", os.Getpid(), tr.env.seq)
@@ -213,6 +213,7 @@ func (tr *ctrTrial) Close() error {
 	if rerr := os.RemoveAll(tr.dir); err == nil {
 		err = rerr
 	}
+	os.RemoveAll(tr.sockDir)
 	return err
 }
 
@@ -240,14 +241,15 @@ func (FullMode) Check(*Env) error {
 
 // Start implements Mode.
 func (m FullMode) Start(ctx context.Context, env *Env, t Target) (Trial, error) {
-	dir, err := env.nextDir(m.Name())
+	dir, sockDir, err := env.nextDir(m.Name())
 	if err != nil {
 		return nil, err
 	}
-	ctd, err := startContainerd(ctx, dir, nil, env.timeout())
+	ctd, err := startContainerd(ctx, dir, sockDir, nil, env.timeout())
 	if err != nil {
 		os.RemoveAll(dir)
+		os.RemoveAll(sockDir)
 		return nil, err
 	}
-	return &ctrTrial{env: env, t: t, dir: dir, ctd: ctd, ref: t.Refs.Plain, snap: "overlayfs"}, nil
+	return &ctrTrial{env: env, t: t, dir: dir, sockDir: sockDir, ctd: ctd, ref: t.Refs.Plain, snap: "overlayfs"}, nil
 }

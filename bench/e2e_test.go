@@ -124,7 +124,12 @@ func runOnce(t *testing.T, ctx context.Context, lazyfs, tmp string) string {
 		t.Fatal(err)
 	}
 	w, _ := BuiltinWorkload("hello")
-	env := &Env{WorkDir: t.TempDir(), Lazyfs: lazyfs, Insecure: true, Timeout: time.Minute}
+	sockDir, err := os.MkdirTemp(shortTempBase(), "lzbtest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	env := &Env{WorkDir: t.TempDir(), SockDir: sockDir, Lazyfs: lazyfs, Insecure: true, Timeout: time.Minute}
 	tr, err := MountMode{}.Start(ctx, env, Target{Workload: w, Refs: refs})
 	if err != nil {
 		t.Fatal(err)

@@ -49,16 +49,31 @@ type Env struct {
 	Lazyfs string
 	// Insecure is set when the registry speaks plain HTTP.
 	Insecure bool
+	// SockDir is a directory with a short path for the trials' unix
+	// sockets (a socket path has at most 107 bytes); "" uses WorkDir.
+	SockDir string
 	// Timeout bounds every wait of a trial (default 10 minutes).
 	Timeout time.Duration
 	seq     int
 }
 
-// nextDir returns a fresh directory below WorkDir.
-func (e *Env) nextDir(prefix string) (string, error) {
+// nextDir returns a fresh directory below WorkDir for a trial's files and
+// one (mode 0700) below SockDir for its sockets and mount state.
+func (e *Env) nextDir(prefix string) (dir, sockDir string, err error) {
 	e.seq++
-	d := filepath.Join(e.WorkDir, fmt.Sprintf("%s-%d", prefix, e.seq))
-	return d, os.MkdirAll(d, 0o755)
+	dir = filepath.Join(e.WorkDir, fmt.Sprintf("%s-%d", prefix, e.seq))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", err
+	}
+	base := e.SockDir
+	if base == "" {
+		base = e.WorkDir
+	}
+	sockDir = filepath.Join(base, fmt.Sprintf("s%d", e.seq))
+	if err := os.MkdirAll(sockDir, 0o700); err != nil {
+		return "", "", err
+	}
+	return dir, sockDir, nil
 }
 
 func (e *Env) timeout() time.Duration {

@@ -49,11 +49,11 @@ func (m MountMode) Check(env *Env) error {
 
 // Start implements Mode.
 func (m MountMode) Start(ctx context.Context, env *Env, t Target) (Trial, error) {
-	dir, err := env.nextDir(m.Name())
+	dir, sockDir, err := env.nextDir(m.Name())
 	if err != nil {
 		return nil, err
 	}
-	tr := &mountTrial{env: env, t: t, dir: dir}
+	tr := &mountTrial{env: env, t: t, dir: dir, sockDir: sockDir}
 	if m.Warm {
 		var ph Phases
 		if err := tr.Run(ctx, &ph); err != nil {
@@ -69,11 +69,14 @@ func (m MountMode) Start(ctx context.Context, env *Env, t Target) (Trial, error)
 }
 
 type mountTrial struct {
-	env    *Env
-	t      Target
-	dir    string
-	server *exec.Cmd
-	done   chan struct{}
+	env *Env
+	t   Target
+	dir string
+	// sockDir holds the mount's state directory: its stats socket's path
+	// must be short.
+	sockDir string
+	server  *exec.Cmd
+	done    chan struct{}
 }
 
 func (tr *mountTrial) mnt() string { return filepath.Join(tr.dir, "rootfs") }
@@ -82,7 +85,7 @@ func (tr *mountTrial) mnt() string { return filepath.Join(tr.dir, "rootfs") }
 func (tr *mountTrial) Run(ctx context.Context, ph *Phases) error {
 	mnt := tr.mnt()
 	// lazyfs mount --foreground expects its state directory to exist.
-	for _, d := range []string{mnt, filepath.Join(tr.dir, "state", "mounts")} {
+	for _, d := range []string{mnt, filepath.Join(tr.sockDir, "state", "mounts")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
@@ -98,7 +101,7 @@ func (tr *mountTrial) Run(ctx context.Context, ph *Phases) error {
 	}
 	defer pr.Close()
 	args := []string{"mount", "--foreground", "--notify-fd", "3",
-		"--cache-dir", filepath.Join(tr.dir, "cache"), "--state-dir", filepath.Join(tr.dir, "state")}
+		"--cache-dir", filepath.Join(tr.dir, "cache"), "--state-dir", filepath.Join(tr.sockDir, "state")}
 	if tr.env.Insecure {
 		args = append(args, "--insecure")
 	}
@@ -177,5 +180,6 @@ func (tr *mountTrial) Close() error {
 	if rerr := os.RemoveAll(tr.dir); err == nil {
 		err = rerr
 	}
+	os.RemoveAll(tr.sockDir)
 	return err
 }

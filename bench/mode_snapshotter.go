@@ -102,14 +102,11 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 	if err != nil {
 		return nil, err
 	}
-	dir, err := env.nextDir(m.Name())
+	dir, sockDir, err := env.nextDir(m.Name())
 	if err != nil {
 		return nil, err
 	}
-	sockDir, hostsDir := filepath.Join(dir, "sock"), filepath.Join(dir, "hosts")
-	if err := os.MkdirAll(sockDir, 0o700); err != nil {
-		return nil, err
-	}
+	hostsDir := filepath.Join(dir, "hosts")
 	if err := writeHostsDir(hostsDir, t.Refs.Lazy); err != nil {
 		return nil, err
 	}
@@ -131,7 +128,8 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 	err = waitFor(ctx, "lazyfs-snapshotter "+sock, env.timeout(), 20*time.Millisecond, func() error {
 		select {
 		case <-done:
-			return fmt.Errorf("exited (log %s)", logf.Name())
+			b, _ := os.ReadFile(logf.Name())
+			return permanent(fmt.Errorf("exited: %s", lastLines(string(b), 5)))
 		default:
 		}
 		_, err := os.Stat(sock)
@@ -140,16 +138,18 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 	if err != nil {
 		stopSnap()
 		os.RemoveAll(dir)
+		os.RemoveAll(sockDir)
 		return nil, err
 	}
-	ctd, err := startContainerd(ctx, dir, []proxySnapshotter{{"lazyfs", sock}}, env.timeout())
+	ctd, err := startContainerd(ctx, dir, sockDir, []proxySnapshotter{{"lazyfs", sock}}, env.timeout())
 	if err != nil {
 		stopSnap()
 		unmountUnder(dir)
 		os.RemoveAll(dir)
+		os.RemoveAll(sockDir)
 		return nil, err
 	}
-	tr := &ctrTrial{env: env, t: t, dir: dir, ctd: ctd, ref: t.Refs.Lazy, snap: "lazyfs",
+	tr := &ctrTrial{env: env, t: t, dir: dir, sockDir: sockDir, ctd: ctd, ref: t.Refs.Lazy, snap: "lazyfs",
 		pull: pullArgs(env.Lazyfs, ctd.sock, t.Refs.Lazy, env.Insecure), extra: []int{snap.Process.Pid}, onClose: stopSnap}
 	if m.Warm {
 		var ph Phases

@@ -160,14 +160,28 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// waitFor polls cond every interval until it returns nil, ctx ends or
-// timeout passes; it returns cond's last error wrapped with what.
+// permanentError stops waitFor: waiting longer cannot help (the process
+// being waited for exited).
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// permanent marks err as one waitFor must not retry.
+func permanent(err error) error { return &permanentError{err} }
+
+// waitFor polls cond every interval until it returns nil or a permanent
+// error, ctx ends or timeout passes; it returns cond's last error wrapped
+// with what.
 func waitFor(ctx context.Context, what string, timeout, interval time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		err := cond()
 		if err == nil {
 			return nil
+		}
+		if pe, ok := err.(*permanentError); ok {
+			return fmt.Errorf("%s: %w", what, pe.err)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s: not ready after %v: %w", what, timeout, err)

@@ -170,7 +170,7 @@ func StartDistribution(ctx context.Context, o DistributionOptions) (*Distributio
 		select {
 		case <-d.done:
 			b, _ := os.ReadFile(filepath.Join(o.WorkDir, "registry.log"))
-			return fmt.Errorf("registry exited: %s", lastLines(string(b), 5))
+			return permanent(fmt.Errorf("registry exited: %s", lastLines(string(b), 5)))
 		default:
 		}
 		resp, err := cl.Get("http://" + host + "/v2/")

@@ -180,7 +180,13 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		}
 	}
 
-	env := &Env{WorkDir: work, Lazyfs: lazyfs, Insecure: true, Timeout: cfg.Timeout}
+	// Unix socket paths are short: the work directory may be deep.
+	sockDir, err := os.MkdirTemp(shortTempBase(), fmt.Sprintf("lzb%d-", os.Getpid()))
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(sockDir)
+	env := &Env{WorkDir: work, SockDir: sockDir, Lazyfs: lazyfs, Insecure: true, Timeout: cfg.Timeout}
 	skip := map[string]string{}
 	for _, m := range cfg.Modes {
 		if err := m.Check(env); err != nil {
@@ -378,4 +384,15 @@ func machine() Machine {
 		}
 	}
 	return m
+}
+
+// shortTempBase is /run when it is writable (root: it is), else /tmp:
+// $TMPDIR may be too deep for unix socket paths.
+func shortTempBase() string {
+	for _, d := range []string{"/run", "/tmp"} {
+		if unix.Access(d, unix.W_OK) == nil {
+			return d
+		}
+	}
+	return os.TempDir()
 }
