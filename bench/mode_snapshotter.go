@@ -13,8 +13,9 @@ import (
 
 // SnapshotterMode runs a workload through containerd with the lazyfs
 // snapshotter: `lazyfs pull` (which passes containerd the remote-snapshot
-// labels), containers create, tasks start. Profile uses the image's
-// recorded start-up profile; Warm fills the snapshotter's block cache with
+// labels), containers create, tasks start. Profile is meant to use the
+// image's recorded start-up profile and is always skipped until recording
+// is wired in (Images would run lazyfs record after converting); Warm fills the snapshotter's block cache with
 // one untimed run first, as pre-warming would.
 //
 // It runs only when lazyfs-snapshotter sits next to the lazyfs binary (or
@@ -54,8 +55,13 @@ func (m SnapshotterMode) Check(env *Env) error {
 	if exec.Command(env.Lazyfs, "pull", "--help").Run() != nil {
 		return skipf("%s has no pull command (needed to pass containerd the remote-snapshot labels)", env.Lazyfs)
 	}
-	if m.Profile && exec.Command(env.Lazyfs, "record", "--help").Run() != nil {
-		return skipf("%s has no record command, so images carry no start-up profile", env.Lazyfs)
+	if m.Profile {
+		if exec.Command(env.Lazyfs, "record", "--help").Run() != nil {
+			return skipf("%s has no record command, so images carry no start-up profile", env.Lazyfs)
+		}
+		// Running the lazy mode under this name would report a profile
+		// that is not there.
+		return skipf("recording a start-up profile (lazyfs record) is not wired into the harness yet")
 	}
 	return nil
 }
