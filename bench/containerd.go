@@ -161,6 +161,8 @@ type ctrTrial struct {
 }
 
 func (tr *ctrTrial) Run(ctx context.Context, ph *Phases) error {
+	ctx, cancel := context.WithTimeout(ctx, tr.env.timeout())
+	defer cancel()
 	start := time.Now()
 	pull := tr.pull
 	var cmd *exec.Cmd

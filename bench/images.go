@@ -42,7 +42,10 @@ type Images struct {
 	Mirror string
 	// WeightsBytes is the size of the weights workload's file (0: 1 GiB).
 	WeightsBytes int64
-	Logf         func(format string, args ...any)
+	// Timeout bounds preparing one image: building it (debootstrap, apt),
+	// pushing and converting it (default 1 hour).
+	Timeout time.Duration
+	Logf    func(format string, args ...any)
 }
 
 // ImageRefs are a prepared image's references in the bench registry.
@@ -71,8 +74,15 @@ func (im *Images) logf(format string, args ...any) {
 }
 
 // Prepare makes sure image (a BuiltImages name, or any other reference,
-// which is copied in) is in reg as a plain and a converted image.
+// which is copied in) is in reg as a plain and a converted image, within
+// Timeout.
 func (im *Images) Prepare(ctx context.Context, image string, reg Registry) (ImageRefs, error) {
+	timeout := im.Timeout
+	if timeout <= 0 {
+		timeout = time.Hour
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	var img v1.Image
 	var err error
 	repo := reg.Host() + "/bench/" + image
