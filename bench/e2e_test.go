@@ -60,7 +60,7 @@ func TestRunHelloMount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 2 * len(modes); len(progress) != want {
+	if want := 1 + 2*len(modes); len(progress) != want {
 		t.Errorf("progress reported %d samples, want %d: %v", len(progress), want, progress)
 	}
 	if rep.Link.Kind != "veth+tbf" || rep.SchemaVersion != SchemaVersion || len(rep.Workloads) != 1 {

@@ -38,7 +38,8 @@ type Config struct {
 	Timeout time.Duration
 	// Logf receives progress messages (nil: silent).
 	Logf func(format string, args ...any)
-	// Progress is called after each sample with the count done and the total.
+	// Progress is called before the first sample and after each, with the
+	// count done, the total and the sample just done.
 	Progress func(done, total int, label string)
 }
 
@@ -208,6 +209,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		rep.Workloads = append(rep.Workloads, wr)
 	}
 
+	if cfg.Progress != nil {
+		cfg.Progress(0, total, "first sample")
+	}
 	done := 0
 	for round := 1; round <= cfg.Samples; round++ {
 		for wi, w := range cfg.Workloads {

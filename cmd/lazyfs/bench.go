@@ -129,6 +129,9 @@ components are missing are skipped with a note. Needs root.`,
 						bar = progressbar.NewOptions(total, progressbar.OptionSetWriter(stderr), progressbar.OptionClearOnFinish(),
 							progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond))
 					}
+					if done > 0 {
+						label = "done " + label
+					}
 					bar.Describe(label)
 					_ = bar.Set(done)
 				}
