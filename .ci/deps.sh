@@ -2,7 +2,7 @@
 # Installs what lazyfs's tests and demo need on Debian 12, as root.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(make zstd fuse3 busybox-static curl ca-certificates containerd runc)
+pkgs=(make zstd fuse3 busybox-static curl ca-certificates containerd runc iproute2)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -49,6 +49,7 @@ func newRootCmd() *cobra.Command {
 		newPullCmd(),
 		newServeCmd(),
 		newGPUCmd(),
+		newBenchCmd(),
 	)
 	return root
 }
