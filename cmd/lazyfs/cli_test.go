@@ -133,16 +133,3 @@ func TestCLIErrors(t *testing.T) {
 		}
 	}
 }
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"4096": 4096, "64KiB": 64 << 10, "1MiB": 1 << 20, "1.5G": 3 << 29, "10GB": 10e9, "256k": 256 << 10} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("%s: %d %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", "x", "-1", "1XB"} {
-		if _, err := parseSize(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-}
