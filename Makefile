@@ -4,7 +4,7 @@
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT    ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-LDFLAGS   := -s -w -X github.com/lazyfs/lazyfs/internal/version.Version=$(VERSION) -X main.commit=$(COMMIT)
+LDFLAGS   := -s -w -X github.com/lazyfs/lazyfs/internal/version.Version=$(VERSION) -X github.com/lazyfs/lazyfs/internal/version.Commit=$(COMMIT)
 BINARIES  := lazyfs lazyfs-snapshotter lazyfs-prewarm
 # lazyfs links no cgo (its GPU client is the pure-Go package prewarm/api), so
 # it is built static; go-nvml's cgo code in lazyfs-prewarm calls NVML

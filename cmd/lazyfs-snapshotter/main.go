@@ -35,7 +35,7 @@ func newCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:           "lazyfs-snapshotter [flags]",
 		Short:         "containerd snapshotter and node daemon for lazyfs images",
-		Version:       version.Version,
+		Version:       version.String("lazyfs-snapshotter"),
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -49,6 +49,7 @@ func newCmd() *cobra.Command {
 			return run(cmd.Context(), cfg, log)
 		},
 	}
+	cmd.SetVersionTemplate("{{.Version}}\n")
 	cmd.PersistentFlags().StringVar(&configPath, "config", service.DefaultConfigPath, "TOML configuration file (flags win over it)")
 	flags.BindFlags(cmd.PersistentFlags())
 	cmd.AddCommand(&cobra.Command{

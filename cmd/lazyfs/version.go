@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"runtime"
 
 	"github.com/spf13/cobra"
 
@@ -11,11 +10,12 @@ import (
 
 func newVersionCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the lazyfs version",
-		Args:  cobra.NoArgs,
+		Use:     "version",
+		Short:   "Print the lazyfs version, commit and Go version (same as --version)",
+		Example: "  lazyfs version\n  lazyfs --version",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "lazyfs %s (%s, %s/%s)\n", version.Version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			_, err := fmt.Fprintln(cmd.OutOrStdout(), version.String("lazyfs"))
 			return err
 		},
 	}
