@@ -16,7 +16,9 @@ REPO=$PWD
 export PATH=/usr/local/go/bin:$REPO/.cache/bin:$PATH
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (FUSE mounts and chroot)" >&2; exit 1; }
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+# Bold only on a terminal: piped or logged output gets no escape codes.
+if [ -t 1 ]; then B=$'\033[1m' R=$'\033[0m'; else B='' R=''; fi
+say() { printf '%s==> %s%s\n' "$B" "$*" "$R"; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
 
@@ -146,7 +148,7 @@ chroot "$WORK/mnt" /usr/bin/python3 -c "$WORKLOAD"
 t2=$(now)
 LAZY_READY=$(secs "$t0" "$t1"); LAZY_TOTAL=$(secs "$t0" "$t2")
 STATS=$("$LAZYFS" stats --json --state-dir "$WORK/state" "$WORK/mnt")
-FETCHED=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["remote"]["BytesFetched"])')
+FETCHED=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["remote"]["bytesFetched"])')
 LAZY_IMG=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["imageSize"])')
 
 # --- 5. what happened -------------------------------------------------------

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/prewarm/api"
 )
 
@@ -48,11 +48,7 @@ func (e gpuError) ExitCode() int {
 	return 1
 }
 
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
+func printJSON(w io.Writer, v any) error { return cli.WriteJSON(w, v) }
 
 func newGPUStatusCmd(client func() *api.Client) *cobra.Command {
 	var asJSON bool

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -13,6 +12,7 @@ import (
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc"
+	"github.com/lazyfs/lazyfs/internal/cli"
 )
 
 type inspectReport struct {
@@ -66,7 +66,7 @@ any image: a plain image is reported as not chunked.`,
 			r := image.NewResolver(f, image.ResolverOptions{})
 			img, err := r.Resolve(cmd.Context(), args[0], p)
 			if err != nil {
-				return err
+				return cli.RegistryError(args[0], err)
 			}
 			rep := inspectReport{Reference: args[0], Digest: img.Digest.String(), MediaType: string(img.MediaType), Chunked: len(img.Layers) > 0}
 			if img.IndexDigest != (v1.Hash{}) {
@@ -102,9 +102,7 @@ any image: a plain image is reported as not chunked.`,
 			}
 			gerr := g.Wait()
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(rep); err != nil {
+				if err := writeJSON(cmd, rep); err != nil {
 					return err
 				}
 			} else if err := printInspect(cmd.OutOrStdout(), &rep); err != nil {

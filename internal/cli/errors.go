@@ -123,3 +123,20 @@ func RegistryError(ref string, err error) error {
 	}
 	return err
 }
+
+// PushError maps a failed push check of dst to one line: the registry
+// refused the credentials, or does not take pushes there (405, e.g. a
+// read-only mirror), before anything was converted.
+func PushError(dst string, err error) error {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return err
+	}
+	var te *transport.Error
+	if errors.As(err, &te) && te.StatusCode == http.StatusMethodNotAllowed {
+		return &friendly{fmt.Sprintf("cannot push to %s: its registry does not accept pushes there (405): pick a registry and repository you can push to; nothing was converted", dst), err}
+	}
+	if m := RegistryError(dst, err); m != err && errors.Is(m, ErrAccessDenied) {
+		return &friendly{fmt.Sprintf("cannot push to %s: the registry refused access: log in (docker login or crane auth login write ~/.docker/config.json) or pick a repository you can push to; nothing was converted", dst), err}
+	}
+	return fmt.Errorf("cannot push to %s (nothing was converted): %w", dst, err)
+}
