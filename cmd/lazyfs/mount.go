@@ -174,7 +174,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 	notify := node.NewNotifier(mf.notifyFD)
 	defer func() {
 		if err != nil {
-			notify.Fail(err)
+			notify.Fail(cli.RegistryError(ref, err))
 		}
 	}()
 	level := slog.LevelInfo
