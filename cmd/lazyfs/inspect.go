@@ -53,7 +53,8 @@ machine's platform) and prints each layer's media type and size, whether it is
 a lazyfs chunked layer, and for chunked layers the entries, chunks and TOC size
 read from the layer's verified TOC (one range request per layer). It works on
 any image: a plain image is reported as not chunked.`,
-		Args: cobra.ExactArgs(1),
+		Example: "  lazyfs inspect 127.0.0.1:5000/python:3.12-lazy\n  lazyfs inspect --platform linux/arm64 --json registry.example.com/app:1 | jq .chunked",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var p *v1.Platform
 			if platform != "" {

@@ -20,7 +20,8 @@ func newLsCmd() *cobra.Command {
 images from lazyfs mount, and the per-layer mounts of containerd snapshots) and
 those of standalone mount servers, with the image, the layer, the size, the bytes
 held by the block cache (LOCAL) and the bytes fetched.`,
-		Args: cobra.NoArgs,
+		Example: "  lazyfs ls\n  lazyfs ls --json | jq -r '.mounts[].dir'",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ms, lerr := s.List(cmd.Context())
 			if ms == nil {

@@ -239,7 +239,8 @@ func newUmountCmd() *cobra.Command {
 standalone server (which then exits), or nobody (a stale mount left by a killed
 server). It reports failure while the server is still running, e.g. because
 files in the mount are still open.`,
-		Args: cobra.ExactArgs(1),
+		Example: "  lazyfs umount /mnt/python",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rep, err := node.UnmountDir(cmd.Context(), args[0], uc)
 			if err != nil {
@@ -266,9 +267,10 @@ func newStatsCmd() *cobra.Command {
 	var s node.Servers
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "stats DIR",
-		Short: "Show a lazyfs mount's counters (bytes fetched, cache hits, reads)",
-		Args:  cobra.ExactArgs(1),
+		Use:     "stats DIR",
+		Short:   "Show a lazyfs mount's counters (bytes fetched, cache hits, reads)",
+		Example: "  lazyfs stats /mnt/python\n  lazyfs stats --json /mnt/python | jq .fetched.bytes",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, err := filepath.Abs(args[0])
 			if err != nil {

@@ -24,7 +24,8 @@ downloading them (containerd 1.6's ctr pull does not pass them). Afterwards
 'ctr run --snapshotter lazyfs REF ...' starts containers from it. Layers that
 are not lazyfs layers are downloaded and unpacked as by a normal pull.
 Registries on localhost and loopback addresses are reached over plain HTTP.`,
-		Args: cobra.ExactArgs(1),
+		Example: "  lazyfs pull 127.0.0.1:5000/python:3.12-lazy\n  ctr run --rm --snapshotter lazyfs 127.0.0.1:5000/python:3.12-lazy py python3 -V",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := pull.Pull(cmd.Context(), args[0],
 				pull.WithAddress(address), pull.WithNamespace(namespace),
