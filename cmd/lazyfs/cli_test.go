@@ -73,6 +73,7 @@ func TestConvertAndInspect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkJSONContract(t, out)
 	var before inspectReport
 	if err := json.Unmarshal([]byte(out), &before); err != nil {
 		t.Fatalf("%v: %s", err, out)
@@ -85,6 +86,7 @@ func TestConvertAndInspect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkJSONContract(t, out)
 	var rep convert.Report
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("%v: %s", err, out)
