@@ -29,12 +29,12 @@ build:
 	done
 	@ls bin
 
-## deps: install what the tests need on Debian 12 (root)
+## deps: install what the build and tests need on Debian 12 (root; quick when present)
 deps:
 	./.ci/deps.sh
 
-## test: vet and the whole test suite (what CI runs)
-test: vet
+## test: deps, vet and the whole test suite (what CI runs; the README's test command)
+test: deps vet
 	$(GO) test -count=1 -timeout 25m ./...
 	$(GO) test -count=1 -race -short -timeout 15m ./fs/...
 

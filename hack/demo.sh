@@ -23,9 +23,10 @@ now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
 
 # --- 1. what it needs ------------------------------------------------------
-say "installing packages (zstd fuse3 busybox-static python3 make)"
+command -v go >/dev/null || { echo "demo: Go >= 1.26 is needed in /usr/local/go (the go.dev tarball): see README.md" >&2; exit 1; }
+say "installing packages (zstd fuse3 busybox-static python3 make gcc)"
 need=()
-for p in zstd fuse3 busybox-static python3 make curl ca-certificates; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+for p in zstd fuse3 busybox-static python3 make gcc libc6-dev iproute2 curl ca-certificates; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if ((${#need[@]})); then
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
