@@ -4,21 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"log"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-
 	"github.com/lazyfs/lazyfs/fs/convert"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/lazyfs/lazyfs/internal/registrytest"
 )
 
 // run executes the lazyfs command line in-process.
@@ -34,27 +25,12 @@ func run(t *testing.T, args ...string) (string, error) {
 }
 
 // testRegistry starts an in-process registry and returns its host.
-func testRegistry(t *testing.T) string {
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
+func testRegistry(t *testing.T) string { return registrytest.New(t).Host }
 
+// pushSample pushes a one-layer image with every entry type to ref.
 func pushSample(t *testing.T, ref string) {
 	t.Helper()
-	b := toctest.Tar(t, toctest.AllTypes(700<<10))
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	registrytest.PushTars(t, ref, toctest.Tar(t, toctest.AllTypes(700<<10)))
 }
 
 func TestVersion(t *testing.T) {

@@ -3,11 +3,6 @@ package main
 import (
 	"bytes"
 	"errors"
-	"io"
-	"log"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/lazyfs/lazyfs/internal/registrytest"
 )
 
 // failure is one row of the CLI's failure table: a bad input, the exit
@@ -64,7 +59,7 @@ var failureTable = []failure{
 func TestFailureTable(t *testing.T) {
 	reg := testRegistry(t)
 	pushSample(t, reg+"/img:1")
-	ro := readOnlyRegistry(t)
+	ro := registrytest.New(t, registrytest.ReadOnly()).Host
 	tmp := sharedTemp(t)
 	dir := filepath.Join(tmp, "empty")
 	full := filepath.Join(tmp, "full")
@@ -114,49 +109,6 @@ func TestFailureTable(t *testing.T) {
 	}
 }
 
-// readOnlyRegistry serves pulls but answers pushes with 405, as a read-only
-// mirror does.
-func readOnlyRegistry(t *testing.T) string {
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			http.Error(w, `{"errors":[{"code":"UNSUPPORTED","message":"read-only"}]}`, http.StatusMethodNotAllowed)
-			return
-		}
-		reg.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
-
-// silentRegistry accepts connections and never answers.
-func silentRegistry(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
-
 // sharedTemp is a temporary directory other users may enter (0755), for
 // the rows that run as nobody.
 func sharedTemp(t *testing.T) string {
@@ -193,7 +145,7 @@ func exe(t *testing.T, asNobody bool) string {
 // TestInterrupt: SIGINT stops mount and inspect at once while the registry
 // never answers: exit 130, "interrupted", and no mount server left behind.
 func TestInterrupt(t *testing.T) {
-	dead := silentRegistry(t)
+	dead := registrytest.Silent(t)
 	tmp := sharedTemp(t)
 	dir := filepath.Join(tmp, "mnt")
 	state := filepath.Join(tmp, "state")
