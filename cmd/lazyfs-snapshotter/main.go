@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/internal/version"
 	"github.com/lazyfs/lazyfs/snapshotter/service"
@@ -21,11 +22,13 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newCmd().ExecuteContext(ctx)
+	cmd := newCmd()
+	cli.Harden(cmd) // usage errors: one line with the usage, exit 64
+	err := cmd.ExecuteContext(ctx)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lazyfs-snapshotter:", err)
-		os.Exit(1)
+		os.Exit(cli.ExitCode(nil, err))
 	}
 }
 

@@ -31,6 +31,8 @@ type failure struct {
 var failureTable = []failure{
 	{"too few arguments", []string{"mount", "{reg}/img:1"}, 64, "usage: lazyfs mount [flags] REF DIR", false, false},
 	{"too many arguments", []string{"inspect", "a", "b"}, 64, "usage: lazyfs inspect [flags] REF", false, false},
+	{"unknown command", []string{"frob"}, 64, `unknown command "frob" for "lazyfs"; see --help`, false, false},
+	{"unknown subcommand", []string{"gpu", "frob"}, 64, `unknown command "frob" for "lazyfs gpu"; usage: lazyfs gpu`, false, false},
 	{"unknown flag", []string{"convert", "--bogus", "a", "b"}, 64, "unknown flag: --bogus; usage: lazyfs convert", false, false},
 	{"bad size", []string{"mount", "--cache-size", "ten", "a", "{dir}"}, 64, `invalid size "ten"`, false, false},
 	{"chunk size 0", []string{"convert", "--chunk-size", "0", "{reg}/img:1", "{reg}/img:lazy"}, 64, "--chunk-size 0: out of range: the chunk size must be 4KiB-64MiB", false, false},

@@ -26,6 +26,9 @@ func newGPUCmd() *cobra.Command {
 		Use:     "gpu",
 		Short:   "Claim, release and inspect GPUs kept warm by lazyfs-prewarm",
 		Example: `  eval "$(lazyfs gpu claim any --env)" && python3 job.py; lazyfs gpu release "$LAZYFS_GPU_UUID"`,
+		// A mistyped subcommand is a usage error, not help with status 0.
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.PersistentFlags().StringVar(&socket, "socket", socket, "lazyfs-prewarm API socket (env LAZYFS_PREWARM_SOCKET)")
 	client := func() *api.Client { return api.NewClient(socket) }

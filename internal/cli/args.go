@@ -7,7 +7,16 @@ import (
 // FlagError is a cobra FlagErrorFunc: a bad flag exits ExitUsage with the
 // usage line.
 func FlagError(cmd *cobra.Command, err error) error {
-	return Usagef("%s: %v; usage: %s", cmd.CommandPath(), err, cmd.UseLine())
+	return Usagef("%s%v; usage: %s", where(cmd), err, cmd.UseLine())
+}
+
+// where names a subcommand in an error ("lazyfs mount: "); the root's name
+// is already the prefix main prints.
+func where(cmd *cobra.Command) string {
+	if !cmd.HasParent() {
+		return ""
+	}
+	return cmd.CommandPath() + ": "
 }
 
 // Harden makes argument and flag errors of cmd and all its subcommands say
@@ -20,7 +29,7 @@ func Harden(cmd *cobra.Command) {
 	if check := cmd.Args; check != nil {
 		cmd.Args = func(c *cobra.Command, args []string) error {
 			if err := check(c, args); err != nil {
-				return Usagef("%s: %v; usage: %s", c.CommandPath(), err, c.UseLine())
+				return Usagef("%s%v; usage: %s", where(c), err, c.UseLine())
 			}
 			return nil
 		}

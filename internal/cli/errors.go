@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
@@ -36,8 +37,15 @@ func ExitCode(ctx context.Context, err error) int {
 	if ctx != nil && ctx.Err() != nil {
 		return ExitInterrupted
 	}
+	if unknownCommand(err) {
+		return ExitUsage
+	}
 	return ExitError
 }
+
+// unknownCommand matches cobra's error for a subcommand that does not
+// exist, which cobra returns before any hook of ours runs.
+func unknownCommand(err error) bool { return strings.HasPrefix(err.Error(), "unknown command ") }
 
 // Message is the one line printed for err: "interrupted" when ctx was
 // cancelled by a signal (whatever the error says about the cancellation),
@@ -46,6 +54,9 @@ func Message(ctx context.Context, err error) string {
 	var ec exitCoder
 	if ctx != nil && ctx.Err() != nil && !errors.As(err, &ec) {
 		return "interrupted"
+	}
+	if unknownCommand(err) {
+		return err.Error() + "; see --help for the commands"
 	}
 	return err.Error()
 }
