@@ -28,7 +28,7 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lazyfs-snapshotter:", err)
-		os.Exit(cli.ExitCode(nil, err))
+		os.Exit(cli.ExitCode(context.Background(), err))
 	}
 }
 
