@@ -35,9 +35,17 @@ func pushSample(t *testing.T, ref string) {
 
 func TestVersion(t *testing.T) {
 	out, err := run(t, "version")
-	if err != nil || !strings.HasPrefix(out, "lazyfs ") {
+	if err != nil || !strings.HasPrefix(out, "lazyfs ") || !strings.Contains(out, "commit ") || !strings.Contains(out, "go1.") {
 		t.Fatalf("%q %v", out, err)
 	}
+	if out, err = run(t, "--version"); err != nil || !strings.Contains(out, "commit ") {
+		t.Fatalf("--version: %q %v", out, err)
+	}
+	out, err = run(t, "version", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkJSONContract(t, out)
 }
 
 func TestConvertAndInspect(t *testing.T) {

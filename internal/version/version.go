@@ -17,10 +17,18 @@ var Version = "dev"
 // embedded VCS stamp is used.
 var Commit string
 
-// String is what `BINARY --version` prints: the release, the commit (with
-// -dirty for a modified tree when Go stamped it), the Go version and the
-// platform, e.g. "lazyfs v0.3.0 (commit 1a2b3c4d5e6f, go1.26.0, linux/amd64)".
-func String(binary string) string {
+// Info is the build's identity, as `lazyfs version --json` prints it.
+type Info struct {
+	Binary    string `json:"binary"`
+	Version   string `json:"version"`
+	Commit    string `json:"commit"`
+	GoVersion string `json:"goVersion"`
+	Platform  string `json:"platform"`
+}
+
+// Get returns binary's Info: the commit from -ldflags or else Go's VCS
+// stamp (with -dirty for a modified tree), "unknown" without either.
+func Get(binary string) Info {
 	commit, dirty := Commit, ""
 	if bi, ok := debug.ReadBuildInfo(); ok && commit == "" {
 		for _, s := range bi.Settings {
@@ -35,5 +43,13 @@ func String(binary string) string {
 	if commit == "" {
 		commit = "unknown"
 	}
-	return fmt.Sprintf("%s %s (commit %s%s, %s, %s/%s)", binary, Version, commit, dirty, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return Info{Binary: binary, Version: Version, Commit: commit + dirty, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+}
+
+// String is what `BINARY --version` prints: the release, the commit (with
+// -dirty for a modified tree when Go stamped it), the Go version and the
+// platform, e.g. "lazyfs v0.3.0 (commit 1a2b3c4d5e6f, go1.26.0, linux/amd64)".
+func String(binary string) string {
+	i := Get(binary)
+	return fmt.Sprintf("%s %s (commit %s, %s, %s)", i.Binary, i.Version, i.Commit, i.GoVersion, i.Platform)
 }
