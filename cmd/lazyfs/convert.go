@@ -62,8 +62,9 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 				}
 				opts = append(opts, convert.WithPlatform(p))
 			}
+			var bar *cli.Progress // nil unless stderr is a terminal
 			if f, ok := cmd.ErrOrStderr().(*os.File); ok && term.IsTerminal(int(f.Fd())) && !asJSON {
-				bar := cli.NewProgress(f)
+				bar = cli.NewProgress(f)
 				opts = append(opts, convert.WithProgress(func(p convert.Progress) {
 					phase := "converting"
 					if p.Phase == "push" {
@@ -71,9 +72,9 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 					}
 					bar.Update(phase, p.Done, p.Total)
 				}))
-				defer bar.Finish()
 			}
 			rep, err := convert.Image(cmd.Context(), args[0], args[1], opts...)
+			bar.Finish() // clear the line before the summary or the error
 			if err != nil {
 				return cli.RegistryError(args[0], err)
 			}

@@ -43,8 +43,11 @@ func (p *Progress) Update(phase string, done, total int64) {
 	fmt.Fprintf(p.w, "\r\x1b[K%s", Line(phase, done, total, now.Sub(p.start)))
 }
 
-// Finish clears the line.
+// Finish clears the line. A nil Progress does nothing.
 func (p *Progress) Finish() {
+	if p == nil {
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.drawn {
