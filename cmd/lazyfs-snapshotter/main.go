@@ -62,7 +62,8 @@ func newCmd() *cobra.Command {
 API on --control-address. A lazyfs-snapshotter started with --holder mounts
 its lazy layers through it, so the snapshotter can be restarted or upgraded
 while running containers keep reading their layers.`,
-		Args: cobra.NoArgs,
+		Example: "  lazyfs-snapshotter holder --config /etc/lazyfs/config.toml &\n  lazyfs-snapshotter --holder --config /etc/lazyfs/config.toml",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := service.Load(configPath, cmd.Flags().Changed("config"), flags, cmd.Flags())
 			if err != nil {
