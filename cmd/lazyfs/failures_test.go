@@ -147,17 +147,21 @@ func exe(t *testing.T, asNobody bool) string {
 // TestInterrupt: SIGINT stops mount and inspect at once while the registry
 // never answers: exit 130, "interrupted", and no mount server left behind.
 func TestInterrupt(t *testing.T) {
-	dead := registrytest.Silent(t)
 	tmp := sharedTemp(t)
 	dir := filepath.Join(tmp, "mnt")
 	state := filepath.Join(tmp, "state")
 	os.Mkdir(dir, 0o755)
-	cases := [][]string{{"inspect", dead + "/img:1"}, {"convert", dead + "/img:1", dead + "/img:lazy"}}
+	// {dead} is a registry that accepts connections and never answers.
+	cases := [][]string{{"inspect", "{dead}/img:1"}, {"convert", "{dead}/img:1", "{dead}/img:lazy"}}
 	if os.Geteuid() == 0 {
-		cases = append(cases, []string{"mount", "--no-daemon", "--cache-dir", "", "--state-dir", state, dead + "/img:1", dir},
-			[]string{"mount", "--foreground", "--cache-dir", "", "--state-dir", state, dead + "/img:1", dir})
+		cases = append(cases, []string{"mount", "--no-daemon", "--cache-dir", "", "--state-dir", state, "{dead}/img:1", dir},
+			[]string{"mount", "--foreground", "--cache-dir", "", "--state-dir", state, "{dead}/img:1", dir})
 	}
 	for _, args := range cases {
+		hung := registrytest.Silent(t)
+		for i := range args {
+			args[i] = strings.ReplaceAll(args[i], "{dead}", hung.Host)
+		}
 		name := args[0]
 		if strings.HasPrefix(args[1], "--") {
 			name += " " + args[1]
@@ -170,7 +174,13 @@ func TestInterrupt(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(500 * time.Millisecond) // let it reach the registry
+			// Interrupt once it waits on the registry.
+			select {
+			case <-hung.Connected:
+			case <-time.After(30 * time.Second):
+				cmd.Process.Kill()
+				t.Fatal("lazyfs never reached the registry")
+			}
 			cmd.Process.Signal(os.Interrupt)
 			// A hang detector, not a speed assertion: before the fix mount
 			// ignored SIGINT for 62s and inspect for 14s.

@@ -28,7 +28,7 @@ func TestCheckPush(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
-	if err := convert.CheckPush(ctx, registrytest.Silent(t)+"/a:lazy", false, nil); !errors.Is(err, context.DeadlineExceeded) {
+	if err := convert.CheckPush(ctx, registrytest.Silent(t).Host+"/a:lazy", false, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("silent registry: %v; want the context's error", err)
 	}
 }

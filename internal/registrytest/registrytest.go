@@ -129,10 +129,19 @@ func Push(t testing.TB, ref string, img v1.Image) v1.Hash {
 	return d
 }
 
-// Silent returns the HOST:PORT of a server that accepts connections and
-// never answers, as a registry hung behind a load balancer: clients must
-// give up through their context or deadlines.
-func Silent(t testing.TB) string {
+// Hung is a server that accepts connections and never answers, as a
+// registry hung behind a load balancer: clients must give up through their
+// context or deadlines.
+type Hung struct {
+	// Host is HOST:PORT.
+	Host string
+	// Connected is closed once the first client has connected: the client
+	// is then waiting on the registry.
+	Connected <-chan struct{}
+}
+
+// Silent starts a Hung server, closed when the test ends.
+func Silent(t testing.TB) *Hung {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -140,6 +149,7 @@ func Silent(t testing.TB) string {
 	}
 	var mu sync.Mutex
 	var conns []net.Conn
+	connected := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -149,6 +159,9 @@ func Silent(t testing.TB) string {
 				return
 			}
 			mu.Lock()
+			if len(conns) == 0 {
+				close(connected)
+			}
 			conns = append(conns, c)
 			mu.Unlock()
 		}
@@ -162,5 +175,5 @@ func Silent(t testing.TB) string {
 			c.Close()
 		}
 	})
-	return ln.Addr().String()
+	return &Hung{Host: ln.Addr().String(), Connected: connected}
 }

@@ -34,11 +34,16 @@ func TestRegistry(t *testing.T) {
 }
 
 func TestSilent(t *testing.T) {
-	host := Silent(t)
+	h := Silent(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
-	if _, err := remote.Get(mustRef(t, host+"/a:1"), remote.WithContext(ctx)); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := remote.Get(mustRef(t, h.Host+"/a:1"), remote.WithContext(ctx)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a silent registry answered: %v", err)
+	}
+	select {
+	case <-h.Connected:
+	default:
+		t.Error("Connected not closed after a client connected")
 	}
 }
 
