@@ -42,6 +42,7 @@ var failureTable = []failure{
 	{"read-ahead negative", []string{"mount", "--read-ahead", "-1", "{reg}/img:lazy", "{dir}"}, 64, "or off", false, false},
 	{"neighbor window", []string{"mount", "--neighbor-window", "1GiB", "{reg}/img:lazy", "{dir}"}, 64, "--neighbour-window 1GiB: out of range", false, false},
 	{"cache size 0", []string{"mount", "--cache-size", "0", "{reg}/img:lazy", "{dir}"}, 64, "--cache-size 0: out of range", false, false},
+	{"serve cache size 0", []string{"serve", "--cache-size", "0"}, 64, "--cache-size 0: out of range", false, false},
 	{"missing mount dir", []string{"mount", "{reg}/img:lazy", "{missing}"}, 1, "does not exist: create it first", false, false},
 	{"mount dir is a file", []string{"mount", "{reg}/img:lazy", "{file}"}, 1, "is a file, not a directory", false, false},
 	{"mount dir not empty", []string{"mount", "{reg}/img:lazy", "{full}"}, 1, "is not empty: the mount would hide its files; pick an empty directory or pass --force", false, false},

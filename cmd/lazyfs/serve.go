@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lazyfs/lazyfs/blobcache"
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/node"
 )
 
@@ -32,6 +33,9 @@ uses node.RemoteLayerFS, so the snapshotter can restart while containers run
 		Example: "  lazyfs serve --cache-size 20GiB &\n  lazyfs mount 127.0.0.1:5000/python:3.12-lazy /mnt/python",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cli.SizeRange("cache-size", int64(cacheSize), minCacheSize, maxCacheSize, "the block cache capacity"); err != nil {
+				return err
+			}
 			level := slog.LevelInfo
 			if debug {
 				level = slog.LevelDebug
