@@ -38,6 +38,10 @@ func TestRegistryError(t *testing.T) {
 			t.Errorf("RegistryError(%v) lost the original error", c.err)
 		}
 	}
+	blob := &transport.Error{StatusCode: http.StatusNotFound, Errors: []transport.Diagnostic{{Code: transport.BlobUnknownErrorCode}}}
+	if got := RegistryError("r:1", blob); !strings.Contains(got.Error(), "a blob of the image is missing") {
+		t.Errorf("missing blob: %v", got)
+	}
 	other := errors.New("connection refused")
 	if got := RegistryError("r:1", other); got != other {
 		t.Errorf("unrelated error changed: %v", got)

@@ -109,19 +109,26 @@ func RegistryError(ref string, err error) error {
 	}
 	notFound := errors.Is(err, remote.ErrNotFound)
 	denied := errors.Is(err, remote.ErrUnauthorized)
+	blobGone := false
+	if notFound && strings.Contains(err.Error(), "/blobs/") {
+		// fs/remote names the URL: a layer or TOC blob, not the manifest.
+		notFound, blobGone = false, true
+	}
 	var te *transport.Error
 	if errors.As(err, &te) {
 		for _, d := range te.Errors {
 			switch d.Code {
-			case transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode, transport.BlobUnknownErrorCode:
+			case transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode:
 				notFound = true
+			case transport.BlobUnknownErrorCode:
+				blobGone = true
 			case transport.UnauthorizedErrorCode, transport.DeniedErrorCode:
 				denied = true
 			}
 		}
 		switch te.StatusCode {
 		case http.StatusNotFound:
-			notFound = true
+			notFound = notFound || !blobGone
 		case http.StatusUnauthorized, http.StatusForbidden:
 			denied = true
 		}
@@ -129,6 +136,8 @@ func RegistryError(ref string, err error) error {
 	switch {
 	case denied:
 		return &joined{friendly{fmt.Sprintf("%s: the registry refused access: log in (credentials come from ~/.docker/config.json, e.g. docker login or crane auth login) or check the repository name", ref), err}, ErrAccessDenied}
+	case blobGone:
+		return &joined{friendly{fmt.Sprintf("%s: a blob of the image is missing from the registry (the image is broken or partly deleted): push it again; %v", ref, err), err}, ErrImageNotFound}
 	case notFound:
 		return &joined{friendly{fmt.Sprintf("%s: no such image in the registry (repository or tag unknown): check the name and tag", ref), err}, ErrImageNotFound}
 	}
