@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -51,7 +52,18 @@ func (e gpuError) ExitCode() int {
 	return 1
 }
 
-func printJSON(w io.Writer, v any) error { return cli.WriteJSON(w, v) }
+// printJSON prints a document of the lazyfs-prewarm API in the CLI's JSON
+// convention (docs/cli.md): schemaVersion, camelCase keys.
+func printJSON(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if b, err = cli.CamelCaseKeys(b); err != nil {
+		return err
+	}
+	return cli.WriteJSON(w, json.RawMessage(b))
+}
 
 func newGPUStatusCmd(client func() *api.Client) *cobra.Command {
 	var asJSON bool
@@ -59,7 +71,7 @@ func newGPUStatusCmd(client func() *api.Client) *cobra.Command {
 		Use:   "status",
 		Short: "Show every GPU, its pre-warm state, the model workers, and the warmed images",
 		Example: `  lazyfs gpu status
-  lazyfs gpu status --json | jq '.workers[] | {name, state, suspended_bytes, last_resume_ms}'`,
+  lazyfs gpu status --json | jq '.workers[] | {name, state, suspendedBytes, lastResumeMs}'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := client().Status(cmd.Context())

@@ -131,3 +131,12 @@ func TestProgressLine(t *testing.T) {
 		t.Errorf("a rate before a second has passed: %q", got)
 	}
 }
+
+func TestCamelCaseKeys(t *testing.T) {
+	in := `{"memory_free_bytes":1,"gpus":[{"claim_id":"a_b","ok":true,"x":null,"n":1.5e3,"e":{},"l":[]}],"last_resume_ms":2}`
+	want := `{"memoryFreeBytes":1,"gpus":[{"claimId":"a_b","ok":true,"x":null,"n":1.5e3,"e":{},"l":[]}],"lastResumeMs":2}`
+	got, err := CamelCaseKeys([]byte(in))
+	if err != nil || string(got) != want {
+		t.Fatalf("CamelCaseKeys:\n got %s, %v\nwant %s", got, err, want)
+	}
+}

@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"strconv"
+	"strings"
 )
 
 // SchemaVersion is the version of every lazyfs --json output (docs/cli.md).
@@ -37,4 +39,84 @@ func WriteJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(json.RawMessage(b))
+}
+
+// CamelCaseKeys rewrites every object key of the JSON document b from
+// snake_case to camelCase ("memory_free_bytes" → "memoryFreeBytes"),
+// keeping the order of keys and every value as it is. The CLI uses it to
+// print documents of APIs that are snake_case on the wire (lazyfs-prewarm's)
+// in its own convention.
+func CamelCaseKeys(b []byte) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var out bytes.Buffer
+	type frame struct {
+		object bool
+		n      int // tokens written at this level
+	}
+	var stack []frame
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
+			stack = stack[:len(stack)-1]
+			out.WriteByte(byte(d))
+			if len(stack) > 0 {
+				stack[len(stack)-1].n++
+			}
+			continue
+		}
+		isKey := false
+		if len(stack) > 0 {
+			f := &stack[len(stack)-1]
+			isKey = f.object && f.n%2 == 0
+			switch {
+			case f.n == 0:
+			case f.object && !isKey:
+				out.WriteByte(':')
+			default:
+				out.WriteByte(',')
+			}
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			out.WriteByte(byte(t))
+			stack = append(stack, frame{object: t == '{'})
+			continue
+		case string:
+			if isKey {
+				t = camel(t)
+			}
+			kb, _ := json.Marshal(t)
+			out.Write(kb)
+		case json.Number:
+			out.WriteString(t.String())
+		default: // bool, nil
+			vb, _ := json.Marshal(t)
+			out.Write(vb)
+		}
+		if len(stack) > 0 {
+			stack[len(stack)-1].n++
+		}
+	}
+	return out.Bytes(), nil
+}
+
+// camel turns snake_case into camelCase.
+func camel(s string) string {
+	if !strings.Contains(s, "_") {
+		return s
+	}
+	parts := strings.Split(s, "_")
+	for i := 1; i < len(parts); i++ {
+		if p := parts[i]; p != "" {
+			parts[i] = strings.ToUpper(p[:1]) + p[1:]
+		}
+	}
+	return strings.Join(parts, "")
 }
