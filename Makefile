@@ -4,7 +4,7 @@
 GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT    ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-LDFLAGS   := -s -w -X github.com/lazyfs/lazyfs/internal/version.Version=$(VERSION) -X main.commit=$(COMMIT)
+LDFLAGS   := -s -w -X github.com/lazyfs/lazyfs/internal/version.Version=$(VERSION) -X github.com/lazyfs/lazyfs/internal/version.Commit=$(COMMIT)
 BINARIES  := lazyfs lazyfs-snapshotter lazyfs-prewarm
 # lazyfs links no cgo (its GPU client is the pure-Go package prewarm/api), so
 # it is built static; go-nvml's cgo code in lazyfs-prewarm calls NVML
@@ -29,12 +29,12 @@ build:
 	done
 	@ls bin
 
-## deps: install what the tests need on Debian 12 (root)
+## deps: install what the build and tests need on Debian 12 (root; quick when present)
 deps:
 	./.ci/deps.sh
 
-## test: vet and the whole test suite (what CI runs)
-test: vet
+## test: deps, vet and the whole test suite (what CI runs; the README's test command)
+test: deps vet
 	$(GO) test -count=1 -timeout 25m ./...
 	$(GO) test -count=1 -race -short -timeout 15m ./fs/...
 

@@ -118,19 +118,19 @@ const (
 
 // Stats are a Root's counters since it was made.
 type Stats struct {
-	Reads         int64 // READ requests served (successfully or not)
-	BytesRead     int64 // bytes returned to readers
-	ChunkHits     int64 // chunks a read found in the cache
-	ChunkMisses   int64 // chunks a read had to fetch
-	FetchedChunks int64 // chunks delivered by fetchers (reads and read-ahead)
-	FetchedBytes  int64 // their uncompressed bytes
-	Prefetched    int64 // chunks fetched by read-ahead and neighbour prefetch
-	NeighbourJobs int64 // neighbour prefetches queued after small-file misses
-	EIO           int64 // reads failed with EIO
-	Interrupted   int64 // reads cancelled by the kernel's interrupt
-	Passthrough   int64 // opens served through FUSE passthrough
-	Lookups       int64 // LOOKUP requests
-	NegLookups    int64 // LOOKUP requests of missing names
+	Reads         int64 `json:"reads"`         // READ requests served (successfully or not)
+	BytesRead     int64 `json:"bytesRead"`     // bytes returned to readers
+	ChunkHits     int64 `json:"chunkHits"`     // chunks a read found in the cache
+	ChunkMisses   int64 `json:"chunkMisses"`   // chunks a read had to fetch
+	FetchedChunks int64 `json:"fetchedChunks"` // chunks delivered by fetchers (reads and read-ahead)
+	FetchedBytes  int64 `json:"fetchedBytes"`  // their uncompressed bytes
+	Prefetched    int64 `json:"prefetched"`    // chunks fetched by read-ahead and neighbour prefetch
+	NeighbourJobs int64 `json:"neighbourJobs"` // neighbour prefetches queued after small-file misses
+	EIO           int64 `json:"eio"`           // reads failed with EIO
+	Interrupted   int64 `json:"interrupted"`   // reads cancelled by the kernel's interrupt
+	Passthrough   int64 `json:"passthrough"`   // opens served through FUSE passthrough
+	Lookups       int64 `json:"lookups"`       // LOOKUP requests
+	NegLookups    int64 `json:"negLookups"`    // LOOKUP requests of missing names
 }
 
 type counters struct {

@@ -16,14 +16,17 @@ REPO=$PWD
 export PATH=/usr/local/go/bin:$REPO/.cache/bin:$PATH
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (FUSE mounts and chroot)" >&2; exit 1; }
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+# Bold only on a terminal: piped or logged output gets no escape codes.
+if [ -t 1 ]; then B=$'\033[1m' R=$'\033[0m'; else B='' R=''; fi
+say() { printf '%s==> %s%s\n' "$B" "$*" "$R"; }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b-a}'; }
 
 # --- 1. what it needs ------------------------------------------------------
-say "installing packages (zstd fuse3 busybox-static python3 make)"
+command -v go >/dev/null || { echo "demo: Go >= 1.26 is needed in /usr/local/go (the go.dev tarball): see README.md" >&2; exit 1; }
+say "installing packages (zstd fuse3 busybox-static python3 make gcc)"
 need=()
-for p in zstd fuse3 busybox-static python3 make curl ca-certificates; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+for p in zstd fuse3 busybox-static python3 make gcc libc6-dev iproute2 curl ca-certificates; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if ((${#need[@]})); then
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
@@ -146,7 +149,7 @@ chroot "$WORK/mnt" /usr/bin/python3 -c "$WORKLOAD"
 t2=$(now)
 LAZY_READY=$(secs "$t0" "$t1"); LAZY_TOTAL=$(secs "$t0" "$t2")
 STATS=$("$LAZYFS" stats --json --state-dir "$WORK/state" "$WORK/mnt")
-FETCHED=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["remote"]["BytesFetched"])')
+FETCHED=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["remote"]["bytesFetched"])')
 LAZY_IMG=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["imageSize"])')
 
 # --- 5. what happened -------------------------------------------------------

@@ -3,7 +3,6 @@ package prewarm
 import (
 	"bytes"
 	"io"
-	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -36,5 +35,3 @@ func (r *recorder) Write(b []byte) (int, error) {
 func mustReq(method, path string) *http.Request { return httptest.NewRequest(method, path, nil) }
 
 func dialUnix(path string) (net.Conn, error) { return net.Dial("unix", path) }
-
-func nopLogger() *log.Logger { return log.New(io.Discard, "", 0) }

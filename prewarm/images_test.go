@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/lazyfs/lazyfs/internal/registrytest"
 )
 
 // fakeWarmer records what it was asked to warm; it fails while failing > 0.
@@ -76,9 +76,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestImageKeeperWarmsAndFollowsTag(t *testing.T) {
-	srv := httptest.NewServer(registry.New(registry.Logger(nopLogger())))
-	defer srv.Close()
-	host := strings.TrimPrefix(srv.URL, "http://")
+	host := registrytest.New(t).Host
 	ref := host + "/ml/torch:latest"
 	d1 := pushRandom(t, ref)
 
@@ -119,9 +117,7 @@ func TestImageKeeperWarmsAndFollowsTag(t *testing.T) {
 }
 
 func TestImageKeeperResolveErrorBacksOff(t *testing.T) {
-	srv := httptest.NewServer(registry.New(registry.Logger(nopLogger())))
-	defer srv.Close()
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/missing:1"
+	ref := registrytest.New(t).Host + "/missing:1"
 	w := &fakeWarmer{}
 	k := NewImageKeeper(ImageKeeperConfig{Refs: []string{ref}, Warmer: w, Interval: time.Millisecond, Backoff: time.Hour})
 	if err := k.Check(context.Background(), ref); err == nil {
@@ -141,9 +137,7 @@ func TestImageKeeperResolveErrorBacksOff(t *testing.T) {
 }
 
 func TestImageKeeperWithoutWarmer(t *testing.T) {
-	srv := httptest.NewServer(registry.New(registry.Logger(nopLogger())))
-	defer srv.Close()
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/a:1"
+	ref := registrytest.New(t).Host + "/a:1"
 	d := pushRandom(t, ref)
 	k := NewImageKeeper(ImageKeeperConfig{Refs: []string{ref}})
 	if err := k.Check(context.Background(), ref); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/pflag"
 
+	sizepkg "github.com/lazyfs/lazyfs/internal/size"
 	"github.com/lazyfs/lazyfs/prewarm"
 )
 
@@ -193,43 +194,9 @@ func (d *duration) Set(s string) error          { return d.UnmarshalText([]byte(
 func (d duration) String() string               { return time.Duration(d).String() }
 func (d duration) Type() string                 { return "duration" }
 
-// size is a byte count written as "1GiB", "512MiB", "64M" or "1048576".
-type size uint64
-
-func (s *size) UnmarshalText(b []byte) error {
-	v, err := parseSize(string(b))
-	if err != nil {
-		return err
-	}
-	*s = size(v)
-	return nil
-}
-func (s size) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
-func (s *size) Set(v string) error          { return s.UnmarshalText([]byte(v)) }
-func (s size) String() string               { return strconv.FormatUint(uint64(s), 10) }
-func (s size) Type() string                 { return "bytes" }
-
-func parseSize(s string) (uint64, error) {
-	t := strings.TrimSpace(s)
-	mult := uint64(1)
-	for _, u := range []struct {
-		suf string
-		m   uint64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"K", 1000}, {"M", 1000 * 1000}, {"G", 1000 * 1000 * 1000}, {"B", 1}} {
-		if strings.HasSuffix(t, u.suf) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suf)), u.m
-			break
-		}
-	}
-	n, err := strconv.ParseUint(t, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("size %q: want a number with an optional KiB/MiB/GiB/TiB/K/M/G suffix", s)
-	}
-	if mult > 1 && n > ^uint64(0)/mult {
-		return 0, fmt.Errorf("size %q: too large", s)
-	}
-	return n * mult, nil
-}
+// size is a byte count in lazyfs's one convention (internal/size): "1GiB",
+// "512MiB", "64M" (binary), "1.5GB" (decimal) or "1048576".
+type size = sizepkg.Size
 
 // parseUser resolves --worker-user: "UID", "UID:GID" or a user name (its
 // primary group). "" returns nil: workers keep the daemon's ids.

@@ -32,6 +32,7 @@ through a claim/release API on a unix socket (see 'lazyfs gpu'). Without an
 NVIDIA driver or GPU it runs in report-only mode and still keeps images warm.
 
 Persistence mode is reported and changed only with --enable-persistence.`,
+		Example:       "  lazyfs-prewarm --config /etc/lazyfs/prewarm.toml\n  lazyfs-prewarm --image 127.0.0.1:5000/torch:lazy --memory-floor 2GiB",
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,

@@ -38,8 +38,9 @@ func newHoldCmd() *cobra.Command {
 func newWorkerCmd() *cobra.Command {
 	var alloc size
 	cmd := &cobra.Command{
-		Use:   "worker",
-		Short: "Reference warm worker: hold a context and run small ops on request",
+		Use:     "worker",
+		Short:   "Reference warm worker: hold a context and run small ops on request",
+		Example: "  lazyfs-prewarm --worker-command 'lazyfs-prewarm worker'   # the daemon keeps one per idle GPU",
 		Long: `worker retains the primary context of the GPU in CUDA_VISIBLE_DEVICES, listens
 on $LAZYFS_WORKER_SOCKET, prints READY and answers one line per request:
 "op" (runs a small CUDA op, answers "ok <unix-ns>"), "ping", "exit".

@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/internal/cli"
 )
 
 func main() {
@@ -35,5 +37,6 @@ func newRootCmd() *cobra.Command {
 	root.Version = versionString()
 	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(newHoldCmd(), newWorkerCmd(), newFirstOpCmd(), newDevBenchCmd())
+	cli.Harden(root) // usage errors: one line with the usage, exit 64
 	return root
 }

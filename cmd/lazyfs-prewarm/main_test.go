@@ -176,19 +176,6 @@ enable_persistence = false
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]uint64{"0": 0, "1048576": 1 << 20, "64MiB": 64 << 20, "2GiB": 2 << 30, "1G": 1e9, "512 KiB": 512 << 10} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "x", "-1", "1.5GiB", "99999999999999TiB"} {
-		if _, err := parseSize(bad); err == nil {
-			t.Errorf("parseSize(%q) accepted", bad)
-		}
-	}
-}
-
 func TestMetricsEndpoint(t *testing.T) {
 	cfg := defaultConfig()
 	cfg.Socket = tempSock(t)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/internal/version"
 	"github.com/lazyfs/lazyfs/snapshotter/service"
@@ -21,11 +22,13 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newCmd().ExecuteContext(ctx)
+	cmd := newCmd()
+	cli.Harden(cmd) // usage errors: one line with the usage, exit 64
+	err := cmd.ExecuteContext(ctx)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lazyfs-snapshotter:", err)
-		os.Exit(1)
+		os.Exit(cli.ExitCode(context.Background(), err))
 	}
 }
 
@@ -35,7 +38,7 @@ func newCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:           "lazyfs-snapshotter [flags]",
 		Short:         "containerd snapshotter and node daemon for lazyfs images",
-		Version:       version.Version,
+		Version:       version.String("lazyfs-snapshotter"),
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -49,6 +52,7 @@ func newCmd() *cobra.Command {
 			return run(cmd.Context(), cfg, log)
 		},
 	}
+	cmd.SetVersionTemplate("{{.Version}}\n")
 	cmd.PersistentFlags().StringVar(&configPath, "config", service.DefaultConfigPath, "TOML configuration file (flags win over it)")
 	flags.BindFlags(cmd.PersistentFlags())
 	cmd.AddCommand(&cobra.Command{
@@ -58,7 +62,8 @@ func newCmd() *cobra.Command {
 API on --control-address. A lazyfs-snapshotter started with --holder mounts
 its lazy layers through it, so the snapshotter can be restarted or upgraded
 while running containers keep reading their layers.`,
-		Args: cobra.NoArgs,
+		Example: "  lazyfs-snapshotter holder --config /etc/lazyfs/config.toml &\n  lazyfs-snapshotter --holder --config /etc/lazyfs/config.toml",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := service.Load(configPath, cmd.Flags().Changed("config"), flags, cmd.Flags())
 			if err != nil {

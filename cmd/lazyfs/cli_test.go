@@ -4,21 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"log"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-
 	"github.com/lazyfs/lazyfs/fs/convert"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/lazyfs/lazyfs/internal/registrytest"
 )
 
 // run executes the lazyfs command line in-process.
@@ -34,34 +25,27 @@ func run(t *testing.T, args ...string) (string, error) {
 }
 
 // testRegistry starts an in-process registry and returns its host.
-func testRegistry(t *testing.T) string {
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
+func testRegistry(t *testing.T) string { return registrytest.New(t).Host }
 
+// pushSample pushes a one-layer image with every entry type to ref.
 func pushSample(t *testing.T, ref string) {
 	t.Helper()
-	b := toctest.Tar(t, toctest.AllTypes(700<<10))
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, l)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	registrytest.PushTars(t, ref, toctest.Tar(t, toctest.AllTypes(700<<10)))
 }
 
 func TestVersion(t *testing.T) {
 	out, err := run(t, "version")
-	if err != nil || !strings.HasPrefix(out, "lazyfs ") {
+	if err != nil || !strings.HasPrefix(out, "lazyfs ") || !strings.Contains(out, "commit ") || !strings.Contains(out, "go1.") {
 		t.Fatalf("%q %v", out, err)
 	}
+	if out, err = run(t, "--version"); err != nil || !strings.Contains(out, "commit ") {
+		t.Fatalf("--version: %q %v", out, err)
+	}
+	out, err = run(t, "version", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkJSONContract(t, out)
 }
 
 func TestConvertAndInspect(t *testing.T) {
@@ -73,6 +57,7 @@ func TestConvertAndInspect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkJSONContract(t, out)
 	var before inspectReport
 	if err := json.Unmarshal([]byte(out), &before); err != nil {
 		t.Fatalf("%v: %s", err, out)
@@ -85,6 +70,7 @@ func TestConvertAndInspect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkJSONContract(t, out)
 	var rep convert.Report
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("%v: %s", err, out)
@@ -130,19 +116,6 @@ func TestCLIErrors(t *testing.T) {
 	} {
 		if _, err := run(t, args...); err == nil {
 			t.Errorf("%v: no error", args)
-		}
-	}
-}
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"4096": 4096, "64KiB": 64 << 10, "1MiB": 1 << 20, "1.5G": 3 << 29, "10GB": 10e9, "256k": 256 << 10} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("%s: %d %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", "x", "-1", "1XB"} {
-		if _, err := parseSize(bad); err == nil {
-			t.Errorf("%q accepted", bad)
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -9,12 +8,13 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/zstd"
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
 	"github.com/lazyfs/lazyfs/fs/convert"
 	"github.com/lazyfs/lazyfs/fs/toc"
+	"github.com/lazyfs/lazyfs/internal/cli"
+	"github.com/lazyfs/lazyfs/internal/size"
 )
 
 func newConvertCmd() *cobra.Command {
@@ -41,6 +41,12 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 		Example: "  lazyfs convert docker.io/library/python:3.12 registry.example.com/python:3.12-lazy",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := validateConvert(int64(chunkSize), level, jobs); err != nil {
+				return err
+			}
+			if err := cli.PushError(args[1], convert.CheckPush(cmd.Context(), args[1], insecure, nil)); err != nil {
+				return err
+			}
 			opts := []convert.Option{
 				convert.WithChunkSize(int(chunkSize)),
 				convert.WithLevel(zstd.EncoderLevelFromZstd(level)),
@@ -58,38 +64,33 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 				}
 				opts = append(opts, convert.WithPlatform(p))
 			}
-			stderr := cmd.ErrOrStderr()
-			if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) && !asJSON {
-				bar := progressbar.NewOptions64(-1, progressbar.OptionSetWriter(stderr), progressbar.OptionShowBytes(true),
-					progressbar.OptionSetDescription("converting"), progressbar.OptionClearOnFinish(), progressbar.OptionThrottle(100*time.Millisecond))
+			var bar *cli.Progress // nil unless stderr is a terminal
+			if f, ok := cmd.ErrOrStderr().(*os.File); ok && term.IsTerminal(int(f.Fd())) && !asJSON {
+				bar = cli.NewProgress(f)
 				opts = append(opts, convert.WithProgress(func(p convert.Progress) {
+					phase := "converting"
 					if p.Phase == "push" {
-						bar.Describe("pushing")
+						phase = "pushing"
 					}
-					if p.Total > 0 {
-						bar.ChangeMax64(p.Total)
-					}
-					_ = bar.Set64(p.Done)
+					bar.Update(phase, p.Done, p.Total)
 				}))
-				defer bar.Finish()
 			}
 			rep, err := convert.Image(cmd.Context(), args[0], args[1], opts...)
+			bar.Finish() // clear the line before the summary or the error
 			if err != nil {
-				return err
+				return cli.RegistryError(args[0], err)
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
+				return cli.WriteJSON(cmd.OutOrStdout(), rep)
 			}
 			return printConvertSummary(cmd.OutOrStdout(), rep)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&platform, "platform", "", "convert only this platform of an index (os/arch[/variant]); default: all")
-	f.Var(&chunkSize, "chunk-size", "size files are cut into (e.g. 256KiB, 1MiB)")
-	f.IntVar(&level, "level", 3, "zstd compression level (1-19)")
-	f.IntVar(&jobs, "jobs", 0, "layers converted at once (default: number of CPUs)")
+	f.Var(&chunkSize, "chunk-size", fmt.Sprintf("size files are cut into, %s-%s", size.Format(toc.MinChunkSize), size.Format(toc.MaxChunkSize)))
+	f.IntVar(&level, "level", 3, fmt.Sprintf("zstd compression level (%d-%d)", minLevel, maxLevel))
+	f.IntVar(&jobs, "jobs", 0, fmt.Sprintf("layers converted at once, 1-%d (0: number of CPUs)", maxJobs))
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to any registry")
 	f.BoolVar(&asJSON, "json", false, "print a machine-readable summary")
 	f.StringVar(&tempDir, "temp-dir", "", "where converted layers are staged before the push (default $TMPDIR)")
@@ -124,9 +125,10 @@ func printConvertSummary(w io.Writer, rep *convert.Report) error {
 	if s.SourceSize > 0 {
 		ratio = float64(s.Size) / float64(s.SourceSize)
 	}
-	mbps := float64(s.UncompressedSize) / 1e6 / time.Duration(rep.Duration).Seconds()
-	_, err := fmt.Fprintf(w, "converted %s -> %s@%s: %d image(s), %d layer(s), %s of tar, %s -> %s (%.2fx), %.1fs (%.0f MB/s)\n",
+	secs := time.Duration(rep.Duration).Seconds()
+	// The rate is source bytes per second, as the progress line's.
+	_, err := fmt.Fprintf(w, "converted %s -> %s@%s: %d image(s), %d layer(s), %s of tar, %s -> %s (%.2fx), %.1fs (%s/s)\n",
 		rep.Source, rep.Destination, rep.Digest, len(rep.Images), s.Layers, humanBytes(s.UncompressedSize),
-		humanBytes(s.SourceSize), humanBytes(s.Size), ratio, time.Duration(rep.Duration).Seconds(), mbps)
+		humanBytes(s.SourceSize), humanBytes(s.Size), ratio, secs, humanBytes(int64(float64(s.SourceSize)/max(secs, 1e-3))))
 	return err
 }

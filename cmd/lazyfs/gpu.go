@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/prewarm/api"
 )
 
@@ -26,6 +27,9 @@ func newGPUCmd() *cobra.Command {
 		Use:     "gpu",
 		Short:   "Claim, release and inspect GPUs kept warm by lazyfs-prewarm",
 		Example: `  eval "$(lazyfs gpu claim any --env)" && python3 job.py; lazyfs gpu release "$LAZYFS_GPU_UUID"`,
+		// A mistyped subcommand is a usage error, not help with status 0.
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	cmd.PersistentFlags().StringVar(&socket, "socket", socket, "lazyfs-prewarm API socket (env LAZYFS_PREWARM_SOCKET)")
 	client := func() *api.Client { return api.NewClient(socket) }
@@ -48,10 +52,17 @@ func (e gpuError) ExitCode() int {
 	return 1
 }
 
+// printJSON prints a document of the lazyfs-prewarm API in the CLI's JSON
+// convention (docs/cli.md): schemaVersion, camelCase keys.
 func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if b, err = cli.CamelCaseKeys(b); err != nil {
+		return err
+	}
+	return cli.WriteJSON(w, json.RawMessage(b))
 }
 
 func newGPUStatusCmd(client func() *api.Client) *cobra.Command {
@@ -60,7 +71,7 @@ func newGPUStatusCmd(client func() *api.Client) *cobra.Command {
 		Use:   "status",
 		Short: "Show every GPU, its pre-warm state, the model workers, and the warmed images",
 		Example: `  lazyfs gpu status
-  lazyfs gpu status --json | jq '.workers[] | {name, state, suspended_bytes, last_resume_ms}'`,
+  lazyfs gpu status --json | jq '.workers[] | {name, state, suspendedBytes, lastResumeMs}'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := client().Status(cmd.Context())

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -100,8 +101,9 @@ func TestGPUCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkJSONContract(t, out)
 	var res prewarm.ClaimResult
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
+	if err := unmarshalAPI(out, &res); err != nil {
 		t.Fatalf("claim --json: %v\n%s", err, out)
 	}
 	if res.UUID != "GPU-fake-0" || res.HolderRelease != "now" || res.ClaimID == "" {
@@ -127,8 +129,9 @@ func TestGPUCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkJSONContract(t, out)
 	var st prewarm.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
+	if err := unmarshalAPI(out, &st); err != nil {
 		t.Fatal(err)
 	}
 	if st.GPUs[0].State != prewarm.StateClaimed || st.GPUs[0].Claim.Owner != "job-7" {
@@ -302,7 +305,7 @@ func TestGPUClaimWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	var st api.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Workers[0].Resumes != 2 || st.Workers[0].State != api.WorkerClaimed {
+	if err := unmarshalAPI(out, &st); err != nil || st.Workers[0].Resumes != 2 || st.Workers[0].State != api.WorkerClaimed {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
 	// What a job script does after eval: release "$LAZYFS_GPU_UUID".
@@ -311,4 +314,42 @@ func TestGPUClaimWorker(t *testing.T) {
 	if out, err := runGPU(t, "release", "GPU-fake-0", "--socket", sock); err != nil || !strings.Contains(out, "released worker llama") {
 		t.Fatalf("release $LAZYFS_GPU_UUID after a worker claim: %v\n%s", err, out)
 	}
+}
+
+// unmarshalAPI decodes a lazyfs gpu --json document (camelCase keys) into
+// the daemon API's snake_case types.
+func unmarshalAPI(out string, v any) error {
+	var doc any
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		return err
+	}
+	b, err := json.Marshal(snakeKeys(doc))
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+func snakeKeys(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		m := make(map[string]any, len(v))
+		for k, e := range v {
+			var sb strings.Builder
+			for _, r := range k {
+				if unicode.IsUpper(r) {
+					sb.WriteByte('_')
+					r = unicode.ToLower(r)
+				}
+				sb.WriteRune(r)
+			}
+			m[sb.String()] = snakeKeys(e)
+		}
+		return m
+	case []any:
+		for i := range v {
+			v[i] = snakeKeys(v[i])
+		}
+	}
+	return v
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -13,6 +12,7 @@ import (
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc"
+	"github.com/lazyfs/lazyfs/internal/cli"
 )
 
 type inspectReport struct {
@@ -53,7 +53,8 @@ machine's platform) and prints each layer's media type and size, whether it is
 a lazyfs chunked layer, and for chunked layers the entries, chunks and TOC size
 read from the layer's verified TOC (one range request per layer). It works on
 any image: a plain image is reported as not chunked.`,
-		Args: cobra.ExactArgs(1),
+		Example: "  lazyfs inspect 127.0.0.1:5000/python:3.12-lazy\n  lazyfs inspect --platform linux/arm64 --json registry.example.com/app:1 | jq .chunked",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var p *v1.Platform
 			if platform != "" {
@@ -66,7 +67,7 @@ any image: a plain image is reported as not chunked.`,
 			r := image.NewResolver(f, image.ResolverOptions{})
 			img, err := r.Resolve(cmd.Context(), args[0], p)
 			if err != nil {
-				return err
+				return cli.RegistryError(args[0], err)
 			}
 			rep := inspectReport{Reference: args[0], Digest: img.Digest.String(), MediaType: string(img.MediaType), Chunked: len(img.Layers) > 0}
 			if img.IndexDigest != (v1.Hash{}) {
@@ -102,9 +103,7 @@ any image: a plain image is reported as not chunked.`,
 			}
 			gerr := g.Wait()
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(rep); err != nil {
+				if err := writeJSON(cmd, rep); err != nil {
 					return err
 				}
 			} else if err := printInspect(cmd.OutOrStdout(), &rep); err != nil {

@@ -164,11 +164,15 @@ func TestMountThroughDaemon(t *testing.T) {
 // tests of the machine may have lazyfs mounts too).
 func lsUnder(t *testing.T, out, dir string) []node.ServedMount {
 	t.Helper()
-	var all, ls []node.ServedMount
-	if err := json.Unmarshal([]byte(out), &all); err != nil {
-		t.Fatalf("%v: %s", err, out)
+	var all struct {
+		SchemaVersion int                `json:"schemaVersion"`
+		Mounts        []node.ServedMount `json:"mounts"`
 	}
-	for _, m := range all {
+	var ls []node.ServedMount
+	if err := json.Unmarshal([]byte(out), &all); err != nil || all.SchemaVersion != 1 || all.Mounts == nil {
+		t.Fatalf("not an ls --json document of schema 1 (%v): %s", err, out)
+	}
+	for _, m := range all.Mounts {
 		if strings.HasPrefix(m.Dir, dir+"/") {
 			ls = append(ls, m)
 		}

@@ -1,12 +1,12 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/node"
 )
 
@@ -20,14 +20,15 @@ func newLsCmd() *cobra.Command {
 images from lazyfs mount, and the per-layer mounts of containerd snapshots) and
 those of standalone mount servers, with the image, the layer, the size, the bytes
 held by the block cache (LOCAL) and the bytes fetched.`,
-		Args: cobra.NoArgs,
+		Example: "  lazyfs ls\n  lazyfs ls --json | jq -r '.mounts[].dir'",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ms, lerr := s.List(cmd.Context())
 			if ms == nil {
 				ms = []node.ServedMount{}
 			}
 			if asJSON {
-				if err := writeJSON(cmd, ms); err != nil {
+				if err := writeJSON(cmd, lsJSON{Mounts: ms}); err != nil {
 					return err
 				}
 			} else {
@@ -65,6 +66,11 @@ held by the block cache (LOCAL) and the bytes fetched.`,
 	return cmd
 }
 
+// lsJSON is lazyfs ls --json (docs/cli.md).
+type lsJSON struct {
+	Mounts []node.ServedMount `json:"mounts"`
+}
+
 func shortDigest(d string) string {
 	if len(d) > 19 {
 		return d[:19]
@@ -73,7 +79,5 @@ func shortDigest(d string) string {
 }
 
 func writeJSON(cmd *cobra.Command, v any) error {
-	enc := json.NewEncoder(cmd.OutOrStdout())
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	return cli.WriteJSON(cmd.OutOrStdout(), v)
 }

@@ -4,27 +4,27 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/internal/cli"
+	"github.com/lazyfs/lazyfs/internal/version"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRootCmd().ExecuteContext(ctx)
-	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "lazyfs:", err)
-		var ec exitCoder
-		if errors.As(err, &ec) {
-			os.Exit(ec.ExitCode())
-		}
-		os.Exit(1)
+		fmt.Fprintln(os.Stderr, "lazyfs:", cli.Message(ctx, err))
+		code := cli.ExitCode(ctx, err)
+		stop()
+		os.Exit(code)
 	}
+	stop()
 }
 
 // exitCoder lets a subcommand choose its exit status.
@@ -34,10 +34,12 @@ func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "lazyfs",
 		Short:         "Start containers before their image has arrived",
-		Long:          "lazyfs converts OCI images into a chunk-indexed, still OCI-compatible layout,\nmounts them lazily through FUSE, and keeps GPUs warm for fast cold starts.",
+		Long:          "lazyfs converts OCI images into a chunk-indexed, still OCI-compatible layout,\nmounts them lazily through FUSE, and keeps GPUs warm for fast cold starts.\n\nOutput meant for scripts (--json) is described in docs/cli.md.",
+		Version:       version.String("lazyfs"),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(
 		newVersionCmd(),
 		newConvertCmd(),
@@ -51,5 +53,6 @@ func newRootCmd() *cobra.Command {
 		newGPUCmd(),
 		newBenchCmd(),
 	)
+	cli.Harden(root)
 	return root
 }

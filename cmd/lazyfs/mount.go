@@ -16,7 +16,9 @@ import (
 	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/node"
+	"github.com/lazyfs/lazyfs/internal/size"
 )
 
 type mountFlags struct {
@@ -27,8 +29,9 @@ type mountFlags struct {
 	insecure    bool
 	platform    string
 	pull        bool
-	readAhead   int
-	neighbours  sizeFlag
+	readAhead   cli.Count
+	neighbours  size.Off
+	force       bool
 	passthrough bool
 	stateDir    string
 	hostsDir    string
@@ -43,7 +46,8 @@ type mountFlags struct {
 var daemonFlags = []string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "passthrough", "hosts-dir", "debug"}
 
 func newMountCmd() *cobra.Command {
-	mf := mountFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity), logLimit: node.DefaultLogLimit}
+	mf := mountFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity), logLimit: node.DefaultLogLimit,
+		readAhead: cli.Count{Default: fs.DefaultReadAhead}, neighbours: size.Off{Default: fs.DefaultNeighbourWindow}}
 	cmd := &cobra.Command{
 		Use:   "mount [flags] REF DIR",
 		Short: "Mount an image's files lazily at DIR",
@@ -67,21 +71,30 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 			if err != nil {
 				return err
 			}
-			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-				return fmt.Errorf("mount point %s: not a directory", dir)
+			if err := mf.validate(); err != nil {
+				return err
 			}
 			if m, _ := node.IsLazyfsMount(dir); m {
-				return fmt.Errorf("%s is already a lazyfs mount (lazyfs umount %s first)", dir, dir)
+				return fmt.Errorf("%s is already a lazyfs mount: unmount it first (lazyfs umount %s)", dir, dir)
+			}
+			if err := cli.CheckMountDir(dir, mf.force); err != nil {
+				return err
 			}
 			if mf.foreground {
-				return serveMount(cmd, args[0], dir, &mf)
+				if err := cli.NeedRoot("lazyfs mount"); err != nil {
+					return err
+				}
+				return cli.RegistryError(args[0], serveMount(cmd, args[0], dir, &mf))
 			}
 			if !mf.noDaemon {
 				if h, err := node.NewClient(mf.control, 0).Health(cmd.Context()); err == nil {
-					return daemonMount(cmd, args[0], dir, &mf, h)
+					return cli.RegistryError(args[0], daemonMount(cmd, args[0], dir, &mf, h))
 				}
 			}
-			return spawnMount(cmd, args[0], dir, &mf)
+			if err := cli.NeedRoot("lazyfs mount"); err != nil {
+				return err
+			}
+			return cli.RegistryError(args[0], spawnMount(cmd, args[0], dir, &mf))
 		},
 	}
 	f := cmd.Flags()
@@ -93,8 +106,9 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.BoolVar(&mf.insecure, "insecure", false, "allow plain HTTP to any registry")
 	f.StringVar(&mf.platform, "platform", "", "platform to pick from an index (default: this machine's)")
 	f.BoolVar(&mf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
-	f.IntVar(&mf.readAhead, "read-ahead", 0, "chunks fetched ahead of a sequential reader (0: default, -1: none)")
-	f.Var(&mf.neighbours, "neighbour-window", "compressed bytes after a small file fetched in the background when it misses (0: default 1MiB, e.g. 1B to disable)")
+	f.Var(&mf.readAhead, "read-ahead", fmt.Sprintf("most chunks fetched ahead of a sequential reader, 1-%d (0 or off: none)", maxReadAhead))
+	f.Var(&mf.neighbours, "neighbour-window", fmt.Sprintf("compressed bytes after a small file fetched in the background when it misses, up to %s (0 or off: none; alias --neighbor-window)", size.Format(maxNeighbourWindow)))
+	f.BoolVar(&mf.force, "force", false, "mount over a directory that is not empty (its files are hidden until unmount)")
 	f.BoolVar(&mf.passthrough, "passthrough", false, "serve fully cached files through FUSE passthrough (kernel ≥ 6.9)")
 	f.StringVar(&mf.stateDir, "state-dir", node.DefaultStateDir, "where standalone mount servers record their state (0700)")
 	f.StringVar(&mf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
@@ -102,6 +116,7 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.BoolVar(&mf.noDaemon, "no-daemon", false, "never ask the daemon; serve the mount with a server of its own")
 	f.Var(&mf.logLimit, "log-limit", "bound of a standalone server's log (one previous log is kept)")
 	f.BoolVar(&mf.debug, "debug", false, "log debug messages")
+	f.SetNormalizeFunc(cli.Aliases(map[string]string{"neighbor-window": "neighbour-window"}))
 	return cmd
 }
 
@@ -159,7 +174,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 	notify := node.NewNotifier(mf.notifyFD)
 	defer func() {
 		if err != nil {
-			notify.Fail(err)
+			notify.Fail(cli.RegistryError(ref, err))
 		}
 	}()
 	level := slog.LevelInfo
@@ -188,13 +203,10 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 	if cacheDir == "" {
 		cacheDir = node.MemoryCache
 	}
-	if mf.cacheSize <= 0 {
-		return fmt.Errorf("--cache-size %d: the block cache needs a positive capacity", int64(mf.cacheSize))
-	}
 	cfg := node.Config{
 		CacheDir: cacheDir, CacheSize: int64(mf.cacheSize), HostsDir: mf.hostsDir, Insecure: mf.insecure, Logger: log,
 		PullDir: os.TempDir(),
-		FS:      fs.Options{ReadAhead: mf.readAhead, Passthrough: mf.passthrough, NeighbourWindow: int64(mf.neighbours)},
+		FS:      fs.Options{ReadAhead: mf.readAhead.Value(), Passthrough: mf.passthrough, NeighbourWindow: mf.neighbours.Bytes()},
 		Mount:   fs.MountOptions{Debug: mf.debug},
 	}
 	if mf.passthrough {
@@ -227,7 +239,8 @@ func newUmountCmd() *cobra.Command {
 standalone server (which then exits), or nobody (a stale mount left by a killed
 server). It reports failure while the server is still running, e.g. because
 files in the mount are still open.`,
-		Args: cobra.ExactArgs(1),
+		Example: "  lazyfs umount /mnt/python",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rep, err := node.UnmountDir(cmd.Context(), args[0], uc)
 			if err != nil {
@@ -254,9 +267,10 @@ func newStatsCmd() *cobra.Command {
 	var s node.Servers
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "stats DIR",
-		Short: "Show a lazyfs mount's counters (bytes fetched, cache hits, reads)",
-		Args:  cobra.ExactArgs(1),
+		Use:     "stats DIR",
+		Short:   "Show a lazyfs mount's counters (bytes fetched, cache hits, reads)",
+		Example: "  lazyfs stats /mnt/python\n  lazyfs stats --json /mnt/python | jq .fetched.bytes",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			dir, err := filepath.Abs(args[0])
 			if err != nil {

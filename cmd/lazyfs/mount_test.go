@@ -92,6 +92,7 @@ func TestMountUmount(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkJSONContract(t, out)
 	var st image.Stats
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatal(err)

@@ -6,13 +6,14 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/snapshotter/pull"
 )
 
 func newPullCmd() *cobra.Command {
 	var (
 		address, namespace, snapshotter, platform string
-		plainHTTP                                 bool
+		plainHTTP, asJSON                         bool
 		timeout                                   time.Duration
 	)
 	cmd := &cobra.Command{
@@ -24,17 +25,21 @@ downloading them (containerd 1.6's ctr pull does not pass them). Afterwards
 'ctr run --snapshotter lazyfs REF ...' starts containers from it. Layers that
 are not lazyfs layers are downloaded and unpacked as by a normal pull.
 Registries on localhost and loopback addresses are reached over plain HTTP.`,
-		Args: cobra.ExactArgs(1),
+		Example: "  lazyfs pull 127.0.0.1:5000/python:3.12-lazy\n  ctr run --rm --snapshotter lazyfs 127.0.0.1:5000/python:3.12-lazy py python3 -V",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := pull.Pull(cmd.Context(), args[0],
 				pull.WithAddress(address), pull.WithNamespace(namespace),
 				pull.WithSnapshotter(snapshotter), pull.WithPlainHTTP(plainHTTP),
 				pull.WithPlatform(platform), pull.WithTimeout(timeout))
 			if err != nil {
-				return err
+				return cli.RegistryError(args[0], err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", r.Name, r.Digest)
-			return nil
+			if asJSON {
+				return cli.WriteJSON(cmd.OutOrStdout(), r)
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", r.Name, r.Digest)
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -44,5 +49,6 @@ Registries on localhost and loopback addresses are reached over plain HTTP.`,
 	f.StringVar(&platform, "platform", "", "platform to pull from an index (default: this machine's)")
 	f.BoolVar(&plainHTTP, "plain-http", false, "use plain HTTP for every registry")
 	f.DurationVar(&timeout, "timeout", pull.DefaultTimeout, "give up the pull after this long")
+	f.BoolVar(&asJSON, "json", false, "print the image's name, digest and size as JSON (docs/cli.md)")
 	return cmd
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lazyfs/lazyfs/blobcache"
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/node"
 )
 
@@ -29,8 +30,12 @@ share them. lazyfs-snapshotter runs the same core for containerd; run one or
 the other on a node. It can also hold the FUSE mounts of a snapshotter that
 uses node.RemoteLayerFS, so the snapshotter can restart while containers run
 (docs/daemon.md). SIGTERM unmounts every mount (detaching busy ones) and exits.`,
-		Args: cobra.NoArgs,
+		Example: "  lazyfs serve --cache-size 20GiB &\n  lazyfs mount 127.0.0.1:5000/python:3.12-lazy /mnt/python",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cli.SizeRange("cache-size", int64(cacheSize), minCacheSize, maxCacheSize, "the block cache capacity"); err != nil {
+				return err
+			}
 			level := slog.LevelInfo
 			if debug {
 				level = slog.LevelDebug

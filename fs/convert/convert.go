@@ -122,7 +122,7 @@ type Report struct {
 	MediaType        string           `json:"mediaType"`
 	AlreadyConverted bool             `json:"alreadyConverted"`
 	Images           []ImageReport    `json:"images"`
-	Duration         Duration         `json:"duration"`
+	Duration         Duration         `json:"durationSeconds"`
 	Stats            ConversionTotals `json:"totals"`
 }
 
@@ -147,7 +147,7 @@ type LayerReport struct {
 	Entries          int      `json:"entries,omitempty"`
 	Chunks           int      `json:"chunks,omitempty"`
 	TOCSize          int64    `json:"tocSize,omitempty"`
-	Duration         Duration `json:"duration"`
+	Duration         Duration `json:"durationSeconds"`
 	// Kept says why a layer was not converted ("already chunked", "not distributable", "not a tar layer").
 	Kept string `json:"kept,omitempty"`
 	// KeptTOC says, for a layer kept as "already chunked", whether its TOC

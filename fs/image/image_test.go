@@ -6,8 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,19 +16,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/convert"
 	"github.com/lazyfs/lazyfs/fs/fstest"
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/lazyfs/lazyfs/internal/registrytest"
 )
 
 func needFUSE(t testing.TB) {
@@ -54,62 +46,50 @@ type faultyRegistry struct {
 
 func newRegistry(t testing.TB) *faultyRegistry {
 	r := &faultyRegistry{}
-	// Blobs on disk: the in-memory handler copies a whole blob per request,
-	// which no real registry does and which would swamp range reads.
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithBlobHandler(registry.NewDiskBlobHandler(t.TempDir())))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		isBlob := strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Method == http.MethodGet
-		if isBlob {
-			r.blobs.Add(1)
-		}
-		if isBlob && r.down.Load() {
-			// Like a dead server: drop the connection.
-			if hj, ok := w.(http.Hijacker); ok {
-				c, _, _ := hj.Hijack()
-				c.Close()
+	reg := registrytest.New(t, registrytest.WithMiddleware(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			isBlob := strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Method == http.MethodGet
+			if isBlob {
+				r.blobs.Add(1)
+			}
+			if isBlob && r.down.Load() {
+				// Like a dead server: drop the connection.
+				if hj, ok := w.(http.Hijacker); ok {
+					c, _, _ := hj.Hijack()
+					c.Close()
+					return
+				}
+			}
+			if isBlob && r.tamper.Load() {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				body := rec.Body.Bytes()
+				for i := 0; i < len(body); i += 97 {
+					body[i] ^= 0x5a
+				}
+				for k, v := range rec.Header() {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(rec.Code)
+				w.Write(body)
 				return
 			}
-		}
-		if isBlob && r.tamper.Load() {
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, req)
-			body := rec.Body.Bytes()
-			for i := 0; i < len(body); i += 97 {
-				body[i] ^= 0x5a
-			}
-			for k, v := range rec.Header() {
-				w.Header()[k] = v
-			}
-			w.WriteHeader(rec.Code)
-			w.Write(body)
-			return
-		}
-		h.ServeHTTP(w, req)
+			h.ServeHTTP(w, req)
+		})
 	}))
-	t.Cleanup(srv.Close)
-	r.host = strings.TrimPrefix(srv.URL, "http://")
+	r.host = reg.Host
 	return r
 }
 
 // pushConverted pushes an image built from files and converts it; it returns the lazy ref.
 func pushConverted(t testing.TB, r *faultyRegistry, repo string, files ...[]toctest.File) string {
 	t.Helper()
-	img := empty.Image
-	for _, fl := range files {
-		b := toctest.Tar(t, fl)
-		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-		if err != nil {
-			t.Fatal(err)
-		}
-		if img, err = mutate.AppendLayers(img, l); err != nil {
-			t.Fatal(err)
-		}
+	tars := make([][]byte, len(files))
+	for i, fl := range files {
+		tars[i] = toctest.Tar(t, fl)
 	}
 	src, dst := r.host+"/"+repo+":plain", r.host+"/"+repo+":lazy"
-	ref, _ := name.ParseReference(src)
-	if err := ggcrremote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	registrytest.PushTars(t, src, tars...)
 	if _, err := convert.Image(context.Background(), src, dst, convert.WithChunkSize(64<<10)); err != nil {
 		t.Fatal(err)
 	}

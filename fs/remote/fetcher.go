@@ -49,29 +49,29 @@ type Fetcher struct {
 type Stats struct {
 	// Requests counts HTTP requests sent for manifests and blob ranges
 	// (a request that followed redirects counts once; token requests are not counted).
-	Requests int64
+	Requests int64 `json:"requests"`
 	// BytesFetched counts body bytes read from blob range responses.
-	BytesFetched int64
+	BytesFetched int64 `json:"bytesFetched"`
 	// ChunksFetched counts chunks fetched from the network and verified.
-	ChunksFetched int64
+	ChunksFetched int64 `json:"chunksFetched"`
 	// ChunksShared counts chunk reads served by joining another caller's in-flight fetch.
-	ChunksShared int64
+	ChunksShared int64 `json:"chunksShared"`
 	// Retries counts attempts repeated after a transient failure.
-	Retries int64
+	Retries int64 `json:"retries"`
 	// Errors counts operations that failed after all retries and hosts.
-	Errors int64
+	Errors int64 `json:"errors"`
 	// VerifyFailures counts chunks whose bytes did not match their digest.
-	VerifyFailures int64
+	VerifyFailures int64 `json:"verifyFailures"`
 	// Redirects counts redirected blob URLs learned; RedirectReuses counts
 	// requests sent straight to a cached redirected URL.
-	Redirects      int64
-	RedirectReuses int64
+	Redirects      int64 `json:"redirects"`
+	RedirectReuses int64 `json:"redirectReuses"`
 	// AuthRefreshes counts credentials rebuilt after a 401.
-	AuthRefreshes int64
+	AuthRefreshes int64 `json:"authRefreshes"`
 	// MirrorFallbacks counts operations that moved from a failing mirror to the next host.
-	MirrorFallbacks int64
+	MirrorFallbacks int64 `json:"mirrorFallbacks"`
 	// RangeIgnored counts range requests answered with 200 and the whole blob.
-	RangeIgnored int64
+	RangeIgnored int64 `json:"rangeIgnored"`
 }
 
 type counters struct {

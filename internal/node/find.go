@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"sort"
 	"time"
@@ -50,8 +51,11 @@ func (s Servers) Find(ctx context.Context, dir string) (*Client, error) {
 		}
 	}
 	st, err := ReadMountState(s.StateDir, dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%s is not a lazyfs mount: no daemon or standalone server serves it (lazyfs ls lists the mounts)", dir)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%s is not a lazyfs mount served from this machine: %w", dir, err)
+		return nil, fmt.Errorf("%s: its mount state is unreadable (%w): remove the mount with lazyfs umount %s", dir, err, dir)
 	}
 	if !st.Process.Alive() {
 		return nil, fmt.Errorf("%s: its server (pid %d) is gone; clean up with: lazyfs umount %s", dir, st.Process.PID, dir)

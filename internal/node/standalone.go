@@ -244,7 +244,13 @@ type SpawnConfig struct {
 }
 
 // Spawn starts a mount server in its own session and waits until it
-// reports the mount ready (its pid and stats) or failed.
+// reports the mount ready (its pid and stats) or failed. When ctx ends
+// first (Ctrl-C), it stops the server (SIGTERM, SIGKILL after 5s), removes
+// the log it created, and returns ctx's error.
+// spawnStopGrace is how long an interrupted Spawn waits for the child to
+// stop after SIGTERM before killing it.
+const spawnStopGrace = 5 * time.Second
+
 func Spawn(ctx context.Context, c SpawnConfig) (int, image.Stats, error) {
 	var st image.Stats
 	if c.Timeout <= 0 {
@@ -253,6 +259,8 @@ func Spawn(ctx context.Context, c SpawnConfig) (int, image.Stats, error) {
 	if err := MkdirPrivate(filepath.Dir(c.Log)); err != nil {
 		return 0, st, err
 	}
+	_, statErr := os.Lstat(c.Log)
+	newLog := errors.Is(statErr, os.ErrNotExist)
 	logf, err := os.OpenFile(c.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return 0, st, err
@@ -293,8 +301,19 @@ func Spawn(ctx context.Context, c SpawnConfig) (int, image.Stats, error) {
 		<-done
 		return 0, st, fmt.Errorf("mount server not ready after %v (killed; log %s)", c.Timeout, c.Log)
 	case <-ctx.Done():
-		child.Process.Kill()
-		<-done
+		// Interrupted (Ctrl-C): stop the child as a signal stops a
+		// foreground server, so it unmounts whatever it had mounted and
+		// removes its state; kill it if it does not stop.
+		child.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(spawnStopGrace):
+			child.Process.Kill()
+			<-done
+		}
+		if newLog {
+			os.Remove(c.Log)
+		}
 		return 0, st, ctx.Err()
 	}
 	if msg, ok := strings.CutPrefix(l.s, "ready "); ok {

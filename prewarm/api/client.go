@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"syscall"
 )
 
 // DefaultSocket is where the daemon listens unless told otherwise.
@@ -66,6 +68,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return &remoteError{msg: fmt.Sprintf("lazyfs-prewarm is not running at %s: start it (systemctl start lazyfs-prewarm, or lazyfs-prewarm --socket %s as root), or point --socket or LAZYFS_PREWARM_SOCKET at its socket", c.Socket, c.Socket), sentinel: ErrNotRunning}
+		}
 		return fmt.Errorf("prewarm daemon %s: %w", c.Socket, err)
 	}
 	defer resp.Body.Close()

@@ -9,6 +9,9 @@ var (
 	// ErrNoDriver means no NVIDIA driver (libnvidia-ml.so.1 or libcuda.so.1)
 	// could be loaded, or cgo was not compiled in.
 	ErrNoDriver = errors.New("no NVIDIA driver")
+	// ErrNotRunning means no daemon listens on the API socket (the client's
+	// error, never sent by the daemon).
+	ErrNotRunning = errors.New("lazyfs-prewarm is not running")
 	// ErrReportOnly means the daemon manages no GPU (no driver, no GPU) and
 	// only reports.
 	ErrReportOnly = errors.New("report-only mode: no GPU managed")

@@ -12,10 +12,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,7 +25,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -40,6 +37,7 @@ import (
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
 	"github.com/lazyfs/lazyfs/internal/ctrtest"
 	"github.com/lazyfs/lazyfs/internal/node"
+	"github.com/lazyfs/lazyfs/internal/registrytest"
 	"github.com/lazyfs/lazyfs/snapshotter/pull"
 )
 
@@ -53,21 +51,21 @@ type countingRegistry struct {
 
 func newRegistry(t *testing.T) *countingRegistry {
 	r := &countingRegistry{bytes: map[string]int64{}}
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithBlobHandler(registry.NewDiskBlobHandler(t.TempDir())))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		repo, _, isBlob := strings.Cut(strings.TrimPrefix(req.URL.Path, "/v2/"), "/blobs/sha256:")
-		if req.Method == http.MethodGet && isBlob {
-			cw := &countingWriter{ResponseWriter: w}
-			h.ServeHTTP(cw, req)
-			r.mu.Lock()
-			r.bytes[repo] += cw.n
-			r.mu.Unlock()
-			return
-		}
-		h.ServeHTTP(w, req)
+	reg := registrytest.New(t, registrytest.WithMiddleware(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			repo, _, isBlob := strings.Cut(strings.TrimPrefix(req.URL.Path, "/v2/"), "/blobs/sha256:")
+			if req.Method == http.MethodGet && isBlob {
+				cw := &countingWriter{ResponseWriter: w}
+				h.ServeHTTP(cw, req)
+				r.mu.Lock()
+				r.bytes[repo] += cw.n
+				r.mu.Unlock()
+				return
+			}
+			h.ServeHTTP(w, req)
+		})
 	}))
-	t.Cleanup(srv.Close)
-	r.host = strings.TrimPrefix(srv.URL, "http://")
+	r.host = reg.Host
 	return r
 }
 

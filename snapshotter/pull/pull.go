@@ -108,9 +108,9 @@ func WithTimeout(d time.Duration) Option {
 
 // Result describes a pulled image.
 type Result struct {
-	Name   string // the image name in containerd
-	Digest string // the target (manifest or index) digest
-	Size   int64  // compressed size of the image's content in the registry
+	Name   string `json:"name"`   // the image name in containerd
+	Digest string `json:"digest"` // the target (manifest or index) digest
+	Size   int64  `json:"size"`   // compressed size of the image's content in the registry
 }
 
 // Pull fetches ref's manifest and config into containerd's content store and

@@ -10,12 +10,13 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/pflag"
+
+	"github.com/lazyfs/lazyfs/internal/size"
 )
 
 // DefaultConfigPath is where the daemon looks for its configuration.
@@ -171,40 +172,6 @@ func (d *Duration) Set(s string) error          { return d.UnmarshalText([]byte(
 func (d Duration) String() string               { return time.Duration(d).String() }
 func (d Duration) Type() string                 { return "duration" }
 
-// Size is a byte count written as "10GiB", "512MiB", "64M" or "1048576".
-type Size uint64
-
-func (s *Size) UnmarshalText(b []byte) error {
-	v, err := parseSize(string(b))
-	if err != nil {
-		return err
-	}
-	*s = Size(v)
-	return nil
-}
-func (s Size) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
-func (s *Size) Set(v string) error          { return s.UnmarshalText([]byte(v)) }
-func (s Size) String() string               { return strconv.FormatUint(uint64(s), 10) }
-func (s Size) Type() string                 { return "bytes" }
-
-func parseSize(s string) (uint64, error) {
-	t := strings.TrimSpace(s)
-	mult := uint64(1)
-	for _, u := range []struct {
-		suf string
-		m   uint64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"K", 1000}, {"M", 1000 * 1000}, {"G", 1000 * 1000 * 1000}, {"T", 1000 * 1000 * 1000 * 1000}, {"B", 1}} {
-		if strings.HasSuffix(t, u.suf) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suf)), u.m
-			break
-		}
-	}
-	n, err := strconv.ParseUint(t, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("size %q: want a number with an optional KiB/MiB/GiB/TiB/K/M/G/T suffix", s)
-	}
-	if mult > 1 && n > ^uint64(0)/mult {
-		return 0, fmt.Errorf("size %q: too large", s)
-	}
-	return n * mult, nil
-}
+// Size is a byte count in lazyfs's one convention (internal/size): "10GiB",
+// "512MiB", "64M" (binary), "1.5GB" (decimal) or "1048576".
+type Size = size.Size
