@@ -128,13 +128,19 @@ type Stats struct {
 	NeighbourJobs int64 // neighbour prefetches queued after small-file misses
 	EIO           int64 // reads failed with EIO
 	Interrupted   int64 // reads cancelled by the kernel's interrupt
-	Passthrough   int64 // opens served through FUSE passthrough
-	Lookups       int64 // LOOKUP requests
-	NegLookups    int64 // LOOKUP requests of missing names
+	// CacheSkipped counts fetched chunks not handed to the cache because
+	// its writer was behind (they were served, not stored).
+	CacheSkipped int64
+	// CacheErrors counts chunks the cache refused (full disk, errors).
+	CacheErrors int64
+	Passthrough int64 // opens served through FUSE passthrough
+	Lookups     int64 // LOOKUP requests
+	NegLookups  int64 // LOOKUP requests of missing names
 }
 
 type counters struct {
 	reads, bytesRead, hits, misses, fetched, fetchedBytes, prefetched, neighbourJobs, eio, interrupted, passthrough, lookups, neglookups atomic.Int64
+	cacheSkipped, cacheErrors                                                                                                            atomic.Int64
 }
 
 // layer is a Layer as the Root holds it.
@@ -155,8 +161,9 @@ type Root struct {
 
 	ctx      context.Context
 	bgctx    context.Context // ctx, as PrefetchContext derives it for background fetches
-	puts     chan putJob     // verified chunks for the cache writer
-	pending  sync.Map        // [32]byte sum -> []byte: chunks queued for the cache
+	hot      *hotSet         // recently fetched chunks, served before the cache
+	puts     chan *hotChunk  // verified chunks for the cache writer
+	queued   atomic.Int64    // chunks queued for or being written by the cache writer
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	prefetch chan prefetchJob
@@ -229,8 +236,9 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		}
 		r.spool = sp
 	}
+	r.hot = newHotSet(hotSetBytes(ls, opts.ReadAhead), maxChunkSize(ls))
 	if opts.Cache != nil {
-		r.puts = make(chan putJob, 256)
+		r.puts = make(chan *hotChunk, writeQueue)
 		r.wg.Add(1)
 		go r.cacheWriter()
 	}
@@ -242,6 +250,17 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		}
 	}
 	return r, nil
+}
+
+// writeQueue bounds the chunks waiting for the cache writer; beyond it
+// fetched chunks are served but not cached.
+const writeQueue = 256
+
+// hotSetBytes sizes the hot set: twice the largest read-ahead window, so that
+// read-ahead never evicts chunks before the reader gets to them, and at
+// least 64 MiB.
+func hotSetBytes(ls []*layer, readAhead int) int64 {
+	return max(64<<20, 2*int64(max(readAhead, 0))*int64(maxChunkSize(ls)))
 }
 
 func maxChunkSize(ls []*layer) int {
@@ -275,5 +294,6 @@ func (r *Root) Stats() Stats {
 		FetchedChunks: s.fetched.Load(), FetchedBytes: s.fetchedBytes.Load(),
 		Prefetched: s.prefetched.Load(), NeighbourJobs: s.neighbourJobs.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
 		Passthrough: s.passthrough.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
+		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(),
 	}
 }

@@ -1,7 +1,6 @@
 package fs
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -189,10 +188,12 @@ type cacheGetIntoer interface {
 }
 
 // cacheRead copies the part of chunk c (at file offset coff) that overlaps
-// dest (the file's bytes from off) from the cache, and reports a hit.
+// dest (the file's bytes from off) from the hot set or the cache, and
+// reports a hit.
 func (r *Root) cacheRead(ctx context.Context, c *toc.Chunk, dest []byte, off, coff int64) bool {
-	if v, ok := r.pending.Load(c.Sum); ok {
-		copyChunk(dest, off, coff, v.([]byte))
+	if h := r.hot.get(c.Sum); h != nil {
+		copyChunk(dest, off, coff, h.data)
+		h.release()
 		return true
 	}
 	gi, ok := r.opts.Cache.(cacheGetIntoer)
@@ -240,9 +241,6 @@ func (r *Root) cacheGet(ctx context.Context, c *toc.Chunk) ([]byte, bool) {
 	if r.opts.Cache == nil {
 		return nil, false
 	}
-	if v, ok := r.pending.Load(c.Sum); ok {
-		return v.([]byte), true
-	}
 	data, err := r.opts.Cache.Get(ctx, c.Digest())
 	if err != nil || len(data) != int(c.Size) {
 		r.logCacheErr(ctx, c, err)
@@ -255,7 +253,7 @@ func (r *Root) cacheGet(ctx context.Context, c *toc.Chunk) ([]byte, bool) {
 func isNotFound(err error) bool { return errors.Is(err, blobcache.ErrNotFound) }
 
 func (r *Root) cacheHas(ctx context.Context, c *toc.Chunk) bool {
-	if _, ok := r.pending.Load(c.Sum); ok {
+	if r.hot.has(c.Sum) {
 		return true
 	}
 	switch ca := r.opts.Cache.(type) {
@@ -330,61 +328,57 @@ type cacheVerifiedPutter interface {
 	PutVerified(ctx context.Context, d digest.Digest, data []byte) error
 }
 
-// putJob is a fetched, verified chunk on its way into the cache.
-type putJob struct {
-	sum  [32]byte
-	d    digest.Digest
-	data []byte
-}
-
-// storeChunk hands a verified chunk to the cache writer without making the
-// fetch wait for the cache's write path (badger's is slower than the
-// network on loopback): until it is written, reads find it in r.pending.
-// When the writer's queue is full the chunk is written right here.
+// storeChunk puts a verified chunk into the hot set, where reads find it,
+// and queues it for the cache writer. It never waits for the cache: when
+// the writer's queue is full (the cache's write path is slower than the
+// network) the chunk is served from the hot set and not cached
+// (Stats.CacheSkipped); a later read of it fetches it again.
 func (r *Root) storeChunk(c *toc.Chunk, data []byte) {
-	if r.opts.Cache == nil {
+	h := r.hot.add(c.Sum, data)
+	if h == nil {
+		return // already there (a shared fetch, or fetched twice)
+	}
+	if r.opts.Cache == nil || r.ctx.Err() != nil {
+		h.release()
 		return
 	}
-	own := bytes.Clone(data)
-	if _, loaded := r.pending.LoadOrStore(c.Sum, own); loaded {
-		return // the same chunk is already on its way (shared fetch)
-	}
-	j := putJob{sum: c.Sum, d: c.Digest(), data: own}
+	r.queued.Add(1)
 	select {
-	case r.puts <- j:
+	case r.puts <- h:
 	default:
-		r.put(j)
+		r.queued.Add(-1)
+		r.stats.cacheSkipped.Add(1)
+		h.release()
 	}
 }
 
-func (r *Root) put(j putJob) {
+func (r *Root) put(h *hotChunk) {
+	defer r.queued.Add(-1)
+	defer h.release()
+	d := digest.NewDigestFromBytes(digest.SHA256, h.sum[:])
 	var err error
 	if vp, ok := r.opts.Cache.(cacheVerifiedPutter); ok {
-		err = vp.PutVerified(r.ctx, j.d, j.data)
+		err = vp.PutVerified(r.ctx, d, h.data)
 	} else {
-		err = r.opts.Cache.Put(r.ctx, j.d, j.data)
+		err = r.opts.Cache.Put(r.ctx, d, h.data)
 	}
 	if err != nil && r.ctx.Err() == nil {
-		r.log.Debug("cache put", "chunk", j.d, "error", err)
+		r.stats.cacheErrors.Add(1)
+		r.log.Debug("cache put", "chunk", d, "error", err)
 	}
-	r.pending.Delete(j.sum)
 }
 
 // FlushCache waits until every fetched chunk queued for the cache has been
 // written (or ctx ends).
 func (r *Root) FlushCache(ctx context.Context) error {
-	for {
-		empty := true
-		r.pending.Range(func(_, _ any) bool { empty = false; return false })
-		if empty {
-			return nil
-		}
+	for r.queued.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(time.Millisecond):
 		}
 	}
+	return nil
 }
 
 // cacheWriter writes queued chunks into the cache until the Root closes;
@@ -394,9 +388,17 @@ func (r *Root) cacheWriter() {
 	for {
 		select {
 		case <-r.ctx.Done():
-			return
-		case j := <-r.puts:
-			r.put(j)
+			for {
+				select {
+				case h := <-r.puts:
+					h.release()
+					r.queued.Add(-1)
+				default:
+					return
+				}
+			}
+		case h := <-r.puts:
+			r.put(h)
 		}
 	}
 }
