@@ -106,7 +106,7 @@ type ReadEvent struct {
 
 // Defaults.
 const (
-	DefaultReadAhead = 32
+	DefaultReadAhead = 128
 	// DefaultPrefetchWorkers is the default Options.PrefetchWorkers.
 	DefaultPrefetchWorkers = 8
 	// DefaultNeighbourWindow is the default Options.NeighbourWindow.
@@ -133,6 +133,9 @@ type Stats struct {
 	CacheSkipped int64
 	// CacheErrors counts chunks the cache refused (full disk, errors).
 	CacheErrors int64
+	// BulkFills counts big files read in several long runs (an mmapping
+	// loader) whose chunks were then all fetched in order (docs/fs.md).
+	BulkFills   int64
 	Passthrough int64 // opens served through FUSE passthrough
 	Lookups     int64 // LOOKUP requests
 	NegLookups  int64 // LOOKUP requests of missing names
@@ -140,7 +143,7 @@ type Stats struct {
 
 type counters struct {
 	reads, bytesRead, hits, misses, fetched, fetchedBytes, prefetched, neighbourJobs, eio, interrupted, passthrough, lookups, neglookups atomic.Int64
-	cacheSkipped, cacheErrors                                                                                                            atomic.Int64
+	cacheSkipped, cacheErrors, bulkFills                                                                                                 atomic.Int64
 }
 
 // layer is a Layer as the Root holds it.
@@ -171,6 +174,8 @@ type Root struct {
 	reported sync.Map // chunkKey → struct{}: EIO already logged
 	spool    *spool
 	bufs     sync.Pool // *[]byte chunk buffers for partial cache reads
+	bulkMu   sync.Mutex
+	bulks    map[uint32]bool // nodes whose file a bulk fill is fetching
 }
 
 // NewRoot builds the tree of layers (bottom layer first). It fails if no
@@ -294,6 +299,6 @@ func (r *Root) Stats() Stats {
 		FetchedChunks: s.fetched.Load(), FetchedBytes: s.fetchedBytes.Load(),
 		Prefetched: s.prefetched.Load(), NeighbourJobs: s.neighbourJobs.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
 		Passthrough: s.passthrough.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
-		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(),
+		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(), BulkFills: s.bulkFills.Load(),
 	}
 }

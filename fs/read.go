@@ -19,16 +19,43 @@ import (
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
-// handle is one open file. It tracks sequential access for read-ahead.
+// handle is one open file. It tracks up to maxStreams sequential streams
+// for read-ahead: a plain reader makes one, a loader that faults in tensors
+// of an mmapped file through several threads (or one after another) makes
+// several, each a run of sequential READs at its own place.
 type handle struct {
 	r *Root
 	d uint32
 
-	mu    sync.Mutex
-	next  int64 // offset just past the previous read
-	seq   int   // consecutive sequential reads
-	raEnd int   // chunk index up to which read-ahead was queued
+	mu       sync.Mutex
+	streams  [maxStreams]stream
+	tick     uint64 // LRU clock of streams
+	longRuns int    // streams that ran past longRun bytes
 }
+
+// stream is one sequential run of READs in a file.
+type stream struct {
+	next  int64  // offset just past the previous READ
+	seq   int    // consecutive sequential READs
+	raEnd int    // chunk index up to which read-ahead was queued
+	win   int    // read-ahead window, chunks
+	run   int64  // bytes read in this run
+	used  uint64 // LRU tick
+	long  bool   // counted in longRuns
+}
+
+const (
+	maxStreams = 4
+	// initialWindow is the read-ahead window of a new stream, in chunks.
+	initialWindow = 4
+	// longRun is the length of a sequential run after which it counts as a
+	// tensor-like read; a big file with bulkRuns of them (at different
+	// places) is read whole by a loader, and gets a bulk fill.
+	longRun  = 2 << 20
+	bulkRuns = 3
+	// bulkMinSize is the smallest file a bulk fill is started for.
+	bulkMinSize = 64 << 20
+)
 
 var (
 	_ gofs.FileReader   = (*handle)(nil)
@@ -53,56 +80,95 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 
 // Read returns exactly the bytes [off, off+len(dest)) of the file (fewer at its end).
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	// The kernel sends a sequential reader's READs a few at a time and not
-	// always in order: a READ near the end of the previous one continues
-	// the stream.
-	h.mu.Lock()
-	if d := off - h.next; d >= -2*int64(len(dest)) && d <= 2*int64(len(dest)) {
-		h.seq++
-	} else {
-		h.seq = 0
-	}
-	h.next = max(h.next, off+int64(len(dest)))
-	if h.seq == 0 {
-		h.next = off + int64(len(dest))
-	}
-	seq := h.seq
-	h.mu.Unlock()
-
-	n, last, errno := h.r.readFile(ctx, h.d, dest, off)
+	st, seq := h.track(off, int64(len(dest)))
+	n, last, missed, errno := h.r.readFile(ctx, h.d, dest, off)
 	if errno != 0 {
 		return nil, errno
 	}
 	if seq >= 2 && h.r.opts.ReadAhead > 0 {
-		h.readAhead(last, seq)
+		h.readAhead(st, last, seq, missed)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
+// track finds the stream a READ continues (the kernel sends a sequential
+// reader's READs a few at a time and not always in order: a READ within two
+// request sizes of the end of a stream's previous one continues it), or
+// starts a new one in place of the least recently used. It returns the
+// stream's index and its count of consecutive sequential READs.
+func (h *handle) track(off, n int64) (int, int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.tick++
+	best, lru := -1, 0
+	for i := range h.streams {
+		s := &h.streams[i]
+		if s.used != 0 && off-s.next >= -2*n && off-s.next <= 2*n {
+			best = i
+			break
+		}
+		if s.used < h.streams[lru].used {
+			lru = i
+		}
+	}
+	if best < 0 {
+		// A READ at offset 0 counts as continuing a stream: readers of a
+		// whole file start there.
+		seq := 0
+		if off == 0 {
+			seq = 1
+		}
+		h.streams[lru] = stream{next: off + n, seq: seq, win: initialWindow, run: n, used: h.tick}
+		return lru, seq
+	}
+	s := &h.streams[best]
+	s.seq++
+	s.used = h.tick
+	s.run += n
+	s.next = max(s.next, off+n)
+	if s.run >= longRun && !s.long {
+		s.long = true
+		h.longRuns++
+		if h.longRuns == bulkRuns {
+			h.r.startBulk(h.d, off)
+		}
+	}
+	return best, s.seq
+}
+
 // readAhead queues the chunks after last (an index into the layer's chunks)
-// that have not been queued yet. The window starts at 4 chunks and doubles
-// with every sequential READ up to ReadAhead.
-func (h *handle) readAhead(last, seq int) {
+// that stream st has not queued yet. The window ramps up: it doubles with
+// each of the first sequential READs, and afterwards with every READ that
+// still had to wait for the network (the read-ahead was not far enough
+// ahead for the link's bandwidth × round trip), up to ReadAhead; it halves
+// when the read-ahead queue is full (the fetcher or the cache is behind).
+func (h *handle) readAhead(st, last, seq int, missed bool) {
 	r := h.r
 	l, e := r.t.dataEntry(h.d)
 	end := int(e.FirstChunk + e.NumChunks)
-	window := r.opts.ReadAhead
-	if seq < 6 {
-		window = min(window, 4<<(seq-2))
-	}
 	h.mu.Lock()
-	from := max(last, h.raEnd)
+	s := &h.streams[st]
+	if seq < 6 || missed {
+		s.win = min(2*s.win, r.opts.ReadAhead)
+	}
+	window := s.win
+	from := max(last, s.raEnd)
 	to := min(last+window, end)
 	// Queue in batches of at least half the window (or up to the end of the
 	// file): one large coalesced request costs the registry and the fetcher
 	// less than many small ones for the same bytes.
-	if from >= to || (to-from < window/2 && to < end && h.raEnd > last) {
+	if from >= to || (to-from < window/2 && to < end && s.raEnd > last) {
 		h.mu.Unlock()
 		return
 	}
-	h.raEnd = to
+	s.raEnd = to
 	h.mu.Unlock()
-	r.queuePrefetch(prefetchJob{l: l, first: from, last: to, path: e.Name})
+	if !r.queuePrefetch(prefetchJob{l: l, first: from, last: to, path: e.Name}) {
+		h.mu.Lock()
+		s.win = max(initialWindow, s.win/2)
+		s.raEnd = from
+		h.mu.Unlock()
+	}
 }
 
 // dataEntry returns the layer and entry holding node d's contents.
@@ -118,21 +184,22 @@ type chunkKey struct {
 }
 
 // readFile reads node d's contents at off into dest. It returns the number
-// of bytes read and the index after the last chunk it used.
-func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (int, int, syscall.Errno) {
+// of bytes read, the index after the last chunk it used, and whether it had
+// to fetch any.
+func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (int, int, bool, syscall.Errno) {
 	r.stats.reads.Add(1)
 	l, e := r.t.dataEntry(d)
 	if off < 0 {
-		return 0, 0, syscall.EINVAL
+		return 0, 0, false, syscall.EINVAL
 	}
 	if off >= e.Size || len(dest) == 0 {
-		return 0, 0, 0
+		return 0, 0, false, 0
 	}
 	n := int(min(int64(len(dest)), e.Size-off))
 	if e.NumChunks == 0 {
 		// A sparse file: its data is not chunked, so it cannot be served.
 		r.reportEIO(chunkKey{l, -1 - int(d)}, e.Name, -1, fmt.Errorf("%w: sparse file is not chunked", ErrChunkUnavailable))
-		return 0, 0, syscall.EIO
+		return 0, 0, false, syscall.EIO
 	}
 	t := l.toc
 	first, last := t.ChunkRange(e, off, int64(n))
@@ -160,14 +227,14 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (
 		if err != nil {
 			if ctx.Err() != nil {
 				r.stats.interrupted.Add(1)
-				return 0, 0, syscall.EINTR
+				return 0, 0, false, syscall.EINTR
 			}
 			r.reportEIO(chunkKey{l, failed}, e.Name, failed, err)
-			return 0, 0, syscall.EIO
+			return 0, 0, false, syscall.EIO
 		}
 	}
 	r.stats.bytesRead.Add(int64(n))
-	return n, last, 0
+	return n, last, len(missing) > 0, 0
 }
 
 // copyChunk copies the part of a chunk at file offset coff that overlaps
@@ -488,6 +555,9 @@ func (r *Root) runPrefetch(j prefetchJob) {
 			r.inflight.Delete(j.l.toc.Chunks[i].Sum)
 		}
 	}()
+	if !r.waitQueueRoom(r.bgctx, len(todo)) {
+		return
+	}
 	if _, err := r.fetch(r.bgctx, j.l, todo, nil); err != nil {
 		if r.ctx.Err() == nil {
 			r.log.Debug("read-ahead failed", "layer", j.l.name, "path", j.path, "error", err)
