@@ -170,7 +170,7 @@ type Root struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	prefetch chan prefetchJob
-	inflight sync.Map // [32]byte chunk sum → struct{}: read-ahead in progress
+	inflight sync.Map // [32]byte chunk sum → *flight: fetches in progress
 	reported sync.Map // chunkKey → struct{}: EIO already logged
 	spool    *spool
 	bufs     sync.Pool // *[]byte chunk buffers for partial cache reads

@@ -221,8 +221,11 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (
 		if e.NumChunks == 1 && r.opts.NeighbourWindow > 0 {
 			r.prefetchNeighbours(l, int(e.FirstChunk)+1, e.Name)
 		}
-		failed, err := r.fetch(ctx, l, missing, func(i int, data []byte) {
+		failed, err := r.fetchShared(ctx, l, missing, func(i int, data []byte) {
 			copyChunk(dest[:n], off, t.Chunks[i].Offset-base, data)
+		}, func(i int) bool {
+			c := &t.Chunks[i]
+			return r.cacheRead(ctx, c, dest[:n], off, c.Offset-base)
 		})
 		if err != nil {
 			if ctx.Err() != nil {
@@ -382,6 +385,67 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 	return 0, nil
 }
 
+// flight is a fetch of one chunk in progress (by a reader or read-ahead);
+// done is closed when it ends, successful or not. Others who need the chunk
+// wait for it and then find it in the hot set, so that two readers of the
+// same cold file fetch each chunk once.
+type flight struct{ done chan struct{} }
+
+// claim registers a fetch of the chunk with the given sum, or returns the
+// one in progress (mine false).
+func (r *Root) claim(sum [32]byte) (*flight, bool) {
+	f := &flight{done: make(chan struct{})}
+	v, loaded := r.inflight.LoadOrStore(sum, f)
+	return v.(*flight), !loaded
+}
+
+// land ends the flights of chunks idx of l.
+func (r *Root) land(l *layer, idx []int, fs []*flight) {
+	for k, i := range idx {
+		r.inflight.Delete(l.toc.Chunks[i].Sum)
+		close(fs[k].done)
+	}
+}
+
+// fetchShared fetches chunks idx of l like fetch, except those another
+// reader or read-ahead is fetching already: it waits for those (until ctx
+// ends) and takes them with take (from the hot set), fetching them itself
+// only if they did not arrive.
+func (r *Root) fetchShared(ctx context.Context, l *layer, idx []int, deliver func(i int, data []byte), take func(i int) bool) (int, error) {
+	var mine, theirs []int
+	var mf, tf []*flight
+	for _, i := range idx {
+		f, ok := r.claim(l.toc.Chunks[i].Sum)
+		if ok {
+			mine, mf = append(mine, i), append(mf, f)
+		} else {
+			theirs, tf = append(theirs, i), append(tf, f)
+		}
+	}
+	if len(mine) > 0 {
+		failed, err := r.fetch(ctx, l, mine, deliver)
+		r.land(l, mine, mf)
+		if err != nil {
+			return failed, err
+		}
+	}
+	var again []int
+	for k, i := range theirs {
+		select {
+		case <-tf[k].done:
+		case <-ctx.Done():
+			return i, ctx.Err()
+		}
+		if !take(i) {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		return r.fetch(ctx, l, again, deliver)
+	}
+	return 0, nil
+}
+
 // verifyingFetcher is implemented by fetchers that check every chunk's size
 // and sha256 before delivering it (fs/remote does); fs then does not hash
 // the chunk a second time. Other fetchers' chunks are verified here.
@@ -535,29 +599,29 @@ func (r *Root) prefetcher() {
 }
 
 func (r *Root) runPrefetch(j prefetchJob) {
+	// Wait for room in the cache's write queue before claiming anything: a
+	// reader that needs one of these chunks meanwhile fetches it itself.
+	if !r.waitQueueRoom(r.bgctx, j.last-j.first) {
+		return
+	}
 	var todo []int
+	var flights []*flight
 	for i := j.first; i < j.last; i++ {
 		c := &j.l.toc.Chunks[i]
-		if _, busy := r.inflight.LoadOrStore(c.Sum, struct{}{}); busy {
+		if r.cacheHas(r.bgctx, c) {
 			continue
 		}
-		if r.cacheHas(r.bgctx, c) {
-			r.inflight.Delete(c.Sum)
+		f, mine := r.claim(c.Sum)
+		if !mine {
 			continue
 		}
 		todo = append(todo, i)
+		flights = append(flights, f)
 	}
 	if len(todo) == 0 {
 		return
 	}
-	defer func() {
-		for _, i := range todo {
-			r.inflight.Delete(j.l.toc.Chunks[i].Sum)
-		}
-	}()
-	if !r.waitQueueRoom(r.bgctx, len(todo)) {
-		return
-	}
+	defer r.land(j.l, todo, flights)
 	if _, err := r.fetch(r.bgctx, j.l, todo, nil); err != nil {
 		if r.ctx.Err() == nil {
 			r.log.Debug("read-ahead failed", "layer", j.l.name, "path", j.path, "error", err)
