@@ -92,13 +92,33 @@ func TestBigFile(t *testing.T) {
 		}
 		defer f.Close()
 		got := make([]byte, size)
-		for off := 0; off < size; off += 1 << 20 {
-			if err := preadRetry(f, got[off:min(off+1<<20, size)], int64(off)); err != nil {
-				t.Fatal(err)
+		read := func(from, to int) {
+			for off := from; off < to; off += 1 << 20 {
+				if err := preadRetry(f, got[off:min(off+1<<20, to)], int64(off)); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
+		read(0, size/2)
+		// Let the hot set's buffers go and have the second half reuse them:
+		// what the cache holds of the first half must be its own.
+		if err := root.FlushCache(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		root.hot.clear()
+		read(size/2, size)
 		if !bytes.Equal(got, want) {
 			t.Fatalf("sequential read differs from the file (first difference at %d)", firstDiff(got, want))
+		}
+		dropCache(t, filepath.Join(dir, "model.bin"))
+		clear(got)
+		fetched := root.Stats().FetchedChunks
+		read(0, size/2)
+		if !bytes.Equal(got[:size/2], want[:size/2]) {
+			t.Fatalf("re-read from the cache differs (first difference at %d)", firstDiff(got[:size/2], want[:size/2]))
+		}
+		if s := root.Stats(); s.FetchedChunks != fetched {
+			t.Errorf("re-read fetched %d chunks: they should come from the cache", s.FetchedChunks-fetched)
 		}
 		t.Logf("%+v", root.Stats())
 	})

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -455,6 +456,8 @@ type verifyingFetcher interface {
 
 // cacheVerifiedPutter is the optional Cache method that stores a chunk
 // without hashing it again (blobcache has it): fetch has just verified it.
+// Unlike Put, PutVerified must not keep data after it returns (blobcache's
+// contract: "Put does not keep data"): it is a recycled buffer.
 type cacheVerifiedPutter interface {
 	PutVerified(ctx context.Context, d digest.Digest, data []byte) error
 }
@@ -489,9 +492,10 @@ func (r *Root) put(h *hotChunk) {
 	d := digest.NewDigestFromBytes(digest.SHA256, h.sum[:])
 	var err error
 	if vp, ok := r.opts.Cache.(cacheVerifiedPutter); ok {
-		err = vp.PutVerified(r.ctx, d, h.data)
+		err = vp.PutVerified(r.ctx, d, h.data) // does not keep h.data
 	} else {
-		err = r.opts.Cache.Put(r.ctx, d, h.data)
+		// Cache.Put may keep its slice; the hot set's buffer is recycled.
+		err = r.opts.Cache.Put(r.ctx, d, bytes.Clone(h.data))
 	}
 	if err != nil && r.ctx.Err() == nil {
 		r.stats.cacheErrors.Add(1)
