@@ -43,6 +43,7 @@ func BenchmarkBigCold(b *testing.B) {
 	layer, want := bigFileLayer(b, size, bigChunk)
 	layer.fetcher.SetLatency(rtt)
 	mount := func(b *testing.B) (string, func()) {
+		b.Helper()
 		cache, err := blobcache.Open(b.TempDir(), blobcache.WithCapacity(int64(2*size)))
 		if err != nil {
 			b.Fatal(err)
@@ -61,6 +62,7 @@ func BenchmarkBigCold(b *testing.B) {
 			b.Fatal(err)
 		}
 		return filepath.Join(dir, "model.bin"), func() {
+			b.Logf("%+v", root.Stats())
 			if err := srv.Unmount(); err != nil {
 				b.Error(err)
 			}

@@ -164,13 +164,24 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 	}
 	s.raEnd = to
 	h.mu.Unlock()
-	if !r.queuePrefetch(prefetchJob{l: l, first: from, last: to, path: e.Name}) {
-		h.mu.Lock()
-		s.win = max(initialWindow, s.win/2)
-		s.raEnd = from
-		h.mu.Unlock()
+	// Split into jobs of at most raJobBytes, which the prefetch workers
+	// fetch in parallel: parallel range requests across one big file,
+	// whatever the fetcher does within one call.
+	step := max(1, raJobBytes/max(1, int(l.toc.ChunkSize)))
+	for i := from; i < to; i += step {
+		if !r.queuePrefetch(prefetchJob{l: l, first: i, last: min(i+step, to), path: e.Name}) {
+			h.mu.Lock()
+			s.win = max(initialWindow, s.win/2)
+			s.raEnd = min(s.raEnd, i)
+			h.mu.Unlock()
+			return
+		}
 	}
 }
+
+// raJobBytes bounds one read-ahead job: fs/remote's default request bound,
+// so that one job is one range request.
+const raJobBytes = 4 << 20
 
 // dataEntry returns the layer and entry holding node d's contents.
 func (t *tree) dataEntry(d uint32) (*layer, *toc.Entry) {
