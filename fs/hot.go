@@ -109,13 +109,6 @@ func (s *hotSet) has(sum [32]byte) bool {
 	return ok
 }
 
-// size returns the bytes the set holds.
-func (s *hotSet) size() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.bytes
-}
-
 // release lets go of one hold on c.
 func (c *hotChunk) release() {
 	if c.refs.Add(-1) != 0 {
