@@ -54,9 +54,10 @@ type Options struct {
 	// Logger gets EIO reports (one per chunk) and debug messages; nil discards.
 	Logger *slog.Logger
 	// ReadAhead is the most chunks past a sequential reader's position that
-	// are fetched into the cache in the background (the window starts at 4
-	// and doubles per sequential READ): 0 means DefaultReadAhead, a negative
-	// value none.
+	// are fetched in the background (a stream's window starts at 4, doubles
+	// with its first READs and then with every READ that still waited for
+	// the network, and halves when the queue is full; docs/fs.md): 0 means
+	// DefaultReadAhead (128), a negative value none (and no bulk fill).
 	ReadAhead int
 	// PrefetchWorkers bounds the background fetch jobs running at once
 	// (default DefaultPrefetchWorkers); each waits mostly on the network.
