@@ -47,12 +47,9 @@ func (r *Root) startBulk(d uint32, off int64) {
 	}
 	r.bulks[d] = true
 	r.bulkMu.Unlock()
-	r.stats.bulkFills.Add(1)
 	first, end := int(e.FirstChunk), int(e.FirstChunk+e.NumChunks)
 	from, _ := l.toc.ChunkRange(e, min(off, e.Size-1), 1)
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	started := r.spawn(func() {
 		defer func() {
 			r.bulkMu.Lock()
 			delete(r.bulks, d)
@@ -61,17 +58,42 @@ func (r *Root) startBulk(d uint32, off int64) {
 		g, ctx := errgroup.WithContext(r.bgctx)
 		g.SetLimit(bulkParallel)
 		// From the reader's position to the end, then the start.
+	fill:
 		for _, span := range [][2]int{{from, end}, {first, from}} {
 			for i := span[0]; i < span[1]; i += bulkWindow {
 				j := prefetchJob{l: l, first: i, last: min(i+bulkWindow, span[1]), path: e.Name}
 				if !r.waitQueueRoom(ctx, bulkWindow) {
-					return
+					break fill
 				}
 				g.Go(func() error { r.runPrefetch(j); return ctx.Err() })
 			}
 		}
 		g.Wait()
+	})
+	if !started {
+		r.bulkMu.Lock()
+		delete(r.bulks, d)
+		r.bulkMu.Unlock()
+		return
+	}
+	r.stats.bulkFills.Add(1)
+}
+
+// spawn runs fn in a goroutine that Close waits for, unless the Root is
+// closing (then it reports false): a WaitGroup must not grow while Close
+// waits on it.
+func (r *Root) spawn(fn func()) bool {
+	r.lifeMu.Lock()
+	defer r.lifeMu.Unlock()
+	if r.ctx.Err() != nil {
+		return false
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		fn()
 	}()
+	return true
 }
 
 // waitQueueRoom waits until the cache writer's queue has room for n more

@@ -174,7 +174,8 @@ type Root struct {
 	inflight sync.Map // [32]byte chunk sum → *flight: fetches in progress
 	reported sync.Map // chunkKey → struct{}: EIO already logged
 	spool    *spool
-	bufs     sync.Pool // *[]byte chunk buffers for partial cache reads
+	bufs     sync.Pool  // *[]byte chunk buffers for partial cache reads
+	lifeMu   sync.Mutex // orders spawn against Close
 	bulkMu   sync.Mutex
 	bulks    map[uint32]bool // nodes whose file a bulk fill is fetching
 }
@@ -281,6 +282,8 @@ func maxChunkSize(ls []*layer) int {
 // after Close, without read-ahead.
 func (r *Root) Close() error {
 	r.cancel()
+	r.lifeMu.Lock() // no spawn adds to wg after this
+	r.lifeMu.Unlock()
 	r.wg.Wait()
 	if r.spool != nil {
 		return r.spool.close()
