@@ -42,10 +42,10 @@ func bigFileLayer(t testing.TB, size, chunk int) (*testLayer, []byte) {
 }
 
 // bigSize is the big file of the tests: 64 MiB (a bulk fill starts for it),
-// 32 MiB under -short.
+// 16 MiB under -short (CI runs ./fs/... under -race -short too).
 func bigSize() int {
 	if testing.Short() {
-		return 32 << 20
+		return 16 << 20
 	}
 	return 64 << 20
 }
@@ -337,8 +337,10 @@ func (c *stuckCache) Put(ctx context.Context, d digest.Digest, data []byte) erro
 // holds) still complete, byte for byte, served from the fetcher.
 func TestReaderNotBlockedByStuckCache(t *testing.T) {
 	requireFUSE(t)
-	const chunk = 64 << 10
-	size := 32 << 20 // 512 chunks: twice the write queue
+	chunk, size := 64<<10, 32<<20 // 512 chunks: twice the write queue
+	if testing.Short() {
+		chunk, size = 32<<10, 16<<20
+	}
 	layer, want := bigFileLayer(t, size, chunk)
 	cache := &stuckCache{MemCache: fstest.NewMemCache(), release: make(chan struct{}), puts: make(chan struct{}, 1)}
 	dir, root := mountLayers(t, []*testLayer{layer}, Options{Cache: cache, NeighbourWindow: -1})
