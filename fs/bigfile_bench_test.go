@@ -27,7 +27,8 @@ import (
 //   - mmap: a loader-like child process (tensors of 2–16 MiB in a random
 //     order, through mmap page faults) through a fresh mount.
 //
-// LAZYFS_BENCH_CACHE=memory reads through a map cache instead of badger.
+// LAZYFS_BENCH_CACHE=memory reads through a map cache instead of badger;
+// LAZYFS_BENCH_RAKB sets the mount's kernel read-ahead (KiB).
 // Metrics: MB/s of each; seq/fetcher (speed ratio; the goal is near 1) and
 // mmap/seq (time ratio; the goal is ≤ 1.2).
 func BenchmarkBigCold(b *testing.B) {
@@ -57,7 +58,11 @@ func BenchmarkBigCold(b *testing.B) {
 			b.Fatal(err)
 		}
 		dir := b.TempDir()
-		srv, err := Mount(dir, root, MountOptions{})
+		mo := MountOptions{}
+		if v, err := strconv.Atoi(os.Getenv("LAZYFS_BENCH_RAKB")); err == nil { // the mount's kernel read-ahead
+			mo.ReadAheadKB = v
+		}
+		srv, err := Mount(dir, root, mo)
 		if err != nil {
 			b.Fatal(err)
 		}
