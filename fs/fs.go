@@ -281,8 +281,8 @@ func maxChunkSize(ls []*layer) int {
 // Close stops the Root's background work and waits for it. Reads still work
 // after Close, without read-ahead.
 func (r *Root) Close() error {
-	r.cancel()
-	r.lifeMu.Lock() // no spawn adds to wg after this
+	r.lifeMu.Lock()
+	r.cancel() // under lifeMu: no spawn adds to wg after this
 	r.lifeMu.Unlock()
 	r.wg.Wait()
 	if r.spool != nil {
