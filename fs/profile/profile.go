@@ -183,6 +183,12 @@ func Parse(b []byte) (*Profile, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
+	if p.Layers == nil {
+		p.Layers = []string{}
+	}
+	if p.Spans == nil {
+		p.Spans = []Span{}
+	}
 	return &p, nil
 }
 
