@@ -21,6 +21,10 @@ const (
 	emptyMediaType = "application/vnd.oci.empty.v1+json"
 	// AnnotationCreated orders a subject's profiles: the newest wins.
 	AnnotationCreated = "org.opencontainers.image.created"
+	// AnnotationProfile marks a profile artifact in a referrers list for
+	// registries that report the config's media type instead of the
+	// manifest's artifactType (ggcr's registry does).
+	AnnotationProfile = "dev.lazyfs.profile"
 	// maxReferrers bounds the profile referrers tried when pulling.
 	maxReferrers = 16
 )
@@ -55,7 +59,7 @@ func Push(ctx context.Context, repo name.Repository, subject v1.Descriptor, p *P
 		Config:        v1.Descriptor{MediaType: emptyMediaType, Digest: ed, Size: 2, Data: []byte("{}")},
 		Layers:        []v1.Descriptor{{MediaType: types.MediaType(MediaType), Digest: bd, Size: int64(len(b))}},
 		Subject:       &sub,
-		Annotations:   map[string]string{AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano)},
+		Annotations:   map[string]string{AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano), AnnotationProfile: MediaType},
 	}
 	raw, err := json.Marshal(&m)
 	if err != nil {
@@ -103,7 +107,9 @@ func Pull(ctx context.Context, repo name.Repository, subject v1.Hash, opts ...re
 
 // list returns the subject's profile referrers, newest first.
 func list(repo name.Repository, subject v1.Hash, opts []remote.Option) ([]v1.Descriptor, error) {
-	idx, err := remote.Referrers(repo.Digest(subject.String()), append(opts, remote.WithFilter("artifactType", MediaType))...)
+	// No artifactType filter: some registries list an artifact under its
+	// config's media type; the annotation identifies ours there.
+	idx, err := remote.Referrers(repo.Digest(subject.String()), opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +119,7 @@ func list(repo name.Repository, subject v1.Hash, opts []remote.Option) ([]v1.Des
 	}
 	var out []v1.Descriptor
 	for _, d := range im.Manifests {
-		if d.ArtifactType == MediaType {
+		if d.ArtifactType == MediaType || d.Annotations[AnnotationProfile] == MediaType {
 			out = append(out, d)
 		}
 	}
