@@ -84,6 +84,7 @@ type Prefetcher struct {
 	imageChunks, imageLocal     atomic.Int64
 	batches, fetchedBytes       atomic.Int64
 	failed, ignored             atomic.Int64
+	reserved                    atomic.Int64 // uncompressed bytes of fill batches queued or in flight
 	phase                       atomic.Value // string
 	fillStopped                 atomic.Value // string
 
@@ -125,6 +126,7 @@ type batch struct {
 	l       *layer
 	idx     []int
 	profile bool
+	reserve int64 // bytes counted in Prefetcher.reserved until fetched
 }
 
 // StartPrefetch starts fetching the chunks of spans into the cache, in
@@ -270,6 +272,7 @@ func (p *Prefetcher) runBatches(workers int, next func(yield func(batch) bool)) 
 // fetched by read-ahead or another batch.
 func (p *Prefetcher) fetchBatch(b batch) {
 	r := p.r
+	defer p.reserved.Add(-b.reserve)
 	var todo []int
 	for _, i := range b.idx {
 		c := &b.l.toc.Chunks[i]
@@ -357,12 +360,17 @@ func (p *Prefetcher) fill() {
 						stop(fmt.Sprintf("the cache evicted %d chunks", st.Evictions-evictions0))
 						return false
 					}
-					if st.Capacity > 0 && st.Size+p.pendingBytes()+curSize > st.Capacity {
+					if st.Capacity > 0 && st.Size+p.pendingBytes()+p.reserved.Load()+curSize > st.Capacity {
 						stop(fmt.Sprintf("the cache is full (%d of %d bytes used)", st.Size, st.Capacity))
 						return false
 					}
 				}
+				cur.reserve = curSize
+				p.reserved.Add(curSize)
 				ok := yield(cur)
+				if !ok {
+					p.reserved.Add(-curSize)
+				}
 				cur, curBytes, curSize = batch{l: l}, 0, 0
 				return ok
 			}
