@@ -46,6 +46,8 @@ type Options struct {
 	// FS and Mount are passed to fs.NewRoot and fs.Mount.
 	FS    fs.Options
 	Mount fs.MountOptions
+	// Profiles configures start-up profiles, prefetch and fill (profile.go).
+	Profiles ProfileOptions
 }
 
 // Mounted is an image served at a directory.
@@ -63,6 +65,7 @@ type Mounted struct {
 	// PulledLayers counts layers fetched whole (Options.Pull).
 	PulledLayers int
 	tempFiles    []*os.File
+	profiles     *profileState
 }
 
 // Stats are a mount's counters, for `lazyfs stats` and the demo.
@@ -79,20 +82,31 @@ type Stats struct {
 	PulledLayers int          `json:"pulledLayers"`
 	FS           fs.Stats     `json:"fs"`
 	Remote       remote.Stats `json:"remote"`
+	// Prefetch is the profile prefetch and fill's progress (nil: none).
+	Prefetch      *fs.PrefetchStats `json:"prefetch,omitempty"`
+	ProfileSource string            `json:"profileSource,omitempty"`
 }
 
 // Stats returns the mount's counters.
 func (m *Mounted) Stats() Stats {
-	return Stats{
+	s := Stats{
 		Image: m.Image.Ref.String(), Digest: m.Image.Digest.String(), Dir: m.Server.Dir(), Layers: len(m.Image.Layers),
 		ImageSize: m.ImageSize, TarSize: m.TarSize, Entries: m.Entries, Chunks: m.Chunks,
 		ReadySeconds: m.Ready.Seconds(), PulledLayers: m.PulledLayers,
-		FS: m.Root.Stats(), Remote: m.Fetcher.Stats(),
+		FS: m.Root.Stats(), Remote: m.Fetcher.Stats(), ProfileSource: m.ProfileSource(),
 	}
+	if pf := m.Prefetcher(); pf != nil {
+		ps := pf.Stats()
+		s.Prefetch = &ps
+	}
+	return s
 }
 
 // Close unmounts and releases the mount's resources.
 func (m *Mounted) Close() error {
+	if m.profiles != nil {
+		m.profiles.stop()
+	}
 	err := m.Server.Unmount()
 	m.removeTemps()
 	return err
@@ -135,6 +149,7 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 			}
 		}
 	}
+	m.profiles = loadProfile(ctx, o.Profiles, img, log)
 	layers := make([]fs.Layer, len(img.Layers))
 	temps := make([]*os.File, len(img.Layers))
 	g, gctx := errgroup.WithContext(ctx)
@@ -189,6 +204,7 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 	if fo.Logger == nil {
 		fo.Logger = log
 	}
+	fo.OnRead = m.profiles.onRead(layers, fo.OnRead)
 	root, err := fs.NewRoot(layers, fo)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
@@ -203,6 +219,9 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 		return nil, fmt.Errorf("mount %s at %s: %w", ref, dir, err)
 	}
 	m.Root, m.Server = root, srv
+	if o.Cache != nil {
+		m.profiles.start(ctx, root, layers)
+	}
 	m.Ready = time.Since(start)
 	return m, nil
 }

@@ -1,0 +1,166 @@
+package image
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazyfs/lazyfs/fs"
+	"github.com/lazyfs/lazyfs/fs/profile"
+	"github.com/lazyfs/lazyfs/fs/remote"
+)
+
+// ProfileOptions configures the start-up profile of a mount: where it comes
+// from, whether the mount records (learns) one, and the prefetch and fill.
+type ProfileOptions struct {
+	// Store holds profiles learned on this node, by image digest. The mount
+	// prefetches the image's stored profile, records the first-read order of
+	// this mount, and stores it on Close (replacing the old one) so the next
+	// cold start of the image on the node uses it.
+	Store *profile.Store
+	// Source, if set, returns a profile when the store has none (e.g. the
+	// one attached to the image in its registry, profile.Pull). It runs in
+	// parallel with the TOC fetches; an error is logged and the mount goes on.
+	Source func(ctx context.Context, img *remote.Image) (*profile.Profile, error)
+	// Record records the first-read order even without a Store, for
+	// Mounted.Recorded (lazyfs record).
+	Record bool
+	// Prefetch configures the profile prefetch; with Prefetch.Fill the rest
+	// of the image follows in the background, with or without a profile.
+	Prefetch fs.PrefetchOptions
+}
+
+// profileState is a mount's profile: the one prefetched and the recorder.
+type profileState struct {
+	o        ProfileOptions
+	log      *slog.Logger
+	img      *remote.Image
+	source   string // "node", "registry" or ""
+	loaded   chan struct{}
+	p        *profile.Profile
+	rec      *profile.Recorder
+	pf       *fs.Prefetcher
+	stopOnce sync.Once
+}
+
+// loadProfile starts looking for the image's profile in the background.
+func loadProfile(ctx context.Context, o ProfileOptions, img *remote.Image, log *slog.Logger) *profileState {
+	ps := &profileState{o: o, log: log, img: img, loaded: make(chan struct{})}
+	go func() {
+		defer close(ps.loaded)
+		if o.Store != nil {
+			p, err := o.Store.Load(digestOf(img))
+			switch {
+			case err == nil:
+				ps.p, ps.source = p, "node"
+				return
+			case !errors.Is(err, profile.ErrNotFound):
+				log.Warn("ignoring the node's profile of the image", "image", img.Ref, "error", err)
+			}
+		}
+		if o.Source != nil {
+			p, err := o.Source(ctx, img)
+			switch {
+			case err == nil && p != nil:
+				ps.p, ps.source = p, "registry"
+			case err != nil && !errors.Is(err, profile.ErrNotFound):
+				log.Warn("ignoring the image's profile", "image", img.Ref, "error", err)
+			}
+		}
+	}()
+	return ps
+}
+
+// onRead chains the recorder (if the mount records) before next.
+func (ps *profileState) onRead(layers []fs.Layer, next func(fs.ReadEvent)) func(fs.ReadEvent) {
+	if ps.o.Store == nil && !ps.o.Record {
+		return next
+	}
+	infos := make([]profile.LayerInfo, len(layers))
+	for i, l := range layers {
+		infos[i] = profile.LayerInfo{Digest: ps.img.Layers[i].Digest.String(), Chunks: len(l.TOC.Chunks)}
+	}
+	ps.rec = profile.NewRecorder(ps.img.Digest.String(), infos)
+	if next == nil {
+		return ps.rec.OnRead
+	}
+	return func(e fs.ReadEvent) { ps.rec.OnRead(e); next(e) }
+}
+
+// start waits for the profile lookup, resolves the profile against the
+// layers and starts the prefetch (and fill).
+func (ps *profileState) start(ctx context.Context, root *fs.Root, layers []fs.Layer) {
+	select {
+	case <-ps.loaded:
+	case <-ctx.Done():
+	}
+	var spans []fs.ChunkSpan
+	if ps.p != nil {
+		pl := make([]profile.Layer, len(layers))
+		for i, l := range layers {
+			pl[i] = profile.Layer{Digest: ps.img.Layers[i].Digest.String(), TOC: l.TOC}
+		}
+		res := profile.Resolve(ps.p, pl)
+		if res.Ignored > 0 {
+			ps.log.Warn("profile names files or chunks the image lacks: ignoring them",
+				"image", ps.img.Ref, "source", ps.source, "ignored", res.Ignored, "kept", len(res.Spans), "reasons", res.Reasons)
+		}
+		spans = res.Spans
+		ps.log.Info("prefetching the start-up profile", "image", ps.img.Ref, "source", ps.source, "chunks", res.Chunks)
+	}
+	if len(spans) == 0 && !ps.o.Prefetch.Fill {
+		return
+	}
+	pf, err := root.StartPrefetch(spans, ps.o.Prefetch)
+	if err != nil {
+		ps.log.Warn("no prefetch", "image", ps.img.Ref, "error", err)
+		return
+	}
+	ps.pf = pf
+}
+
+// stop ends the prefetch and stores the recorded profile in the node's store.
+func (ps *profileState) stop() {
+	ps.stopOnce.Do(func() {
+		if ps.pf != nil {
+			ps.pf.Stop()
+		}
+		if ps.o.Store == nil || ps.rec == nil || ps.rec.Len() == 0 {
+			return
+		}
+		if err := ps.o.Store.Save(digestOf(ps.img), ps.rec.Profile()); err != nil {
+			ps.log.Warn("cannot store the learned profile", "image", ps.img.Ref, "error", err)
+		}
+	})
+}
+
+func digestOf(img *remote.Image) digest.Digest { return digest.Digest(img.Digest.String()) }
+
+// Recorded returns the first-read order recorded so far (nil unless the
+// mount records: ProfileOptions.Store or Record).
+func (m *Mounted) Recorded() *profile.Profile {
+	if m.profiles == nil || m.profiles.rec == nil {
+		return nil
+	}
+	return m.profiles.rec.Profile()
+}
+
+// Prefetcher returns the running profile prefetch, or nil.
+func (m *Mounted) Prefetcher() *fs.Prefetcher {
+	if m.profiles == nil {
+		return nil
+	}
+	return m.profiles.pf
+}
+
+// ProfileSource says where the prefetched profile came from: "node",
+// "registry", or "" for none.
+func (m *Mounted) ProfileSource() string {
+	if m.profiles == nil {
+		return ""
+	}
+	return m.profiles.source
+}
