@@ -46,6 +46,9 @@ func newRootCmd() *cobra.Command {
 		newUmountCmd(),
 		newStatsCmd(),
 		newGPUCmd(),
+		newRunCmd(),
+		newRecordCmd(),
+		newProfileCmd(),
 	)
 	return root
 }
