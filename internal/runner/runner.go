@@ -10,6 +10,7 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -126,10 +127,25 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 	return o.res, o.err
 }
 
-func runInNamespace(ctx context.Context, c Config, scratch string) (*Result, error) {
+func runInNamespace(ctx context.Context, c Config, scratch string) (_ *Result, err error) {
+	// Return the thread to the original namespace at the end, so the run's
+	// namespace dies with its processes: a locked goroutine's thread is not
+	// always terminated (the main thread is parked instead), and a parked
+	// thread would pin the namespace, its copies of every mount (the lazy
+	// mount included) and so the FUSE servers behind them.
+	orig, err := os.Open("/proc/thread-self/ns/mnt")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrSetup, err)
+	}
+	defer orig.Close()
 	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
 		return nil, fmt.Errorf("%w: unshare mount namespace: %v", ErrSetup, err)
 	}
+	defer func() {
+		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNS); serr != nil && err == nil {
+			err = fmt.Errorf("%w: return to the original mount namespace: %v", ErrSetup, serr)
+		}
+	}()
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return nil, fmt.Errorf("%w: make / private: %v", ErrSetup, err)
 	}
@@ -180,10 +196,15 @@ func runInNamespace(ctx context.Context, c Config, scratch string) (*Result, err
 	// The image's working directory may not exist (runtimes create it).
 	_ = os.MkdirAll(filepath.Join(merged, filepath.Clean(wd)), 0o755)
 
+	spec, err := json.Marshal(initSpec{Root: merged, Dir: wd, Path: prog, UID: cred.Uid, GID: cred.Gid, Args: c.Args, Env: env})
+	if err != nil {
+		return nil, err
+	}
 	cmd := &exec.Cmd{
-		Path: prog, Args: c.Args, Env: env, Dir: wd,
+		Path: "/proc/self/exe", Args: append([]string{"lazyfs-run-init"}, c.Args...),
+		Env:   []string{initEnv + "=" + string(spec)},
 		Stdin: c.Stdin, Stderr: c.Stderr,
-		SysProcAttr: &syscall.SysProcAttr{Chroot: merged, Setpgid: true, Credential: cred, Pdeathsig: syscall.SIGKILL},
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
 		WaitDelay:   c.KillGrace,
 	}
 	ready := make(chan struct{})
