@@ -135,7 +135,9 @@ type gatedFetcher struct {
 
 type bgKey struct{}
 
-func markBackground(ctx context.Context) context.Context { return context.WithValue(ctx, bgKey{}, true) }
+func markBackground(ctx context.Context) context.Context {
+	return context.WithValue(ctx, bgKey{}, true)
+}
 
 func (g *gatedFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
 	if ctx.Value(bgKey{}) == nil {

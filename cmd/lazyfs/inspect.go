@@ -16,17 +16,17 @@ import (
 )
 
 type inspectReport struct {
-	Reference   string         `json:"reference"`
-	Digest      string         `json:"digest"`
-	IndexDigest string         `json:"indexDigest,omitempty"`
-	MediaType   string         `json:"mediaType"`
-	Platform    string         `json:"platform,omitempty"`
-	Chunked     bool           `json:"chunked"`
-	Profile     string         `json:"profile,omitempty"`
+	Reference   string `json:"reference"`
+	Digest      string `json:"digest"`
+	IndexDigest string `json:"indexDigest,omitempty"`
+	MediaType   string `json:"mediaType"`
+	Platform    string `json:"platform,omitempty"`
+	Chunked     bool   `json:"chunked"`
+	Profile     string `json:"profile,omitempty"`
 	// ProfileFiles and ProfileChunks describe the attached profile.
-	ProfileFiles  int `json:"profileFiles,omitempty"`
-	ProfileChunks int `json:"profileChunks,omitempty"`
-	Layers      []inspectLayer `json:"layers"`
+	ProfileFiles  int            `json:"profileFiles,omitempty"`
+	ProfileChunks int            `json:"profileChunks,omitempty"`
+	Layers        []inspectLayer `json:"layers"`
 }
 
 type inspectLayer struct {
