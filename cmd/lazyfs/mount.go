@@ -28,6 +28,7 @@ import (
 	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
+	"github.com/lazyfs/lazyfs/fs/profile"
 	"github.com/lazyfs/lazyfs/fs/remote"
 )
 
@@ -66,6 +67,8 @@ type mountFlags struct {
 	stateDir    string
 	hostsDir    string
 	debug       bool
+	fill        bool
+	profileDir  string
 }
 
 func newMountCmd() *cobra.Command {
@@ -115,6 +118,8 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.StringVar(&mf.stateDir, "state-dir", defaultStateDir, "where mount servers record their state")
 	f.StringVar(&mf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
 	f.BoolVar(&mf.debug, "debug", false, "log debug messages")
+	f.BoolVar(&mf.fill, "fill", false, "after the start-up profile, fetch the rest of the image in the background (stops before the cache would evict)")
+	f.StringVar(&mf.profileDir, "profile-dir", defaultProfileDir, "start-up profiles learned on this node: prefetched at mount, recorded until unmount (\"\": none)")
 	return cmd
 }
 
@@ -228,8 +233,14 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 	defer closeCache()
 	opts := image.Options{
 		Platform: p, Fetcher: remote.New(ropts...), Cache: cache, Pull: mf.pull, Logger: log,
-		FS:    fs.Options{ReadAhead: mf.readAhead, Passthrough: mf.passthrough, NeighbourWindow: int64(mf.neighbours)},
-		Mount: fs.MountOptions{Debug: mf.debug},
+		FS:       fs.Options{ReadAhead: mf.readAhead, Passthrough: mf.passthrough, NeighbourWindow: int64(mf.neighbours)},
+		Mount:    fs.MountOptions{Debug: mf.debug},
+		Profiles: image.ProfileOptions{Source: registryProfile, Prefetch: fs.PrefetchOptions{Fill: mf.fill}},
+	}
+	if mf.profileDir != "" {
+		if opts.Profiles.Store, err = profile.NewStore(mf.profileDir); err != nil {
+			return err
+		}
 	}
 	if mf.passthrough {
 		spool := filepath.Join(mf.stateDir, "spool", stateID(dir))
@@ -453,6 +464,9 @@ func newStatsCmd() *cobra.Command {
 			fmt.Fprintf(w, "image size:   %s compressed, %s of tar, %d entries\n", humanBytes(s.ImageSize), humanBytes(s.TarSize), s.Entries)
 			fmt.Fprintf(w, "fetched:      %s in %d requests (%.1f%% of the image)\n", humanBytes(s.Remote.BytesFetched), s.Remote.Requests, 100*float64(s.Remote.BytesFetched)/float64(max(s.ImageSize, 1)))
 			fmt.Fprintf(w, "reads:        %d (%s), chunk hits %d, misses %d, read-ahead %d, EIO %d\n", s.FS.Reads, humanBytes(s.FS.BytesRead), s.FS.ChunkHits, s.FS.ChunkMisses, s.FS.Prefetched, s.FS.EIO)
+			if p := s.Prefetch; p != nil {
+				fmt.Fprintf(w, "prefetch:     %s; profile (%s) %d/%d chunks local, image %d/%d chunks local%s\n", p.Phase, s.ProfileSource, p.ProfileLocal, p.ProfileChunks, p.ImageLocal, p.ImageChunks, fillNote(p.FillStopped))
+			}
 			return nil
 		},
 	}

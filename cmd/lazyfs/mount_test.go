@@ -48,7 +48,7 @@ func TestMountUmount(t *testing.T) {
 	tmp := t.TempDir()
 	mnt, state := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "state")
 	os.Mkdir(mnt, 0o755)
-	common := []string{"--state-dir", state, "--cache-dir", filepath.Join(tmp, "cache")}
+	common := []string{"--state-dir", state, "--cache-dir", filepath.Join(tmp, "cache"), "--profile-dir", filepath.Join(tmp, "profiles")}
 	t.Cleanup(func() { run(t, "umount", "--state-dir", state, mnt) })
 
 	// A plain image is refused with advice, and served with --pull.

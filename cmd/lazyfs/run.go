@@ -269,3 +269,10 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 	}
 	return m, nil
 }
+
+func fillNote(stopped string) string {
+	if stopped == "" {
+		return ""
+	}
+	return " (fill stopped: " + stopped + ")"
+}
