@@ -21,10 +21,12 @@ type PrefetchOptions struct {
 	// Workers bounds the profile's batches fetched at once (default
 	// DefaultProfileWorkers).
 	Workers int
-	// MaxBatch bounds the compressed bytes of one batch: consecutive chunks
-	// of the profile in one layer are fetched together, which a coalescing
-	// fetcher (fs/remote) turns into one range request per contiguous run.
-	// Default DefaultMaxBatch, the same bound as fs/remote's requests.
+	// MaxBatch bounds the compressed bytes of one batch: the next chunks of
+	// the profile in one layer are fetched with one FetchChunks call, which
+	// a coalescing fetcher (fs/remote) turns into one range request per run
+	// of chunks lying together in the blob (N contiguous chunks: about N /
+	// (chunks per MaxBatch) requests). Batches keep the profile's order;
+	// smaller ones follow it more closely. Default DefaultMaxBatch.
 	MaxBatch int64
 	// Fill, after the profile, fetches every other chunk of the image that
 	// the cache lacks, in blob order, with FillWorkers batches at a time
@@ -43,7 +45,7 @@ type PrefetchOptions struct {
 const (
 	DefaultProfileWorkers = 4
 	DefaultFillWorkers    = 2
-	DefaultMaxBatch       = 4 << 20
+	DefaultMaxBatch       = 1 << 20
 )
 
 // PrefetchStats report how much of a profile and of the image is local.
@@ -197,13 +199,17 @@ func (p *Prefetcher) profileBatches(spans []ChunkSpan) []batch {
 				continue
 			}
 			bits[i/64] |= 1 << (i % 64)
-			c := int64(l.toc.Chunks[i].CompressedSize)
-			if cur.l != l || curBytes+c > p.o.MaxBatch {
+			c := &l.toc.Chunks[i]
+			// A batch is a window of the profile: the next chunks of one
+			// layer up to MaxBatch compressed bytes. The fetcher coalesces
+			// those that lie together in the blob into single requests;
+			// the windows keep the profile's order at their granularity.
+			if cur.l != l || curBytes+int64(c.CompressedSize) > p.o.MaxBatch {
 				flush()
 				cur.l = l
 			}
 			cur.idx = append(cur.idx, i)
-			curBytes += c
+			curBytes += int64(c.CompressedSize)
 			p.profileChunks.Add(1)
 		}
 	}
