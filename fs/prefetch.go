@@ -30,8 +30,9 @@ type PrefetchOptions struct {
 	MaxBatch int64
 	// Fill, after the profile, fetches every other chunk of the image that
 	// the cache lacks, in blob order, with FillWorkers batches at a time
-	// (default DefaultFillWorkers). Fill yields to foreground reads (it
-	// pauses while reads miss) and stops before the cache would evict: when
+	// (default DefaultFillWorkers). Fill yields to the workload (before each
+	// batch it waits, up to a second, until READs pause for 50 ms) and
+	// stops before the cache would evict: when
 	// the cache reports its Stats (blobcache does) and the next batch does
 	// not fit in its free capacity, or it has evicted since fill started.
 	Fill        bool
@@ -338,7 +339,7 @@ func (p *Prefetcher) fill() {
 	if hasRoom {
 		evictions0 = room.Stats().Evictions
 	}
-	misses := r.stats.misses.Load()
+	reads := int64(-1) // yield before the first batch too
 	stop := func(why string) {
 		p.fillStopped.Store(why)
 		r.log.Info("background fill stopped", "reason", why)
@@ -351,13 +352,17 @@ func (p *Prefetcher) fill() {
 				if len(cur.idx) == 0 {
 					return true
 				}
-				// Yield to foreground reads: wait while they keep missing.
-				for m := r.stats.misses.Load(); m != misses; m = r.stats.misses.Load() {
-					misses = m
+				// Yield to the workload: wait while it keeps reading (each
+				// fill batch costs CPU to decode, verify and store, on nodes
+				// with few cores), but at most fillMaxYield per batch so a
+				// busy server still gets its image filled.
+				deadline := time.Now().Add(fillMaxYield)
+				for m := r.stats.reads.Load(); m != reads && time.Now().Before(deadline); m = r.stats.reads.Load() {
+					reads = m
 					select {
 					case <-p.ctx.Done():
 						return false
-					case <-time.After(20 * time.Millisecond):
+					case <-time.After(fillQuiet):
 					}
 				}
 				if hasRoom {
@@ -405,6 +410,13 @@ func (p *Prefetcher) fill() {
 		}
 	})
 }
+
+// The fill waits until the mount's READs have paused for fillQuiet, for at
+// most fillMaxYield before each batch.
+const (
+	fillQuiet    = 50 * time.Millisecond
+	fillMaxYield = time.Second
+)
 
 // pendingBytes sums the chunks fetched but not yet written to the cache.
 func (p *Prefetcher) pendingBytes() int64 {

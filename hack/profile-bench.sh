@@ -71,7 +71,8 @@ COMMON=("${INSECURE[@]}" --cache-dir "" --profile-dir "")
 "$LAZYFS" record "${COMMON[@]}" "$IMG" -- python3 -c "$WORKLOAD" >"$WORK/record.out"
 cat "$WORK/record.out" >&2
 
-modes=(noprofile noprofile-nonbr profile profile-fill)
+modes=(noprofile noprofile-nonbr profile profile-fill warm)
+"$LAZYFS" run "${INSECURE[@]}" --cache-dir "$WORK/warmcache" --profile-dir "" --no-profile "$IMG" -- python3 -c "$WORKLOAD" >/dev/null
 for i in $(seq "$N"); do
 	for m in "${modes[@]}"; do
 		case $m in
@@ -79,6 +80,7 @@ for i in $(seq "$N"); do
 		noprofile-nonbr) extra=(--no-profile --neighbour-window 1B) ;;
 		profile) extra=() ;;
 		profile-fill) extra=(--fill) ;;
+		warm) extra=(--cache-dir "$WORK/warmcache" --no-profile) ;;
 		esac
 		"$LAZYFS" run "${COMMON[@]}" "${extra[@]}" --report "$WORK/$m.$i.json" "$IMG" -- python3 -c "$WORKLOAD" >/dev/null
 	done
