@@ -220,7 +220,7 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 	}
 	m.Root, m.Server = root, srv
 	if o.Cache != nil {
-		m.profiles.start(ctx, root, layers)
+		m.profiles.start(ctx, root, layers, o.Cache)
 	}
 	m.Ready = time.Since(start)
 	return m, nil

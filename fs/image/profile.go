@@ -43,7 +43,16 @@ type profileState struct {
 	p        *profile.Profile
 	rec      *profile.Recorder
 	pf       *fs.Prefetcher
+	pinner   pinner
+	pinned   []digest.Digest
 	stopOnce sync.Once
+}
+
+// pinner is the optional cache method set (blobcache has it) that keeps a
+// live mount's profile chunks from being evicted before other chunks.
+type pinner interface {
+	Pin(ds ...digest.Digest)
+	Unpin(ds ...digest.Digest)
 }
 
 // loadProfile starts looking for the image's profile in the background.
@@ -92,7 +101,7 @@ func (ps *profileState) onRead(layers []fs.Layer, next func(fs.ReadEvent)) func(
 
 // start waits for the profile lookup, resolves the profile against the
 // layers and starts the prefetch (and fill).
-func (ps *profileState) start(ctx context.Context, root *fs.Root, layers []fs.Layer) {
+func (ps *profileState) start(ctx context.Context, root *fs.Root, layers []fs.Layer, cache fs.Cache) {
 	select {
 	case <-ps.loaded:
 	case <-ctx.Done():
@@ -109,6 +118,15 @@ func (ps *profileState) start(ctx context.Context, root *fs.Root, layers []fs.La
 				"image", ps.img.Ref, "source", ps.source, "ignored", res.Ignored, "kept", len(res.Spans), "reasons", res.Reasons)
 		}
 		spans = res.Spans
+		if pn, ok := cache.(pinner); ok {
+			for _, sp := range spans {
+				for i := sp.First; i < sp.Last; i++ {
+					ps.pinned = append(ps.pinned, layers[sp.Layer].TOC.Chunks[i].Digest())
+				}
+			}
+			pn.Pin(ps.pinned...)
+			ps.pinner = pn
+		}
 		ps.log.Info("prefetching the start-up profile", "image", ps.img.Ref, "source", ps.source, "chunks", res.Chunks)
 	}
 	if len(spans) == 0 && !ps.o.Prefetch.Fill {
@@ -127,6 +145,9 @@ func (ps *profileState) stop() {
 	ps.stopOnce.Do(func() {
 		if ps.pf != nil {
 			ps.pf.Stop()
+		}
+		if ps.pinner != nil {
+			ps.pinner.Unpin(ps.pinned...)
 		}
 		if ps.o.Store == nil || ps.rec == nil || ps.rec.Len() == 0 {
 			return

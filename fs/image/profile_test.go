@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/fstest"
 	"github.com/lazyfs/lazyfs/fs/image"
@@ -43,10 +44,15 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 
 func mountLogged(t testing.TB, ref string, po image.ProfileOptions, w io.Writer) *image.Mounted {
 	t.Helper()
+	return mountCache(t, ref, po, w, fstest.NewMemCache())
+}
+
+func mountCache(t testing.TB, ref string, po image.ProfileOptions, w io.Writer, cache fs.Cache) *image.Mounted {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "mnt")
 	os.Mkdir(dir, 0o755)
 	m, err := image.Mount(context.Background(), ref, dir, image.Options{
-		Fetcher: remote.New(remote.WithRetry(2, 10*time.Millisecond, 2*time.Second)), Cache: fstest.NewMemCache(),
+		Fetcher: remote.New(remote.WithRetry(2, 10*time.Millisecond, 2*time.Second)), Cache: cache,
 		FS: fs.Options{NeighbourWindow: -1, ReadAhead: -1}, Profiles: po,
 		Logger: slog.New(slog.NewTextHandler(&syncWriter{w: w}, nil)),
 	})
@@ -94,7 +100,8 @@ func TestProfileLearnedOnNode(t *testing.T) {
 	}
 
 	// Next cold start on the node: a fresh cache, the stored profile.
-	m2 := mountWith(t, ref, image.ProfileOptions{Store: store})
+	cache := blobcache.NewMemory()
+	m2 := mountCache(t, ref, image.ProfileOptions{Store: store}, io.Discard, cache)
 	pf := m2.Prefetcher()
 	if pf == nil || m2.ProfileSource() != "node" {
 		t.Fatalf("no prefetch of the stored profile (source %q)", m2.ProfileSource())
@@ -111,6 +118,9 @@ func TestProfileLearnedOnNode(t *testing.T) {
 	if err := m2.Root.FlushCache(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if got := cache.Stats().Pinned; got != int64(p.Chunks()) {
+		t.Fatalf("%d chunks pinned in the cache, want the profile's %d", got, p.Chunks())
+	}
 	reg.down.Store(true)
 	for _, n := range workload {
 		if got, err := os.ReadFile(filepath.Join(m2.Server.Dir(), n)); err != nil || !bytes.Equal(got, files[n]) {
@@ -119,6 +129,10 @@ func TestProfileLearnedOnNode(t *testing.T) {
 	}
 	if _, err := os.ReadFile(filepath.Join(m2.Server.Dir(), "share/unused")); err == nil {
 		t.Fatal("an unprofiled file read with the registry down: the check proves nothing")
+	}
+	m2.Close()
+	if got := cache.Stats().Pinned; got != 0 {
+		t.Fatalf("%d chunks still pinned after unmount", got)
 	}
 }
 
