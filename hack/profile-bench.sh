@@ -71,13 +71,15 @@ COMMON=("${INSECURE[@]}" --cache-dir "" --profile-dir "")
 "$LAZYFS" record "${COMMON[@]}" "$IMG" -- python3 -c "$WORKLOAD" >"$WORK/record.out"
 cat "$WORK/record.out" >&2
 
-modes=(noprofile noprofile-nonbr profile profile-fill warm)
+modes=(${MODES:-noprofile noprofile-nonbr profile profile-fill warm})
 "$LAZYFS" run "${INSECURE[@]}" --cache-dir "$WORK/warmcache" --profile-dir "" --no-profile "$IMG" -- python3 -c "$WORKLOAD" >/dev/null
 for i in $(seq "$N"); do
 	for m in "${modes[@]}"; do
 		case $m in
 		noprofile) extra=(--no-profile) ;;
 		noprofile-nonbr) extra=(--no-profile --neighbour-window 1B) ;;
+		noprofile-dir) extra=(--no-profile --dir-prefetch 1MiB) ;;
+		noprofile-dir4) extra=(--no-profile --dir-prefetch 4MiB) ;;
 		profile) extra=() ;;
 		profile-fill) extra=(--fill) ;;
 		warm) extra=(--cache-dir "$WORK/warmcache" --no-profile) ;;
@@ -89,7 +91,7 @@ python3 - "$WORK" "$N" "$SHAPE" "${modes[@]}" <<'PY'
 import json, statistics, sys
 work, n, shape, modes = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 print(f"link: {shape}; {n} cold samples per mode, interleaved; medians")
-print(f"{'mode':18}{'total s':>9}{'mount s':>9}{'run s':>8}{'requests':>10}{'MB fetched':>12}{'profile local':>15}")
+print(f"{'mode':18}{'total s':>9}{'mount s':>9}{'run s':>8}{'requests':>10}{'MB fetched':>12}{'profile local':>15}{'bg jobs':>9}")
 base = None
 for m in modes:
     rs = [json.load(open(f"{work}/{m}.{i}.json")) for i in range(1, n + 1)]
@@ -100,5 +102,5 @@ for m in modes:
     if rs[0].get("prefetch"):
         pl = f'{med(lambda r: r["prefetch"]["profileLocal"]):.0f}/{med(lambda r: r["prefetch"]["profileChunks"]):.0f}'
     print(f"{m:18}{tot:>9.3f}{med(lambda r: r['mountSeconds']):>9.3f}{med(lambda r: r['runSeconds']):>8.3f}"
-          f"{med(lambda r: r['remote']['Requests']):>10.0f}{med(lambda r: r['remote']['BytesFetched'])/1e6:>12.1f}{pl:>15}   {tot/base:.2f}x")
+          f"{med(lambda r: r['remote']['Requests']):>10.0f}{med(lambda r: r['remote']['BytesFetched'])/1e6:>12.1f}{pl:>15}{med(lambda r: r['fs']['NeighbourJobs']):>9.0f}   {tot/base:.2f}x")
 PY
