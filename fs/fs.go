@@ -89,10 +89,6 @@ type Options struct {
 	// one extra request in parallel saves a round trip per later file.
 	// 0 means DefaultNeighbourWindow, a negative value none.
 	NeighbourWindow int64
-	// DirPrefetch is how many compressed bytes from the first file of a
-	// directory on are fetched in the background the first time the
-	// directory is listed (prefetch_dir.go); 0 or negative: none.
-	DirPrefetch int64
 	// PrefetchContext, if set, derives the context of background fetches
 	// (read-ahead, neighbours), e.g. to mark them low-priority for the fetcher.
 	PrefetchContext func(context.Context) context.Context
@@ -166,7 +162,6 @@ type Root struct {
 	prefetch chan prefetchJob
 	inflight sync.Map // [32]byte chunk sum → struct{}: read-ahead in progress
 	reported sync.Map // chunkKey → struct{}: EIO already logged
-	listed   sync.Map // directory node → struct{}: DirPrefetch done
 	spool    *spool
 	bufs     sync.Pool // *[]byte chunk buffers for partial cache reads
 }
@@ -239,7 +234,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		r.wg.Add(1)
 		go r.cacheWriter()
 	}
-	if opts.ReadAhead > 0 || opts.NeighbourWindow > 0 || opts.DirPrefetch > 0 || r.spool != nil {
+	if opts.ReadAhead > 0 || opts.NeighbourWindow > 0 || r.spool != nil {
 		r.prefetch = make(chan prefetchJob, 64)
 		for range opts.PrefetchWorkers {
 			r.wg.Add(1)

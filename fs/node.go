@@ -155,7 +155,6 @@ func (n *inode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 
 func (n *inode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	nd := &n.r.t.nodes[n.idx]
-	n.r.prefetchDir(n.idx)
 	return &dirStream{t: n.r.t, next: nd.kids, end: nd.kids + nd.nkids}, 0
 }
 

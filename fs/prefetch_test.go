@@ -335,30 +335,3 @@ func TestPrefetchStop(t *testing.T) {
 	r.Close()
 	waitPrefetch(t, p2)
 }
-
-// Listing a directory for the first time queues its files' chunks, from its
-// first file on, up to DirPrefetch compressed bytes.
-func TestDirPrefetch(t *testing.T) {
-	l, _ := prefetchLayer(t, 2)
-	opts := noBackground
-	opts.Cache = fstest.NewMemCache()
-	opts.DirPrefetch = 1 << 20
-	dir, r := mountLayers(t, []*testLayer{l}, opts)
-	if _, err := os.ReadDir(filepath.Join(dir, "lib")); err != nil {
-		t.Fatal(err)
-	}
-	c := fileSpan(t, l, "lib/c.so")
-	deadline := time.Now().Add(10 * time.Second)
-	for r.Stats().Prefetched < int64(c.Last-c.First) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := r.Stats().Prefetched; got < int64(c.Last-c.First) {
-		t.Fatalf("listing lib/ prefetched %d chunks, want at least lib/c.so's %d", got, c.Last-c.First)
-	}
-	if _, err := os.ReadDir(filepath.Join(dir, "lib")); err != nil {
-		t.Fatal(err)
-	}
-	if s := r.Stats(); s.NeighbourJobs != 1 {
-		t.Fatalf("%d jobs queued for two listings of one directory, want 1", s.NeighbourJobs)
-	}
-}

@@ -35,7 +35,6 @@ type runFlags struct {
 	pull       bool
 	readAhead  int
 	neighbours sizeFlag
-	dirPF      sizeFlag
 	hostsDir   string
 	debug      bool
 
@@ -59,7 +58,6 @@ func (rf *runFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&rf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
 	f.IntVar(&rf.readAhead, "read-ahead", 0, "chunks fetched ahead of a sequential reader (0: default, -1: none)")
 	f.Var(&rf.neighbours, "neighbour-window", "compressed bytes after a small file fetched in the background when it misses (0: default 1MiB, e.g. 1B to disable)")
-	f.Var(&rf.dirPF, "dir-prefetch", "compressed bytes from a directory's first file on fetched in the background when it is first listed (0: none)")
 	f.StringVar(&rf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
 	f.BoolVar(&rf.debug, "debug", false, "log debug messages")
 	f.StringVar(&rf.profileDir, "profile-dir", defaultProfileDir, "profiles learned on this node, by image digest (\"\": none)")
