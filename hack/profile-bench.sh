@@ -78,8 +78,6 @@ for i in $(seq "$N"); do
 		case $m in
 		noprofile) extra=(--no-profile) ;;
 		noprofile-nonbr) extra=(--no-profile --neighbour-window 1B) ;;
-		noprofile-dir) extra=(--no-profile --dir-prefetch 1MiB) ;;
-		noprofile-dir4) extra=(--no-profile --dir-prefetch 4MiB) ;;
 		profile) extra=() ;;
 		profile-fill) extra=(--fill) ;;
 		warm) extra=(--cache-dir "$WORK/warmcache" --no-profile) ;;
