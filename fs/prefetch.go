@@ -280,11 +280,20 @@ func (p *Prefetcher) runBatches(workers int, next func(yield func(batch) bool)) 
 func (p *Prefetcher) fetchBatch(b batch) {
 	r := p.r
 	defer p.reserved.Add(-b.reserve)
-	var todo []int
+	var todo, busy []int
+	defer func() {
+		// Chunks another fetch had in flight (read-ahead, or a chunk of the
+		// same content) are local once it is done, if it succeeded.
+		for _, i := range busy {
+			if r.cacheHas(p.ctx, &b.l.toc.Chunks[i]) {
+				p.markLocal(b.l, i)
+			}
+		}
+	}()
 	for _, i := range b.idx {
 		c := &b.l.toc.Chunks[i]
-		if _, busy := r.inflight.LoadOrStore(c.Sum, struct{}{}); busy {
-			// A chunk of the same content or read-ahead is fetching it.
+		if _, inflight := r.inflight.LoadOrStore(c.Sum, struct{}{}); inflight {
+			busy = append(busy, i)
 			if b.profile {
 				p.profileLocal.Add(1)
 			}

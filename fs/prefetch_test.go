@@ -335,3 +335,24 @@ func TestPrefetchStop(t *testing.T) {
 	r.Close()
 	waitPrefetch(t, p2)
 }
+
+// Chunks of identical content are fetched once and all count as local.
+func TestFillDuplicateChunks(t *testing.T) {
+	same := toctest.Random(42, 3*pfChunk)
+	tf := []toctest.File{
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "a.bin", Mode: 0o644}, Data: same},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "b.bin", Mode: 0o644}, Data: same},
+	}
+	l := convertLayer(t, toctest.Tar(t, tf), pfChunk)
+	opts := noBackground
+	opts.Cache = fstest.NewMemCache()
+	r := newTestRoot(t, l, l.fetcher, opts)
+	p, err := r.StartPrefetch(nil, PrefetchOptions{Fill: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitPrefetch(t, p)
+	if _, chunks, _ := l.fetcher.Stats(); chunks != 3 || st.ImageLocal != st.ImageChunks || st.ImageChunks != 6 {
+		t.Fatalf("fetched %d chunks, stats %+v: want 3 fetched and 6 of 6 local", chunks, st)
+	}
+}
