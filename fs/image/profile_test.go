@@ -181,3 +181,34 @@ func TestBadProfileIgnored(t *testing.T) {
 		})
 	}
 }
+
+// Through the registry fetcher, a profile of N contiguous chunks costs about
+// (compressed bytes / batch bound) range requests.
+func TestProfileRangeRequests(t *testing.T) {
+	needFUSE(t)
+	reg := newRegistry(t)
+	data := toctest.Random(21, 64*(64<<10)) // 64 chunks of 64 KiB
+	ref := pushConverted(t, reg, "ranges", []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "big.so", Mode: 0o644}, Data: data}})
+	m0 := mountWith(t, ref, image.ProfileOptions{})
+	d := m0.Image.Layers[0].Digest.String()
+	m0.Close()
+	p := &profile.Profile{Layers: []string{d}, Spans: []profile.Span{{Layer: 0, Path: "big.so", Chunk: 0, N: 64}}}
+	const batch = 1 << 20
+	before := reg.blobs.Load()
+	m := mountWith(t, ref, image.ProfileOptions{
+		Source:   func(context.Context, *remote.Image) (*profile.Profile, error) { return p, nil },
+		Prefetch: fs.PrefetchOptions{MaxBatch: batch},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.Prefetcher().Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := m.Stats()
+	reqs := reg.blobs.Load() - before - 1 // the TOC is one range request
+	want := (st.Remote.BytesFetched + batch - 1) / batch
+	t.Logf("64 contiguous chunks, %d compressed bytes: %d range requests (bound %d bytes: %d)", st.Remote.BytesFetched, reqs, batch, want)
+	if st.Prefetch.ProfileLocal != 64 || reqs < want || reqs > want+1 {
+		t.Fatalf("%d range requests for 64 contiguous chunks, want %d or %d; prefetch %+v", reqs, want, want+1, st.Prefetch)
+	}
+}
