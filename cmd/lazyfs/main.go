@@ -50,6 +50,9 @@ func newRootCmd() *cobra.Command {
 		newServeCmd(),
 		newGPUCmd(),
 		newBenchCmd(),
+		newRunCmd(),
+		newRecordCmd(),
+		newProfileCmd(),
 	)
 	return root
 }

@@ -62,7 +62,7 @@ func TestMountUmount(t *testing.T) {
 	mnt, state := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "state")
 	os.Mkdir(mnt, 0o755)
 	nodaemon := filepath.Join(tmp, "no-daemon.sock") // no daemon answers here
-	common := []string{"--state-dir", state, "--cache-dir", filepath.Join(tmp, "cache"), "--control", nodaemon}
+	common := []string{"--state-dir", state, "--cache-dir", filepath.Join(tmp, "cache"), "--control", nodaemon, "--profile-dir", filepath.Join(tmp, "profiles")}
 	t.Cleanup(func() { run(t, "umount", "--state-dir", state, "--control", nodaemon, mnt) })
 
 	// A plain image is refused with advice, and served with --pull.

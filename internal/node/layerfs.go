@@ -70,7 +70,9 @@ func (l *LayerFS) Mount(ctx context.Context, mountpoint string, labels map[strin
 		n.metrics.fallback(err)
 		return err
 	}
-	m, err := image.MountImageLayer(ctx, n.resolver, img, i, dir, n.imageOptions())
+	lo := n.imageOptions()
+	lo.Profiles = n.layerProfiles()
+	m, err := image.MountImageLayer(ctx, n.resolver, img, i, dir, lo)
 	if err != nil {
 		n.metrics.fallback(err)
 		return err
