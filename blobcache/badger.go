@@ -47,6 +47,7 @@ type Badger struct {
 	done           chan struct{}
 	recPool        sync.Pool // *[]byte for assembling chunk records in Put
 	st             counters
+	space          *spaceGuard
 }
 
 // Badger tuning that does not depend on the capacity. Memtables are small
@@ -96,6 +97,19 @@ const (
 // its write-ahead log and drops a torn tail, so a chunk is either wholly
 // present or absent. A chunk whose bytes are damaged anyway (power loss,
 // bit rot) fails the check on Get and is dropped, never served.
+//
+// Disk space: badger writes through mmap into sparse files, and a write that
+// finds the filesystem full kills the process with SIGBUS. So Open refuses
+// (ErrNoSpace, naming the directory, the capacity and the free space) a cache
+// whose capacity + DiskSlack (as if empty) + the free-space reserve does not
+// fit the filesystem's free space plus what the directory already holds; and
+// Put stores nothing (ErrNoSpace, counted in Stats.NoSpace) while the
+// filesystem's free space is below the reserve, which covers everything
+// badger may still write through mmap: 3 × VLF + 3 × 8 MiB of write-ahead
+// logs + 16 MiB (WithMinFreeSpace overrides it). Caching resumes once the
+// free space is back above the reserve + VLF. Another process can still fill
+// the disk faster than the cache notices; the reserve is what makes that
+// unlikely, not impossible.
 func Open(dir string, opts ...Option) (*Badger, error) {
 	cfg := newConfig(opts, DefaultCapacity)
 	if cfg.capacity <= 0 {
@@ -111,6 +125,13 @@ func Open(dir string, opts ...Option) (*Badger, error) {
 		return nil, fmt.Errorf("open cache %s: %w", dir, err)
 	}
 	vlf := vlogFileSize(cfg)
+	reserve := cfg.minFree
+	if reserve <= 0 {
+		reserve = reserveFor(vlf)
+	}
+	if err := checkFits(dir, cfg.capacity, diskSlack(cfg.capacity, vlf, 0), reserve, freeSpace); err != nil {
+		return nil, fmt.Errorf("open cache %s: %w", dir, err)
+	}
 	db, err := badger.Open(badgerOptions(dir, cfg, vlf))
 	if err != nil {
 		return nil, fmt.Errorf("open cache %s: %w", dir, err)
@@ -125,6 +146,7 @@ func Open(dir string, opts ...Option) (*Badger, error) {
 		gcKick:       make(chan struct{}, 1),
 		stop:         stop,
 		done:         make(chan struct{}),
+		space:        &spaceGuard{dir: dir, reserve: reserve, resume: reserve + vlf, free: freeSpace},
 	}
 	if err := c.load(); err != nil {
 		stop()
@@ -492,6 +514,15 @@ func (c *Badger) put(ctx context.Context, d digest.Digest, data []byte, verify b
 	if c.dedup(k) {
 		return nil
 	}
+	if free, changed, err := c.space.check(size); err != nil {
+		if changed {
+			c.cfg.logger.Warn("blobcache: the disk is almost full; caching stops until space is freed (reads are not affected)",
+				"dir", c.dir, "free", free, "reserve", c.space.reserve)
+		}
+		return fmt.Errorf("chunk %s: %w", d, err)
+	} else if changed {
+		c.cfg.logger.Info("blobcache: free space is back; caching resumes", "dir", c.dir, "free", free)
+	}
 	if verify {
 		if sum := sha256.Sum256(data); sum != k {
 			return mismatch(d, sum)
@@ -645,6 +676,7 @@ func (c *Badger) Unpin(ds ...digest.Digest) {
 func (c *Badger) Stats() Stats {
 	var s Stats
 	c.st.fill(&s)
+	s.NoSpace = c.space.refused.Load()
 	c.mu.Lock()
 	s.Entries = int64(len(c.idx.m))
 	s.Size = c.idx.size

@@ -51,6 +51,9 @@ type Stats struct {
 	EvictedBytes int64
 	Corrupt      int64 // chunks found corrupt on Get and dropped
 	GCRuns       int64 // value-log files rewritten by garbage collection (Badger)
+	// NoSpace counts Put calls that stored nothing because the filesystem's
+	// free space was below the reserve (Badger; see Open).
+	NoSpace int64
 
 	Entries  int64 // chunks stored
 	Size     int64 // bytes of chunk data stored

@@ -20,6 +20,10 @@ var (
 	// ErrLocked reports that another process has the cache directory open:
 	// one process owns a directory, the others go through it.
 	ErrLocked = errors.New("cache directory in use by another process")
+	// ErrNoSpace reports that the cache's filesystem has too little free
+	// space: Open refuses a capacity that does not fit, and Put stores
+	// nothing while the free space is below the reserve (see Open).
+	ErrNoSpace = errors.New("not enough free disk space for the cache")
 	// ErrClosed reports a call on a closed cache.
 	ErrClosed = errors.New("cache closed")
 )

@@ -20,6 +20,7 @@ func NewCollector(c Cache, constLabels prometheus.Labels) prometheus.Collector {
 		{d("evicted_bytes_total", "Bytes of the chunks evicted."), prometheus.CounterValue, func(s *Stats) int64 { return s.EvictedBytes }},
 		{d("corrupt_total", "Chunks found corrupt on Get and dropped."), prometheus.CounterValue, func(s *Stats) int64 { return s.Corrupt }},
 		{d("gc_rewrites_total", "Value-log files rewritten by garbage collection."), prometheus.CounterValue, func(s *Stats) int64 { return s.GCRuns }},
+		{d("nospace_total", "Put calls refused because the disk was below the free-space reserve."), prometheus.CounterValue, func(s *Stats) int64 { return s.NoSpace }},
 		{d("entries", "Chunks stored."), prometheus.GaugeValue, func(s *Stats) int64 { return s.Entries }},
 		{d("size_bytes", "Bytes of chunk data stored."), prometheus.GaugeValue, func(s *Stats) int64 { return s.Size }},
 		{d("capacity_bytes", "Bound on size_bytes."), prometheus.GaugeValue, func(s *Stats) int64 { return s.Capacity }},

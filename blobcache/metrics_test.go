@@ -43,6 +43,7 @@ func TestCollector(t *testing.T) {
 	for name, want := range map[string]float64{
 		"lazyfs_blobcache_hits_total":         1,
 		"lazyfs_blobcache_misses_total":       0,
+		"lazyfs_blobcache_nospace_total":      0,
 		"lazyfs_blobcache_stored_bytes_total": 1000,
 		"lazyfs_blobcache_served_bytes_total": 1000,
 		"lazyfs_blobcache_entries":            1,
@@ -53,7 +54,7 @@ func TestCollector(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
 		}
 	}
-	if len(got) != 16 {
-		t.Errorf("%d metrics exported, want 16", len(got))
+	if len(got) != 17 {
+		t.Errorf("%d metrics exported, want 17", len(got))
 	}
 }

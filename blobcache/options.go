@@ -46,6 +46,7 @@ type config struct {
 	syncWrites   bool
 	gcInterval   time.Duration
 	vlogFileSize int64 // 0: derived from capacity
+	minFree      int64 // 0: reserveFor(value-log file size)
 }
 
 func newConfig(opts []Option, capacity int64) config {
@@ -104,4 +105,17 @@ func WithGCInterval(d time.Duration) Option {
 // is clamped to [1 MiB, 128 MiB]).
 func WithValueLogFileSize(bytes int64) Option {
 	return func(c *config) { c.vlogFileSize = bytes }
+}
+
+// WithMinFreeSpace sets the free-space reserve of the cache's filesystem
+// below which Put stores nothing and returns ErrNoSpace (Badger only;
+// default: 3 value-log files + 24 MiB of write-ahead logs + 16 MiB, see
+// Open). A smaller reserve than the default risks a SIGBUS when another
+// process fills the disk while badger writes through mmap.
+func WithMinFreeSpace(bytes int64) Option {
+	return func(c *config) {
+		if bytes > 0 {
+			c.minFree = bytes
+		}
+	}
 }

@@ -54,9 +54,10 @@ type Options struct {
 	// Logger gets EIO reports (one per chunk) and debug messages; nil discards.
 	Logger *slog.Logger
 	// ReadAhead is the most chunks past a sequential reader's position that
-	// are fetched into the cache in the background (the window starts at 4
-	// and doubles per sequential READ): 0 means DefaultReadAhead, a negative
-	// value none.
+	// are fetched in the background (a stream's window starts at 4, doubles
+	// with its first READs and then with every READ that still waited for
+	// the network, and halves when the queue is full; docs/fs.md): 0 means
+	// DefaultReadAhead (128), a negative value none (and no bulk fill).
 	ReadAhead int
 	// PrefetchWorkers bounds the background fetch jobs running at once
 	// (default DefaultPrefetchWorkers); each waits mostly on the network.
@@ -106,7 +107,7 @@ type ReadEvent struct {
 
 // Defaults.
 const (
-	DefaultReadAhead = 32
+	DefaultReadAhead = 128
 	// DefaultPrefetchWorkers is the default Options.PrefetchWorkers.
 	DefaultPrefetchWorkers = 8
 	// DefaultNeighbourWindow is the default Options.NeighbourWindow.
@@ -128,13 +129,22 @@ type Stats struct {
 	NeighbourJobs int64 // neighbour prefetches queued after small-file misses
 	EIO           int64 // reads failed with EIO
 	Interrupted   int64 // reads cancelled by the kernel's interrupt
-	Passthrough   int64 // opens served through FUSE passthrough
-	Lookups       int64 // LOOKUP requests
-	NegLookups    int64 // LOOKUP requests of missing names
+	// CacheSkipped counts fetched chunks not handed to the cache because
+	// its writer was behind (they were served, not stored).
+	CacheSkipped int64
+	// CacheErrors counts chunks the cache refused (full disk, errors).
+	CacheErrors int64
+	// BulkFills counts big files read in several long runs (an mmapping
+	// loader) whose chunks were then all fetched in order (docs/fs.md).
+	BulkFills   int64
+	Passthrough int64 // opens served through FUSE passthrough
+	Lookups     int64 // LOOKUP requests
+	NegLookups  int64 // LOOKUP requests of missing names
 }
 
 type counters struct {
 	reads, bytesRead, hits, misses, fetched, fetchedBytes, prefetched, neighbourJobs, eio, interrupted, passthrough, lookups, neglookups atomic.Int64
+	cacheSkipped, cacheErrors, bulkFills                                                                                                 atomic.Int64
 }
 
 // layer is a Layer as the Root holds it.
@@ -155,15 +165,19 @@ type Root struct {
 
 	ctx      context.Context
 	bgctx    context.Context // ctx, as PrefetchContext derives it for background fetches
-	puts     chan putJob     // verified chunks for the cache writer
-	pending  sync.Map        // [32]byte sum -> []byte: chunks queued for the cache
+	hot      *hotSet         // recently fetched chunks, served before the cache
+	puts     chan *hotChunk  // verified chunks for the cache writer
+	queued   atomic.Int64    // chunks queued for or being written by the cache writer
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	prefetch chan prefetchJob
-	inflight sync.Map // [32]byte chunk sum → struct{}: read-ahead in progress
+	inflight sync.Map // [32]byte chunk sum → *flight: fetches in progress
 	reported sync.Map // chunkKey → struct{}: EIO already logged
 	spool    *spool
-	bufs     sync.Pool // *[]byte chunk buffers for partial cache reads
+	bufs     sync.Pool  // *[]byte chunk buffers for partial cache reads
+	lifeMu   sync.Mutex // orders spawn against Close
+	bulkMu   sync.Mutex
+	bulks    map[uint32]bool // nodes whose file a bulk fill is fetching
 }
 
 // NewRoot builds the tree of layers (bottom layer first). It fails if no
@@ -229,8 +243,9 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		}
 		r.spool = sp
 	}
+	r.hot = newHotSet(hotSetBytes(ls, opts.ReadAhead), maxChunkSize(ls))
 	if opts.Cache != nil {
-		r.puts = make(chan putJob, 256)
+		r.puts = make(chan *hotChunk, writeQueue)
 		r.wg.Add(1)
 		go r.cacheWriter()
 	}
@@ -242,6 +257,17 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		}
 	}
 	return r, nil
+}
+
+// writeQueue bounds the chunks waiting for the cache writer; beyond it
+// fetched chunks are served but not cached.
+const writeQueue = 256
+
+// hotSetBytes sizes the hot set: twice the largest read-ahead window, so that
+// read-ahead never evicts chunks before the reader gets to them, and at
+// least 64 MiB.
+func hotSetBytes(ls []*layer, readAhead int) int64 {
+	return max(64<<20, 2*int64(max(readAhead, 0))*int64(maxChunkSize(ls)))
 }
 
 func maxChunkSize(ls []*layer) int {
@@ -256,6 +282,8 @@ func maxChunkSize(ls []*layer) int {
 // after Close, without read-ahead.
 func (r *Root) Close() error {
 	r.cancel()
+	r.lifeMu.Lock() // no spawn adds to wg after this
+	r.lifeMu.Unlock()
 	r.wg.Wait()
 	if r.spool != nil {
 		return r.spool.close()
@@ -275,5 +303,6 @@ func (r *Root) Stats() Stats {
 		FetchedChunks: s.fetched.Load(), FetchedBytes: s.fetchedBytes.Load(),
 		Prefetched: s.prefetched.Load(), NeighbourJobs: s.neighbourJobs.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
 		Passthrough: s.passthrough.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
+		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(), BulkFills: s.bulkFills.Load(),
 	}
 }

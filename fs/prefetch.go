@@ -88,6 +88,7 @@ type Prefetcher struct {
 	batches, fetchedBytes       atomic.Int64
 	failed, ignored             atomic.Int64
 	reserved                    atomic.Int64 // uncompressed bytes of fill batches queued or in flight
+	meanChunk                   int64        // mean uncompressed chunk size of the image
 	phase                       atomic.Value // string
 	fillStopped                 atomic.Value // string
 
@@ -160,12 +161,18 @@ func (r *Root) StartPrefetch(spans []ChunkSpan, o PrefetchOptions) (*Prefetcher,
 	p.phase.Store("profile")
 	p.fillStopped.Store("")
 	p.local = make([][]uint64, len(r.t.layers))
+	var size int64
 	for i, l := range r.t.layers {
 		p.imageChunks.Add(int64(len(l.toc.Chunks)))
 		p.local[i] = make([]uint64, (len(l.toc.Chunks)+63)/64)
+		size += l.toc.TarSize
 	}
+	p.meanChunk = size / max(p.imageChunks.Load(), 1)
 	batches := p.profileBatches(spans)
-	go p.run(batches)
+	if !r.spawn(func() { p.run(batches) }) {
+		p.cancel()
+		return nil, fmt.Errorf("prefetch: %w", ErrClosed)
+	}
 	return p, nil
 }
 
@@ -276,59 +283,62 @@ func (p *Prefetcher) runBatches(workers int, next func(yield func(batch) bool)) 
 }
 
 // fetchBatch fetches the chunks of b that are neither cached nor being
-// fetched by read-ahead or another batch.
+// fetched by a reader, read-ahead or another batch; for those in flight it
+// waits for that fetch (as a reader would) instead of fetching them again.
 func (p *Prefetcher) fetchBatch(b batch) {
 	r := p.r
 	defer p.reserved.Add(-b.reserve)
 	var todo, busy []int
+	var mine, theirs []*flight
+	landed := func(i int) {
+		p.markLocal(b.l, i)
+		if b.profile {
+			p.profileLocal.Add(1)
+		}
+	}
 	defer func() {
-		// Chunks another fetch had in flight (read-ahead, or a chunk of the
-		// same content) are local once it is done, if it succeeded.
-		for _, i := range busy {
-			if r.cacheHas(p.ctx, &b.l.toc.Chunks[i]) {
-				p.markLocal(b.l, i)
+		// Chunks another fetch had in flight (a reader, read-ahead, or a
+		// chunk of the same content) are local once it landed, if it did.
+		for k, i := range busy {
+			select {
+			case <-theirs[k].done:
+			case <-p.ctx.Done():
+				return
+			}
+			c := &b.l.toc.Chunks[i]
+			if r.hot.has(c.Sum) || r.cacheHas(p.ctx, c) {
+				landed(i)
 			}
 		}
 	}()
 	for _, i := range b.idx {
 		c := &b.l.toc.Chunks[i]
-		if _, inflight := r.inflight.LoadOrStore(c.Sum, struct{}{}); inflight {
-			busy = append(busy, i)
-			if b.profile {
-				p.profileLocal.Add(1)
-			}
-			continue
-		}
 		if r.cacheHas(p.ctx, c) {
-			r.inflight.Delete(c.Sum)
-			p.markLocal(b.l, i)
-			if b.profile {
-				p.profileLocal.Add(1)
-			}
+			landed(i)
 			continue
 		}
-		todo = append(todo, i)
-	}
-	if len(todo) == 0 || p.ctx.Err() != nil {
-		for _, i := range todo {
-			r.inflight.Delete(b.l.toc.Chunks[i].Sum)
+		f, ok := r.claim(c.Sum)
+		if !ok {
+			busy, theirs = append(busy, i), append(theirs, f)
+			continue
 		}
+		todo, mine = append(todo, i), append(mine, f)
+	}
+	if len(todo) == 0 {
 		return
 	}
-	defer func() {
-		for _, i := range todo {
-			r.inflight.Delete(b.l.toc.Chunks[i].Sum)
-		}
-	}()
+	defer r.land(b.l, todo, mine)
+	// Run no faster than the cache stores what the prefetch fetches: a chunk
+	// the cache writer had no room for would be served once and lost.
+	if !r.waitQueueRoom(p.ctx, len(todo)) {
+		return
+	}
 	p.batches.Add(1)
 	var got atomic.Int64
 	_, err := r.fetch(p.ctx, b.l, todo, func(i int, data []byte) {
 		got.Add(1)
 		p.fetchedBytes.Add(int64(len(data)))
-		p.markLocal(b.l, i)
-		if b.profile {
-			p.profileLocal.Add(1)
-		}
+		landed(i)
 	})
 	r.stats.prefetched.Add(got.Load())
 	if err != nil {
@@ -427,11 +437,10 @@ const (
 	fillMaxYield = time.Second
 )
 
-// pendingBytes sums the chunks fetched but not yet written to the cache.
+// pendingBytes estimates the bytes fetched but not yet written to the
+// cache: the cache writer's queue, at the image's mean chunk size.
 func (p *Prefetcher) pendingBytes() int64 {
-	var n int64
-	p.r.pending.Range(func(_, v any) bool { n += int64(len(v.([]byte))); return true })
-	return n
+	return p.r.queued.Load() * p.meanChunk
 }
 
 // cacheStatser is the optional Cache method fill uses to stop before the

@@ -20,16 +20,43 @@ import (
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
-// handle is one open file. It tracks sequential access for read-ahead.
+// handle is one open file. It tracks up to maxStreams sequential streams
+// for read-ahead: a plain reader makes one, a loader that faults in tensors
+// of an mmapped file through several threads (or one after another) makes
+// several, each a run of sequential READs at its own place.
 type handle struct {
 	r *Root
 	d uint32
 
-	mu    sync.Mutex
-	next  int64 // offset just past the previous read
-	seq   int   // consecutive sequential reads
-	raEnd int   // chunk index up to which read-ahead was queued
+	mu       sync.Mutex
+	streams  [maxStreams]stream
+	tick     uint64 // LRU clock of streams
+	longRuns int    // streams that ran past longRun bytes
 }
+
+// stream is one sequential run of READs in a file.
+type stream struct {
+	next  int64  // offset just past the previous READ
+	seq   int    // consecutive sequential READs
+	raEnd int    // chunk index up to which read-ahead was queued
+	win   int    // read-ahead window, chunks
+	run   int64  // bytes read in this run
+	used  uint64 // LRU tick
+	long  bool   // counted in longRuns
+}
+
+const (
+	maxStreams = 4
+	// initialWindow is the read-ahead window of a new stream, in chunks.
+	initialWindow = 4
+	// longRun is the length of a sequential run after which it counts as a
+	// tensor-like read; a big file with bulkRuns of them (at different
+	// places) is read whole by a loader, and gets a bulk fill.
+	longRun  = 2 << 20
+	bulkRuns = 3
+	// bulkMinSize is the smallest file a bulk fill is started for.
+	bulkMinSize = 64 << 20
+)
 
 var (
 	_ gofs.FileReader   = (*handle)(nil)
@@ -54,57 +81,107 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 
 // Read returns exactly the bytes [off, off+len(dest)) of the file (fewer at its end).
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	// The kernel sends a sequential reader's READs a few at a time and not
-	// always in order: a READ near the end of the previous one continues
-	// the stream.
-	h.mu.Lock()
-	if d := off - h.next; d >= -2*int64(len(dest)) && d <= 2*int64(len(dest)) {
-		h.seq++
-	} else {
-		h.seq = 0
-	}
-	h.next = max(h.next, off+int64(len(dest)))
-	if h.seq == 0 {
-		h.next = off + int64(len(dest))
-	}
-	seq := h.seq
-	h.mu.Unlock()
-
-	n, last, errno := h.r.readFile(ctx, h.d, dest, off)
+	st, seq := h.track(off, int64(len(dest)))
+	n, last, missed, errno := h.r.readFile(ctx, h.d, dest, off)
 	if errno != 0 {
 		return nil, errno
 	}
 	if seq >= 2 && h.r.opts.ReadAhead > 0 {
-		h.readAhead(last, seq)
+		h.readAhead(st, last, seq, missed)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
+// track finds the stream a READ continues (the kernel sends a sequential
+// reader's READs a few at a time and not always in order: a READ within two
+// request sizes of the end of a stream's previous one continues it), or
+// starts a new one in place of the least recently used. It returns the
+// stream's index and its count of consecutive sequential READs.
+func (h *handle) track(off, n int64) (int, int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.tick++
+	best, lru := -1, 0
+	for i := range h.streams {
+		s := &h.streams[i]
+		if s.used != 0 && off-s.next >= -2*n && off-s.next <= 2*n {
+			best = i
+			break
+		}
+		if s.used < h.streams[lru].used {
+			lru = i
+		}
+	}
+	if best < 0 {
+		// A READ at offset 0 counts as continuing a stream: readers of a
+		// whole file start there.
+		seq := 0
+		if off == 0 {
+			seq = 1
+		}
+		h.streams[lru] = stream{next: off + n, seq: seq, win: initialWindow, run: n, used: h.tick}
+		return lru, seq
+	}
+	s := &h.streams[best]
+	s.seq++
+	s.used = h.tick
+	s.run += n
+	s.next = max(s.next, off+n)
+	if s.run >= longRun && !s.long {
+		s.long = true
+		h.longRuns++
+		if h.longRuns == bulkRuns {
+			h.r.startBulk(h.d, off)
+		}
+	}
+	return best, s.seq
+}
+
 // readAhead queues the chunks after last (an index into the layer's chunks)
-// that have not been queued yet. The window starts at 4 chunks and doubles
-// with every sequential READ up to ReadAhead.
-func (h *handle) readAhead(last, seq int) {
+// that stream st has not queued yet. The window ramps up: it doubles with
+// each of the first sequential READs, and afterwards with every READ that
+// still had to wait for the network (the read-ahead was not far enough
+// ahead for the link's bandwidth × round trip), up to ReadAhead; it halves
+// when the read-ahead queue is full (the fetcher or the cache is behind).
+func (h *handle) readAhead(st, last, seq int, missed bool) {
 	r := h.r
 	l, e := r.t.dataEntry(h.d)
 	end := int(e.FirstChunk + e.NumChunks)
-	window := r.opts.ReadAhead
-	if seq < 6 {
-		window = min(window, 4<<(seq-2))
-	}
 	h.mu.Lock()
-	from := max(last, h.raEnd)
+	s := &h.streams[st]
+	if seq < 6 || missed {
+		s.win = min(2*s.win, r.opts.ReadAhead)
+	}
+	window := s.win
+	from := max(last, s.raEnd)
 	to := min(last+window, end)
 	// Queue in batches of at least half the window (or up to the end of the
 	// file): one large coalesced request costs the registry and the fetcher
 	// less than many small ones for the same bytes.
-	if from >= to || (to-from < window/2 && to < end && h.raEnd > last) {
+	if from >= to || (to-from < window/2 && to < end && s.raEnd > last) {
 		h.mu.Unlock()
 		return
 	}
-	h.raEnd = to
+	s.raEnd = to
 	h.mu.Unlock()
-	r.queuePrefetch(prefetchJob{l: l, first: from, last: to, path: e.Name})
+	// Split into jobs of at most raJobBytes, which the prefetch workers
+	// fetch in parallel: parallel range requests across one big file,
+	// whatever the fetcher does within one call.
+	step := max(1, raJobBytes/max(1, int(l.toc.ChunkSize)))
+	for i := from; i < to; i += step {
+		if !r.queuePrefetch(prefetchJob{l: l, first: i, last: min(i+step, to), path: e.Name}) {
+			h.mu.Lock()
+			s.win = max(initialWindow, s.win/2)
+			s.raEnd = min(s.raEnd, i)
+			h.mu.Unlock()
+			return
+		}
+	}
 }
+
+// raJobBytes bounds one read-ahead job: fs/remote's default request bound,
+// so that one job is one range request.
+const raJobBytes = 4 << 20
 
 // dataEntry returns the layer and entry holding node d's contents.
 func (t *tree) dataEntry(d uint32) (*layer, *toc.Entry) {
@@ -119,21 +196,22 @@ type chunkKey struct {
 }
 
 // readFile reads node d's contents at off into dest. It returns the number
-// of bytes read and the index after the last chunk it used.
-func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (int, int, syscall.Errno) {
+// of bytes read, the index after the last chunk it used, and whether it had
+// to fetch any.
+func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (int, int, bool, syscall.Errno) {
 	r.stats.reads.Add(1)
 	l, e := r.t.dataEntry(d)
 	if off < 0 {
-		return 0, 0, syscall.EINVAL
+		return 0, 0, false, syscall.EINVAL
 	}
 	if off >= e.Size || len(dest) == 0 {
-		return 0, 0, 0
+		return 0, 0, false, 0
 	}
 	n := int(min(int64(len(dest)), e.Size-off))
 	if e.NumChunks == 0 {
 		// A sparse file: its data is not chunked, so it cannot be served.
 		r.reportEIO(chunkKey{l, -1 - int(d)}, e.Name, -1, fmt.Errorf("%w: sparse file is not chunked", ErrChunkUnavailable))
-		return 0, 0, syscall.EIO
+		return 0, 0, false, syscall.EIO
 	}
 	t := l.toc
 	first, last := t.ChunkRange(e, off, int64(n))
@@ -155,20 +233,23 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (
 		if e.NumChunks == 1 && r.opts.NeighbourWindow > 0 {
 			r.prefetchNeighbours(l, int(e.FirstChunk)+1, e.Name)
 		}
-		failed, err := r.fetch(ctx, l, missing, func(i int, data []byte) {
+		failed, err := r.fetchShared(ctx, l, missing, func(i int, data []byte) {
 			copyChunk(dest[:n], off, t.Chunks[i].Offset-base, data)
+		}, func(i int) bool {
+			c := &t.Chunks[i]
+			return r.cacheRead(ctx, c, dest[:n], off, c.Offset-base)
 		})
 		if err != nil {
 			if ctx.Err() != nil {
 				r.stats.interrupted.Add(1)
-				return 0, 0, syscall.EINTR
+				return 0, 0, false, syscall.EINTR
 			}
 			r.reportEIO(chunkKey{l, failed}, e.Name, failed, err)
-			return 0, 0, syscall.EIO
+			return 0, 0, false, syscall.EIO
 		}
 	}
 	r.stats.bytesRead.Add(int64(n))
-	return n, last, 0
+	return n, last, len(missing) > 0, 0
 }
 
 // copyChunk copies the part of a chunk at file offset coff that overlaps
@@ -189,10 +270,12 @@ type cacheGetIntoer interface {
 }
 
 // cacheRead copies the part of chunk c (at file offset coff) that overlaps
-// dest (the file's bytes from off) from the cache, and reports a hit.
+// dest (the file's bytes from off) from the hot set or the cache, and
+// reports a hit.
 func (r *Root) cacheRead(ctx context.Context, c *toc.Chunk, dest []byte, off, coff int64) bool {
-	if v, ok := r.pending.Load(c.Sum); ok {
-		copyChunk(dest, off, coff, v.([]byte))
+	if h := r.hot.get(c.Sum); h != nil {
+		copyChunk(dest, off, coff, h.data)
+		h.release()
 		return true
 	}
 	gi, ok := r.opts.Cache.(cacheGetIntoer)
@@ -240,9 +323,6 @@ func (r *Root) cacheGet(ctx context.Context, c *toc.Chunk) ([]byte, bool) {
 	if r.opts.Cache == nil {
 		return nil, false
 	}
-	if v, ok := r.pending.Load(c.Sum); ok {
-		return v.([]byte), true
-	}
 	data, err := r.opts.Cache.Get(ctx, c.Digest())
 	if err != nil || len(data) != int(c.Size) {
 		r.logCacheErr(ctx, c, err)
@@ -255,7 +335,7 @@ func (r *Root) cacheGet(ctx context.Context, c *toc.Chunk) ([]byte, bool) {
 func isNotFound(err error) bool { return errors.Is(err, blobcache.ErrNotFound) }
 
 func (r *Root) cacheHas(ctx context.Context, c *toc.Chunk) bool {
-	if _, ok := r.pending.Load(c.Sum); ok {
+	if r.hot.has(c.Sum) {
 		return true
 	}
 	switch ca := r.opts.Cache.(type) {
@@ -317,6 +397,67 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 	return 0, nil
 }
 
+// flight is a fetch of one chunk in progress (by a reader or read-ahead);
+// done is closed when it ends, successful or not. Others who need the chunk
+// wait for it and then find it in the hot set, so that two readers of the
+// same cold file fetch each chunk once.
+type flight struct{ done chan struct{} }
+
+// claim registers a fetch of the chunk with the given sum, or returns the
+// one in progress (mine false).
+func (r *Root) claim(sum [32]byte) (*flight, bool) {
+	f := &flight{done: make(chan struct{})}
+	v, loaded := r.inflight.LoadOrStore(sum, f)
+	return v.(*flight), !loaded
+}
+
+// land ends the flights of chunks idx of l.
+func (r *Root) land(l *layer, idx []int, fs []*flight) {
+	for k, i := range idx {
+		r.inflight.Delete(l.toc.Chunks[i].Sum)
+		close(fs[k].done)
+	}
+}
+
+// fetchShared fetches chunks idx of l like fetch, except those another
+// reader or read-ahead is fetching already: it waits for those (until ctx
+// ends) and takes them with take (from the hot set), fetching them itself
+// only if they did not arrive.
+func (r *Root) fetchShared(ctx context.Context, l *layer, idx []int, deliver func(i int, data []byte), take func(i int) bool) (int, error) {
+	var mine, theirs []int
+	var mf, tf []*flight
+	for _, i := range idx {
+		f, ok := r.claim(l.toc.Chunks[i].Sum)
+		if ok {
+			mine, mf = append(mine, i), append(mf, f)
+		} else {
+			theirs, tf = append(theirs, i), append(tf, f)
+		}
+	}
+	if len(mine) > 0 {
+		failed, err := r.fetch(ctx, l, mine, deliver)
+		r.land(l, mine, mf)
+		if err != nil {
+			return failed, err
+		}
+	}
+	var again []int
+	for k, i := range theirs {
+		select {
+		case <-tf[k].done:
+		case <-ctx.Done():
+			return i, ctx.Err()
+		}
+		if !take(i) {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		return r.fetch(ctx, l, again, deliver)
+	}
+	return 0, nil
+}
+
 // verifyingFetcher is implemented by fetchers that check every chunk's size
 // and sha256 before delivering it (fs/remote does); fs then does not hash
 // the chunk a second time. Other fetchers' chunks are verified here.
@@ -326,65 +467,64 @@ type verifyingFetcher interface {
 
 // cacheVerifiedPutter is the optional Cache method that stores a chunk
 // without hashing it again (blobcache has it): fetch has just verified it.
+// Unlike Put, PutVerified must not keep data after it returns (blobcache's
+// contract: "Put does not keep data"): it is a recycled buffer.
 type cacheVerifiedPutter interface {
 	PutVerified(ctx context.Context, d digest.Digest, data []byte) error
 }
 
-// putJob is a fetched, verified chunk on its way into the cache.
-type putJob struct {
-	sum  [32]byte
-	d    digest.Digest
-	data []byte
-}
-
-// storeChunk hands a verified chunk to the cache writer without making the
-// fetch wait for the cache's write path (badger's is slower than the
-// network on loopback): until it is written, reads find it in r.pending.
-// When the writer's queue is full the chunk is written right here.
+// storeChunk puts a verified chunk into the hot set, where reads find it,
+// and queues it for the cache writer. It never waits for the cache: when
+// the writer's queue is full (the cache's write path is slower than the
+// network) the chunk is served from the hot set and not cached
+// (Stats.CacheSkipped); a later read of it fetches it again.
 func (r *Root) storeChunk(c *toc.Chunk, data []byte) {
-	if r.opts.Cache == nil {
+	h := r.hot.add(c.Sum, data)
+	if h == nil {
+		return // already there (a shared fetch, or fetched twice)
+	}
+	if r.opts.Cache == nil || r.ctx.Err() != nil {
+		h.release()
 		return
 	}
-	own := bytes.Clone(data)
-	if _, loaded := r.pending.LoadOrStore(c.Sum, own); loaded {
-		return // the same chunk is already on its way (shared fetch)
-	}
-	j := putJob{sum: c.Sum, d: c.Digest(), data: own}
+	r.queued.Add(1)
 	select {
-	case r.puts <- j:
+	case r.puts <- h:
 	default:
-		r.put(j)
+		r.queued.Add(-1)
+		r.stats.cacheSkipped.Add(1)
+		h.release()
 	}
 }
 
-func (r *Root) put(j putJob) {
+func (r *Root) put(h *hotChunk) {
+	defer r.queued.Add(-1)
+	defer h.release()
+	d := digest.NewDigestFromBytes(digest.SHA256, h.sum[:])
 	var err error
 	if vp, ok := r.opts.Cache.(cacheVerifiedPutter); ok {
-		err = vp.PutVerified(r.ctx, j.d, j.data)
+		err = vp.PutVerified(r.ctx, d, h.data) // does not keep h.data
 	} else {
-		err = r.opts.Cache.Put(r.ctx, j.d, j.data)
+		// Cache.Put may keep its slice; the hot set's buffer is recycled.
+		err = r.opts.Cache.Put(r.ctx, d, bytes.Clone(h.data))
 	}
 	if err != nil && r.ctx.Err() == nil {
-		r.log.Debug("cache put", "chunk", j.d, "error", err)
+		r.stats.cacheErrors.Add(1)
+		r.log.Debug("cache put", "chunk", d, "error", err)
 	}
-	r.pending.Delete(j.sum)
 }
 
 // FlushCache waits until every fetched chunk queued for the cache has been
 // written (or ctx ends).
 func (r *Root) FlushCache(ctx context.Context) error {
-	for {
-		empty := true
-		r.pending.Range(func(_, _ any) bool { empty = false; return false })
-		if empty {
-			return nil
-		}
+	for r.queued.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(time.Millisecond):
 		}
 	}
+	return nil
 }
 
 // cacheWriter writes queued chunks into the cache until the Root closes;
@@ -394,9 +534,17 @@ func (r *Root) cacheWriter() {
 	for {
 		select {
 		case <-r.ctx.Done():
-			return
-		case j := <-r.puts:
-			r.put(j)
+			for {
+				select {
+				case h := <-r.puts:
+					h.release()
+					r.queued.Add(-1)
+				default:
+					return
+				}
+			}
+		case h := <-r.puts:
+			r.put(h)
 		}
 	}
 }
@@ -466,26 +614,29 @@ func (r *Root) prefetcher() {
 }
 
 func (r *Root) runPrefetch(j prefetchJob) {
+	// Wait for room in the cache's write queue before claiming anything: a
+	// reader that needs one of these chunks meanwhile fetches it itself.
+	if !r.waitQueueRoom(r.bgctx, j.last-j.first) {
+		return
+	}
 	var todo []int
+	var flights []*flight
 	for i := j.first; i < j.last; i++ {
 		c := &j.l.toc.Chunks[i]
-		if _, busy := r.inflight.LoadOrStore(c.Sum, struct{}{}); busy {
+		if r.cacheHas(r.bgctx, c) {
 			continue
 		}
-		if r.cacheHas(r.bgctx, c) {
-			r.inflight.Delete(c.Sum)
+		f, mine := r.claim(c.Sum)
+		if !mine {
 			continue
 		}
 		todo = append(todo, i)
+		flights = append(flights, f)
 	}
 	if len(todo) == 0 {
 		return
 	}
-	defer func() {
-		for _, i := range todo {
-			r.inflight.Delete(j.l.toc.Chunks[i].Sum)
-		}
-	}()
+	defer r.land(j.l, todo, flights)
 	if _, err := r.fetch(r.bgctx, j.l, todo, nil); err != nil {
 		if r.ctx.Err() == nil {
 			r.log.Debug("read-ahead failed", "layer", j.l.name, "path", j.path, "error", err)

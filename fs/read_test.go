@@ -238,6 +238,7 @@ func TestFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 		cache.Clear()
+		root.hot.clear() // and the chunks fetched recently, held in memory
 		dropCache(t, cached)
 		layer.fetcher.SetTampered(mode == "tampered")
 		layer.fetcher.SetLying(mode == "lying")

@@ -4,13 +4,15 @@
 # docker-registry) on loopback, measured in the same run. Root; run
 # hack/demo.sh once first (it fetches the registry and crane into .cache).
 #   SIZE_MIB=1024 ROUNDS=3 bench/scripts/cold-read.sh
+# MMAP=1 adds a loader-like read (mmap, tensors of 2-16 MiB in a random
+# order: bench/scripts/mmapload.py) of the same file from a fresh mount.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
 export PATH=/usr/local/go/bin:$REPO/.cache/bin:$PATH
 SIZE_MIB=${SIZE_MIB:-1024}
 ROUNDS=${ROUNDS:-3}
-LAZYFS=$REPO/bin/lazyfs
+LAZYFS=${LAZYFS:-$REPO/bin/lazyfs}
 [ -x .cache/registry/usr/bin/docker-registry ] && command -v crane >/dev/null || { echo "run hack/demo.sh once first (registry + crane)" >&2; exit 1; }
 [ -n "${NO_BUILD:-}" ] || make -s build >/dev/null
 W=$(mktemp -d /tmp/lazyfs-coldread.XXXXXX)
@@ -46,8 +48,8 @@ crane append --insecure -f "$W/layer.tar" -t "$REG/bench/model:plain" >/dev/null
 DIGEST=$("$LAZYFS" inspect --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"])')
 BLOB=$("$LAZYFS" inspect --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["size"])')
 now() { date +%s.%N; }
-echo "| round | crane blob (s) | lazyfs mount + cat (s) | crane MB/s | lazyfs MB/s | lazyfs / crane speed |"
-echo "|---|---|---|---|---|---|"
+echo "| round | crane blob (s) | lazyfs mount + cat (s) | crane MB/s | lazyfs MB/s | lazyfs / crane speed |${MMAP:+ mount + mmap loader (s) | mmap / cat time |}"
+echo "|---|---|---|---|---|---|${MMAP:+---|---|}"
 for r in $(seq "$ROUNDS"); do
 	sync; echo 3 > /proc/sys/vm/drop_caches
 	t0=$(now); crane blob --insecure "$REG/bench/model@$DIGEST" > /dev/null; t1=$(now)
@@ -62,6 +64,17 @@ for r in $(seq "$ROUNDS"); do
 	read -r _ u1 n1 s1 i1 _ < /proc/stat
 	[ -z "${SHOW_STATS:-}" ] || echo "cpu busy during the lazy read: $(( (u1-u0)+(n1-n0)+(s1-s0) )) of $(( (u1-u0)+(n1-n0)+(s1-s0)+(i1-i0) )) jiffies" >&2
 	"$LAZYFS" umount --state-dir "$W/state" "$W/mnt" >/dev/null
-	python3 -c "import sys; c=float(sys.argv[2])-float(sys.argv[1]); l=float(sys.argv[4])-float(sys.argv[3]); b=int(sys.argv[5]); print(f'| {sys.argv[6]} | {c:.2f} | {l:.2f} | {b/1e6/c:.0f} | {b/1e6/l:.0f} | {c/l:.2f} |')" "$t0" "$t1" "$t2" "$t3" "$BLOB" "$r"
+	t4=0 t5=0
+	if [ -n "${MMAP:-}" ]; then
+		rm -rf "$W/cache"
+		sync; echo 3 > /proc/sys/vm/drop_caches
+		t4=$(now)
+		"$LAZYFS" mount ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+		python3 bench/scripts/mmapload.py "$W/mnt/model.bin" "$r" >/dev/null
+		t5=$(now)
+		[ -z "${SHOW_STATS:-}" ] || "$LAZYFS" stats --state-dir "$W/state" "$W/mnt" >&2
+		"$LAZYFS" umount --state-dir "$W/state" "$W/mnt" >/dev/null
+	fi
+	python3 -c "import sys; c=float(sys.argv[2])-float(sys.argv[1]); l=float(sys.argv[4])-float(sys.argv[3]); b=int(sys.argv[5]); m=float(sys.argv[8])-float(sys.argv[7]); print(f'| {sys.argv[6]} | {c:.2f} | {l:.2f} | {b/1e6/c:.0f} | {b/1e6/l:.0f} | {c/l:.2f} |' + (f' {m:.2f} | {m/l:.2f} |' if m > 0 else ''))" "$t0" "$t1" "$t2" "$t3" "$BLOB" "$r" "$t4" "$t5"
 done
 echo "(blob: $BLOB bytes for a ${SIZE_MIB} MiB file; registry: distribution on $REG)"

@@ -41,6 +41,7 @@ type BlobFetcher struct {
 	block   chan struct{}
 	started chan struct{}
 	latency time.Duration
+	every   int64 // fail every every-th call (0: never)
 
 	requests atomic.Int64 // FetchChunks calls
 	chunks   atomic.Int64 // chunks delivered
@@ -64,6 +65,11 @@ func (f *BlobFetcher) SetLying(v bool) { f.mu.Lock(); f.lie = v; f.mu.Unlock() }
 // SetLatency makes every FetchChunks call wait d first, like a round trip
 // to a registry.
 func (f *BlobFetcher) SetLatency(d time.Duration) { f.mu.Lock(); f.latency = d; f.mu.Unlock() }
+
+// SetFailEvery makes every n-th FetchChunks call (counting all calls) fail
+// with ErrFetchFailed before delivering anything, as a flaky registry
+// would; 0 turns it off.
+func (f *BlobFetcher) SetFailEvery(n int) { f.mu.Lock(); f.every = int64(n); f.mu.Unlock() }
 
 // Block makes later fetches wait until their context ends or Unblock is
 // called. The returned channel receives once per fetch that started waiting.
@@ -96,9 +102,10 @@ func (f *BlobFetcher) Reset() { f.requests.Store(0); f.chunks.Store(0); f.bytes.
 
 // FetchChunks implements fs.ChunkFetcher.
 func (f *BlobFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i int, data []byte) error) error {
-	f.requests.Add(1)
+	call := f.requests.Add(1)
 	f.mu.Lock()
 	fail, tamper, lie, block, started, latency := f.fail, f.tamper, f.lie, f.block, f.started, f.latency
+	fail = fail || (f.every > 0 && call%f.every == 0)
 	f.mu.Unlock()
 	if latency > 0 {
 		t := time.NewTimer(latency)

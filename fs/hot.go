@@ -1,0 +1,134 @@
+package fs
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// hotSet holds the chunks fetched most recently, verified, in memory: a
+// bounded FIFO that reads consult before the cache. It decouples readers
+// from the cache's write path: a chunk fetched by read-ahead is served from
+// here whether or not the cache has stored it yet (or ever: when the cache
+// writer falls behind, chunks are served and not cached), and the cache
+// writer takes its bytes from here without another copy. Buffers are
+// recycled when the last holder lets go, so big files cost no garbage.
+type hotSet struct {
+	limit  int64
+	bufCap int
+
+	mu    sync.Mutex
+	m     map[[32]byte]*hotChunk
+	fifo  []*hotChunk // insertion order; fifo[head:] are live
+	head  int
+	bytes int64
+
+	pool sync.Pool // *[]byte of cap bufCap
+}
+
+// hotChunk is one chunk in the set. refs counts the set itself and every
+// reader or writer holding it; the buffer goes back to the pool at zero.
+type hotChunk struct {
+	sum  [32]byte
+	data []byte
+	refs atomic.Int32
+	set  *hotSet
+}
+
+func newHotSet(limit int64, bufCap int) *hotSet {
+	return &hotSet{limit: limit, bufCap: bufCap, m: map[[32]byte]*hotChunk{}}
+}
+
+// add copies data (a verified chunk) into the set unless it is there, and
+// returns it held once for the caller, or nil if it was already there.
+func (s *hotSet) add(sum [32]byte, data []byte) *hotChunk {
+	s.mu.Lock()
+	if _, ok := s.m[sum]; ok {
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	// Copy outside the lock; a racing add of the same chunk loses below.
+	var buf []byte
+	if len(data) <= s.bufCap {
+		if p, _ := s.pool.Get().(*[]byte); p != nil {
+			buf = (*p)[:len(data)]
+		} else {
+			buf = make([]byte, len(data), s.bufCap)
+		}
+	} else {
+		buf = make([]byte, len(data))
+	}
+	copy(buf, data)
+	c := &hotChunk{sum: sum, data: buf, set: s}
+	c.refs.Store(2) // the set's and the caller's
+	s.mu.Lock()
+	if _, ok := s.m[sum]; ok {
+		s.mu.Unlock()
+		c.refs.Store(1)
+		c.release()
+		return nil
+	}
+	s.m[sum] = c
+	s.fifo = append(s.fifo, c)
+	s.bytes += int64(len(buf))
+	var out []*hotChunk
+	for s.bytes > s.limit && s.head < len(s.fifo)-1 {
+		old := s.fifo[s.head]
+		s.fifo[s.head] = nil
+		s.head++
+		delete(s.m, old.sum)
+		s.bytes -= int64(len(old.data))
+		out = append(out, old)
+	}
+	if s.head > len(s.fifo)/2 && s.head > 64 {
+		s.fifo = append(s.fifo[:0], s.fifo[s.head:]...)
+		s.head = 0
+	}
+	s.mu.Unlock()
+	for _, o := range out {
+		o.release()
+	}
+	return c
+}
+
+// get returns the chunk held once for the caller, or nil.
+func (s *hotSet) get(sum [32]byte) *hotChunk {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.m[sum]
+	if c != nil {
+		c.refs.Add(1)
+	}
+	return c
+}
+
+func (s *hotSet) has(sum [32]byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.m[sum]
+	return ok
+}
+
+// release lets go of one hold on c.
+func (c *hotChunk) release() {
+	if c.refs.Add(-1) != 0 {
+		return
+	}
+	if cap(c.data) == c.set.bufCap {
+		b := c.data[:0]
+		c.set.pool.Put(&b)
+	}
+	c.data = nil
+}
+
+// clear drops every chunk from the set (tests use it to force refetches).
+func (s *hotSet) clear() {
+	s.mu.Lock()
+	out := s.fifo[s.head:]
+	s.fifo, s.head, s.bytes = nil, 0, 0
+	clear(s.m)
+	s.mu.Unlock()
+	for _, c := range out {
+		c.release()
+	}
+}
