@@ -29,6 +29,10 @@ type ProfileOptions struct {
 	// stores one (a per-layer mount: one layer's reads are not the
 	// image's profile).
 	NoStore bool
+	// Recorder, if set, is where the mount records its first-read order
+	// (with NoStore): one recorder shared by the per-layer mounts of an
+	// image, whose owner stores it when the last of them is gone.
+	Recorder *profile.Recorder
 	// Record records the first-read order even without a Store, for
 	// Mounted.Recorded (lazyfs record).
 	Record bool
@@ -91,27 +95,41 @@ func loadProfile(ctx context.Context, o ProfileOptions, img *remote.Image, log *
 // recorder covers every layer of the image; a per-layer mount's events
 // (layer 0 of its Root) are recorded as its layer's index in the image.
 func (ps *profileState) onRead(layers []*Layer, next func(fs.ReadEvent)) func(fs.ReadEvent) {
-	if (ps.o.Store == nil || ps.o.NoStore) && !ps.o.Record {
-		return next
-	}
-	infos := make([]profile.LayerInfo, len(ps.img.Layers))
-	for i := range ps.img.Layers {
-		infos[i] = profile.LayerInfo{Digest: ps.img.Layers[i].Digest.String(), Chunks: -1}
-	}
 	index := make([]int, len(layers))
 	for i, l := range layers {
 		index[i] = l.Index()
+	}
+	if r := ps.o.Recorder; r != nil {
+		for _, l := range layers {
+			r.SetLayerChunks(l.Index(), len(l.TOC.Chunks))
+		}
+		return chainRead(func(e fs.ReadEvent) {
+			if e.Layer >= 0 && e.Layer < len(index) {
+				r.Record(index[e.Layer], e.Path, e.FirstChunk, e.LastChunk)
+			}
+		}, next)
+	}
+	if (ps.o.Store == nil || ps.o.NoStore) && !ps.o.Record {
+		return next
+	}
+	// Layers this mount does not serve (0 chunks) record nothing.
+	infos := make([]profile.LayerInfo, len(ps.img.Layers))
+	for i := range ps.img.Layers {
+		infos[i].Digest = ps.img.Layers[i].Digest.String()
+	}
+	for _, l := range layers {
 		infos[l.Index()].Chunks = len(l.TOC.Chunks)
 	}
-	for i := range infos {
-		infos[i].Chunks = max(infos[i].Chunks, 0) // layers this mount does not serve record nothing
-	}
 	ps.rec = profile.NewRecorder(ps.img.Digest.String(), infos)
-	rec := func(e fs.ReadEvent) {
+	return chainRead(func(e fs.ReadEvent) {
 		if e.Layer >= 0 && e.Layer < len(index) {
 			ps.rec.Record(index[e.Layer], e.Path, e.FirstChunk, e.LastChunk)
 		}
-	}
+	}, next)
+}
+
+// chainRead calls rec, then next (if set), for each read event.
+func chainRead(rec, next func(fs.ReadEvent)) func(fs.ReadEvent) {
 	if next == nil {
 		return rec
 	}

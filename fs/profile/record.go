@@ -35,17 +35,32 @@ func NewRecorder(image string, layers []LayerInfo) *Recorder {
 	return r
 }
 
+// SetLayerChunks sets the chunk count of layer when NewRecorder was given
+// none (0): a recorder shared by the per-layer mounts of an image learns
+// each layer's TOC as its mount comes up. A count already set is kept.
+func (r *Recorder) SetLayerChunks(layer, chunks int) {
+	if layer < 0 || layer >= len(r.layers) || chunks <= 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.layers[layer].Chunks == 0 {
+		r.layers[layer].Chunks = chunks
+		r.seen[layer] = make([]uint64, (chunks+63)/64)
+	}
+}
+
 // OnRead records e; use it as fs.Options.OnRead.
 func (r *Recorder) OnRead(e fs.ReadEvent) { r.Record(e.Layer, e.Path, e.FirstChunk, e.LastChunk) }
 
 // Record records a read of chunks [first, last) of path in layer layer.
 // Events outside the layers' chunk ranges are ignored.
 func (r *Recorder) Record(layer int, path string, first, last int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if layer < 0 || layer >= len(r.layers) || first < 0 || last > r.layers[layer].Chunks || first >= last {
 		return
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	bits := r.seen[layer]
 	for i := first; i < last; i++ {
 		if bits[i/64]&(1<<(i%64)) != 0 {

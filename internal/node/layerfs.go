@@ -71,15 +71,18 @@ func (l *LayerFS) Mount(ctx context.Context, mountpoint string, labels map[strin
 		return err
 	}
 	lo := n.imageOptions()
-	lo.Profiles = n.layerProfiles()
+	var release func()
+	lo.Profiles, release = n.layerProfiles(img)
 	m, err := image.MountImageLayer(ctx, n.resolver, img, i, dir, lo)
 	if err != nil {
+		release()
 		n.metrics.fallback(err)
 		return err
 	}
 	n.saveRecord(dir, ref, img, i)
-	if err := n.add(dir, &mountEntry{kind: KindLayer, ref: ref, layer: layer.String(), m: m, since: time.Now()}); err != nil {
+	if err := n.add(dir, &mountEntry{kind: KindLayer, ref: ref, layer: layer.String(), m: m, since: time.Now(), release: release}); err != nil {
 		m.Close()
+		release()
 		return err
 	}
 	n.metrics.remoteLayers.Inc()

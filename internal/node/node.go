@@ -93,6 +93,9 @@ type Node struct {
 	profiles *profile.Store
 	metrics  *metrics
 
+	recMu     sync.Mutex
+	recorders map[digest.Digest]*imageRecorder // per image, shared by its layer mounts
+
 	locks keyedMutex
 
 	mu     sync.Mutex
@@ -119,6 +122,14 @@ type mountEntry struct {
 	layer string
 	m     *image.Mounted
 	since time.Time
+	// release, if set, runs once the mount is unmounted (or detached).
+	release func()
+}
+
+func (e *mountEntry) unmounted() {
+	if e.release != nil {
+		e.release()
+	}
 }
 
 // New opens the node's cache and builds its fetcher. A cache that cannot be
@@ -298,7 +309,7 @@ func (n *Node) entry(dir string) *mountEntry {
 			// Unmounted from outside or aborted: forget it.
 			delete(n.mounts, dir)
 			n.bg.Add(1)
-			go func() { defer n.bg.Done(); e.m.Close() }()
+			go func() { defer n.bg.Done(); e.m.Close(); e.unmounted() }()
 			return nil
 		default:
 		}
@@ -376,6 +387,7 @@ func (n *Node) unmount(ctx context.Context, dir string) (note string, err error)
 			defer n.bg.Done()
 			<-e.m.Done()
 			e.m.Close()
+			e.unmounted()
 		}()
 		return noteDetached, nil
 	}
@@ -395,6 +407,7 @@ func (n *Node) unmount(ctx context.Context, dir string) (note string, err error)
 	if err != nil {
 		return "", fmt.Errorf("unmount %s (%s): %w", dir, e.ref, err)
 	}
+	e.unmounted()
 	n.log.Info("unmounted", "dir", dir, "kind", e.kind, "image", e.ref, "layer", e.layer)
 	return note, nil
 }

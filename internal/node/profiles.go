@@ -3,6 +3,9 @@ package node
 import (
 	"context"
 	"path/filepath"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
@@ -66,14 +69,65 @@ func (n *Node) imageProfiles(o ImageOptions) image.ProfileOptions {
 	return po
 }
 
-// layerProfiles are the profile options of a per-layer mount: it
-// prefetches its own layer's spans of the image's learned profile, and
-// stores nothing (a layer's reads alone are not the image's profile).
-func (n *Node) layerProfiles() image.ProfileOptions {
+// layerProfiles are the profile options of a per-layer mount of img: it
+// prefetches its own layer's spans of the image's learned profile and
+// records into the image's recorder, shared by the per-layer mounts of the
+// image (a layer's reads alone are not the image's profile). release ends
+// the mount's hold on the recorder: the last one stores the profile.
+func (n *Node) layerProfiles(img *remote.Image) (po image.ProfileOptions, release func()) {
 	if n.profiles == nil {
-		return image.ProfileOptions{}
+		return image.ProfileOptions{}, func() {}
 	}
-	po := image.ProfileOptions{Store: n.profiles, NoStore: true, Prefetch: n.cfg.Profiles.Prefetch}
+	po = image.ProfileOptions{Store: n.profiles, NoStore: true, Prefetch: n.cfg.Profiles.Prefetch}
 	po.Prefetch.Fill = n.cfg.Profiles.LayerFill
-	return po
+	key := digest.Digest(img.Digest.String())
+	n.recMu.Lock()
+	defer n.recMu.Unlock()
+	r := n.recorders[key]
+	if r == nil {
+		infos := make([]profile.LayerInfo, len(img.Layers))
+		for i := range img.Layers {
+			infos[i].Digest = img.Layers[i].Digest.String() // chunks: set as each layer mounts
+		}
+		r = &imageRecorder{rec: profile.NewRecorder(img.Digest.String(), infos)}
+		if n.recorders == nil {
+			n.recorders = map[digest.Digest]*imageRecorder{}
+		}
+		n.recorders[key] = r
+	}
+	r.refs++
+	po.Recorder = r.rec
+	var once sync.Once
+	return po, func() { once.Do(func() { n.releaseRecorder(key, img) }) }
+}
+
+// imageRecorder is the first-read order of an image's per-layer mounts.
+type imageRecorder struct {
+	rec  *profile.Recorder
+	refs int // per-layer mounts recording into it
+}
+
+// releaseRecorder ends one per-layer mount's hold on its image's recorder;
+// when none is left, the profile recorded (if any) replaces the node's.
+func (n *Node) releaseRecorder(key digest.Digest, img *remote.Image) {
+	n.recMu.Lock()
+	r := n.recorders[key]
+	if r == nil {
+		n.recMu.Unlock()
+		return
+	}
+	if r.refs--; r.refs > 0 {
+		n.recMu.Unlock()
+		return
+	}
+	delete(n.recorders, key)
+	n.recMu.Unlock()
+	if r.rec.Len() == 0 {
+		return
+	}
+	if err := n.profiles.Save(key, r.rec.Profile()); err != nil {
+		n.log.Warn("cannot store the profile learned by the image's layer mounts", "image", img.Ref, "error", err)
+		return
+	}
+	n.log.Info("stored the profile learned by the image's layer mounts", "image", img.Ref, "digest", key)
 }

@@ -84,8 +84,9 @@ func gauges(t *testing.T, n *node.Node) map[string]float64 {
 // (on by default) with its progress in ls and the metrics, and stores the
 // profile under the node's root on unmount; after a restart with a wiped
 // cache, the next mount of the image prefetches that profile, after which
-// the workload's files read without a registry request, and a per-layer
-// mount (the snapshotter's) prefetches its own layer's part of it.
+// the workload's files read without a registry request; the per-layer
+// mounts (the snapshotter's) prefetch their own layer's part of it and
+// together learn the image's next profile.
 func TestDaemonLearnsProfile(t *testing.T) {
 	needFUSE(t)
 	reg := imagetest.New(t)
@@ -178,8 +179,9 @@ func TestDaemonLearnsProfile(t *testing.T) {
 		t.Fatalf("relearned profile: %v %v", prof, err)
 	}
 
-	// The snapshotter's per-layer mount of layer 1 prefetches that layer's
-	// spans of the learned profile and stores nothing of its own.
+	// The snapshotter's per-layer mounts: layer 1's prefetches that layer's
+	// spans of the learned profile; their reads are recorded into one
+	// profile of the image, stored when the last of them is unmounted.
 	n3 := profileNode(t, root, node.ProfileConfig{})
 	img, err := n3.Fetcher().Resolve(ctx, ref, nil)
 	if err != nil {
@@ -198,20 +200,35 @@ func TestDaemonLearnsProfile(t *testing.T) {
 	if want == 0 || want == prof.Chunks() {
 		t.Fatalf("layer 1 holds %d of the profile's %d chunks: the test needs a profile across both layers", want, prof.Chunks())
 	}
-	ldir := mountDir(t, "layer1")
-	if err := n3.LayerFS().Mount(ctx, ldir, labels(ref, digests[1], digests...)); err != nil {
-		t.Fatal(err)
+	ldirs := []string{mountDir(t, "layer0"), mountDir(t, "layer1")}
+	for i, d := range ldirs {
+		if err := n3.LayerFS().Mount(ctx, d, labels(ref, digests[i], digests...)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	c3 := node.NewClient(serveControl(t, n3), 30*time.Second)
-	p = waitProgress(t, c3, ldir, func(p *node.Progress) bool { return p.Phase == "done" })
+	p = waitProgress(t, c3, ldirs[1], func(p *node.Progress) bool { return p.Phase == "done" })
 	if p.ProfileSource != "node" || p.ProfileChunks != int64(want) || p.ProfileLocal != p.ProfileChunks {
 		t.Fatalf("per-layer mount: %+v, want layer 1's %d profile chunks local", p, want)
 	}
-	if err := n3.LayerFS().Unmount(ctx, ldir); err != nil {
+	read(ldirs[0], "lib/b.so")
+	read(ldirs[1], "etc/conf")
+	if err := n3.LayerFS().Unmount(ctx, ldirs[1]); err != nil {
 		t.Fatal(err)
 	}
-	again, err := n3.Profiles().Load(digest.Digest(st.Digest))
-	if err != nil || !slices.Equal(again.Paths(), prof.Paths()) {
-		t.Fatalf("a per-layer mount replaced the image's profile: %v %v", again, err)
+	if again, err := n3.Profiles().Load(digest.Digest(st.Digest)); err != nil || !slices.Equal(again.Paths(), prof.Paths()) {
+		t.Fatalf("the profile changed while a layer of the image is still mounted: %v %v", again, err)
+	}
+	if err := n3.LayerFS().Unmount(ctx, ldirs[0]); err != nil {
+		t.Fatal(err)
+	}
+	got, err := n3.Profiles().Load(digest.Digest(st.Digest))
+	if err != nil || !slices.Equal(got.Paths(), []string{"lib/b.so", "etc/conf"}) {
+		t.Fatalf("profile learned by the layer mounts: %v %v", got, err)
+	}
+	for _, s := range got.Spans {
+		if want := map[string]string{"lib/b.so": digests[0], "etc/conf": digests[1]}[s.Path]; got.Layers[s.Layer] != want {
+			t.Fatalf("span %+v names layer %s, want %s", s, got.Layers[s.Layer], want)
+		}
 	}
 }
