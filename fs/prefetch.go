@@ -311,6 +311,13 @@ func (p *Prefetcher) fetchBatch(b batch) {
 			}
 		}
 	}()
+	// Run no faster than the cache stores what the prefetch fetches (a
+	// chunk the cache writer had no room for would be served once and
+	// lost), and wait before claiming: a reader that needs a chunk must
+	// never wait for a claimed flight stuck behind the cache writer.
+	if !r.waitQueueRoom(p.ctx, len(b.idx)) {
+		return
+	}
 	for _, i := range b.idx {
 		c := &b.l.toc.Chunks[i]
 		if r.cacheHas(p.ctx, c) {
@@ -328,11 +335,6 @@ func (p *Prefetcher) fetchBatch(b batch) {
 		return
 	}
 	defer r.land(b.l, todo, mine)
-	// Run no faster than the cache stores what the prefetch fetches: a chunk
-	// the cache writer had no room for would be served once and lost.
-	if !r.waitQueueRoom(p.ctx, len(todo)) {
-		return
-	}
 	p.batches.Add(1)
 	var got atomic.Int64
 	_, err := r.fetch(p.ctx, b.l, todo, func(i int, data []byte) {
