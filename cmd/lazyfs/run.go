@@ -164,46 +164,43 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 			return nil, fmt.Errorf("--platform %q: %w", rf.platform, err)
 		}
 	}
-	ropts := []remote.Option{remote.WithInsecure(rf.insecure), remote.WithLogger(log), remote.WithUserAgent("lazyfs-run")}
-	if rf.hostsDir != "" {
-		ropts = append(ropts, remote.WithHostsDir(rf.hostsDir))
-	}
 	cacheDir := rf.cacheDir
 	if cacheDir == "" {
 		cacheDir = node.MemoryCache
 	}
-	cache, err := node.OpenCache(cacheDir, int64(rf.cacheSize), log)
+	root, err := os.MkdirTemp("", "lazyfs-run-*") // the node's state (pulled layers)
 	if err != nil {
 		return nil, err
 	}
-	defer cache.Close()
-	po := image.ProfileOptions{Record: record, Prefetch: fs.PrefetchOptions{Fill: rf.fill}}
-	if rf.profileDir != "" {
-		if po.Store, err = profile.NewStore(rf.profileDir); err != nil {
+	defer os.RemoveAll(root)
+	// A private node (as a standalone lazyfs mount has): its cache, fetcher
+	// and profiles; with --no-profile it loads none but still records.
+	pc := node.ProfileConfig{Dir: rf.profileDir, Off: rf.profileDir == "" || rf.noProfile, NoFill: !rf.fill}
+	if !rf.noProfile {
+		pc.Source = registryProfile
+	}
+	n, err := node.New(ctx, node.Config{
+		Root: root, CacheDir: cacheDir, CacheSize: int64(rf.cacheSize), HostsDir: rf.hostsDir, Insecure: rf.insecure, Logger: log,
+		FS:       fs.Options{ReadAhead: rf.readAhead, NeighbourWindow: int64(rf.neighbours)},
+		Profiles: pc,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer n.Close()
+	var learn *profile.Store // with --no-profile: record here, load nothing
+	if rf.noProfile && rf.profileDir != "" {
+		if learn, err = profile.NewStore(rf.profileDir); err != nil {
 			return nil, err
 		}
 	}
-	learn := po.Store // with --no-profile: record, but load nothing
-	if rf.noProfile {
-		po.Store, po.Record = nil, learn != nil || record
-	} else {
-		po.Source = registryProfile
-	}
+	// Not under root: RemoveAll must never walk into a mount left busy.
 	mnt, err := os.MkdirTemp("", "lazyfs-run-mnt-*")
 	if err != nil {
 		return nil, err
 	}
 	defer os.Remove(mnt)
-	fetcher := remote.New(ropts...)
-	defer fetcher.Close()
-	m, err := image.Mount(ctx, ref, mnt, image.Options{
-		Platform: p, Fetcher: fetcher, Cache: cache, Pull: rf.pull, Logger: log,
-		FS: fs.Options{ReadAhead: rf.readAhead, NeighbourWindow: int64(rf.neighbours)},
-		// allow_other: the command may run as another user; the mount
-		// point is in a 0700 directory, so nobody else reaches it.
-		Mount:    fs.MountOptions{},
-		Profiles: po,
-	})
+	m, err := n.MountImage(ctx, ref, mnt, node.ImageOptions{Platform: p, Pull: rf.pull, Record: record || learn != nil})
 	if err != nil {
 		return nil, err
 	}
@@ -212,13 +209,13 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 	closeMount := func() {
 		if !closed {
 			closed = true
-			if err := m.Close(); err != nil {
+			if err := n.Unmount(context.Background(), mnt); err != nil {
 				log.Warn("unmount", "dir", mnt, "error", err)
 			}
 		}
 	}
 	defer closeMount()
-	if rf.noProfile && learn != nil {
+	if learn != nil {
 		defer func() {
 			if p := m.Recorded(); p != nil && len(p.Spans) > 0 {
 				if err := learn.Save(digest.Digest(m.Image().Digest.String()), p); err != nil {
@@ -227,7 +224,7 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 			}
 		}()
 	}
-	cfg, err := runner.ImageConfig(ctx, fetcher, m.Image())
+	cfg, err := runner.ImageConfig(ctx, n.Fetcher(), m.Image())
 	if err != nil {
 		return nil, err
 	}
