@@ -33,4 +33,6 @@ var (
 	ErrChunkCorrupt = errors.New("chunk corrupt")
 	// ErrNotMounted means a mount point could not be mounted or set up.
 	ErrNotMounted = errors.New("not mounted")
+	// ErrClosed means the Root is closed (StartPrefetch after Close).
+	ErrClosed = errors.New("root is closed")
 )

@@ -10,20 +10,24 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lazyfs/lazyfs/fs/image"
+	"github.com/lazyfs/lazyfs/fs/profile"
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc"
 	"github.com/lazyfs/lazyfs/internal/cli"
 )
 
 type inspectReport struct {
-	Reference   string         `json:"reference"`
-	Digest      string         `json:"digest"`
-	IndexDigest string         `json:"indexDigest,omitempty"`
-	MediaType   string         `json:"mediaType"`
-	Platform    string         `json:"platform,omitempty"`
-	Chunked     bool           `json:"chunked"`
-	Profile     string         `json:"profile,omitempty"`
-	Layers      []inspectLayer `json:"layers"`
+	Reference   string `json:"reference"`
+	Digest      string `json:"digest"`
+	IndexDigest string `json:"indexDigest,omitempty"`
+	MediaType   string `json:"mediaType"`
+	Platform    string `json:"platform,omitempty"`
+	Chunked     bool   `json:"chunked"`
+	Profile     string `json:"profile,omitempty"`
+	// ProfileFiles and ProfileChunks describe the attached profile.
+	ProfileFiles  int            `json:"profileFiles,omitempty"`
+	ProfileChunks int            `json:"profileChunks,omitempty"`
+	Layers        []inspectLayer `json:"layers"`
 }
 
 type inspectLayer struct {
@@ -79,6 +83,9 @@ any image: a plain image is reported as not chunked.`,
 			if img.Manifest != nil {
 				rep.Profile = img.Manifest.Annotations[toc.AnnotationProfileDigest]
 			}
+			if p, desc, err := profile.Pull(cmd.Context(), img.Repo, img.Digest, ggcrOptions(cmd.Context())...); err == nil {
+				rep.Profile, rep.ProfileFiles, rep.ProfileChunks = desc.Digest.String(), len(p.Paths()), p.Chunks()
+			}
 			rep.Layers = make([]inspectLayer, len(img.Layers))
 			var g errgroup.Group
 			g.SetLimit(8)
@@ -132,6 +139,9 @@ func printInspect(w io.Writer, rep *inspectReport) error {
 	profile := "none"
 	if rep.Profile != "" {
 		profile = rep.Profile
+	}
+	if rep.ProfileFiles > 0 {
+		profile += fmt.Sprintf(" (referrer: %d files, %d chunks)", rep.ProfileFiles, rep.ProfileChunks)
 	}
 	fmt.Fprintf(w, "profile:   %s\n\n", profile)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -145,6 +146,12 @@ func TestMountThroughDaemon(t *testing.T) {
 	}
 	if ls := lsUnder(t, out, tmp); len(ls) != 1 || !ls[0].Daemon || ls[0].Dir != mnt || ls[0].PID != os.Getpid() {
 		t.Fatalf("ls: %s %v", out, err)
+	} else if p := ls[0].Progress; p == nil || p.ImageChunks == 0 || p.Phase == "" {
+		// The daemon fills merged mounts by default: ls shows how far.
+		t.Fatalf("ls shows no prefetch progress: %s", out)
+	}
+	if out, err := run(t, "ls", "--control", sock, "--state-dir", state); err != nil || !strings.Contains(out, "CHUNKS LOCAL") || !regexp.MustCompile(`\s\d+/\d+ (fill|done|profile)\s`).MatchString(out) {
+		t.Fatalf("ls: no progress column: %q %v", out, err)
 	}
 	if out, err := run(t, "stats", "--control", sock, "--state-dir", state, mnt); err != nil || !strings.Contains(out, dst) {
 		t.Fatalf("stats: %q %v", out, err)
@@ -157,6 +164,10 @@ func TestMountThroughDaemon(t *testing.T) {
 	}
 	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a daemon mount wrote standalone state: %v", err)
+	}
+	// The daemon learned the mount's first-read order under its root.
+	if ents, err := os.ReadDir(filepath.Join(tmp, "root", "profiles")); err != nil || len(ents) == 0 {
+		t.Errorf("no profile learned by the daemon: %v %v", ents, err)
 	}
 }
 

@@ -19,7 +19,11 @@ func newLsCmd() *cobra.Command {
 		Long: `Ls lists every lazy mount of this machine: those the node daemon serves (merged
 images from lazyfs mount, and the per-layer mounts of containerd snapshots) and
 those of standalone mount servers, with the image, the layer, the size, the bytes
-held by the block cache (LOCAL) and the bytes fetched.`,
+held by the block cache (LOCAL) and the bytes fetched; for mounts that prefetch,
+the chunks of the start-up profile that are local and its source (PROFILE:
+"node" learned here, "registry" attached to the image) and the chunks of the
+mount that are local with the prefetch's phase (CHUNKS LOCAL: profile, fill,
+done or stopped).`,
 		Example: "  lazyfs ls\n  lazyfs ls --json | jq -r '.mounts[].dir'",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -33,7 +37,7 @@ held by the block cache (LOCAL) and the bytes fetched.`,
 				}
 			} else {
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "DIR\tKIND\tIMAGE\tLAYER\tSIZE\tLOCAL\tFETCHED\tSERVER")
+				fmt.Fprintln(tw, "DIR\tKIND\tIMAGE\tLAYER\tSIZE\tLOCAL\tFETCHED\tPROFILE\tCHUNKS LOCAL\tSERVER")
 				for _, m := range ms {
 					if m.Ref == "" {
 						m.Ref = "-"
@@ -48,8 +52,9 @@ held by the block cache (LOCAL) and the bytes fetched.`,
 					} else if m.Daemon {
 						server = fmt.Sprintf("daemon (pid %d)", m.PID)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Dir, m.Kind, m.Ref, layer,
-						humanBytes(m.Size), humanBytes(m.LocalBytes), humanBytes(m.FetchedBytes), server)
+					prof, chunks := progressColumns(m.Progress)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Dir, m.Kind, m.Ref, layer,
+						humanBytes(m.Size), humanBytes(m.LocalBytes), humanBytes(m.FetchedBytes), prof, chunks, server)
 				}
 				if err := tw.Flush(); err != nil {
 					return err
@@ -69,6 +74,20 @@ held by the block cache (LOCAL) and the bytes fetched.`,
 // lsJSON is lazyfs ls --json (docs/cli.md).
 type lsJSON struct {
 	Mounts []node.ServedMount `json:"mounts"`
+}
+
+// progressColumns formats a mount's profile progress ("12/40 node": chunks
+// of the profile local, and its source) and its chunks local ("300/1000
+// fill"); "-" where the mount prefetches nothing.
+func progressColumns(p *node.Progress) (profile, chunks string) {
+	if p == nil {
+		return "-", "-"
+	}
+	profile = "-"
+	if p.ProfileSource != "" {
+		profile = fmt.Sprintf("%d/%d %s", p.ProfileLocal, p.ProfileChunks, p.ProfileSource)
+	}
+	return profile, fmt.Sprintf("%d/%d %s", p.ImageLocal, p.ImageChunks, p.Phase)
 }
 
 func shortDigest(d string) string {

@@ -52,6 +52,9 @@ func newRootCmd() *cobra.Command {
 		newServeCmd(),
 		newGPUCmd(),
 		newBenchCmd(),
+		newRunCmd(),
+		newRecordCmd(),
+		newProfileCmd(),
 	)
 	cli.Harden(root)
 	return root

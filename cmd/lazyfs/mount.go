@@ -39,11 +39,13 @@ type mountFlags struct {
 	noDaemon    bool
 	logLimit    sizeFlag
 	debug       bool
+	fill        bool
+	profileDir  string
 }
 
 // daemonFlags are the flags that belong to the serving process: with a
 // daemon, its own settings apply instead.
-var daemonFlags = []string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "passthrough", "hosts-dir", "debug"}
+var daemonFlags = []string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "passthrough", "hosts-dir", "debug", "fill", "profile-dir"}
 
 func newMountCmd() *cobra.Command {
 	mf := mountFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity), logLimit: node.DefaultLogLimit,
@@ -116,6 +118,8 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.BoolVar(&mf.noDaemon, "no-daemon", false, "never ask the daemon; serve the mount with a server of its own")
 	f.Var(&mf.logLimit, "log-limit", "bound of a standalone server's log (one previous log is kept)")
 	f.BoolVar(&mf.debug, "debug", false, "log debug messages")
+	f.BoolVar(&mf.fill, "fill", false, "after the start-up profile, fetch the rest of the image in the background (stops before the cache would evict; the daemon fills by default)")
+	f.StringVar(&mf.profileDir, "profile-dir", defaultProfileDir, "start-up profiles learned on this node: prefetched at mount, recorded until unmount (\"\": none)")
 	f.SetNormalizeFunc(cli.Aliases(map[string]string{"neighbor-window": "neighbour-window"}))
 	return cmd
 }
@@ -205,9 +209,10 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 	}
 	cfg := node.Config{
 		CacheDir: cacheDir, CacheSize: int64(mf.cacheSize), HostsDir: mf.hostsDir, Insecure: mf.insecure, Logger: log,
-		PullDir: os.TempDir(),
-		FS:      fs.Options{ReadAhead: mf.readAhead.Value(), Passthrough: mf.passthrough, NeighbourWindow: mf.neighbours.Bytes()},
-		Mount:   fs.MountOptions{Debug: mf.debug},
+		PullDir:  os.TempDir(),
+		FS:       fs.Options{ReadAhead: mf.readAhead.Value(), Passthrough: mf.passthrough, NeighbourWindow: mf.neighbours.Bytes()},
+		Mount:    fs.MountOptions{Debug: mf.debug},
+		Profiles: node.ProfileConfig{Dir: mf.profileDir, Off: mf.profileDir == "", NoFill: !mf.fill, Source: registryProfile},
 	}
 	if mf.passthrough {
 		state, _, _ := node.StatePaths(mf.stateDir, dir)
@@ -297,6 +302,9 @@ func newStatsCmd() *cobra.Command {
 			fmt.Fprintf(w, "fetched:      %s in %d chunks (%.1f%% of the image)\n", humanBytes(st.Fetched.Bytes), st.Fetched.Chunks, 100*float64(st.Fetched.Bytes)/float64(max(st.ImageSize, 1)))
 			fmt.Fprintf(w, "reads:        %d (%s), chunk hits %d, misses %d, read-ahead %d, EIO %d\n", st.FS.Reads, humanBytes(st.FS.BytesRead), st.FS.ChunkHits, st.FS.ChunkMisses, st.FS.Prefetched, st.FS.EIO)
 			fmt.Fprintf(w, "server:       %d requests, %s fetched in all by its fetcher\n", st.Remote.Requests, humanBytes(st.Remote.BytesFetched))
+			if p := st.Prefetch; p != nil {
+				fmt.Fprintf(w, "prefetch:     %s; profile (%s) %d/%d chunks local, image %d/%d chunks local%s\n", p.Phase, profileSourceOr(st.ProfileSource), p.ProfileLocal, p.ProfileChunks, p.ImageLocal, p.ImageChunks, fillNote(p.FillStopped))
+			}
 			return nil
 		},
 	}
@@ -307,3 +315,10 @@ func newStatsCmd() *cobra.Command {
 
 // errPartial marks output that is complete except for servers that did not answer.
 var errPartial = errors.New("some servers did not answer")
+
+func profileSourceOr(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

@@ -62,7 +62,7 @@ func TestMountUmount(t *testing.T) {
 	mnt, state := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "state")
 	os.Mkdir(mnt, 0o755)
 	nodaemon := filepath.Join(tmp, "no-daemon.sock") // no daemon answers here
-	common := []string{"--state-dir", state, "--cache-dir", filepath.Join(tmp, "cache"), "--control", nodaemon}
+	common := []string{"--state-dir", state, "--cache-dir", filepath.Join(tmp, "cache"), "--control", nodaemon, "--profile-dir", filepath.Join(tmp, "profiles")}
 	t.Cleanup(func() { run(t, "umount", "--state-dir", state, "--control", nodaemon, mnt) })
 
 	// A plain image is refused with advice, and served with --pull.
@@ -112,10 +112,23 @@ func TestMountUmount(t *testing.T) {
 	if isMounted(t, mnt) || ms.Process.Alive() {
 		t.Fatal("still mounted or server still running after umount")
 	}
+	// The standalone server learned the mount's first-read order in --profile-dir.
+	if ents, err := os.ReadDir(filepath.Join(tmp, "profiles")); err != nil || len(ents) != 1 {
+		t.Fatalf("profiles learned: %v %v, want one", ents, err)
+	}
 
-	// A server killed outright leaves a stale mount that umount cleans up.
+	// The next mount of the image prefetches it. Then: a server killed
+	// outright leaves a stale mount that umount cleans up.
 	if _, err := run(t, append(append([]string{"mount"}, common...), dst, mnt)...); err != nil {
 		t.Fatal(err)
+	}
+	out, err = run(t, "stats", "--json", "--state-dir", state, "--control", nodaemon, mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st = image.Stats{}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.ProfileSource != "node" || st.Prefetch == nil || st.Prefetch.ProfileChunks == 0 {
+		t.Fatalf("second mount prefetches no learned profile: %v %s", err, out)
 	}
 	ms, _ = node.ReadMountState(state, mnt)
 	unix.Kill(ms.Process.PID, unix.SIGKILL)

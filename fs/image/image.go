@@ -61,6 +61,8 @@ type Options struct {
 	// (reads and read-ahead), e.g. to feed a latency histogram. It must be
 	// fast and safe for concurrent use.
 	OnFetch func(FetchEvent)
+	// Profiles configures start-up profiles, prefetch and fill (profile.go).
+	Profiles ProfileOptions
 }
 
 // FetchEvent describes one fetch of chunks for a mount.
@@ -102,6 +104,8 @@ type Mounted struct {
 	conn    uint32        // FUSE connection number (fusectl)
 	done    chan struct{} // closed when the FUSE server stopped serving
 
+	profiles *profileState
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -128,6 +132,11 @@ type Stats struct {
 	// Remote are the fetcher's counters: node-wide when the fetcher is
 	// shared (a daemon), this mount's alone when it is private.
 	Remote remote.Stats `json:"remote"`
+	// Prefetch is the profile prefetch and fill's progress (nil: none);
+	// ProfileSource says where the profile came from ("node", "registry"
+	// or "" for none).
+	Prefetch      *fs.PrefetchStats `json:"prefetch,omitempty"`
+	ProfileSource string            `json:"profileSource,omitempty"`
 }
 
 // FetchStats count the chunks a mount's layers fetched through its fetchers.
@@ -163,8 +172,17 @@ func (m *Mounted) Stats() Stats {
 		st.Fetched.Bytes += c.bytes.Load()
 		st.Fetched.Failures += c.failures.Load()
 	}
+	st.ProfileSource = m.ProfileSource()
+	if pf := m.Prefetcher(); pf != nil {
+		ps := pf.Stats()
+		st.Prefetch = &ps
+	}
 	return st
 }
+
+// FlushCache waits until every chunk the mount fetched has been written to
+// the cache (or ctx ends).
+func (m *Mounted) FlushCache(ctx context.Context) error { return m.root.FlushCache(ctx) }
 
 // Dir returns the mount point.
 func (m *Mounted) Dir() string { return m.srv.Dir() }
@@ -285,6 +303,9 @@ func (m *Mounted) release(timeout time.Duration) error {
 		return fmt.Errorf("unmount %s: the FUSE server did not stop within %v", m.srv.Dir(), timeout)
 	}
 	m.closeOnce.Do(func() {
+		if m.profiles != nil {
+			m.profiles.stop() // ends the prefetch and stores the learned profile
+		}
 		m.closeErr = m.root.Close()
 		for _, l := range m.layers {
 			l.Close()
@@ -313,6 +334,7 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 			}
 		}
 	}
+	ps := loadProfile(ctx, o.Profiles, img, o.logger())
 	layers := make([]*Layer, len(img.Layers))
 	defer func() {
 		if err != nil {
@@ -339,7 +361,7 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 	if o.Mount.FsName == "" {
 		o.Mount.FsName = "lazyfs:" + img.Ref.String()
 	}
-	return mountLayers(img, layers, "", dir, r.Fetcher(), o, start)
+	return mountLayers(ctx, img, layers, "", dir, r.Fetcher(), o, ps, start)
 }
 
 // MountLayer mounts layer (a digest) of the image ref alone at dir, as an
@@ -375,6 +397,7 @@ func MountImageLayer(ctx context.Context, r *Resolver, img *remote.Image, i int,
 		return nil, fmt.Errorf("image %s: %w: index %d of %d", img.Ref, ErrNoLayer, i, len(img.Layers))
 	}
 	layer := img.Layers[i].Digest
+	ps := loadProfile(ctx, o.Profiles, img, o.logger())
 	l, err := OpenLayer(ctx, r, img, i, LayerOptions{Pull: o.Pull, TempDir: o.TempDir, Logger: o.Logger})
 	if err != nil {
 		return nil, err
@@ -383,7 +406,7 @@ func MountImageLayer(ctx context.Context, r *Resolver, img *remote.Image, i int,
 	if o.Mount.FsName == "" {
 		o.Mount.FsName = "lazyfs:" + layer.String()
 	}
-	m, err := mountLayers(img, []*Layer{l}, layer.String(), dir, r.Fetcher(), o, start)
+	m, err := mountLayers(ctx, img, []*Layer{l}, layer.String(), dir, r.Fetcher(), o, ps, start)
 	if err != nil {
 		l.Close()
 		return nil, err
@@ -394,8 +417,8 @@ func MountImageLayer(ctx context.Context, r *Resolver, img *remote.Image, i int,
 // ErrNoLayer means an image has no layer of the digest asked for.
 var ErrNoLayer = errors.New("layer not in image")
 
-func mountLayers(img *remote.Image, layers []*Layer, layer, dir string, f *remote.Fetcher, o Options, start time.Time) (*Mounted, error) {
-	m := &Mounted{img: img, layers: layers, layer: layer, fetcher: f, done: make(chan struct{})}
+func mountLayers(ctx context.Context, img *remote.Image, layers []*Layer, layer, dir string, f *remote.Fetcher, o Options, ps *profileState, start time.Time) (*Mounted, error) {
+	m := &Mounted{img: img, layers: layers, layer: layer, fetcher: f, profiles: ps, done: make(chan struct{})}
 	fl := make([]fs.Layer, len(layers))
 	for i, l := range layers {
 		c := &fetchCounter{f: l.fetcher, on: o.OnFetch}
@@ -411,6 +434,7 @@ func mountLayers(img *remote.Image, layers []*Layer, layer, dir string, f *remot
 	if fo.Logger == nil {
 		fo.Logger = o.logger()
 	}
+	fo.OnRead = ps.onRead(layers, fo.OnRead)
 	root, err := fs.NewRoot(fl, fo)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", img.Ref, err)
@@ -429,6 +453,9 @@ func mountLayers(img *remote.Image, layers []*Layer, layer, dir string, f *remot
 		srv.Server.Wait() // go-fuse's serve loops, not fs.Server.Wait (which closes the Root)
 		close(m.done)
 	}()
+	if o.Cache != nil {
+		ps.start(ctx, root, layers, o.Cache)
+	}
 	m.ready = time.Since(start)
 	return m, nil
 }

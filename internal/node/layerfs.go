@@ -70,14 +70,19 @@ func (l *LayerFS) Mount(ctx context.Context, mountpoint string, labels map[strin
 		n.metrics.fallback(err)
 		return err
 	}
-	m, err := image.MountImageLayer(ctx, n.resolver, img, i, dir, n.imageOptions())
+	lo := n.imageOptions()
+	var release func()
+	lo.Profiles, release = n.layerProfiles(img)
+	m, err := image.MountImageLayer(ctx, n.resolver, img, i, dir, lo)
 	if err != nil {
+		release()
 		n.metrics.fallback(err)
 		return err
 	}
 	n.saveRecord(dir, ref, img, i)
-	if err := n.add(dir, &mountEntry{kind: KindLayer, ref: ref, layer: layer.String(), m: m, since: time.Now()}); err != nil {
+	if err := n.add(dir, &mountEntry{kind: KindLayer, ref: ref, layer: layer.String(), m: m, since: time.Now(), release: release}); err != nil {
 		m.Close()
+		release()
 		return err
 	}
 	n.metrics.remoteLayers.Inc()

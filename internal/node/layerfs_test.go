@@ -33,10 +33,13 @@ func needFUSE(t testing.TB) {
 	}
 }
 
-// newNode starts a Node with a private in-memory cache and its state in a temp dir.
+// newNode starts a Node with a private in-memory cache and its state in a
+// temp dir. Fill (on by default for merged mounts) is off: these tests check
+// what reads fetch; profiles_test.go tests fill.
 func newNode(t testing.TB, f *remote.Fetcher) *node.Node {
 	t.Helper()
-	n, err := node.New(context.Background(), node.Config{Root: t.TempDir(), CacheDir: node.MemoryCache, CacheSize: 1 << 30, Fetcher: f})
+	n, err := node.New(context.Background(), node.Config{Root: t.TempDir(), CacheDir: node.MemoryCache, CacheSize: 1 << 30, Fetcher: f,
+		Profiles: node.ProfileConfig{NoFill: true}})
 	if err != nil {
 		t.Fatal(err)
 	}

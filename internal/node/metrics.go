@@ -20,8 +20,9 @@ type metrics struct {
 	fallbacks    *prometheus.CounterVec
 	pinned       prometheus.Counter
 
-	fetched, requests, chunks, verify, errs, retries *prometheus.Desc
-	mounts, imageSize, imageFetched                  *prometheus.Desc
+	fetched, requests, chunks, verify, errs, retries      *prometheus.Desc
+	mounts, imageSize, imageFetched                       *prometheus.Desc
+	profileChunks, profileLocal, mountChunks, localChunks *prometheus.Desc
 }
 
 func newMetrics(n *Node) *metrics {
@@ -47,15 +48,19 @@ func newMetrics(n *Node) *metrics {
 			Namespace: "lazyfs", Subsystem: "node", Name: "pinned_unmounts_total",
 			Help: "Unmounts whose mount another mount namespace still held (its FUSE connection was aborted).",
 		}),
-		fetched:      d("fetched_bytes_total", "Body bytes fetched from registries by the node's fetcher."),
-		requests:     d("requests_total", "HTTP requests the node's fetcher sent."),
-		chunks:       d("fetched_chunks_total", "Chunks fetched from registries and verified."),
-		verify:       d("verify_failures_total", "Chunks whose bytes did not match their digest."),
-		errs:         d("fetch_errors_total", "Fetches that failed after all retries and hosts."),
-		retries:      d("fetch_retries_total", "Fetch attempts repeated after a transient failure."),
-		mounts:       d("mounts", "Mounts the node serves, by kind.", "kind"),
-		imageSize:    d("mount_size_bytes", "Compressed size of what a mount serves.", "dir", "image", "layer"),
-		imageFetched: d("mount_fetched_bytes", "Compressed bytes a mount fetched.", "dir", "image", "layer"),
+		fetched:       d("fetched_bytes_total", "Body bytes fetched from registries by the node's fetcher."),
+		requests:      d("requests_total", "HTTP requests the node's fetcher sent."),
+		chunks:        d("fetched_mountChunkstotal", "Chunks fetched from registries and verified."),
+		verify:        d("verify_failures_total", "Chunks whose bytes did not match their digest."),
+		errs:          d("fetch_errors_total", "Fetches that failed after all retries and hosts."),
+		retries:       d("fetch_retries_total", "Fetch attempts repeated after a transient failure."),
+		mounts:        d("mounts", "Mounts the node serves, by kind.", "kind"),
+		imageSize:     d("mount_size_bytes", "Compressed size of what a mount serves.", "dir", "image", "layer"),
+		imageFetched:  d("mount_fetched_bytes", "Compressed bytes a mount fetched.", "dir", "image", "layer"),
+		profileChunks: d("mount_profile_chunks", "Chunks of a mount's start-up profile (mounts that prefetch).", "dir", "image", "layer"),
+		profileLocal:  d("mount_profile_local_chunks", "Chunks of a mount's start-up profile in the cache.", "dir", "image", "layer"),
+		mountChunks:   d("mount_chunks", "Chunks of what a mount serves (mounts that prefetch).", "dir", "image", "layer"),
+		localChunks:   d("mount_local_chunks", "Chunks of what a mount serves known to be in the cache (mounts that prefetch).", "dir", "image", "layer"),
 	}
 }
 
@@ -88,7 +93,8 @@ func (n *Node) Collectors() []prometheus.Collector {
 
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.fetched, m.requests, m.chunks, m.verify, m.errs, m.retries, m.mounts, m.imageSize, m.imageFetched} {
+	for _, d := range []*prometheus.Desc{m.fetched, m.requests, m.chunks, m.verify, m.errs, m.retries, m.mounts, m.imageSize, m.imageFetched,
+		m.profileChunks, m.profileLocal, m.mountChunks, m.localChunks} {
 		ch <- d
 	}
 }
@@ -120,6 +126,15 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		s := e.m.Stats()
 		ch <- prometheus.MustNewConstMetric(m.imageSize, prometheus.GaugeValue, float64(s.ImageSize), d, e.ref, e.layer)
 		ch <- prometheus.MustNewConstMetric(m.imageFetched, prometheus.GaugeValue, float64(s.Fetched.Bytes), d, e.ref, e.layer)
+		if p := s.Prefetch; p != nil {
+			g := func(desc *prometheus.Desc, v int64) {
+				ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(v), d, e.ref, e.layer)
+			}
+			g(m.profileChunks, p.ProfileChunks)
+			g(m.profileLocal, p.ProfileLocal)
+			g(m.mountChunks, p.ImageChunks)
+			g(m.localChunks, p.ImageLocal)
+		}
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
+	"github.com/lazyfs/lazyfs/fs/profile"
 	"github.com/lazyfs/lazyfs/fs/remote"
 )
 
@@ -56,6 +57,8 @@ type Config struct {
 	PullDir string
 	// Resolver bounds the shared image/TOC caches.
 	Resolver image.ResolverOptions
+	// Profiles configures start-up profiles, prefetch and fill (profiles.go).
+	Profiles ProfileConfig
 	// UnmountTimeout bounds how long an unmount waits for a FUSE server to
 	// stop (default 10 s).
 	UnmountTimeout time.Duration
@@ -87,7 +90,11 @@ type Node struct {
 	fetcher  *remote.Fetcher
 	ownFetch bool
 	resolver *image.Resolver
+	profiles *profile.Store
 	metrics  *metrics
+
+	recMu     sync.Mutex
+	recorders map[digest.Digest]*imageRecorder // per image, shared by its layer mounts
 
 	locks keyedMutex
 
@@ -115,6 +122,14 @@ type mountEntry struct {
 	layer string
 	m     *image.Mounted
 	since time.Time
+	// release, if set, runs once the mount is unmounted (or detached).
+	release func()
+}
+
+func (e *mountEntry) unmounted() {
+	if e.release != nil {
+		e.release()
+	}
 }
 
 // New opens the node's cache and builds its fetcher. A cache that cannot be
@@ -137,6 +152,10 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, mounts: map[string]*mountEntry{}}
+	var err error
+	if n.profiles, err = openProfiles(cfg); err != nil {
+		return nil, err
+	}
 	n.cache = cfg.Cache
 	if n.cache == nil {
 		dir := cfg.CacheDir
@@ -229,6 +248,9 @@ type ImageOptions struct {
 	Platform *v1.Platform
 	// Pull serves layers that are not lazyfs-chunked by fetching them whole.
 	Pull bool
+	// Record records the mount's first-read order even when the node keeps
+	// no profiles (Mounted.Recorded, for lazyfs record).
+	Record bool
 }
 
 // MountImage mounts ref's merged root read-only at dir with the node's
@@ -248,6 +270,7 @@ func (n *Node) MountImage(ctx context.Context, ref, dir string, o ImageOptions) 
 	}
 	opts := n.imageOptions()
 	opts.Platform, opts.Pull = o.Platform, o.Pull
+	opts.Profiles = n.imageProfiles(o)
 	if o.Pull {
 		opts.TempDir = n.cfg.PullDir
 		if opts.TempDir == "" {
@@ -286,7 +309,7 @@ func (n *Node) entry(dir string) *mountEntry {
 			// Unmounted from outside or aborted: forget it.
 			delete(n.mounts, dir)
 			n.bg.Add(1)
-			go func() { defer n.bg.Done(); e.m.Close() }()
+			go func() { defer n.bg.Done(); e.m.Close(); e.unmounted() }()
 			return nil
 		default:
 		}
@@ -364,6 +387,7 @@ func (n *Node) unmount(ctx context.Context, dir string) (note string, err error)
 			defer n.bg.Done()
 			<-e.m.Done()
 			e.m.Close()
+			e.unmounted()
 		}()
 		return noteDetached, nil
 	}
@@ -383,6 +407,7 @@ func (n *Node) unmount(ctx context.Context, dir string) (note string, err error)
 	if err != nil {
 		return "", fmt.Errorf("unmount %s (%s): %w", dir, e.ref, err)
 	}
+	e.unmounted()
 	n.log.Info("unmounted", "dir", dir, "kind", e.kind, "image", e.ref, "layer", e.layer)
 	return note, nil
 }
@@ -404,6 +429,34 @@ type MountInfo struct {
 	FetchedBytes int64     `json:"fetchedBytes"`
 	Since        time.Time `json:"since"`
 	PID          int       `json:"pid"`
+	// Progress is how much of the start-up profile and of the mount's
+	// chunks is local (nil: the mount prefetches nothing).
+	Progress *Progress `json:"progress,omitempty"`
+}
+
+// Progress is a mount's profile prefetch and fill progress, in chunks.
+type Progress struct {
+	// ProfileSource is where the profile came from: "node", "registry",
+	// or "" for none (fill only).
+	ProfileSource string `json:"profileSource,omitempty"`
+	ProfileChunks int64  `json:"profileChunks"`
+	ProfileLocal  int64  `json:"profileLocal"`
+	// ImageChunks are the chunks of what the mount serves (the image, or
+	// its layer), ImageLocal those known to be in the cache.
+	ImageChunks int64 `json:"imageChunks"`
+	ImageLocal  int64 `json:"imageLocal"`
+	// Phase is "profile", "fill", "done" or "stopped".
+	Phase string `json:"phase"`
+}
+
+// progressOf returns a mount's Progress from its stats (nil: none).
+func progressOf(st image.Stats) *Progress {
+	p := st.Prefetch
+	if p == nil {
+		return nil
+	}
+	return &Progress{ProfileSource: st.ProfileSource, ProfileChunks: p.ProfileChunks, ProfileLocal: p.ProfileLocal,
+		ImageChunks: p.ImageChunks, ImageLocal: p.ImageLocal, Phase: p.Phase}
 }
 
 // List returns every mount of the node, sorted by directory.
@@ -419,7 +472,8 @@ func (n *Node) List(ctx context.Context) []MountInfo {
 		st := e.m.Stats()
 		local, _ := e.m.LocalBytes(ctx, n.cache)
 		out = append(out, MountInfo{Dir: d, Kind: e.kind, Ref: e.ref, Digest: st.Digest, Layer: e.layer,
-			Size: st.ImageSize, TarSize: st.TarSize, LocalBytes: local, FetchedBytes: st.Fetched.Bytes, Since: e.since, PID: os.Getpid()})
+			Size: st.ImageSize, TarSize: st.TarSize, LocalBytes: local, FetchedBytes: st.Fetched.Bytes, Since: e.since, PID: os.Getpid(),
+			Progress: progressOf(st)})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Dir < out[j].Dir })
 	return out

@@ -34,6 +34,8 @@ type Config struct {
 	MetricsAddress string   `toml:"metrics_address"` // TCP address for /metrics; "" disables
 	LogLevel       string   `toml:"log_level"`       // debug, info, warn, error
 	MountTimeout   Duration `toml:"mount_timeout"`   // bound on mounting one layer lazily
+	ProfileDir     string   `toml:"profile_dir"`     // start-up profiles learned on the node (default ROOT/profiles)
+	Fill           bool     `toml:"fill"`            // after its profile, fetch the rest of a merged image mount in the background
 
 	// Holder makes the snapshotter use the lazy layers of a holder process
 	// (`lazyfs-snapshotter holder`) serving the node at ControlAddress,
@@ -54,6 +56,7 @@ func Defaults() Config {
 		MetricsAddress: "127.0.0.1:9611",
 		LogLevel:       "info",
 		MountTimeout:   Duration(30 * time.Second),
+		Fill:           true,
 
 		HolderMetricsAddress: "127.0.0.1:9612",
 	}
@@ -70,6 +73,8 @@ func (c *Config) BindFlags(f *pflag.FlagSet) {
 	f.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, `TCP address for /metrics ("" disables)`)
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	f.Var(&c.MountTimeout, "mount-timeout", "bound on mounting one layer lazily before it falls back")
+	f.StringVar(&c.ProfileDir, "profile-dir", c.ProfileDir, "start-up profiles learned on this node (default ROOT/profiles)")
+	f.BoolVar(&c.Fill, "fill", c.Fill, "after its start-up profile, fetch the rest of a merged image mount in the background (--fill=false: off)")
 	f.BoolVar(&c.Holder, "holder", c.Holder, "use the lazy layers of the holder process serving --control-address (lazyfs-snapshotter holder)")
 	f.StringVar(&c.HolderMetricsAddress, "holder-metrics-address", c.HolderMetricsAddress, `TCP address for the holder's /metrics ("" disables)`)
 }
@@ -107,6 +112,8 @@ func Load(path string, explicit bool, flags Config, f *pflag.FlagSet) (Config, e
 			"metrics-address":        func() { c.MetricsAddress = flags.MetricsAddress },
 			"log-level":              func() { c.LogLevel = flags.LogLevel },
 			"mount-timeout":          func() { c.MountTimeout = flags.MountTimeout },
+			"profile-dir":            func() { c.ProfileDir = flags.ProfileDir },
+			"fill":                   func() { c.Fill = flags.Fill },
 			"holder":                 func() { c.Holder = flags.Holder },
 			"holder-metrics-address": func() { c.HolderMetricsAddress = flags.HolderMetricsAddress },
 		}

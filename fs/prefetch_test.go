@@ -1,0 +1,358 @@
+package fs
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lazyfs/lazyfs/blobcache"
+	"github.com/lazyfs/lazyfs/fs/fstest"
+	"github.com/lazyfs/lazyfs/fs/toc"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+)
+
+const pfChunk = 16 << 10
+
+// prefetchLayer converts a layer of a few small files and one big file of
+// nBig chunks.
+func prefetchLayer(t testing.TB, nBig int) (*testLayer, map[string][]byte) {
+	t.Helper()
+	files := map[string][]byte{
+		"app/big.bin": toctest.Random(1, nBig*pfChunk),
+		"app/a.py":    toctest.Random(2, 3000),
+		"app/b.py":    toctest.Random(3, 2*pfChunk+100),
+		"lib/c.so":    toctest.Random(4, 5*pfChunk),
+		"lib/d.so":    toctest.Random(5, pfChunk),
+	}
+	var tf []toctest.File
+	for _, d := range []string{"app/", "lib/"} {
+		tf = append(tf, toctest.File{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755}})
+	}
+	for _, n := range []string{"app/big.bin", "app/a.py", "app/b.py", "lib/c.so", "lib/d.so"} {
+		tf = append(tf, toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o644}, Data: files[n]})
+	}
+	return convertLayer(t, toctest.Tar(t, tf), pfChunk), files
+}
+
+// fileSpan returns the span of all chunks of the file named path in l.
+func fileSpan(t testing.TB, l *testLayer, path string) ChunkSpan {
+	t.Helper()
+	for _, e := range l.toc.Entries {
+		if e.Name == path {
+			return ChunkSpan{Layer: 0, First: int(e.FirstChunk), Last: int(e.FirstChunk + e.NumChunks)}
+		}
+	}
+	t.Fatalf("no file %s", path)
+	return ChunkSpan{}
+}
+
+func newTestRoot(t testing.TB, l *testLayer, fetcher ChunkFetcher, opts Options) *Root {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	r, err := NewRoot([]Layer{{Name: "test/layer0", TOC: l.toc, Fetcher: fetcher}}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func waitPrefetch(t testing.TB, p *Prefetcher) PrefetchStats {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return p.Stats()
+}
+
+// noBackground turns off read-ahead and neighbour prefetch, so that every
+// fetch in a test is the profile's or a foreground read's.
+var noBackground = Options{ReadAhead: -1, NeighbourWindow: -1}
+
+// A profile of N contiguous chunks is fetched in about N / (chunks per
+// batch) requests, however finely its spans were recorded.
+func TestPrefetchCoalescesProfile(t *testing.T) {
+	const n = 64
+	l, _ := prefetchLayer(t, n)
+	big := fileSpan(t, l, "app/big.bin")
+	var comp int64
+	for i := big.First; i < big.Last; i++ {
+		comp += int64(l.toc.Chunks[i].CompressedSize)
+	}
+	const maxBatch = 128 << 10
+	want := (comp + maxBatch - 1) / maxBatch // N / (chunks per batch), in bytes
+	for _, fine := range []bool{false, true} {
+		t.Run(fmt.Sprintf("one-chunk spans=%v", fine), func(t *testing.T) {
+			spans := []ChunkSpan{big}
+			if fine {
+				spans = nil
+				for i := big.First; i < big.Last; i++ {
+					spans = append(spans, ChunkSpan{Layer: 0, First: i, Last: i + 1})
+				}
+			}
+			f := fstest.NewBlobFetcher(l.blob)
+			opts := noBackground
+			opts.Cache = fstest.NewMemCache()
+			r := newTestRoot(t, l, f, opts)
+			p, err := r.StartPrefetch(spans, PrefetchOptions{MaxBatch: maxBatch})
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := waitPrefetch(t, p)
+			reqs, chunks, _ := f.Stats()
+			t.Logf("%d chunks (%d compressed bytes) in %d requests; bound %d bytes, expected ≈%d", n, comp, reqs, maxBatch, want)
+			if chunks != n || st.ProfileChunks != n || st.ProfileLocal != n {
+				t.Fatalf("fetched %d chunks, stats %+v; want %d", chunks, st, n)
+			}
+			if reqs < want || reqs > want+1 {
+				t.Fatalf("%d requests for %d contiguous chunks, want %d (compressed bytes / %d-byte bound) or one more", reqs, n, want, maxBatch)
+			}
+			if st.Phase != "done" || st.Batches != reqs {
+				t.Fatalf("stats %+v, want phase done and %d batches", st, reqs)
+			}
+		})
+	}
+}
+
+// gatedFetcher holds back fetches made under the background context
+// (profile, fill) until the gate opens; foreground reads pass.
+type gatedFetcher struct {
+	*fstest.BlobFetcher
+	gate    chan struct{}
+	started chan struct{}
+	fg      atomic.Int64 // chunks delivered to foreground reads
+}
+
+type bgKey struct{}
+
+func markBackground(ctx context.Context) context.Context {
+	return context.WithValue(ctx, bgKey{}, true)
+}
+
+func (g *gatedFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
+	if ctx.Value(bgKey{}) == nil {
+		g.fg.Add(int64(len(chunks)))
+		return g.BlobFetcher.FetchChunks(ctx, chunks, fn)
+	}
+	select {
+	case g.started <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return g.BlobFetcher.FetchChunks(ctx, chunks, fn)
+}
+
+// A foreground read of a chunk at the end of the profile does not wait for
+// the queue: it gets the right bytes while the prefetch is still held back,
+// and the prefetch then finds the chunk cached instead of fetching it again.
+// Once prefetched, the profiled files read correctly with the registry gone.
+func TestPrefetchForegroundJumpsQueue(t *testing.T) {
+	l, files := prefetchLayer(t, 32)
+	g := &gatedFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}), started: make(chan struct{}, 1)}
+	l.fetcher = nil
+	opts := noBackground
+	opts.Cache = fstest.NewMemCache()
+	opts.PrefetchContext = markBackground
+	opts.Logger = testLogger(t)
+	requireFUSE(t)
+	r, err := NewRoot([]Layer{{Name: "test/layer0", TOC: l.toc, Fetcher: g}}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv, err := Mount(dir, r, MountOptions{})
+	if err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+
+	profiled := []string{"app/big.bin", "app/a.py", "lib/d.so"}
+	var spans []ChunkSpan
+	for _, p := range profiled {
+		spans = append(spans, fileSpan(t, l, p))
+	}
+	p, err := r.StartPrefetch(spans, PrefetchOptions{Workers: 1, MaxBatch: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the prefetch never started fetching")
+	}
+	// lib/d.so is the profile's last file, behind every batch of big.bin.
+	got, err := os.ReadFile(filepath.Join(dir, "lib/d.so"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, files["lib/d.so"]) {
+		t.Fatal("foreground read during prefetch returned wrong bytes")
+	}
+	if st := p.Stats(); st.ProfileLocal != 0 || st.Phase != "profile" {
+		t.Fatalf("the read waited for the prefetch: %+v", st)
+	}
+	close(g.gate)
+	st := waitPrefetch(t, p)
+	d := fileSpan(t, l, "lib/d.so")
+	_, delivered, _ := g.Stats()
+	if want := st.ProfileChunks; delivered != want || g.fg.Load() != int64(d.Last-d.First) {
+		t.Fatalf("%d chunks delivered (%d to the foreground), want %d: the prefetch fetched the read's chunk again", delivered, g.fg.Load(), want)
+	}
+	if st.ProfileLocal != st.ProfileChunks {
+		t.Fatalf("profile not all local: %+v", st)
+	}
+	if err := r.FlushCache(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	// The registry is gone: profiled files still read, others do not.
+	g.SetFailing(true)
+	for _, name := range profiled {
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatalf("profiled %s with the registry gone: %v", name, err)
+		}
+		if !bytes.Equal(got, files[name]) {
+			t.Fatalf("profiled %s: wrong bytes", name)
+		}
+	}
+	if _, err := os.ReadFile(filepath.Join(dir, "lib/c.so")); err == nil {
+		t.Fatal("a file outside the profile read without the registry: the check above proves nothing")
+	}
+}
+
+// Spans naming chunks the image lacks are ignored; the rest is prefetched.
+func TestPrefetchIgnoresForeignSpans(t *testing.T) {
+	l, _ := prefetchLayer(t, 4)
+	opts := noBackground
+	opts.Cache = fstest.NewMemCache()
+	r := newTestRoot(t, l, fstest.NewBlobFetcher(l.blob), opts)
+	a := fileSpan(t, l, "app/a.py")
+	spans := []ChunkSpan{{Layer: 3, First: 0, Last: 1}, {Layer: 0, First: 0, Last: len(l.toc.Chunks) + 5}, {Layer: 0, First: -1, Last: 1}, a}
+	p, err := r.StartPrefetch(spans, PrefetchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitPrefetch(t, p)
+	if st.Ignored != 3 || st.ProfileChunks != int64(a.Last-a.First) || st.ProfileLocal != st.ProfileChunks || st.Phase != "done" {
+		t.Fatalf("stats %+v: want 3 ignored and a.py prefetched", st)
+	}
+}
+
+// Fill fetches the whole image after the profile; then every read is local.
+func TestFillCompletesThenAllLocal(t *testing.T) {
+	l, files := prefetchLayer(t, 24)
+	l.fetcher = fstest.NewBlobFetcher(l.blob)
+	opts := noBackground
+	opts.Cache = blobcache.NewMemory(blobcache.WithCapacity(64 << 20))
+	dir, r := mountLayers(t, []*testLayer{l}, opts)
+	p, err := r.StartPrefetch([]ChunkSpan{fileSpan(t, l, "lib/c.so")}, PrefetchOptions{Fill: true, MaxBatch: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitPrefetch(t, p)
+	if st.Phase != "done" || st.FillStopped != "" || st.ImageLocal != st.ImageChunks || st.ImageChunks != int64(len(l.toc.Chunks)) {
+		t.Fatalf("fill did not complete: %+v", st)
+	}
+	if err := r.FlushCache(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	reqs, chunks, _ := l.fetcher.Stats()
+	if chunks != int64(len(l.toc.Chunks)) {
+		t.Fatalf("fill fetched %d chunks in %d requests, want each of the %d once", chunks, reqs, len(l.toc.Chunks))
+	}
+	l.fetcher.SetFailing(true)
+	for name, want := range files {
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s after fill with the registry gone: %v (equal %v)", name, err, bytes.Equal(got, want))
+		}
+	}
+	if s := r.Stats(); s.ChunkMisses != 0 {
+		t.Fatalf("%d reads missed after fill", s.ChunkMisses)
+	}
+}
+
+// Fill stops before the cache would evict anything.
+func TestFillStopsBeforeEviction(t *testing.T) {
+	l, _ := prefetchLayer(t, 64)
+	cache := blobcache.NewMemory(blobcache.WithCapacity(20 * pfChunk))
+	opts := noBackground
+	opts.Cache = cache
+	r := newTestRoot(t, l, fstest.NewBlobFetcher(l.blob), opts)
+	p, err := r.StartPrefetch(nil, PrefetchOptions{Fill: true, FillWorkers: 1, MaxBatch: 4 * pfChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitPrefetch(t, p)
+	if err := r.FlushCache(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	cs := cache.Stats()
+	if st.FillStopped == "" || cs.Evictions != 0 || st.ImageLocal >= st.ImageChunks || st.ImageLocal == 0 {
+		t.Fatalf("prefetch %+v, cache evictions %d: want fill stopped early without evicting", st, cs.Evictions)
+	}
+	t.Logf("fill stopped: %s (%d of %d chunks local)", st.FillStopped, st.ImageLocal, st.ImageChunks)
+}
+
+// Stop ends a prefetch held in a fetch, and Root.Close ends one too.
+func TestPrefetchStop(t *testing.T) {
+	l, _ := prefetchLayer(t, 8)
+	g := &gatedFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}), started: make(chan struct{}, 1)}
+	opts := noBackground
+	opts.Cache = fstest.NewMemCache()
+	opts.PrefetchContext = markBackground
+	r := newTestRoot(t, l, g, opts)
+	p, err := r.StartPrefetch([]ChunkSpan{fileSpan(t, l, "app/big.bin")}, PrefetchOptions{Fill: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-g.started
+	p.Stop()
+	if st := p.Stats(); st.Phase != "stopped" {
+		t.Fatalf("after Stop: %+v", st)
+	}
+	p2, err := r.StartPrefetch([]ChunkSpan{fileSpan(t, l, "app/big.bin")}, PrefetchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-g.started
+	r.Close()
+	waitPrefetch(t, p2)
+}
+
+// Chunks of identical content are fetched once and all count as local.
+func TestFillDuplicateChunks(t *testing.T) {
+	same := toctest.Random(42, 3*pfChunk)
+	tf := []toctest.File{
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "a.bin", Mode: 0o644}, Data: same},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "b.bin", Mode: 0o644}, Data: same},
+	}
+	l := convertLayer(t, toctest.Tar(t, tf), pfChunk)
+	opts := noBackground
+	opts.Cache = fstest.NewMemCache()
+	r := newTestRoot(t, l, l.fetcher, opts)
+	p, err := r.StartPrefetch(nil, PrefetchOptions{Fill: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitPrefetch(t, p)
+	if _, chunks, _ := l.fetcher.Stats(); chunks != 3 || st.ImageLocal != st.ImageChunks || st.ImageChunks != 6 {
+		t.Fatalf("fetched %d chunks, stats %+v: want 3 fetched and 6 of 6 local", chunks, st)
+	}
+}

@@ -1,0 +1,166 @@
+package profile
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// The OCI 1.1 empty config an artifact manifest carries.
+const (
+	emptyMediaType = "application/vnd.oci.empty.v1+json"
+	// AnnotationCreated orders a subject's profiles: the newest wins.
+	AnnotationCreated = "org.opencontainers.image.created"
+	// AnnotationProfile marks a profile artifact in a referrers list for
+	// registries that report the config's media type instead of the
+	// manifest's artifactType (ggcr's registry does).
+	AnnotationProfile = "dev.lazyfs.profile"
+	// maxReferrers bounds the profile referrers tried when pulling.
+	maxReferrers = 16
+)
+
+// Push attaches p to the image manifest subject in repo as an OCI 1.1
+// artifact (artifactType MediaType, empty config, the encoded profile as its
+// one blob, subject the image manifest), so the image's own manifest, digest
+// and signatures stay unchanged. Registries without the referrers API get
+// ggcr's referrers tag fallback ("sha256-HEX"). Older profiles of the
+// subject are deleted where the registry allows it; Pull prefers the newest
+// either way. It returns the artifact manifest's digest.
+func Push(ctx context.Context, repo name.Repository, subject v1.Descriptor, p *Profile, opts ...remote.Option) (v1.Hash, error) {
+	b, err := p.Marshal()
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("profile of %s@%s: %w", repo, subject.Digest, err)
+	}
+	opts = append([]remote.Option{remote.WithContext(ctx)}, opts...)
+	blob := static.NewLayer(b, types.MediaType(MediaType))
+	empty := static.NewLayer([]byte("{}"), emptyMediaType)
+	for _, l := range []v1.Layer{blob, empty} {
+		if err := remote.WriteLayer(repo, l, opts...); err != nil {
+			return v1.Hash{}, fmt.Errorf("push profile of %s@%s: %w", repo, subject.Digest, err)
+		}
+	}
+	bd, _ := blob.Digest()
+	ed, _ := empty.Digest()
+	sub := v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}
+	m := v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIManifestSchema1,
+		ArtifactType:  MediaType,
+		Config:        v1.Descriptor{MediaType: emptyMediaType, Digest: ed, Size: 2, Data: []byte("{}")},
+		Layers:        []v1.Descriptor{{MediaType: types.MediaType(MediaType), Digest: bd, Size: int64(len(b))}},
+		Subject:       &sub,
+		Annotations:   map[string]string{AnnotationCreated: time.Now().UTC().Format(time.RFC3339Nano), AnnotationProfile: MediaType},
+	}
+	raw, err := json.Marshal(&m)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	h, _, err := v1.SHA256(bytes.NewReader(raw))
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	old, _ := list(repo, subject.Digest, opts)
+	if err := remote.Put(repo.Digest(h.String()), rawManifest(raw), opts...); err != nil {
+		return v1.Hash{}, fmt.Errorf("push profile of %s@%s: %w", repo, subject.Digest, err)
+	}
+	for _, d := range old {
+		if d.Digest != h {
+			_ = remote.Delete(repo.Digest(d.Digest.String()), opts...) // best effort: Pull takes the newest
+		}
+	}
+	return h, nil
+}
+
+// Pull returns the newest profile attached to the image manifest subject in
+// repo, and the descriptor of its artifact manifest; an error wrapping
+// ErrNotFound if there is none. The profile blob is bounded by MaxSize and
+// verified against its digest.
+func Pull(ctx context.Context, repo name.Repository, subject v1.Hash, opts ...remote.Option) (*Profile, v1.Descriptor, error) {
+	opts = append([]remote.Option{remote.WithContext(ctx)}, opts...)
+	descs, err := list(repo, subject, opts)
+	if err != nil {
+		return nil, v1.Descriptor{}, fmt.Errorf("profile of %s@%s: referrers: %w", repo, subject, err)
+	}
+	if len(descs) == 0 {
+		return nil, v1.Descriptor{}, fmt.Errorf("profile of %s@%s: %w", repo, subject, ErrNotFound)
+	}
+	var errs []error
+	for _, d := range descs {
+		p, err := pullOne(repo, d, opts)
+		if err == nil {
+			return p, d, nil
+		}
+		errs = append(errs, fmt.Errorf("referrer %s: %w", d.Digest, err))
+	}
+	return nil, v1.Descriptor{}, fmt.Errorf("profile of %s@%s: %w", repo, subject, errors.Join(errs...))
+}
+
+// list returns the subject's profile referrers, newest first.
+func list(repo name.Repository, subject v1.Hash, opts []remote.Option) ([]v1.Descriptor, error) {
+	// No artifactType filter: some registries list an artifact under its
+	// config's media type; the annotation identifies ours there.
+	idx, err := remote.Referrers(repo.Digest(subject.String()), opts...)
+	if err != nil {
+		return nil, err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	var out []v1.Descriptor
+	for _, d := range im.Manifests {
+		if d.ArtifactType == MediaType || d.Annotations[AnnotationProfile] == MediaType {
+			out = append(out, d)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		return out[i].Annotations[AnnotationCreated] > out[j].Annotations[AnnotationCreated]
+	})
+	if len(out) > maxReferrers {
+		out = out[:maxReferrers]
+	}
+	return out, nil
+}
+
+func pullOne(repo name.Repository, d v1.Descriptor, opts []remote.Option) (*Profile, error) {
+	desc, err := remote.Get(repo.Digest(d.Digest.String()), opts...)
+	if err != nil {
+		return nil, err
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+		return nil, fmt.Errorf("%w: artifact manifest: %v", ErrBadProfile, err)
+	}
+	if len(m.Layers) != 1 || m.Layers[0].MediaType != types.MediaType(MediaType) {
+		return nil, fmt.Errorf("%w: artifact has %d blobs, want one %s", ErrBadProfile, len(m.Layers), MediaType)
+	}
+	ld := m.Layers[0]
+	if ld.Size < 0 || ld.Size > MaxSize {
+		return nil, fmt.Errorf("%w: blob of %d bytes (max %d)", ErrTooLarge, ld.Size, MaxSize)
+	}
+	l, err := remote.Layer(repo.Digest(ld.Digest.String()), opts...)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Compressed() // verified against the digest at EOF
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return Read(rc)
+}
+
+type rawManifest []byte
+
+func (r rawManifest) RawManifest() ([]byte, error)        { return r, nil }
+func (r rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
