@@ -134,12 +134,6 @@ func ggcrOptions(ctx context.Context) []ggcr.Option {
 	return []ggcr.Option{ggcr.WithContext(ctx), ggcr.WithAuthFromKeychain(authn.DefaultKeychain), ggcr.WithUserAgent("lazyfs")}
 }
 
-// registryProfile returns the profile attached to an image in its registry.
-func registryProfile(ctx context.Context, img *remote.Image) (*profile.Profile, error) {
-	p, _, err := profile.Pull(ctx, img.Repo, img.Digest, ggcrOptions(ctx)...)
-	return p, err
-}
-
 // runImage mounts ref, runs args in it and unmounts. With record, the mount
 // records its first-read order and the returned mount's Recorded has it.
 func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, record bool) (*image.Mounted, error) {
@@ -177,7 +171,7 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 	// and profiles; with --no-profile it loads none but still records.
 	pc := node.ProfileConfig{Dir: rf.profileDir, Off: rf.profileDir == "" || rf.noProfile, NoFill: !rf.fill}
 	if !rf.noProfile {
-		pc.Source = registryProfile
+		pc.Source = node.RegistryProfile
 	}
 	n, err := node.New(ctx, node.Config{
 		Root: root, CacheDir: cacheDir, CacheSize: int64(rf.cacheSize), HostsDir: rf.hostsDir, Insecure: rf.insecure, Logger: log,

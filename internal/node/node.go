@@ -93,6 +93,7 @@ type Node struct {
 	profiles *profile.Store
 	metrics  *metrics
 
+	sources   *sourceMemo // Config.Profiles.Source, once per image for per-layer mounts
 	recMu     sync.Mutex
 	recorders map[digest.Digest]*imageRecorder // per image, shared by its layer mounts
 
@@ -155,6 +156,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	var err error
 	if n.profiles, err = openProfiles(cfg); err != nil {
 		return nil, err
+	}
+	if n.profiles != nil && cfg.Profiles.Source != nil {
+		n.sources = newSourceMemo(cfg.Profiles.Source)
 	}
 	n.cache = cfg.Cache
 	if n.cache == nil {

@@ -33,8 +33,8 @@ type ProfileConfig struct {
 	// from the image's profile).
 	LayerFill bool
 	// Source, if set, returns an image's profile when the node has none
-	// (e.g. the one attached to the image in its registry). Merged image
-	// mounts only.
+	// (e.g. RegistryProfile: the one attached to the image in its
+	// registry). Per-layer mounts of one image share one lookup.
 	Source func(ctx context.Context, img *remote.Image) (*profile.Profile, error)
 	// Prefetch tunes the profile prefetch (workers, batch size); its Fill
 	// is set from NoFill and LayerFill.
@@ -79,6 +79,9 @@ func (n *Node) layerProfiles(img *remote.Image) (po image.ProfileOptions, releas
 		return image.ProfileOptions{}, func() {}
 	}
 	po = image.ProfileOptions{Store: n.profiles, NoStore: true, Prefetch: n.cfg.Profiles.Prefetch}
+	if n.sources != nil {
+		po.Source = n.sources.Get
+	}
 	po.Prefetch.Fill = n.cfg.Profiles.LayerFill
 	key := digest.Digest(img.Digest.String())
 	n.recMu.Lock()

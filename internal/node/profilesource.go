@@ -1,0 +1,86 @@
+package node
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	ggcr "github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/lazyfs/lazyfs/fs/profile"
+	"github.com/lazyfs/lazyfs/fs/remote"
+)
+
+// RegistryProfile is a ProfileConfig.Source: the start-up profile attached
+// to img in its registry as an OCI referrer (lazyfs record, lazyfs profile
+// push), with the default keychain's credentials.
+func RegistryProfile(ctx context.Context, img *remote.Image) (*profile.Profile, error) {
+	p, _, err := profile.Pull(ctx, img.Repo, img.Digest,
+		ggcr.WithContext(ctx), ggcr.WithAuthFromKeychain(authn.DefaultKeychain), ggcr.WithUserAgent("lazyfs"))
+	return p, err
+}
+
+// sourceMemo asks a profile Source once per image digest, however many
+// per-layer mounts of the image ask at once, and remembers the answer for
+// a while, so a container's layers cost one referrers lookup, not one each.
+type sourceMemo struct {
+	src func(context.Context, *remote.Image) (*profile.Profile, error)
+	ttl time.Duration
+	max int
+
+	mu sync.Mutex
+	m  map[string]*sourceLookup
+}
+
+type sourceLookup struct {
+	done chan struct{}
+	at   time.Time
+	p    *profile.Profile
+	err  error
+}
+
+func newSourceMemo(src func(context.Context, *remote.Image) (*profile.Profile, error)) *sourceMemo {
+	return &sourceMemo{src: src, ttl: 10 * time.Minute, max: 1024, m: map[string]*sourceLookup{}}
+}
+
+// Get returns img's profile from the source, asking it at most once per ttl.
+// The lookup runs under the first caller's ctx; a caller whose ctx ends
+// first returns with its ctx's error.
+func (s *sourceMemo) Get(ctx context.Context, img *remote.Image) (*profile.Profile, error) {
+	key := img.Digest.String()
+	s.mu.Lock()
+	l := s.m[key]
+	if l != nil {
+		select {
+		case <-l.done:
+			if time.Since(l.at) > s.ttl || l.err != nil && ctx.Err() == nil && isContextErr(l.err) {
+				l = nil // expired, or the first asker gave up: ask again
+			}
+		default:
+		}
+	}
+	if l == nil {
+		if len(s.m) >= s.max {
+			clear(s.m) // bounded: forget everything rather than grow
+		}
+		l = &sourceLookup{done: make(chan struct{})}
+		s.m[key] = l
+		s.mu.Unlock()
+		l.p, l.err = s.src(ctx, img)
+		l.at = time.Now()
+		close(l.done)
+		return l.p, l.err
+	}
+	s.mu.Unlock()
+	select {
+	case <-l.done:
+		return l.p, l.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func isContextErr(err error) bool {
+	return err == context.Canceled || err == context.DeadlineExceeded
+}
