@@ -36,7 +36,8 @@ whose subject is the image manifest, as lazyfs record does; the image's digest
 does not change. The profile is the one this node learned for REF's digest
 (--profile-dir, written by lazyfs run and by mounts with a profile store), or
 the one in --file.`,
-		Args: cobra.ExactArgs(1),
+		Example: "  lazyfs profile push 127.0.0.1:5000/python:3.12-lazy\n  lazyfs profile push --file numpy.profile.json REF",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var p *v1.Platform
 			if platform != "" {
