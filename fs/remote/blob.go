@@ -46,7 +46,9 @@ func (b *Blob) String() string { return b.repo.String() + "@" + b.digest.String(
 // ReadAt reads len(p) bytes at off with single-range requests (split into
 // parallel requests of at most the request bound when p is larger), retried.
 // The bytes are not verified: use it for footers, TOCs and whole blobs whose
-// digest the caller checks. Like io.ReaderAt it returns io.EOF with n <
+// digest the caller checks. Each range request, retries included, is bounded
+// by the fetch deadline (WithFetchDeadline): then the error wraps
+// ErrFetchDeadline. Like io.ReaderAt it returns io.EOF with n <
 // len(p) when the read reaches the end of the blob.
 func (b *Blob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 	if off < 0 {
@@ -85,6 +87,12 @@ func (b *Blob) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
 }
 
 func (b *Blob) readRange(ctx context.Context, p []byte, off int64) error {
+	// One range (at most the request bound), retries and the wait for a
+	// slot included, gets the fetch deadline, as a FetchChunks call does:
+	// a registry trickling just above the throughput floor cannot keep a
+	// TOC or footer read, or a whole-blob pull, retrying for ever.
+	ctx, cancel := context.WithTimeoutCause(ctx, b.f.opts.fetchTimeout, errDeadline)
+	defer cancel()
 	bg := isBackground(ctx)
 	if err := b.f.acquire(ctx, bg); err != nil {
 		return err

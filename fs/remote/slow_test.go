@@ -84,6 +84,32 @@ func TestSlowRegistryDeadline(t *testing.T) {
 	}
 }
 
+// TestSlowRegistryReadAtDeadline: footer, TOC and whole-blob reads
+// (Blob.ReadAt) end at the fetch deadline too, however the registry trickles.
+func TestSlowRegistryReadAtDeadline(t *testing.T) {
+	l := allTypesLayer(t)
+	c := biggest(l.res.TOC.Chunks)
+	tr := &trickle{slow: map[string]bool{"bytes=": true}, interval: 20 * time.Millisecond} // every range, resumed ones too
+	_, host := newRegistry(t, func(h http.Handler) http.Handler { tr.next = h; return tr })
+	push(t, host, "slow/img:v1", l)
+	f := newFetcher(t, WithStallTimeout(2*time.Second), WithRetry(100, time.Millisecond, time.Minute),
+		WithMinThroughput(1<<10, 300*time.Millisecond), WithFetchDeadline(2*time.Second))
+	b := f.Blob(repoOf(t, host, "slow/img"), l.digest(), l.res.Size)
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.ReadAt(context.Background(), make([]byte, c.CompressedSize), int64(c.CompressedOffset))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrFetchDeadline) {
+			t.Fatalf("err %v, want ErrFetchDeadline", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("ReadAt from a trickling registry still blocked 30 s in (deadline 2 s)")
+	}
+}
+
 // TestCancelledWaiterFreesSlot: with a single request slot held by a fetch
 // from a trickling registry, cancelling its caller frees the slot for the
 // next read; a caller joined to a fetch returns when its own ctx ends.
