@@ -98,7 +98,7 @@ func newNode(ctx context.Context, cfg service.Config, log *slog.Logger) (*node.N
 		CacheSize: int64(cfg.CacheSize),
 		HostsDir:  cfg.HostsDir,
 		Logger:    log,
-		Profiles:  node.ProfileConfig{Dir: cfg.ProfileDir, NoFill: !cfg.Fill, Source: node.RegistryProfile},
+		Profiles:  node.ProfileConfig{Dir: cfg.ProfileDir, NoFill: !cfg.Fill, Registry: true},
 	})
 }
 

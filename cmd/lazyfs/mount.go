@@ -212,7 +212,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 		PullDir:  os.TempDir(),
 		FS:       fs.Options{ReadAhead: mf.readAhead.Value(), Passthrough: mf.passthrough, NeighbourWindow: mf.neighbours.Bytes()},
 		Mount:    fs.MountOptions{Debug: mf.debug},
-		Profiles: node.ProfileConfig{Dir: mf.profileDir, Off: mf.profileDir == "", NoFill: !mf.fill, Source: node.RegistryProfile},
+		Profiles: node.ProfileConfig{Dir: mf.profileDir, Off: mf.profileDir == "", NoFill: !mf.fill, Registry: true},
 	}
 	if mf.passthrough {
 		state, _, _ := node.StatePaths(mf.stateDir, dir)

@@ -171,7 +171,7 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 	// and profiles; with --no-profile it loads none but still records.
 	pc := node.ProfileConfig{Dir: rf.profileDir, Off: rf.profileDir == "" || rf.noProfile, NoFill: !rf.fill}
 	if !rf.noProfile {
-		pc.Source = node.RegistryProfile
+		pc.Registry = true
 	}
 	n, err := node.New(ctx, node.Config{
 		Root: root, CacheDir: cacheDir, CacheSize: int64(rf.cacheSize), HostsDir: rf.hostsDir, Insecure: rf.insecure, Logger: log,

@@ -42,7 +42,7 @@ uses node.RemoteLayerFS, so the snapshotter can restart while containers run
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			cfg.CacheSize = int64(cacheSize)
-			cfg.Profiles.Source = node.RegistryProfile
+			cfg.Profiles.Registry = true
 			n, err := node.New(cmd.Context(), cfg)
 			if err != nil {
 				return err

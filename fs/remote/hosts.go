@@ -407,3 +407,59 @@ func (f *Fetcher) newEndpoint(h HostConfig, mirror bool) (*endpoint, error) {
 	}
 	return e, nil
 }
+
+// RegistryAccess says how a client outside the Fetcher (ggcr's remote, for
+// the referrers API say) reaches repo's registry as the Fetcher does: repo
+// parsed as plain HTTP where the registry's server endpoint is (hosts.toml
+// `server = "http://…"`, WithInsecure, a local address), and a transport
+// with that endpoint's TLS settings that sends requests for repo's host to
+// the server endpoint's host when hosts.toml names another one. Mirrors are
+// not used; a server with override_path is reached at repo's own host.
+func (f *Fetcher) RegistryAccess(repo name.Repository) (name.Repository, http.RoundTripper) {
+	rt := f.base
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	hs, err := f.hostsFor(repo.Registry)
+	if err != nil {
+		return repo, rt
+	}
+	for _, e := range hs.endpoints {
+		if e.mirror {
+			continue
+		}
+		if e.rt != nil {
+			rt = e.rt
+		}
+		u, err := url.Parse(e.base)
+		if err != nil || u.Path != "/v2" {
+			return repo, rt
+		}
+		if u.Scheme == "http" && repo.Scheme() != "http" {
+			if r, err := name.NewRepository(repo.Name(), name.WeakValidation, name.Insecure); err == nil {
+				repo = r
+			}
+		}
+		if u.Host != repo.RegistryStr() {
+			rt = &hostRewrite{from: repo.RegistryStr(), scheme: u.Scheme, host: u.Host, next: rt}
+		}
+		return repo, rt
+	}
+	return repo, rt
+}
+
+// hostRewrite sends the requests for host from to scheme://host instead
+// (hosts.toml's server for a registry); others (token realms) go as they are.
+type hostRewrite struct {
+	from, scheme, host string
+	next               http.RoundTripper
+}
+
+func (h *hostRewrite) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Host != h.from {
+		return h.next.RoundTrip(r)
+	}
+	r = r.Clone(r.Context())
+	r.URL.Scheme, r.URL.Host, r.Host = h.scheme, h.host, h.host
+	return h.next.RoundTrip(r)
+}

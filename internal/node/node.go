@@ -93,7 +93,7 @@ type Node struct {
 	profiles *profile.Store
 	metrics  *metrics
 
-	sources   *sourceMemo // Config.Profiles.Source, once per image for per-layer mounts
+	sources   *sourceMemo // Config.Profiles.Source or the registry's, asked once per image
 	recMu     sync.Mutex
 	recorders map[digest.Digest]*imageRecorder // per image, shared by its layer mounts
 
@@ -157,8 +157,12 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if n.profiles, err = openProfiles(cfg); err != nil {
 		return nil, err
 	}
-	if n.profiles != nil && cfg.Profiles.Source != nil {
-		n.sources = newSourceMemo(cfg.Profiles.Source)
+	src := cfg.Profiles.Source
+	if src == nil && cfg.Profiles.Registry {
+		src = n.registryProfile // uses n.fetcher, set below before any mount
+	}
+	if src != nil {
+		n.sources = newSourceMemo(src)
 	}
 	n.cache = cfg.Cache
 	if n.cache == nil {

@@ -32,10 +32,13 @@ type ProfileConfig struct {
 	// default: a container's layers are fetched as read and prefetched
 	// from the image's profile).
 	LayerFill bool
-	// Source, if set, returns an image's profile when the node has none
-	// (e.g. RegistryProfile: the one attached to the image in its
-	// registry). Per-layer mounts of one image share one lookup.
+	// Source, if set, returns an image's profile when the node has none.
+	// The mounts of one image share one lookup (remembered for a while).
 	Source func(ctx context.Context, img *remote.Image) (*profile.Profile, error)
+	// Registry, without a Source, uses the profile attached to the image
+	// in its registry (lazyfs record), reached through the node's fetcher
+	// settings (hosts.toml, --insecure).
+	Registry bool
 	// Prefetch tunes the profile prefetch (workers, batch size); its Fill
 	// is set from NoFill and LayerFill.
 	Prefetch fs.PrefetchOptions
@@ -64,7 +67,10 @@ func (n *Node) imageProfiles(o ImageOptions) image.ProfileOptions {
 	if n.profiles == nil && !o.Record {
 		return image.ProfileOptions{}
 	}
-	po := image.ProfileOptions{Store: n.profiles, Source: n.cfg.Profiles.Source, Record: o.Record, Prefetch: n.cfg.Profiles.Prefetch}
+	po := image.ProfileOptions{Store: n.profiles, Record: o.Record, Prefetch: n.cfg.Profiles.Prefetch}
+	if n.sources != nil {
+		po.Source = n.sources.Get
+	}
 	po.Prefetch.Fill = !n.cfg.Profiles.NoFill && n.profiles != nil
 	return po
 }

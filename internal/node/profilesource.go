@@ -12,22 +12,30 @@ import (
 	"github.com/lazyfs/lazyfs/fs/remote"
 )
 
-// RegistryProfile is a ProfileConfig.Source: the start-up profile attached
-// to img in its registry as an OCI referrer (lazyfs record, lazyfs profile
-// push), with the default keychain's credentials.
-func RegistryProfile(ctx context.Context, img *remote.Image) (*profile.Profile, error) {
-	p, _, err := profile.Pull(ctx, img.Repo, img.Digest,
-		ggcr.WithContext(ctx), ggcr.WithAuthFromKeychain(authn.DefaultKeychain), ggcr.WithUserAgent("lazyfs"))
+// registryProfile is the node's registry Source (ProfileConfig.Registry):
+// the start-up profile attached to img in its registry as an OCI referrer
+// (lazyfs record, lazyfs profile push), reached as the node's fetcher
+// reaches the registry (hosts.toml server and TLS settings, --insecure),
+// with the default keychain's credentials.
+func (n *Node) registryProfile(ctx context.Context, img *remote.Image) (*profile.Profile, error) {
+	repo, rt := n.fetcher.RegistryAccess(img.Repo)
+	opts := []ggcr.Option{ggcr.WithContext(ctx), ggcr.WithAuthFromKeychain(authn.DefaultKeychain), ggcr.WithUserAgent("lazyfs")}
+	if rt != nil {
+		opts = append(opts, ggcr.WithTransport(rt))
+	}
+	p, _, err := profile.Pull(ctx, repo, img.Digest, opts...)
 	return p, err
 }
 
 // sourceMemo asks a profile Source once per image digest, however many
-// per-layer mounts of the image ask at once, and remembers the answer for
-// a while, so a container's layers cost one referrers lookup, not one each.
+// per-layer mounts of the image ask at once, and remembers a profile for
+// ttl and a miss or an error for missTTL (a profile pushed later is seen
+// soon), so a container's layers cost one referrers lookup, not one each.
 type sourceMemo struct {
-	src func(context.Context, *remote.Image) (*profile.Profile, error)
-	ttl time.Duration
-	max int
+	src     func(context.Context, *remote.Image) (*profile.Profile, error)
+	ttl     time.Duration
+	missTTL time.Duration
+	max     int
 
 	mu sync.Mutex
 	m  map[string]*sourceLookup
@@ -41,7 +49,7 @@ type sourceLookup struct {
 }
 
 func newSourceMemo(src func(context.Context, *remote.Image) (*profile.Profile, error)) *sourceMemo {
-	return &sourceMemo{src: src, ttl: 10 * time.Minute, max: 1024, m: map[string]*sourceLookup{}}
+	return &sourceMemo{src: src, ttl: 10 * time.Minute, missTTL: 30 * time.Second, max: 1024, m: map[string]*sourceLookup{}}
 }
 
 // Get returns img's profile from the source, asking it at most once per ttl.
@@ -54,7 +62,11 @@ func (s *sourceMemo) Get(ctx context.Context, img *remote.Image) (*profile.Profi
 	if l != nil {
 		select {
 		case <-l.done:
-			if time.Since(l.at) > s.ttl || l.err != nil && ctx.Err() == nil && isContextErr(l.err) {
+			ttl := s.ttl
+			if l.p == nil || l.err != nil {
+				ttl = s.missTTL
+			}
+			if time.Since(l.at) > ttl || l.err != nil && ctx.Err() == nil && isContextErr(l.err) {
 				l = nil // expired, or the first asker gave up: ask again
 			}
 		default:

@@ -5,7 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"sync/atomic"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,13 +68,25 @@ func TestLayerMountsPrefetchRegistryProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A node that learned nothing: the registry's profile, asked once.
-	var calls atomic.Int32
-	src := func(ctx context.Context, img *remote.Image) (*profile.Profile, error) {
-		calls.Add(1)
-		return node.RegistryProfile(ctx, img)
+	// A node that learned nothing, reaching the registry under another name
+	// through hosts.toml (server = "http://…", as a node with a plain-HTTP
+	// registry mirror has it): the registry's profile, looked up once.
+	hosts := t.TempDir()
+	alias := "registry.lazyfs.test:5000"
+	if err := os.MkdirAll(filepath.Join(hosts, alias), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	n2 := profileNode(t, t.TempDir(), node.ProfileConfig{Source: src})
+	if err := os.WriteFile(filepath.Join(hosts, alias, "hosts.toml"), []byte("server = \"http://"+reg.Host+"\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ref = strings.Replace(ref, reg.Host, alias, 1)
+	n2, err := node.New(ctx, node.Config{Root: t.TempDir(), CacheDir: node.MemoryCache, CacheSize: 1 << 30,
+		Fetcher: remote.New(remote.WithHostsDir(hosts)), Profiles: node.ProfileConfig{Registry: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n2.Close() })
+	lookups := reg.Referrers.Load()
 	img, err := n2.Fetcher().Resolve(ctx, ref, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -103,8 +115,8 @@ func TestLayerMountsPrefetchRegistryProfile(t *testing.T) {
 	if total != int64(prof.Chunks()) {
 		t.Fatalf("the layer mounts prefetched %d profile chunks, the profile has %d", total, prof.Chunks())
 	}
-	if got := calls.Load(); got != 1 {
-		t.Fatalf("the registry was asked for the profile %d times for one image's layers, want 1", got)
+	if got := reg.Referrers.Load() - lookups; got != 1 {
+		t.Fatalf("the registry was asked for the image's referrers %d times for one image's layers, want 1", got)
 	}
 	for _, d := range ldirs {
 		if err := n2.LayerFS().Unmount(ctx, d); err != nil {

@@ -38,6 +38,8 @@ type Registry struct {
 	URL string
 	// Manifests counts GET/HEAD requests of manifests; Blobs counts GETs of blobs.
 	Manifests, Blobs atomic.Int64
+	// Referrers counts GETs of the OCI referrers API (/v2/NAME/referrers/DIGEST).
+	Referrers atomic.Int64
 }
 
 type options struct {
@@ -77,6 +79,8 @@ func New(t testing.TB, opts ...Option) *Registry {
 			r.Manifests.Add(1)
 		case strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Method == http.MethodGet:
 			r.Blobs.Add(1)
+		case strings.Contains(req.URL.Path, "/referrers/") && req.Method == http.MethodGet:
+			r.Referrers.Add(1)
 		}
 		if o.readOnly && req.Method != http.MethodGet && req.Method != http.MethodHead {
 			w.Header().Set("Content-Type", "application/json")
