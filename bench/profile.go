@@ -17,8 +17,10 @@ import (
 // ProfileAnnotation is the manifest annotation that gives each workload's
 // profiled copy of a converted image its own digest: a start-up profile
 // is a referrer of one manifest digest, so the plain converted image (the
-// lazy and mount modes) carries none, and two workloads of one image
-// (python, readall) each carry their own.
+// lazy and mount modes) carries none, two workloads of one image (python,
+// readall) each carry their own, and each lazyfs build records its own
+// even when it converts to the same bytes. Its value is the copy's tag
+// (profileTag).
 const ProfileAnnotation = "dev.lazyfs.bench.profile-of"
 
 // profileTag is the tag of a workload's profiled copy: keyed, as the
@@ -45,15 +47,15 @@ func recordArgs(lazyfs, cacheDir, ref string, w *Workload) []string {
 	return append(a, w.Cmd...)
 }
 
-// profiledCopy pushes lazyRef's image with ProfileAnnotation set to
-// workload to dst, unless dst already holds it: same layers, same config,
+// profiledCopy pushes lazyRef's image with ProfileAnnotation set to key
+// to dst, unless dst already holds it: same layers, same config,
 // its own digest. It returns the copy's digest reference.
-func profiledCopy(ctx context.Context, lazyRef, dst, workload string) (name.Digest, error) {
+func profiledCopy(ctx context.Context, lazyRef, dst, key string) (name.Digest, error) {
 	img, err := remoteImageInsecure(ctx, lazyRef)
 	if err != nil {
 		return name.Digest{}, err
 	}
-	cp, ok := mutate.Annotations(img, map[string]string{ProfileAnnotation: workload}).(v1.Image)
+	cp, ok := mutate.Annotations(img, map[string]string{ProfileAnnotation: key}).(v1.Image)
 	if !ok {
 		return name.Digest{}, fmt.Errorf("image %s: annotating did not yield an image", lazyRef)
 	}
@@ -106,8 +108,9 @@ func (im *Images) Record(ctx context.Context, w *Workload, refs ImageRefs) (stri
 		return "", fmt.Errorf("lazyfs binary: %w", err)
 	}
 	repo, _, _ := strings.Cut(refs.Lazy, ":lazy-")
-	dst := repo + ":" + profileTag(tool, w)
-	d, err := profiledCopy(ctx, refs.Lazy, dst, w.Name)
+	tag := profileTag(tool, w)
+	dst := repo + ":" + tag
+	d, err := profiledCopy(ctx, refs.Lazy, dst, tag)
 	if err != nil {
 		return "", fmt.Errorf("workload %s: profiled copy: %w", w.Name, err)
 	}

@@ -134,6 +134,14 @@ func TestProfiledCopy(t *testing.T) {
 	if other.DigestStr() == d.DigestStr() {
 		t.Error("two workloads of one image share a digest: their profiles would replace each other")
 	}
+	// A lazyfs build that converts to the same bytes records its own.
+	rebuilt, err := profiledCopy(ctx, lazy, reg.Host()+"/bench/python:prof-python-new", "python-new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rebuilt.DigestStr() == d.DigestStr() {
+		t.Error("two keys share a digest: a new lazyfs build would reuse the old build's profile")
+	}
 	again, err := profiledCopy(ctx, lazy, reg.Host()+"/bench/python:prof-python", "python")
 	if err != nil || again != d {
 		t.Errorf("copying again = %v, %v; want %v", again, err, d)
