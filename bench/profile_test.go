@@ -3,8 +3,11 @@ package bench
 import (
 	"context"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -188,4 +191,83 @@ func mustLayers(t *testing.T, img v1.Image) []v1.Hash {
 		ds = append(ds, d)
 	}
 	return ds
+}
+
+// TestRecordCached runs Images.Record with stand-in lazyfs binaries: one
+// without record (nothing recorded, no error), one whose record fails
+// (the error comes back), and, once the copy has a referrer, the cached
+// path (record not run again).
+func TestRecordCached(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := StartInProcess(ln)
+	t.Cleanup(func() { reg.Close() })
+	ctx := context.Background()
+	img, err := random.Image(512, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := ImageRefs{Lazy: reg.Host() + "/bench/python:lazy-aaaa"}
+	lr, _ := name.ParseReference(refs.Lazy, name.Insecure)
+	if err := remote.Write(lr, img, remote.WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	w := &Workload{Name: "python", Cmd: []string{"python3", "-c", "import numpy"}}
+	dir := t.TempDir()
+	script := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	noRecord := &Images{Lazyfs: script("old", "exit 1\n")}
+	if got, err := noRecord.Record(ctx, w, refs); got != "" || err != nil {
+		t.Errorf("Record without a record command = %q, %v; want nothing", got, err)
+	}
+
+	calls := filepath.Join(dir, "calls")
+	failing := &Images{Lazyfs: script("new", `[ "$2" = --help ] && exit 0
+echo "$@" >> `+calls+`
+echo recording failed >&2
+exit 1
+`)}
+	if _, err := failing.Record(ctx, w, refs); err == nil || !strings.Contains(err.Error(), "recording failed") {
+		t.Fatalf("Record with a failing lazyfs record = %v; want its error", err)
+	}
+	b, _ := os.ReadFile(calls)
+	if !strings.Contains(string(b), "record --insecure") || !strings.Contains(string(b), "-- python3 -c import numpy") {
+		t.Errorf("lazyfs was called with %q", b)
+	}
+
+	// What a successful record leaves: a referrer on the profiled copy.
+	tool, err := fileHash(failing.Lazyfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := profileTag(tool, w)
+	d, err := profiledCopy(ctx, refs.Lazy, reg.Host()+"/bench/python:"+tag, tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Head(d, remote.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	art := mutate.Subject(mutate.MediaType(empty.Image, types.OCIManifestSchema1), v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size}).(v1.Image)
+	ad, _ := art.Digest()
+	if err := remote.Write(d.Context().Digest(ad.String()), art, remote.WithContext(ctx)); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(calls)
+	got, err := failing.Record(ctx, w, refs)
+	if err != nil || got != reg.Host()+"/bench/python:"+tag {
+		t.Errorf("Record with the profile in place = %q, %v; want %s", got, err, tag)
+	}
+	if b, err := os.ReadFile(calls); err == nil {
+		t.Errorf("lazyfs record ran again with the profile in place: %q", b)
+	}
 }
