@@ -56,6 +56,10 @@ type ImageRefs struct {
 	PlainBytes int64 `json:"plainBytes"`
 	// LazyBytes is the sum of the converted image's layer sizes.
 	LazyBytes int64 `json:"lazyBytes"`
+	// Profiled is the workload's copy of Lazy (ProfileAnnotation: own
+	// digest, same layers) with its start-up profile attached by lazyfs
+	// record; "" when the lazyfs binary cannot record or recording failed.
+	Profiled string `json:"profiled,omitempty"`
 }
 
 // Debian package sets of the built images.

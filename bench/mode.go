@@ -55,6 +55,34 @@ type Env struct {
 	// Timeout bounds every wait of a trial (default 10 minutes).
 	Timeout time.Duration
 	seq     int
+	help    map[string]string // lazyfs SUB --help output, by SUB
+}
+
+// hasFlag reports whether the lazyfs binary's subcommand sub has --flag
+// (its help output, asked once per run, lists it).
+func (e *Env) hasFlag(sub, flag string) bool {
+	h, ok := e.help[sub]
+	if !ok {
+		out, _ := exec.Command(e.Lazyfs, sub, "--help").Output()
+		h = string(out)
+		if e.help == nil {
+			e.help = map[string]string{}
+		}
+		e.help[sub] = h
+	}
+	return helpHasFlag(h, flag)
+}
+
+// helpHasFlag finds --flag in a cobra help text.
+func helpHasFlag(help, flag string) bool {
+	for _, line := range strings.Split(help, "\n") {
+		for _, f := range strings.Fields(line) {
+			if strings.TrimSuffix(f, ",") == "--"+flag {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // nextDir returns a fresh directory below WorkDir for a trial's files and
@@ -114,7 +142,19 @@ func skipf(format string, args ...any) error { return &SkipError{Reason: fmt.Spr
 
 // Modes returns the known modes by name, in their default order.
 func Modes() []Mode {
-	return []Mode{FullMode{}, MountMode{}, MountMode{Warm: true}, SnapshotterMode{Profile: false}, SnapshotterMode{Profile: true}, SnapshotterMode{Warm: true}, StargzMode{}}
+	return []Mode{FullMode{}, MountMode{}, MountMode{Profile: true}, MountMode{Warm: true}, SnapshotterMode{Profile: false}, SnapshotterMode{Profile: true}, SnapshotterMode{Warm: true}, StargzMode{}}
+}
+
+// usesProfile reports whether a mode starts from the workload's recorded
+// start-up profile (ImageRefs.Profiled), which the run then records.
+func usesProfile(m Mode) bool {
+	switch m := m.(type) {
+	case MountMode:
+		return m.Profile
+	case SnapshotterMode:
+		return m.Profile
+	}
+	return false
 }
 
 // ModeByName finds a mode.

@@ -18,14 +18,27 @@ import (
 // chrooted command until ready. Warm first fills the block cache with one
 // untimed run of the same workload (then unmounts and drops the page
 // cache): a node whose cache already holds what the workload reads.
-type MountMode struct{ Warm bool }
+// Profile mounts the workload's profiled copy (ImageRefs.Profiled), so the
+// mount prefetches the start-up profile recorded in the registry.
+//
+// Every trial gives the mount a fresh, empty --profile-dir of its own
+// (when the binary has the flag): a mount learns the first-read order of
+// what it serves and prefetches it at the next mount of the image, so a
+// node-wide profile directory would hand one sample's profile to the
+// next. Without Profile the mounted image has no profile in the registry
+// either: mount measures no profile at all. Warm's untimed run and its
+// timed run share the trial's directory, as on a node.
+type MountMode struct{ Warm, Profile bool }
 
 var _ Mode = MountMode{}
 
 // Name implements Mode.
 func (m MountMode) Name() string {
-	if m.Warm {
+	switch {
+	case m.Warm:
 		return "mount-warm"
+	case m.Profile:
+		return "mount+profile"
 	}
 	return "mount"
 }
@@ -44,6 +57,9 @@ func (m MountMode) Check(env *Env) error {
 	if _, err := os.Stat(env.Lazyfs); err != nil {
 		return skipf("no lazyfs binary at %s (make build)", env.Lazyfs)
 	}
+	if m.Profile && !HasCommand(env.Lazyfs, "record") {
+		return skipf("%s has no record command, so images carry no start-up profile", env.Lazyfs)
+	}
 	return nil
 }
 
@@ -53,7 +69,13 @@ func (m MountMode) Start(ctx context.Context, env *Env, t Target) (Trial, error)
 	if err != nil {
 		return nil, err
 	}
-	tr := &mountTrial{env: env, t: t, dir: dir, sockDir: sockDir}
+	ref := t.Refs.Lazy
+	if m.Profile {
+		if ref = t.Refs.Profiled; ref == "" {
+			return nil, fmt.Errorf("workload %s: no recorded start-up profile (see the run's notes)", t.Workload.Name)
+		}
+	}
+	tr := &mountTrial{env: env, t: t, ref: ref, dir: dir, sockDir: sockDir, profileDir: env.hasFlag("mount", "profile-dir")}
 	if m.Warm {
 		var ph Phases
 		if err := tr.Run(ctx, &ph); err != nil {
@@ -71,7 +93,11 @@ func (m MountMode) Start(ctx context.Context, env *Env, t Target) (Trial, error)
 type mountTrial struct {
 	env *Env
 	t   Target
+	ref string // the image mounted: t.Refs.Lazy or t.Refs.Profiled
 	dir string
+	// profileDir says the binary's mount has --profile-dir: the trial
+	// passes one of its own.
+	profileDir bool
 	// sockDir holds the mount's state directory: its stats socket's path
 	// must be short.
 	sockDir string
@@ -100,12 +126,14 @@ func (tr *mountTrial) Run(ctx context.Context, ph *Phases) error {
 		return err
 	}
 	defer pr.Close()
-	args := []string{"mount", "--foreground", "--notify-fd", "3",
-		"--cache-dir", filepath.Join(tr.dir, "cache"), "--state-dir", filepath.Join(tr.sockDir, "state")}
-	if tr.env.Insecure {
-		args = append(args, "--insecure")
+	profiles := ""
+	if tr.profileDir {
+		profiles = filepath.Join(tr.dir, "profiles")
+		if err := os.MkdirAll(profiles, 0o755); err != nil {
+			return err
+		}
 	}
-	args = append(args, tr.t.Refs.Lazy, mnt)
+	args := mountArgs(filepath.Join(tr.dir, "cache"), filepath.Join(tr.sockDir, "state"), profiles, tr.env.Insecure, tr.ref, mnt)
 	srv := exec.Command(tr.env.Lazyfs, args...)
 	srv.Stdout, srv.Stderr = logf, logf
 	srv.ExtraFiles = []*os.File{pw}
@@ -113,7 +141,7 @@ func (tr *mountTrial) Run(ctx context.Context, ph *Phases) error {
 	start := time.Now()
 	if err := srv.Start(); err != nil {
 		pw.Close()
-		return fmt.Errorf("start lazyfs mount %s: %w", tr.t.Refs.Lazy, err)
+		return fmt.Errorf("start lazyfs mount %s: %w", tr.ref, err)
 	}
 	pw.Close()
 	tr.server, tr.done = srv, make(chan struct{})
@@ -125,10 +153,10 @@ func (tr *mountTrial) Run(ctx context.Context, ph *Phases) error {
 		if !strings.HasPrefix(s, "ready ") {
 			<-tr.done
 			b, _ := os.ReadFile(logf.Name())
-			return fmt.Errorf("lazyfs mount %s: not ready: %s %s", tr.t.Refs.Lazy, strings.TrimSpace(s), lastLines(string(b), 5))
+			return fmt.Errorf("lazyfs mount %s: not ready: %s %s", tr.ref, strings.TrimSpace(s), lastLines(string(b), 5))
 		}
 	case <-time.After(tr.env.timeout()):
-		return fmt.Errorf("lazyfs mount %s: not ready after %v", tr.t.Refs.Lazy, tr.env.timeout())
+		return fmt.Errorf("lazyfs mount %s: not ready after %v", tr.ref, tr.env.timeout())
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -150,6 +178,21 @@ exec chroot "$r" "$@"`
 	create, run, out, err := runToReady(ctx, tr.t.Workload, cmd, mr, mw, tr.env.timeout())
 	ph.Create, ph.Run, ph.Output = create, run, out
 	return err
+}
+
+// mountArgs is how the harness runs lazyfs mount: in the foreground,
+// reporting readiness on fd 3, with the trial's block cache and state
+// directory, and profileDir ("": the flag is not passed, for binaries
+// without it) as the node's profile store.
+func mountArgs(cacheDir, stateDir, profileDir string, insecure bool, ref, mnt string) []string {
+	args := []string{"mount", "--foreground", "--notify-fd", "3", "--cache-dir", cacheDir, "--state-dir", stateDir}
+	if profileDir != "" {
+		args = append(args, "--profile-dir", profileDir)
+	}
+	if insecure {
+		args = append(args, "--insecure")
+	}
+	return append(args, ref, mnt)
 }
 
 // Daemons implements Trial.

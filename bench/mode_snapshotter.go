@@ -13,14 +13,19 @@ import (
 
 // SnapshotterMode runs a workload through containerd with the lazyfs
 // snapshotter: `lazyfs pull` (which passes containerd the remote-snapshot
-// labels), containers create, tasks start. Profile is meant to use the
-// image's recorded start-up profile and is always skipped until recording
-// is wired in (Images would run lazyfs record after converting); Warm fills the snapshotter's block cache with
-// one untimed run first, as pre-warming would.
+// labels), containers create, tasks start. Profile pulls the workload's
+// profiled copy (ImageRefs.Profiled, the start-up profile recorded by
+// lazyfs record attached in the registry) instead of the converted image,
+// which carries none; whether the snapshotter prefetches it is the
+// snapshotter's business, and the sample's bytes and requests show it.
+// Warm fills the snapshotter's block cache with one untimed run first, as
+// pre-warming would. Each trial's snapshotter has its own root, so nothing
+// it learns about an image outlives the sample.
 //
 // It runs only when lazyfs-snapshotter sits next to the lazyfs binary (or
-// on PATH) and lazyfs has a pull command; the flags it passes them are in
-// snapshotterArgs and pullArgs, the one place to adjust as they land.
+// on PATH) and lazyfs has a pull command (and, for Profile, record); the
+// flags it passes them are in snapshotterArgs and pullArgs, the one place
+// to adjust as they land.
 type SnapshotterMode struct{ Profile, Warm bool }
 
 var _ Mode = SnapshotterMode{}
@@ -56,12 +61,9 @@ func (m SnapshotterMode) Check(env *Env) error {
 		return skipf("%s has no pull command (needed to pass containerd the remote-snapshot labels)", env.Lazyfs)
 	}
 	if m.Profile {
-		if exec.Command(env.Lazyfs, "record", "--help").Run() != nil {
+		if !HasCommand(env.Lazyfs, "record") {
 			return skipf("%s has no record command, so images carry no start-up profile", env.Lazyfs)
 		}
-		// Running the lazy mode under this name would report a profile
-		// that is not there.
-		return skipf("recording a start-up profile (lazyfs record) is not wired into the harness yet")
 	}
 	return nil
 }
@@ -108,12 +110,18 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 	if err != nil {
 		return nil, err
 	}
+	ref := t.Refs.Lazy
+	if m.Profile {
+		if ref = t.Refs.Profiled; ref == "" {
+			return nil, fmt.Errorf("workload %s: no recorded start-up profile (see the run's notes)", t.Workload.Name)
+		}
+	}
 	dir, sockDir, err := env.nextDir(m.Name())
 	if err != nil {
 		return nil, err
 	}
 	hostsDir := filepath.Join(dir, "hosts")
-	if err := writeHostsDir(hostsDir, t.Refs.Lazy); err != nil {
+	if err := writeHostsDir(hostsDir, ref); err != nil {
 		return nil, err
 	}
 	sock := filepath.Join(sockDir, "snapshotter.sock")
@@ -155,8 +163,8 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 		os.RemoveAll(sockDir)
 		return nil, err
 	}
-	tr := &ctrTrial{env: env, t: t, dir: dir, sockDir: sockDir, ctd: ctd, ref: t.Refs.Lazy, snap: "lazyfs",
-		pull: pullArgs(env.Lazyfs, ctd.sock, t.Refs.Lazy, env.Insecure), extra: []int{snap.Process.Pid}, onClose: stopSnap}
+	tr := &ctrTrial{env: env, t: t, dir: dir, sockDir: sockDir, ctd: ctd, ref: ref, snap: "lazyfs",
+		pull: pullArgs(env.Lazyfs, ctd.sock, ref, env.Insecure), extra: []int{snap.Process.Pid}, onClose: stopSnap}
 	if m.Warm {
 		var ph Phases
 		if err := tr.Run(ctx, &ph); err != nil {
@@ -167,7 +175,7 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 		// container and snapshots, and the page cache.
 		tr.ctd.removeContainer(tr.id)
 		tr.id = ""
-		_, _ = tr.ctd.ctr(ctx, "images", "rm", "--sync", t.Refs.Lazy)
+		_, _ = tr.ctd.ctr(ctx, "images", "rm", "--sync", ref)
 		if err := DropCaches(); err != nil {
 			tr.Close()
 			return nil, err

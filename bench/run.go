@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -159,6 +160,28 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 		}
 		refs[w.Image] = r
 	}
+	// The workloads' start-up profiles, also over the unshaped link.
+	wrefs := map[string]ImageRefs{}
+	record := slices.ContainsFunc(cfg.Modes, usesProfile)
+	for _, w := range cfg.Workloads {
+		r, ok := refs[w.Image]
+		if !ok {
+			continue
+		}
+		if !record {
+			wrefs[w.Name] = r
+			continue
+		}
+		p, err := images.Record(ctx, w, r)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("bench interrupted recording %s: %w", w.Name, ctx.Err())
+			}
+			rep.Notes = append(rep.Notes, fmt.Sprintf("workload %s: no start-up profile: %v", w.Name, err))
+		}
+		r.Profiled = p
+		wrefs[w.Name] = r
+	}
 
 	// Shape, and put the latency proxy in front.
 	if link != nil && cfg.Profile.RateBitsPerSecond > 0 {
@@ -174,10 +197,13 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			return nil, err
 		}
 		defer proxy.Close()
-		for k, r := range refs {
+		for k, r := range wrefs {
 			r.Plain = proxy.Addr() + strings.TrimPrefix(r.Plain, reg.Host())
 			r.Lazy = proxy.Addr() + strings.TrimPrefix(r.Lazy, reg.Host())
-			refs[k] = r
+			if r.Profiled != "" {
+				r.Profiled = proxy.Addr() + strings.TrimPrefix(r.Profiled, reg.Host())
+			}
+			wrefs[k] = r
 		}
 	}
 
@@ -196,7 +222,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	}
 	total := 0
 	for _, w := range cfg.Workloads {
-		wr := WorkloadResult{Name: w.Name, Image: w.Image, Cmd: w.Cmd, Ready: w.Ready(), Refs: refs[w.Image]}
+		wr := WorkloadResult{Name: w.Name, Image: w.Image, Cmd: w.Cmd, Ready: w.Ready(), Refs: wrefs[w.Name]}
 		if err := imgErr[w.Image]; err != nil {
 			wr.Skipped = err.Error()
 		}
@@ -231,7 +257,7 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 				}
 				label := fmt.Sprintf("%s/%s round %d", w.Name, m.Name(), round)
 				cfg.logf("sample %s", label)
-				s := sample(ctx, env, m, Target{Workload: w, Refs: refs[w.Image]}, link, reg, proxy)
+				s := sample(ctx, env, m, Target{Workload: w, Refs: wrefs[w.Name]}, link, reg, proxy)
 				s.Round = round
 				if ctx.Err() != nil {
 					return nil, fmt.Errorf("bench interrupted in %s: %w", label, ctx.Err())

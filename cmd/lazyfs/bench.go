@@ -50,10 +50,13 @@ the daemons. It prints a table of medians (p95), writes an SVG chart, and with
 Workloads: ` + strings.Join(bench.WorkloadNames(), ", ") + `, or your own image with --image REF and
 a command after -- (or --cmd, run with /bin/sh -c), ready at exit 0 or at the
 first stdout line matching --ready-line.
-Modes: full (containerd + overlayfs), mount (lazyfs mount + chroot), mount-warm
+Modes: full (containerd + overlayfs), mount (lazyfs mount + chroot), mount+profile
+(the same with the registry's start-up profile), mount-warm
 (the same with the block cache already holding what the workload reads),
-lazy, lazy+profile, warm (the lazyfs snapshotter) and stargz; modes whose
-components are missing are skipped with a note. Needs root.`,
+lazy, lazy+profile, warm (the lazyfs snapshotter) and stargz; mount+profile and
+lazy+profile start from the workload's start-up profile, recorded once per
+image, workload and lazyfs binary with lazyfs record. Modes whose components
+are missing are skipped with a note. Needs root.`,
 		Example: `  lazyfs bench --workload hello,python --mode full,mount --samples 3
   lazyfs bench --workload torch --link 1gbit --rtt 20ms --json > torch.json
   lazyfs bench --image 127.0.0.1:5000/app:v1 --ready-line 'listening' -- /app/server`,
@@ -151,7 +154,7 @@ components are missing are skipped with a note. Needs root.`,
 	}
 	f := cmd.Flags()
 	f.StringSliceVar(&workloads, "workload", []string{"hello", "python"}, "built-in workloads: "+strings.Join(bench.WorkloadNames(), ", "))
-	f.StringSliceVar(&modes, "mode", []string{"full", "mount", "mount-warm", "lazy", "lazy+profile", "warm", "stargz"}, "modes to compare")
+	f.StringSliceVar(&modes, "mode", []string{"full", "mount", "mount+profile", "mount-warm", "lazy", "lazy+profile", "warm", "stargz"}, "modes to compare")
 	f.IntVarP(&samples, "samples", "n", 5, "samples (rounds) per mode")
 	f.StringVar(&link, "link", "200mbit", "link profile: "+strings.Join(bench.Profiles, ", ")+" or any rate such as 500mbit")
 	f.DurationVar(&rtt, "rtt", 0, "added round-trip time through a latency proxy (e.g. 20ms)")
