@@ -2,6 +2,8 @@ package fs
 
 import (
 	"context"
+	"path"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -34,7 +36,7 @@ func (r *Root) startBulk(d uint32, off int64) {
 		return
 	}
 	l, e := r.t.dataEntry(d)
-	if e.Size < bulkMinSize || e.NumChunks == 0 {
+	if e.Size < bulkMinSize || e.NumChunks == 0 || sharedObject(e.Name) {
 		return
 	}
 	r.bulkMu.Lock()
@@ -110,4 +112,14 @@ func (r *Root) waitQueueRoom(ctx context.Context, n int) bool {
 		}
 	}
 	return ctx.Err() == nil
+}
+
+// sharedObject reports whether name is a shared library (lib.so,
+// lib.so.1.2): the dynamic loader maps it and faults in long runs of the
+// parts it relocates, yet a program uses a small part of a big library
+// (import torch touches about a sixth of libtorch_cpu.so), so a bulk fill
+// would fetch what start-up never reads.
+func sharedObject(name string) bool {
+	base := path.Base(name)
+	return strings.HasSuffix(base, ".so") || strings.Contains(base, ".so.")
 }
