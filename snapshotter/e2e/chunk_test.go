@@ -3,7 +3,6 @@ package e2e_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -29,90 +28,63 @@ import (
 // mounted lazily; the chunk does not.
 func poisonChunk(t *testing.T, ref, path string, n int) {
 	t.Helper()
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	desc, err := remote.Get(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(desc.Manifest, &m); err != nil {
-		t.Fatal(err)
-	}
-	layers := m["layers"].([]any)
-	ld := layers[len(layers)-1].(map[string]any)
-	h, err := v1.NewHash(ld["digest"].(string))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := remote.Layer(r.Context().Digest(h.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := l.Compressed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, _, err := toc.ReadTOC(context.Background(), bytes.NewReader(blob), int64(len(blob)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var chunk *toc.Chunk
-	for i := range tc.Entries {
-		if e := &tc.Entries[i]; e.Name == path {
-			cs := tc.EntryChunks(e)
-			if len(cs) <= n {
-				t.Fatalf("%s has %d chunks", path, len(cs))
-			}
-			chunk = &cs[n]
+	editLastLayer(t, ref, func(r name.Reference, ld map[string]any) {
+		h, err := v1.NewHash(ld["digest"].(string))
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if chunk == nil {
-		t.Fatalf("%s not in the TOC", path)
-	}
-	blob[chunk.CompressedOffset+int64(chunk.CompressedSize)/2] ^= 0xff
-	bad := static.NewLayer(blob, types.MediaType(ld["mediaType"].(string)))
-	if err := remote.WriteLayer(r.Context(), bad); err != nil {
-		t.Fatal(err)
-	}
-	d, _ := bad.Digest()
-	ld["digest"] = d.String()
-	b, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Put(r, rawManifest{b: b, mt: desc.MediaType}); err != nil {
-		t.Fatal(err)
-	}
+		l, err := remote.Layer(r.Context().Digest(h.String()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		blob, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc, _, err := toc.ReadTOC(context.Background(), bytes.NewReader(blob), int64(len(blob)), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var chunk *toc.Chunk
+		for i := range tc.Entries {
+			if e := &tc.Entries[i]; e.Name == path {
+				cs := tc.EntryChunks(e)
+				if len(cs) <= n {
+					t.Fatalf("%s has %d chunks", path, len(cs))
+				}
+				chunk = &cs[n]
+			}
+		}
+		if chunk == nil {
+			t.Fatalf("%s not in the TOC", path)
+		}
+		blob[chunk.CompressedOffset+int64(chunk.CompressedSize)/2] ^= 0xff
+		bad := static.NewLayer(blob, types.MediaType(ld["mediaType"].(string)))
+		if err := remote.WriteLayer(r.Context(), bad); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := bad.Digest()
+		ld["digest"] = d.String()
+	})
 }
 
 // TestCorruptChunkIsEIO: in a container over a lazy layer, a chunk whose
 // bytes do not match the TOC is an I/O error for the reads that need it,
 // and only those: the rest of the file and other files read correctly.
 func TestCorruptChunkIsEIO(t *testing.T) {
-	ctrtest.Skip(t)
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse")
-	}
-	busybox, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skip("needs busybox-static")
-	}
-	bin := buildDaemon(t)
+	bin, busybox := needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	r := newRegistry(t)
 	poisoned := toctest.Random(11, 1<<20)
 	fine := toctest.Random(12, 200<<10)
 	push(t, r.ref("src/chunk:1"),
-		layer(t, []toctest.File{dir("bin/"), reg("bin/busybox", 0o755, busybox), symlink("bin/sh", "busybox")}),
+		busyboxLayer(t, busybox),
 		layer(t, []toctest.File{dir("data/"), reg("data/poisoned", 0o644, poisoned), reg("data/fine", 0o644, fine)}))
 	ref := r.ref("lazy/chunk:1")
 	if _, err := convert.Image(ctx, r.ref("src/chunk:1"), ref, convert.WithChunkSize(64<<10)); err != nil {

@@ -3,7 +3,6 @@ package e2e_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -22,20 +21,12 @@ import (
 // disable_snapshot_annotations = false), pulls a converted image for the
 // kubelet with every layer mounted lazily and no lazyfs pull involved.
 func TestCRIPassesLabels(t *testing.T) {
-	ctrtest.Skip(t)
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse")
-	}
-	busybox, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skip("needs busybox-static")
-	}
-	bin := buildDaemon(t)
+	bin, busybox := needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	r := newRegistry(t)
 	push(t, r.ref("src/cri:1"),
-		layer(t, []toctest.File{dir("bin/"), reg("bin/busybox", 0o755, busybox), symlink("bin/sh", "busybox")}),
+		busyboxLayer(t, busybox),
 		layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("pulled by CRI\n")), reg("etc/big", 0o644, toctest.Random(7, 8<<20))}))
 	if _, err := convert.Image(ctx, r.ref("src/cri:1"), r.ref("lazy/cri:1")); err != nil {
 		t.Fatal(err)

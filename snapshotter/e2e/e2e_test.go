@@ -125,10 +125,46 @@ func push(t *testing.T, ref string, layers ...v1.Layer) {
 	}
 }
 
+// needE2E skips the test where containerd, runc, FUSE or busybox-static
+// are missing (CI installs them), and returns the built lazyfs-snapshotter
+// and busybox.
+func needE2E(t *testing.T) (bin string, busybox []byte) {
+	t.Helper()
+	ctrtest.Skip(t)
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
+	busybox, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("needs busybox-static")
+	}
+	return buildDaemon(t), busybox
+}
+
+// busyboxLayer is a layer of /bin/busybox with /bin/sh linked to it.
+func busyboxLayer(t *testing.T, busybox []byte) v1.Layer {
+	t.Helper()
+	return layer(t, []toctest.File{dir("bin/"), reg("bin/busybox", 0o755, busybox), symlink("bin/sh", "busybox")})
+}
+
 // corruptTOC rewrites ref's manifest so that its last layer's TOC digest
 // annotation names other bytes: the TOC no longer verifies, the blob itself
 // (and the diffID) is unchanged.
 func corruptTOC(t *testing.T, ref string) {
+	t.Helper()
+	editLastLayer(t, ref, func(_ name.Reference, ld map[string]any) {
+		ann := ld["annotations"].(map[string]any)
+		if _, ok := ann[toc.AnnotationTOCDigest]; !ok {
+			t.Fatalf("converted layer has no %s annotation: %v", toc.AnnotationTOCDigest, ann)
+		}
+		ann[toc.AnnotationTOCDigest] = "sha256:" + strings.Repeat("0", 64)
+	})
+}
+
+// editLastLayer lets edit change the descriptor of ref's last layer (as
+// JSON, so that any field can be made wrong) and puts the manifest back
+// under ref with its media type.
+func editLastLayer(t *testing.T, ref string, edit func(r name.Reference, ld map[string]any)) {
 	t.Helper()
 	r, err := name.ParseReference(ref)
 	if err != nil {
@@ -143,11 +179,7 @@ func corruptTOC(t *testing.T, ref string) {
 		t.Fatal(err)
 	}
 	layers := m["layers"].([]any)
-	ann := layers[len(layers)-1].(map[string]any)["annotations"].(map[string]any)
-	if _, ok := ann[toc.AnnotationTOCDigest]; !ok {
-		t.Fatalf("converted layer has no %s annotation: %v", toc.AnnotationTOCDigest, ann)
-	}
-	ann[toc.AnnotationTOCDigest] = "sha256:" + strings.Repeat("0", 64)
+	edit(r, layers[len(layers)-1].(map[string]any))
 	b, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
@@ -442,15 +474,7 @@ func md5hex(b []byte) string {
 // the daemon, run it, and check what it fetched, fallbacks, a burst of
 // containers and a kill -9 of the daemon.
 func TestContainerdLazyPull(t *testing.T) {
-	ctrtest.Skip(t)
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse")
-	}
-	busybox, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skip("needs busybox-static")
-	}
-	bin := buildDaemon(t)
+	bin, busybox := needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -458,8 +482,7 @@ func TestContainerdLazyPull(t *testing.T) {
 	big := toctest.Random(1, 24<<20)  // never read: the lazy pull must not fetch it
 	burst := toctest.Random(2, 3<<20) // read by 8 containers at once
 	later := toctest.Random(3, 1<<20) // read after the daemon was killed
-	base := layer(t, []toctest.File{dir("bin/"), reg("bin/busybox", 0o755, busybox),
-		{Hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/sh", Linkname: "busybox", Mode: 0o777}}})
+	base := busyboxLayer(t, busybox)
 	app := layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("served lazily by lazyfs\n")),
 		dir("data/"), reg("data/big", 0o644, big), reg("data/burst", 0o644, burst), reg("data/later", 0o644, later)})
 	push(t, r.ref("src/app:1"), base, app)

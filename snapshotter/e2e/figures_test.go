@@ -29,12 +29,7 @@ func TestNodeFigures(t *testing.T) {
 	if os.Getenv("LAZYFS_FIGURES") == "" {
 		t.Skip("figures for the docs; set LAZYFS_FIGURES=1")
 	}
-	ctrtest.Skip(t)
-	busybox, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skip("needs busybox-static")
-	}
-	bin := buildDaemon(t)
+	bin, busybox := needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	r := newRegistry(t)
@@ -130,7 +125,7 @@ func TestNodeFigures(t *testing.T) {
 	for i := range 10 {
 		ref := r.ref(fmt.Sprintf("lazy/many%d:1", i))
 		src := r.ref(fmt.Sprintf("src/many%d:1", i))
-		push(t, src, layer(t, []toctest.File{dir("bin/"), reg("bin/busybox", 0o755, busybox), symlink("bin/sh", "busybox")}),
+		push(t, src, busyboxLayer(t, busybox),
 			layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte(fmt.Sprintf("image %d\n", i))), reg("etc/blob", 0o644, toctest.Random(uint64(9000+i), 8<<20))}))
 		if _, err := convert.Image(ctx, src, ref); err != nil {
 			t.Fatal(err)

@@ -19,21 +19,13 @@ import (
 // graceful restart and a kill -9 of the snapshotter leave a running
 // container reading files it had not read before.
 func TestHolderKeepsRunningContainers(t *testing.T) {
-	ctrtest.Skip(t)
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse")
-	}
-	busybox, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skip("needs busybox-static")
-	}
-	bin := buildDaemon(t)
+	bin, busybox := needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	r := newRegistry(t)
 	a, b, c2 := toctest.Random(21, 1<<20), toctest.Random(22, 1<<20), toctest.Random(23, 1<<20)
 	push(t, r.ref("src/held:1"),
-		layer(t, []toctest.File{dir("bin/"), reg("bin/busybox", 0o755, busybox), symlink("bin/sh", "busybox")}),
+		busyboxLayer(t, busybox),
 		layer(t, []toctest.File{dir("data/"), reg("data/a", 0o644, a), reg("data/b", 0o644, b), reg("data/c", 0o644, c2), dir("out/")}))
 	ref := r.ref("lazy/held:1")
 	if _, err := convert.Image(ctx, r.ref("src/held:1"), ref, convert.WithChunkSize(64<<10)); err != nil {
@@ -102,7 +94,10 @@ func TestHolderKeepsRunningContainers(t *testing.T) {
 	wait("c", c2)
 
 	// New containers run after the restarts too.
-	var o string
+	var (
+		o   string
+		err error
+	)
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		o, err = c.Ctr("run", "--rm", "--snapshotter", "lazyfs", ref, id+"-new", "busybox", "md5sum", "/data/a")
 		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unavailable") || time.Now().After(deadline) {
