@@ -21,6 +21,7 @@ func newConvertCmd() *cobra.Command {
 	var (
 		platform  string
 		chunkSize sizeFlag = toc.DefaultChunkSize
+		libChunk            = size.Off{Default: toc.DefaultLibraryChunkSize}
 		level     int
 		jobs      int
 		insecure  bool
@@ -41,7 +42,7 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 		Example: "  lazyfs convert docker.io/library/python:3.12 registry.example.com/python:3.12-lazy",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := validateConvert(int64(chunkSize), level, jobs); err != nil {
+			if err := validateConvert(int64(chunkSize), libChunk.Bytes(), level, jobs); err != nil {
 				return err
 			}
 			if err := cli.PushError(args[1], convert.CheckPush(cmd.Context(), args[1], insecure, nil)); err != nil {
@@ -49,6 +50,7 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 			}
 			opts := []convert.Option{
 				convert.WithChunkSize(int(chunkSize)),
+				convert.WithLibraryChunkSize(int(libChunk.Bytes())),
 				convert.WithLevel(zstd.EncoderLevelFromZstd(level)),
 				convert.WithInsecure(insecure),
 				convert.WithTempDir(tempDir),
@@ -89,6 +91,7 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 	f := cmd.Flags()
 	f.StringVar(&platform, "platform", "", "convert only this platform of an index (os/arch[/variant]); default: all")
 	f.Var(&chunkSize, "chunk-size", fmt.Sprintf("size files are cut into, %s-%s", size.Format(toc.MinChunkSize), size.Format(toc.MaxChunkSize)))
+	f.Var(&libChunk, "library-chunk-size", fmt.Sprintf("size shared libraries (*.so, *.so.*) are cut into, %s-%s, at most --chunk-size (off: --chunk-size)", size.Format(toc.MinChunkSize), size.Format(toc.MaxChunkSize)))
 	f.IntVar(&level, "level", 3, fmt.Sprintf("zstd compression level (%d-%d)", minLevel, maxLevel))
 	f.IntVar(&jobs, "jobs", 0, fmt.Sprintf("layers converted at once, 1-%d (0: number of CPUs)", maxJobs))
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to any registry")

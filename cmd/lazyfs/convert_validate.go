@@ -12,9 +12,14 @@ const (
 )
 
 // validateConvert checks convert's flags before any registry is asked.
-func validateConvert(chunkSize int64, level, jobs int) error {
+func validateConvert(chunkSize, libChunk int64, level, jobs int) error {
 	if err := cli.SizeRange("chunk-size", chunkSize, toc.MinChunkSize, toc.MaxChunkSize, "the chunk size"); err != nil {
 		return err
+	}
+	if libChunk >= 0 {
+		if err := cli.SizeRange("library-chunk-size", libChunk, toc.MinChunkSize, toc.MaxChunkSize, "the chunk size of shared libraries (off: the chunk size)"); err != nil {
+			return err
+		}
 	}
 	if err := cli.IntRange("level", level, minLevel, maxLevel, "the zstd level"); err != nil {
 		return err

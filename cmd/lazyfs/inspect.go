@@ -37,6 +37,7 @@ type inspectLayer struct {
 	Chunked          bool   `json:"chunked"`
 	UncompressedSize int64  `json:"uncompressedSize,omitempty"`
 	ChunkSize        int64  `json:"chunkSize,omitempty"`
+	LibraryChunkSize int64  `json:"libraryChunkSize,omitempty"` // chunk size of shared libraries
 	Entries          int    `json:"entries,omitempty"`
 	Chunks           int    `json:"chunks,omitempty"`
 	TOCSize          int64  `json:"tocSize,omitempty"`
@@ -104,7 +105,7 @@ any image: a plain image is reported as not chunked.`,
 						return err // names the image and layer
 					}
 					loc, _, _ := toc.LocationFromAnnotations(l.Annotations)
-					il.UncompressedSize, il.ChunkSize, il.Entries, il.Chunks, il.TOCSize = t.TarSize, t.ChunkSize, len(t.Entries), len(t.Chunks), loc.Length
+					il.UncompressedSize, il.ChunkSize, il.LibraryChunkSize, il.Entries, il.Chunks, il.TOCSize = t.TarSize, t.ChunkSize, t.LibraryChunkSize, len(t.Entries), len(t.Chunks), loc.Length
 					return nil
 				})
 			}

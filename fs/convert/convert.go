@@ -55,6 +55,7 @@ type Option func(*options)
 type options struct {
 	platform  *v1.Platform
 	chunkSize int
+	libChunk  int
 	level     zstd.EncoderLevel
 	jobs      int
 	keychain  authn.Keychain
@@ -74,6 +75,11 @@ func WithPlatform(p *v1.Platform) Option { return func(o *options) { o.platform 
 
 // WithChunkSize sets the chunk size (default toc.DefaultChunkSize).
 func WithChunkSize(n int) Option { return func(o *options) { o.chunkSize = n } }
+
+// WithLibraryChunkSize sets the size shared libraries are cut into
+// (toc.WithLibraryChunkSize: default toc.DefaultLibraryChunkSize, negative
+// for the chunk size).
+func WithLibraryChunkSize(n int) Option { return func(o *options) { o.libChunk = n } }
 
 // WithLevel sets the zstd level of the frames.
 func WithLevel(l zstd.EncoderLevel) Option { return func(o *options) { o.level = l } }

@@ -28,6 +28,9 @@ const (
 	// DefaultChunkSize is the default size of a file-content chunk; see
 	// docs/format.md for the measurements behind it.
 	DefaultChunkSize = 256 << 10
+	// DefaultLibraryChunkSize is the default size shared libraries are cut
+	// into (IsSharedLibrary; docs/format.md).
+	DefaultLibraryChunkSize = 64 << 10
 	// MinChunkSize and MaxChunkSize bound the chunk size a writer accepts.
 	MinChunkSize = 4 << 10
 	MaxChunkSize = 64 << 20

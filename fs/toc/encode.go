@@ -12,6 +12,12 @@ import (
 // tocMagic opens every encoded TOC; the version follows as a uvarint.
 const tocMagic = "LZFSTOC\x00"
 
+// TOC header flag bits (see docs/format.md).
+const (
+	// tocFlagLibraryChunkSize: a uvarint library chunk size follows the chunk size.
+	tocFlagLibraryChunkSize = 1 << iota
+)
+
 // Entry field-presence bits in the encoding (see docs/format.md).
 const (
 	encFlagSparse = 1 << iota
@@ -53,8 +59,15 @@ func (t *TOC) Marshal() []byte {
 	b := make([]byte, 0, 64+len(t.Chunks)*44+len(t.Entries)*48)
 	b = append(b, tocMagic...)
 	b = binary.AppendUvarint(b, Version)
-	b = binary.AppendUvarint(b, 0) // flags
+	var flags uint64
+	if t.LibraryChunkSize != 0 && t.LibraryChunkSize != t.ChunkSize {
+		flags |= tocFlagLibraryChunkSize
+	}
+	b = binary.AppendUvarint(b, flags)
 	b = binary.AppendUvarint(b, uint64(t.ChunkSize))
+	if flags&tocFlagLibraryChunkSize != 0 {
+		b = binary.AppendUvarint(b, uint64(t.LibraryChunkSize))
+	}
 	b = binary.AppendUvarint(b, uint64(t.TarSize))
 	b = binary.AppendUvarint(b, uint64(len(table)))
 	for _, s := range table {
@@ -266,6 +279,9 @@ func (d *decoder) count(what string, minBytes int) int {
 // docs/format.md, "Limits"): MinEntryBytes per entry, MaxNameLength and
 // MaxComponentLength, MaxNameExpansion for all names together, the zstd
 // bound on every chunk's compressed size.
+//
+// A TOC with flag bits this reader does not know fails with
+// ErrUnsupportedVersion (the layer is then served as a plain layer).
 func Unmarshal(b []byte) (*TOC, error) {
 	d := &decoder{b: b}
 	if len(b) < len(tocMagic) || string(b[:len(tocMagic)]) != tocMagic {
@@ -275,9 +291,21 @@ func Unmarshal(b []byte) (*TOC, error) {
 	if v := d.uvarint("version"); d.err == nil && v != Version {
 		return nil, fmt.Errorf("%w: toc version %d (this reader knows %d)", ErrUnsupportedVersion, v, Version)
 	}
-	_ = d.uvarint("flags")
+	flags := d.uvarint("flags")
+	if d.err == nil && flags&^tocFlagLibraryChunkSize != 0 {
+		return nil, fmt.Errorf("%w: toc flags %#x (this reader knows %#x)", ErrUnsupportedVersion, flags, tocFlagLibraryChunkSize)
+	}
 	t := &TOC{}
 	t.ChunkSize = d.int63("chunk size")
+	t.LibraryChunkSize = t.ChunkSize
+	if flags&tocFlagLibraryChunkSize != 0 {
+		t.LibraryChunkSize = d.int63("library chunk size")
+		// Strictly smaller: an equal size is encoded without the flag, so
+		// that every TOC has one encoding.
+		if d.err == nil && (t.LibraryChunkSize <= 0 || t.LibraryChunkSize >= t.ChunkSize) {
+			d.fail("library chunk size %d outside (0, chunk size %d)", t.LibraryChunkSize, t.ChunkSize)
+		}
+	}
 	t.TarSize = d.int63("tar size")
 	nstr := d.count("string table", 1)
 	if nstr > MaxTOCStrings {

@@ -1,6 +1,7 @@
 package toc_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"testing"
@@ -25,6 +26,11 @@ func FuzzUnmarshal(f *testing.F) {
 	f.Add(good)
 	f.Add(good[:len(good)/2])
 	f.Add([]byte("LZFSTOC\x00\x01"))
+	_, lib := toctest.Convert(f, toctest.Tar(f, []toctest.File{
+		{Hdr: tar.Header{Name: "usr/lib/libx.so.1", Typeflag: tar.TypeReg, Mode: 0o755}, Data: toctest.Random(3, 20<<10)},
+		{Hdr: tar.Header{Name: "etc/x", Typeflag: tar.TypeReg, Mode: 0o644}, Data: toctest.Random(4, 20<<10)},
+	}), toc.WithChunkSize(2*toc.MinChunkSize), toc.WithLibraryChunkSize(toc.MinChunkSize))
+	f.Add(lib.TOC.Marshal()) // with the library chunk size flag
 	raw, _, _ := hostileSeeds(f)
 	for _, b := range raw {
 		f.Add(b)

@@ -16,6 +16,10 @@ import (
 type TOC struct {
 	// ChunkSize is the nominal size files were cut with (the last chunk of a file is shorter).
 	ChunkSize int64
+	// LibraryChunkSize is the nominal size shared libraries (IsSharedLibrary)
+	// were cut with: at most ChunkSize; equal to it when the layer does not
+	// cut them smaller.
+	LibraryChunkSize int64
 	// TarSize is the size of the layer's uncompressed tar.
 	TarSize int64
 	// Entries lists every tar entry in tar order (PAX global headers excepted).
@@ -199,4 +203,15 @@ func CleanName(name string) (string, error) {
 		return "", nil
 	}
 	return c, nil
+}
+
+// IsSharedLibrary reports whether the file called name (a TOC entry name) is
+// cut as a shared library: its base name ends in ".so" or holds ".so."
+// (libc.so.6, libtorch_cpu.so.1.13.0, _multiarray_umath.cpython-311-x86_64-linux-gnu.so).
+// The dynamic loader maps a library and the kernel faults in small
+// scattered parts of it, so smaller chunks fetch less of what start-up never
+// reads (docs/format.md, "Choosing the chunk size").
+func IsSharedLibrary(name string) bool {
+	base := name[strings.LastIndexByte(name, '/')+1:]
+	return strings.HasSuffix(base, ".so") || strings.Contains(base, ".so.")
 }

@@ -37,7 +37,7 @@ func Verify(ctx context.Context, blob io.ReaderAt, size int64, loc *Location) (*
 	defer dec.Close()
 	// No more than the TOC's tar (and a block) is read: a blob that
 	// decompresses to more fails the size comparison below.
-	res, err := Convert(ctx, io.LimitReader(dec, t.TarSize+512), io.Discard, WithChunkSize(int(t.ChunkSize)), withIndexOnly())
+	res, err := Convert(ctx, io.LimitReader(dec, t.TarSize+512), io.Discard, WithChunkSize(int(t.ChunkSize)), WithLibraryChunkSize(int(t.LibraryChunkSize)), withIndexOnly())
 	if err != nil {
 		return nil, "", fmt.Errorf("decompressed tar: %w", err)
 	}

@@ -26,6 +26,7 @@ type Option func(*options)
 
 type options struct {
 	chunkSize   int
+	libChunk    int // chunk size of shared libraries (0: DefaultLibraryChunkSize)
 	level       zstd.EncoderLevel
 	concurrency int
 	indexOnly   bool // build the TOC (with sums) but compress and write nothing (Verify)
@@ -33,6 +34,11 @@ type options struct {
 
 // WithChunkSize sets the size files are cut into (default DefaultChunkSize).
 func WithChunkSize(n int) Option { return func(o *options) { o.chunkSize = n } }
+
+// WithLibraryChunkSize sets the size shared libraries (IsSharedLibrary) are
+// cut into (default DefaultLibraryChunkSize; never more than the chunk size;
+// a negative value: the chunk size, like any other file).
+func WithLibraryChunkSize(n int) Option { return func(o *options) { o.libChunk = n } }
 
 // WithLevel sets the zstd level of every frame (default zstd.SpeedDefault).
 func WithLevel(l zstd.EncoderLevel) Option { return func(o *options) { o.level = l } }
@@ -92,6 +98,15 @@ func Convert(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) 
 	if o.chunkSize < MinChunkSize || o.chunkSize > MaxChunkSize {
 		return nil, fmt.Errorf("chunk size %d outside [%d, %d]", o.chunkSize, MinChunkSize, MaxChunkSize)
 	}
+	switch {
+	case o.libChunk == 0:
+		o.libChunk = DefaultLibraryChunkSize
+	case o.libChunk < 0:
+		o.libChunk = o.chunkSize
+	case o.libChunk < MinChunkSize || o.libChunk > MaxChunkSize:
+		return nil, fmt.Errorf("library chunk size %d outside [%d, %d]", o.libChunk, MinChunkSize, MaxChunkSize)
+	}
+	o.libChunk = min(o.libChunk, o.chunkSize)
 	if o.concurrency < 1 {
 		o.concurrency = 1
 	}
@@ -112,7 +127,7 @@ func Convert(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) 
 		work:   make(chan *frame, o.concurrency*2),
 		order:  make(chan *frame, o.concurrency*4),
 		pool:   sync.Pool{New: func() any { b := make([]byte, 0, o.chunkSize); return &b }},
-		toc:    &TOC{ChunkSize: int64(o.chunkSize)},
+		toc:    &TOC{ChunkSize: int64(o.chunkSize), LibraryChunkSize: int64(o.libChunk)},
 	}
 	var wg sync.WaitGroup
 	for range o.concurrency {
@@ -368,8 +383,12 @@ func (c *converter) produce(src io.Reader) error {
 			}
 			e.FirstChunk = uint32(len(c.toc.Chunks))
 			raw.record = false
+			size := int64(c.o.chunkSize)
+			if IsSharedLibrary(e.Name) {
+				size = int64(c.o.libChunk)
+			}
 			for left := hdr.Size; left > 0; {
-				n := int64(c.o.chunkSize)
+				n := size
 				if left < n {
 					n = left
 				}
