@@ -2,11 +2,11 @@ package fs
 
 import (
 	"context"
-	"path"
-	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
 // Bulk fill: a big file that is read in several long sequential runs at
@@ -114,12 +114,9 @@ func (r *Root) waitQueueRoom(ctx context.Context, n int) bool {
 	return ctx.Err() == nil
 }
 
-// sharedObject reports whether name is a shared library (lib.so,
-// lib.so.1.2): the dynamic loader maps it and faults in long runs of the
-// parts it relocates, yet a program uses a small part of a big library
-// (import torch touches about a sixth of libtorch_cpu.so), so a bulk fill
-// would fetch what start-up never reads.
-func sharedObject(name string) bool {
-	base := path.Base(name)
-	return strings.HasSuffix(base, ".so") || strings.Contains(base, ".so.")
-}
+// sharedObject reports whether name is a shared library (toc.IsSharedLibrary):
+// the dynamic loader maps it and faults in long runs of the parts it
+// relocates, yet a program uses a small part of a big library (import torch
+// touches about a sixth of libtorch_cpu.so), so neither a bulk fill nor
+// read-ahead past the kernel's own is worth its bytes.
+func sharedObject(name string) bool { return toc.IsSharedLibrary(name) }

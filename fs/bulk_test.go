@@ -1,23 +1,60 @@
 package fs
 
-import "testing"
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"testing"
 
-// TestSharedObjectNoBulk: shared libraries are mapped and faulted in long
-// runs by the dynamic loader but used in part, so they never get a bulk
-// fill; model weights and other big files do.
-func TestSharedObjectNoBulk(t *testing.T) {
-	for name, want := range map[string]bool{
-		"usr/lib/python3/dist-packages/torch/lib/libtorch_cpu.so": true,
-		"usr/lib/x86_64-linux-gnu/libLLVM-15.so.1":                true,
-		"usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30":            true,
-		"models/llama/model-00001-of-00002.safetensors":           false,
-		"models/qwen.gguf":          false,
-		"data/so.bin":               false,
-		"srv/weights.so-called.bin": false,
-		"opt/app/pytorch_model.bin": false,
+	"github.com/lazyfs/lazyfs/fs/toc"
+)
+
+// TestKernelReadAhead: without a profile every mount gets 1 MiB kernel
+// read-ahead; with one, a mount whose bytes are mostly big files that are not
+// shared libraries (weights) keeps it, and one of libraries and small files
+// goes down to 128 KiB (the kernel reads that much around every mmap page
+// fault of a library), through the hook Mount set.
+func TestKernelReadAhead(t *testing.T) {
+	root := func(files map[string]int64) *Root {
+		t.Helper()
+		tc := &toc.TOC{ChunkSize: 1 << 20, LibraryChunkSize: 1 << 20}
+		for name, size := range files {
+			tc.Entries = append(tc.Entries, toc.Entry{Name: name, Type: tar.TypeReg, Mode: 0o644, Size: size,
+				FirstChunk: uint32(len(tc.Chunks)), NumChunks: 1})
+			tc.Chunks = append(tc.Chunks, toc.Chunk{Size: uint32(min(size, 1<<20))})
+		}
+		r, err := NewRoot([]Layer{{Name: "l", TOC: tc, Fetcher: noFetcher{}}}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Close() })
+		return r
+	}
+	for _, tc := range []struct {
+		name  string
+		files map[string]int64
+		want  int
+	}{
+		{"weights", map[string]int64{"m/model.safetensors": 2 << 30, "usr/lib/libc.so.6": 2 << 20, "usr/bin/python3": 6 << 20}, 1024},
+		{"libraries", map[string]int64{"usr/lib/libtorch_cpu.so.1.13": 120 << 20, "usr/lib/libdnnl.so.2": 40 << 20, "usr/bin/python3": 6 << 20}, 128},
+		{"half-weights", map[string]int64{"m/a.gguf": 100 << 20, "usr/lib/libtorch_cpu.so": 100 << 20}, 1024},
+		{"small files", map[string]int64{"etc/passwd": 1 << 10, "usr/lib/python3/x.pyc": 30 << 10}, 128},
 	} {
-		if got := sharedObject(name); got != want {
-			t.Errorf("sharedObject(%q) = %v, want %v", name, got, want)
+		r := root(tc.files)
+		if got := r.KernelReadAheadKB(); got != 1024 {
+			t.Errorf("%s without a profile: KernelReadAheadKB() = %d, want 1024", tc.name, got)
+		}
+		set := 0
+		r.setKernelRA(func(kb int) { set = kb })
+		r.profileStarted([][]uint64{{1}})
+		if got := r.KernelReadAheadKB(); got != tc.want || set != tc.want {
+			t.Errorf("%s with a profile: KernelReadAheadKB() = %d, set %d, want %d", tc.name, got, set, tc.want)
 		}
 	}
+}
+
+type noFetcher struct{}
+
+func (noFetcher) FetchChunks(context.Context, []toc.Chunk, func(int, []byte) error) error {
+	return errors.New("no fetches in this test")
 }

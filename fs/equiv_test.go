@@ -211,8 +211,8 @@ func TestMetadata(t *testing.T) {
 		t.Fatal(err)
 	}
 	ra, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st0.Dev), unix.Minor(st0.Dev)))
-	if err != nil || strings.TrimSpace(string(ra)) != "1024" {
-		t.Errorf("bdi read_ahead_kb = %q, %v; want 1024", ra, err)
+	if want := fmt.Sprint(root.KernelReadAheadKB()); err != nil || strings.TrimSpace(string(ra)) != want {
+		t.Errorf("bdi read_ahead_kb = %q, %v; want %s (Root.KernelReadAheadKB)", ra, err, want)
 	}
 	ents, err := os.ReadDir(filepath.Join(dir, "dev"))
 	if err != nil {

@@ -178,6 +178,43 @@ type Root struct {
 	lifeMu   sync.Mutex // orders spawn against Close
 	bulkMu   sync.Mutex
 	bulks    map[uint32]bool // nodes whose file a bulk fill is fetching
+	// profiled is, per layer, a bit per chunk named by the start-up profile
+	// being prefetched (nil without one): misses of those chunks get no
+	// neighbour prefetch or read-ahead, because the profile already names
+	// everything the start-up reads.
+	profiled atomic.Pointer[[][]uint64]
+	// kernelRA, set by Mount when it chose the kernel read-ahead, sets it
+	// again when a profile changes KernelReadAheadKB.
+	kernelRAMu sync.Mutex
+	kernelRA   func(kb int)
+}
+
+func (r *Root) setKernelRA(f func(kb int)) {
+	r.kernelRAMu.Lock()
+	r.kernelRA = f
+	r.kernelRAMu.Unlock()
+}
+
+// profileStarted marks the chunks of the profile being prefetched and, if
+// Mount chose the kernel read-ahead, sets it again for a mount with a
+// profile.
+func (r *Root) profileStarted(named [][]uint64) {
+	r.profiled.Store(&named)
+	r.kernelRAMu.Lock()
+	defer r.kernelRAMu.Unlock()
+	if r.kernelRA != nil {
+		r.kernelRA(r.KernelReadAheadKB())
+	}
+}
+
+// inProfile reports whether chunk i of l is named by the Root's profile.
+func (r *Root) inProfile(l *layer, i int) bool {
+	p := r.profiled.Load()
+	if p == nil || i < 0 {
+		return false
+	}
+	bits := (*p)[l.index]
+	return i/64 < len(bits) && bits[i/64]&(1<<(i%64)) != 0
 }
 
 // NewRoot builds the tree of layers (bottom layer first). It fails if no

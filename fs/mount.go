@@ -26,8 +26,11 @@ type MountOptions struct {
 	// kernel checking the files' modes (default_permissions).
 	NoDefaultPermissions bool
 	// ReadAheadKB is the kernel read-ahead of the mount in KiB, written to its
-	// bdi's read_ahead_kb (default 1024, which makes the kernel send 1 MiB
-	// READs; negative leaves the kernel's default).
+	// bdi's read_ahead_kb; negative leaves the kernel's default. 0 lets the
+	// Root choose and change it (Root.KernelReadAheadKB): 1 MiB READs
+	// (fewer requests, the most bytes per page fault), down to 128 KiB once
+	// a start-up profile is being prefetched into a mount of shared
+	// libraries and small files.
 	ReadAheadKB int
 	// Options are extra mount options (e.g. "suid", "dev"; the default is
 	// nosuid,nodev).
@@ -78,8 +81,9 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 	if mo.FsName == "" {
 		mo.FsName = "lazyfs"
 	}
-	if mo.ReadAheadKB == 0 {
-		mo.ReadAheadKB = 1024
+	auto := mo.ReadAheadKB == 0
+	if auto {
+		mo.ReadAheadKB = root.KernelReadAheadKB()
 	}
 	level := slog.LevelWarn
 	if mo.Debug {
@@ -124,8 +128,15 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 	s := &Server{Server: srv, root: root, dir: dir}
 	if mo.ReadAheadKB > 0 {
 		if err := setReadAhead(dir, mo.ReadAheadKB); err != nil {
-			root.log.Warn("cannot raise the mount's read-ahead", "dir", dir, "error", err)
+			root.log.Warn("cannot set the mount's read-ahead", "dir", dir, "error", err)
 		}
+	}
+	if auto {
+		root.setKernelRA(func(kb int) {
+			if err := setReadAhead(dir, kb); err != nil {
+				root.log.Warn("cannot set the mount's read-ahead", "dir", dir, "error", err)
+			}
+		})
 	}
 	return s, nil
 }
@@ -149,4 +160,44 @@ type logWriter struct {
 func (w logWriter) Write(p []byte) (int, error) {
 	w.l.Log(context.Background(), w.level, "go-fuse: "+strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// Kernel read-ahead choices (KiB), see MountOptions.ReadAheadKB.
+const (
+	bigReadAheadKB  = 1024
+	leanReadAheadKB = 128
+)
+
+// KernelReadAheadKB is the kernel read-ahead a Mount without
+// MountOptions.ReadAheadKB gives the Root now: 1024 KiB (1 MiB READs, an
+// eighth of the requests for big sequential files, and on a cold start with
+// nothing known the most bytes per page-fault round trip), or 128 KiB once a
+// start-up profile is being prefetched, unless at least half of the Root's
+// file bytes are in files of bulkMinSize or more that are not shared
+// libraries (model weights: read whole). The kernel reads read_ahead_kb
+// around each mmap page fault, and the dynamic loader faults in scattered
+// parts of big libraries: with a profile naming what start-up reads, the
+// rest of those 1 MiB windows is bytes for nothing (import torch: 8.1 s and
+// 179 MB before, docs/fs.md).
+func (r *Root) KernelReadAheadKB() int {
+	if r.profiled.Load() == nil {
+		return bigReadAheadKB
+	}
+	var big, all int64
+	for _, l := range r.t.layers {
+		for i := range l.toc.Entries {
+			e := &l.toc.Entries[i]
+			if !e.IsRegular() || e.NumChunks == 0 {
+				continue
+			}
+			all += e.Size
+			if e.Size >= bulkMinSize && !sharedObject(e.Name) {
+				big += e.Size
+			}
+		}
+	}
+	if all > 0 && 2*big >= all {
+		return bigReadAheadKB
+	}
+	return leanReadAheadKB
 }

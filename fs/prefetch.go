@@ -94,6 +94,7 @@ type Prefetcher struct {
 
 	mu    sync.Mutex
 	local [][]uint64 // per layer, a bit per chunk known to be cached
+	named [][]uint64 // per layer, a bit per chunk the profile names (read-only once started)
 }
 
 // scan marks the chunks already cached, so that ImageLocal starts true.
@@ -169,6 +170,9 @@ func (r *Root) StartPrefetch(spans []ChunkSpan, o PrefetchOptions) (*Prefetcher,
 	}
 	p.meanChunk = size / max(p.imageChunks.Load(), 1)
 	batches := p.profileBatches(spans)
+	if p.profileChunks.Load() > 0 {
+		r.profileStarted(p.named)
+	}
 	if !r.spawn(func() { p.run(batches) }) {
 		p.cancel()
 		return nil, fmt.Errorf("prefetch: %w", ErrClosed)
@@ -222,6 +226,12 @@ func (p *Prefetcher) profileBatches(spans []ChunkSpan) []batch {
 		}
 	}
 	flush()
+	for i := range seen {
+		if seen[i] == nil {
+			seen[i] = make([]uint64, (len(r.t.layers[i].toc.Chunks)+63)/64)
+		}
+	}
+	p.named = seen
 	return out
 }
 

@@ -27,6 +27,10 @@ import (
 type handle struct {
 	r *Root
 	d uint32
+	// lib: the file is a shared library, which is read through mmap page
+	// faults around the parts the loader touches: with a start-up profile,
+	// the kernel's read-around is all the read-ahead it gets (leanLib).
+	lib bool
 
 	mu       sync.Mutex
 	streams  [maxStreams]stream
@@ -69,7 +73,8 @@ func (r *Root) open(ctx context.Context, d uint32) (gofs.FileHandle, uint32, sys
 			return fh, 0, 0
 		}
 	}
-	return &handle{r: r, d: d}, fuse.FOPEN_KEEP_CACHE, 0
+	_, e := r.t.dataEntry(d)
+	return &handle{r: r, d: d, lib: sharedObject(e.Name)}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
@@ -86,10 +91,21 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	if errno != 0 {
 		return nil, errno
 	}
-	if seq >= 2 && h.r.opts.ReadAhead > 0 {
+	if seq >= 2 && h.r.opts.ReadAhead > 0 && !h.leanLib() && !h.r.inProfile(h.layer(), last-1) {
 		h.readAhead(st, last, seq, missed)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// leanLib reports whether the file is a shared library of a Root with a
+// start-up profile: no read-ahead then. The profile names the parts of the
+// library start-up reads; without one, read-ahead past a fault saves round
+// trips on a cold start that knows nothing.
+func (h *handle) leanLib() bool { return h.lib && h.r.profiled.Load() != nil }
+
+func (h *handle) layer() *layer {
+	l, _ := h.r.t.dataEntry(h.d)
+	return l
 }
 
 // track finds the stream a READ continues (the kernel sends a sequential
@@ -230,7 +246,7 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (
 	}
 	if len(missing) > 0 {
 		r.stats.misses.Add(int64(len(missing)))
-		if e.NumChunks == 1 && r.opts.NeighbourWindow > 0 {
+		if e.NumChunks == 1 && r.opts.NeighbourWindow > 0 && !r.inProfile(l, missing[0]) {
 			r.prefetchNeighbours(l, int(e.FirstChunk)+1, e.Name)
 		}
 		failed, err := r.fetchShared(ctx, l, missing, func(i int, data []byte) {

@@ -1,0 +1,152 @@
+package fs
+
+import (
+	"archive/tar"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyfs/lazyfs/fs/fstest"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+)
+
+// TestLibraryNoReadAhead: in a mount with a start-up profile, a shared
+// library read sequentially gets no read-ahead (the loader faults in parts
+// of it; the kernel's read-around is all it gets, and the profile names what
+// start-up reads), while a file of the same size that is not a library
+// does, and so does the library in a mount without a profile.
+func TestLibraryNoReadAhead(t *testing.T) {
+	data := toctest.Random(7, 64*testChunk)
+	tarball := toctest.Tar(t, []toctest.File{
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "lib/", Mode: 0o755}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "lib/libbig.so.1", Mode: 0o644}, Data: data},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "lib/big.bin", Mode: 0o644}, Data: data},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/profiled", Mode: 0o644}, Data: []byte("x")},
+	})
+	for _, tc := range []struct {
+		name    string
+		profile bool
+		ahead   bool
+	}{{"lib/libbig.so.1", true, false}, {"lib/big.bin", true, true}, {"lib/libbig.so.1", false, true}} {
+		t.Run(fmt.Sprintf("%s/profile=%v", filepath.Base(tc.name), tc.profile), func(t *testing.T) {
+			layer := convertLayer(t, tarball, testChunk)
+			dir, root := mountLayers(t, []*testLayer{layer}, Options{NeighbourWindow: -1, Cache: fstest.NewMemCache(), ReadAhead: 32})
+			if tc.profile {
+				p, err := root.StartPrefetch([]ChunkSpan{fileSpan(t, layer, "etc/profiled")}, PrefetchOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				waitPrefetch(t, p)
+			}
+			base := root.Stats().Prefetched // the profile's own chunk
+			f, err := os.Open(filepath.Join(dir, tc.name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			// As TestReadAhead: a few sequential reads, a pause for the
+			// read-ahead to run, then the rest.
+			got := make([]byte, 4*testChunk)
+			for i := range 4 {
+				if _, err := io.ReadFull(f, got[i*testChunk:(i+1)*testChunk]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			deadline := time.Now().Add(2 * time.Second)
+			for root.Stats().Prefetched == base && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			rest, err := io.ReadAll(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(append(got, rest...), data) {
+				t.Fatal("wrong bytes")
+			}
+			if s := root.Stats(); (s.Prefetched > base) != tc.ahead {
+				t.Errorf("%s: %d chunks read ahead, want read-ahead %v: %+v", tc.name, s.Prefetched-base, tc.ahead, s)
+			}
+		})
+	}
+}
+
+// TestProfileNoNeighbours: a miss of a chunk the start-up profile names gets
+// no neighbour prefetch (the profile already names what start-up reads, and
+// a neighbour window would only add bytes), while a miss outside the
+// profile still does.
+func TestProfileNoNeighbours(t *testing.T) {
+	files := map[string][]byte{"app/big.bin": toctest.Random(1, 32*pfChunk)}
+	tf := []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "app/", Mode: 0o755}}}
+	for i, n := range []string{"app/big.bin", "app/x.py", "app/y.py", "app/z.py"} {
+		if files[n] == nil {
+			files[n] = toctest.Random(uint64(10+i), 3000)
+		}
+		tf = append(tf, toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o644}, Data: files[n]})
+	}
+	l := convertLayer(t, toctest.Tar(t, tf), pfChunk)
+	g := &gatedFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}), started: make(chan struct{}, 1)}
+	defer close(g.gate)
+	opts := Options{ReadAhead: -1, NeighbourWindow: 64 << 10, Cache: fstest.NewMemCache(), PrefetchContext: markBackground, Logger: testLogger(t)}
+	requireFUSE(t)
+	r, err := NewRoot([]Layer{{Name: "test/layer0", TOC: l.toc, Fetcher: g}}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv, err := Mount(dir, r, MountOptions{})
+	if err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+	if ra := bdiReadAhead(t, dir); ra != "1024" {
+		t.Errorf("kernel read-ahead before the profile %s KiB, want 1024", ra)
+	}
+	// The profile: big.bin, then x.py; the prefetch is held at its first batch.
+	if _, err := r.StartPrefetch([]ChunkSpan{fileSpan(t, l, "app/big.bin"), fileSpan(t, l, "app/x.py")}, PrefetchOptions{Workers: 1, MaxBatch: 64 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the prefetch never started fetching")
+	}
+	if ra := bdiReadAhead(t, dir); ra != "128" {
+		t.Errorf("kernel read-ahead with a profile %s KiB, want 128", ra)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "app/x.py"))
+	if err != nil || !bytes.Equal(got, files["app/x.py"]) {
+		t.Fatalf("profiled small file: %v (or wrong bytes)", err)
+	}
+	if s := r.Stats(); s.ChunkMisses == 0 || s.NeighbourJobs != 0 {
+		t.Fatalf("miss of a profiled file: %d misses, %d neighbour jobs; want a miss and none", s.ChunkMisses, s.NeighbourJobs)
+	}
+	got, err = os.ReadFile(filepath.Join(dir, "app/y.py"))
+	if err != nil || !bytes.Equal(got, files["app/y.py"]) {
+		t.Fatalf("small file outside the profile: %v (or wrong bytes)", err)
+	}
+	if s := r.Stats(); s.NeighbourJobs != 1 {
+		t.Fatalf("miss outside the profile: %d neighbour jobs, want 1", s.NeighbourJobs)
+	}
+}
+
+// bdiReadAhead returns the read_ahead_kb of the mount at dir.
+func bdiReadAhead(t testing.TB, dir string) string {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
