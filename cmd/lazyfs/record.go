@@ -11,6 +11,8 @@ import (
 
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/profile"
+	"github.com/lazyfs/lazyfs/fs/remote"
+	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
 func newRecordCmd() *cobra.Command {
@@ -91,12 +93,24 @@ func recordOutput(cmd *cobra.Command, m *image.Mounted, p *profile.Profile, rf *
 		_, err = fmt.Fprintf(w, "recorded %s of %s into %s\n", summary, m.Image().Ref, output)
 		return err
 	}
+	warnManifestProfile(cmd, m.Image())
 	h, err := profile.Push(cmd.Context(), m.Image().Repo, subjectOf(m), p, ggcrOptions(cmd.Context())...)
 	if err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(w, "recorded %s of %s@%s; attached as %s\n", summary, m.Image().Repo, m.Image().Digest, h)
 	return err
+}
+
+// warnManifestProfile warns that a referrer pushed for img is not what
+// nodes prefetch when img's manifest carries a profile of its own.
+func warnManifestProfile(cmd *cobra.Command, img *remote.Image) {
+	if img.Manifest == nil {
+		return
+	}
+	if d, ok := img.Manifest.Annotations[toc.AnnotationProfileDigest]; ok {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s's manifest carries a profile (%s, lazyfs convert --record); nodes prefetch that one before any referrer: convert with --record again to replace it\n", img.Ref, d)
+	}
 }
 
 // subjectOf returns the descriptor of a mounted image's manifest.
