@@ -59,12 +59,12 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 		Args: func(cmd *cobra.Command, args []string) error {
 			if !record {
 				if cmd.ArgsLenAtDash() >= 0 || len(args) != 2 {
-					return fmt.Errorf("accepts SRC DST (a command after -- needs --record), received %d arg(s)", len(args))
+					return cli.Usagef("accepts SRC DST (a command after -- needs --record), received %d arg(s)", len(args))
 				}
 				return nil
 			}
 			if len(args) < 2 || cmd.ArgsLenAtDash() >= 0 && cmd.ArgsLenAtDash() != 2 {
-				return fmt.Errorf("--record takes SRC DST [-- CMD [ARGS...]], received %d arg(s) before --", max(cmd.ArgsLenAtDash(), len(args)))
+				return cli.Usagef("--record takes SRC DST [-- CMD [ARGS...]], received %d arg(s) before --", max(cmd.ArgsLenAtDash(), len(args)))
 			}
 			return nil
 		},
@@ -80,7 +80,7 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 				}
 				t, ok := ref.(name.Tag)
 				if !ok {
-					return fmt.Errorf("--record: DST %s must be a tag: the recorded profile changes the manifest's digest", args[1])
+					return cli.Usagef("--record: DST %s must be a tag: the recorded profile changes the manifest's digest", args[1])
 				}
 				dstTag = t
 				rf.platform, rf.insecure = platform, insecure
@@ -90,7 +90,7 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 			} else {
 				for _, n := range recordFlags {
 					if cmd.Flags().Changed(n) {
-						return fmt.Errorf("--%s is a flag of --record", n)
+						return cli.Usagef("--%s is a flag of --record", n)
 					}
 				}
 			}
