@@ -30,6 +30,7 @@ func TestConvertRecord(t *testing.T) {
 	if err != nil {
 		t.Fatalf("convert --record: %v\n%s", err, out)
 	}
+	checkJSONContract(t, out)
 	var rep convertJSON
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("--json output (the command's stdout must not be in it): %v\n%s", err, out)
