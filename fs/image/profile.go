@@ -40,8 +40,9 @@ type ProfileOptions struct {
 	// of the image follows in the background, with or without a profile.
 	Prefetch fs.PrefetchOptions
 	// Autosave times the saves of the first-read order recorded so far into
-	// Store while the mount is up (profile.Autosave), so a process killed
-	// before Close has still stored what the mount learned.
+	// Store while the mount is up (profile.Autosave; zero values: its
+	// defaults; Off: only Close stores), so a process killed before Close
+	// has still stored what the mount learned.
 	Autosave profile.AutosaveOptions
 }
 
