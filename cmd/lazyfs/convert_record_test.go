@@ -1,16 +1,21 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/lazyfs/lazyfs/fs/image"
+	lremote "github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc"
+	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/internal/registrytest"
 )
 
@@ -83,6 +88,62 @@ func TestConvertRecord(t *testing.T) {
 	}
 	if got := reg.Referrers.Load() - lookups; got != 0 {
 		t.Fatalf("the cold run asked the registry for referrers %d times: the manifest's profile comes first", got)
+	}
+
+	// Through a daemon (no fill): the mount of DST prefetches the whole
+	// profile, after which the recorded files read without a blob request.
+	n, err := node.New(context.Background(), node.Config{Root: filepath.Join(tmp, "root"), CacheDir: node.MemoryCache, CacheSize: 1 << 30,
+		Fetcher: lremote.New(), Profiles: node.ProfileConfig{NoFill: true, Registry: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(tmp, "run", "control.sock")
+	ln, err := node.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); node.ServeListener(ctx, ln, n.Handler()) }()
+	t.Cleanup(func() { cancel(); <-served; n.Close() })
+	mnt := filepath.Join(tmp, "mnt")
+	os.Mkdir(mnt, 0o755)
+	lookups = reg.Referrers.Load()
+	if out, err := run(t, "mount", "--control", sock, dst, mnt); err != nil {
+		t.Fatalf("mount: %q %v", out, err)
+	}
+	defer run(t, "umount", "--control", sock, mnt)
+	var st image.Stats
+	deadline, cancelWait := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancelWait()
+	for st.Prefetch == nil || st.Prefetch.Phase != "done" {
+		out, err := run(t, "stats", "--json", "--control", sock, mnt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-deadline.Done():
+			t.Fatalf("the profile prefetch never finished: %s", out)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if pf := st.Prefetch; st.ProfileSource != "registry" || pf.ProfileChunks != int64(p.Chunks) || pf.ProfileLocal != pf.ProfileChunks || pf.Ignored != 0 {
+		t.Fatalf("mount of %s: profile %q %+v, want its manifest's %d chunks, all local", dst, st.ProfileSource, pf, p.Chunks)
+	}
+	if got := reg.Referrers.Load() - lookups; got != 0 {
+		t.Fatalf("the mount asked the registry for referrers %d times", got)
+	}
+	blobs := reg.Blobs.Load()
+	for _, f := range []string{"etc/group", "srv/data.bin"} {
+		if _, err := os.ReadFile(filepath.Join(mnt, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := reg.Blobs.Load() - blobs; got != 0 {
+		t.Fatalf("reading the recorded files after the prefetch made %d blob requests, want 0", got)
 	}
 
 	// A recording that fails tags nothing.
