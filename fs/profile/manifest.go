@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"strconv"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -18,6 +19,10 @@ import (
 
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
+
+// refDigestAnnotation ties a BuildKit attestation manifest of an index to
+// the image manifest it describes.
+const refDigestAnnotation = "vnd.docker.reference.digest"
 
 // Embedded is what Embed pushed.
 type Embedded struct {
@@ -101,9 +106,16 @@ func Embed(ctx context.Context, dst name.Reference, subject, index v1.Hash, p *P
 		}
 		found := false
 		for i := range im.Manifests {
-			if im.Manifests[i].Digest == subject {
-				im.Manifests[i].Digest, im.Manifests[i].Size, im.Manifests[i].MediaType = out.Manifest.Digest, out.Manifest.Size, out.Manifest.MediaType
+			d := &im.Manifests[i]
+			if d.Digest == subject {
+				d.Digest, d.Size, d.MediaType = out.Manifest.Digest, out.Manifest.Size, out.Manifest.MediaType
 				found = true
+			}
+			// A BuildKit attestation names the image it describes.
+			if d.Annotations[refDigestAnnotation] == subject.String() {
+				a := maps.Clone(d.Annotations)
+				a[refDigestAnnotation] = out.Manifest.Digest.String()
+				d.Annotations = a
 			}
 		}
 		if !found {

@@ -52,8 +52,11 @@ func TestEmbed(t *testing.T) {
 			}
 			var index v1.Hash
 			if withIndex {
+				att := ociImage(t) // a BuildKit attestation of img
 				idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex),
-					mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
+					mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}},
+					mutate.IndexAddendum{Add: att, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "unknown", Architecture: "unknown"},
+						Annotations: map[string]string{"vnd.docker.reference.digest": sub.String(), "vnd.docker.reference.type": "attestation-manifest"}}})
 				index, _ = idx.Digest()
 				if err := remote.WriteIndex(repo.Digest(index.String()), idx); err != nil {
 					t.Fatal(err)
@@ -85,8 +88,9 @@ func TestEmbed(t *testing.T) {
 			if withIndex {
 				im, _ := top.ImageIndex()
 				imm, _ := im.IndexManifest()
-				if len(imm.Manifests) != 1 || imm.Manifests[0].Digest != gd || imm.Manifests[0].Platform == nil {
-					t.Fatalf("rewritten index %+v", imm.Manifests)
+				if len(imm.Manifests) != 2 || imm.Manifests[0].Digest != gd || imm.Manifests[0].Platform == nil ||
+					imm.Manifests[1].Annotations["vnd.docker.reference.digest"] != gd.String() {
+					t.Fatalf("rewritten index %+v: want the image's entry and its attestation's reference moved to %s", imm.Manifests, gd)
 				}
 			}
 			m, _ := got.Manifest()
