@@ -304,6 +304,7 @@ func Image(ctx context.Context, src, dst string, opts ...Option) (*Report, error
 	}
 	same := srcRef.Context().String() == dstRef.Context().String() && srcRef.Identifier() == dstRef.Identifier()
 	if o.byDigest {
+		// push (a closure over dstRef) now puts the manifest by digest only.
 		dstRef = dstRef.Context().Digest(outDigest.String())
 		same = srcRef.Context().String() == dstRef.Context().String() && desc.Digest == outDigest
 	}
