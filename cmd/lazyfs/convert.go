@@ -6,12 +6,15 @@ import (
 	"os"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/zstd"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/lazyfs/lazyfs/fs/convert"
+	"github.com/lazyfs/lazyfs/fs/profile"
 	"github.com/lazyfs/lazyfs/fs/toc"
 	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/size"
@@ -28,22 +31,69 @@ func newConvertCmd() *cobra.Command {
 		asJSON    bool
 		tempDir   string
 		trust     bool
+		record    bool
+		rf        runFlags
+		// recordFlags are the flags convert takes from lazyfs record.
+		recordFlags []string
 	)
 	cmd := &cobra.Command{
-		Use:   "convert [flags] SRC DST",
+		Use:   "convert [flags] SRC DST [-- CMD [ARGS...]]",
 		Short: "Convert an image into the lazyfs chunked format and push it",
 		Long: `Convert reads the image SRC from its registry, rewrites every layer in the
 lazyfs chunked format (still an ordinary tar+zstd OCI layer: any runtime can pull
 and run it), and pushes the result to DST. Config, history, labels and platform
 are unchanged. All platforms of an index are converted unless --platform picks one.
 
+With --record, the converted image is first pushed by digest only; CMD then
+runs in it as lazyfs record runs it (the record flags below apply: --cache-dir,
+--timeout, --ready-line, ...; --platform picks the image to run, default this
+machine's), and the recorded start-up profile is written into the converted
+image manifest (annotations naming a profile blob, docs/format.md section 8)
+before DST is tagged: the image DST names carries the profile, and nodes
+prefetch it on its first cold start. If the recording fails, DST is left as it
+was. Without CMD, the image's entrypoint and cmd run.
+
 Credentials come from the Docker config (~/.docker/config.json). Registries on
 localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any.`,
-		Example: "  lazyfs convert docker.io/library/python:3.12 registry.example.com/python:3.12-lazy",
-		Args:    cobra.ExactArgs(2),
+		Example: "  lazyfs convert docker.io/library/python:3.12 registry.example.com/python:3.12-lazy\n" +
+			"  lazyfs convert --record SRC registry.example.com/python:3.12-lazy -- python3 -c 'import numpy'",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if !record {
+				if cmd.ArgsLenAtDash() >= 0 || len(args) != 2 {
+					return cli.Usagef("accepts SRC DST (a command after -- needs --record), received %d arg(s)", len(args))
+				}
+				return nil
+			}
+			if len(args) < 2 || cmd.ArgsLenAtDash() >= 0 && cmd.ArgsLenAtDash() != 2 {
+				return cli.Usagef("--record takes SRC DST [-- CMD [ARGS...]], received %d arg(s) before --", max(cmd.ArgsLenAtDash(), len(args)))
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := validateConvert(int64(chunkSize), libChunk.Bytes(), level, jobs); err != nil {
 				return err
+			}
+			var dstTag name.Tag
+			if record {
+				ref, err := convert.ParseReference(args[1], insecure)
+				if err != nil {
+					return err
+				}
+				t, ok := ref.(name.Tag)
+				if !ok {
+					return cli.Usagef("--record: DST %s must be a tag: the recorded profile changes the manifest's digest", args[1])
+				}
+				dstTag = t
+				rf.platform, rf.insecure = platform, insecure
+				if asJSON {
+					rf.stdout = cmd.ErrOrStderr()
+				}
+			} else {
+				for _, n := range recordFlags {
+					if cmd.Flags().Changed(n) {
+						return cli.Usagef("--%s is a flag of --record", n)
+					}
+				}
 			}
 			if err := cli.PushError(args[1], convert.CheckPush(cmd.Context(), args[1], insecure, nil)); err != nil {
 				return err
@@ -58,6 +108,9 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 			}
 			if jobs > 0 {
 				opts = append(opts, convert.WithJobs(jobs))
+			}
+			if record {
+				opts = append(opts, convert.WithPushByDigest(true))
 			}
 			if platform != "" {
 				p, err := v1.ParsePlatform(platform)
@@ -82,10 +135,29 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 			if err != nil {
 				return cli.RegistryError(args[0], err)
 			}
-			if asJSON {
-				return cli.WriteJSON(cmd.OutOrStdout(), rep)
+			out := convertJSON{Report: rep}
+			var runErr error
+			if record {
+				if out.Profile, runErr, err = convertRecord(cmd, rep, dstTag, args[2:], &rf); err != nil {
+					return err
+				}
 			}
-			return printConvertSummary(cmd.OutOrStdout(), rep)
+			if asJSON {
+				if err := cli.WriteJSON(cmd.OutOrStdout(), out); err != nil {
+					return err
+				}
+				return runErr
+			}
+			if err := printConvertSummary(cmd.OutOrStdout(), rep); err != nil {
+				return err
+			}
+			if p := out.Profile; p != nil {
+				if _, err := fmt.Fprintf(cmd.OutOrStdout(), "recorded %d files, %d chunks in %d spans; the manifest %s carries the profile %s\n",
+					p.Files, p.Chunks, p.Spans, p.Manifest, p.Blob); err != nil {
+					return err
+				}
+			}
+			return runErr
 		},
 	}
 	f := cmd.Flags()
@@ -98,7 +170,80 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 	f.BoolVar(&asJSON, "json", false, "print a machine-readable summary")
 	f.StringVar(&tempDir, "temp-dir", "", "where converted layers are staged before the push (default $TMPDIR)")
 	f.BoolVar(&trust, "trust-chunked", false, "keep layers already in the lazyfs format without verifying their TOC against their tar")
+	f.BoolVar(&record, "record", false, "run CMD in the converted image, record its start-up profile and write it into the manifest before tagging DST")
+	// The record flags, but for --platform and --insecure, which convert
+	// has, and those that mean nothing for a freshly converted image (it is
+	// chunked, no profile of it exists, fill is not what a recording wants).
+	rs := pflag.NewFlagSet("record", pflag.ContinueOnError)
+	rf.register(rs)
+	rs.VisitAll(func(fl *pflag.Flag) {
+		switch fl.Name {
+		case "pull", "no-profile", "fill":
+			return
+		}
+		if f.Lookup(fl.Name) == nil {
+			fl.Usage = "(--record) " + fl.Usage
+			recordFlags = append(recordFlags, fl.Name)
+			f.AddFlag(fl)
+		}
+	})
 	return cmd
+}
+
+// convertJSON is lazyfs convert --json: the conversion report, with the
+// recorded profile for --record (Digest is then DST's new digest).
+type convertJSON struct {
+	*convert.Report
+	Profile *convertProfile `json:"profile,omitempty"`
+}
+
+// convertProfile is the profile convert --record wrote into the manifest.
+type convertProfile struct {
+	// Manifest is the image manifest carrying it; Recorded the one it was
+	// recorded on (same layers, no tag).
+	Manifest string `json:"manifest"`
+	Recorded string `json:"recordedOn"`
+	Blob     string `json:"blob"`
+	Size     int64  `json:"size"`
+	Files    int    `json:"files"`
+	Chunks   int    `json:"chunks"`
+	Spans    int    `json:"spans"`
+	// Referrer is its referrer artifact, if the registry took one.
+	Referrer string `json:"referrer,omitempty"`
+}
+
+// convertRecord runs the recording of convert --record against the image
+// pushed by digest, writes the profile into its manifest and tags DST.
+// runErr is the command's exit status when it failed after reading files.
+func convertRecord(cmd *cobra.Command, rep *convert.Report, dst name.Tag, args []string, rf *runFlags) (_ *convertProfile, runErr, err error) {
+	pushed := dst.Context().Digest(rep.Digest).String()
+	untagged := func(err error) error {
+		return fmt.Errorf("%w (the converted image is in the registry as %s; %s was not tagged)", err, pushed, dst)
+	}
+	m, p, runErr, err := recordRun(cmd, pushed, args, rf)
+	if err != nil {
+		return nil, nil, untagged(err)
+	}
+	img := m.Image()
+	e, err := profile.Embed(cmd.Context(), dst, img.Digest, img.IndexDigest, p, ggcrOptions(cmd.Context())...)
+	if err != nil {
+		return nil, nil, untagged(err)
+	}
+	if e.ReferrerErr != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: the profile is in the manifest, but the registry took no referrer artifact of it (%v): its blob may not survive the registry's garbage collection\n", e.ReferrerErr)
+	}
+	for i := range rep.Images {
+		if rep.Images[i].Digest == img.Digest.String() {
+			rep.Images[i].Digest = e.Manifest.Digest.String()
+		}
+	}
+	rep.Digest, rep.Destination = e.Top.Digest.String(), dst.String()
+	cp := &convertProfile{Manifest: e.Manifest.Digest.String(), Recorded: img.Digest.String(), Blob: e.Blob.Digest.String(), Size: e.Blob.Size,
+		Files: len(p.Paths()), Chunks: p.Chunks(), Spans: len(p.Spans)}
+	if e.ReferrerErr == nil {
+		cp.Referrer = e.Referrer.String()
+	}
+	return cp, runErr, nil
 }
 
 func printConvertSummary(w io.Writer, rep *convert.Report) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -23,8 +24,15 @@ type inspectReport struct {
 	MediaType   string `json:"mediaType"`
 	Platform    string `json:"platform,omitempty"`
 	Chunked     bool   `json:"chunked"`
-	Profile     string `json:"profile,omitempty"`
-	// ProfileFiles and ProfileChunks describe the attached profile.
+	// Profile is the digest of the image's start-up profile: the blob its
+	// manifest names (ProfileIn "manifest", lazyfs convert --record), else
+	// the newest referrer artifact (ProfileIn "referrer", lazyfs record).
+	Profile   string `json:"profile,omitempty"`
+	ProfileIn string `json:"profileIn,omitempty"`
+	// ProfileError says why the manifest's profile is unusable (nodes
+	// ignore it and use the referrer's, if any).
+	ProfileError string `json:"profileError,omitempty"`
+	// ProfileFiles and ProfileChunks describe the profile.
 	ProfileFiles  int            `json:"profileFiles,omitempty"`
 	ProfileChunks int            `json:"profileChunks,omitempty"`
 	Layers        []inspectLayer `json:"layers"`
@@ -82,10 +90,18 @@ any image: a plain image is reported as not chunked.`,
 				rep.Platform = img.Platform.String()
 			}
 			if img.Manifest != nil {
-				rep.Profile = img.Manifest.Annotations[toc.AnnotationProfileDigest]
+				p, desc, err := profile.FromManifest(cmd.Context(), img.Repo, img.Manifest.Annotations, ggcrOptions(cmd.Context())...)
+				switch {
+				case err == nil:
+					rep.Profile, rep.ProfileIn, rep.ProfileFiles, rep.ProfileChunks = desc.Digest.String(), "manifest", len(p.Paths()), p.Chunks()
+				case !errors.Is(err, profile.ErrNotFound):
+					rep.ProfileError = err.Error()
+				}
 			}
-			if p, desc, err := profile.Pull(cmd.Context(), img.Repo, img.Digest, ggcrOptions(cmd.Context())...); err == nil {
-				rep.Profile, rep.ProfileFiles, rep.ProfileChunks = desc.Digest.String(), len(p.Paths()), p.Chunks()
+			if rep.Profile == "" {
+				if p, desc, err := profile.Pull(cmd.Context(), img.Repo, img.Digest, ggcrOptions(cmd.Context())...); err == nil {
+					rep.Profile, rep.ProfileIn, rep.ProfileFiles, rep.ProfileChunks = desc.Digest.String(), "referrer", len(p.Paths()), p.Chunks()
+				}
 			}
 			rep.Layers = make([]inspectLayer, len(img.Layers))
 			var g errgroup.Group
@@ -141,10 +157,14 @@ func printInspect(w io.Writer, rep *inspectReport) error {
 	if rep.Profile != "" {
 		profile = rep.Profile
 	}
-	if rep.ProfileFiles > 0 {
-		profile += fmt.Sprintf(" (referrer: %d files, %d chunks)", rep.ProfileFiles, rep.ProfileChunks)
+	if rep.ProfileIn != "" {
+		profile += fmt.Sprintf(" (%s: %d files, %d chunks)", rep.ProfileIn, rep.ProfileFiles, rep.ProfileChunks)
 	}
-	fmt.Fprintf(w, "profile:   %s\n\n", profile)
+	fmt.Fprintf(w, "profile:   %s\n", profile)
+	if rep.ProfileError != "" {
+		fmt.Fprintf(w, "           the manifest's profile is ignored: %s\n", rep.ProfileError)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tDIGEST\tMEDIA TYPE\tSIZE\tCHUNKED\tTAR\tENTRIES\tCHUNKS\tTOC")
 	for i, l := range rep.Layers {

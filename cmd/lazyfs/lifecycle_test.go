@@ -153,8 +153,27 @@ func TestMountThroughDaemon(t *testing.T) {
 	if out, err := run(t, "ls", "--control", sock, "--state-dir", state); err != nil || !strings.Contains(out, "CHUNKS LOCAL") || !regexp.MustCompile(`\s\d+/\d+ (fill|done|profile)\s`).MatchString(out) {
 		t.Fatalf("ls: no progress column: %q %v", out, err)
 	}
-	if out, err := run(t, "stats", "--control", sock, "--state-dir", state, mnt); err != nil || !strings.Contains(out, dst) {
-		t.Fatalf("stats: %q %v", out, err)
+	if out, err := run(t, "stats", "--control", sock, "--state-dir", state, mnt); err != nil || !strings.Contains(out, dst) ||
+		!regexp.MustCompile(`prefetch:\s+(fill|done|profile); profile \(none\) 0/0 chunks local, image \d+/\d+ chunks local`).MatchString(out) {
+		t.Fatalf("stats: no prefetch progress: %q %v", out, err)
+	}
+	// --no-fill travels with the request: the daemon's mount fills nothing.
+	mnt2 := filepath.Join(tmp, "mnt2")
+	os.Mkdir(mnt2, 0o755)
+	if out, err := run(t, "mount", "--no-fill", "--control", sock, "--state-dir", state, dst, mnt2); err != nil {
+		t.Fatalf("mount --no-fill: %q %v", out, err)
+	}
+	out, err = run(t, "ls", "--json", "--control", sock, "--state-dir", state)
+	// (Its progress is nil, or only the profile's if the daemon has by now
+	// autosaved what the first mount learned.)
+	if ls := lsUnder(t, out, tmp); err != nil || len(ls) != 2 || ls[1].Dir != mnt2 || ls[1].Progress != nil && ls[1].Progress.ImageLocal > ls[1].Progress.ProfileChunks {
+		t.Fatalf("ls after mount --no-fill: %s %v, want the second mount without fill", out, err)
+	}
+	if _, err := run(t, "mount", "--fill", "--no-fill", "--control", sock, dst, mnt2); err == nil {
+		t.Fatal("mount --fill --no-fill: no error")
+	}
+	if out, err := run(t, "umount", "--control", sock, "--state-dir", state, mnt2); err != nil {
+		t.Fatalf("umount: %q %v", out, err)
 	}
 	if out, err := run(t, "umount", "--control", sock, "--state-dir", state, mnt); err != nil || !strings.Contains(out, "daemon") {
 		t.Fatalf("umount: %q %v", out, err)

@@ -40,12 +40,14 @@ type mountFlags struct {
 	logLimit    sizeFlag
 	debug       bool
 	fill        bool
+	noFill      bool
 	profileDir  string
 }
 
 // daemonFlags are the flags that belong to the serving process: with a
 // daemon, its own settings apply instead.
-var daemonFlags = []string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "passthrough", "hosts-dir", "debug", "fill", "profile-dir"}
+// (--fill and --no-fill travel with the mount request.)
+var daemonFlags = []string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "passthrough", "hosts-dir", "debug", "profile-dir"}
 
 func newMountCmd() *cobra.Command {
 	mf := mountFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity), logLimit: node.DefaultLogLimit,
@@ -118,7 +120,8 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.BoolVar(&mf.noDaemon, "no-daemon", false, "never ask the daemon; serve the mount with a server of its own")
 	f.Var(&mf.logLimit, "log-limit", "bound of a standalone server's log (one previous log is kept)")
 	f.BoolVar(&mf.debug, "debug", false, "log debug messages")
-	f.BoolVar(&mf.fill, "fill", false, "after the start-up profile, fetch the rest of the image in the background (stops before the cache would evict; the daemon fills by default)")
+	f.BoolVar(&mf.fill, "fill", false, "after the start-up profile, fetch the rest of the image in the background (stops before the cache would evict); default: on through the daemon (its setting), off standalone")
+	f.BoolVar(&mf.noFill, "no-fill", false, "do not fill: fetch only what is read and the start-up profile (through the daemon too)")
 	f.StringVar(&mf.profileDir, "profile-dir", defaultProfileDir, "start-up profiles learned on this node: prefetched at mount, recorded until unmount (\"\": none)")
 	f.SetNormalizeFunc(cli.Aliases(map[string]string{"neighbor-window": "neighbour-window"}))
 	return cmd
@@ -131,13 +134,26 @@ func daemonMount(cmd *cobra.Command, ref, dir string, mf *mountFlags, h node.Hea
 			fmt.Fprintf(cmd.ErrOrStderr(), "lazyfs: --%s is ignored: the daemon (pid %d) serves the mount with its own settings (--no-daemon to serve it here)\n", name, h.PID)
 		}
 	}
-	st, err := node.NewClient(mf.control, 0).MountImage(cmd.Context(), node.MountRequest{Ref: ref, Dir: dir, Pull: mf.pull, Platform: mf.platform})
+	req := node.MountRequest{Ref: ref, Dir: dir, Pull: mf.pull, Platform: mf.platform, Fill: fillOption(mf)}
+	st, err := node.NewClient(mf.control, 0).MountImage(cmd.Context(), req)
 	if err != nil {
 		return err
 	}
 	_, err = fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s in %.0f ms: %d layers, %d entries, %s of the %s image fetched so far\nserved by the daemon (pid %d, %s); unmount with: lazyfs umount %s\n",
 		ref, dir, st.ReadySeconds*1000, st.Layers, st.Entries, humanBytes(st.Fetched.Bytes), humanBytes(st.ImageSize), h.PID, mf.control, dir)
 	return err
+}
+
+// fillOption is the mount's fill as --fill or --no-fill set it (nil:
+// the serving node's default).
+func fillOption(mf *mountFlags) *bool {
+	switch {
+	case mf.fill:
+		return new(true)
+	case mf.noFill:
+		return new(false)
+	}
+	return nil
 }
 
 // spawnMount starts a standalone mount server in the background and waits
@@ -212,7 +228,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 		PullDir:  os.TempDir(),
 		FS:       fs.Options{ReadAhead: mf.readAhead.Value(), Passthrough: mf.passthrough, NeighbourWindow: mf.neighbours.Bytes()},
 		Mount:    fs.MountOptions{Debug: mf.debug},
-		Profiles: node.ProfileConfig{Dir: mf.profileDir, Off: mf.profileDir == "", NoFill: !mf.fill, Registry: true},
+		Profiles: node.ProfileConfig{Dir: mf.profileDir, Off: mf.profileDir == "", NoFill: !mf.fill || mf.noFill, Registry: true},
 	}
 	if mf.passthrough {
 		state, _, _ := node.StatePaths(mf.stateDir, dir)
@@ -224,7 +240,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 		cfg.FS.SpoolDir = spool
 	}
 	return node.ServeStandalone(cmd.Context(), node.StandaloneConfig{
-		Node: cfg, Ref: ref, Dir: dir, StateDir: mf.stateDir, Image: node.ImageOptions{Platform: p, Pull: mf.pull},
+		Node: cfg, Ref: ref, Dir: dir, StateDir: mf.stateDir, Image: node.ImageOptions{Platform: p, Pull: mf.pull, Fill: fillOption(mf)},
 		Ready: func(st image.Stats) {
 			if mf.notifyFD >= 0 {
 				notify.Ready(st)

@@ -14,6 +14,9 @@ const (
 
 // validate checks mount's flags before anything is resolved or spawned.
 func (mf *mountFlags) validate() error {
+	if mf.fill && mf.noFill {
+		return cli.Usagef("--fill and --no-fill contradict each other: give one")
+	}
 	if n := mf.readAhead.Value(); n > maxReadAhead {
 		return cli.IntRange("read-ahead", n, 0, maxReadAhead, "the read-ahead in chunks (0 or off: none)")
 	}

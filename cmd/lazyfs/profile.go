@@ -72,6 +72,7 @@ the one in --file.`,
 					return err
 				}
 			}
+			warnManifestProfile(cmd, img)
 			subject := v1.Descriptor{MediaType: img.MediaType, Digest: img.Digest, Size: int64(len(img.RawManifest))}
 			h, err := profile.Push(cmd.Context(), img.Repo, subject, prof, ggcrOptions(cmd.Context())...)
 			if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"regexp"
@@ -48,6 +49,9 @@ type runFlags struct {
 	workdir    string
 	env        []string
 	report     string
+	// stdout, if set, gets the command's stdout instead of the
+	// command's own (lazyfs convert --json --record keeps stdout JSON).
+	stdout io.Writer
 }
 
 func (rf *runFlags) register(f *pflag.FlagSet) {
@@ -227,6 +231,9 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 		Env: append(append([]string(nil), cfg.Env...), rf.env...), WorkDir: cfg.WorkingDir, User: cfg.User,
 		Timeout: rf.timeout, ReadyLine: ready,
 		Stdin: cmd.InOrStdin(), Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr(),
+	}
+	if rf.stdout != nil {
+		c.Stdout = rf.stdout
 	}
 	if rf.user != "" {
 		c.User = rf.user

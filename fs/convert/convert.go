@@ -65,6 +65,7 @@ type options struct {
 	logger    *slog.Logger
 	transport remoteTransport
 	trust     bool
+	byDigest  bool
 }
 
 type remoteTransport = []remote.Option
@@ -104,6 +105,11 @@ func WithProgress(f func(Progress)) Option { return func(o *options) { o.progres
 // is downloaded and verified with toc.Verify, so that a scanner reading the
 // tar and the lazy mount cannot see different files).
 func WithTrustChunked(b bool) Option { return func(o *options) { o.trust = b } }
+
+// WithPushByDigest pushes the converted image by digest only, leaving the
+// destination's tag as it was (Report.Digest names what was pushed):
+// lazyfs convert --record tags it once its profile is in the manifest.
+func WithPushByDigest(b bool) Option { return func(o *options) { o.byDigest = b } }
 
 // WithLogger sets a logger for debug output (default: silent).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
@@ -303,6 +309,11 @@ func Image(ctx context.Context, src, dst string, opts ...Option) (*Report, error
 		}
 	}
 	same := srcRef.Context().String() == dstRef.Context().String() && srcRef.Identifier() == dstRef.Identifier()
+	if o.byDigest {
+		// push (a closure over dstRef) now puts the manifest by digest only.
+		dstRef = dstRef.Context().Digest(outDigest.String())
+		same = srcRef.Context().String() == dstRef.Context().String() && desc.Digest == outDigest
+	}
 	if !(rep.AlreadyConverted && same && desc.Digest == outDigest) {
 		c.report("push", 0)
 		if err := push(); err != nil {

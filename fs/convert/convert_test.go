@@ -431,3 +431,23 @@ func TestIndexWithAttestation(t *testing.T) {
 	img, _ := out.Image(im.Manifests[0].Digest)
 	checkConverted(t, amd, img)
 }
+
+// TestPushByDigest: WithPushByDigest pushes the converted image under its
+// digest and leaves the destination's tag alone (lazyfs convert --record
+// tags it later).
+func TestPushByDigest(t *testing.T) {
+	reg := newRegistry(t)
+	push(t, reg.ref("app:v1"), sourceImage(t, "linux/amd64"))
+	rep, err := convert.Image(context.Background(), reg.ref("app:v1"), reg.ref("app:v1-lazy"), convert.WithChunkSize(64<<10), convert.WithPushByDigest(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.ParseReference(reg.ref("app:v1-lazy"))
+	if _, err := remote.Head(tag); err == nil {
+		t.Fatal("the destination tag was pushed")
+	}
+	d, err := remote.Head(tag.Context().Digest(rep.Digest))
+	if err != nil || d.Digest.String() != rep.Digest {
+		t.Fatalf("the converted image is not in the registry by digest: %v %v", d, err)
+	}
+}

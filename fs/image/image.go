@@ -456,6 +456,7 @@ func mountLayers(ctx context.Context, img *remote.Image, layers []*Layer, layer,
 	if o.Cache != nil {
 		ps.start(ctx, root, layers, o.Cache)
 	}
+	ps.autosave()
 	m.ready = time.Since(start)
 	return m, nil
 }

@@ -39,6 +39,11 @@ type ProfileOptions struct {
 	// Prefetch configures the profile prefetch; with Prefetch.Fill the rest
 	// of the image follows in the background, with or without a profile.
 	Prefetch fs.PrefetchOptions
+	// Autosave times the saves of the first-read order recorded so far into
+	// Store while the mount is up (profile.Autosave; zero values: its
+	// defaults; Off: only Close stores), so a process killed before Close
+	// has still stored what the mount learned.
+	Autosave profile.AutosaveOptions
 }
 
 // profileState is a mount's profile: the one prefetched and the recorder.
@@ -53,6 +58,7 @@ type profileState struct {
 	pf       *fs.Prefetcher
 	pinner   pinner
 	pinned   []digest.Digest
+	stopSave func() // ends the autosave (nil: none)
 	stopOnce sync.Once
 }
 
@@ -182,9 +188,23 @@ func (ps *profileState) start(ctx context.Context, root *fs.Root, layers []*Laye
 	ps.pf = pf
 }
 
+// autosave starts saving the mount's recording while it is up (once the
+// mount is up: a mount that fails has nothing to stop it).
+func (ps *profileState) autosave() {
+	if ps.o.Store == nil || ps.o.NoStore || ps.rec == nil {
+		return
+	}
+	ps.stopSave = profile.Autosave(ps.o.Store, digestOf(ps.img), ps.rec, ps.o.Autosave, func(err error) {
+		ps.log.Warn("cannot store the profile learned so far", "image", ps.img.Ref, "error", err)
+	})
+}
+
 // stop ends the prefetch and stores the recorded profile in the node's store.
 func (ps *profileState) stop() {
 	ps.stopOnce.Do(func() {
+		if ps.stopSave != nil {
+			ps.stopSave()
+		}
 		if ps.pf != nil {
 			ps.pf.Stop()
 		}

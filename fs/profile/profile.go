@@ -1,8 +1,10 @@
 // Package profile owns the lazyfs start-up profile: the order in which a
 // program first read an image's files and chunks, recorded from a mount's
-// read events, stored on the node (keyed by image digest) or attached to the
-// image in its registry as an OCI 1.1 referrer artifact, and resolved
-// against the image's TOCs into the chunk spans that package fs prefetches.
+// read events, stored on the node (keyed by image digest, saved as it grows:
+// Autosave), attached to the image in its registry as an OCI 1.1 referrer
+// artifact (Push, Pull) or carried in its manifest (Embed, FromManifest),
+// and resolved against the image's TOCs into the chunk spans that package
+// fs prefetches.
 //
 // A profile is untrusted input: Parse bounds its size and every count before
 // it allocates, and Resolve drops (with a reason) every span that names a

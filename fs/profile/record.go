@@ -2,6 +2,7 @@ package profile
 
 import (
 	"sync"
+	"time"
 
 	"github.com/lazyfs/lazyfs/fs"
 )
@@ -23,6 +24,10 @@ type Recorder struct {
 	layers []LayerInfo
 	seen   [][]uint64
 	spans  []Span
+	// chunks counts the chunks recorded, last is when the latest was (for
+	// Autosave: a recorder idle after activity has seen a start-up end).
+	chunks uint64
+	last   time.Time
 }
 
 // NewRecorder returns a Recorder for an image (manifest digest image, may
@@ -71,6 +76,7 @@ func (r *Recorder) Record(layer int, path string, first, last int) {
 			if s.Layer == layer && s.Path == path && s.Chunk+s.N == i {
 				s.N++
 				bits[i/64] |= 1 << (i % 64)
+				r.recorded()
 				continue
 			}
 		}
@@ -79,7 +85,22 @@ func (r *Recorder) Record(layer int, path string, first, last int) {
 		}
 		bits[i/64] |= 1 << (i % 64)
 		r.spans = append(r.spans, Span{Layer: layer, Path: path, Chunk: i, N: 1})
+		r.recorded()
 	}
+}
+
+// recorded counts a new chunk; r.mu is held.
+func (r *Recorder) recorded() {
+	r.chunks++
+	r.last = time.Now()
+}
+
+// activity returns the number of chunks recorded so far and when the
+// latest was recorded.
+func (r *Recorder) activity() (uint64, time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.chunks, r.last
 }
 
 // Len returns the number of spans recorded so far.

@@ -28,6 +28,10 @@ type MountRequest struct {
 	Dir      string `json:"dir"`
 	Pull     bool   `json:"pull,omitempty"`
 	Platform string `json:"platform,omitempty"`
+	// Fill turns the mount's background fill on or off; absent, the
+	// daemon's default applies (on unless its profiles are off or it was
+	// started with fill off).
+	Fill *bool `json:"fill,omitempty"`
 }
 
 // LayerRequest is the body of POST /v1/layers and /v1/layers/check.
@@ -81,11 +85,10 @@ func (n *Node) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/mounts", func(w http.ResponseWriter, r *http.Request) {
 		var req MountRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody)).Decode(&req); err != nil || req.Ref == "" || req.Dir == "" {
-			http.Error(w, `body must be {"ref": "...", "dir": "/abs/path", "pull": false, "platform": ""}`, http.StatusBadRequest)
+			http.Error(w, `body must be {"ref": "...", "dir": "/abs/path", "pull": false, "platform": "", "fill": true}`, http.StatusBadRequest)
 			return
 		}
-		var o ImageOptions
-		o.Pull = req.Pull
+		o := ImageOptions{Pull: req.Pull, Fill: req.Fill}
 		if req.Platform != "" {
 			p, err := v1.ParsePlatform(req.Platform)
 			if err != nil {

@@ -259,6 +259,9 @@ type ImageOptions struct {
 	// Record records the mount's first-read order even when the node keeps
 	// no profiles (Mounted.Recorded, for lazyfs record).
 	Record bool
+	// Fill, if set, turns fill on or off for this mount instead of the
+	// node's default (ProfileConfig.NoFill): lazyfs mount --fill/--no-fill.
+	Fill *bool
 }
 
 // MountImage mounts ref's merged root read-only at dir with the node's

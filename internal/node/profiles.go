@@ -42,6 +42,11 @@ type ProfileConfig struct {
 	// Prefetch tunes the profile prefetch (workers, batch size); its Fill
 	// is set from NoFill and LayerFill.
 	Prefetch fs.PrefetchOptions
+	// Autosave times the saves of what mounts have learned so far (zero:
+	// when a recording has been idle 5 s after activity, and every 30 s
+	// while it grows), so a daemon killed before its mounts are unmounted
+	// has still learned their profiles. Unmounting saves in any case.
+	Autosave profile.AutosaveOptions
 }
 
 // openProfiles opens the node's profile store (nil when profiles are off).
@@ -64,14 +69,18 @@ func (n *Node) Profiles() *profile.Store { return n.profiles }
 
 // imageProfiles are the profile options of a merged image mount.
 func (n *Node) imageProfiles(o ImageOptions) image.ProfileOptions {
-	if n.profiles == nil && !o.Record {
+	fill := !n.cfg.Profiles.NoFill && n.profiles != nil
+	if o.Fill != nil {
+		fill = *o.Fill
+	}
+	if n.profiles == nil && !o.Record && !fill {
 		return image.ProfileOptions{}
 	}
-	po := image.ProfileOptions{Store: n.profiles, Record: o.Record, Prefetch: n.cfg.Profiles.Prefetch}
+	po := image.ProfileOptions{Store: n.profiles, Record: o.Record, Prefetch: n.cfg.Profiles.Prefetch, Autosave: n.cfg.Profiles.Autosave}
 	if n.sources != nil {
 		po.Source = n.sources.Get
 	}
-	po.Prefetch.Fill = !n.cfg.Profiles.NoFill && n.profiles != nil
+	po.Prefetch.Fill = fill
 	return po
 }
 
@@ -84,7 +93,7 @@ func (n *Node) layerProfiles(img *remote.Image) (po image.ProfileOptions, releas
 	if n.profiles == nil {
 		return image.ProfileOptions{}, func() {}
 	}
-	po = image.ProfileOptions{Store: n.profiles, NoStore: true, Prefetch: n.cfg.Profiles.Prefetch}
+	po = image.ProfileOptions{Store: n.profiles, NoStore: true, Prefetch: n.cfg.Profiles.Prefetch} // the node saves the shared recorder
 	if n.sources != nil {
 		po.Source = n.sources.Get
 	}
@@ -99,6 +108,9 @@ func (n *Node) layerProfiles(img *remote.Image) (po image.ProfileOptions, releas
 			infos[i].Digest = img.Layers[i].Digest.String() // chunks: set as each layer mounts
 		}
 		r = &imageRecorder{rec: profile.NewRecorder(img.Digest.String(), infos)}
+		r.stopSave = profile.Autosave(n.profiles, key, r.rec, n.cfg.Profiles.Autosave, func(err error) {
+			n.log.Warn("cannot store the profile the image's layer mounts learned so far", "image", img.Ref, "error", err)
+		})
 		if n.recorders == nil {
 			n.recorders = map[digest.Digest]*imageRecorder{}
 		}
@@ -112,8 +124,9 @@ func (n *Node) layerProfiles(img *remote.Image) (po image.ProfileOptions, releas
 
 // imageRecorder is the first-read order of an image's per-layer mounts.
 type imageRecorder struct {
-	rec  *profile.Recorder
-	refs int // per-layer mounts recording into it
+	rec      *profile.Recorder
+	refs     int    // per-layer mounts recording into it
+	stopSave func() // ends its autosave
 }
 
 // releaseRecorder ends one per-layer mount's hold on its image's recorder;
@@ -131,6 +144,7 @@ func (n *Node) releaseRecorder(key digest.Digest, img *remote.Image) {
 	}
 	delete(n.recorders, key)
 	n.recMu.Unlock()
+	r.stopSave()
 	if r.rec.Len() == 0 {
 		return
 	}

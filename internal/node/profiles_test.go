@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lazyfs/lazyfs/fs/image/imagetest"
+	"github.com/lazyfs/lazyfs/fs/profile"
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
 	"github.com/lazyfs/lazyfs/internal/node"
@@ -182,7 +183,10 @@ func TestDaemonLearnsProfile(t *testing.T) {
 	// The snapshotter's per-layer mounts: layer 1's prefetches that layer's
 	// spans of the learned profile; their reads are recorded into one
 	// profile of the image, stored when the last of them is unmounted.
-	n3 := profileNode(t, root, node.ProfileConfig{})
+	// Autosave off: what is checked below is that unmounting one layer does
+	// not store the image's profile (TestProfileSurvivesKill checks that
+	// autosave stores it while the layers are mounted).
+	n3 := profileNode(t, root, node.ProfileConfig{Autosave: profile.AutosaveOptions{Off: true}})
 	img, err := n3.Fetcher().Resolve(ctx, ref, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -230,5 +234,158 @@ func TestDaemonLearnsProfile(t *testing.T) {
 		if want := map[string]string{"lib/b.so": digests[0], "etc/conf": digests[1]}[s.Path]; got.Layers[s.Layer] != want {
 			t.Fatalf("span %+v names layer %s, want %s", s, got.Layers[s.Layer], want)
 		}
+	}
+}
+
+// TestProfileSurvivesKill: what merged and per-layer mounts learn is stored
+// while they are still mounted (after the recording has been idle), so a
+// daemon killed before unmounting has still learned it: a second node on
+// the same state, started while the first one's mounts are up (as after a
+// SIGKILL: nothing was unmounted), prefetches the learned profile on its
+// first cold mount.
+func TestProfileSurvivesKill(t *testing.T) {
+	needFUSE(t)
+	reg := imagetest.New(t)
+	files := map[string][]byte{}
+	var layers [2][]toctest.File
+	for i, name := range []string{"bin/app", "lib/a.so", "lib/b.so", "etc/conf"} {
+		files[name] = toctest.Random(uint64(140+i), (i+1)*60<<10)
+		layers[i%2] = append(layers[i%2], toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644}, Data: files[name]})
+	}
+	ref := reg.PushConverted(t, "killed", layers[0], layers[1])
+	ctx := context.Background()
+	autosave := profile.AutosaveOptions{Idle: 20 * time.Millisecond, Interval: time.Hour}
+	// waitLearned polls the store under root until it holds a profile of
+	// paths (the test's deadline, not a wall-clock assertion).
+	waitLearned := func(t *testing.T, n *node.Node, dg string, paths []string) *profile.Profile {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		for {
+			if p, err := n.Profiles().Load(digest.Digest(dg)); err == nil && slices.Equal(p.Paths(), paths) {
+				return p
+			}
+			select {
+			case <-ctx.Done():
+				t.Fatalf("no profile of %v stored while mounted", paths)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	// coldMount mounts the image on a fresh node over root and returns the
+	// progress of its profile prefetch.
+	coldMount := func(t *testing.T, root string) *node.Progress {
+		t.Helper()
+		n := profileNode(t, root, node.ProfileConfig{NoFill: true})
+		c := node.NewClient(serveControl(t, n), 30*time.Second)
+		dir := mountDir(t, "cold")
+		if _, err := c.MountImage(ctx, node.MountRequest{Ref: ref, Dir: dir}); err != nil {
+			t.Fatal(err)
+		}
+		p := waitProgress(t, c, dir, func(p *node.Progress) bool { return p.Phase == "done" })
+		if err := c.Unmount(ctx, dir); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	read := func(t *testing.T, dir, name string) {
+		t.Helper()
+		if got, err := os.ReadFile(filepath.Join(dir, name)); err != nil || !bytes.Equal(got, files[name]) {
+			t.Fatalf("read %s: %d bytes, %v", name, len(got), err)
+		}
+	}
+
+	t.Run("merged", func(t *testing.T) {
+		root := t.TempDir()
+		n1 := profileNode(t, root, node.ProfileConfig{NoFill: true, Autosave: autosave})
+		dir := mountDir(t, "mnt")
+		m, err := n1.MountImage(ctx, ref, dir, node.ImageOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		read(t, dir, "etc/conf")
+		read(t, dir, "bin/app")
+		prof := waitLearned(t, n1, m.Image().Digest.String(), []string{"etc/conf", "bin/app"})
+		p := coldMount(t, root) // n1's mount is still up
+		if p.ProfileSource != "node" || p.ProfileChunks != int64(prof.Chunks()) || p.ProfileLocal != p.ProfileChunks {
+			t.Fatalf("cold mount after the kill: %+v, want the %d chunks learned", p, prof.Chunks())
+		}
+	})
+	t.Run("layers", func(t *testing.T) {
+		root := t.TempDir()
+		n1 := profileNode(t, root, node.ProfileConfig{Autosave: autosave})
+		img, err := n1.Fetcher().Resolve(ctx, ref, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var digests []string
+		for _, l := range img.Layers {
+			digests = append(digests, l.Digest.String())
+		}
+		ldirs := []string{mountDir(t, "layer0"), mountDir(t, "layer1")}
+		for i, d := range ldirs {
+			if err := n1.LayerFS().Mount(ctx, d, labels(ref, digests[i], digests...)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		read(t, ldirs[1], "lib/a.so")
+		read(t, ldirs[0], "lib/b.so")
+		prof := waitLearned(t, n1, img.Digest.String(), []string{"lib/a.so", "lib/b.so"})
+		p := coldMount(t, root)
+		if p.ProfileSource != "node" || p.ProfileChunks != int64(prof.Chunks()) || p.ProfileLocal != p.ProfileChunks {
+			t.Fatalf("cold mount after the kill: %+v, want the %d chunks the layer mounts learned", p, prof.Chunks())
+		}
+	})
+}
+
+// TestMountRequestFill: a mount request's fill field overrides the node's
+// default both ways; without it the node's default applies.
+func TestMountRequestFill(t *testing.T) {
+	needFUSE(t)
+	reg := imagetest.New(t)
+	var files []toctest.File
+	for i, name := range []string{"bin/app", "lib/a.so", "etc/conf"} {
+		files = append(files, toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644}, Data: toctest.Random(uint64(160+i), (i+1)*70<<10)})
+	}
+	ref := reg.PushConverted(t, "fillreq", files)
+	ctx := context.Background()
+	on, off := true, false
+	for _, c := range []struct {
+		name   string
+		node   node.ProfileConfig
+		fill   *bool
+		filled bool
+	}{
+		{"default on", node.ProfileConfig{}, nil, true},
+		{"off by request", node.ProfileConfig{}, &off, false},
+		{"default off", node.ProfileConfig{NoFill: true}, nil, false},
+		{"on by request", node.ProfileConfig{NoFill: true}, &on, true},
+		{"on by request, profiles off", node.ProfileConfig{Off: true}, &on, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := profileNode(t, t.TempDir(), c.node)
+			cl := node.NewClient(serveControl(t, n), 30*time.Second)
+			dir := mountDir(t, "mnt")
+			st, err := cl.MountImage(ctx, node.MountRequest{Ref: ref, Dir: dir, Fill: c.fill})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Unmount(ctx, dir)
+			if !c.filled {
+				// Nothing learned and no fill: the mount prefetches nothing.
+				if st.Prefetch != nil {
+					t.Fatalf("mount prefetches %+v, want no fill", st.Prefetch)
+				}
+				ms, err := cl.List(ctx)
+				if err != nil || len(ms) != 1 || ms[0].Progress != nil {
+					t.Fatalf("ls: %+v %v, want a mount without progress", ms, err)
+				}
+				return
+			}
+			p := waitProgress(t, cl, dir, func(p *node.Progress) bool { return p.Phase == "done" })
+			if p.ImageChunks != int64(st.Chunks) || p.ImageLocal != p.ImageChunks {
+				t.Fatalf("filled mount: %+v, want all %d chunks local", p, st.Chunks)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -13,15 +14,29 @@ import (
 )
 
 // registryProfile is the node's registry Source (ProfileConfig.Registry):
-// the start-up profile attached to img in its registry as an OCI referrer
-// (lazyfs record, lazyfs profile push), reached as the node's fetcher
-// reaches the registry (hosts.toml server and TLS settings, --insecure),
-// with the default keychain's credentials.
+// the start-up profile img's manifest carries (lazyfs convert --record),
+// else the one attached to it in its registry as an OCI referrer (lazyfs
+// record, lazyfs profile push), reached as the node's fetcher reaches the
+// registry (hosts.toml server and TLS settings, --insecure), with the
+// default keychain's credentials. A manifest's profile that fails its
+// bounds, size, digest or parse is logged and the referrers are asked.
 func (n *Node) registryProfile(ctx context.Context, img *remote.Image) (*profile.Profile, error) {
 	repo, rt := n.fetcher.RegistryAccess(img.Repo)
 	opts := []ggcr.Option{ggcr.WithContext(ctx), ggcr.WithAuthFromKeychain(authn.DefaultKeychain), ggcr.WithUserAgent("lazyfs")}
 	if rt != nil {
 		opts = append(opts, ggcr.WithTransport(rt))
+	}
+	if img.Manifest != nil {
+		p, _, err := profile.FromManifest(ctx, repo, img.Manifest.Annotations, opts...)
+		if err == nil {
+			return p, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if !errors.Is(err, profile.ErrNotFound) {
+			n.log.Warn("ignoring the profile the image's manifest carries; trying its referrers", "image", img.Ref, "error", err)
+		}
 	}
 	p, _, err := profile.Pull(ctx, repo, img.Digest, opts...)
 	return p, err

@@ -3,20 +3,25 @@ package node_test
 import (
 	"archive/tar"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	ggcr "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lazyfs/lazyfs/fs/image/imagetest"
 	"github.com/lazyfs/lazyfs/fs/profile"
 	"github.com/lazyfs/lazyfs/fs/remote"
+	"github.com/lazyfs/lazyfs/fs/toc"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
 	"github.com/lazyfs/lazyfs/internal/node"
 )
@@ -124,3 +129,123 @@ func TestLayerMountsPrefetchRegistryProfile(t *testing.T) {
 		}
 	}
 }
+
+// TestManifestProfile: a profile carried in the image manifest (lazyfs
+// convert --record, profile.Embed) is prefetched without asking the
+// registry for referrers; one whose annotations do not match its blob is
+// ignored with a warning and the referrers' profile is used instead.
+func TestManifestProfile(t *testing.T) {
+	needFUSE(t)
+	reg := imagetest.New(t)
+	var layers [2][]toctest.File
+	names := []string{"bin/app", "lib/a.so", "lib/b.so", "etc/conf"}
+	for i, n := range names {
+		layers[i%2] = append(layers[i%2], toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o644}, Data: toctest.Random(uint64(90+i), (i+1)*50<<10)})
+	}
+	ref := reg.PushConverted(t, "manprof", layers[0], layers[1])
+	ctx := context.Background()
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := ggcr.Head(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The profile a node learns from reading the four files.
+	n0 := profileNode(t, t.TempDir(), node.ProfileConfig{NoFill: true})
+	c0 := node.NewClient(serveControl(t, n0), 30*time.Second)
+	dir0 := mountDir(t, "learn")
+	st, err := c0.MountImage(ctx, node.MountRequest{Ref: ref, Dir: dir0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if _, err := os.ReadFile(filepath.Join(dir0, n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c0.Unmount(ctx, dir0); err != nil {
+		t.Fatal(err)
+	}
+	prof, err := n0.Profiles().Load(digest.Digest(st.Digest))
+	if err != nil || len(prof.Spans) < 2 {
+		t.Fatalf("learned %v %v, want a profile of several spans", prof, err)
+	}
+	tag, err := name.NewTag(strings.Replace(ref, ":lazy", ":profiled", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := profile.Embed(ctx, tag, desc.Digest, v1.Hash{}, prof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mount := func(ref string) (*node.Progress, int64) {
+		t.Helper()
+		n := profileNode(t, t.TempDir(), node.ProfileConfig{NoFill: true, Registry: true})
+		c := node.NewClient(serveControl(t, n), 30*time.Second)
+		dir := mountDir(t, "mnt")
+		lookups := reg.Referrers.Load()
+		if _, err := c.MountImage(ctx, node.MountRequest{Ref: ref, Dir: dir}); err != nil {
+			t.Fatal(err)
+		}
+		p := waitProgress(t, c, dir, func(p *node.Progress) bool { return p.Phase == "done" })
+		if err := c.Unmount(ctx, dir); err != nil {
+			t.Fatal(err)
+		}
+		return p, reg.Referrers.Load() - lookups
+	}
+	p, lookups := mount(tag.String())
+	if p.ProfileSource != "registry" || p.ProfileChunks != int64(prof.Chunks()) || p.ProfileLocal != p.ProfileChunks {
+		t.Fatalf("mount of the image carrying a profile: %+v, want its %d chunks prefetched", p, prof.Chunks())
+	}
+	if lookups != 0 {
+		t.Fatalf("the registry was asked for referrers %d times: the manifest's profile comes first", lookups)
+	}
+
+	// The same manifest with a size annotation that does not match its
+	// blob, and another profile as its referrer: the referrer's is used.
+	raw, err := ggcr.Get(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(raw.Manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	m.Annotations[toc.AnnotationProfileSize] = strconv.FormatInt(e.Blob.Size-1, 10)
+	bad, err := mutateManifest(tag.Context().Tag("badsize"), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := *prof
+	small.Spans = prof.Spans[:1]
+	if _, err := profile.Push(ctx, tag.Context(), bad, &small); err != nil {
+		t.Fatal(err)
+	}
+	p, lookups = mount(tag.Context().Tag("badsize").String())
+	if p.ProfileSource != "registry" || p.ProfileChunks != int64(small.Chunks()) || lookups != 1 {
+		t.Fatalf("mount of an image whose manifest's profile is bad: %+v after %d referrers lookups, want the referrer's %d chunks", p, lookups, small.Chunks())
+	}
+}
+
+// mutateManifest pushes m to tag and returns its descriptor.
+func mutateManifest(tag name.Tag, m v1.Manifest) (v1.Descriptor, error) {
+	raw, err := json.Marshal(&m)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	if err := ggcr.Put(tag, rawManifest(raw)); err != nil {
+		return v1.Descriptor{}, err
+	}
+	d, err := ggcr.Head(tag)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	return *d, nil
+}
+
+type rawManifest []byte
+
+func (r rawManifest) RawManifest() ([]byte, error)        { return r, nil }
+func (r rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
