@@ -15,7 +15,7 @@ import (
 // goes down to 128 KiB (the kernel reads that much around every mmap page
 // fault of a library), through the hook Mount set.
 func TestKernelReadAhead(t *testing.T) {
-	root := func(files map[string]int64) *Root {
+	root := func(files map[string]int64, opts ...Options) *Root {
 		t.Helper()
 		tc := &toc.TOC{ChunkSize: 1 << 20, LibraryChunkSize: 1 << 20}
 		for name, size := range files {
@@ -23,7 +23,11 @@ func TestKernelReadAhead(t *testing.T) {
 				FirstChunk: uint32(len(tc.Chunks)), NumChunks: 1})
 			tc.Chunks = append(tc.Chunks, toc.Chunk{Size: uint32(min(size, 1<<20))})
 		}
-		r, err := NewRoot([]Layer{{Name: "l", TOC: tc, Fetcher: noFetcher{}}}, Options{})
+		o := Options{}
+		if len(opts) > 0 {
+			o = opts[0]
+		}
+		r, err := NewRoot([]Layer{{Name: "l", TOC: tc, Fetcher: noFetcher{}}}, o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -49,6 +53,10 @@ func TestKernelReadAhead(t *testing.T) {
 		r.profileStarted([][]uint64{{1}})
 		if got := r.KernelReadAheadKB(); got != tc.want || set != tc.want {
 			t.Errorf("%s with a profile: KernelReadAheadKB() = %d, set %d, want %d", tc.name, got, set, tc.want)
+		}
+		// A recording run (Options.Lean) reads as the runs it will serve.
+		if got := root(tc.files, Options{Lean: true}).KernelReadAheadKB(); got != tc.want {
+			t.Errorf("%s, lean: KernelReadAheadKB() = %d, want %d", tc.name, got, tc.want)
 		}
 	}
 }

@@ -90,6 +90,12 @@ type Options struct {
 	// one extra request in parallel saves a round trip per later file.
 	// 0 means DefaultNeighbourWindow, a negative value none.
 	NeighbourWindow int64
+	// Lean reads as a Root with a start-up profile does from the start (no
+	// read-ahead for shared libraries, the lean kernel read-ahead; see
+	// docs/fs.md): for a run that records a profile, so that it records the
+	// parts of the libraries the program faulted in, not the kernel's 1 MiB
+	// windows around them.
+	Lean bool
 	// PrefetchContext, if set, derives the context of background fetches
 	// (read-ahead, neighbours), e.g. to mark them low-priority for the fetcher.
 	PrefetchContext func(context.Context) context.Context
@@ -188,6 +194,10 @@ type Root struct {
 	kernelRAMu sync.Mutex
 	kernelRA   func(kb int)
 }
+
+// lean reports whether reads are lean: Options.Lean, or a profile is being
+// prefetched.
+func (r *Root) lean() bool { return r.opts.Lean || r.profiled.Load() != nil }
 
 func (r *Root) setKernelRA(f func(kb int)) {
 	r.kernelRAMu.Lock()

@@ -172,7 +172,7 @@ const (
 // MountOptions.ReadAheadKB gives the Root now: 1024 KiB (1 MiB READs, an
 // eighth of the requests for big sequential files, and on a cold start with
 // nothing known the most bytes per page-fault round trip), or 128 KiB once a
-// start-up profile is being prefetched, unless at least half of the Root's
+// start-up profile is being prefetched (or with Options.Lean), unless at least half of the Root's
 // file bytes are in files of bulkMinSize or more that are not shared
 // libraries (model weights: read whole). The kernel reads read_ahead_kb
 // around each mmap page fault, and the dynamic loader faults in scattered
@@ -180,7 +180,7 @@ const (
 // rest of those 1 MiB windows is bytes for nothing (import torch: 8.1 s and
 // 179 MB before, docs/fs.md).
 func (r *Root) KernelReadAheadKB() int {
-	if r.profiled.Load() == nil {
+	if !r.lean() {
 		return bigReadAheadKB
 	}
 	var big, all int64

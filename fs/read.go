@@ -101,7 +101,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 // start-up profile: no read-ahead then. The profile names the parts of the
 // library start-up reads; without one, read-ahead past a fault saves round
 // trips on a cold start that knows nothing.
-func (h *handle) leanLib() bool { return h.lib && h.r.profiled.Load() != nil }
+func (h *handle) leanLib() bool { return h.lib && h.r.lean() }
 
 func (h *handle) layer() *layer {
 	l, _ := h.r.t.dataEntry(h.d)

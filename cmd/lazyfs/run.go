@@ -179,7 +179,10 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 	}
 	n, err := node.New(ctx, node.Config{
 		Root: root, CacheDir: cacheDir, CacheSize: int64(rf.cacheSize), HostsDir: rf.hostsDir, Insecure: rf.insecure, Logger: log,
-		FS:       fs.Options{ReadAhead: rf.readAhead, NeighbourWindow: int64(rf.neighbours)},
+		// A recording run reads lean, as the runs its profile will serve:
+		// what it records is what the program read, not the kernel's 1 MiB
+		// windows around each page fault.
+		FS:       fs.Options{ReadAhead: rf.readAhead, NeighbourWindow: int64(rf.neighbours), Lean: record},
 		Profiles: pc,
 	})
 	if err != nil {
