@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,13 +22,18 @@ type PrefetchOptions struct {
 	// Workers bounds the profile's batches fetched at once (default
 	// DefaultProfileWorkers).
 	Workers int
-	// MaxBatch bounds the compressed bytes of one batch: the next chunks of
-	// the profile in one layer are fetched with one FetchChunks call, which
-	// a coalescing fetcher (fs/remote) turns into one range request per run
-	// of chunks lying together in the blob (N contiguous chunks: about N /
-	// (chunks per MaxBatch) requests). Batches keep the profile's order;
-	// smaller ones follow it more closely. Default DefaultMaxBatch.
+	// MaxBatch bounds the compressed bytes of one batch, from its first
+	// chunk's frame to its last: a batch is a run of the profile's chunks
+	// lying together in a layer's blob (gaps up to MaxGap), fetched with one
+	// FetchChunks call, which a coalescing fetcher (fs/remote) turns into
+	// one range request (N contiguous chunks: about N / (chunks per
+	// MaxBatch) requests). Batches go in the order of the earliest profile
+	// position of their chunks. Default DefaultMaxBatch.
 	MaxBatch int64
+	// MaxGap is the most compressed bytes between two chunks of one batch
+	// (default DefaultMaxGap, fs/remote's own bound: a gap is fetched and
+	// dropped). 0 means the default; negative, no gaps.
+	MaxGap int64
 	// Fill, after the profile, fetches every other chunk of the image that
 	// the cache lacks, in blob order, with FillWorkers batches at a time
 	// (default DefaultFillWorkers). Fill yields to the workload (before each
@@ -46,7 +52,8 @@ type PrefetchOptions struct {
 const (
 	DefaultProfileWorkers = 4
 	DefaultFillWorkers    = 2
-	DefaultMaxBatch       = 1 << 20
+	DefaultMaxBatch       = 4 << 20
+	DefaultMaxGap         = 64 << 10
 )
 
 // PrefetchStats report how much of a profile and of the image is local.
@@ -157,6 +164,12 @@ func (r *Root) StartPrefetch(spans []ChunkSpan, o PrefetchOptions) (*Prefetcher,
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = DefaultMaxBatch
 	}
+	switch {
+	case o.MaxGap == 0:
+		o.MaxGap = DefaultMaxGap
+	case o.MaxGap < 0:
+		o.MaxGap = 0
+	}
 	p := &Prefetcher{r: r, o: o, done: make(chan struct{})}
 	p.ctx, p.cancel = context.WithCancel(r.bgctx)
 	p.phase.Store("profile")
@@ -180,20 +193,22 @@ func (r *Root) StartPrefetch(spans []ChunkSpan, o PrefetchOptions) (*Prefetcher,
 	return p, nil
 }
 
-// profileBatches validates spans, drops repeated chunks and cuts the rest,
-// in order, into batches.
+// profileBatches validates spans, drops repeated chunks and cuts the rest
+// into batches: runs of chunks lying together in a layer's blob (gaps up to
+// MaxGap, at most MaxBatch compressed bytes and maxBatchChunks chunks from
+// the first to the last), formed over the whole profile and fetched in the
+// order of the earliest profile position in each. A start-up reads scattered
+// parts of its libraries, so a window of the profile in its own order holds
+// few neighbours; over the whole profile the same chunks coalesce into a
+// third of the requests (import torch: 1,155 requests for 87 MB with 1 MiB
+// windows, 320 for 86 MB as runs; docs/fs.md), and each request costs the
+// registry and the link a round trip.
 func (p *Prefetcher) profileBatches(spans []ChunkSpan) []batch {
 	r := p.r
 	seen := make([][]uint64, len(r.t.layers))
-	var out []batch
-	var cur batch
-	var curBytes int64
-	flush := func() {
-		if len(cur.idx) > 0 {
-			out = append(out, cur)
-		}
-		cur, curBytes = batch{profile: true}, 0
-	}
+	type named struct{ i, pos int }
+	perLayer := make([][]named, len(r.t.layers))
+	pos := 0
 	for _, s := range spans {
 		if s.Layer < 0 || s.Layer >= len(r.t.layers) || s.First < 0 || s.First >= s.Last || s.Last > len(r.t.layers[s.Layer].toc.Chunks) {
 			if p.ignored.Add(1) == 1 {
@@ -211,21 +226,48 @@ func (p *Prefetcher) profileBatches(spans []ChunkSpan) []batch {
 				continue
 			}
 			bits[i/64] |= 1 << (i % 64)
-			c := &l.toc.Chunks[i]
-			// A batch is a window of the profile: the next chunks of one
-			// layer up to MaxBatch compressed bytes. The fetcher coalesces
-			// those that lie together in the blob into single requests;
-			// the windows keep the profile's order at their granularity.
-			if cur.l != l || curBytes+int64(c.CompressedSize) > p.o.MaxBatch {
-				flush()
-				cur.l = l
-			}
-			cur.idx = append(cur.idx, i)
-			curBytes += int64(c.CompressedSize)
+			perLayer[s.Layer] = append(perLayer[s.Layer], named{i, pos})
+			pos++
 			p.profileChunks.Add(1)
 		}
 	}
-	flush()
+	type run struct {
+		b     batch
+		first int // earliest profile position of its chunks
+	}
+	var runs []run
+	for li, ns := range perLayer {
+		if len(ns) == 0 {
+			continue
+		}
+		l := r.t.layers[li]
+		chunks := l.toc.Chunks
+		// Chunk indices are in blob order (the TOC's frames increase).
+		slices.SortFunc(ns, func(a, b named) int { return a.i - b.i })
+		var cur run
+		var start, end int64
+		for _, n := range ns {
+			c := &chunks[n.i]
+			o, e := c.CompressedOffset, c.CompressedOffset+int64(c.CompressedSize)
+			if len(cur.b.idx) > 0 && o-end <= p.o.MaxGap && e-start <= p.o.MaxBatch && len(cur.b.idx) < maxBatchChunks {
+				cur.b.idx = append(cur.b.idx, n.i)
+				cur.first = min(cur.first, n.pos)
+				end = e
+				continue
+			}
+			if len(cur.b.idx) > 0 {
+				runs = append(runs, cur)
+			}
+			cur = run{b: batch{l: l, idx: []int{n.i}, profile: true}, first: n.pos}
+			start, end = o, e
+		}
+		runs = append(runs, cur)
+	}
+	slices.SortFunc(runs, func(a, b run) int { return a.first - b.first })
+	out := make([]batch, len(runs))
+	for i := range runs {
+		out[i] = runs[i].b
+	}
 	for i := range seen {
 		if seen[i] == nil {
 			seen[i] = make([]uint64, (len(r.t.layers[i].toc.Chunks)+63)/64)
@@ -234,6 +276,10 @@ func (p *Prefetcher) profileBatches(spans []ChunkSpan) []batch {
 	p.named = seen
 	return out
 }
+
+// maxBatchChunks bounds the chunks of one profile batch, below the cache
+// writer's queue (writeQueue), which a batch waits to have room for.
+const maxBatchChunks = writeQueue / 2
 
 func (p *Prefetcher) run(profile []batch) {
 	defer func() {
@@ -426,7 +472,7 @@ func (p *Prefetcher) fill() {
 					p.markLocal(l, i)
 					continue
 				}
-				if curBytes+int64(c.CompressedSize) > p.o.MaxBatch {
+				if curBytes+int64(c.CompressedSize) > p.o.MaxBatch || len(cur.idx) >= maxBatchChunks {
 					if !emit() {
 						return
 					}

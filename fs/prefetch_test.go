@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -354,5 +356,58 @@ func TestFillDuplicateChunks(t *testing.T) {
 	st := waitPrefetch(t, p)
 	if _, chunks, _ := l.fetcher.Stats(); chunks != 3 || st.ImageLocal != st.ImageChunks || st.ImageChunks != 6 {
 		t.Fatalf("fetched %d chunks, stats %+v: want 3 fetched and 6 of 6 local", chunks, st)
+	}
+}
+
+// orderFetcher records the chunks of each FetchChunks call, in call order.
+type orderFetcher struct {
+	*fstest.BlobFetcher
+	l     *testLayer
+	mu    sync.Mutex
+	calls [][]int
+}
+
+func (o *orderFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
+	var idx []int
+	for _, c := range chunks {
+		for i := range o.l.toc.Chunks {
+			if o.l.toc.Chunks[i].CompressedOffset == c.CompressedOffset {
+				idx = append(idx, i)
+			}
+		}
+	}
+	o.mu.Lock()
+	o.calls = append(o.calls, idx)
+	o.mu.Unlock()
+	return o.BlobFetcher.FetchChunks(ctx, chunks, fn)
+}
+
+// A profile that alternates between two places of the blob (as a start-up
+// faulting in two libraries does) is fetched as one run per place, not one
+// request per switch, and the run holding the profile's first chunk goes
+// first.
+func TestPrefetchRunsAcrossProfile(t *testing.T) {
+	l, _ := prefetchLayer(t, 32)
+	big := fileSpan(t, l, "app/big.bin")
+	a, b := big.First+20, big.First // b's run comes first in the blob, a's first in the profile
+	var spans []ChunkSpan
+	for k := range 4 {
+		spans = append(spans, ChunkSpan{Layer: 0, First: a + k, Last: a + k + 1}, ChunkSpan{Layer: 0, First: b + k, Last: b + k + 1})
+	}
+	f := &orderFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), l: l}
+	opts := noBackground
+	opts.Cache = fstest.NewMemCache()
+	r := newTestRoot(t, l, f, opts)
+	p, err := r.StartPrefetch(spans, PrefetchOptions{Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitPrefetch(t, p)
+	if st.ProfileLocal != 8 {
+		t.Fatalf("stats %+v, want 8 chunks local", st)
+	}
+	want := [][]int{{a, a + 1, a + 2, a + 3}, {b, b + 1, b + 2, b + 3}}
+	if !reflect.DeepEqual(f.calls, want) {
+		t.Fatalf("fetch calls %v, want %v (one run per place, the profile's first place first)", f.calls, want)
 	}
 }
