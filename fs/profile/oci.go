@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -91,11 +92,44 @@ func Push(ctx context.Context, repo name.Repository, subject v1.Descriptor, p *P
 	}
 	if len(drop) > 0 {
 		// Best effort: Pull takes the newest anyway.
+		unlistFallback(repo, subject.Digest, drop, opts)
 		for _, d := range drop {
 			_ = remote.Delete(repo.Digest(d.String()), opts...)
 		}
 	}
 	return h, nil
+}
+
+// unlistFallback removes drop from the subject's referrers tag fallback
+// index ("sha256-HEX", registries without the referrers API), if there is
+// one: an index listing a deleted manifest is refused by registries that
+// check an index's manifests (distribution, ggcr's), so the next Push, which
+// appends to it, would fail.
+func unlistFallback(repo name.Repository, subject v1.Hash, drop []v1.Hash, opts []remote.Option) {
+	tag := repo.Tag(subject.Algorithm + "-" + subject.Hex)
+	desc, err := remote.Get(tag, opts...)
+	if err != nil || !desc.MediaType.IsIndex() {
+		return
+	}
+	im, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
+	if err != nil {
+		return
+	}
+	kept := im.Manifests[:0]
+	for _, d := range im.Manifests {
+		if !slices.Contains(drop, d.Digest) {
+			kept = append(kept, d)
+		}
+	}
+	if len(kept) == len(im.Manifests) {
+		return
+	}
+	im.Manifests = kept
+	raw, err := json.Marshal(im)
+	if err != nil {
+		return
+	}
+	_ = remote.Put(tag, rawDoc{raw, desc.MediaType}, opts...)
 }
 
 // annotatedBlob is the profile blob the manifest subject names in its
