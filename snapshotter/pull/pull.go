@@ -294,6 +294,6 @@ func (c *credentials) explain(ref string, err error) error {
 		return fmt.Errorf("registry %s refused the credentials from the Docker config (%w): log in again (docker login %s, nerdctl login) or check the repository name and your access to it: %w",
 			host, ErrUnauthorized, host, err)
 	}
-	return fmt.Errorf("registry %s: authentication required (%w) and no credentials for it in the Docker config (DOCKER_CONFIG or ~/.docker/config.json, credential helpers included): log in (docker login %s, nerdctl login or crane auth login): %w",
+	return fmt.Errorf("registry %s: authentication required (%w) and no credentials for it in the Docker config (DOCKER_CONFIG or ~/.docker/config.json, credential helpers included): log in (docker login %s, nerdctl login or crane auth login), or check the repository name (some registries answer 401 for one that does not exist): %w",
 		host, ErrUnauthorized, host, err)
 }
