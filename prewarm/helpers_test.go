@@ -2,6 +2,7 @@ package prewarm
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -35,3 +36,13 @@ func (r *recorder) Write(b []byte) (int, error) {
 func mustReq(method, path string) *http.Request { return httptest.NewRequest(method, path, nil) }
 
 func dialUnix(path string) (net.Conn, error) { return net.Dial("unix", path) }
+
+// unixClient returns an HTTP client that dials one unix socket.
+func unixClient(socket string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+}

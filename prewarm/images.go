@@ -1,13 +1,9 @@
 package prewarm
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -15,6 +11,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/lazyfs/lazyfs/internal/unixhttp"
 )
 
 // WarmResult is what warming one image fetched into the block cache.
@@ -237,42 +235,16 @@ type HTTPWarmer struct {
 	Socket string
 	// Whole asks for whole images rather than start-up profiles.
 	Whole  bool
-	client *http.Client
+	client *unixhttp.Client
 	once   sync.Once
 }
 
 // Warm implements ImageWarmer.
 func (w *HTTPWarmer) Warm(ctx context.Context, ref string) (WarmResult, error) {
-	w.once.Do(func() { w.client = unixClient(w.Socket) })
-	body, _ := json.Marshal(map[string]any{"ref": ref, "whole": w.Whole})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://lazyfs/v1/warm", bytes.NewReader(body))
-	if err != nil {
-		return WarmResult{}, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := w.client.Do(req)
-	if err != nil {
+	w.once.Do(func() { w.client = unixhttp.New(w.Socket, unixhttp.Options{MaxAnswer: 1 << 20}) })
+	var r WarmResult
+	if err := w.client.Do(ctx, http.MethodPost, "/v1/warm", map[string]any{"ref": ref, "whole": w.Whole}, &r); err != nil {
 		return WarmResult{}, fmt.Errorf("cache owner %s: %w", w.Socket, err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return WarmResult{}, fmt.Errorf("cache owner %s: %s: %s", w.Socket, resp.Status, bytes.TrimSpace(b))
-	}
-	var r WarmResult
-	if err := json.Unmarshal(b, &r); err != nil {
-		return WarmResult{}, fmt.Errorf("cache owner %s: bad answer: %w", w.Socket, err)
-	}
 	return r, nil
-}
-
-// unixClient returns an HTTP client that dials one unix socket.
-func unixClient(socket string) *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		MaxIdleConns: 4,
-	}}
 }

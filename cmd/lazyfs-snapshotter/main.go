@@ -93,12 +93,13 @@ func runHolder(ctx context.Context, cfg service.Config, log *slog.Logger) (err e
 
 func newNode(ctx context.Context, cfg service.Config, log *slog.Logger) (*node.Node, error) {
 	return node.New(ctx, node.Config{
-		Root:      cfg.Root,
-		CacheDir:  cfg.CachePath(),
-		CacheSize: int64(cfg.CacheSize),
-		HostsDir:  cfg.HostsDir,
-		Logger:    log,
-		Profiles:  node.ProfileConfig{Dir: cfg.ProfileDir, NoFill: !cfg.Fill, Registry: true},
+		Root:         cfg.Root,
+		CacheDir:     cfg.CachePath(),
+		CacheSize:    int64(cfg.CacheSize),
+		HostsDir:     cfg.HostsDir,
+		FetchOptions: cfg.Fetch().Options(),
+		Logger:       log,
+		Profiles:     node.ProfileConfig{Dir: cfg.ProfileDir, NoFill: !cfg.Fill, Registry: true},
 	})
 }
 

@@ -24,7 +24,7 @@ func newConvertCmd() *cobra.Command {
 	var (
 		platform  string
 		chunkSize sizeFlag = toc.DefaultChunkSize
-		libChunk            = size.Off{Default: toc.DefaultLibraryChunkSize}
+		libChunk           = size.Off{Default: toc.DefaultLibraryChunkSize}
 		level     int
 		jobs      int
 		insecure  bool

@@ -1,9 +1,48 @@
 package main
 
-import "github.com/lazyfs/lazyfs/internal/size"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/pflag"
+
+	"github.com/lazyfs/lazyfs/internal/cli"
+	"github.com/lazyfs/lazyfs/internal/fetchconf"
+	"github.com/lazyfs/lazyfs/internal/size"
+)
 
 // sizeFlag is a byte count flag in lazyfs's one size convention (internal/size).
 type sizeFlag = size.Size
 
 // humanBytes prints a measured byte count (internal/size.Human).
 func humanBytes(n int64) string { return size.Human(n) }
+
+// fetchFlags are the registry fetcher's production settings
+// (internal/fetchconf) as flags of the commands that build a fetcher: lazyfs
+// mount (standalone) and lazyfs serve.
+type fetchFlags struct{ fetchconf.Config }
+
+// fetchFlagNames are the flags bind registers (daemon-side settings for lazyfs mount).
+var fetchFlagNames = []string{"fetch-deadline", "stall-timeout", "min-throughput", "throughput-window", "retry-attempts", "retry-deadline"}
+
+func newFetchFlags() fetchFlags { return fetchFlags{fetchconf.Defaults()} }
+
+func (ff *fetchFlags) bind(f *pflag.FlagSet) {
+	c := &ff.Config
+	f.DurationVar(&c.FetchDeadline, "fetch-deadline", c.FetchDeadline, fmt.Sprintf("bound on one chunk fetch, retries included; then the read fails with EIO (%v-%v)", fetchconf.MinDuration, fetchconf.MaxFetchDeadline))
+	f.DurationVar(&c.StallTimeout, "stall-timeout", c.StallTimeout, fmt.Sprintf("retry a registry request that sends nothing for this long (%v-%v)", fetchconf.MinDuration, fetchconf.MaxStallTimeout))
+	f.Var(&c.MinThroughput, "min-throughput", fmt.Sprintf("retry a registry request slower than this per second over --throughput-window, up to %v (0 or off: never)", fetchconf.Throughput(fetchconf.MaxThroughput)))
+	f.DurationVar(&c.ThroughputWindow, "throughput-window", c.ThroughputWindow, fmt.Sprintf("window of --min-throughput (%v-%v)", fetchconf.MinDuration, fetchconf.MaxWindow))
+	f.IntVar(&c.RetryAttempts, "retry-attempts", c.RetryAttempts, fmt.Sprintf("attempts per registry host (1-%d)", fetchconf.MaxRetryAttempts))
+	f.DurationVar(&c.RetryDeadline, "retry-deadline", c.RetryDeadline, fmt.Sprintf("no new attempt this long after the last one that made progress (%v-%v)", fetchconf.MinDuration, fetchconf.MaxRetryDeadline))
+}
+
+// validate refuses a setting out of range as a usage error naming the flag.
+func (ff *fetchFlags) validate() error {
+	err := ff.Validate()
+	var re *fetchconf.RangeError
+	if errors.As(err, &re) {
+		return cli.Usagef("--%s %s: out of range: %s must be %s", re.Flag(), re.Value, re.What, re.Range)
+	}
+	return err
+}

@@ -42,16 +42,17 @@ type mountFlags struct {
 	fill        bool
 	noFill      bool
 	profileDir  string
+	fetch       fetchFlags
 }
 
 // daemonFlags are the flags that belong to the serving process: with a
 // daemon, its own settings apply instead.
 // (--fill and --no-fill travel with the mount request.)
-var daemonFlags = []string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "passthrough", "hosts-dir", "debug", "profile-dir"}
+var daemonFlags = append([]string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "passthrough", "hosts-dir", "debug", "profile-dir"}, fetchFlagNames...)
 
 func newMountCmd() *cobra.Command {
 	mf := mountFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity), logLimit: node.DefaultLogLimit,
-		readAhead: cli.Count{Default: fs.DefaultReadAhead}, neighbours: size.Off{Default: fs.DefaultNeighbourWindow}}
+		readAhead: cli.Count{Default: fs.DefaultReadAhead}, neighbours: size.Off{Default: fs.DefaultNeighbourWindow}, fetch: newFetchFlags()}
 	cmd := &cobra.Command{
 		Use:   "mount [flags] REF DIR",
 		Short: "Mount an image's files lazily at DIR",
@@ -123,6 +124,7 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.BoolVar(&mf.fill, "fill", false, "after the start-up profile, fetch the rest of the image in the background (stops before the cache would evict); default: on through the daemon (its setting), off standalone")
 	f.BoolVar(&mf.noFill, "no-fill", false, "do not fill: fetch only what is read and the start-up profile (through the daemon too)")
 	f.StringVar(&mf.profileDir, "profile-dir", defaultProfileDir, "start-up profiles learned on this node: prefetched at mount, recorded until unmount (\"\": none)")
+	mf.fetch.bind(f)
 	f.SetNormalizeFunc(cli.Aliases(map[string]string{"neighbor-window": "neighbour-window"}))
 	return cmd
 }
@@ -225,10 +227,11 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 	}
 	cfg := node.Config{
 		CacheDir: cacheDir, CacheSize: int64(mf.cacheSize), HostsDir: mf.hostsDir, Insecure: mf.insecure, Logger: log,
-		PullDir:  os.TempDir(),
-		FS:       fs.Options{ReadAhead: mf.readAhead.Value(), Passthrough: mf.passthrough, NeighbourWindow: mf.neighbours.Bytes()},
-		Mount:    fs.MountOptions{Debug: mf.debug},
-		Profiles: node.ProfileConfig{Dir: mf.profileDir, Off: mf.profileDir == "", NoFill: !mf.fill || mf.noFill, Registry: true},
+		FetchOptions: mf.fetch.Options(),
+		PullDir:      os.TempDir(),
+		FS:           fs.Options{ReadAhead: mf.readAhead.Value(), Passthrough: mf.passthrough, NeighbourWindow: mf.neighbours.Bytes()},
+		Mount:        fs.MountOptions{Debug: mf.debug},
+		Profiles:     node.ProfileConfig{Dir: mf.profileDir, Off: mf.profileDir == "", NoFill: !mf.fill || mf.noFill, Registry: true},
 	}
 	if mf.passthrough {
 		state, _, _ := node.StatePaths(mf.stateDir, dir)

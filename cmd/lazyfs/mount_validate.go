@@ -26,5 +26,5 @@ func (mf *mountFlags) validate() error {
 	if err := cli.SizeRange("cache-size", int64(mf.cacheSize), minCacheSize, maxCacheSize, "the block cache capacity"); err != nil {
 		return err
 	}
-	return nil
+	return mf.fetch.validate()
 }

@@ -19,6 +19,7 @@ func newServeCmd() *cobra.Command {
 		cacheSize = sizeFlag(blobcache.DefaultCapacity)
 		control   string
 		debug     bool
+		fetch     = newFetchFlags()
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -36,12 +37,16 @@ uses node.RemoteLayerFS, so the snapshotter can restart while containers run
 			if err := cli.SizeRange("cache-size", int64(cacheSize), minCacheSize, maxCacheSize, "the block cache capacity"); err != nil {
 				return err
 			}
+			if err := fetch.validate(); err != nil {
+				return err
+			}
 			level := slog.LevelInfo
 			if debug {
 				level = slog.LevelDebug
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			cfg.CacheSize = int64(cacheSize)
+			cfg.FetchOptions = fetch.Options()
 			cfg.Profiles.Registry = true
 			n, err := node.New(cmd.Context(), cfg)
 			if err != nil {
@@ -74,5 +79,6 @@ uses node.RemoteLayerFS, so the snapshotter can restart while containers run
 	f.BoolVar(&cfg.Insecure, "insecure", false, "allow plain HTTP to any registry")
 	f.DurationVar(&cfg.UnmountTimeout, "unmount-timeout", 10*time.Second, "how long stopping waits for busy mounts")
 	f.BoolVar(&debug, "debug", false, "log debug messages")
+	fetch.bind(f)
 	return cmd
 }

@@ -1,6 +1,7 @@
 package profile_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"reflect"
@@ -174,5 +175,66 @@ func TestFromManifestRejects(t *testing.T) {
 	}
 	if _, _, err := profile.FromManifest(ctx, repo, ann("sha256:"+gh.Hex[:60]+"0000", len(good))); err == nil {
 		t.Error("a missing blob: no error")
+	}
+}
+
+// TestPushKeepsEmbeddedReferrer: a profile pushed later as a referrer of a
+// manifest that names its own profile blob (Embed, lazyfs convert --record)
+// replaces the other referrers but not the one that keeps the manifest's
+// blob referenced, which registry garbage collection would otherwise take.
+func TestPushKeepsEmbeddedReferrer(t *testing.T) {
+	reg := registrytest.New(t)
+	ctx := context.Background()
+	img := ociImage(t)
+	sub, _ := img.Digest()
+	tag, err := name.NewTag(reg.Ref("app:lazy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := tag.Context()
+	if err := remote.Write(repo.Digest(sub.String()), img); err != nil {
+		t.Fatal(err)
+	}
+	e, err := profile.Embed(ctx, tag, sub, v1.Hash{}, sample())
+	if err != nil || e.ReferrerErr != nil {
+		t.Fatalf("embed: %v %v", err, e.ReferrerErr)
+	}
+	p2 := sample()
+	p2.Spans = append(p2.Spans, profile.Span{Layer: 0, Path: "second", Chunk: 3, N: 1})
+	h2, err := profile.Push(ctx, repo, e.Manifest, p2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p3 := sample()
+	p3.Spans = append(p3.Spans, profile.Span{Layer: 0, Path: "third", Chunk: 4, N: 1})
+	h3, err := profile.Push(ctx, repo, e.Manifest, p3)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	kept, err := remote.Get(repo.Digest(e.Referrer.String()))
+	if err != nil {
+		t.Fatalf("the referrer holding the manifest's profile blob %s was deleted: %v", e.Blob.Digest, err)
+	}
+	km, err := v1.ParseManifest(bytes.NewReader(kept.Manifest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(km.Layers) != 1 || km.Layers[0].Digest != e.Blob.Digest {
+		t.Fatalf("kept referrer lists %+v, want the blob %s", km.Layers, e.Blob.Digest)
+	}
+	if _, err := remote.Get(repo.Digest(h2.String())); err == nil {
+		t.Fatalf("the replaced referrer %s was kept", h2)
+	}
+	if got, d, err := profile.Pull(ctx, repo, e.Manifest.Digest); err != nil || d.Digest != h3 || got.Spans[len(got.Spans)-1].Path != "third" {
+		t.Fatalf("Pull: %v %v, want the newest %s", d.Digest, err, h3)
+	}
+	m, err := remote.Image(repo.Digest(e.Manifest.Digest.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mm, _ := m.Manifest()
+	if _, _, err := profile.FromManifest(ctx, repo, mm.Annotations); err != nil {
+		t.Fatalf("the manifest's own profile: %v", err)
 	}
 }

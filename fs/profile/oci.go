@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -14,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
 // The OCI 1.1 empty config an artifact manifest carries.
@@ -34,8 +37,12 @@ const (
 // one blob, subject the image manifest), so the image's own manifest, digest
 // and signatures stay unchanged. Registries without the referrers API get
 // ggcr's referrers tag fallback ("sha256-HEX"). Older profiles of the
-// subject are deleted where the registry allows it; Pull prefers the newest
-// either way. It returns the artifact manifest's digest.
+// subject are deleted where the registry allows it (Pull prefers the newest
+// either way), except one whose blob the subject manifest's own
+// toc.AnnotationProfileDigest names (lazyfs convert --record): that referrer
+// is what keeps the blob referenced for the registry's garbage collection,
+// so deleting it would leave the manifest naming a blob that may vanish.
+// It returns the artifact manifest's digest.
 func Push(ctx context.Context, repo name.Repository, subject v1.Descriptor, p *Profile, opts ...remote.Option) (v1.Hash, error) {
 	b, err := p.Marshal()
 	if err != nil {
@@ -73,12 +80,96 @@ func Push(ctx context.Context, repo name.Repository, subject v1.Descriptor, p *P
 	if err := remote.Put(repo.Digest(h.String()), rawManifest(raw), opts...); err != nil {
 		return v1.Hash{}, fmt.Errorf("push profile of %s@%s: %w", repo, subject.Digest, err)
 	}
+	var keep v1.Hash // the blob the subject manifest names, if any
+	if len(old) > 0 {
+		keep = annotatedBlob(repo, subject.Digest, opts)
+	}
+	var drop []v1.Hash
 	for _, d := range old {
-		if d.Digest != h {
-			_ = remote.Delete(repo.Digest(d.Digest.String()), opts...) // best effort: Pull takes the newest
+		if d.Digest != h && (keep == (v1.Hash{}) || !holdsBlob(repo, d.Digest, keep, opts)) {
+			drop = append(drop, d.Digest)
+		}
+	}
+	if len(drop) > 0 {
+		// Best effort: Pull takes the newest anyway.
+		unlistFallback(repo, subject.Digest, drop, opts)
+		for _, d := range drop {
+			_ = remote.Delete(repo.Digest(d.String()), opts...)
 		}
 	}
 	return h, nil
+}
+
+// unlistFallback removes drop from the subject's referrers tag fallback
+// index ("sha256-HEX", registries without the referrers API), if there is
+// one: an index listing a deleted manifest is refused by registries that
+// check an index's manifests (distribution, ggcr's), so the next Push, which
+// appends to it, would fail.
+func unlistFallback(repo name.Repository, subject v1.Hash, drop []v1.Hash, opts []remote.Option) {
+	tag := repo.Tag(subject.Algorithm + "-" + subject.Hex)
+	desc, err := remote.Get(tag, opts...)
+	if err != nil || !desc.MediaType.IsIndex() {
+		return
+	}
+	im, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
+	if err != nil {
+		return
+	}
+	kept := im.Manifests[:0]
+	for _, d := range im.Manifests {
+		if !slices.Contains(drop, d.Digest) {
+			kept = append(kept, d)
+		}
+	}
+	if len(kept) == len(im.Manifests) {
+		return
+	}
+	im.Manifests = kept
+	raw, err := json.Marshal(im)
+	if err != nil {
+		return
+	}
+	_ = remote.Put(tag, rawDoc{raw, desc.MediaType}, opts...)
+}
+
+// annotatedBlob is the profile blob the manifest subject names in its
+// toc.AnnotationProfileDigest annotation, or the zero hash (none, or the
+// manifest could not be read).
+func annotatedBlob(repo name.Repository, subject v1.Hash, opts []remote.Option) v1.Hash {
+	desc, err := remote.Get(repo.Digest(subject.String()), opts...)
+	if err != nil {
+		return v1.Hash{}
+	}
+	var m struct {
+		Annotations map[string]string `json:"annotations"`
+	}
+	if json.Unmarshal(desc.Manifest, &m) != nil {
+		return v1.Hash{}
+	}
+	h, err := v1.NewHash(m.Annotations[toc.AnnotationProfileDigest])
+	if err != nil {
+		return v1.Hash{}
+	}
+	return h
+}
+
+// holdsBlob reports whether the artifact manifest ref lists blob, or could
+// not be read (then it is kept: deleting is only ever best effort).
+func holdsBlob(repo name.Repository, ref, blob v1.Hash, opts []remote.Option) bool {
+	desc, err := remote.Get(repo.Digest(ref.String()), opts...)
+	if err != nil {
+		return true
+	}
+	var m v1.Manifest
+	if json.Unmarshal(desc.Manifest, &m) != nil {
+		return true
+	}
+	for _, l := range m.Layers {
+		if l.Digest == blob {
+			return true
+		}
+	}
+	return false
 }
 
 // Pull returns the newest profile attached to the image manifest subject in

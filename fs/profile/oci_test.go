@@ -61,6 +61,20 @@ func testPushPull(t *testing.T, referrers bool) {
 		t.Fatal(err)
 	}
 
+	// Again: with the tag fallback, the index lists no deleted referrer
+	// (registries refuse an index naming a missing manifest), so a third
+	// push still appends to it.
+	p3 := sample()
+	p3.Spans = append(p3.Spans, profile.Span{Layer: 0, Path: "again", Chunk: 9, N: 2})
+	h3, err := profile.Push(ctx, ref.Context(), *before, p3)
+	if err != nil {
+		t.Fatalf("third push: %v", err)
+	}
+	if _, err := remote.Get(ref.Context().Digest(h2.String())); err == nil {
+		t.Fatalf("the replaced profile %s is still in the registry", h2)
+	}
+	h2 = h3
+
 	after, err := remote.Head(ref)
 	if err != nil {
 		t.Fatal(err)

@@ -170,7 +170,9 @@ func (f *Fetcher) client(ctx context.Context, ep *endpoint, repo name.Repository
 	if ce != nil {
 		return ce, nil
 	}
-	v, err, _ := f.authFlight.Do(k.base+"|"+k.repo, func() (any, error) {
+	// Waiters leave when their own context ends (a read's fetch deadline
+	// included), while the shared handshake goes on for the others.
+	ch := f.authFlight.DoChan(k.base+"|"+k.repo, func() (any, error) {
 		f.mu.Lock()
 		ce := f.clients[k]
 		f.mu.Unlock()
@@ -192,10 +194,15 @@ func (f *Fetcher) client(ctx context.Context, ep *endpoint, repo name.Repository
 		f.clients[k] = ce
 		return ce, nil
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*clientEntry), nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
 	}
-	return v.(*clientEntry), nil
 }
 
 // checkRedirect bounds redirects and, on a redirect to another host, keeps

@@ -1,26 +1,22 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/lazyfs/lazyfs/fs/image"
+	"github.com/lazyfs/lazyfs/internal/unixhttp"
 )
 
 // Client speaks a Node's control API over its unix socket: the daemon's,
 // or a standalone mount server's.
 type Client struct {
-	socket string
-	hc     *http.Client
+	c *unixhttp.Client
 }
 
 // ErrNoServer means nothing answers on a control socket.
@@ -36,57 +32,34 @@ func NewClient(path string, timeout time.Duration) *Client {
 	if timeout <= 0 {
 		timeout = 2 * time.Minute
 	}
-	return &Client{socket: path, hc: &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "unix", path)
-		},
-		DisableKeepAlives: true,
-	}}}
+	return &Client{unixhttp.New(path, unixhttp.Options{Timeout: timeout, DialTimeout: 2 * time.Second, NoKeepAlive: true, MaxAnswer: maxResponse})}
 }
 
 // Socket returns the socket path.
-func (c *Client) Socket() string { return c.socket }
+func (c *Client) Socket() string { return c.c.Socket() }
 
+// do sends one request; errors: ErrNoServer when nothing answers, the
+// server's plain-text message (ErrNotMounted on 404, ErrMountPointInUse on
+// 409), or the socket and what failed.
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://lazyfs"+path, rd)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		var ne *net.OpError
-		if errors.As(err, &ne) && ne.Op == "dial" {
-			return fmt.Errorf("%w on %s: %w", ErrNoServer, c.socket, err)
-		}
-		return fmt.Errorf("control socket %s: %w", c.socket, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		err := errors.New(strings.TrimSpace(string(msg)))
-		switch resp.StatusCode {
-		case http.StatusNotFound:
-			err = fmt.Errorf("%w (%s)", ErrNotMounted, msg)
-		case http.StatusConflict:
-			err = fmt.Errorf("%w (%s)", ErrMountPointInUse, msg)
-		}
-		return err
-	}
-	if out == nil {
+	err := c.c.Do(ctx, method, path, body, out)
+	if err == nil {
 		return nil
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxResponse)).Decode(out); err != nil {
-		return fmt.Errorf("control socket %s: bad answer: %w", c.socket, err)
+	if se, ok := errors.AsType[*unixhttp.StatusError](err); ok {
+		msg := strings.TrimSpace(string(se.Body))
+		switch se.Code {
+		case http.StatusNotFound:
+			return fmt.Errorf("%w (%s)", ErrNotMounted, msg)
+		case http.StatusConflict:
+			return fmt.Errorf("%w (%s)", ErrMountPointInUse, msg)
+		}
+		return errors.New(msg)
 	}
-	return nil
+	if errors.Is(err, unixhttp.ErrConnect) {
+		return fmt.Errorf("%w on %s: %w", ErrNoServer, c.Socket(), err)
+	}
+	return fmt.Errorf("control socket %s: %w", c.Socket(), err)
 }
 
 // Health asks whether the server answers.

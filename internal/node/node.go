@@ -44,8 +44,13 @@ type Config struct {
 	Insecure bool
 	// Logger gets the node's logs (nil: discarded).
 	Logger *slog.Logger
-	// Fetcher, if set, is used instead of a fetcher built from HostsDir and
-	// Insecure (tests, custom transports). The Node does not close it.
+	// FetchOptions are appended to the options of the fetcher the Node
+	// builds (deadlines, minimum throughput, retries: internal/fetchconf);
+	// unused with Fetcher.
+	FetchOptions []remote.Option
+	// Fetcher, if set, is used instead of a fetcher built from HostsDir,
+	// Insecure and FetchOptions (tests, custom transports). The Node does
+	// not close it.
 	Fetcher *remote.Fetcher
 	// Cache, if set, is used instead of opening CacheDir. The Node does not close it.
 	Cache Cache
@@ -182,6 +187,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		if cfg.HostsDir != "" {
 			opts = append(opts, remote.WithHostsDir(cfg.HostsDir))
 		}
+		opts = append(opts, cfg.FetchOptions...)
 		n.fetcher, n.ownFetch = remote.New(opts...), true
 	}
 	n.resolver = image.NewResolver(n.fetcher, cfg.Resolver)

@@ -1,15 +1,14 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"syscall"
+
+	"github.com/lazyfs/lazyfs/internal/unixhttp"
 )
 
 // DefaultSocket is where the daemon listens unless told otherwise.
@@ -18,16 +17,16 @@ const DefaultSocket = "/run/lazyfs/prewarm.sock"
 // Client talks to the daemon's unix socket.
 type Client struct {
 	Socket string
-	hc     *http.Client
+	c      *unixhttp.Client
 }
 
 // NewClient returns a client for the daemon listening on socket.
 func NewClient(socket string) *Client {
-	return &Client{Socket: socket, hc: unixClient(socket)}
+	return &Client{Socket: socket, c: unixhttp.New(socket, unixhttp.Options{})}
 }
 
 // Close closes the client's idle connections.
-func (c *Client) Close() { c.hc.CloseIdleConnections() }
+func (c *Client) Close() { c.c.CloseIdleConnections() }
 
 // Status returns the daemon's status.
 func (c *Client) Status(ctx context.Context) (Status, error) {
@@ -50,48 +49,31 @@ func (c *Client) Release(ctx context.Context, req ReleaseRequest) (ReleaseResult
 	return r, err
 }
 
+// do sends one request; errors: ErrNotRunning (with what to do) when no
+// daemon listens, the daemon's message unwrapping to its code's sentinel,
+// or the socket and what failed.
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
+	err := c.c.Do(ctx, method, path, in, out)
+	if err == nil {
+		return nil
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://lazyfs-prewarm"+path, body)
-	if err != nil {
-		return err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return &remoteError{msg: fmt.Sprintf("lazyfs-prewarm is not running at %s: start it (systemctl start lazyfs-prewarm, or lazyfs-prewarm --socket %s as root), or point --socket or LAZYFS_PREWARM_SOCKET at its socket", c.Socket, c.Socket), sentinel: ErrNotRunning}
-		}
-		return fmt.Errorf("prewarm daemon %s: %w", c.Socket, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return fmt.Errorf("prewarm daemon %s: %w", c.Socket, err)
-	}
-	if resp.StatusCode != http.StatusOK {
+	if se, ok := errors.AsType[*unixhttp.StatusError](err); ok {
 		var e Error
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		if json.Unmarshal(se.Body, &e) == nil && e.Error != "" {
 			if s := ErrorOfCode(e.Code); s != nil {
 				return &remoteError{msg: e.Error, sentinel: s}
 			}
 			return fmt.Errorf("prewarm daemon: %s", e.Error)
 		}
-		return fmt.Errorf("prewarm daemon %s: %s", path, resp.Status)
+		return fmt.Errorf("prewarm daemon %s: %s", path, se.Status)
 	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("prewarm daemon %s: bad answer: %w", path, err)
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		return &remoteError{msg: fmt.Sprintf("lazyfs-prewarm is not running at %s: start it (systemctl start lazyfs-prewarm, or lazyfs-prewarm --socket %s as root), or point --socket or LAZYFS_PREWARM_SOCKET at its socket", c.Socket, c.Socket), sentinel: ErrNotRunning}
 	}
-	return nil
+	if errors.Is(err, unixhttp.ErrBadAnswer) {
+		return fmt.Errorf("prewarm daemon %s: %w", path, err)
+	}
+	return fmt.Errorf("prewarm daemon %s: %w", c.Socket, err)
 }
 
 // remoteError carries the daemon's message and unwraps to the sentinel.
@@ -107,14 +89,4 @@ func (e *remoteError) Unwrap() error { return e.sentinel }
 type Error struct {
 	Error string `json:"error"`
 	Code  string `json:"code"`
-}
-
-func unixClient(socket string) *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		MaxIdleConns: 4,
-	}}
 }

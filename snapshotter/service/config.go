@@ -16,6 +16,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/pflag"
 
+	"github.com/lazyfs/lazyfs/internal/fetchconf"
 	"github.com/lazyfs/lazyfs/internal/size"
 )
 
@@ -37,6 +38,15 @@ type Config struct {
 	ProfileDir     string   `toml:"profile_dir"`     // start-up profiles learned on the node (default ROOT/profiles)
 	Fill           bool     `toml:"fill"`            // after its profile, fetch the rest of a merged image mount in the background
 
+	// The registry fetcher's limits (internal/fetchconf, docs/remote.md):
+	// what a slow or failing registry may cost a read before it fails.
+	FetchDeadline    Duration             `toml:"fetch_deadline"`    // bound on one chunk fetch, retries included; then EIO
+	StallTimeout     Duration             `toml:"stall_timeout"`     // retry a request that sends nothing for this long
+	MinThroughput    fetchconf.Throughput `toml:"min_throughput"`    // retry a request slower than this per second; "off": never
+	ThroughputWindow Duration             `toml:"throughput_window"` // window of min_throughput
+	RetryAttempts    int                  `toml:"retry_attempts"`    // attempts per registry host
+	RetryDeadline    Duration             `toml:"retry_deadline"`    // no new attempt this long after the last that made progress
+
 	// Holder makes the snapshotter use the lazy layers of a holder process
 	// (`lazyfs-snapshotter holder`) serving the node at ControlAddress,
 	// instead of a node of its own: the snapshotter can then restart while
@@ -48,6 +58,7 @@ type Config struct {
 
 // Defaults returns the built-in configuration.
 func Defaults() Config {
+	fd := fetchconf.Defaults()
 	return Config{
 		Address:        "/run/lazyfs/snapshotter.sock",
 		ControlAddress: "/run/lazyfs/control.sock",
@@ -57,6 +68,13 @@ func Defaults() Config {
 		LogLevel:       "info",
 		MountTimeout:   Duration(30 * time.Second),
 		Fill:           true,
+
+		FetchDeadline:    Duration(fd.FetchDeadline),
+		StallTimeout:     Duration(fd.StallTimeout),
+		MinThroughput:    fd.MinThroughput,
+		ThroughputWindow: Duration(fd.ThroughputWindow),
+		RetryAttempts:    fd.RetryAttempts,
+		RetryDeadline:    Duration(fd.RetryDeadline),
 
 		HolderMetricsAddress: "127.0.0.1:9612",
 	}
@@ -75,6 +93,12 @@ func (c *Config) BindFlags(f *pflag.FlagSet) {
 	f.Var(&c.MountTimeout, "mount-timeout", "bound on mounting one layer lazily before it falls back")
 	f.StringVar(&c.ProfileDir, "profile-dir", c.ProfileDir, "start-up profiles learned on this node (default ROOT/profiles)")
 	f.BoolVar(&c.Fill, "fill", c.Fill, "after its start-up profile, fetch the rest of a merged image mount in the background (--fill=false: off)")
+	f.Var(&c.FetchDeadline, "fetch-deadline", fmt.Sprintf("bound on one chunk fetch, retries included; then the read fails with EIO (%v-%v)", fetchconf.MinDuration, fetchconf.MaxFetchDeadline))
+	f.Var(&c.StallTimeout, "stall-timeout", fmt.Sprintf("retry a registry request that sends nothing for this long (%v-%v)", fetchconf.MinDuration, fetchconf.MaxStallTimeout))
+	f.Var(&c.MinThroughput, "min-throughput", fmt.Sprintf("retry a registry request slower than this per second over throughput-window, up to %v (0 or off: never)", fetchconf.Throughput(fetchconf.MaxThroughput)))
+	f.Var(&c.ThroughputWindow, "throughput-window", fmt.Sprintf("window of min-throughput (%v-%v)", fetchconf.MinDuration, fetchconf.MaxWindow))
+	f.IntVar(&c.RetryAttempts, "retry-attempts", c.RetryAttempts, fmt.Sprintf("attempts per registry host (1-%d)", fetchconf.MaxRetryAttempts))
+	f.Var(&c.RetryDeadline, "retry-deadline", fmt.Sprintf("no new attempt this long after the last one that made progress (%v-%v)", fetchconf.MinDuration, fetchconf.MaxRetryDeadline))
 	f.BoolVar(&c.Holder, "holder", c.Holder, "use the lazy layers of the holder process serving --control-address (lazyfs-snapshotter holder)")
 	f.StringVar(&c.HolderMetricsAddress, "holder-metrics-address", c.HolderMetricsAddress, `TCP address for the holder's /metrics ("" disables)`)
 }
@@ -114,6 +138,12 @@ func Load(path string, explicit bool, flags Config, f *pflag.FlagSet) (Config, e
 			"mount-timeout":          func() { c.MountTimeout = flags.MountTimeout },
 			"profile-dir":            func() { c.ProfileDir = flags.ProfileDir },
 			"fill":                   func() { c.Fill = flags.Fill },
+			"fetch-deadline":         func() { c.FetchDeadline = flags.FetchDeadline },
+			"stall-timeout":          func() { c.StallTimeout = flags.StallTimeout },
+			"min-throughput":         func() { c.MinThroughput = flags.MinThroughput },
+			"throughput-window":      func() { c.ThroughputWindow = flags.ThroughputWindow },
+			"retry-attempts":         func() { c.RetryAttempts = flags.RetryAttempts },
+			"retry-deadline":         func() { c.RetryDeadline = flags.RetryDeadline },
 			"holder":                 func() { c.Holder = flags.Holder },
 			"holder-metrics-address": func() { c.HolderMetricsAddress = flags.HolderMetricsAddress },
 		}
@@ -143,7 +173,22 @@ func (c Config) Validate() error {
 	if _, err := c.Level(); err != nil {
 		return err
 	}
+	if err := c.Fetch().Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
 	return nil
+}
+
+// Fetch is the registry fetcher's limits (fetch_deadline ... retry_deadline).
+func (c Config) Fetch() fetchconf.Config {
+	return fetchconf.Config{
+		FetchDeadline:    time.Duration(c.FetchDeadline),
+		StallTimeout:     time.Duration(c.StallTimeout),
+		MinThroughput:    c.MinThroughput,
+		ThroughputWindow: time.Duration(c.ThroughputWindow),
+		RetryAttempts:    c.RetryAttempts,
+		RetryDeadline:    time.Duration(c.RetryDeadline),
+	}
 }
 
 // Level is the slog level of LogLevel.

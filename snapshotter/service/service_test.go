@@ -3,6 +3,8 @@ package service_test
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/pflag"
 
+	"github.com/lazyfs/lazyfs/internal/fetchconf"
 	"github.com/lazyfs/lazyfs/snapshotter/service"
 )
 
@@ -22,6 +25,59 @@ func TestSampleConfigIsDefaults(t *testing.T) {
 	}
 	if d := cmp.Diff(service.Defaults(), got); d != "" {
 		t.Fatalf("sample config differs from the defaults (-defaults +sample):\n%s", d)
+	}
+	// Every key is in the sample, set or commented out: a key missing
+	// there would take its default and pass the diff above unseen.
+	b, err := os.ReadFile("../../docs/examples/config.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	typ := reflect.TypeOf(service.Config{})
+	for i := range typ.NumField() {
+		key := typ.Field(i).Tag.Get("toml")
+		if !regexp.MustCompile(`(?m)^(# )?` + key + ` = `).Match(b) {
+			t.Errorf("key %s is not in docs/examples/config.toml", key)
+		}
+	}
+}
+
+// TestFetchLimits: the fetcher keys are read from the file and flags, and
+// a value out of range is refused naming the key and the range.
+func TestFetchLimits(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.toml")
+	os.WriteFile(path, []byte("fetch_deadline = \"2m\"\nmin_throughput = \"64KiB/s\"\nretry_attempts = 3\n"), 0o600)
+	flags := service.Defaults()
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	flags.BindFlags(fs)
+	if err := fs.Parse([]string{"--stall-timeout", "5s", "--retry-attempts", "4"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := service.Load(path, true, flags, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fetchconf.Defaults()
+	want.FetchDeadline, want.MinThroughput, want.StallTimeout, want.RetryAttempts = 2*time.Minute, 64<<10, 5*time.Second, 4
+	if d := cmp.Diff(want, c.Fetch()); d != "" {
+		t.Fatalf("fetch limits (-want +got):\n%s", d)
+	}
+	os.WriteFile(path, []byte("min_throughput = \"off\"\n"), 0o600)
+	if c, err := service.Load(path, true, service.Config{}, nil); err != nil || c.Fetch().MinThroughput != 0 {
+		t.Fatalf("min_throughput off: %v %v", c.MinThroughput, err)
+	}
+	for bad, msg := range map[string]string{
+		"fetch_deadline = \"0s\"\n":       "config: fetch_deadline 0s: out of range: the deadline of one chunk fetch must be 1s-1h0m0s",
+		"stall_timeout = \"11m\"\n":       "config: stall_timeout 11m0s: out of range",
+		"throughput_window = \"100ms\"\n": "config: throughput_window 100ms: out of range",
+		"retry_deadline = \"2h\"\n":       "config: retry_deadline 2h0m0s: out of range",
+		"retry_attempts = 0\n":            "config: retry_attempts 0: out of range: the attempts per registry host must be 1-100",
+		"min_throughput = \"2GiB\"\n":     "config: min_throughput 2GiB/s: out of range",
+		"min_throughput = \"fast\"\n":     `invalid size "fast"`,
+	} {
+		os.WriteFile(path, []byte(bad), 0o600)
+		if _, err := service.Load(path, true, service.Config{}, nil); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("config %q: %v, want %q", bad, err, msg)
+		}
 	}
 }
 
