@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"math/bits"
 	"sync"
 	"sync/atomic"
 )
@@ -11,7 +12,10 @@ import (
 // here whether or not the cache has stored it yet (or ever: when the cache
 // writer falls behind, chunks are served and not cached), and the cache
 // writer takes its bytes from here without another copy. Buffers are
-// recycled when the last holder lets go, so big files cost no garbage.
+// recycled when the last holder lets go, so big files cost no garbage; they
+// come in power-of-two size classes from minHotBuf to bufCap, and the limit
+// counts their capacity, the memory they hold (a 1 KiB file's chunk in a
+// 256 KiB buffer once made a 64 MiB set hold 513 MB).
 type hotSet struct {
 	limit  int64
 	bufCap int
@@ -20,9 +24,25 @@ type hotSet struct {
 	m     map[[32]byte]*hotChunk
 	fifo  []*hotChunk // insertion order; fifo[head:] are live
 	head  int
-	bytes int64
+	bytes int64 // capacity of the live chunks' buffers
 
-	pool sync.Pool // *[]byte of cap bufCap
+	pools [hotClasses]sync.Pool // *[]byte of cap minHotBuf << class
+}
+
+// Size classes of the hot set's buffers: minHotBuf << k for k < hotClasses
+// (4 KiB to 64 MiB, toc.MaxChunkSize).
+const (
+	minHotBuf  = 4 << 10
+	hotClasses = 15
+)
+
+// hotClass returns the size class holding n bytes, and its capacity.
+func hotClass(n int) (int, int) {
+	if n <= minHotBuf {
+		return 0, minHotBuf
+	}
+	k := bits.Len(uint(n-1)) - bits.Len(uint(minHotBuf-1))
+	return k, minHotBuf << k
 }
 
 // hotChunk is one chunk in the set. refs counts the set itself and every
@@ -49,11 +69,11 @@ func (s *hotSet) add(sum [32]byte, data []byte) *hotChunk {
 	s.mu.Unlock()
 	// Copy outside the lock; a racing add of the same chunk loses below.
 	var buf []byte
-	if len(data) <= s.bufCap {
-		if p, _ := s.pool.Get().(*[]byte); p != nil {
+	if k, c := hotClass(len(data)); k < hotClasses && c <= max(s.bufCap, minHotBuf) {
+		if p, _ := s.pools[k].Get().(*[]byte); p != nil {
 			buf = (*p)[:len(data)]
 		} else {
-			buf = make([]byte, len(data), s.bufCap)
+			buf = make([]byte, len(data), c)
 		}
 	} else {
 		buf = make([]byte, len(data))
@@ -70,14 +90,14 @@ func (s *hotSet) add(sum [32]byte, data []byte) *hotChunk {
 	}
 	s.m[sum] = c
 	s.fifo = append(s.fifo, c)
-	s.bytes += int64(len(buf))
+	s.bytes += int64(cap(buf))
 	var out []*hotChunk
 	for s.bytes > s.limit && s.head < len(s.fifo)-1 {
 		old := s.fifo[s.head]
 		s.fifo[s.head] = nil
 		s.head++
 		delete(s.m, old.sum)
-		s.bytes -= int64(len(old.data))
+		s.bytes -= int64(cap(old.data))
 		out = append(out, old)
 	}
 	if s.head > len(s.fifo)/2 && s.head > 64 {
@@ -114,9 +134,9 @@ func (c *hotChunk) release() {
 	if c.refs.Add(-1) != 0 {
 		return
 	}
-	if cap(c.data) == c.set.bufCap {
+	if k, cp := hotClass(cap(c.data)); k < hotClasses && cp == cap(c.data) {
 		b := c.data[:0]
-		c.set.pool.Put(&b)
+		c.set.pools[k].Put(&b)
 	}
 	c.data = nil
 }
