@@ -81,16 +81,22 @@ const (
 // per directory; a second Open of the same directory fails with ErrLocked.
 //
 // Bounds: Stats.Size (chunk bytes) never exceeds the capacity; the least
-// recently used unpinned chunk is evicted first. On disk, badger keeps chunk
-// bytes in value-log files of VLF bytes (default capacity/16, clamped to
-// [8 MiB, 128 MiB]; chunks up to VLF-40 bytes are accepted, ErrTooLarge
-// above, and never above MaxChunkSize) and reclaims evicted bytes by rewriting files that are at
-// least half garbage. A background goroutine owned by the cache does so every
+// recently used unpinned chunk is evicted first. On disk, chunks of at least
+// the segment threshold (WithSegmentThreshold, default 4 KiB) are appended
+// to segment files of about VLF bytes under dir/segments, badger keeping a
+// small extent record for each; smaller chunks (and chunks stored before
+// segment files existed) live in badger's value-log files of VLF bytes
+// (default capacity/16, clamped to [8 MiB, 128 MiB]; chunks up to VLF-40
+// bytes are accepted, ErrTooLarge above, and never above MaxChunkSize).
+// Evicting the last live chunk of a segment deletes it; a background
+// goroutine owned by the cache compacts the segments with the largest share
+// of garbage while sealed segments hold more than capacity/16 + VLF of it,
+// and rewrites value-log files that are at least half garbage. It runs every
 // GC interval and as soon as VLF bytes have been evicted since the last
-// collection; when the directory is still above the bound it collects files
-// with less garbage too. The directory's disk use stays within
-// capacity + DiskSlack() (Stats.DiskLimit) right after a collection; between
-// collections it can exceed that by up to one more VLF.
+// collection; when the directory is still above the bound it collects
+// value-log files with less garbage too. The directory's disk use stays
+// within capacity + DiskSlack() (Stats.DiskLimit) right after a collection;
+// between collections it can exceed that by up to one more VLF.
 //
 // LRU order across reopen: the order in memory is exact; access times are
 // persisted lazily (every GC interval and on Close) in each chunk's meta
@@ -98,15 +104,20 @@ const (
 // the order is as of the last save, i.e. approximate.
 //
 // Crash safety: every Put is one badger transaction holding the chunk record
-// and its meta record. Writes are not fsynced by default (WithSyncWrites): a
-// process killed at any instant loses no acknowledged Put, because badger
-// writes through mmap into the page cache; on the next Open badger replays
-// its write-ahead log and drops a torn tail, so a chunk is either wholly
-// present or absent. A chunk whose bytes are damaged anyway (power loss,
-// bit rot) fails the check on Get and is dropped, never served.
+// (or, for a chunk in a segment, its extent record, committed only after the
+// chunk's bytes were written to the segment) and its meta record. Writes are
+// not fsynced by default (WithSyncWrites): a process killed at any instant
+// loses no acknowledged Put, because badger writes through mmap and segments
+// through write(2), both into the page cache; on the next Open badger
+// replays its write-ahead log and drops a torn tail, so a chunk is either
+// wholly present or absent, and Open cuts segment bytes that no record
+// references (a torn tail) and drops extents whose segment is missing or
+// short. A chunk whose bytes are damaged anyway (power loss, bit rot) fails
+// the check on Get and is dropped, never served.
 //
 // Disk space: badger writes through mmap into sparse files, and a write that
-// finds the filesystem full kills the process with SIGBUS. So Open refuses
+// finds the filesystem full kills the process with SIGBUS (a segment write
+// gets ENOSPC instead: Put returns ErrNoSpace). So Open refuses
 // (ErrNoSpace, naming the directory, the capacity and the free space) a cache
 // whose capacity + DiskSlack (as if empty) + the free-space reserve does not
 // fit the filesystem's free space plus what the directory already holds; and

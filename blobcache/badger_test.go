@@ -216,8 +216,8 @@ func TestCorruptChunkIsDropped(t *testing.T) {
 			loseNext bool
 		}{
 			{"lsm-closed", 100, false, false},
-			{"vlog-open", 32 << 10, true, false},
-			{"vlog-closed", 32 << 10, false, true},
+			{"vlog-open", 2 << 10, true, false},
+			{"vlog-closed", 2 << 10, false, true},
 			{"segment-open", 256 << 10, true, false},
 			{"segment-closed", 256 << 10, false, false},
 		} {
@@ -427,11 +427,13 @@ func TestBadgerLogger(t *testing.T) {
 }
 
 // TestRecordMissingBehindTheCachesBack checks that a chunk the index lists
-// but the database lost is reported as a miss and forgotten.
+// but the database lost is reported as a miss and forgotten. (Only for a
+// chunk kept in badger: Get of a chunk in a segment reads the extent from the
+// in-memory index, not from badger.)
 func TestRecordMissingBehindTheCachesBack(t *testing.T) {
 	c := openT(t, t.TempDir(), WithCapacity(1<<20))
 	ctx := context.Background()
-	data, ds := chunksT(1, 4096, 9)
+	data, ds := chunksT(1, DefaultSegmentThreshold-1, 9)
 	if err := c.Put(ctx, ds[0], data[0]); err != nil {
 		t.Fatal(err)
 	}

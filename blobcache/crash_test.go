@@ -76,8 +76,8 @@ func crashChild(dir string) {
 // TestCrashSafety re-executes the test binary as a child that Puts chunks
 // continuously, SIGKILLs it mid-stream, reopens the directory and checks that
 // every stored chunk hashes to its digest, that no acknowledged chunk was lost
-// (when nothing was evicted), and that the cache works. Chunks from 64 KiB on
-// go to segment files (most of them: sizes are uniform up to 1 or 4 MiB), the
+// (when nothing was evicted), and that the cache works. Chunks from 4 KiB on
+// go to segment files (almost all: sizes are uniform up to 1 or 4 MiB), the
 // rest to badger's value log; "badger-only" keeps every chunk in badger.
 func TestCrashSafety(t *testing.T) {
 	kills := 3

@@ -125,7 +125,7 @@ func WithMinFreeSpace(bytes int64) Option {
 // WithSegmentThreshold sets the chunk size from which Badger stores chunk
 // bytes in its own append-only segment files (written with pwritev; badger
 // keeps a 32-byte extent record) rather than in badger's value log (Badger
-// only; default DefaultSegmentThreshold, 64 KiB). A threshold above
+// only; default DefaultSegmentThreshold, 4 KiB). A threshold above
 // MaxChunkSize keeps every chunk in badger. Open rejects a threshold that is
 // not positive.
 func WithSegmentThreshold(bytes int64) Option { return func(c *config) { c.segThreshold = bytes } }
