@@ -48,7 +48,8 @@ type Badger struct {
 	active       *segment            // guarded by mu; nil until the first large Put
 	lastSegID    uint64              // guarded by mu
 
-	evictedSinceGC atomic.Int64
+	evictedSinceGC atomic.Int64 // bytes of chunks in badger evicted since the last flush
+	segEvicted     atomic.Int64 // bytes of chunks in segments evicted since the last kick
 	gcKick         chan struct{}
 	stop           context.CancelFunc
 	done           chan struct{}
@@ -773,13 +774,25 @@ func (c *Badger) evicted(victims []*entry) {
 	if len(victims) == 0 {
 		return
 	}
-	var bytes int64
+	var inBadger, inSegs int64
 	for _, e := range victims {
-		bytes += e.size
+		if e.seg != nil { // victims are out of the index: nobody moves them now
+			inSegs += e.size
+		} else {
+			inBadger += e.size
+		}
 	}
 	c.st.evictions.Add(int64(len(victims)))
-	c.st.evictedBytes.Add(bytes)
-	if c.evictedSinceGC.Add(bytes) >= c.vlogFileSize {
+	c.st.evictedBytes.Add(inBadger + inSegs)
+	kick := false
+	if inBadger > 0 && c.evictedSinceGC.Add(inBadger) >= c.vlogFileSize {
+		kick = true
+	}
+	if inSegs > 0 && c.segEvicted.Add(inSegs) >= c.segSize {
+		c.segEvicted.Store(0)
+		kick = true
+	}
+	if kick {
 		select {
 		case c.gcKick <- struct{}{}:
 		default:

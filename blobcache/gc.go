@@ -27,7 +27,10 @@ func (c *Badger) loop(ctx context.Context) {
 			}
 			c.collect(ctx, false)
 		case <-c.gcKick:
-			c.collect(ctx, true)
+			// Flush badger's memtable only when chunks kept in badger were
+			// evicted: segment garbage needs no flush (and a flush costs
+			// a new 8 MiB memtable and a level-0 compaction).
+			c.collect(ctx, c.evictedSinceGC.Load() >= c.vlogFileSize)
 		}
 	}
 }
