@@ -48,6 +48,7 @@ type Badger struct {
 	active       *segment            // guarded by mu; nil until the first large Put
 	lastSegID    uint64              // guarded by mu
 
+	gcMu           sync.Mutex   // one collection at a time (the loop's, or a test's)
 	evictedSinceGC atomic.Int64 // bytes of chunks in badger evicted since the last flush
 	segEvicted     atomic.Int64 // bytes of chunks in segments evicted since the last kick
 	gcKick         chan struct{}
@@ -353,6 +354,11 @@ func (c *Badger) load() error {
 					return err
 				})
 				if err == nil && isExt {
+					// A record may name a segment deleted just before a
+					// crash (the unlink precedes the commit of the
+					// evictions): new ids stay above every id referenced,
+					// so such a record never names a new segment.
+					c.lastSegID = max(c.lastSegID, x.seg)
 					err = c.checkExtent(x, recs[i].m.size)
 				}
 				if err != nil {

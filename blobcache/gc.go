@@ -43,6 +43,8 @@ func (c *Badger) loop(ctx context.Context) {
 // ratio step by step, flattening the LSM tree first so that every deletion is
 // accounted.
 func (c *Badger) collect(ctx context.Context, force bool) {
+	c.gcMu.Lock()
+	defer c.gcMu.Unlock()
 	bound := c.cfg.capacity + c.DiskSlack()
 	over := func() bool {
 		n, err := dirSize(c.dir)

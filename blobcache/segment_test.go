@@ -367,6 +367,44 @@ func TestSegmentsDeletedWhenDead(t *testing.T) {
 	}
 }
 
+// TestSegmentIDsNotReused removes the newest segment while its chunks'
+// records remain (a crash between the unlink and the commit of their
+// eviction): Open drops them, and new segments get ids above the removed one.
+func TestSegmentIDsNotReused(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	opts := []Option{WithCapacity(64 << 20), WithValueLogFileSize(1 << 20)}
+	data, ds := chunksT(8, 256<<10, 13)
+	c := openT(t, dir, opts...)
+	for i := range ds {
+		if err := c.Put(ctx, ds[i], data[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closeT(t, c)
+	segs := segFiles(t, dir)
+	if len(segs) != 2 {
+		t.Fatalf("segment files %v, want 2", segs)
+	}
+	if err := os.Remove(segs[1]); err != nil { // id 2
+		t.Fatal(err)
+	}
+	c = openT(t, dir, opts...)
+	if got, want := presentT(t, c, ds), "11110000"; got != want {
+		t.Fatalf("present %s, want %s", got, want)
+	}
+	if err := c.Put(ctx, ds[4], data[4]); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	id := c.active.id
+	c.mu.Unlock()
+	if id != 3 {
+		t.Fatalf("new segment id %d, want 3", id)
+	}
+	getAllT(t, c, data[:5], ds[:5])
+}
+
 func TestOpenRejectsBadSegmentThreshold(t *testing.T) {
 	for _, n := range []int64{0, -1} {
 		if _, err := Open(t.TempDir(), WithSegmentThreshold(n)); err == nil {
