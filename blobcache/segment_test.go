@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 )
 
 // segFiles lists the segment files of dir.
@@ -410,5 +415,82 @@ func TestOpenRejectsBadSegmentThreshold(t *testing.T) {
 		if _, err := Open(t.TempDir(), WithSegmentThreshold(n)); err == nil {
 			t.Fatalf("Open with segment threshold %d succeeded", n)
 		}
+	}
+}
+
+// TestSegmentsConcurrent runs Puts, Gets, evictions, segment deletions and
+// compactions all at once (run it with -race): every Get returns the chunk's
+// bytes or a miss, nothing is found corrupt, and after a last collection the
+// directory is within DiskLimit.
+func TestSegmentsConcurrent(t *testing.T) {
+	const capacity = 4 << 20
+	dir := t.TempDir()
+	c := openT(t, dir, WithCapacity(capacity), WithValueLogFileSize(1<<20), WithGCInterval(5*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var all []digest.Digest
+	g, gctx := errgroup.WithContext(ctx)
+	for w := range 4 {
+		g.Go(func() error {
+			r := rand.New(rand.NewPCG(uint64(w), 3))
+			buf := make([]byte, 0, 512<<10)
+			for gctx.Err() == nil {
+				if r.IntN(2) == 0 {
+					data, d := randomChunk(r, 1+r.IntN(512<<10))
+					if err := c.Put(gctx, d, data); err != nil && gctx.Err() == nil {
+						return err
+					}
+					mu.Lock()
+					all = append(all, d)
+					mu.Unlock()
+					continue
+				}
+				mu.Lock()
+				if len(all) == 0 {
+					mu.Unlock()
+					continue
+				}
+				d := all[len(all)-1-r.IntN(min(len(all), 24))] // mostly recent: mostly hits
+				mu.Unlock()
+				got, err := c.GetInto(gctx, d, buf)
+				switch {
+				case err == nil && digest.FromBytes(got) != d:
+					return fmt.Errorf("chunk %s: served bytes hash to %s", d, digest.FromBytes(got))
+				case err != nil && !errors.Is(err, ErrNotFound) && gctx.Err() == nil:
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		for gctx.Err() == nil {
+			c.collect(gctx, false)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	c.collect(context.Background(), true)
+	s := c.Stats()
+	t.Logf("%d Puts, %d hits, %d misses, %d evictions, %d compactions; disk %.1f MiB, limit %.1f MiB",
+		s.Puts, s.Hits, s.Misses, s.Evictions, s.GCRuns, float64(s.DiskSize)/(1<<20), float64(s.DiskLimit)/(1<<20))
+	if s.Corrupt != 0 || s.Size > capacity {
+		t.Fatalf("stats: %+v", s)
+	}
+	if s.DiskSize > s.DiskLimit {
+		t.Fatalf("disk %d above limit %d", s.DiskSize, s.DiskLimit)
+	}
+	closeT(t, c)
+	c = openT(t, dir, WithCapacity(capacity), WithVerify(VerifySHA256))
+	for _, d := range all {
+		if got, err := c.Get(context.Background(), d); err == nil && digest.FromBytes(got) != d || err != nil && !errors.Is(err, ErrNotFound) {
+			t.Fatalf("chunk %s after reopen: %v", d, err)
+		}
+	}
+	if s := c.Stats(); s.Corrupt != 0 {
+		t.Fatalf("after reopen: %+v", s)
 	}
 }
