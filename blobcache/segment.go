@@ -242,6 +242,9 @@ func (c *Badger) reserve(size int64) (*segment, int64, error) {
 	return s, off, nil
 }
 
+// pwritev is unix.Pwritev; tests replace it to inject write errors (ENOSPC).
+var pwritev = unix.Pwritev
+
 // writeRecord writes the segment record of chunk k at off in s (outside
 // c.mu): header and bytes in one pwritev, no assembly copy.
 func (c *Badger) writeRecord(s *segment, off int64, k key, crc uint32, data []byte) error {
@@ -251,7 +254,7 @@ func (c *Badger) writeRecord(s *segment, off int64, k key, crc uint32, data []by
 	want := segRecLen(int64(len(data)))
 	var done int64
 	for done < want {
-		n, err := unix.Pwritev(int(s.f.Fd()), iov, off+done)
+		n, err := pwritev(int(s.f.Fd()), iov, off+done)
 		if err == unix.EINTR {
 			continue
 		}

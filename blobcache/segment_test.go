@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -408,6 +409,50 @@ func TestSegmentIDsNotReused(t *testing.T) {
 		t.Fatalf("new segment id %d, want 3", id)
 	}
 	getAllT(t, c, data[:5], ds[:5])
+}
+
+// TestSegmentWriteENOSPC makes segment writes fail as on a full filesystem
+// (part of the record written, then ENOSPC): Put returns ErrNoSpace and
+// stores nothing, the process lives on, later Puts store again, and the
+// partial record is never served, also after reopen.
+func TestSegmentWriteENOSPC(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	c := openT(t, dir, WithCapacity(16<<20))
+	data, ds := chunksT(3, 256<<10, 14)
+	if err := c.Put(ctx, ds[0], data[0]); err != nil {
+		t.Fatal(err)
+	}
+	real := pwritev
+	t.Cleanup(func() { pwritev = real })
+	calls := 0
+	pwritev = func(fd int, iovs [][]byte, off int64) (int, error) {
+		if calls++; calls == 1 {
+			return real(fd, iovs[:1], off) // the header lands, the bytes do not
+		}
+		return 0, syscall.ENOSPC
+	}
+	err := c.Put(ctx, ds[1], data[1])
+	if !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Put on a full disk = %v, want ErrNoSpace", err)
+	}
+	if ok, _ := c.Has(ctx, ds[1]); ok {
+		t.Fatal("chunk listed after a failed write")
+	}
+	if s := c.Stats(); s.NoSpace != 1 || s.Entries != 1 {
+		t.Fatalf("stats: %+v", s)
+	}
+	pwritev = real
+	if err := c.Put(ctx, ds[2], data[2]); err != nil {
+		t.Fatal(err)
+	}
+	getAllT(t, c, [][]byte{data[0], data[2]}, []digest.Digest{ds[0], ds[2]})
+	closeT(t, c)
+	c = openT(t, dir, WithCapacity(16<<20))
+	if got, want := presentT(t, c, ds), "101"; got != want {
+		t.Fatalf("present %s after reopen, want %s", got, want)
+	}
+	getAllT(t, c, [][]byte{data[0], data[2]}, []digest.Digest{ds[0], ds[2]})
 }
 
 func TestOpenRejectsBadSegmentThreshold(t *testing.T) {
