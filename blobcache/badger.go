@@ -38,10 +38,19 @@ type Badger struct {
 	wmu       sync.Mutex
 	lastSaved int64 // access-time watermark of the last save; guarded by wmu
 
-	mu  sync.Mutex // guards idx
+	mu  sync.Mutex // guards idx and the segments' state
 	idx *index
 
-	evictedSinceGC atomic.Int64
+	// Segment store (segment.go): chunks of segThreshold bytes or more.
+	segThreshold int64
+	segSize      int64               // a segment is sealed once this full
+	segs         map[uint64]*segment // guarded by mu
+	active       *segment            // guarded by mu; nil until the first large Put
+	lastSegID    uint64              // guarded by mu
+
+	gcMu           sync.Mutex   // one collection at a time (the loop's, or a test's)
+	evictedSinceGC atomic.Int64 // bytes of chunks in badger evicted since the last flush
+	segEvicted     atomic.Int64 // bytes of chunks in segments evicted since the last kick
 	gcKick         chan struct{}
 	stop           context.CancelFunc
 	done           chan struct{}
@@ -74,16 +83,22 @@ const (
 // per directory; a second Open of the same directory fails with ErrLocked.
 //
 // Bounds: Stats.Size (chunk bytes) never exceeds the capacity; the least
-// recently used unpinned chunk is evicted first. On disk, badger keeps chunk
-// bytes in value-log files of VLF bytes (default capacity/16, clamped to
-// [8 MiB, 128 MiB]; chunks up to VLF-40 bytes are accepted, ErrTooLarge
-// above, and never above MaxChunkSize) and reclaims evicted bytes by rewriting files that are at
-// least half garbage. A background goroutine owned by the cache does so every
+// recently used unpinned chunk is evicted first. On disk, chunks of at least
+// the segment threshold (WithSegmentThreshold, default 4 KiB) are appended
+// to segment files of about VLF bytes under dir/segments, badger keeping a
+// small extent record for each; smaller chunks (and chunks stored before
+// segment files existed) live in badger's value-log files of VLF bytes
+// (default capacity/16, clamped to [8 MiB, 128 MiB]; chunks up to VLF-40
+// bytes are accepted, ErrTooLarge above, and never above MaxChunkSize).
+// Evicting the last live chunk of a segment deletes it; a background
+// goroutine owned by the cache compacts the segments with the largest share
+// of garbage while sealed segments hold more than capacity/16 + VLF of it,
+// and rewrites value-log files that are at least half garbage. It runs every
 // GC interval and as soon as VLF bytes have been evicted since the last
-// collection; when the directory is still above the bound it collects files
-// with less garbage too. The directory's disk use stays within
-// capacity + DiskSlack() (Stats.DiskLimit) right after a collection; between
-// collections it can exceed that by up to one more VLF.
+// collection; when the directory is still above the bound it collects
+// value-log files with less garbage too. The directory's disk use stays
+// within capacity + DiskSlack() (Stats.DiskLimit) right after a collection;
+// between collections it can exceed that by up to one more VLF.
 //
 // LRU order across reopen: the order in memory is exact; access times are
 // persisted lazily (every GC interval and on Close) in each chunk's meta
@@ -91,15 +106,20 @@ const (
 // the order is as of the last save, i.e. approximate.
 //
 // Crash safety: every Put is one badger transaction holding the chunk record
-// and its meta record. Writes are not fsynced by default (WithSyncWrites): a
-// process killed at any instant loses no acknowledged Put, because badger
-// writes through mmap into the page cache; on the next Open badger replays
-// its write-ahead log and drops a torn tail, so a chunk is either wholly
-// present or absent. A chunk whose bytes are damaged anyway (power loss,
-// bit rot) fails the check on Get and is dropped, never served.
+// (or, for a chunk in a segment, its extent record, committed only after the
+// chunk's bytes were written to the segment) and its meta record. Writes are
+// not fsynced by default (WithSyncWrites): a process killed at any instant
+// loses no acknowledged Put, because badger writes through mmap and segments
+// through write(2), both into the page cache; on the next Open badger
+// replays its write-ahead log and drops a torn tail, so a chunk is either
+// wholly present or absent, and Open cuts segment bytes that no record
+// references (a torn tail) and drops extents whose segment is missing or
+// short. A chunk whose bytes are damaged anyway (power loss, bit rot) fails
+// the check on Get and is dropped, never served.
 //
 // Disk space: badger writes through mmap into sparse files, and a write that
-// finds the filesystem full kills the process with SIGBUS. So Open refuses
+// finds the filesystem full kills the process with SIGBUS (a segment write
+// gets ENOSPC instead: Put returns ErrNoSpace). So Open refuses
 // (ErrNoSpace, naming the directory, the capacity and the free space) a cache
 // whose capacity + DiskSlack (as if empty) + the free-space reserve does not
 // fit the filesystem's free space plus what the directory already holds; and
@@ -114,6 +134,9 @@ func Open(dir string, opts ...Option) (*Badger, error) {
 	cfg := newConfig(opts, DefaultCapacity)
 	if cfg.capacity <= 0 {
 		return nil, fmt.Errorf("open cache %s: capacity %d must be positive", dir, cfg.capacity)
+	}
+	if cfg.segThreshold <= 0 {
+		return nil, fmt.Errorf("open cache %s: segment threshold %d must be positive", dir, cfg.segThreshold)
 	}
 	if dir == "" {
 		return nil, errors.New("open cache: empty directory")
@@ -142,15 +165,23 @@ func Open(dir string, opts ...Option) (*Badger, error) {
 		cfg:          cfg,
 		db:           db,
 		vlogFileSize: vlf,
+		segThreshold: cfg.segThreshold,
+		segSize:      vlf,
 		idx:          newIndex(),
 		gcKick:       make(chan struct{}, 1),
 		stop:         stop,
 		done:         make(chan struct{}),
 		space:        &spaceGuard{dir: dir, reserve: reserve, resume: reserve + vlf, free: freeSpace},
 	}
+	if c.segs, c.lastSegID, err = c.openSegments(); err != nil {
+		stop()
+		db.Close()
+		return nil, fmt.Errorf("open cache %s: segments: %w", dir, err)
+	}
 	if err := c.load(); err != nil {
 		stop()
 		db.Close()
+		closeSegments(c.segs)
 		return nil, fmt.Errorf("open cache %s: %w", dir, err)
 	}
 	go c.loop(ctx)
@@ -210,11 +241,16 @@ func (c *Badger) maxChunk() int64 {
 // DiskSlack is the documented margin above the capacity within which the
 // directory stays right after a collection:
 //
-//	3 × VLF (the file being written, one that is collected only once half of it
-//	        is garbage, and the garbage that triggers the next collection)
-//	+ capacity/64 (garbage left in files that are almost all live)
-//	+ 256 bytes per stored chunk (keys, value pointers and meta records in the
-//	        LSM tree)
+//	3 × VLF (the value-log file being written, one that is collected only
+//	        once half of it is garbage, and the garbage that triggers the next
+//	        collection)
+//	+ capacity/64 (garbage left in value-log files that are almost all live)
+//	+ capacity/16 + VLF (garbage that sealed segment files may keep, see
+//	        compactSegments; segment files are VLF bytes too)
+//	+ 2 × VLF (the active segment file, and the copy of a segment being
+//	        compacted)
+//	+ 256 bytes per stored chunk (keys, value pointers, extent and meta
+//	        records in the LSM tree, segment record headers)
 //	+ 16 MiB (write-ahead logs and badger's fixed files).
 //
 // Stats.DiskLimit reports capacity + DiskSlack.
@@ -226,7 +262,7 @@ func (c *Badger) DiskSlack() int64 {
 }
 
 func diskSlack(capacity, vlf, entries int64) int64 {
-	return 3*vlf + capacity/64 + 256*entries + 16<<20
+	return 6*vlf + capacity/64 + capacity/16 + 256*entries + 16<<20
 }
 
 func badgerOptions(dir string, cfg config, vlf int64) badger.Options {
@@ -260,6 +296,7 @@ func (c *Badger) load() error {
 	var recs []rec
 	var drop []key
 	metas := make(map[key]int) // index into recs
+	exts := make(map[key]extent)
 	err := c.db.View(func(txn *badger.Txn) error {
 		opt := badger.DefaultIteratorOptions
 		opt.Prefix = []byte{prefixMeta}
@@ -304,6 +341,35 @@ func (c *Badger) load() error {
 				drop = append(drop, k) // chunk without meta
 				continue
 			}
+			if it.Item().ValueSize() < valueThreshold { // in the LSM tree: cheap to read
+				var x extent
+				isExt := false
+				err := it.Item().Value(func(v []byte) error {
+					if !isExtent(v) {
+						return nil
+					}
+					isExt = true
+					var err error
+					x, err = decodeExtent(v)
+					return err
+				})
+				if err == nil && isExt {
+					// A record may name a segment deleted just before a
+					// crash (the unlink precedes the commit of the
+					// evictions): new ids stay above every id referenced,
+					// so such a record never names a new segment.
+					c.lastSegID = max(c.lastSegID, x.seg)
+					err = c.checkExtent(x, recs[i].m.size)
+				}
+				if err != nil {
+					c.cfg.logger.Warn("blobcache: dropping chunk with bad extent record", "chunk", k.digest(), "err", err)
+					drop = append(drop, k)
+					continue // the meta record goes too: seen[i] stays false
+				}
+				if isExt {
+					exts[k] = x
+				}
+			}
 			seen[i] = true
 		}
 		for i, ok := range seen {
@@ -323,11 +389,17 @@ func (c *Badger) load() error {
 		if r.m.size < 0 {
 			continue
 		}
-		c.idx.add(&entry{k: r.k, size: r.m.size, atime: r.m.atime, savedAtime: r.m.atime})
+		e := &entry{k: r.k, size: r.m.size, atime: r.m.atime, savedAtime: r.m.atime}
+		if x, ok := exts[r.k]; ok {
+			e.seg, e.off, e.crc = c.segs[x.seg], x.off, x.crc
+			e.seg.live += segRecLen(e.size)
+		}
+		c.idx.add(e)
 		c.lastSaved = max(c.lastSaved, r.m.atime)
 	}
 	victims := c.idx.evictFor(0, c.cfg.capacity)
 	for _, e := range victims {
+		c.release(e)
 		drop = append(drop, e.k)
 		c.st.evictions.Add(1)
 		c.st.evictedBytes.Add(e.size)
@@ -335,6 +407,48 @@ func (c *Badger) load() error {
 	if len(drop) > 0 {
 		if err := c.deleteKeys(drop); err != nil {
 			return fmt.Errorf("drop %d stale chunks: %w", len(drop), err)
+		}
+	}
+	return c.trimSegments()
+}
+
+// checkExtent checks an extent record read on Open against the segment files
+// found and the chunk's meta record.
+func (c *Badger) checkExtent(x extent, size int64) error {
+	if x.size != size {
+		return fmt.Errorf("extent of %d bytes, meta record says %d", x.size, size)
+	}
+	s := c.segs[x.seg]
+	if s == nil {
+		return fmt.Errorf("segment %s missing", segName(x.seg))
+	}
+	if x.off+segRecLen(x.size) > s.end {
+		return fmt.Errorf("extent [%d, %d) beyond the end of segment %s (%d bytes)", x.off, x.off+segRecLen(x.size), segName(x.seg), s.end)
+	}
+	return nil
+}
+
+// trimSegments, on Open, deletes the segments left by earlier processes that
+// hold no live chunk and cuts the others after their last live record: what
+// follows is garbage (a torn tail, a record whose Put never committed, evicted
+// chunks), and no process ever appends to them again.
+func (c *Badger) trimSegments() error {
+	ends := make(map[*segment]int64)
+	for _, e := range c.idx.m {
+		if e.seg != nil {
+			ends[e.seg] = max(ends[e.seg], e.off+segRecLen(e.size))
+		}
+	}
+	for _, s := range c.segs {
+		if s.live == 0 {
+			c.maybeDropSegment(s)
+			continue
+		}
+		if end := ends[s]; end < s.end {
+			if err := s.f.Truncate(end); err != nil {
+				return fmt.Errorf("segment %s: truncate: %w", segName(s.id), err)
+			}
+			s.end = end
 		}
 	}
 	return nil
@@ -390,10 +504,15 @@ func (c *Badger) GetInto(ctx context.Context, d digest.Digest, buf []byte) ([]by
 
 	c.mu.Lock()
 	e := c.idx.m[k]
-	var size int64
+	var size, off int64
+	var seg *segment
+	var crc uint32
 	if e != nil {
 		c.idx.touch(e, time.Now().UnixNano())
-		size = e.size
+		size, seg, off, crc = e.size, e.seg, e.off, e.crc
+		if seg != nil {
+			seg.refs++ // keeps the file open if the chunk is evicted meanwhile
+		}
 	}
 	c.mu.Unlock()
 	if e == nil {
@@ -401,14 +520,22 @@ func (c *Badger) GetInto(ctx context.Context, d digest.Digest, buf []byte) ([]by
 		return nil, fmt.Errorf("chunk %s: %w", d, ErrNotFound)
 	}
 
-	out, err := c.read(k, size, buf)
+	var out []byte
+	if seg != nil {
+		out, err = c.readRecord(seg, off, k, crc, size, buf)
+		c.mu.Lock()
+		c.unref(seg)
+		c.mu.Unlock()
+	} else {
+		out, err = c.read(k, size, buf)
+	}
 	switch {
 	case err == nil:
 		c.st.hits.Add(1)
 		c.st.bytesOut.Add(int64(len(out)))
 		return out, nil
 	case errors.Is(err, errBadChunk):
-		c.dropCorrupt(k, err)
+		c.dropCorrupt(k, e, err)
 		c.st.misses.Add(1)
 		return nil, fmt.Errorf("chunk %s: %w (dropped: %v)", d, ErrNotFound, err)
 	default:
@@ -469,14 +596,20 @@ func (c *Badger) verifyRecord(k key, size int64, rec, buf []byte) ([]byte, error
 	return out, nil
 }
 
-// dropCorrupt deletes a chunk that failed verification.
-func (c *Badger) dropCorrupt(k key, cause error) {
+// dropCorrupt deletes the chunk k that failed verification when it was
+// stored as bad (a compaction may have moved it meanwhile).
+func (c *Badger) dropCorrupt(k key, bad *entry, cause error) {
 	c.st.corrupt.Add(1)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.mu.Lock()
 	if e := c.idx.m[k]; e != nil {
+		if e != bad {
+			c.mu.Unlock()
+			return // replaced by a new Put meanwhile
+		}
 		c.idx.remove(e)
+		c.release(e)
 	}
 	c.mu.Unlock()
 	err := c.deleteKeys([]key{k})
@@ -528,20 +661,47 @@ func (c *Badger) put(ctx context.Context, d digest.Digest, data []byte, verify b
 			return mismatch(d, sum)
 		}
 	}
-	bp, _ := c.recPool.Get().(*[]byte)
-	if bp == nil {
-		bp = new([]byte)
-	}
-	defer c.recPool.Put(bp) // badger copies values before Commit returns
-	rec := *bp
-	if n := chunkHeaderLen + len(data); cap(rec) >= n {
-		rec = rec[:n]
+	crc := crc32c(data)
+	var rec []byte // the badger value: a chunk record, or an extent record
+	var seg *segment
+	var off int64
+	if size >= c.segThreshold {
+		c.mu.Lock()
+		seg, off, err = c.reserve(size)
+		c.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("chunk %s: segment: %w", d, err)
+		}
+		// Until the entry is added (or the Put fails), the reference keeps
+		// the segment from being deleted under the write.
+		defer func() {
+			c.mu.Lock()
+			c.unref(seg)
+			c.mu.Unlock()
+		}()
+		if err := c.writeRecord(seg, off, k, crc, data); err != nil {
+			if errors.Is(err, ErrNoSpace) {
+				c.space.refused.Add(1)
+			}
+			return fmt.Errorf("chunk %s: %w", d, err)
+		}
+		rec = extent{crc: crc, seg: seg.id, off: off, size: size}.encode()
 	} else {
-		rec = make([]byte, n)
+		bp, _ := c.recPool.Get().(*[]byte)
+		if bp == nil {
+			bp = new([]byte)
+		}
+		defer c.recPool.Put(bp) // badger copies values before Commit returns
+		rec = *bp
+		if n := chunkHeaderLen + len(data); cap(rec) >= n {
+			rec = rec[:n]
+		} else {
+			rec = make([]byte, n)
+		}
+		*bp = rec
+		chunkHeader{crc: crc, k: k}.encode(rec)
+		copy(rec[chunkHeaderLen:], data)
 	}
-	*bp = rec
-	chunkHeader{crc: crc32c(data), k: k}.encode(rec)
-	copy(rec[chunkHeaderLen:], data)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -557,6 +717,9 @@ func (c *Badger) put(ctx context.Context, d digest.Digest, data []byte, verify b
 		return nil
 	}
 	victims := c.idx.evictFor(size, c.cfg.capacity)
+	for _, e := range victims {
+		c.release(e)
+	}
 	c.mu.Unlock()
 	defer c.evicted(victims)
 
@@ -587,7 +750,12 @@ func (c *Badger) put(ctx context.Context, d digest.Digest, data []byte, verify b
 		return fmt.Errorf("chunk %s: store: %w", d, err)
 	}
 	c.mu.Lock()
-	c.idx.add(&entry{k: k, size: size, atime: now, savedAtime: now})
+	e := &entry{k: k, size: size, atime: now, savedAtime: now}
+	if seg != nil {
+		e.seg, e.off, e.crc = seg, off, crc
+		seg.live += segRecLen(size)
+	}
+	c.idx.add(e)
 	c.mu.Unlock()
 	c.st.puts.Add(1)
 	c.st.bytesIn.Add(size)
@@ -612,13 +780,25 @@ func (c *Badger) evicted(victims []*entry) {
 	if len(victims) == 0 {
 		return
 	}
-	var bytes int64
+	var inBadger, inSegs int64
 	for _, e := range victims {
-		bytes += e.size
+		if e.seg != nil { // victims are out of the index: nobody moves them now
+			inSegs += e.size
+		} else {
+			inBadger += e.size
+		}
 	}
 	c.st.evictions.Add(int64(len(victims)))
-	c.st.evictedBytes.Add(bytes)
-	if c.evictedSinceGC.Add(bytes) >= c.vlogFileSize {
+	c.st.evictedBytes.Add(inBadger + inSegs)
+	kick := false
+	if inBadger > 0 && c.evictedSinceGC.Add(inBadger) >= c.vlogFileSize {
+		kick = true
+	}
+	if inSegs > 0 && c.segEvicted.Add(inSegs) >= c.segSize {
+		c.segEvicted.Store(0)
+		kick = true
+	}
+	if kick {
 		select {
 		case c.gcKick <- struct{}{}:
 		default:
@@ -701,6 +881,9 @@ func (c *Badger) Close() error {
 	c.stop()
 	<-c.done
 	serr := c.saveAccessTimes()
+	c.mu.Lock()
+	closeSegments(c.segs)
+	c.mu.Unlock()
 	if err := c.db.Close(); err != nil {
 		return fmt.Errorf("close cache %s: %w", c.dir, err)
 	}

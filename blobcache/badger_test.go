@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -155,17 +156,23 @@ func TestAccessTimesSavedPeriodically(t *testing.T) {
 	}
 }
 
-// corruptFiles flips one byte of every copy of needle found in dir's files,
-// writing just that byte (safe while badger has the file mapped).
+// corruptFiles flips one byte of every copy of needle found in the files of
+// dir and its subdirectories (segments), writing just that byte (safe while
+// badger has the file mapped).
 func corruptFiles(t *testing.T, dir string, needle []byte, off int) int {
 	t.Helper()
-	ents, err := os.ReadDir(dir)
+	var paths []string
+	err := filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
+		if err == nil && de.Type().IsRegular() {
+			paths = append(paths, p)
+		}
+		return err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := 0
-	for _, de := range ents {
-		p := filepath.Join(dir, de.Name())
+	for _, p := range paths {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
@@ -202,15 +209,17 @@ func TestCorruptChunkIsDropped(t *testing.T) {
 	}{{"crc32c", VerifyCRC32C}, {"sha256", VerifySHA256}} {
 		for _, tc := range []struct {
 			name string
-			size int  // below valueThreshold: in the LSM tree; above: in the value log
+			size int  // below valueThreshold: in the LSM tree; above: in the value log; from DefaultSegmentThreshold: in a segment file
 			open bool // damage while the cache is open, else while closed
 			// loseNext: damage in the value log's tail while closed makes
 			// badger truncate the log there on Open, taking later chunks too.
 			loseNext bool
 		}{
 			{"lsm-closed", 100, false, false},
-			{"vlog-open", 64 << 10, true, false},
-			{"vlog-closed", 64 << 10, false, true},
+			{"vlog-open", 2 << 10, true, false},
+			{"vlog-closed", 2 << 10, false, true},
+			{"segment-open", 256 << 10, true, false},
+			{"segment-closed", 256 << 10, false, false},
 		} {
 			t.Run(v.name+"/"+tc.name, func(t *testing.T) {
 				dir := t.TempDir()
@@ -418,11 +427,13 @@ func TestBadgerLogger(t *testing.T) {
 }
 
 // TestRecordMissingBehindTheCachesBack checks that a chunk the index lists
-// but the database lost is reported as a miss and forgotten.
+// but the database lost is reported as a miss and forgotten. (Only for a
+// chunk kept in badger: Get of a chunk in a segment reads the extent from the
+// in-memory index, not from badger.)
 func TestRecordMissingBehindTheCachesBack(t *testing.T) {
 	c := openT(t, t.TempDir(), WithCapacity(1<<20))
 	ctx := context.Background()
-	data, ds := chunksT(1, 4096, 9)
+	data, ds := chunksT(1, DefaultSegmentThreshold-1, 9)
 	if err := c.Put(ctx, ds[0], data[0]); err != nil {
 		t.Fatal(err)
 	}

@@ -50,9 +50,9 @@ type Stats struct {
 	// EvictedBytes is the size of the evicted chunks.
 	EvictedBytes int64
 	Corrupt      int64 // chunks found corrupt on Get and dropped
-	GCRuns       int64 // value-log files rewritten by garbage collection (Badger)
+	GCRuns       int64 // value-log and segment files rewritten by garbage collection (Badger)
 	// NoSpace counts Put calls that stored nothing because the filesystem's
-	// free space was below the reserve (Badger; see Open).
+	// free space was below the reserve, or full (Badger; see Open).
 	NoSpace int64
 
 	Entries  int64 // chunks stored

@@ -27,23 +27,30 @@ func (c *Badger) loop(ctx context.Context) {
 			}
 			c.collect(ctx, false)
 		case <-c.gcKick:
-			c.collect(ctx, true)
+			// Flush badger's memtable only when chunks kept in badger were
+			// evicted: segment garbage needs no flush (and a flush costs
+			// a new 8 MiB memtable and a level-0 compaction).
+			c.collect(ctx, c.evictedSinceGC.Load() >= c.vlogFileSize)
 		}
 	}
 }
 
-// collect runs badger's value-log garbage collection. After an eviction burst
+// collect compacts segment files (compactSegments) and runs badger's
+// value-log garbage collection. After an eviction burst
 // (force) it first flushes the memtable so that the deletions reach the LSM
 // tree's compaction, which is where badger learns which value-log bytes are
 // garbage. When the directory is still above its bound, it lowers the discard
 // ratio step by step, flattening the LSM tree first so that every deletion is
 // accounted.
 func (c *Badger) collect(ctx context.Context, force bool) {
+	c.gcMu.Lock()
+	defer c.gcMu.Unlock()
 	bound := c.cfg.capacity + c.DiskSlack()
 	over := func() bool {
 		n, err := dirSize(c.dir)
 		return err == nil && n > bound
 	}
+	c.compactSegments(ctx)
 	if force || over() {
 		c.evictedSinceGC.Store(0)
 		if err := c.flushMemtable(); err != nil {
@@ -146,8 +153,9 @@ func (c *Badger) saveAccessTimes() error {
 	return nil
 }
 
-// dirSize returns the disk space allocated to the files in dir (badger keeps
-// all its files at the top level). Value-log and WAL files are sparse memory
+// dirSize returns the disk space allocated to the files in dir and its
+// subdirectories (badger keeps all its files at the top level, the segment
+// files are in dir/segments). Value-log and WAL files are sparse memory
 // mappings, so their apparent size overstates the disk they use.
 func dirSize(dir string) (int64, error) {
 	ents, err := os.ReadDir(dir)
@@ -156,9 +164,16 @@ func dirSize(dir string) (int64, error) {
 	}
 	var n int64
 	for _, de := range ents {
-		fi, err := os.Lstat(filepath.Join(dir, de.Name()))
+		p := filepath.Join(dir, de.Name())
+		fi, err := os.Lstat(p)
 		if err != nil {
 			continue // removed meanwhile
+		}
+		if fi.IsDir() {
+			if m, err := dirSize(p); err == nil {
+				n += m
+			}
+			continue
 		}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			n += st.Blocks * 512

@@ -24,6 +24,12 @@ type entry struct {
 	prev, next *entry
 	pinned     bool
 	data       []byte // Memory only
+
+	// Badger, chunks in a segment file: where the record starts, and the
+	// CRC-32C of the chunk bytes (nil seg: the bytes are in badger).
+	seg *segment
+	off int64
+	crc uint32
 }
 
 // list is a circular doubly linked list with a sentinel.

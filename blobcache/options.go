@@ -47,14 +47,16 @@ type config struct {
 	gcInterval   time.Duration
 	vlogFileSize int64 // 0: derived from capacity
 	minFree      int64 // 0: reserveFor(value-log file size)
+	segThreshold int64
 }
 
 func newConfig(opts []Option, capacity int64) config {
 	c := config{
-		capacity:   capacity,
-		logger:     slog.New(slog.DiscardHandler),
-		verify:     VerifyCRC32C,
-		gcInterval: defaultGCInterval,
+		capacity:     capacity,
+		logger:       slog.New(slog.DiscardHandler),
+		verify:       VerifyCRC32C,
+		gcInterval:   defaultGCInterval,
+		segThreshold: DefaultSegmentThreshold,
 	}
 	for _, o := range opts {
 		o(&c)
@@ -119,3 +121,11 @@ func WithMinFreeSpace(bytes int64) Option {
 		}
 	}
 }
+
+// WithSegmentThreshold sets the chunk size from which Badger stores chunk
+// bytes in its own append-only segment files (written with pwritev; badger
+// keeps a 32-byte extent record) rather than in badger's value log (Badger
+// only; default DefaultSegmentThreshold, 4 KiB). A threshold above
+// MaxChunkSize keeps every chunk in badger. Open rejects a threshold that is
+// not positive.
+func WithSegmentThreshold(bytes int64) Option { return func(c *config) { c.segThreshold = bytes } }
