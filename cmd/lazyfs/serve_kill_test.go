@@ -75,6 +75,9 @@ func TestServeKilledKeepsProfile(t *testing.T) {
 	sock, root, state := filepath.Join(tmp, "run", "control.sock"), filepath.Join(tmp, "root"), filepath.Join(tmp, "state")
 	mnt := filepath.Join(tmp, "mnt")
 	os.Mkdir(mnt, 0o755)
+	// Whatever fails, no mount outlives the test (cleanups run last-first:
+	// this one after the daemons are killed).
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
 
 	kill := startServe(t, sock, root)
 	if out, err := run(t, "mount", "--no-fill", "--control", sock, "--state-dir", state, dst, mnt); err != nil {
