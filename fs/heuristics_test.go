@@ -150,3 +150,48 @@ func bdiReadAhead(t testing.TB, dir string) string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+// TestReadAheadStaysInProfile: a sequential reader inside the start-up
+// profile reads ahead only over the profile's chunks, never past what
+// start-up read.
+func TestReadAheadStaysInProfile(t *testing.T) {
+	l, files := prefetchLayer(t, 64)
+	big := fileSpan(t, l, "app/big.bin")
+	f := fstest.NewBlobFetcher(l.blob)
+	requireFUSE(t)
+	r, err := NewRoot([]Layer{{Name: "test/layer0", TOC: l.toc, Fetcher: f}}, Options{NeighbourWindow: -1, ReadAhead: 64, Cache: fstest.NewMemCache(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv, err := Mount(dir, r, MountOptions{})
+	if err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+	const profiled = 32
+	p, err := r.StartPrefetch([]ChunkSpan{{Layer: 0, First: big.First, Last: big.First + profiled}}, PrefetchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitPrefetch(t, p)
+	fh, err := os.Open(filepath.Join(dir, "app/big.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	buf := make([]byte, 16*pfChunk)
+	for i := range 16 {
+		if _, err := io.ReadFull(fh, buf[i*pfChunk:(i+1)*pfChunk]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(buf, files["app/big.bin"][:len(buf)]) {
+		t.Fatal("wrong bytes")
+	}
+	time.Sleep(200 * time.Millisecond) // let any read-ahead run
+	if _, delivered, _ := f.Stats(); delivered != profiled {
+		t.Fatalf("%d chunks fetched, want the profile's %d: read-ahead went past the profile", delivered, profiled)
+	}
+}

@@ -91,7 +91,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	if errno != 0 {
 		return nil, errno
 	}
-	if seq >= 2 && h.r.opts.ReadAhead > 0 && !h.leanLib() && !h.r.inProfile(h.layer(), last-1) {
+	if seq >= 2 && h.r.opts.ReadAhead > 0 && !h.leanLib() {
 		h.readAhead(st, last, seq, missed)
 	}
 	return fuse.ReadResultData(dest[:n]), 0
@@ -171,6 +171,18 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 	window := s.win
 	from := max(last, s.raEnd)
 	to := min(last+window, end)
+	if r.inProfile(l, last-1) {
+		// The reader is inside the start-up profile: read ahead only over
+		// the profile's chunks, which the prefetch would fetch anyway (a
+		// reader that outruns the prefetch gets them in its own order,
+		// in large requests), never past what start-up read.
+		for k := from; k < to; k++ {
+			if !r.inProfile(l, k) {
+				to = k
+				break
+			}
+		}
+	}
 	// Queue in batches of at least half the window (or up to the end of the
 	// file): one large coalesced request costs the registry and the fetcher
 	// less than many small ones for the same bytes.
