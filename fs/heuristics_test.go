@@ -3,6 +3,7 @@ package fs
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -77,14 +78,17 @@ func TestLibraryNoReadAhead(t *testing.T) {
 	}
 }
 
-// TestProfileNoNeighbours: a miss of a chunk the start-up profile names gets
-// no neighbour prefetch (the profile already names what start-up reads, and
-// a neighbour window would only add bytes), while a miss outside the
-// profile still does.
-func TestProfileNoNeighbours(t *testing.T) {
+// TestProfileNeighbours: a miss of a chunk the start-up profile names gets
+// a neighbour window that ends where the profile's chunks end (the reader is
+// ahead of the prefetch: bring what start-up reads next, nothing else), and
+// none when the next chunk is not profiled; a miss outside the profile gets
+// the usual window. The kernel read-ahead drops to 128 KiB once the profile
+// starts.
+func TestProfileNeighbours(t *testing.T) {
 	files := map[string][]byte{"app/big.bin": toctest.Random(1, 32*pfChunk)}
+	names := []string{"app/big.bin", "app/w.py", "app/x.py", "app/y.py", "app/z.py", "app/zz.py"}
 	tf := []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "app/", Mode: 0o755}}}
-	for i, n := range []string{"app/big.bin", "app/x.py", "app/y.py", "app/z.py"} {
+	for i, n := range names {
 		if files[n] == nil {
 			files[n] = toctest.Random(uint64(10+i), 3000)
 		}
@@ -92,7 +96,6 @@ func TestProfileNoNeighbours(t *testing.T) {
 	}
 	l := convertLayer(t, toctest.Tar(t, tf), pfChunk)
 	g := &gatedFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}), started: make(chan struct{}, 1)}
-	defer close(g.gate)
 	opts := Options{ReadAhead: -1, NeighbourWindow: 64 << 10, Cache: fstest.NewMemCache(), PrefetchContext: markBackground, Logger: testLogger(t)}
 	requireFUSE(t)
 	r, err := NewRoot([]Layer{{Name: "test/layer0", TOC: l.toc, Fetcher: g}}, opts)
@@ -109,8 +112,14 @@ func TestProfileNoNeighbours(t *testing.T) {
 	if ra := bdiReadAhead(t, dir); ra != "1024" {
 		t.Errorf("kernel read-ahead before the profile %s KiB, want 1024", ra)
 	}
-	// The profile: big.bin, then x.py; the prefetch is held at its first batch.
-	if _, err := r.StartPrefetch([]ChunkSpan{fileSpan(t, l, "app/big.bin"), fileSpan(t, l, "app/x.py")}, PrefetchOptions{Workers: 1, MaxBatch: 64 << 10}); err != nil {
+	// The profile: big.bin, w.py, then x.py and y.py; z.py and zz.py are not
+	// in it. The prefetch is held at its first batch.
+	var spans []ChunkSpan
+	for _, n := range names[:4] {
+		spans = append(spans, fileSpan(t, l, n))
+	}
+	p, err := r.StartPrefetch(spans, PrefetchOptions{Workers: 1, MaxBatch: 64 << 10})
+	if err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -121,19 +130,30 @@ func TestProfileNoNeighbours(t *testing.T) {
 	if ra := bdiReadAhead(t, dir); ra != "128" {
 		t.Errorf("kernel read-ahead with a profile %s KiB, want 128", ra)
 	}
-	got, err := os.ReadFile(filepath.Join(dir, "app/x.py"))
-	if err != nil || !bytes.Equal(got, files["app/x.py"]) {
-		t.Fatalf("profiled small file: %v (or wrong bytes)", err)
+	read := func(name string) {
+		t.Helper()
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil || !bytes.Equal(got, files[name]) {
+			t.Fatalf("%s: %v (or wrong bytes)", name, err)
+		}
 	}
-	if s := r.Stats(); s.ChunkMisses == 0 || s.NeighbourJobs != 0 {
-		t.Fatalf("miss of a profiled file: %d misses, %d neighbour jobs; want a miss and none", s.ChunkMisses, s.NeighbourJobs)
+	read("app/x.py") // profiled, and so is the next file: a window over y.py
+	if s := r.Stats(); s.ChunkMisses == 0 || s.NeighbourJobs != 1 {
+		t.Fatalf("miss of a profiled file: %d misses, %d neighbour jobs; want a miss and one", s.ChunkMisses, s.NeighbourJobs)
 	}
-	got, err = os.ReadFile(filepath.Join(dir, "app/y.py"))
-	if err != nil || !bytes.Equal(got, files["app/y.py"]) {
-		t.Fatalf("small file outside the profile: %v (or wrong bytes)", err)
-	}
+	read("app/y.py") // profiled, the next file is not: no window
 	if s := r.Stats(); s.NeighbourJobs != 1 {
-		t.Fatalf("miss outside the profile: %d neighbour jobs, want 1", s.NeighbourJobs)
+		t.Fatalf("miss before the profile's end: %d neighbour jobs, want still 1", s.NeighbourJobs)
+	}
+	close(g.gate)
+	waitPrefetch(t, p)
+	z := fileSpan(t, l, "app/z.py")
+	if c := &l.toc.Chunks[z.First]; r.cacheHas(context.Background(), c) || r.hot.has(c.Sum) {
+		t.Fatal("z.py, outside the profile, was fetched by a profiled miss's window")
+	}
+	read("app/z.py") // outside the profile: the usual window
+	if s := r.Stats(); s.NeighbourJobs != 2 {
+		t.Fatalf("miss outside the profile: %d neighbour jobs, want 2", s.NeighbourJobs)
 	}
 }
 

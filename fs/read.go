@@ -258,8 +258,8 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (
 	}
 	if len(missing) > 0 {
 		r.stats.misses.Add(int64(len(missing)))
-		if e.NumChunks == 1 && r.opts.NeighbourWindow > 0 && !r.inProfile(l, missing[0]) {
-			r.prefetchNeighbours(l, int(e.FirstChunk)+1, e.Name)
+		if e.NumChunks == 1 && r.opts.NeighbourWindow > 0 {
+			r.prefetchNeighbours(l, int(e.FirstChunk)+1, e.Name, r.inProfile(l, missing[0]))
 		}
 		failed, err := r.fetchShared(ctx, l, missing, func(i int, data []byte) {
 			copyChunk(dest[:n], off, t.Chunks[i].Offset-base, data)
@@ -594,10 +594,18 @@ func (r *Root) reportEIO(k chunkKey, path string, chunk int, err error) {
 // prefetchNeighbours queues the chunks from index from on (in blob order,
 // across files) up to NeighbourWindow compressed bytes, for the read-ahead
 // workers to fetch into the cache in parallel with the read that missed.
-func (r *Root) prefetchNeighbours(l *layer, from int, path string) {
+//
+// For a miss of a chunk the start-up profile names (inProfile), the window
+// ends at the first chunk the profile does not name: the reader is ahead of
+// the prefetch, and the chunks after it that start-up reads are the ones to
+// bring, in one request, never those it did not read.
+func (r *Root) prefetchNeighbours(l *layer, from int, path string, inProfile bool) {
 	chunks := l.toc.Chunks
 	to := from
 	for sum := int64(0); to < len(chunks) && sum < r.opts.NeighbourWindow; to++ {
+		if inProfile && !r.inProfile(l, to) {
+			break
+		}
 		sum += int64(chunks[to].CompressedSize)
 	}
 	if to > from && r.queuePrefetch(prefetchJob{l: l, first: from, last: to, path: path}) {
