@@ -103,11 +103,6 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 // trips on a cold start that knows nothing.
 func (h *handle) leanLib() bool { return h.lib && h.r.lean() }
 
-func (h *handle) layer() *layer {
-	l, _ := h.r.t.dataEntry(h.d)
-	return l
-}
-
 // track finds the stream a READ continues (the kernel sends a sequential
 // reader's READs a few at a time and not always in order: a READ within two
 // request sizes of the end of a stream's previous one continues it), or
