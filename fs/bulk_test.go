@@ -9,11 +9,11 @@ import (
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
-// TestKernelReadAhead: without a profile every mount gets 1 MiB kernel
-// read-ahead; with one, a mount whose bytes are mostly big files that are not
-// shared libraries (weights) keeps it, and one of libraries and small files
-// goes down to 128 KiB (the kernel reads that much around every mmap page
-// fault of a library), through the hook Mount set.
+// TestKernelReadAhead: a mount whose bytes are mostly big files that are not
+// shared libraries (weights) gets 4 MiB kernel read-ahead, with or without a
+// profile; one of libraries and small files gets 1 MiB, down to 128 KiB with
+// a profile (the kernel reads that much around every mmap page fault of a
+// library), through the hook Mount set.
 func TestKernelReadAhead(t *testing.T) {
 	root := func(files map[string]int64, opts ...Options) *Root {
 		t.Helper()
@@ -39,14 +39,18 @@ func TestKernelReadAhead(t *testing.T) {
 		files map[string]int64
 		want  int
 	}{
-		{"weights", map[string]int64{"m/model.safetensors": 2 << 30, "usr/lib/libc.so.6": 2 << 20, "usr/bin/python3": 6 << 20}, 1024},
+		{"weights", map[string]int64{"m/model.safetensors": 2 << 30, "usr/lib/libc.so.6": 2 << 20, "usr/bin/python3": 6 << 20}, 4096},
 		{"libraries", map[string]int64{"usr/lib/libtorch_cpu.so.1.13": 120 << 20, "usr/lib/libdnnl.so.2": 40 << 20, "usr/bin/python3": 6 << 20}, 128},
-		{"half-weights", map[string]int64{"m/a.gguf": 100 << 20, "usr/lib/libtorch_cpu.so": 100 << 20}, 1024},
+		{"half-weights", map[string]int64{"m/a.gguf": 100 << 20, "usr/lib/libtorch_cpu.so": 100 << 20}, 4096},
 		{"small files", map[string]int64{"etc/passwd": 1 << 10, "usr/lib/python3/x.pyc": 30 << 10}, 128},
 	} {
 		r := root(tc.files)
-		if got := r.KernelReadAheadKB(); got != 1024 {
-			t.Errorf("%s without a profile: KernelReadAheadKB() = %d, want 1024", tc.name, got)
+		want := 1024 // without a profile
+		if tc.want == 4096 {
+			want = 4096
+		}
+		if got := r.KernelReadAheadKB(); got != want {
+			t.Errorf("%s without a profile: KernelReadAheadKB() = %d, want %d", tc.name, got, want)
 		}
 		set := 0
 		r.setKernelRA(func(kb int) { set = kb })
