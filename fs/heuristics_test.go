@@ -96,19 +96,7 @@ func TestProfileNeighbours(t *testing.T) {
 	}
 	l := convertLayer(t, toctest.Tar(t, tf), pfChunk)
 	g := &gatedFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}), started: make(chan struct{}, 1)}
-	opts := Options{ReadAhead: -1, NeighbourWindow: 64 << 10, Cache: fstest.NewMemCache(), PrefetchContext: markBackground, Logger: testLogger(t)}
-	requireFUSE(t)
-	r, err := NewRoot([]Layer{{Name: "test/layer0", TOC: l.toc, Fetcher: g}}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	srv, err := Mount(dir, r, MountOptions{})
-	if err != nil {
-		r.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Unmount() })
+	dir, r := mountFetcher(t, l, g, Options{ReadAhead: -1, NeighbourWindow: 64 << 10, Cache: fstest.NewMemCache(), PrefetchContext: markBackground})
 	if ra := bdiReadAhead(t, dir); ra != "1024" {
 		t.Errorf("kernel read-ahead before the profile %s KiB, want 1024", ra)
 	}
@@ -178,18 +166,7 @@ func TestReadAheadStaysInProfile(t *testing.T) {
 	l, files := prefetchLayer(t, 64)
 	big := fileSpan(t, l, "app/big.bin")
 	f := fstest.NewBlobFetcher(l.blob)
-	requireFUSE(t)
-	r, err := NewRoot([]Layer{{Name: "test/layer0", TOC: l.toc, Fetcher: f}}, Options{NeighbourWindow: -1, ReadAhead: 64, Cache: fstest.NewMemCache(), Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	srv, err := Mount(dir, r, MountOptions{})
-	if err != nil {
-		r.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Unmount() })
+	dir, r := mountFetcher(t, l, f, Options{NeighbourWindow: -1, ReadAhead: 64, Cache: fstest.NewMemCache()})
 	const profiled = 32
 	p, err := r.StartPrefetch([]ChunkSpan{{Layer: 0, First: big.First, Last: big.First + profiled}}, PrefetchOptions{})
 	if err != nil {

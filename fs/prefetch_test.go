@@ -67,6 +67,28 @@ func newTestRoot(t testing.TB, l *testLayer, fetcher ChunkFetcher, opts Options)
 	return r
 }
 
+// mountFetcher mounts layer l served by fetcher f (instead of its own) in a
+// temporary directory, unmounted when the test ends.
+func mountFetcher(t testing.TB, l *testLayer, f ChunkFetcher, opts Options) (string, *Root) {
+	t.Helper()
+	requireFUSE(t)
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	r, err := NewRoot([]Layer{{Name: "test/layer0", TOC: l.toc, Fetcher: f}}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	srv, err := Mount(dir, r, MountOptions{})
+	if err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Unmount() })
+	return dir, r
+}
+
 func waitPrefetch(t testing.TB, p *Prefetcher) PrefetchStats {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -169,19 +191,7 @@ func TestPrefetchForegroundJumpsQueue(t *testing.T) {
 	opts := noBackground
 	opts.Cache = fstest.NewMemCache()
 	opts.PrefetchContext = markBackground
-	opts.Logger = testLogger(t)
-	requireFUSE(t)
-	r, err := NewRoot([]Layer{{Name: "test/layer0", TOC: l.toc, Fetcher: g}}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	srv, err := Mount(dir, r, MountOptions{})
-	if err != nil {
-		r.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Unmount() })
+	dir, r := mountFetcher(t, l, g, opts)
 
 	profiled := []string{"app/big.bin", "app/a.py", "lib/d.so"}
 	var spans []ChunkSpan
