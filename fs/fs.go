@@ -185,14 +185,17 @@ type Root struct {
 	bulkMu   sync.Mutex
 	bulks    map[uint32]bool // nodes whose file a bulk fill is fetching
 	// profiled is, per layer, a bit per chunk named by the start-up profile
-	// being prefetched (nil without one): misses of those chunks get no
-	// neighbour prefetch or read-ahead, because the profile already names
-	// everything the start-up reads.
+	// being prefetched (nil without one): reads are lean then, and a miss of
+	// a profiled chunk gets windows only over the profile's chunks
+	// (docs/fs.md, "Lean reads with a profile").
 	profiled atomic.Pointer[[][]uint64]
 	// kernelRA, set by Mount when it chose the kernel read-ahead, sets it
 	// again when a profile changes KernelReadAheadKB.
 	kernelRAMu sync.Mutex
 	kernelRA   func(kb int)
+	// weights: at least half of the file bytes are in big files that are
+	// not shared libraries (see KernelReadAheadKB); fixed by the layers.
+	weights bool
 }
 
 // lean reports whether reads are lean: Options.Lean, or a profile is being
@@ -272,7 +275,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 			*d = 0
 		}
 	}
-	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger}
+	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger, weights: mostlyWeights(ls)}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.bgctx = r.ctx
 	if opts.PrefetchContext != nil {

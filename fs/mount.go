@@ -185,8 +185,20 @@ const (
 //     rest of those windows is bytes for nothing (import torch: 8.1 s and
 //     179 MB before, docs/fs.md).
 func (r *Root) KernelReadAheadKB() int {
+	switch {
+	case r.weights:
+		return weightsReadAheadKB
+	case r.lean():
+		return leanReadAheadKB
+	}
+	return bigReadAheadKB
+}
+
+// mostlyWeights reports whether at least half of the layers' file bytes are
+// in files of bulkMinSize or more that are not shared libraries.
+func mostlyWeights(ls []*layer) bool {
 	var big, all int64
-	for _, l := range r.t.layers {
+	for _, l := range ls {
 		for i := range l.toc.Entries {
 			e := &l.toc.Entries[i]
 			if !e.IsRegular() || e.NumChunks == 0 {
@@ -198,11 +210,5 @@ func (r *Root) KernelReadAheadKB() int {
 			}
 		}
 	}
-	switch {
-	case all > 0 && 2*big >= all:
-		return weightsReadAheadKB
-	case r.lean():
-		return leanReadAheadKB
-	}
-	return bigReadAheadKB
+	return all > 0 && 2*big >= all
 }
