@@ -11,7 +11,7 @@ import (
 
 // TestKernelReadAhead: a mount whose bytes are mostly big files that are not
 // shared libraries (weights) gets 4 MiB kernel read-ahead, with or without a
-// profile; one of libraries and small files gets 1 MiB, down to 128 KiB with
+// profile; one of libraries and small files gets 1 MiB, down to 32 KiB with
 // a profile (the kernel reads that much around every mmap page fault of a
 // library), through the hook Mount set.
 func TestKernelReadAhead(t *testing.T) {
@@ -40,9 +40,9 @@ func TestKernelReadAhead(t *testing.T) {
 		want  int
 	}{
 		{"weights", map[string]int64{"m/model.safetensors": 2 << 30, "usr/lib/libc.so.6": 2 << 20, "usr/bin/python3": 6 << 20}, 4096},
-		{"libraries", map[string]int64{"usr/lib/libtorch_cpu.so.1.13": 120 << 20, "usr/lib/libdnnl.so.2": 40 << 20, "usr/bin/python3": 6 << 20}, 128},
+		{"libraries", map[string]int64{"usr/lib/libtorch_cpu.so.1.13": 120 << 20, "usr/lib/libdnnl.so.2": 40 << 20, "usr/bin/python3": 6 << 20}, 32},
 		{"half-weights", map[string]int64{"m/a.gguf": 100 << 20, "usr/lib/libtorch_cpu.so": 100 << 20}, 4096},
-		{"small files", map[string]int64{"etc/passwd": 1 << 10, "usr/lib/python3/x.pyc": 30 << 10}, 128},
+		{"small files", map[string]int64{"etc/passwd": 1 << 10, "usr/lib/python3/x.pyc": 30 << 10}, 32},
 	} {
 		r := root(tc.files)
 		want := 1024 // without a profile

@@ -82,7 +82,7 @@ func TestLibraryNoReadAhead(t *testing.T) {
 // a neighbour window that ends where the profile's chunks end (the reader is
 // ahead of the prefetch: bring what start-up reads next, nothing else), and
 // none when the next chunk is not profiled; a miss outside the profile gets
-// the usual window. The kernel read-ahead drops to 128 KiB once the profile
+// the usual window. The kernel read-ahead drops to 32 KiB once the profile
 // starts.
 func TestProfileNeighbours(t *testing.T) {
 	files := map[string][]byte{"app/big.bin": toctest.Random(1, 32*pfChunk)}
@@ -115,8 +115,8 @@ func TestProfileNeighbours(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the prefetch never started fetching")
 	}
-	if ra := bdiReadAhead(t, dir); ra != "128" {
-		t.Errorf("kernel read-ahead with a profile %s KiB, want 128", ra)
+	if ra := bdiReadAhead(t, dir); ra != "32" {
+		t.Errorf("kernel read-ahead with a profile %s KiB, want 32", ra)
 	}
 	read := func(name string) {
 		t.Helper()

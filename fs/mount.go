@@ -29,7 +29,7 @@ type MountOptions struct {
 	// bdi's read_ahead_kb; negative leaves the kernel's default. 0 lets the
 	// Root choose and change it (Root.KernelReadAheadKB): 4 MiB for a mount
 	// of model weights, 1 MiB otherwise (fewer requests, the most bytes per
-	// page fault), down to 128 KiB once a start-up profile is being
+	// page fault), down to 32 KiB once a start-up profile is being
 	// prefetched into a mount of shared libraries and small files.
 	ReadAheadKB int
 	// Options are extra mount options (e.g. "suid", "dev"; the default is
@@ -166,7 +166,7 @@ func (w logWriter) Write(p []byte) (int, error) {
 const (
 	weightsReadAheadKB = 4096
 	bigReadAheadKB     = 1024
-	leanReadAheadKB    = 128
+	leanReadAheadKB    = 32
 )
 
 // KernelReadAheadKB is the kernel read-ahead a Mount without
@@ -178,12 +178,13 @@ const (
 //     0.79-1.03x ext4 against 0.48-0.66x at 1024, docs/fs.md);
 //   - 1024 KiB otherwise (1 MiB READs, and on a cold start with nothing
 //     known the most bytes per page-fault round trip);
-//   - 128 KiB once a start-up profile is being prefetched (or with
+//   - 32 KiB once a start-up profile is being prefetched (or with
 //     Options.Lean) into such a mount: the kernel reads read_ahead_kb around
 //     each mmap page fault, and the dynamic loader faults in scattered parts
 //     of big libraries, so with a profile naming what start-up reads the
-//     rest of those windows is bytes for nothing (import torch: 8.1 s and
-//     179 MB before, docs/fs.md).
+//     rest of those windows is bytes for nothing (import torch with a
+//     profile at 200 Mbit/s: 179 MB at 1024 KiB, 88.3 MB at 128 KiB, 75.5 MB
+//     and 4.00 s against 4.57 s at 32 KiB; docs/fs.md).
 func (r *Root) KernelReadAheadKB() int {
 	switch {
 	case r.weights:
