@@ -24,6 +24,7 @@ import (
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/internal/runner"
+	"github.com/lazyfs/lazyfs/internal/size"
 )
 
 const defaultProfileDir = "/var/lib/lazyfs/profiles"
@@ -62,7 +63,7 @@ func (rf *runFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&rf.platform, "platform", "", "platform to pick from an index (default: this machine's)")
 	f.BoolVar(&rf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
 	f.IntVar(&rf.readAhead, "read-ahead", 0, "chunks fetched ahead of a sequential reader (0: default, -1: none)")
-	f.Var(&rf.neighbours, "neighbour-window", "compressed bytes after a small file fetched in the background when it misses (0: default 1MiB, e.g. 1B to disable)")
+	f.Var(&rf.neighbours, "neighbour-window", fmt.Sprintf("compressed bytes after a small file fetched in the background when it misses (0: default %s, e.g. 1B to disable)", size.Format(fs.DefaultNeighbourWindow)))
 	f.StringVar(&rf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
 	f.BoolVar(&rf.debug, "debug", false, "log debug messages")
 	f.StringVar(&rf.profileDir, "profile-dir", defaultProfileDir, "profiles learned on this node, by image digest (\"\": none)")
