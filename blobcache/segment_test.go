@@ -61,6 +61,15 @@ func extentsT(t *testing.T, dir string) (extents, records int) {
 	return extents, records
 }
 
+func putAllT(t *testing.T, c *Badger, data [][]byte, ds []digest.Digest) {
+	t.Helper()
+	for i := range ds {
+		if err := c.Put(context.Background(), ds[i], data[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func getAllT(t *testing.T, c *Badger, data [][]byte, ds []digest.Digest) {
 	t.Helper()
 	buf := make([]byte, 0, 8<<20)
@@ -89,11 +98,7 @@ func TestSegmentsSurviveReopen(t *testing.T) {
 			}
 		}
 		c := openT(t, dir, WithCapacity(64<<20), WithVerify(v))
-		for i := range ds {
-			if err := c.Put(ctx, ds[i], data[i]); err != nil {
-				t.Fatal(err)
-			}
-		}
+		putAllT(t, c, data, ds)
 		getAllT(t, c, data, ds)
 		closeT(t, c)
 		if n := len(segFiles(t, dir)); n == 0 {
@@ -165,11 +170,7 @@ func TestSegmentTornTail(t *testing.T) {
 	ctx := context.Background()
 	data, ds := chunksT(6, 300<<10, 8)
 	c := openT(t, dir, WithCapacity(64<<20))
-	for i := range ds {
-		if err := c.Put(ctx, ds[i], data[i]); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putAllT(t, c, data, ds)
 	closeT(t, c)
 	segs := segFiles(t, dir)
 	if len(segs) != 1 {
@@ -236,11 +237,7 @@ func TestSegmentMissingOrShort(t *testing.T) {
 	data, ds := chunksT(12, 256<<10, 10)
 	opts := []Option{WithCapacity(64 << 20), WithValueLogFileSize(1 << 20)}
 	c := openT(t, dir, opts...)
-	for i := range ds {
-		if err := c.Put(ctx, ds[i], data[i]); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putAllT(t, c, data, ds)
 	closeT(t, c)
 	segs := segFiles(t, dir)
 	if len(segs) != 3 {
@@ -283,11 +280,7 @@ func TestSegmentEvictionAndCompaction(t *testing.T) {
 	opts := []Option{WithCapacity(capacity), WithValueLogFileSize(1 << 20), WithGCInterval(1 << 40)}
 	c := openT(t, dir, opts...)
 	data, ds := chunksT(32, size, 11)
-	for i := range ds {
-		if err := c.Put(ctx, ds[i], data[i]); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putAllT(t, c, data, ds)
 	if n := len(segFiles(t, dir)); n != 8 {
 		t.Fatalf("%d segment files for 32 chunks of 256 KiB in 1 MiB segments, want 8", n)
 	}
@@ -382,11 +375,7 @@ func TestSegmentIDsNotReused(t *testing.T) {
 	opts := []Option{WithCapacity(64 << 20), WithValueLogFileSize(1 << 20)}
 	data, ds := chunksT(8, 256<<10, 13)
 	c := openT(t, dir, opts...)
-	for i := range ds {
-		if err := c.Put(ctx, ds[i], data[i]); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putAllT(t, c, data, ds)
 	closeT(t, c)
 	segs := segFiles(t, dir)
 	if len(segs) != 2 {
