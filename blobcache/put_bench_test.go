@@ -23,12 +23,7 @@ import (
 func BenchmarkPut256K(b *testing.B) {
 	const chunk = 256 << 10
 	const pool = 1024 // 256 MiB
-	var ds []digest.Digest
-	var data [][]byte
-	for i := range pool {
-		d, dg := blobcachetest.Chunk(uint64(i), chunk)
-		data, ds = append(data, d), append(ds, dg)
-	}
+	data, ds := chunkPool(pool, chunk)
 	ctx := context.Background()
 	open := func(b *testing.B) *blobcache.Badger {
 		c, err := blobcache.Open(b.TempDir(), blobcache.WithCapacity(2<<30))
@@ -77,12 +72,7 @@ func BenchmarkPutBySize(b *testing.B) {
 	ctx := context.Background()
 	for _, size := range []int{1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20} {
 		pool := max(64, (64<<20)/size) // 64 MiB of distinct chunks
-		var ds []digest.Digest
-		var data [][]byte
-		for i := range pool {
-			d, dg := blobcachetest.Chunk(uint64(i), size)
-			data, ds = append(data, d), append(ds, dg)
-		}
+		data, ds := chunkPool(pool, size)
 		for _, store := range []struct {
 			name      string
 			threshold int64
@@ -123,12 +113,7 @@ func BenchmarkGetBySize(b *testing.B) {
 	ctx := context.Background()
 	for _, size := range []int{1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10} {
 		const pool = 256
-		var ds []digest.Digest
-		var data [][]byte
-		for i := range pool {
-			d, dg := blobcachetest.Chunk(uint64(i), size)
-			data, ds = append(data, d), append(ds, dg)
-		}
+		data, ds := chunkPool(pool, size)
 		for _, store := range []struct {
 			name      string
 			threshold int64
@@ -157,4 +142,13 @@ func BenchmarkGetBySize(b *testing.B) {
 			})
 		}
 	}
+}
+
+// chunkPool returns n distinct chunks of size bytes and their digests.
+func chunkPool(n, size int) ([][]byte, []digest.Digest) {
+	data, ds := make([][]byte, n), make([]digest.Digest, n)
+	for i := range n {
+		data[i], ds[i] = blobcachetest.Chunk(uint64(i), size)
+	}
+	return data, ds
 }
