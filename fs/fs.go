@@ -96,6 +96,14 @@ type Options struct {
 	// parts of the libraries the program faulted in, not the kernel's 1 MiB
 	// windows around them.
 	Lean bool
+	// WholeLibrary is the largest shared library (toc.IsSharedLibrary;
+	// compressed bytes) fetched whole, in one request in the background,
+	// when it is opened without a start-up profile: the dynamic loader reads
+	// nearly all of a small library (a torch import reads 96% of the bytes
+	// of the 298 libraries of up to 2 MiB it loads) through page faults, one
+	// blocking round trip each. 0 means DefaultWholeLibrary, a negative
+	// value never.
+	WholeLibrary int64
 	// PrefetchContext, if set, derives the context of background fetches
 	// (read-ahead, neighbours), e.g. to mark them low-priority for the fetcher.
 	PrefetchContext func(context.Context) context.Context
@@ -118,7 +126,9 @@ const (
 	DefaultPrefetchWorkers = 8
 	// DefaultNeighbourWindow is the default Options.NeighbourWindow.
 	DefaultNeighbourWindow = 1 << 20
-	DefaultTimeout         = time.Hour
+	// DefaultWholeLibrary is the default Options.WholeLibrary.
+	DefaultWholeLibrary = 2 << 20
+	DefaultTimeout      = time.Hour
 	// DefaultSpoolLimit bounds the passthrough copies of a Root.
 	DefaultSpoolLimit = 8 << 30
 )
@@ -133,6 +143,7 @@ type Stats struct {
 	FetchedBytes  int64 `json:"fetchedBytes"`  // their uncompressed bytes
 	Prefetched    int64 `json:"prefetched"`    // chunks fetched by read-ahead and neighbour prefetch
 	NeighbourJobs int64 `json:"neighbourJobs"` // neighbour prefetches queued after small-file misses
+	LibraryJobs   int64 `json:"libraryJobs"`   // whole-library fetches queued at open (Options.WholeLibrary)
 	EIO           int64 `json:"eio"`           // reads failed with EIO
 	Interrupted   int64 `json:"interrupted"`   // reads cancelled by the kernel's interrupt
 	// CacheSkipped counts fetched chunks not handed to the cache because
@@ -150,7 +161,7 @@ type Stats struct {
 
 type counters struct {
 	reads, bytesRead, hits, misses, fetched, fetchedBytes, prefetched, neighbourJobs, eio, interrupted, passthrough, lookups, neglookups atomic.Int64
-	cacheSkipped, cacheErrors, bulkFills                                                                                                 atomic.Int64
+	cacheSkipped, cacheErrors, bulkFills, libraryJobs                                                                                    atomic.Int64
 }
 
 // layer is a Layer as the Root holds it.
@@ -159,7 +170,28 @@ type layer struct {
 	name    string
 	toc     *toc.TOC
 	fetcher ChunkFetcher
+	// big has bit i set for chunk i of a file of more than one chunk or a
+	// shared library: a neighbour window crosses into those only while
+	// they turn out to be read (prefetchNeighbours).
+	big []uint64
 }
+
+func newLayer(i int, l Layer) *layer {
+	ly := &layer{index: i, name: l.Name, toc: l.TOC, fetcher: l.Fetcher}
+	ly.big = make([]uint64, (len(l.TOC.Chunks)+63)/64)
+	for i := range l.TOC.Entries {
+		e := &l.TOC.Entries[i]
+		if e.NumChunks > 1 || e.NumChunks == 1 && toc.IsSharedLibrary(e.Name) {
+			for c := e.FirstChunk; c < e.FirstChunk+e.NumChunks; c++ {
+				ly.big[c/64] |= 1 << (c % 64)
+			}
+		}
+	}
+	return ly
+}
+
+// isBig reports whether chunk c belongs to a big file (layer.big).
+func (l *layer) isBig(c int) bool { return l.big[c/64]&(1<<(c%64)) != 0 }
 
 // Root is the filesystem of one or more layers. Mount it with Mount, or use
 // Node with go-fuse directly; Close stops its background work.
@@ -178,6 +210,7 @@ type Root struct {
 	wg       sync.WaitGroup
 	prefetch chan prefetchJob
 	inflight sync.Map // [32]byte chunk sum → *flight: fetches in progress
+	nb       neighbourUse
 	reported sync.Map // chunkKey → struct{}: EIO already logged
 	spool    *spool
 	bufs     sync.Pool  // *[]byte chunk buffers for partial cache reads
@@ -253,7 +286,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		if uint64(len(l.TOC.Entries)) >= uint64(noEntry) {
 			return nil, fmt.Errorf("%w: layer %s: too many entries", ErrBadOptions, l.Name)
 		}
-		ls[i] = &layer{index: i, name: l.Name, toc: l.TOC, fetcher: l.Fetcher}
+		ls[i] = newLayer(i, l)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -266,6 +299,9 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 	}
 	if opts.NeighbourWindow == 0 {
 		opts.NeighbourWindow = DefaultNeighbourWindow
+	}
+	if opts.WholeLibrary == 0 {
+		opts.WholeLibrary = DefaultWholeLibrary
 	}
 	for _, d := range []*time.Duration{&opts.EntryTimeout, &opts.AttrTimeout, &opts.NegativeTimeout} {
 		switch {
@@ -299,7 +335,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		r.wg.Add(1)
 		go r.cacheWriter()
 	}
-	if opts.ReadAhead > 0 || opts.NeighbourWindow > 0 || r.spool != nil {
+	if opts.ReadAhead > 0 || opts.NeighbourWindow > 0 || opts.WholeLibrary > 0 || r.spool != nil {
 		r.prefetch = make(chan prefetchJob, 64)
 		for range opts.PrefetchWorkers {
 			r.wg.Add(1)
@@ -353,6 +389,6 @@ func (r *Root) Stats() Stats {
 		FetchedChunks: s.fetched.Load(), FetchedBytes: s.fetchedBytes.Load(),
 		Prefetched: s.prefetched.Load(), NeighbourJobs: s.neighbourJobs.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
 		Passthrough: s.passthrough.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
-		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(), BulkFills: s.bulkFills.Load(),
+		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(), BulkFills: s.bulkFills.Load(), LibraryJobs: s.libraryJobs.Load(),
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lazyfs/lazyfs/fs/fstest"
+	"github.com/lazyfs/lazyfs/fs/toc"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
 )
 
@@ -22,23 +23,31 @@ import (
 // library read sequentially gets no read-ahead (the loader faults in parts
 // of it; the kernel's read-around is all it gets, and the profile names what
 // start-up reads), while a file of the same size that is not a library
-// does, and so does the library in a mount without a profile.
+// does. Without a profile a library gets read-ahead only once a stream in it
+// has run longRun bytes: a few short runs (the loader's faults) get none, a
+// program reading it through does.
 func TestLibraryNoReadAhead(t *testing.T) {
-	data := toctest.Random(7, 64*testChunk)
+	data := toctest.Random(7, 512*testChunk) // 8 MiB: more than longRun plus the kernel's read-ahead
 	tarball := toctest.Tar(t, []toctest.File{
 		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "lib/", Mode: 0o755}},
 		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "lib/libbig.so.1", Mode: 0o644}, Data: data},
 		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "lib/big.bin", Mode: 0o644}, Data: data},
 		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/profiled", Mode: 0o644}, Data: []byte("x")},
 	})
+	layer := convertLayer(t, tarball, testChunk)
 	for _, tc := range []struct {
 		name    string
 		profile bool
+		run     int // chunks read before the pause for read-ahead
 		ahead   bool
-	}{{"lib/libbig.so.1", true, false}, {"lib/big.bin", true, true}, {"lib/libbig.so.1", false, true}} {
-		t.Run(fmt.Sprintf("%s/profile=%v", filepath.Base(tc.name), tc.profile), func(t *testing.T) {
-			layer := convertLayer(t, tarball, testChunk)
-			dir, root := mountLayers(t, []*testLayer{layer}, Options{NeighbourWindow: -1, Cache: fstest.NewMemCache(), ReadAhead: 32})
+	}{
+		{"lib/libbig.so.1", true, 4, false},
+		{"lib/big.bin", true, 4, true},
+		{"lib/libbig.so.1", false, 4, false},
+		{"lib/libbig.so.1", false, longRun/testChunk + 8, true},
+	} {
+		t.Run(fmt.Sprintf("%s/profile=%v/run=%d", filepath.Base(tc.name), tc.profile, tc.run), func(t *testing.T) {
+			dir, root := mountLayers(t, []*testLayer{layer}, Options{NeighbourWindow: -1, WholeLibrary: -1, Cache: fstest.NewMemCache(), ReadAhead: 32})
 			if tc.profile {
 				p, err := root.StartPrefetch([]ChunkSpan{fileSpan(t, layer, "etc/profiled")}, PrefetchOptions{})
 				if err != nil {
@@ -52,10 +61,10 @@ func TestLibraryNoReadAhead(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			// As TestReadAhead: a few sequential reads, a pause for the
+			// As TestReadAhead: sequential reads, a pause for the
 			// read-ahead to run, then the rest.
-			got := make([]byte, 4*testChunk)
-			for i := range 4 {
+			got := make([]byte, tc.run*testChunk)
+			for i := range tc.run {
 				if _, err := io.ReadFull(f, got[i*testChunk:(i+1)*testChunk]); err != nil {
 					t.Fatal(err)
 				}
@@ -64,6 +73,7 @@ func TestLibraryNoReadAhead(t *testing.T) {
 			for root.Stats().Prefetched == base && time.Now().Before(deadline) {
 				time.Sleep(5 * time.Millisecond)
 			}
+			ahead := root.Stats().Prefetched > base
 			rest, err := io.ReadAll(f)
 			if err != nil {
 				t.Fatal(err)
@@ -71,10 +81,158 @@ func TestLibraryNoReadAhead(t *testing.T) {
 			if !bytes.Equal(append(got, rest...), data) {
 				t.Fatal("wrong bytes")
 			}
-			if s := root.Stats(); (s.Prefetched > base) != tc.ahead {
-				t.Errorf("%s: %d chunks read ahead, want read-ahead %v: %+v", tc.name, s.Prefetched-base, tc.ahead, s)
+			if ahead != tc.ahead {
+				t.Errorf("%s: read ahead after %d chunks %v, want %v: %+v", tc.name, tc.run, ahead, tc.ahead, root.Stats())
 			}
 		})
+	}
+}
+
+// TestWholeLibrary: opening a shared library of at most WholeLibrary
+// compressed bytes fetches all of it in one request in the background, so
+// that the reads the loader then makes are all hits; a bigger library, a
+// file that is not a library, and any library in a mount with a start-up
+// profile (Lean) are not fetched at open.
+func TestWholeLibrary(t *testing.T) {
+	files := map[string][]byte{
+		"lib/libsmall.so.1": toctest.Random(1, 8*testChunk),
+		"lib/libbig.so.2":   toctest.Random(2, 64*testChunk),
+		"lib/data.bin":      toctest.Random(3, 8*testChunk),
+	}
+	tf := []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "lib/", Mode: 0o755}}}
+	for _, n := range []string{"lib/data.bin", "lib/libbig.so.2", "lib/libsmall.so.1"} {
+		tf = append(tf, toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o644}, Data: files[n]})
+	}
+	l := convertLayer(t, toctest.Tar(t, tf), testChunk)
+	for _, lean := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lean=%v", lean), func(t *testing.T) {
+			f := fstest.NewBlobFetcher(l.blob)
+			opts := Options{ReadAhead: -1, NeighbourWindow: -1, WholeLibrary: 16 * testChunk, Lean: lean, Cache: fstest.NewMemCache()}
+			dir, r := mountFetcher(t, l, f, opts)
+			for _, n := range []string{"lib/libbig.so.2", "lib/data.bin", "lib/libsmall.so.1"} {
+				fh, err := os.Open(filepath.Join(dir, n))
+				if err != nil {
+					t.Fatal(err)
+				}
+				fh.Close()
+			}
+			small := fileSpan(t, l, "lib/libsmall.so.1")
+			want := int64(0)
+			if !lean {
+				want = 1
+				deadline := time.Now().Add(10 * time.Second)
+				for i := small.First; i < small.Last; i++ {
+					for !r.cacheHas(context.Background(), &l.toc.Chunks[i]) {
+						if time.Now().After(deadline) {
+							t.Fatalf("chunk %d of libsmall.so.1 never fetched after its open: %+v", i, r.Stats())
+						}
+						time.Sleep(5 * time.Millisecond)
+					}
+				}
+			}
+			if s := r.Stats(); s.LibraryJobs != want {
+				t.Fatalf("%d whole-library jobs, want %d (only libsmall.so.1, and none when lean)", s.LibraryJobs, want)
+			}
+			if req, chunks, _ := f.Stats(); req != want || chunks != want*int64(small.Last-small.First) {
+				t.Fatalf("%d requests for %d chunks at open, want %d for the small library's %d", req, chunks, want, small.Last-small.First)
+			}
+			got, err := os.ReadFile(filepath.Join(dir, "lib/libsmall.so.1"))
+			if err != nil || !bytes.Equal(got, files["lib/libsmall.so.1"]) {
+				t.Fatalf("libsmall.so.1: %v (or wrong bytes)", err)
+			}
+			if s := r.Stats(); !lean && s.ChunkMisses != 0 {
+				t.Fatalf("reading the library fetched at open missed %d chunks", s.ChunkMisses)
+			}
+		})
+	}
+}
+
+// stallFetcher delivers a background job's chunks one at a time, each after
+// a signal on next, and reports on ready when it waits for the next one.
+type stallFetcher struct {
+	*fstest.BlobFetcher
+	ready, next chan struct{}
+}
+
+func (s *stallFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
+	if ctx.Value(bgKey{}) == nil {
+		return s.BlobFetcher.FetchChunks(ctx, chunks, fn)
+	}
+	return s.BlobFetcher.FetchChunks(ctx, chunks, func(i int, data []byte) error {
+		s.ready <- struct{}{}
+		select {
+		case <-s.next:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return fn(i, data)
+	})
+}
+
+// TestPrefetchLandsEachChunk: a reader waiting for a chunk that a background
+// job is fetching gets it as soon as that chunk arrives, not when the whole
+// job ends.
+func TestPrefetchLandsEachChunk(t *testing.T) {
+	data := toctest.Random(4, 8*testChunk)
+	l := convertLayer(t, toctest.Tar(t, []toctest.File{
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "libx.so", Mode: 0o644}, Data: data},
+	}), testChunk)
+	s := &stallFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), ready: make(chan struct{}), next: make(chan struct{})}
+	dir, r := mountFetcher(t, l, s, Options{ReadAhead: -1, NeighbourWindow: -1, WholeLibrary: 1 << 20, Cache: fstest.NewMemCache(), PrefetchContext: markBackground})
+	f, err := os.Open(filepath.Join(dir, "libx.so")) // queues the whole-library job
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// One page, no kernel read-ahead: the READ needs chunk 0 only.
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.ready: // the job holds every chunk's flight, chunk 0 not delivered yet
+	case <-time.After(10 * time.Second):
+		t.Fatal("the whole-library job never started")
+	}
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		_, err := f.ReadAt(buf, 0)
+		if err == nil && !bytes.Equal(buf, data[:4096]) {
+			err = fmt.Errorf("wrong bytes")
+		}
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let the reader find the job's flight and wait on it
+	s.next <- struct{}{}              // deliver chunk 0 only
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-s.ready: // the job waits to deliver chunk 1: the reader must be done
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the reader of chunk 0 still waits while the job is stalled on chunk 1")
+		}
+		s.next <- struct{}{}
+	}
+	// Let the rest of the job through.
+	go func() {
+		for {
+			select {
+			case <-s.ready:
+				s.next <- struct{}{}
+			case <-r.ctx.Done():
+				return
+			}
+		}
+	}()
+	if req, _, _ := s.Stats(); req != 1 || r.Stats().ChunkMisses != 1 {
+		t.Fatalf("%d requests, %d chunk misses: want chunk 0 one miss served by the job's request", req, r.Stats().ChunkMisses)
 	}
 }
 
@@ -190,5 +348,72 @@ func TestReadAheadStaysInProfile(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // let any read-ahead run
 	if _, delivered, _ := f.Stats(); delivered != profiled {
 		t.Fatalf("%d chunks fetched, want the profile's %d: read-ahead went past the profile", delivered, profiled)
+	}
+}
+
+// TestNeighbourCrossing: a neighbour window stops before the chunks of a
+// big file until the big-file chunks that windows brought turn out to be
+// read (a program reading everything), then crosses; every neighbourProbe-th
+// window crosses anyway to gather that evidence.
+func TestNeighbourCrossing(t *testing.T) {
+	tf := []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "pkg/", Mode: 0o755}}}
+	for _, n := range []string{"a", "b", "c"} {
+		tf = append(tf,
+			toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "pkg/" + n + ".py", Mode: 0o644}, Data: toctest.Random(uint64(n[0]), 3000)},
+			toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "pkg/" + n + "_big.bin", Mode: 0o644}, Data: toctest.Random(uint64(n[0])+50, 32*testChunk)})
+	}
+	l := convertLayer(t, toctest.Tar(t, tf), testChunk)
+	f := fstest.NewBlobFetcher(l.blob)
+	// A window of 16 chunks: it cannot reach past a big file of 32.
+	dir, r := mountFetcher(t, l, f, Options{ReadAhead: -1, WholeLibrary: -1, NeighbourWindow: 16 * testChunk, Cache: fstest.NewMemCache()})
+	fetched := func(path string) int {
+		sp := fileSpan(t, l, path)
+		n := 0
+		for i := sp.First; i < sp.Last; i++ {
+			if r.cacheHas(context.Background(), &l.toc.Chunks[i]) {
+				n++
+			}
+		}
+		return n
+	}
+	miss := func(name string, jobs int64) {
+		t.Helper()
+		if _, err := os.ReadFile(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for r.Stats().NeighbourJobs < jobs {
+			if time.Now().After(deadline) {
+				t.Fatalf("neighbour job %d never queued: %+v", jobs, r.Stats())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(100 * time.Millisecond) // let the job's fetch land
+	}
+	// The first window is a probe: it crosses into a_big.bin.
+	miss("pkg/a.py", 1)
+	if n := fetched("pkg/a_big.bin"); n == 0 {
+		t.Fatal("the first window (a probe) stopped before a big file")
+	}
+	// No evidence that big neighbours are read: the next window stops at
+	// b_big.bin, which follows b.py at once (so there is no job at all).
+	miss("pkg/b.py", 1)
+	if n := fetched("pkg/b_big.bin"); n != 0 {
+		t.Fatalf("%d chunks of b_big.bin fetched without evidence that big neighbours are read", n)
+	}
+	// Evidence that they are: crossing.
+	r.nb.nbrought.Store(neighbourMinSample)
+	r.nb.used.Store(neighbourMinSample)
+	miss("pkg/c.py", 2)
+	if n := fetched("pkg/c_big.bin"); n == 0 {
+		t.Fatal("the window stopped before c_big.bin although big neighbours were read")
+	}
+	// Reads of brought chunks count as use.
+	used := r.nb.used.Load()
+	if _, err := os.ReadFile(filepath.Join(dir, "pkg/c_big.bin")); err != nil {
+		t.Fatal(err)
+	}
+	if r.nb.used.Load() <= used {
+		t.Fatal("reading c_big.bin, brought by a window, was not counted as use")
 	}
 }

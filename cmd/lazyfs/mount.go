@@ -31,6 +31,7 @@ type mountFlags struct {
 	pull        bool
 	readAhead   cli.Count
 	neighbours  size.Off
+	wholeLib    size.Off
 	force       bool
 	passthrough bool
 	stateDir    string
@@ -48,11 +49,12 @@ type mountFlags struct {
 // daemonFlags are the flags that belong to the serving process: with a
 // daemon, its own settings apply instead.
 // (--fill and --no-fill travel with the mount request.)
-var daemonFlags = append([]string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "passthrough", "hosts-dir", "debug", "profile-dir"}, fetchFlagNames...)
+var daemonFlags = append([]string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "whole-library", "passthrough", "hosts-dir", "debug", "profile-dir"}, fetchFlagNames...)
 
 func newMountCmd() *cobra.Command {
 	mf := mountFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity), logLimit: node.DefaultLogLimit,
-		readAhead: cli.Count{Default: fs.DefaultReadAhead}, neighbours: size.Off{Default: fs.DefaultNeighbourWindow}, fetch: newFetchFlags()}
+		readAhead: cli.Count{Default: fs.DefaultReadAhead}, neighbours: size.Off{Default: fs.DefaultNeighbourWindow},
+		wholeLib: size.Off{Default: fs.DefaultWholeLibrary}, fetch: newFetchFlags()}
 	cmd := &cobra.Command{
 		Use:   "mount [flags] REF DIR",
 		Short: "Mount an image's files lazily at DIR",
@@ -113,6 +115,7 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.BoolVar(&mf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
 	f.Var(&mf.readAhead, "read-ahead", fmt.Sprintf("most chunks fetched ahead of a sequential reader, 1-%d (0 or off: none)", maxReadAhead))
 	f.Var(&mf.neighbours, "neighbour-window", fmt.Sprintf("compressed bytes after a small file fetched in the background when it misses, up to %s (0 or off: none; alias --neighbor-window)", size.Format(maxNeighbourWindow)))
+	f.Var(&mf.wholeLib, "whole-library", fmt.Sprintf("fetch a shared library of up to this many compressed bytes whole when it is opened without a start-up profile, up to %s (0 or off: never)", size.Format(maxWholeLibrary)))
 	f.BoolVar(&mf.force, "force", false, "mount over a directory that is not empty (its files are hidden until unmount)")
 	f.BoolVar(&mf.passthrough, "passthrough", false, "serve fully cached files through FUSE passthrough (kernel ≥ 6.9)")
 	f.StringVar(&mf.stateDir, "state-dir", node.DefaultStateDir, "where standalone mount servers record their state (0700)")
@@ -229,7 +232,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 		CacheDir: cacheDir, CacheSize: int64(mf.cacheSize), HostsDir: mf.hostsDir, Insecure: mf.insecure, Logger: log,
 		FetchOptions: mf.fetch.Options(),
 		PullDir:      os.TempDir(),
-		FS:           fs.Options{ReadAhead: mf.readAhead.Value(), Passthrough: mf.passthrough, NeighbourWindow: mf.neighbours.Bytes()},
+		FS:           fs.Options{ReadAhead: mf.readAhead.Value(), Passthrough: mf.passthrough, NeighbourWindow: mf.neighbours.Bytes(), WholeLibrary: mf.wholeLib.Bytes()},
 		Mount:        fs.MountOptions{Debug: mf.debug},
 		Profiles:     node.ProfileConfig{Dir: mf.profileDir, Off: mf.profileDir == "", NoFill: !mf.fill || mf.noFill, Registry: true},
 	}

@@ -8,6 +8,7 @@ import (
 const (
 	maxReadAhead       = 1024     // chunks: 256MiB at the default chunk size
 	maxNeighbourWindow = 64 << 20 // compressed bytes
+	maxWholeLibrary    = 64 << 20 // compressed bytes
 	minCacheSize       = 1 << 20
 	maxCacheSize       = 1 << 50
 )
@@ -22,6 +23,9 @@ func (mf *mountFlags) validate() error {
 	}
 	if n := mf.neighbours.Bytes(); n > maxNeighbourWindow {
 		return cli.SizeRange("neighbour-window", n, 0, maxNeighbourWindow, "the neighbour window (0 or off: none)")
+	}
+	if n := mf.wholeLib.Bytes(); n > maxWholeLibrary {
+		return cli.SizeRange("whole-library", n, 0, maxWholeLibrary, "the largest library fetched whole at open (0 or off: never)")
 	}
 	if err := cli.SizeRange("cache-size", int64(mf.cacheSize), minCacheSize, maxCacheSize, "the block cache capacity"); err != nil {
 		return err

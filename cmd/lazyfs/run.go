@@ -38,6 +38,7 @@ type runFlags struct {
 	pull       bool
 	readAhead  int
 	neighbours sizeFlag
+	wholeLib   sizeFlag
 	hostsDir   string
 	debug      bool
 
@@ -64,6 +65,7 @@ func (rf *runFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&rf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
 	f.IntVar(&rf.readAhead, "read-ahead", 0, "chunks fetched ahead of a sequential reader (0: default, -1: none)")
 	f.Var(&rf.neighbours, "neighbour-window", fmt.Sprintf("compressed bytes after a small file fetched in the background when it misses (0: default %s, e.g. 1B to disable)", size.Format(fs.DefaultNeighbourWindow)))
+	f.Var(&rf.wholeLib, "whole-library", fmt.Sprintf("fetch a shared library of up to this many compressed bytes whole when it is opened without a start-up profile (0: default %s, e.g. 1B to disable)", size.Format(fs.DefaultWholeLibrary)))
 	f.StringVar(&rf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
 	f.BoolVar(&rf.debug, "debug", false, "log debug messages")
 	f.StringVar(&rf.profileDir, "profile-dir", defaultProfileDir, "profiles learned on this node, by image digest (\"\": none)")
@@ -183,7 +185,7 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 		// A recording run reads lean, as the runs its profile will serve:
 		// what it records is what the program read, not the kernel's 1 MiB
 		// windows around each page fault.
-		FS:       fs.Options{ReadAhead: rf.readAhead, NeighbourWindow: int64(rf.neighbours), Lean: record},
+		FS:       fs.Options{ReadAhead: rf.readAhead, NeighbourWindow: int64(rf.neighbours), WholeLibrary: int64(rf.wholeLib), Lean: record},
 		Profiles: pc,
 	})
 	if err != nil {
