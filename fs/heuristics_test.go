@@ -159,7 +159,11 @@ func (s *stallFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn f
 		return s.BlobFetcher.FetchChunks(ctx, chunks, fn)
 	}
 	return s.BlobFetcher.FetchChunks(ctx, chunks, func(i int, data []byte) error {
-		s.ready <- struct{}{}
+		select {
+		case s.ready <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		select {
 		case <-s.next:
 		case <-ctx.Done():
