@@ -409,6 +409,7 @@ func (c *Badger) load() error {
 			return fmt.Errorf("drop %d stale chunks: %w", len(drop), err)
 		}
 	}
+	c.settled(victims)
 	return c.trimSegments()
 }
 
@@ -610,9 +611,14 @@ func (c *Badger) dropCorrupt(k key, bad *entry, cause error) {
 		}
 		c.idx.remove(e)
 		c.release(e)
+	} else {
+		bad = nil
 	}
 	c.mu.Unlock()
 	err := c.deleteKeys([]key{k})
+	if err == nil && bad != nil {
+		c.settled([]*entry{bad})
+	}
 	c.cfg.logger.Warn("blobcache: dropped corrupt chunk", "chunk", k.digest(), "cause", cause, "delete_err", err)
 }
 
@@ -749,6 +755,7 @@ func (c *Badger) put(ctx context.Context, d digest.Digest, data []byte, verify b
 		// the commit, Open finds them again and re-applies the bound.
 		return fmt.Errorf("chunk %s: store: %w", d, err)
 	}
+	c.settled(victims)
 	c.mu.Lock()
 	e := &entry{k: k, size: size, atime: now, savedAtime: now}
 	if seg != nil {

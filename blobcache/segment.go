@@ -65,13 +65,18 @@ const (
 // segment is one segment file. All fields but id and f are guarded by the
 // cache's mu.
 type segment struct {
-	id     uint64
-	f      *os.File
-	end    int64 // bytes reserved: the file's size once writes land
-	live   int64 // bytes of live records (header + chunk)
-	refs   int   // Puts writing into it, Gets and compactions reading it
-	sealed bool  // no longer appended to
-	dead   bool  // unlinked; f closed once refs drop to zero
+	id   uint64
+	f    *os.File
+	end  int64 // bytes reserved: the file's size once writes land
+	live int64 // bytes of live records (header + chunk)
+	refs int   // Puts writing into it, Gets and compactions reading it
+	// unsettled counts records released from the index (evicted, dropped)
+	// whose deletion from badger has not committed yet: the file stays until
+	// it is 0, so that a crash never leaves a committed record pointing into
+	// a deleted segment.
+	unsettled int
+	sealed    bool // no longer appended to
+	dead      bool // unlinked; f closed once refs drop to zero
 }
 
 func segName(id uint64) string { return fmt.Sprintf("%016x%s", id, segSuffix) }
@@ -337,18 +342,34 @@ func (c *Badger) unref(s *segment) {
 	c.maybeDropSegment(s)
 }
 
-// release accounts for the removal of e from the index. c.mu is held.
+// release accounts for the removal of e from the index. The caller deletes
+// e's records from badger and then calls settled. c.mu is held.
 func (c *Badger) release(e *entry) {
 	if s := e.seg; s != nil {
 		s.live -= segRecLen(e.size)
-		c.maybeDropSegment(s)
+		s.unsettled++
+	}
+}
+
+// settled is called once the deletion of released entries es from badger
+// has committed: their segments may go now. (If it failed, the segments
+// stay until Open, which drops the records it finds and the segments left
+// without live records.)
+func (c *Badger) settled(es []*entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range es {
+		if s := e.seg; s != nil {
+			s.unsettled--
+			c.maybeDropSegment(s)
+		}
 	}
 }
 
 // maybeDropSegment deletes a sealed segment that holds no live chunk and that
 // nobody is writing or reading. c.mu is held.
 func (c *Badger) maybeDropSegment(s *segment) {
-	if !s.sealed || s.live > 0 || s.refs > 0 || s.dead {
+	if !s.sealed || s.live > 0 || s.refs > 0 || s.unsettled > 0 || s.dead {
 		return
 	}
 	s.dead = true

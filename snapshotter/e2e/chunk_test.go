@@ -102,7 +102,7 @@ func TestCorruptChunkIsEIO(t *testing.T) {
 		t.Fatalf("remote layers: %v, want 2 (a bad chunk does not make the layer fall back)", got)
 	}
 	script := "busybox head -c 65536 /data/poisoned | busybox md5sum; busybox md5sum /data/fine; " +
-		"busybox cat /data/poisoned > /dev/null; echo whole=$?; " +
+		"busybox cat /data/poisoned > /dev/null 2>&1; echo whole=$?; " +
 		fmt.Sprintf("busybox dd if=/data/poisoned bs=65536 skip=%d count=1 2>/dev/null | busybox wc -c", bad)
 	out, err := c.Ctr("run", "--rm", "--snapshotter", "lazyfs", ref, fmt.Sprintf("chunk-%d", os.Getpid()), "/bin/sh", "-c", script)
 	if err != nil {
