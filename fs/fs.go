@@ -211,6 +211,7 @@ type Root struct {
 	prefetch chan prefetchJob
 	inflight sync.Map // [32]byte chunk sum → *flight: fetches in progress
 	nb       neighbourUse
+	depsSeen sync.Map // uint32 data node → true: libraries whose dependencies were (or are to be) looked up
 	reported sync.Map // chunkKey → struct{}: EIO already logged
 	spool    *spool
 	bufs     sync.Pool  // *[]byte chunk buffers for partial cache reads

@@ -78,7 +78,7 @@ func (r *Root) open(ctx context.Context, d uint32) (gofs.FileHandle, uint32, sys
 	l, e := r.t.dataEntry(d)
 	lib := sharedObject(e.Name)
 	if lib {
-		r.prefetchLibrary(l, e)
+		r.prefetchLibrary(l, e, d)
 	}
 	return &handle{r: r, d: d, lib: lib}, fuse.FOPEN_KEEP_CACHE, 0
 }
@@ -88,8 +88,10 @@ func (r *Root) open(ctx context.Context, d uint32) (gofs.FileHandle, uint32, sys
 // start-up profile names what to fetch): the loader opens a library and
 // then reads nearly all of it through page faults, so one request now
 // replaces a blocking round trip per fault. Chunks already cached or in
-// flight are skipped by the job.
-func (r *Root) prefetchLibrary(l *layer, e *toc.Entry) {
+// flight are skipped by the job. The first time per Root that library d is
+// fetched this way, its dependencies follow when the job ends
+// (prefetchDeps).
+func (r *Root) prefetchLibrary(l *layer, e *toc.Entry, d uint32) {
 	if r.opts.WholeLibrary <= 0 || e.NumChunks == 0 || r.lean() {
 		return
 	}
@@ -98,8 +100,15 @@ func (r *Root) prefetchLibrary(l *layer, e *toc.Entry) {
 	if cs[last-1].CompressedOffset+int64(cs[last-1].CompressedSize)-cs[first].CompressedOffset > r.opts.WholeLibrary {
 		return
 	}
-	if r.queuePrefetch(prefetchJob{l: l, first: first, last: last, path: e.Name}) {
+	j := prefetchJob{l: l, first: first, last: last, path: e.Name}
+	_, seen := r.depsSeen.LoadOrStore(d, true)
+	if !seen {
+		j.done = func() { r.prefetchDeps(l, e) }
+	}
+	if r.queuePrefetch(j) {
 		r.stats.libraryJobs.Add(1)
+	} else if !seen {
+		r.depsSeen.Delete(d)
 	}
 }
 

@@ -1,0 +1,206 @@
+package fs
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lazyfs/lazyfs/fs/fstest"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+)
+
+// elfLib builds a minimal ELF64 shared object whose dynamic section names
+// needed (DT_NEEDED) and runpath (DT_RUNPATH, "" for none), padded with pad
+// bytes of code: what debug/elf and the dynamic loader read to find a
+// library's dependencies.
+func elfLib(needed []string, runpath string, pad int) []byte {
+	le := binary.LittleEndian
+	dynstr := []byte{0}
+	str := func(s string) uint64 {
+		off := len(dynstr)
+		dynstr = append(append(dynstr, s...), 0)
+		return uint64(off)
+	}
+	var dyn []byte
+	ent := func(tag elf.DynTag, v uint64) {
+		dyn = le.AppendUint64(dyn, uint64(tag))
+		dyn = le.AppendUint64(dyn, v)
+	}
+	for _, n := range needed {
+		ent(elf.DT_NEEDED, str(n))
+	}
+	if runpath != "" {
+		ent(elf.DT_RUNPATH, str(runpath))
+	}
+	ent(elf.DT_NULL, 0)
+	shstr := []byte("\x00.dynstr\x00.dynamic\x00.shstrtab\x00.text\x00")
+	const ehsize, shentsize = 64, 64
+	text := make([]byte, pad)
+	for i := range text {
+		text[i] = byte(i * 7)
+	}
+	offText := uint64(ehsize)
+	offStr := offText + uint64(len(text))
+	offDyn := offStr + uint64(len(dynstr))
+	offSh := offDyn + uint64(len(dyn))
+	offShdrs := offSh + uint64(len(shstr))
+	var b []byte
+	b = append(b, 0x7f, 'E', 'L', 'F', byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), byte(elf.EV_CURRENT), 0)
+	b = append(b, make([]byte, 8)...)
+	b = le.AppendUint16(b, uint16(elf.ET_DYN))
+	b = le.AppendUint16(b, uint16(elf.EM_X86_64))
+	b = le.AppendUint32(b, uint32(elf.EV_CURRENT))
+	b = le.AppendUint64(b, 0)        // entry
+	b = le.AppendUint64(b, 0)        // phoff
+	b = le.AppendUint64(b, offShdrs) // shoff
+	b = le.AppendUint32(b, 0)        // flags
+	b = le.AppendUint16(b, ehsize)
+	b = le.AppendUint16(b, 56) // phentsize
+	b = le.AppendUint16(b, 0)  // phnum
+	b = le.AppendUint16(b, shentsize)
+	b = le.AppendUint16(b, 5) // shnum
+	b = le.AppendUint16(b, 3) // shstrndx
+	b = append(append(append(append(b, text...), dynstr...), dyn...), shstr...)
+	sh := func(name uint32, typ elf.SectionType, off, size uint64, link uint32, entsize uint64) {
+		b = le.AppendUint32(b, name)
+		b = le.AppendUint32(b, uint32(typ))
+		b = le.AppendUint64(b, uint64(elf.SHF_ALLOC))
+		b = le.AppendUint64(b, off) // addr
+		b = le.AppendUint64(b, off)
+		b = le.AppendUint64(b, size)
+		b = le.AppendUint32(b, link)
+		b = le.AppendUint32(b, 0)
+		b = le.AppendUint64(b, 8)
+		b = le.AppendUint64(b, entsize)
+	}
+	sh(0, elf.SHT_NULL, 0, 0, 0, 0)
+	sh(1, elf.SHT_STRTAB, offStr, uint64(len(dynstr)), 0, 0)
+	sh(9, elf.SHT_DYNAMIC, offDyn, uint64(len(dyn)), 1, 16)
+	sh(18, elf.SHT_STRTAB, offSh, uint64(len(shstr)), 0, 0)
+	sh(28, elf.SHT_PROGBITS, offText, uint64(len(text)), 0, 0)
+	return b
+}
+
+func TestLibraryDepsParse(t *testing.T) {
+	needed, runpath := libraryDeps(elfLib([]string{"libb.so.1", "libc.so.6", "../evil.so"}, "$ORIGIN/sub:/opt/x", 100))
+	if !slices.Equal(needed, []string{"libb.so.1", "libc.so.6"}) {
+		t.Errorf("needed %q, want libb.so.1 and libc.so.6 (a name with a slash is not searched)", needed)
+	}
+	if !slices.Equal(runpath, []string{"$ORIGIN/sub", "/opt/x"}) {
+		t.Errorf("runpath %q", runpath)
+	}
+	for _, bad := range [][]byte{nil, []byte("\x7fELF"), []byte("#!/bin/sh\n"), elfLib([]string{"x.so"}, "", 10)[:100]} {
+		if n, r := libraryDeps(bad); n != nil || r != nil {
+			t.Errorf("%q: got %q %q from a file that is not a whole ELF object", bad, n, r)
+		}
+	}
+	many := make([]string, 2*maxDeps)
+	for i := range many {
+		many[i] = "lib" + strings.Repeat("x", i%300) + ".so"
+	}
+	needed, _ = libraryDeps(elfLib(many, "", 0))
+	if len(needed) > maxDeps || slices.ContainsFunc(needed, func(s string) bool { return len(s) > maxDepName }) {
+		t.Errorf("%d names kept (bound %d), or one longer than %d", len(needed), maxDeps, maxDepName)
+	}
+}
+
+// FuzzLibraryDeps: libraryDeps on arbitrary bytes never panics and stays
+// within its bounds.
+func FuzzLibraryDeps(f *testing.F) {
+	lib := elfLib([]string{"libb.so.1", "libc.so.6"}, "$ORIGIN/../lib", 64)
+	f.Add(lib)
+	f.Add(lib[:len(lib)/2])
+	f.Add([]byte("\x7fELF\x02\x01\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		needed, runpath := libraryDeps(b)
+		if len(needed) > maxDeps || len(runpath) > maxRunpath {
+			t.Fatalf("%d names, %d run path entries", len(needed), len(runpath))
+		}
+		for _, n := range needed {
+			if n == "" || len(n) > maxDepName || strings.ContainsAny(n, "/\x00") {
+				t.Fatalf("bad name %q", n)
+			}
+		}
+	})
+}
+
+// TestDependencyPrefetch: opening a library fetches, besides itself, the
+// libraries it needs, found as the loader finds them (its run path with
+// $ORIGIN, through a symlink, the default directories) and their needs in
+// turn; a library nobody needs is not fetched, and a mount with a profile
+// (lean) fetches none of it.
+func TestDependencyPrefetch(t *testing.T) {
+	a := elfLib([]string{"libb.so.1", "libmissing.so"}, "$ORIGIN/sub", 4*testChunk)
+	b := elfLib([]string{"libc.so.9"}, "", 4*testChunk)
+	c := elfLib(nil, "", 4*testChunk)
+	other := elfLib([]string{"libz.so"}, "", 5*testChunk) // not the same bytes as c: chunks are content-addressed
+	files := []toctest.File{
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "app/", Mode: 0o755}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "app/liba.so", Mode: 0o755}, Data: a},
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "app/sub/", Mode: 0o755}},
+		{Hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "app/sub/libb.so.1", Linkname: "libb.so.1.2"}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "app/sub/libb.so.1.2", Mode: 0o755}, Data: b},
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "usr/", Mode: 0o755}},
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "usr/lib/", Mode: 0o755}},
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "usr/lib/x86_64-linux-gnu/", Mode: 0o755}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/lib/x86_64-linux-gnu/libc.so.9", Mode: 0o755}, Data: c},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/lib/x86_64-linux-gnu/libother.so", Mode: 0o755}, Data: other},
+	}
+	l := convertLayer(t, toctest.Tar(t, files), testChunk)
+	local := func(r *Root, p string) bool {
+		sp := fileSpan(t, l, p)
+		for i := sp.First; i < sp.Last; i++ {
+			if !r.cacheHas(context.Background(), &l.toc.Chunks[i]) {
+				return false
+			}
+		}
+		return true
+	}
+	for _, lean := range []bool{false, true} {
+		f := fstest.NewBlobFetcher(l.blob)
+		dir, r := mountFetcher(t, l, f, Options{ReadAhead: -1, NeighbourWindow: -1, Lean: lean, Cache: fstest.NewMemCache()})
+		fh, err := os.Open(filepath.Join(dir, "app/liba.so"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fh.Close()
+		if lean {
+			time.Sleep(200 * time.Millisecond)
+			if req, _, _ := f.Stats(); req != 0 {
+				t.Fatalf("lean: %d requests after opening a library, want none", req)
+			}
+			continue
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for _, p := range []string{"app/liba.so", "app/sub/libb.so.1.2", "usr/lib/x86_64-linux-gnu/libc.so.9"} {
+			for !local(r, p) {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s never fetched after app/liba.so was opened: %+v", p, r.Stats())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+		if local(r, "usr/lib/x86_64-linux-gnu/libother.so") {
+			t.Fatal("libother.so, which nothing needs, was fetched")
+		}
+		if s := r.Stats(); s.LibraryJobs != 3 {
+			t.Fatalf("%d library jobs, want 3 (liba.so opened, libb.so.1.2 and libc.so.9 needed)", s.LibraryJobs)
+		}
+		got, err := os.ReadFile(filepath.Join(dir, "app/sub/libb.so.1"))
+		if err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("libb.so.1 through its symlink: %v (or wrong bytes)", err)
+		}
+		if s := r.Stats(); s.ChunkMisses != 0 {
+			t.Fatalf("%d misses reading a prefetched dependency", s.ChunkMisses)
+		}
+	}
+}
