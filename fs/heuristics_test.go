@@ -120,15 +120,7 @@ func TestWholeLibrary(t *testing.T) {
 			want := int64(0)
 			if !lean {
 				want = 1
-				deadline := time.Now().Add(10 * time.Second)
-				for i := small.First; i < small.Last; i++ {
-					for !r.cacheHas(context.Background(), &l.toc.Chunks[i]) {
-						if time.Now().After(deadline) {
-							t.Fatalf("chunk %d of libsmall.so.1 never fetched after its open: %+v", i, r.Stats())
-						}
-						time.Sleep(5 * time.Millisecond)
-					}
-				}
+				waitCached(t, r, l, "lib/libsmall.so.1")
 			}
 			if s := r.Stats(); s.LibraryJobs != want {
 				t.Fatalf("%d whole-library jobs, want %d (only libsmall.so.1, and none when lean)", s.LibraryJobs, want)
@@ -371,13 +363,7 @@ func TestNeighbourCrossing(t *testing.T) {
 	// A window of 16 chunks: it cannot reach past a big file of 32.
 	dir, r := mountFetcher(t, l, f, Options{ReadAhead: -1, WholeLibrary: -1, NeighbourWindow: 16 * testChunk, Cache: fstest.NewMemCache()})
 	fetched := func(path string) int {
-		sp := fileSpan(t, l, path)
-		n := 0
-		for i := sp.First; i < sp.Last; i++ {
-			if r.cacheHas(context.Background(), &l.toc.Chunks[i]) {
-				n++
-			}
-		}
+		n, _ := cachedChunks(t, r, l, path)
 		return n
 	}
 	miss := func(name string, jobs int64) {
@@ -419,5 +405,35 @@ func TestNeighbourCrossing(t *testing.T) {
 	}
 	if r.nb.used.Load() <= used {
 		t.Fatal("reading c_big.bin, brought by a window, was not counted as use")
+	}
+}
+
+// cachedChunks counts the chunks of the file at path that r holds (cache or
+// hot set), out of its total.
+func cachedChunks(t testing.TB, r *Root, l *testLayer, path string) (cached, total int) {
+	t.Helper()
+	sp := fileSpan(t, l, path)
+	for i := sp.First; i < sp.Last; i++ {
+		if r.cacheHas(context.Background(), &l.toc.Chunks[i]) {
+			cached++
+		}
+	}
+	return cached, sp.Last - sp.First
+}
+
+// waitCached waits (10 s at most) until r holds every chunk of the file at
+// path, which background work is fetching.
+func waitCached(t testing.TB, r *Root, l *testLayer, path string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, total := cachedChunks(t, r, l, path)
+		if n == total {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d of %d chunks fetched after 10 s: %+v", path, n, total, r.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
