@@ -101,8 +101,9 @@ type Options struct {
 	// when it is opened without a start-up profile: the dynamic loader reads
 	// nearly all of a small library (a torch import reads 96% of the bytes
 	// of the 298 libraries of up to 2 MiB it loads) through page faults, one
-	// blocking round trip each. 0 means DefaultWholeLibrary, a negative
-	// value never.
+	// blocking round trip each. Once it has arrived, the libraries it needs
+	// (DT_NEEDED, resolved as the loader would) are fetched the same way.
+	// 0 means DefaultWholeLibrary, a negative value never.
 	WholeLibrary int64
 	// PrefetchContext, if set, derives the context of background fetches
 	// (read-ahead, neighbours), e.g. to mark them low-priority for the fetcher.
