@@ -65,7 +65,7 @@ func (rf *runFlags) register(f *pflag.FlagSet) {
 	f.BoolVar(&rf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
 	f.IntVar(&rf.readAhead, "read-ahead", 0, "chunks fetched ahead of a sequential reader (0: default, -1: none)")
 	f.Var(&rf.neighbours, "neighbour-window", fmt.Sprintf("compressed bytes after a small file fetched in the background when it misses (0: default %s, e.g. 1B to disable)", size.Format(fs.DefaultNeighbourWindow)))
-	f.Var(&rf.wholeLib, "whole-library", fmt.Sprintf("fetch a shared library of up to this many compressed bytes whole when it is opened without a start-up profile (0: default %s, e.g. 1B to disable)", size.Format(fs.DefaultWholeLibrary)))
+	f.Var(&rf.wholeLib, "whole-library", fmt.Sprintf("fetch a shared library of up to this many compressed bytes whole when it is opened without a start-up profile, and the libraries it needs (0: default %s, e.g. 1B to disable)", size.Format(fs.DefaultWholeLibrary)))
 	f.StringVar(&rf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
 	f.BoolVar(&rf.debug, "debug", false, "log debug messages")
 	f.StringVar(&rf.profileDir, "profile-dir", defaultProfileDir, "profiles learned on this node, by image digest (\"\": none)")
