@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
@@ -62,6 +63,32 @@ func TestKernelReadAhead(t *testing.T) {
 		if got := root(tc.files, Options{Lean: true}).KernelReadAheadKB(); got != tc.want {
 			t.Errorf("%s, lean: KernelReadAheadKB() = %d, want %d", tc.name, got, tc.want)
 		}
+		// Without a profile, a slow link (linkSamples large fetches all
+		// slower than slowLinkRate) lowers the read-ahead, except for weights.
+		slow := root(tc.files)
+		set = 0
+		slow.setKernelRA(func(kb int) { set = kb })
+		for range linkSamples {
+			slow.noteFetch(2<<20, time.Second/10) // 20 MiB/s
+		}
+		want = slowReadAheadKB
+		if tc.want == 4096 {
+			want = 4096
+		}
+		if got := slow.KernelReadAheadKB(); got != want || set != want {
+			t.Errorf("%s on a slow link: KernelReadAheadKB() = %d, set %d, want %d", tc.name, got, set, want)
+		}
+	}
+	// One fetch at a fast link's rate among them: the link is not slow; small
+	// fetches are not samples.
+	r := root(map[string]int64{"usr/bin/python3": 6 << 20})
+	r.noteFetch(4<<20, time.Second/100) // 400 MiB/s
+	for range 2 * linkSamples {
+		r.noteFetch(2<<20, time.Second/10)
+		r.noteFetch(64<<10, time.Second)
+	}
+	if got := r.KernelReadAheadKB(); got != bigReadAheadKB {
+		t.Errorf("a link that once delivered 400 MiB/s: KernelReadAheadKB() = %d, want %d", got, bigReadAheadKB)
 	}
 }
 

@@ -231,6 +231,8 @@ type Root struct {
 	// weights: at least half of the file bytes are in big files that are
 	// not shared libraries (see KernelReadAheadKB); fixed by the layers.
 	weights bool
+	// link: what the fetches of large ranges say of the link (slowLink).
+	link linkRate
 }
 
 // lean reports whether reads are lean: Options.Lean, or a profile is being

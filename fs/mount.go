@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -166,6 +168,7 @@ func (w logWriter) Write(p []byte) (int, error) {
 const (
 	weightsReadAheadKB = 4096
 	bigReadAheadKB     = 1024
+	slowReadAheadKB    = 256
 	leanReadAheadKB    = 32
 )
 
@@ -177,7 +180,11 @@ const (
 //     need to keep up with a disk that reads ahead 8 MiB (1 GiB warm:
 //     0.79-1.03x ext4 against 0.48-0.66x at 1024, docs/fs.md);
 //   - 1024 KiB otherwise (1 MiB READs, and on a cold start with nothing
-//     known the most bytes per page-fault round trip);
+//     known the most bytes per page-fault round trip), or 256 KiB once the
+//     link has shown itself slow (linkRate): there every byte of a fault's
+//     read-around is link time (torch without a profile: 7.46 s at
+//     200 Mbit/s against 7.83 s at 1024 KiB; at 1 Gbit/s 256 KiB would cost
+//     5.61 s against 4.79 s, the round trips mattering more than bytes);
 //   - 32 KiB once a start-up profile is being prefetched (or with
 //     Options.Lean) into such a mount: the kernel reads read_ahead_kb around
 //     each mmap page fault, and the dynamic loader faults in scattered parts
@@ -191,8 +198,51 @@ func (r *Root) KernelReadAheadKB() int {
 		return weightsReadAheadKB
 	case r.lean():
 		return leanReadAheadKB
+	case r.link.slow.Load():
+		return slowReadAheadKB
 	}
 	return bigReadAheadKB
+}
+
+// linkRate keeps the fastest rate (compressed bytes per second) seen on a
+// fetch of at least linkSampleBytes. The fastest is a lower bound of the
+// link's rate whatever else shared it; once linkSamples such fetches were
+// all slower than slowLinkRate, the link is slow (and stays so).
+type linkRate struct {
+	max     atomic.Int64
+	samples atomic.Int32
+	slow    atomic.Bool
+}
+
+const (
+	linkSampleBytes = 1 << 20
+	linkSamples     = 8
+	slowLinkRate    = 30 << 20 // bytes/s: a 200 Mbit/s link delivers 25 MB/s at most
+)
+
+// noteFetch records a fetch of n compressed bytes that took d, and on the
+// linkSamples-th sample, if the link is slow, has Mount lower the kernel
+// read-ahead (slowReadAheadKB).
+func (r *Root) noteFetch(n int64, d time.Duration) {
+	if n < linkSampleBytes || d <= 0 {
+		return
+	}
+	rate := int64(float64(n) / d.Seconds())
+	for {
+		m := r.link.max.Load()
+		if rate <= m || r.link.max.CompareAndSwap(m, rate) {
+			break
+		}
+	}
+	if r.link.samples.Add(1) != linkSamples || r.link.max.Load() >= slowLinkRate {
+		return
+	}
+	r.link.slow.Store(true)
+	r.kernelRAMu.Lock()
+	defer r.kernelRAMu.Unlock()
+	if r.kernelRA != nil {
+		r.kernelRA(r.KernelReadAheadKB())
+	}
 }
 
 // mostlyWeights reports whether at least half of the layers' file bytes are

@@ -426,6 +426,11 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 	for k, i := range idx {
 		chunks[k] = l.toc.Chunks[i]
 	}
+	var compressed int64
+	for k := range chunks {
+		compressed += int64(chunks[k].CompressedSize)
+	}
+	start := time.Now()
 	got := make([]bool, len(idx))
 	vf, ok := l.fetcher.(verifyingFetcher)
 	trusted := ok && vf.VerifiesChunks()
@@ -462,6 +467,7 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		}
 		return idx[0], err
 	}
+	r.noteFetch(compressed, time.Since(start))
 	return 0, nil
 }
 
