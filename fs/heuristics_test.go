@@ -256,19 +256,7 @@ func TestProfileNeighbours(t *testing.T) {
 	}
 	// The profile: big.bin, w.py, then x.py and y.py; z.py and zz.py are not
 	// in it. The prefetch is held at its first batch.
-	var spans []ChunkSpan
-	for _, n := range names[:4] {
-		spans = append(spans, fileSpan(t, l, n))
-	}
-	p, err := r.StartPrefetch(spans, PrefetchOptions{Workers: 1, MaxBatch: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-g.started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the prefetch never started fetching")
-	}
+	p := startHeld(t, r, g, l, names[:4])
 	if ra := bdiReadAhead(t, dir); ra != "32" {
 		t.Errorf("kernel read-ahead with a profile %s KiB, want 32", ra)
 	}

@@ -157,6 +157,26 @@ type gatedFetcher struct {
 	fg      atomic.Int64 // chunks delivered to foreground reads
 }
 
+// startHeld starts a prefetch of the files at paths (one worker, 64 KiB
+// batches) through g and returns once g holds its first batch.
+func startHeld(t testing.TB, r *Root, g *gatedFetcher, l *testLayer, paths []string) *Prefetcher {
+	t.Helper()
+	var spans []ChunkSpan
+	for _, p := range paths {
+		spans = append(spans, fileSpan(t, l, p))
+	}
+	p, err := r.StartPrefetch(spans, PrefetchOptions{Workers: 1, MaxBatch: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the prefetch never started fetching")
+	}
+	return p
+}
+
 type bgKey struct{}
 
 func markBackground(ctx context.Context) context.Context {
@@ -194,19 +214,7 @@ func TestPrefetchForegroundJumpsQueue(t *testing.T) {
 	dir, r := mountFetcher(t, l, g, opts)
 
 	profiled := []string{"app/big.bin", "app/a.py", "lib/d.so"}
-	var spans []ChunkSpan
-	for _, p := range profiled {
-		spans = append(spans, fileSpan(t, l, p))
-	}
-	p, err := r.StartPrefetch(spans, PrefetchOptions{Workers: 1, MaxBatch: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-g.started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the prefetch never started fetching")
-	}
+	p := startHeld(t, r, g, l, profiled)
 	// lib/d.so is the profile's last file, behind every batch of big.bin.
 	got, err := os.ReadFile(filepath.Join(dir, "lib/d.so"))
 	if err != nil {
