@@ -423,11 +423,9 @@ func (r *Root) cacheHas(ctx context.Context, c *toc.Chunk) bool {
 // On error it returns the index of a chunk that was not delivered.
 func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i int, data []byte)) (int, error) {
 	chunks := make([]toc.Chunk, len(idx))
+	var compressed int64 // for the link's rate (noteFetch)
 	for k, i := range idx {
 		chunks[k] = l.toc.Chunks[i]
-	}
-	var compressed int64
-	for k := range chunks {
 		compressed += int64(chunks[k].CompressedSize)
 	}
 	start := time.Now()
