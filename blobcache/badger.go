@@ -525,6 +525,9 @@ func (c *Badger) GetInto(ctx context.Context, d digest.Digest, buf []byte) ([]by
 	if seg != nil {
 		out, err = c.readRecord(seg, off, k, crc, size, buf)
 		c.mu.Lock()
+		if err == nil && e.seg == seg && e.off == off {
+			e.checked = true
+		}
 		c.unref(seg)
 		c.mu.Unlock()
 	} else {
@@ -759,7 +762,7 @@ func (c *Badger) put(ctx context.Context, d digest.Digest, data []byte, verify b
 	c.mu.Lock()
 	e := &entry{k: k, size: size, atime: now, savedAtime: now}
 	if seg != nil {
-		e.seg, e.off, e.crc = seg, off, crc
+		e.seg, e.off, e.crc, e.checked = seg, off, crc, true
 		seg.live += segRecLen(size)
 	}
 	c.idx.add(e)

@@ -30,6 +30,9 @@ type entry struct {
 	seg *segment
 	off int64
 	crc uint32
+	// checked: this process wrote the record or read it back with its CRC
+	// matching, so Extent may hand out its bytes unread.
+	checked bool
 }
 
 // list is a circular doubly linked list with a sentinel.

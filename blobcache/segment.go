@@ -541,7 +541,7 @@ func (c *Badger) repoint(s *segment, moved []move) error {
 	if err == nil {
 		for _, m := range live {
 			s.live -= segRecLen(m.size)
-			m.e.seg, m.e.off = m.ns, m.nof
+			m.e.seg, m.e.off, m.e.checked = m.ns, m.nof, true
 			m.ns.live += segRecLen(m.size)
 		}
 	}

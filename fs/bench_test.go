@@ -256,7 +256,9 @@ func BenchmarkWarmRead(b *testing.B) {
 			b.ReportMetric(ratios[0], "ratio-min")
 			b.ReportMetric(fuseIOPS/n, "lazyfs-rand4k/s")
 			b.ReportMetric(extIOPS/n, "ext4-rand4k/s")
-			if s := root.Stats(); s.FetchedChunks != 0 || (opts.Passthrough && s.Passthrough == 0) {
+			s := root.Stats()
+			b.ReportMetric(float64(s.Spliced)/float64(max(1, s.Reads)), "spliced/read")
+			if s.FetchedChunks != 0 || (opts.Passthrough && s.Passthrough == 0) {
 				b.Fatalf("not a warm read: %+v", s)
 			}
 		})

@@ -156,13 +156,16 @@ type Stats struct {
 	// loader) whose chunks were then all fetched in order (docs/fs.md).
 	BulkFills   int64 `json:"bulkFills"`
 	Passthrough int64 `json:"passthrough"` // opens served through FUSE passthrough
-	Lookups     int64 `json:"lookups"`     // LOOKUP requests
-	NegLookups  int64 `json:"negLookups"`  // LOOKUP requests of missing names
+	// Spliced counts READs answered by splicing cached bytes from the
+	// cache's files to the kernel (docs/fs.md, "Warm reads by splice").
+	Spliced    int64 `json:"spliced"`
+	Lookups    int64 `json:"lookups"`    // LOOKUP requests
+	NegLookups int64 `json:"negLookups"` // LOOKUP requests of missing names
 }
 
 type counters struct {
 	reads, bytesRead, hits, misses, fetched, fetchedBytes, prefetched, neighbourJobs, eio, interrupted, passthrough, lookups, neglookups atomic.Int64
-	cacheSkipped, cacheErrors, bulkFills, libraryJobs                                                                                    atomic.Int64
+	cacheSkipped, cacheErrors, bulkFills, libraryJobs, spliced                                                                           atomic.Int64
 }
 
 // layer is a Layer as the Root holds it.
@@ -233,6 +236,10 @@ type Root struct {
 	weights bool
 	// link: what the fetches of large ranges say of the link (slowLink).
 	link linkRate
+	// splice: Mount turned on splicing replies, for READs of at most
+	// spliceMax bytes (spliceRead).
+	splice    atomic.Bool
+	spliceMax int
 }
 
 // lean reports whether reads are lean: Options.Lean, or a profile is being
@@ -392,7 +399,7 @@ func (r *Root) Stats() Stats {
 		ChunkHits: s.hits.Load(), ChunkMisses: s.misses.Load(),
 		FetchedChunks: s.fetched.Load(), FetchedBytes: s.fetchedBytes.Load(),
 		Prefetched: s.prefetched.Load(), NeighbourJobs: s.neighbourJobs.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
-		Passthrough: s.passthrough.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
+		Passthrough: s.passthrough.Load(), Spliced: s.spliced.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
 		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(), BulkFills: s.bulkFills.Load(), LibraryJobs: s.libraryJobs.Load(),
 	}
 }

@@ -91,6 +91,14 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 	if mo.Debug {
 		level = slog.LevelDebug // a line per request
 	}
+	// READs are spliced from the cache's files (spliceRead) unless pipes
+	// cannot be resized here; they are then up to 1 MiB.
+	maxRead, spliceRead := 1<<20, spliceMaxRead()
+	if spliceRead > 0 {
+		maxRead = spliceRead
+		root.spliceMax = spliceRead
+		root.splice.Store(true)
+	}
 	opts := []string{"ro"}
 	if !mo.NoDefaultPermissions {
 		opts = append(opts, "default_permissions")
@@ -102,9 +110,9 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 			FsName:        mo.FsName,
 			Name:          "lazyfs",
 			Options:       opts,
-			MaxWrite:      1 << 20,
+			MaxWrite:      maxRead,
 			MaxReadAhead:  1 << 20,
-			DisableSplice: true,
+			DisableSplice: maxRead != spliceRead,
 			DirectMount:   true,
 			// Read-only at the mount level too (the "ro" option only makes
 			// the superblock read-only); suid/dev options can still lift

@@ -122,14 +122,18 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 // Read returns exactly the bytes [off, off+len(dest)) of the file (fewer at its end).
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	st, seq := h.track(off, int64(len(dest)))
-	n, last, missed, errno := h.r.readFile(ctx, h.d, dest, off)
+	var res fuse.ReadResult
+	n, last, missed, errno := h.r.readFile(ctx, h.d, dest, off, &res)
 	if errno != 0 {
 		return nil, errno
 	}
 	if seq >= 2 && h.r.opts.ReadAhead > 0 && !h.leanLib() {
 		h.readAhead(st, last, seq, missed)
 	}
-	return fuse.ReadResultData(dest[:n]), 0
+	if res == nil {
+		res = &bytesResult{dest[:n]}
+	}
+	return res, 0
 }
 
 // leanLib reports whether the file is a shared library of a Root with a
@@ -263,8 +267,9 @@ type chunkKey struct {
 
 // readFile reads node d's contents at off into dest. It returns the number
 // of bytes read, the index after the last chunk it used, and whether it had
-// to fetch any.
-func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (int, int, bool, syscall.Errno) {
+// to fetch any. With spliced non-nil, a read served by splice (spliceRead)
+// sets *spliced instead of filling dest.
+func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64, spliced *fuse.ReadResult) (int, int, bool, syscall.Errno) {
 	r.stats.reads.Add(1)
 	l, e := r.t.dataEntry(d)
 	if off < 0 {
@@ -285,6 +290,16 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64) (
 		r.opts.OnRead(ReadEvent{Layer: l.index, Path: e.Name, Offset: off, Size: int64(n), FirstChunk: first, LastChunk: last})
 	}
 	base := t.Chunks[e.FirstChunk].Offset
+	if spliced != nil {
+		if *spliced = r.spliceRead(ctx, t, first, last, base, off, n); *spliced != nil {
+			for i := first; i < last; i++ {
+				r.nb.read(t.Chunks[i].Sum)
+			}
+			r.stats.hits.Add(int64(last - first))
+			r.stats.bytesRead.Add(int64(n))
+			return n, last, false, 0
+		}
+	}
 	var missing []int
 	for i := first; i < last; i++ {
 		c := &t.Chunks[i]
