@@ -26,6 +26,7 @@ func newConvertCmd() *cobra.Command {
 		chunkSize sizeFlag = toc.DefaultChunkSize
 		libChunk           = size.Off{Default: toc.DefaultLibraryChunkSize}
 		level     int
+		startLvl  int
 		jobs      int
 		insecure  bool
 		asJSON    bool
@@ -70,7 +71,7 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := validateConvert(int64(chunkSize), libChunk.Bytes(), level, jobs); err != nil {
+			if err := validateConvert(int64(chunkSize), libChunk.Bytes(), level, startLvl, jobs); err != nil {
 				return err
 			}
 			var dstTag name.Tag
@@ -102,6 +103,7 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 				convert.WithChunkSize(int(chunkSize)),
 				convert.WithLibraryChunkSize(int(libChunk.Bytes())),
 				convert.WithLevel(zstd.EncoderLevelFromZstd(level)),
+				convert.WithStartupLevel(zstd.EncoderLevelFromZstd(startLvl)),
 				convert.WithInsecure(insecure),
 				convert.WithTempDir(tempDir),
 				convert.WithTrustChunked(trust),
@@ -164,7 +166,8 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 	f.StringVar(&platform, "platform", "", "convert only this platform of an index (os/arch[/variant]); default: all")
 	f.Var(&chunkSize, "chunk-size", fmt.Sprintf("size files are cut into, %s-%s", size.Format(toc.MinChunkSize), size.Format(toc.MaxChunkSize)))
 	f.Var(&libChunk, "library-chunk-size", fmt.Sprintf("size shared libraries (*.so, *.so.*) are cut into, %s-%s, at most --chunk-size (off: --chunk-size)", size.Format(toc.MinChunkSize), size.Format(toc.MaxChunkSize)))
-	f.IntVar(&level, "level", 3, fmt.Sprintf("zstd compression level (%d-%d)", minLevel, maxLevel))
+	f.IntVar(&level, "level", 3, fmt.Sprintf("zstd compression level (%d-%d) of big data files", minLevel, maxLevel))
+	f.IntVar(&startLvl, "startup-level", 11, fmt.Sprintf("zstd compression level (%d-%d) of shared libraries and files of one chunk, the bytes start-ups read", minLevel, maxLevel))
 	f.IntVar(&jobs, "jobs", 0, fmt.Sprintf("layers converted at once, 1-%d (0: number of CPUs)", maxJobs))
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to any registry")
 	f.BoolVar(&asJSON, "json", false, "print a machine-readable summary")

@@ -12,7 +12,7 @@ const (
 )
 
 // validateConvert checks convert's flags before any registry is asked.
-func validateConvert(chunkSize, libChunk int64, level, jobs int) error {
+func validateConvert(chunkSize, libChunk int64, level, startLevel, jobs int) error {
 	if err := cli.SizeRange("chunk-size", chunkSize, toc.MinChunkSize, toc.MaxChunkSize, "the chunk size"); err != nil {
 		return err
 	}
@@ -22,6 +22,9 @@ func validateConvert(chunkSize, libChunk int64, level, jobs int) error {
 		}
 	}
 	if err := cli.IntRange("level", level, minLevel, maxLevel, "the zstd level"); err != nil {
+		return err
+	}
+	if err := cli.IntRange("startup-level", startLevel, minLevel, maxLevel, "the zstd level of shared libraries and one-chunk files"); err != nil {
 		return err
 	}
 	return cli.IntRange("jobs", jobs, 0, maxJobs, "the number of layers converted at once (0: one per CPU)")

@@ -37,6 +37,7 @@ var failureTable = []failure{
 	{"bad size", []string{"mount", "--cache-size", "ten", "a", "{dir}"}, 64, `invalid size "ten"`, false, false},
 	{"chunk size 0", []string{"convert", "--chunk-size", "0", "{reg}/img:1", "{reg}/img:lazy"}, 64, "--chunk-size 0: out of range: the chunk size must be 4KiB-64MiB", false, false},
 	{"level", []string{"convert", "--level", "25", "{reg}/img:1", "{reg}/img:lazy"}, 64, "--level 25: out of range", false, false},
+	{"startup level", []string{"convert", "--startup-level", "0", "{reg}/img:1", "{reg}/img:lazy"}, 64, "--startup-level 0: out of range", false, false},
 	{"jobs", []string{"convert", "--jobs", "-1", "{reg}/img:1", "{reg}/img:lazy"}, 64, "--jobs -1: out of range", false, false},
 	{"read-ahead", []string{"mount", "--read-ahead", "5000", "{reg}/img:lazy", "{dir}"}, 64, "--read-ahead 5000: out of range", false, false},
 	{"read-ahead negative", []string{"mount", "--read-ahead", "-1", "{reg}/img:lazy", "{dir}"}, 64, "or off", false, false},

@@ -57,6 +57,7 @@ type options struct {
 	chunkSize int
 	libChunk  int
 	level     zstd.EncoderLevel
+	startLvl  zstd.EncoderLevel
 	jobs      int
 	keychain  authn.Keychain
 	insecure  bool
@@ -82,8 +83,15 @@ func WithChunkSize(n int) Option { return func(o *options) { o.chunkSize = n } }
 // for the chunk size).
 func WithLibraryChunkSize(n int) Option { return func(o *options) { o.libChunk = n } }
 
-// WithLevel sets the zstd level of the frames.
+// WithLevel sets the zstd level of the frames (default zstd.SpeedDefault)
+// but those of WithStartupLevel.
 func WithLevel(l zstd.EncoderLevel) Option { return func(o *options) { o.level = l } }
+
+// WithStartupLevel sets the zstd level of the chunks of shared libraries and
+// of one-chunk files (toc.WithStartupLevel; default
+// zstd.SpeedBestCompression: ~6% fewer bytes for start-ups to fetch than
+// the default level, for a conversion ~3.5× slower on those files).
+func WithStartupLevel(l zstd.EncoderLevel) Option { return func(o *options) { o.startLvl = l } }
 
 // WithJobs bounds how many layers are converted at once (default GOMAXPROCS).
 func WithJobs(n int) Option { return func(o *options) { o.jobs = n } }
@@ -215,7 +223,7 @@ func ParseReference(s string, insecure bool) (name.Reference, error) {
 // Image converts the image at src and pushes the result to dst.
 func Image(ctx context.Context, src, dst string, opts ...Option) (*Report, error) {
 	start := time.Now()
-	o := options{chunkSize: toc.DefaultChunkSize, level: zstd.SpeedDefault, jobs: runtime.GOMAXPROCS(0), keychain: authn.DefaultKeychain}
+	o := options{chunkSize: toc.DefaultChunkSize, level: zstd.SpeedDefault, startLvl: zstd.SpeedBestCompression, jobs: runtime.GOMAXPROCS(0), keychain: authn.DefaultKeychain}
 	for _, opt := range opts {
 		opt(&o)
 	}

@@ -175,7 +175,7 @@ func (c *converter) layer(ctx context.Context, img v1.Image, where string, i int
 			err = fmt.Errorf("%s: %w", where, cerr)
 		}
 	}()
-	res, err := toc.Convert(ctx, tr, f, toc.WithChunkSize(c.o.chunkSize), toc.WithLibraryChunkSize(c.o.libChunk), toc.WithLevel(c.o.level))
+	res, err := toc.Convert(ctx, tr, f, toc.WithChunkSize(c.o.chunkSize), toc.WithLibraryChunkSize(c.o.libChunk), toc.WithLevel(c.o.level), toc.WithStartupLevel(c.o.startLvl))
 	tr.Close()
 	if derr := drain(); err == nil && derr != nil {
 		err = derr

@@ -28,6 +28,7 @@ type options struct {
 	chunkSize   int
 	libChunk    int // chunk size of shared libraries (0: DefaultLibraryChunkSize)
 	level       zstd.EncoderLevel
+	startLevel  zstd.EncoderLevel // 0: level
 	concurrency int
 	indexOnly   bool // build the TOC (with sums) but compress and write nothing (Verify)
 }
@@ -40,8 +41,17 @@ func WithChunkSize(n int) Option { return func(o *options) { o.chunkSize = n } }
 // a negative value: the chunk size, like any other file).
 func WithLibraryChunkSize(n int) Option { return func(o *options) { o.libChunk = n } }
 
-// WithLevel sets the zstd level of every frame (default zstd.SpeedDefault).
+// WithLevel sets the zstd level of every frame (default zstd.SpeedDefault)
+// but those WithStartupLevel sets.
 func WithLevel(l zstd.EncoderLevel) Option { return func(o *options) { o.level = l } }
+
+// WithStartupLevel sets the zstd level of the chunks of shared libraries
+// (IsSharedLibrary) and of files of at most one chunk: what a program's
+// start-up reads, lazily, over the network, where every byte saved is link
+// time saved at each cold start. Big data files (model weights) keep the
+// level of WithLevel, which converts them faster. Default: the level of
+// WithLevel.
+func WithStartupLevel(l zstd.EncoderLevel) Option { return func(o *options) { o.startLevel = l } }
 
 // WithConcurrency sets how many frames are compressed at once (default GOMAXPROCS).
 func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
@@ -76,6 +86,7 @@ type frame struct {
 	data  []byte
 	out   []byte
 	chunk int     // index in TOC.Chunks, or -1 for a metadata frame
+	start bool    // compressed at the start-up level (WithStartupLevel)
 	buf   *[]byte // pooled buffer behind data, returned after writing (chunk frames)
 	sum   [32]byte
 	done  chan struct{}
@@ -110,12 +121,22 @@ func Convert(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) 
 	if o.concurrency < 1 {
 		o.concurrency = 1
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.level), zstd.WithEncoderCRC(false),
-		zstd.WithEncoderConcurrency(o.concurrency), zstd.WithWindowSize(windowFor(o.chunkSize)))
+	newEnc := func(l zstd.EncoderLevel) (*zstd.Encoder, error) {
+		return zstd.NewWriter(nil, zstd.WithEncoderLevel(l), zstd.WithEncoderCRC(false),
+			zstd.WithEncoderConcurrency(o.concurrency), zstd.WithWindowSize(windowFor(o.chunkSize)))
+	}
+	enc, err := newEnc(o.level)
 	if err != nil {
 		return nil, err
 	}
 	defer enc.Close()
+	startEnc := enc
+	if o.startLevel != 0 && o.startLevel != o.level && !o.indexOnly {
+		if startEnc, err = newEnc(o.startLevel); err != nil {
+			return nil, err
+		}
+		defer startEnc.Close()
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -124,6 +145,7 @@ func Convert(ctx context.Context, src io.Reader, dst io.Writer, opts ...Option) 
 		cancel: cancel,
 		o:      o,
 		enc:    enc,
+		start:  startEnc,
 		work:   make(chan *frame, o.concurrency*2),
 		order:  make(chan *frame, o.concurrency*4),
 		pool:   sync.Pool{New: func() any { b := make([]byte, 0, o.chunkSize); return &b }},
@@ -211,6 +233,7 @@ type converter struct {
 	cancel  context.CancelFunc
 	o       options
 	enc     *zstd.Encoder
+	start   *zstd.Encoder // for start-up frames (WithStartupLevel); enc when the same level
 	work    chan *frame
 	order   chan *frame
 	pool    sync.Pool
@@ -233,7 +256,11 @@ func (c *converter) compress() {
 				f.sum = sha256.Sum256(f.data)
 			}
 			if !c.o.indexOnly {
-				f.out = c.enc.EncodeAll(f.data, make([]byte, 0, len(f.data)/2+64))
+				enc := c.enc
+				if f.start {
+					enc = c.start
+				}
+				f.out = enc.EncodeAll(f.data, make([]byte, 0, len(f.data)/2+64))
 			}
 		}
 		close(f.done)
@@ -267,8 +294,8 @@ func (c *converter) write(w *countingWriter) error {
 	return err
 }
 
-func (c *converter) emit(data []byte, chunk int, buf *[]byte) error {
-	f := &frame{data: data, chunk: chunk, buf: buf, done: make(chan struct{})}
+func (c *converter) emit(data []byte, chunk int, buf *[]byte, start bool) error {
+	f := &frame{data: data, chunk: chunk, buf: buf, start: start, done: make(chan struct{})}
 	select {
 	case c.order <- f:
 	case <-c.ctx.Done():
@@ -328,7 +355,7 @@ func (c *converter) flushMeta(raw *rawReader) error {
 	}
 	data := raw.buf
 	raw.buf = make([]byte, 0, 64<<10)
-	return c.emit(data, -1, nil)
+	return c.emit(data, -1, nil, false)
 }
 
 func (c *converter) produce(src io.Reader) error {
@@ -384,9 +411,11 @@ func (c *converter) produce(src io.Reader) error {
 			e.FirstChunk = uint32(len(c.toc.Chunks))
 			raw.record = false
 			size := int64(c.o.chunkSize)
-			if IsSharedLibrary(e.Name) {
+			lib := IsSharedLibrary(e.Name)
+			if lib {
 				size = int64(c.o.libChunk)
 			}
+			start := lib || hdr.Size <= int64(c.o.chunkSize)
 			for left := hdr.Size; left > 0; {
 				n := size
 				if left < n {
@@ -402,7 +431,7 @@ func (c *converter) produce(src io.Reader) error {
 					return fmt.Errorf("%w: %q: contents at offset %d: %v", ErrBadTar, hdr.Name, off, unexpected(err))
 				}
 				c.toc.Chunks = append(c.toc.Chunks, Chunk{Offset: off, Size: uint32(n)})
-				if err := c.emit(buf, len(c.toc.Chunks)-1, bp); err != nil {
+				if err := c.emit(buf, len(c.toc.Chunks)-1, bp, start); err != nil {
 					return err
 				}
 				e.NumChunks++
