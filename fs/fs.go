@@ -240,6 +240,9 @@ type Root struct {
 	// spliceMax bytes (spliceRead).
 	splice    atomic.Bool
 	spliceMax int
+	// slowJobs holds a token per background fetch running on a slow link
+	// without a profile (slowLinkJobs).
+	slowJobs chan struct{}
 }
 
 // lean reports whether reads are lean: Options.Lean, or a profile is being
@@ -323,6 +326,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		}
 	}
 	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger, weights: mostlyWeights(ls)}
+	r.slowJobs = make(chan struct{}, slowLinkJobs)
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.bgctx = r.ctx
 	if opts.PrefetchContext != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -423,5 +424,57 @@ func waitCached(t testing.TB, r *Root, l *testLayer, path string) {
 			t.Fatalf("%s: %d of %d chunks fetched after 10 s: %+v", path, n, total, r.Stats())
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// concurrencyFetcher counts the FetchChunks calls in flight, each held for
+// a while, and remembers the most at once.
+type concurrencyFetcher struct {
+	*fstest.BlobFetcher
+	mu       sync.Mutex
+	now, max int
+}
+
+func (f *concurrencyFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
+	f.mu.Lock()
+	f.now++
+	f.max = max(f.max, f.now)
+	f.mu.Unlock()
+	defer func() { f.mu.Lock(); f.now--; f.mu.Unlock() }()
+	time.Sleep(20 * time.Millisecond)
+	return f.BlobFetcher.FetchChunks(ctx, chunks, fn)
+}
+
+// TestSlowLinkBackgroundJobs: once the link shows itself slow, at most
+// slowLinkJobs background fetches run at once without a profile; before,
+// all the workers do.
+func TestSlowLinkBackgroundJobs(t *testing.T) {
+	var files []toctest.File
+	for i := range 32 {
+		files = append(files, reg(fmt.Sprintf("d/f%02d", i), 0o644, toctest.Random(uint64(i), 8<<10)))
+	}
+	l := convertLayer(t, toctest.Tar(t, files), toc.DefaultChunkSize)
+	for _, slow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("slow=%v", slow), func(t *testing.T) {
+			f := &concurrencyFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob)}
+			r := newTestRoot(t, l, f, Options{Cache: fstest.NewMemCache(), PrefetchWorkers: 8})
+			r.link.slow.Store(slow)
+			var wg sync.WaitGroup
+			for i := range len(l.toc.Chunks) {
+				wg.Add(1)
+				if !r.queuePrefetch(prefetchJob{l: r.t.layers[0], first: i, last: i + 1, done: wg.Done}) {
+					t.Fatal("prefetch queue full")
+				}
+			}
+			wg.Wait()
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if slow && f.max > slowLinkJobs {
+				t.Errorf("%d background fetches at once on a slow link, want at most %d", f.max, slowLinkJobs)
+			}
+			if !slow && f.max <= slowLinkJobs {
+				t.Errorf("%d background fetches at once on a fast link, want more than %d", f.max, slowLinkJobs)
+			}
+		})
 	}
 }
