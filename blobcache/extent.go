@@ -40,26 +40,47 @@ func (x Extent) Release() {
 // under VerifySHA256, whose promise is a check on every read. A hit counts
 // as one in Stats.
 func (c *Badger) Extent(ctx context.Context, d digest.Digest) (Extent, bool) {
-	if c.cfg.verify == VerifySHA256 || ctx.Err() != nil {
-		return Extent{}, false
+	var xs [1]Extent
+	ok := c.Extents(ctx, []digest.Digest{d}, xs[:])
+	return xs[0], ok
+}
+
+// Extents is Extent for chunks ds at once, into xs (as long as ds): all or
+// none. Unless every chunk has an extent it returns false, holding and
+// counting nothing, so that a reader that then reads them through Get does
+// not count them twice.
+func (c *Badger) Extents(ctx context.Context, ds []digest.Digest, xs []Extent) bool {
+	if c.cfg.verify == VerifySHA256 || ctx.Err() != nil || len(xs) < len(ds) {
+		return false
 	}
-	k, err := parseDigest(d)
-	if err != nil {
-		return Extent{}, false
+	var ks [8]key
+	keys := ks[:0]
+	for _, d := range ds {
+		k, err := parseDigest(d)
+		if err != nil {
+			return false
+		}
+		keys = append(keys, k)
 	}
 	if c.begin() != nil {
-		return Extent{}, false
+		return false
 	}
 	defer c.life.RUnlock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e := c.idx.m[k]
-	if e == nil || e.seg == nil || !e.checked || e.seg.dead {
-		return Extent{}, false
+	for i, k := range keys {
+		e := c.idx.m[k]
+		if e == nil || e.seg == nil || !e.checked || e.seg.dead {
+			return false
+		}
+		xs[i] = Extent{File: e.seg.f, Off: e.off + segHdrLen, Size: e.size, c: c, s: e.seg}
 	}
-	c.idx.touch(e, time.Now().UnixNano())
-	e.seg.refs++ // keeps the file open if the chunk is evicted meanwhile
-	c.st.hits.Add(1)
-	c.st.bytesOut.Add(e.size)
-	return Extent{File: e.seg.f, Off: e.off + segHdrLen, Size: e.size, c: c, s: e.seg}, true
+	now := time.Now().UnixNano()
+	for i, k := range keys {
+		c.idx.touch(c.idx.m[k], now)
+		xs[i].s.refs++ // keeps the file open if the chunk is evicted meanwhile
+		c.st.hits.Add(1)
+		c.st.bytesOut.Add(xs[i].Size)
+	}
+	return true
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"os"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // readExtentT reads the bytes an Extent points at.
@@ -65,6 +67,15 @@ func TestExtent(t *testing.T) {
 		t.Fatal("extent holds other bytes after reopen")
 	}
 	x.Release()
+	// All or none: with chunk 2 not checked yet, nothing is held or counted.
+	hits := c.Stats().Hits
+	var xs [2]Extent
+	if c.Extents(ctx, []digest.Digest{ds[0], ds[2]}, xs[:]) {
+		t.Fatal("extents for a set with an unchecked chunk")
+	}
+	if got := c.Stats().Hits; got != hits {
+		t.Fatalf("a refused Extents counted %d hits", got-hits)
+	}
 	if _, err := c.Get(ctx, ds[1]); err == nil {
 		t.Fatal("damaged chunk served")
 	}

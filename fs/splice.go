@@ -25,7 +25,7 @@ import (
 // lie in a file (blobcache.Badger's segment store), for chunks the cache
 // has checked in this process.
 type extentCache interface {
-	Extent(ctx context.Context, d digest.Digest) (blobcache.Extent, bool)
+	Extents(ctx context.Context, ds []digest.Digest, xs []blobcache.Extent) bool
 }
 
 const (
@@ -80,36 +80,38 @@ func (r *Root) spliceRead(ctx context.Context, t *toc.TOC, first, last int, base
 	if !ok || !r.splice.Load() || last-first > maxSplicePieces || n > r.spliceMax {
 		return nil
 	}
-	var xs [maxSplicePieces]blobcache.Extent
-	var from [maxSplicePieces]int64
-	var size [maxSplicePieces]int
-	pieces := 0
-	defer func() {
-		for _, x := range xs[:pieces] {
-			x.Release()
-		}
-	}()
-	slots := 0
-	end := off + int64(n)
+	var ds [maxSplicePieces]digest.Digest
 	for i := first; i < last; i++ {
 		c := &t.Chunks[i]
 		if r.hot.has(c.Sum) {
 			return nil // in memory: copying it beats reading the disk
 		}
-		x, ok := ec.Extent(ctx, c.Digest())
-		if !ok {
-			return nil
+		ds[i-first] = c.Digest()
+	}
+	pieces := last - first
+	var xs [maxSplicePieces]blobcache.Extent
+	if !ec.Extents(ctx, ds[:pieces], xs[:pieces]) {
+		return nil
+	}
+	defer func() {
+		for _, x := range xs[:pieces] {
+			x.Release()
 		}
-		xs[pieces] = x
-		pieces++
+	}()
+	var from [maxSplicePieces]int64
+	var size [maxSplicePieces]int
+	slots := 0
+	end := off + int64(n)
+	for k := range pieces {
+		c, x := &t.Chunks[first+k], xs[k]
 		if x.Size != int64(c.Size) {
 			return nil
 		}
 		coff := c.Offset - base
 		lo, hi := max(off, coff), min(end, coff+x.Size)
-		from[pieces-1] = x.Off + lo - coff
-		size[pieces-1] = int(hi - lo)
-		slots += spanPages(from[pieces-1], hi-lo)
+		from[k] = x.Off + lo - coff
+		size[k] = int(hi - lo)
+		slots += spanPages(from[k], hi-lo)
 	}
 	// go-fuse splices this pipe into its own, grown to the reply plus a
 	// page, after the header: a pipe that fills up blocks the splice, and
