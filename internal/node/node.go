@@ -55,6 +55,11 @@ type Config struct {
 	// Cache, if set, is used instead of opening CacheDir. The Node does not close it.
 	Cache Cache
 	// FS and Mount are the defaults for every mount's fs.NewRoot and fs.Mount.
+	// With FS.Passthrough and no FS.SpoolDir, the passthrough copies live
+	// in Root/spool (each mount's in a directory of its own, removed when
+	// it unmounts), emptied when the Node starts: a killed node's copies
+	// do not stay behind. Give a SpoolDir of its own to a Node that shares
+	// Root with another process's Node (a standalone lazyfs mount does).
 	FS    fs.Options
 	Mount fs.MountOptions
 	// PullDir holds the local copies of layers fetched whole (ImageOptions.Pull);
@@ -180,6 +185,22 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 		n.cache, n.ownCache = c, true
+	}
+	if cfg.FS.Passthrough && cfg.FS.SpoolDir == "" {
+		// After the cache opened: a second node on the same root and
+		// cache is refused before it could empty the first one's spool.
+		spool := filepath.Join(cfg.Root, "spool")
+		err := os.RemoveAll(spool)
+		if err == nil {
+			err = MkdirPrivate(spool)
+		}
+		if err != nil {
+			if n.ownCache {
+				n.cache.Close()
+			}
+			return nil, fmt.Errorf("passthrough spool: %w", err)
+		}
+		n.cfg.FS.SpoolDir = spool
 	}
 	n.fetcher = cfg.Fetcher
 	if n.fetcher == nil {
