@@ -77,7 +77,7 @@ for i in $(seq "$N"); do
 	for m in "${modes[@]}"; do
 		case $m in
 		noprofile) extra=(--no-profile) ;;
-		noprofile-nonbr) extra=(--no-profile --neighbour-window 1B) ;;
+		noprofile-nonbr) extra=(--no-profile --neighbour-window off) ;;
 		profile) extra=() ;;
 		profile-fill) extra=(--fill) ;;
 		warm) extra=(--cache-dir "$WORK/warmcache" --no-profile) ;;

@@ -85,6 +85,9 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 					return cli.Usagef("--record: DST %s must be a tag: the recorded profile changes the manifest's digest", args[1])
 				}
 				dstTag = t
+				if err := rf.validate(); err != nil {
+					return err
+				}
 				rf.platform, rf.insecure = platform, insecure
 				if asJSON {
 					rf.stdout = cmd.ErrOrStderr()
@@ -190,6 +193,7 @@ localhost or 127.0.0.1 are reached over plain HTTP; --insecure allows it for any
 			f.AddFlag(fl)
 		}
 	})
+	f.SetNormalizeFunc(fsAliases) // --neighbor-window, as record has it
 	return cmd
 }
 

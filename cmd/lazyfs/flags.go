@@ -6,8 +6,10 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/fetchconf"
+	"github.com/lazyfs/lazyfs/internal/fsconf"
 	"github.com/lazyfs/lazyfs/internal/size"
 )
 
@@ -38,11 +40,45 @@ func (ff *fetchFlags) bind(f *pflag.FlagSet) {
 }
 
 // validate refuses a setting out of range as a usage error naming the flag.
-func (ff *fetchFlags) validate() error {
-	err := ff.Validate()
+func (ff *fetchFlags) validate() error { return flagRangeError(ff.Validate()) }
+
+// flagRangeError turns a setting's *fetchconf.RangeError (internal/fetchconf,
+// internal/fsconf) into a usage error naming its flag.
+func flagRangeError(err error) error {
 	var re *fetchconf.RangeError
 	if errors.As(err, &re) {
 		return cli.Usagef("--%s %s: out of range: %s must be %s", re.Flag(), re.Value, re.What, re.Range)
 	}
 	return err
 }
+
+// fsFlags are the file-system tuning settings (internal/fsconf) as flags
+// of the commands that serve mounts: lazyfs mount, run, record and serve,
+// with the same names, defaults, ranges and "0 or off" everywhere.
+type fsFlags struct{ fsconf.Config }
+
+// fsFlagNames are the flags bind registers (daemon-side settings for lazyfs mount).
+var fsFlagNames = []string{"read-ahead", "neighbour-window", "whole-library", "passthrough"}
+
+// fsAliases accepts the American spelling of --neighbour-window; bind sets
+// it on its FlagSet, and a FlagSet that takes the flags over (convert
+// --record's) must set it too.
+var fsAliases = cli.Aliases(map[string]string{"neighbor-window": "neighbour-window"})
+
+func newFSFlags() fsFlags { return fsFlags{fsconf.Defaults()} }
+
+func (ff *fsFlags) bind(f *pflag.FlagSet) {
+	c := &ff.Config
+	f.Var(&c.ReadAhead, "read-ahead", fmt.Sprintf("most chunks fetched ahead of a sequential reader, 1-%d (0 or off: none)", fsconf.MaxReadAhead))
+	f.Var(&c.NeighbourWindow, "neighbour-window", fmt.Sprintf("compressed bytes after a small file fetched in the background when it misses, up to %s (0 or off: none; alias --neighbor-window)", size.Format(fsconf.MaxNeighbourWindow)))
+	f.Var(&c.WholeLibrary, "whole-library", fmt.Sprintf("fetch a shared library of up to this many compressed bytes whole when it is opened without a start-up profile, and the libraries it needs; up to %s (0 or off: never)", size.Format(fsconf.MaxWholeLibrary)))
+	f.BoolVar(&c.Passthrough, "passthrough", c.Passthrough, "serve fully cached files through FUSE passthrough (kernel ≥ 6.9)")
+	f.SetNormalizeFunc(fsAliases)
+}
+
+// validate refuses a setting out of range as a usage error naming the flag.
+func (ff *fsFlags) validate() error { return flagRangeError(ff.Validate()) }
+
+// options are the fs.Options of the flags (after validate); with
+// --passthrough the caller, or the node (internal/node), sets SpoolDir.
+func (ff *fsFlags) options() fs.Options { return ff.Options() }

@@ -18,43 +18,38 @@ import (
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/node"
-	"github.com/lazyfs/lazyfs/internal/size"
 )
 
 type mountFlags struct {
-	foreground  bool
-	notifyFD    int
-	cacheDir    string
-	cacheSize   sizeFlag
-	insecure    bool
-	platform    string
-	pull        bool
-	readAhead   cli.Count
-	neighbours  size.Off
-	wholeLib    size.Off
-	force       bool
-	passthrough bool
-	stateDir    string
-	hostsDir    string
-	control     string
-	noDaemon    bool
-	logLimit    sizeFlag
-	debug       bool
-	fill        bool
-	noFill      bool
-	profileDir  string
-	fetch       fetchFlags
+	foreground bool
+	notifyFD   int
+	cacheDir   string
+	cacheSize  sizeFlag
+	insecure   bool
+	platform   string
+	pull       bool
+	fsf        fsFlags
+	force      bool
+	stateDir   string
+	hostsDir   string
+	control    string
+	noDaemon   bool
+	logLimit   sizeFlag
+	debug      bool
+	fill       bool
+	noFill     bool
+	profileDir string
+	fetch      fetchFlags
 }
 
 // daemonFlags are the flags that belong to the serving process: with a
 // daemon, its own settings apply instead.
 // (--fill and --no-fill travel with the mount request.)
-var daemonFlags = append([]string{"cache-dir", "cache-size", "insecure", "read-ahead", "neighbour-window", "whole-library", "passthrough", "hosts-dir", "debug", "profile-dir"}, fetchFlagNames...)
+var daemonFlags = append(append([]string{"cache-dir", "cache-size", "insecure", "hosts-dir", "debug", "profile-dir"}, fsFlagNames...), fetchFlagNames...)
 
 func newMountCmd() *cobra.Command {
 	mf := mountFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity), logLimit: node.DefaultLogLimit,
-		readAhead: cli.Count{Default: fs.DefaultReadAhead}, neighbours: size.Off{Default: fs.DefaultNeighbourWindow},
-		wholeLib: size.Off{Default: fs.DefaultWholeLibrary}, fetch: newFetchFlags()}
+		fsf: newFSFlags(), fetch: newFetchFlags()}
 	cmd := &cobra.Command{
 		Use:   "mount [flags] REF DIR",
 		Short: "Mount an image's files lazily at DIR",
@@ -113,11 +108,8 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.BoolVar(&mf.insecure, "insecure", false, "allow plain HTTP to any registry")
 	f.StringVar(&mf.platform, "platform", "", "platform to pick from an index (default: this machine's)")
 	f.BoolVar(&mf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
-	f.Var(&mf.readAhead, "read-ahead", fmt.Sprintf("most chunks fetched ahead of a sequential reader, 1-%d (0 or off: none)", maxReadAhead))
-	f.Var(&mf.neighbours, "neighbour-window", fmt.Sprintf("compressed bytes after a small file fetched in the background when it misses, up to %s (0 or off: none; alias --neighbor-window)", size.Format(maxNeighbourWindow)))
-	f.Var(&mf.wholeLib, "whole-library", fmt.Sprintf("fetch a shared library of up to this many compressed bytes whole when it is opened without a start-up profile, and the libraries it needs; up to %s (0 or off: never)", size.Format(maxWholeLibrary)))
+	mf.fsf.bind(f)
 	f.BoolVar(&mf.force, "force", false, "mount over a directory that is not empty (its files are hidden until unmount)")
-	f.BoolVar(&mf.passthrough, "passthrough", false, "serve fully cached files through FUSE passthrough (kernel ≥ 6.9)")
 	f.StringVar(&mf.stateDir, "state-dir", node.DefaultStateDir, "where standalone mount servers record their state (0700)")
 	f.StringVar(&mf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
 	f.StringVar(&mf.control, "control", node.DefaultControlSocket, "the node daemon's control socket")
@@ -128,7 +120,6 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.BoolVar(&mf.noFill, "no-fill", false, "do not fill: fetch only what is read and the start-up profile (through the daemon too)")
 	f.StringVar(&mf.profileDir, "profile-dir", defaultProfileDir, "start-up profiles learned on this node: prefetched at mount, recorded until unmount (\"\": none)")
 	mf.fetch.bind(f)
-	f.SetNormalizeFunc(cli.Aliases(map[string]string{"neighbor-window": "neighbour-window"}))
 	return cmd
 }
 
@@ -232,11 +223,13 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 		CacheDir: cacheDir, CacheSize: int64(mf.cacheSize), HostsDir: mf.hostsDir, Insecure: mf.insecure, Logger: log,
 		FetchOptions: mf.fetch.Options(),
 		PullDir:      os.TempDir(),
-		FS:           fs.Options{ReadAhead: mf.readAhead.Value(), Passthrough: mf.passthrough, NeighbourWindow: mf.neighbours.Bytes(), WholeLibrary: mf.wholeLib.Bytes()},
+		FS:           mf.fsf.options(),
 		Mount:        fs.MountOptions{Debug: mf.debug},
 		Profiles:     node.ProfileConfig{Dir: mf.profileDir, Off: mf.profileDir == "", NoFill: !mf.fill || mf.noFill, Registry: true},
 	}
-	if mf.passthrough {
+	if cfg.FS.Passthrough {
+		// Not the node's default ROOT/spool: a standalone server shares
+		// the root with the daemon and other servers.
 		state, _, _ := node.StatePaths(mf.stateDir, dir)
 		spool := state + ".spool"
 		if err := node.MkdirPrivate(spool); err != nil {

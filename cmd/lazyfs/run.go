@@ -24,23 +24,20 @@ import (
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/internal/runner"
-	"github.com/lazyfs/lazyfs/internal/size"
 )
 
 const defaultProfileDir = "/var/lib/lazyfs/profiles"
 
 // runFlags are the flags of lazyfs run and lazyfs record.
 type runFlags struct {
-	cacheDir   string
-	cacheSize  sizeFlag
-	insecure   bool
-	platform   string
-	pull       bool
-	readAhead  int
-	neighbours sizeFlag
-	wholeLib   sizeFlag
-	hostsDir   string
-	debug      bool
+	cacheDir  string
+	cacheSize sizeFlag
+	insecure  bool
+	platform  string
+	pull      bool
+	fsf       fsFlags
+	hostsDir  string
+	debug     bool
 
 	profileDir string
 	noProfile  bool
@@ -58,14 +55,13 @@ type runFlags struct {
 
 func (rf *runFlags) register(f *pflag.FlagSet) {
 	rf.cacheSize = sizeFlag(blobcache.DefaultCapacity)
+	rf.fsf = newFSFlags()
 	f.StringVar(&rf.cacheDir, "cache-dir", "/var/lib/lazyfs/cache", "block cache directory (\"\" for an in-memory cache)")
 	f.Var(&rf.cacheSize, "cache-size", "block cache capacity")
 	f.BoolVar(&rf.insecure, "insecure", false, "allow plain HTTP to any registry")
 	f.StringVar(&rf.platform, "platform", "", "platform to pick from an index (default: this machine's)")
 	f.BoolVar(&rf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
-	f.IntVar(&rf.readAhead, "read-ahead", 0, "chunks fetched ahead of a sequential reader (0: default, -1: none)")
-	f.Var(&rf.neighbours, "neighbour-window", fmt.Sprintf("compressed bytes after a small file fetched in the background when it misses (0: default %s, e.g. 1B to disable)", size.Format(fs.DefaultNeighbourWindow)))
-	f.Var(&rf.wholeLib, "whole-library", fmt.Sprintf("fetch a shared library of up to this many compressed bytes whole when it is opened without a start-up profile, and the libraries it needs (0: default %s, e.g. 1B to disable)", size.Format(fs.DefaultWholeLibrary)))
+	rf.fsf.bind(f)
 	f.StringVar(&rf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
 	f.BoolVar(&rf.debug, "debug", false, "log debug messages")
 	f.StringVar(&rf.profileDir, "profile-dir", defaultProfileDir, "profiles learned on this node, by image digest (\"\": none)")
@@ -77,6 +73,17 @@ func (rf *runFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&rf.workdir, "workdir", "", "working directory (default: the image config's)")
 	f.StringArrayVar(&rf.env, "env", nil, "KEY=VALUE added to the image config's environment (repeatable)")
 	f.StringVar(&rf.report, "report", "", "write a JSON report of the run (exit code, times, bytes fetched, prefetch) to this file")
+}
+
+// validate checks the flags before anything is fetched or run.
+func (rf *runFlags) validate() error { return rf.fsf.validate() }
+
+// fsOptions are the mount's fs.Options; a recording run reads lean. With
+// --passthrough, the node keeps the copies under its (temporary) root.
+func (rf *runFlags) fsOptions(record bool) fs.Options {
+	o := rf.fsf.options()
+	o.Lean = record
+	return o
 }
 
 // runReport is what --report writes.
@@ -144,6 +151,9 @@ func ggcrOptions(ctx context.Context) []ggcr.Option {
 // runImage mounts ref, runs args in it and unmounts. With record, the mount
 // records its first-read order and the returned mount's Recorded has it.
 func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, record bool) (*image.Mounted, error) {
+	if err := rf.validate(); err != nil {
+		return nil, err
+	}
 	ctx := cmd.Context()
 	start := time.Now()
 	level := slog.LevelWarn
@@ -185,7 +195,7 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 		// A recording run reads lean, as the runs its profile will serve:
 		// what it records is what the program read, not the kernel's 1 MiB
 		// windows around each page fault.
-		FS:       fs.Options{ReadAhead: rf.readAhead, NeighbourWindow: int64(rf.neighbours), WholeLibrary: int64(rf.wholeLib), Lean: record},
+		FS:       rf.fsOptions(record),
 		Profiles: pc,
 	})
 	if err != nil {

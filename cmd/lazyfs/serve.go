@@ -20,6 +20,7 @@ func newServeCmd() *cobra.Command {
 		control   string
 		debug     bool
 		fetch     = newFetchFlags()
+		fsf       = newFSFlags()
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -30,7 +31,10 @@ that lazyfs mount, umount, stats and ls, and lazyfs-prewarm's warm requests
 share them. lazyfs-snapshotter runs the same core for containerd; run one or
 the other on a node. It can also hold the FUSE mounts of a snapshotter that
 uses node.RemoteLayerFS, so the snapshotter can restart while containers run
-(docs/daemon.md). SIGTERM unmounts every mount (detaching busy ones) and exits.`,
+(docs/daemon.md). Its file-system tuning flags (--read-ahead,
+--neighbour-window, --whole-library, --passthrough) apply to every mount it
+serves: lazyfs mount's own are ignored through a daemon. SIGTERM unmounts
+every mount (detaching busy ones) and exits.`,
 		Example: "  lazyfs serve --cache-size 20GiB &\n  lazyfs mount 127.0.0.1:5000/python:3.12-lazy /mnt/python",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -40,6 +44,9 @@ uses node.RemoteLayerFS, so the snapshotter can restart while containers run
 			if err := fetch.validate(); err != nil {
 				return err
 			}
+			if err := fsf.validate(); err != nil {
+				return err
+			}
 			level := slog.LevelInfo
 			if debug {
 				level = slog.LevelDebug
@@ -47,6 +54,7 @@ uses node.RemoteLayerFS, so the snapshotter can restart while containers run
 			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			cfg.CacheSize = int64(cacheSize)
 			cfg.FetchOptions = fetch.Options()
+			cfg.FS = fsf.options() // with --passthrough, copies in ROOT/spool (node.Config.FS)
 			cfg.Profiles.Registry = true
 			n, err := node.New(cmd.Context(), cfg)
 			if err != nil {
@@ -79,6 +87,7 @@ uses node.RemoteLayerFS, so the snapshotter can restart while containers run
 	f.BoolVar(&cfg.Insecure, "insecure", false, "allow plain HTTP to any registry")
 	f.DurationVar(&cfg.UnmountTimeout, "unmount-timeout", 10*time.Second, "how long stopping waits for busy mounts")
 	f.BoolVar(&debug, "debug", false, "log debug messages")
+	fsf.bind(f)
 	fetch.bind(f)
 	return cmd
 }

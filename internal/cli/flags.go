@@ -1,12 +1,9 @@
 package cli
 
 import (
-	"fmt"
-	"strconv"
-	"strings"
+	"github.com/spf13/pflag"
 
 	"github.com/lazyfs/lazyfs/internal/size"
-	"github.com/spf13/pflag"
 )
 
 // IntRange checks an integer flag: an error naming --flag, its value and the
@@ -24,57 +21,6 @@ func SizeRange(flag string, v, lo, hi int64, what string) error {
 		return Usagef("--%s %s: out of range: %s must be %s-%s", flag, size.Format(v), what, size.Format(lo), size.Format(hi))
 	}
 	return nil
-}
-
-// Count is an integer flag where "0" or "off" switches the feature off,
-// the same convention as size.Off: Value returns -1 then, the "none" value
-// of the options it feeds. Unset, it is Default.
-type Count struct {
-	Default int
-	v       int
-	set     bool
-}
-
-// Set implements pflag.Value.
-func (c *Count) Set(v string) error {
-	if strings.EqualFold(strings.TrimSpace(v), "off") {
-		c.v, c.set = 0, true
-		return nil
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err != nil || n < 0 {
-		return fmt.Errorf("invalid count %q: want a whole number ≥ 0, or off", v)
-	}
-	c.v, c.set = n, true
-	return nil
-}
-
-// String implements pflag.Value.
-func (c *Count) String() string {
-	if c == nil {
-		return ""
-	}
-	if !c.set {
-		return strconv.Itoa(c.Default)
-	}
-	if c.v == 0 {
-		return "off"
-	}
-	return strconv.Itoa(c.v)
-}
-
-// Type implements pflag.Value.
-func (c *Count) Type() string { return "count|off" }
-
-// Value returns the chosen count, Default when unset, or -1 when off.
-func (c *Count) Value() int {
-	switch {
-	case !c.set:
-		return c.Default
-	case c.v == 0:
-		return -1
-	}
-	return c.v
 }
 
 // Aliases is a pflag NormalizeFunc that accepts each key as another
