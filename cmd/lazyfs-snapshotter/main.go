@@ -55,6 +55,7 @@ func newCmd() *cobra.Command {
 	cmd.SetVersionTemplate("{{.Version}}\n")
 	cmd.PersistentFlags().StringVar(&configPath, "config", service.DefaultConfigPath, "TOML configuration file (flags win over it)")
 	flags.BindFlags(cmd.PersistentFlags())
+	cmd.SetGlobalNormalizationFunc(cli.Aliases(map[string]string{"neighbor-window": "neighbour-window"})) // as lazyfs's
 	cmd.AddCommand(&cobra.Command{
 		Use:   "holder [flags]",
 		Short: "Hold the node's lazy mounts for a snapshotter run with --holder",
@@ -98,6 +99,7 @@ func newNode(ctx context.Context, cfg service.Config, log *slog.Logger) (*node.N
 		CacheSize:    int64(cfg.CacheSize),
 		HostsDir:     cfg.HostsDir,
 		FetchOptions: cfg.Fetch().Options(),
+		FS:           cfg.FS().Options(), // with passthrough, copies in ROOT/spool (node.Config.FS)
 		Logger:       log,
 		Profiles:     node.ProfileConfig{Dir: cfg.ProfileDir, NoFill: !cfg.Fill, Registry: true},
 	})

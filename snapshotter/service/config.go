@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/lazyfs/lazyfs/internal/fetchconf"
+	"github.com/lazyfs/lazyfs/internal/fsconf"
 	"github.com/lazyfs/lazyfs/internal/size"
 )
 
@@ -47,6 +48,13 @@ type Config struct {
 	RetryAttempts    int                  `toml:"retry_attempts"`    // attempts per registry host
 	RetryDeadline    Duration             `toml:"retry_deadline"`    // no new attempt this long after the last that made progress
 
+	// The file-system tuning of every lazy mount of the node
+	// (internal/fsconf, docs/fs.md); 0 or "off" switches one off.
+	ReadAhead       fsconf.Count `toml:"read_ahead"`       // most chunks fetched ahead of a sequential reader
+	NeighbourWindow fsconf.Bytes `toml:"neighbour_window"` // compressed bytes after a small file fetched in the background when it misses
+	WholeLibrary    fsconf.Bytes `toml:"whole_library"`    // largest shared library fetched whole when opened without a profile
+	Passthrough     bool         `toml:"passthrough"`      // serve fully cached files through FUSE passthrough (copies in ROOT/spool)
+
 	// Holder makes the snapshotter use the lazy layers of a holder process
 	// (`lazyfs-snapshotter holder`) serving the node at ControlAddress,
 	// instead of a node of its own: the snapshotter can then restart while
@@ -59,6 +67,7 @@ type Config struct {
 // Defaults returns the built-in configuration.
 func Defaults() Config {
 	fd := fetchconf.Defaults()
+	fsd := fsconf.Defaults()
 	return Config{
 		Address:        "/run/lazyfs/snapshotter.sock",
 		ControlAddress: "/run/lazyfs/control.sock",
@@ -75,6 +84,11 @@ func Defaults() Config {
 		ThroughputWindow: Duration(fd.ThroughputWindow),
 		RetryAttempts:    fd.RetryAttempts,
 		RetryDeadline:    Duration(fd.RetryDeadline),
+
+		ReadAhead:       fsd.ReadAhead,
+		NeighbourWindow: fsd.NeighbourWindow,
+		WholeLibrary:    fsd.WholeLibrary,
+		Passthrough:     fsd.Passthrough,
 
 		HolderMetricsAddress: "127.0.0.1:9612",
 	}
@@ -99,6 +113,10 @@ func (c *Config) BindFlags(f *pflag.FlagSet) {
 	f.Var(&c.ThroughputWindow, "throughput-window", fmt.Sprintf("window of min-throughput (%v-%v)", fetchconf.MinDuration, fetchconf.MaxWindow))
 	f.IntVar(&c.RetryAttempts, "retry-attempts", c.RetryAttempts, fmt.Sprintf("attempts per registry host (1-%d)", fetchconf.MaxRetryAttempts))
 	f.Var(&c.RetryDeadline, "retry-deadline", fmt.Sprintf("no new attempt this long after the last one that made progress (%v-%v)", fetchconf.MinDuration, fetchconf.MaxRetryDeadline))
+	f.Var(&c.ReadAhead, "read-ahead", fmt.Sprintf("most chunks fetched ahead of a sequential reader, 1-%d (0 or off: none)", fsconf.MaxReadAhead))
+	f.Var(&c.NeighbourWindow, "neighbour-window", fmt.Sprintf("compressed bytes after a small file fetched in the background when it misses, up to %s (0 or off: none)", size.Format(fsconf.MaxNeighbourWindow)))
+	f.Var(&c.WholeLibrary, "whole-library", fmt.Sprintf("fetch a shared library of up to this many compressed bytes whole when it is opened without a start-up profile, and the libraries it needs; up to %s (0 or off: never)", size.Format(fsconf.MaxWholeLibrary)))
+	f.BoolVar(&c.Passthrough, "passthrough", c.Passthrough, "serve fully cached files through FUSE passthrough (kernel ≥ 6.9; copies in ROOT/spool)")
 	f.BoolVar(&c.Holder, "holder", c.Holder, "use the lazy layers of the holder process serving --control-address (lazyfs-snapshotter holder)")
 	f.StringVar(&c.HolderMetricsAddress, "holder-metrics-address", c.HolderMetricsAddress, `TCP address for the holder's /metrics ("" disables)`)
 }
@@ -121,7 +139,7 @@ func Load(path string, explicit bool, flags Config, f *pflag.FlagSet) (Config, e
 			dec := toml.NewDecoder(strings.NewReader(string(b)))
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&c); err != nil {
-				return c, fmt.Errorf("config %s: %w", path, err)
+				return c, decodeError(path, err)
 			}
 		}
 	}
@@ -144,6 +162,10 @@ func Load(path string, explicit bool, flags Config, f *pflag.FlagSet) (Config, e
 			"throughput-window":      func() { c.ThroughputWindow = flags.ThroughputWindow },
 			"retry-attempts":         func() { c.RetryAttempts = flags.RetryAttempts },
 			"retry-deadline":         func() { c.RetryDeadline = flags.RetryDeadline },
+			"read-ahead":             func() { c.ReadAhead = flags.ReadAhead },
+			"neighbour-window":       func() { c.NeighbourWindow = flags.NeighbourWindow },
+			"whole-library":          func() { c.WholeLibrary = flags.WholeLibrary },
+			"passthrough":            func() { c.Passthrough = flags.Passthrough },
 			"holder":                 func() { c.Holder = flags.Holder },
 			"holder-metrics-address": func() { c.HolderMetricsAddress = flags.HolderMetricsAddress },
 		}
@@ -154,6 +176,25 @@ func Load(path string, explicit bool, flags Config, f *pflag.FlagSet) (Config, e
 		})
 	}
 	return c, c.Validate()
+}
+
+// decodeError names the key of a TOML error: go-toml's own text names
+// neither an unknown key nor the key of a value it cannot take.
+func decodeError(path string, err error) error {
+	var sme *toml.StrictMissingError
+	if errors.As(err, &sme) {
+		keys := make([]string, len(sme.Errors))
+		for i := range sme.Errors {
+			keys[i] = strings.Join(sme.Errors[i].Key(), ".")
+		}
+		return fmt.Errorf("config %s: unknown key %s (keys are the flag names with '_' for '-')", path, strings.Join(keys, ", "))
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) && len(de.Key()) > 0 {
+		row, _ := de.Position()
+		return fmt.Errorf("config %s: line %d: %s: %w", path, row, strings.Join(de.Key(), "."), err)
+	}
+	return fmt.Errorf("config %s: %w", path, err)
 }
 
 // Validate reports the first unusable value.
@@ -176,6 +217,9 @@ func (c Config) Validate() error {
 	if err := c.Fetch().Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	if err := c.FS().Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
 	return nil
 }
 
@@ -188,6 +232,17 @@ func (c Config) Fetch() fetchconf.Config {
 		ThroughputWindow: time.Duration(c.ThroughputWindow),
 		RetryAttempts:    c.RetryAttempts,
 		RetryDeadline:    time.Duration(c.RetryDeadline),
+	}
+}
+
+// FS is the file-system tuning of the node's mounts (read_ahead ...
+// passthrough).
+func (c Config) FS() fsconf.Config {
+	return fsconf.Config{
+		ReadAhead:       c.ReadAhead,
+		NeighbourWindow: c.NeighbourWindow,
+		WholeLibrary:    c.WholeLibrary,
+		Passthrough:     c.Passthrough,
 	}
 }
 

@@ -12,7 +12,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/pflag"
 
+	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/internal/fetchconf"
+	"github.com/lazyfs/lazyfs/internal/fsconf"
 	"github.com/lazyfs/lazyfs/snapshotter/service"
 )
 
@@ -78,6 +80,58 @@ func TestFetchLimits(t *testing.T) {
 		if _, err := service.Load(path, true, service.Config{}, nil); err == nil || !strings.Contains(err.Error(), msg) {
 			t.Errorf("config %q: %v, want %q", bad, err, msg)
 		}
+	}
+}
+
+// TestFSKeys: the file-system tuning keys are read from the file and
+// flags (a flag wins), become fs.Options (off is fs's none), and a value out
+// of range is refused naming the key and the range.
+func TestFSKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.toml")
+	os.WriteFile(path, []byte("read_ahead = 64\nneighbour_window = \"off\"\nwhole_library = \"4MiB\"\npassthrough = true\n"), 0o600)
+	flags := service.Defaults()
+	f := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	flags.BindFlags(f)
+	if err := f.Parse([]string{"--whole-library", "off", "--passthrough=false"}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := service.Load(path, true, flags, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(fsconf.Config{ReadAhead: 64}, c.FS()); d != "" {
+		t.Fatalf("fs settings (-want +got):\n%s", d)
+	}
+	if o := c.FS().Options(); o.ReadAhead != 64 || o.NeighbourWindow >= 0 || o.WholeLibrary >= 0 || o.Passthrough {
+		t.Fatalf("options %+v: want read-ahead 64, no neighbours, no whole libraries, no passthrough", o)
+	}
+	if o := service.Defaults().FS().Options(); o.ReadAhead != fs.DefaultReadAhead || o.NeighbourWindow != fs.DefaultNeighbourWindow || o.WholeLibrary != fs.DefaultWholeLibrary || o.Passthrough {
+		t.Fatalf("default options %+v differ from fs's", o)
+	}
+	for bad, msg := range map[string]string{
+		"read_ahead = 1025\n":           "config: read_ahead 1025: out of range: the read-ahead in chunks (0 or off: none) must be 0-1024",
+		"read_ahead = -1\n":             "config: read_ahead -1: out of range",
+		"read_ahead = \"many\"\n":       `invalid count "many"`,
+		"neighbour_window = \"1GiB\"\n": "config: neighbour_window 1GiB: out of range: the neighbour window (0 or off: none) must be 0-64MiB",
+		"whole_library = \"65MiB\"\n":   "config: whole_library 65MiB: out of range",
+		"whole_library = \"big\"\n":     `invalid size "big"`,
+		"neighbor_window = \"1MiB\"\n":  "unknown key neighbor_window",
+		"passthrough = \"yes\"\n":       "line 1: passthrough: ",
+	} {
+		os.WriteFile(path, []byte(bad), 0o600)
+		if _, err := service.Load(path, true, service.Config{}, nil); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("config %q: %v, want %q", bad, err, msg)
+		}
+	}
+	// The same bounds for a flag.
+	flags = service.Defaults()
+	f = pflag.NewFlagSet("x", pflag.ContinueOnError)
+	flags.BindFlags(f)
+	if err := f.Parse([]string{"--read-ahead", "5000"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := service.Load("", false, flags, f); err == nil || !strings.Contains(err.Error(), "read_ahead 5000: out of range") {
+		t.Errorf("--read-ahead 5000: %v", err)
 	}
 }
 
