@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
 	"github.com/lazyfs/lazyfs/internal/node"
@@ -211,8 +212,9 @@ func lsUnder(t *testing.T, out, dir string) []node.ServedMount {
 }
 
 // TestServe: lazyfs serve is the node daemon without containerd: lazyfs
-// mount goes through it, its cache is its own (a standalone server on the
-// same cache is refused), and SIGTERM unmounts everything and exits.
+// mount goes through it, with the daemon's file-system tuning flags, its
+// cache is its own (a standalone server on the same cache is refused), and
+// SIGTERM unmounts everything and exits.
 func TestServe(t *testing.T) {
 	needFUSE(t)
 	t.Setenv("LAZYFS_TEST_MAIN", "1")
@@ -228,7 +230,8 @@ func TestServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	daemon := exec.Command(self, "serve", "--control", sock, "--root", filepath.Join(tmp, "root"), "--cache-dir", cache, "--cache-size", "64MiB")
+	daemon := exec.Command(self, "serve", "--control", sock, "--root", filepath.Join(tmp, "root"), "--cache-dir", cache, "--cache-size", "64MiB",
+		"--neighbour-window", "off")
 	daemon.Env = append(os.Environ(), "LAZYFS_TEST_MAIN=1")
 	var logs bytes.Buffer
 	daemon.Stdout, daemon.Stderr = &logs, &logs
@@ -255,11 +258,21 @@ func TestServe(t *testing.T) {
 	mnt, mnt2 := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "mnt2")
 	os.Mkdir(mnt, 0o755)
 	os.Mkdir(mnt2, 0o755)
-	if out, err := run(t, "mount", "--control", sock, "--state-dir", state, dst, mnt); err != nil || !strings.Contains(out, "served by the daemon") {
+	// --no-fill: the read below misses, as a cold read does.
+	if out, err := run(t, "mount", "--no-fill", "--control", sock, "--state-dir", state, dst, mnt); err != nil || !strings.Contains(out, "served by the daemon") {
 		t.Fatalf("mount: %q %v", out, err)
 	}
 	if got, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err != nil || string(got) != "lazyfs\n" {
 		t.Fatalf("read: %q %v", got, err)
+	}
+	// The daemon's --neighbour-window off reached the mount: the miss of a
+	// small file queued no fetch of the files after it (by default it does).
+	out, err := run(t, "stats", "--json", "--control", sock, "--state-dir", state, mnt)
+	var st struct {
+		FS fs.Stats `json:"fs"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.FS.ChunkMisses == 0 || st.FS.NeighbourJobs != 0 {
+		t.Fatalf("stats with the daemon's --neighbour-window off: %+v %v, want a miss and no neighbour job\n%s", st.FS, err, out)
 	}
 	_, err = run(t, "mount", "--no-daemon", "--cache-dir", cache, "--state-dir", state, dst, mnt2)
 	if err == nil || !strings.Contains(err.Error(), "in use by another process") {
