@@ -45,6 +45,8 @@ var failureTable = []failure{
 	{"cache size 0", []string{"mount", "--cache-size", "0", "{reg}/img:lazy", "{dir}"}, 64, "--cache-size 0: out of range", false, false},
 	{"whole library", []string{"mount", "--whole-library", "65MiB", "{reg}/img:lazy", "{dir}"}, 64, "--whole-library 65MiB: out of range: the largest library fetched whole at open (0 or off: never) must be 0-64MiB", false, false},
 	{"run read-ahead", []string{"run", "--read-ahead", "5000", "{reg}/img:lazy"}, 64, "--read-ahead 5000: out of range: the read-ahead in chunks (0 or off: none) must be 0-1024", false, false},
+	{"run cache size 0", []string{"run", "--cache-size", "0", "{reg}/img:lazy"}, 64, "--cache-size 0: out of range", false, false},
+	{"record cache size 0", []string{"record", "--cache-size", "0", "{reg}/img:lazy"}, 64, "--cache-size 0: out of range", false, false},
 	{"run read-ahead -1", []string{"run", "--read-ahead", "-1", "{reg}/img:lazy"}, 64, "want a whole number ≥ 0, or off", false, false},
 	{"run neighbour window", []string{"run", "--neighbour-window", "65MiB", "{reg}/img:lazy"}, 64, "--neighbour-window 65MiB: out of range: the neighbour window (0 or off: none) must be 0-64MiB", false, false},
 	{"record neighbor window", []string{"record", "--neighbor-window", "1GiB", "{reg}/img:lazy"}, 64, "--neighbour-window 1GiB: out of range", false, false},

@@ -22,6 +22,7 @@ import (
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/profile"
 	"github.com/lazyfs/lazyfs/fs/remote"
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/internal/runner"
 )
@@ -76,7 +77,12 @@ func (rf *runFlags) register(f *pflag.FlagSet) {
 }
 
 // validate checks the flags before anything is fetched or run.
-func (rf *runFlags) validate() error { return rf.fsf.validate() }
+func (rf *runFlags) validate() error {
+	if err := cli.SizeRange("cache-size", int64(rf.cacheSize), minCacheSize, maxCacheSize, "the block cache capacity"); err != nil {
+		return err
+	}
+	return rf.fsf.validate()
+}
 
 // fsOptions are the mount's fs.Options; a recording run reads lean. With
 // --passthrough, the node keeps the copies under its (temporary) root.
