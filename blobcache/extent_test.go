@@ -3,6 +3,7 @@ package blobcache
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"testing"
 
@@ -117,5 +118,39 @@ func TestExtentOutlivesEviction(t *testing.T) {
 	x.Release()
 	if _, err := os.Stat(seg); !os.IsNotExist(err) {
 		t.Fatalf("segment of an evicted chunk kept after Release: %v", err)
+	}
+}
+
+// TestExtentOutlivesClose: closing the cache leaves the file of a held
+// extent open (a reader may be splicing from it: a closed descriptor's
+// number could be reused by another file) until the extent is released.
+func TestExtentOutlivesClose(t *testing.T) {
+	ctx := context.Background()
+	data, ds := chunksT(2, 64<<10, 11)
+	c := openT(t, t.TempDir())
+	putAllT(t, c, data, ds)
+	x, ok := c.Extent(ctx, ds[0])
+	if !ok {
+		t.Fatal("no extent")
+	}
+	y, ok := c.Extent(ctx, ds[1])
+	if !ok {
+		t.Fatal("no extent")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readExtentT(t, x); !bytes.Equal(got, data[0]) {
+		t.Fatal("extent holds other bytes after Close")
+	}
+	x.Release()
+	if x.s == y.s {
+		if got := readExtentT(t, y); !bytes.Equal(got, data[1]) {
+			t.Fatal("second extent of the segment unreadable after the first's Release")
+		}
+	}
+	y.Release()
+	if _, err := x.File.ReadAt(make([]byte, 1), x.Off); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("segment file still open after Close and the last Release: %v", err)
 	}
 }

@@ -77,6 +77,9 @@ type segment struct {
 	unsettled int
 	sealed    bool // no longer appended to
 	dead      bool // unlinked; f closed once refs drop to zero
+	// closed: the cache closed while an Extent still held s; f is closed
+	// when the last one is released.
+	closed bool
 }
 
 func segName(id uint64) string { return fmt.Sprintf("%016x%s", id, segSuffix) }
@@ -189,8 +192,16 @@ func (c *Badger) openSegments() (map[uint64]*segment, uint64, error) {
 	return segs, maxID, nil
 }
 
+// closeSegments closes the segments' files, except those an Extent still
+// holds (its reader is splicing from the file: closing it would free the
+// descriptor's number for another file to take), which unref closes when
+// the last is released. c.mu is held, or the segments are not shared yet.
 func closeSegments(segs map[uint64]*segment) {
 	for _, s := range segs {
+		if s.refs > 0 {
+			s.closed = true
+			continue
+		}
 		s.f.Close()
 	}
 }
@@ -339,6 +350,12 @@ func (c *Badger) readRecord(s *segment, off int64, k key, crc uint32, size int64
 // unref drops a reference on s. c.mu is held.
 func (c *Badger) unref(s *segment) {
 	s.refs--
+	if s.closed {
+		if s.refs == 0 {
+			s.f.Close()
+		}
+		return
+	}
 	c.maybeDropSegment(s)
 }
 
