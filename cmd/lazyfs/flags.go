@@ -4,12 +4,15 @@ import (
 	"errors"
 	"fmt"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/pflag"
 
+	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/fetchconf"
 	"github.com/lazyfs/lazyfs/internal/fsconf"
+	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/internal/size"
 )
 
@@ -82,3 +85,66 @@ func (ff *fsFlags) validate() error { return flagRangeError(ff.Validate()) }
 // options are the fs.Options of the flags (after validate); with
 // --passthrough the caller, or the node (internal/node), sets SpoolDir.
 func (ff *fsFlags) options() fs.Options { return ff.Options() }
+
+// imageFlags are the flags lazyfs mount, run and record share: the image to
+// serve (--platform, --pull), the block cache and registry access of the
+// node that serves it in this process, and the file system's tuning.
+type imageFlags struct {
+	cacheDir  string
+	cacheSize sizeFlag
+	insecure  bool
+	platform  string
+	pull      bool
+	fsf       fsFlags
+	hostsDir  string
+	debug     bool
+}
+
+// Bounds of --cache-size.
+const (
+	minCacheSize = 1 << 20
+	maxCacheSize = 1 << 50
+)
+
+func newImageFlags() imageFlags {
+	return imageFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity), fsf: newFSFlags()}
+}
+
+func (imf *imageFlags) bind(f *pflag.FlagSet) {
+	f.StringVar(&imf.cacheDir, "cache-dir", "/var/lib/lazyfs/cache", "block cache directory (\"\" for a private in-memory cache)")
+	f.Var(&imf.cacheSize, "cache-size", "block cache capacity")
+	f.BoolVar(&imf.insecure, "insecure", false, "allow plain HTTP to any registry")
+	f.StringVar(&imf.platform, "platform", "", "platform to pick from an index (default: this machine's)")
+	f.BoolVar(&imf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
+	imf.fsf.bind(f)
+	f.StringVar(&imf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
+	f.BoolVar(&imf.debug, "debug", false, "log debug messages")
+}
+
+// validate refuses a value out of range as a usage error naming the flag.
+func (imf *imageFlags) validate() error {
+	if err := cli.SizeRange("cache-size", int64(imf.cacheSize), minCacheSize, maxCacheSize, "the block cache capacity"); err != nil {
+		return err
+	}
+	return imf.fsf.validate()
+}
+
+// platformSpec is --platform parsed; nil for this machine's.
+func (imf *imageFlags) platformSpec() (*v1.Platform, error) {
+	if imf.platform == "" {
+		return nil, nil
+	}
+	p, err := v1.ParsePlatform(imf.platform)
+	if err != nil {
+		return nil, fmt.Errorf("--platform %q: %w", imf.platform, err)
+	}
+	return p, nil
+}
+
+// nodeCacheDir is --cache-dir as node.Config.CacheDir takes it.
+func (imf *imageFlags) nodeCacheDir() string {
+	if imf.cacheDir == "" {
+		return node.MemoryCache
+	}
+	return imf.cacheDir
+}

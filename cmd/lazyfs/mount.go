@@ -9,11 +9,9 @@ import (
 	"runtime/pprof"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/internal/cli"
@@ -21,21 +19,14 @@ import (
 )
 
 type mountFlags struct {
+	imageFlags
 	foreground bool
 	notifyFD   int
-	cacheDir   string
-	cacheSize  sizeFlag
-	insecure   bool
-	platform   string
-	pull       bool
-	fsf        fsFlags
 	force      bool
 	stateDir   string
-	hostsDir   string
 	control    string
 	noDaemon   bool
 	logLimit   sizeFlag
-	debug      bool
 	fill       bool
 	noFill     bool
 	profileDir string
@@ -48,8 +39,7 @@ type mountFlags struct {
 var daemonFlags = append(append([]string{"cache-dir", "cache-size", "insecure", "hosts-dir", "debug", "profile-dir"}, fsFlagNames...), fetchFlagNames...)
 
 func newMountCmd() *cobra.Command {
-	mf := mountFlags{cacheSize: sizeFlag(blobcache.DefaultCapacity), logLimit: node.DefaultLogLimit,
-		fsf: newFSFlags(), fetch: newFetchFlags()}
+	mf := mountFlags{imageFlags: newImageFlags(), logLimit: node.DefaultLogLimit, fetch: newFetchFlags()}
 	cmd := &cobra.Command{
 		Use:   "mount [flags] REF DIR",
 		Short: "Mount an image's files lazily at DIR",
@@ -103,19 +93,12 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.BoolVar(&mf.foreground, "foreground", false, "serve in this process, without the daemon; unmount on SIGINT/SIGTERM")
 	f.IntVar(&mf.notifyFD, "notify-fd", -1, "file descriptor to report readiness on (internal)")
 	_ = f.MarkHidden("notify-fd")
-	f.StringVar(&mf.cacheDir, "cache-dir", "/var/lib/lazyfs/cache", "block cache directory (\"\" for a private in-memory cache)")
-	f.Var(&mf.cacheSize, "cache-size", "block cache capacity")
-	f.BoolVar(&mf.insecure, "insecure", false, "allow plain HTTP to any registry")
-	f.StringVar(&mf.platform, "platform", "", "platform to pick from an index (default: this machine's)")
-	f.BoolVar(&mf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
-	mf.fsf.bind(f)
+	mf.imageFlags.bind(f)
 	f.BoolVar(&mf.force, "force", false, "mount over a directory that is not empty (its files are hidden until unmount)")
 	f.StringVar(&mf.stateDir, "state-dir", node.DefaultStateDir, "where standalone mount servers record their state (0700)")
-	f.StringVar(&mf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
 	f.StringVar(&mf.control, "control", node.DefaultControlSocket, "the node daemon's control socket")
 	f.BoolVar(&mf.noDaemon, "no-daemon", false, "never ask the daemon; serve the mount with a server of its own")
 	f.Var(&mf.logLimit, "log-limit", "bound of a standalone server's log (one previous log is kept)")
-	f.BoolVar(&mf.debug, "debug", false, "log debug messages")
 	f.BoolVar(&mf.fill, "fill", false, "after the start-up profile, fetch the rest of the image in the background (stops before the cache would evict); default: on through the daemon (its setting), off standalone")
 	f.BoolVar(&mf.noFill, "no-fill", false, "do not fill: fetch only what is read and the start-up profile (through the daemon too)")
 	f.StringVar(&mf.profileDir, "profile-dir", defaultProfileDir, "start-up profiles learned on this node: prefetched at mount, recorded until unmount (\"\": none)")
@@ -209,18 +192,12 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 		logw = l
 	}
 	log := slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: level}))
-	var p *v1.Platform
-	if mf.platform != "" {
-		if p, err = v1.ParsePlatform(mf.platform); err != nil {
-			return fmt.Errorf("--platform %q: %w", mf.platform, err)
-		}
-	}
-	cacheDir := mf.cacheDir
-	if cacheDir == "" {
-		cacheDir = node.MemoryCache
+	p, err := mf.platformSpec()
+	if err != nil {
+		return err
 	}
 	cfg := node.Config{
-		CacheDir: cacheDir, CacheSize: int64(mf.cacheSize), HostsDir: mf.hostsDir, Insecure: mf.insecure, Logger: log,
+		CacheDir: mf.nodeCacheDir(), CacheSize: int64(mf.cacheSize), HostsDir: mf.hostsDir, Insecure: mf.insecure, Logger: log,
 		FetchOptions: mf.fetch.Options(),
 		PullDir:      os.TempDir(),
 		FS:           mf.fsf.options(),

@@ -11,18 +11,15 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	ggcr "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/profile"
 	"github.com/lazyfs/lazyfs/fs/remote"
-	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/internal/runner"
 )
@@ -31,15 +28,7 @@ const defaultProfileDir = "/var/lib/lazyfs/profiles"
 
 // runFlags are the flags of lazyfs run and lazyfs record.
 type runFlags struct {
-	cacheDir  string
-	cacheSize sizeFlag
-	insecure  bool
-	platform  string
-	pull      bool
-	fsf       fsFlags
-	hostsDir  string
-	debug     bool
-
+	imageFlags
 	profileDir string
 	noProfile  bool
 	fill       bool
@@ -55,16 +44,8 @@ type runFlags struct {
 }
 
 func (rf *runFlags) register(f *pflag.FlagSet) {
-	rf.cacheSize = sizeFlag(blobcache.DefaultCapacity)
-	rf.fsf = newFSFlags()
-	f.StringVar(&rf.cacheDir, "cache-dir", "/var/lib/lazyfs/cache", "block cache directory (\"\" for an in-memory cache)")
-	f.Var(&rf.cacheSize, "cache-size", "block cache capacity")
-	f.BoolVar(&rf.insecure, "insecure", false, "allow plain HTTP to any registry")
-	f.StringVar(&rf.platform, "platform", "", "platform to pick from an index (default: this machine's)")
-	f.BoolVar(&rf.pull, "pull", false, "serve images that are not lazyfs-converted by fetching their layers whole")
-	rf.fsf.bind(f)
-	f.StringVar(&rf.hostsDir, "hosts-dir", "", "containerd-style hosts.toml directory for registry mirrors")
-	f.BoolVar(&rf.debug, "debug", false, "log debug messages")
+	rf.imageFlags = newImageFlags()
+	rf.imageFlags.bind(f)
 	f.StringVar(&rf.profileDir, "profile-dir", defaultProfileDir, "profiles learned on this node, by image digest (\"\": none)")
 	f.BoolVar(&rf.noProfile, "no-profile", false, "prefetch no start-up profile (neither the node's nor the registry's)")
 	f.BoolVar(&rf.fill, "fill", false, "after the profile, fetch the rest of the image in the background (stops before the cache would evict)")
@@ -77,12 +58,7 @@ func (rf *runFlags) register(f *pflag.FlagSet) {
 }
 
 // validate checks the flags before anything is fetched or run.
-func (rf *runFlags) validate() error {
-	if err := cli.SizeRange("cache-size", int64(rf.cacheSize), minCacheSize, maxCacheSize, "the block cache capacity"); err != nil {
-		return err
-	}
-	return rf.fsf.validate()
-}
+func (rf *runFlags) validate() error { return rf.imageFlags.validate() }
 
 // fsOptions are the mount's fs.Options; a recording run reads lean. With
 // --passthrough, the node keeps the copies under its (temporary) root.
@@ -174,16 +150,9 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 			return nil, fmt.Errorf("--ready-line: %w", err)
 		}
 	}
-	var p *v1.Platform
-	if rf.platform != "" {
-		var err error
-		if p, err = v1.ParsePlatform(rf.platform); err != nil {
-			return nil, fmt.Errorf("--platform %q: %w", rf.platform, err)
-		}
-	}
-	cacheDir := rf.cacheDir
-	if cacheDir == "" {
-		cacheDir = node.MemoryCache
+	p, err := rf.platformSpec()
+	if err != nil {
+		return nil, err
 	}
 	root, err := os.MkdirTemp("", "lazyfs-run-*") // the node's state (pulled layers)
 	if err != nil {
@@ -197,7 +166,7 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 		pc.Registry = true
 	}
 	n, err := node.New(ctx, node.Config{
-		Root: root, CacheDir: cacheDir, CacheSize: int64(rf.cacheSize), HostsDir: rf.hostsDir, Insecure: rf.insecure, Logger: log,
+		Root: root, CacheDir: rf.nodeCacheDir(), CacheSize: int64(rf.cacheSize), HostsDir: rf.hostsDir, Insecure: rf.insecure, Logger: log,
 		// A recording run reads lean, as the runs its profile will serve:
 		// what it records is what the program read, not the kernel's 1 MiB
 		// windows around each page fault.
