@@ -274,6 +274,17 @@ func TestRealWorldTars(t *testing.T) {
 				}),
 			}
 		}},
+		{name: "symlinks", tars: func() [][]byte {
+			files := []toctest.File{
+				rwLink(tar.TypeSymlink, "abs", "/etc/passwd"),
+				rwLink(tar.TypeSymlink, "escape", "../../../../../etc/shadow"),
+				rwLink(tar.TypeSymlink, "dangling", "no/such/file"),
+				rwLink(tar.TypeSymlink, "mode-0", "abs"),
+				rwLink(tar.TypeSymlink, "mode-0644", "abs"),
+			}
+			files[3].Hdr.Mode, files[4].Hdr.Mode = 0, 0o644 // a symlink's mode is always 0777 on Linux
+			return [][]byte{formatTar(t, tar.FormatPAX, files)}
+		}},
 		{name: "devices", tars: func() [][]byte {
 			files := []toctest.File{
 				{Hdr: rwHdr(tar.TypeChar, "dev/null", 0o666)},

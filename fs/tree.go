@@ -109,6 +109,11 @@ func (t *tree) mode(i uint32) uint32 {
 		return syscall.S_IFCHR
 	}
 	e := t.entry(i)
+	if e.Type == tar.TypeSymlink {
+		// Linux ignores a symlink's mode and always shows 0777, whatever
+		// the tar header says (an extraction's lchmod does nothing).
+		return syscall.S_IFLNK | 0o777
+	}
 	return typeBits(e.Type) | uint32(e.Mode&0o7777)
 }
 
