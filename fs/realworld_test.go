@@ -285,6 +285,22 @@ func TestRealWorldTars(t *testing.T) {
 			files[3].Hdr.Mode, files[4].Hdr.Mode = 0, 0o644 // a symlink's mode is always 0777 on Linux
 			return [][]byte{formatTar(t, tar.FormatPAX, files)}
 		}},
+		{name: "paths-through-own-symlinks", tars: func() [][]byte {
+			return [][]byte{formatTar(t, tar.FormatPAX, []toctest.File{
+				{Hdr: rwHdr(tar.TypeDir, "usr/", 0o755)},
+				{Hdr: rwHdr(tar.TypeDir, "usr/lib/", 0o755)},
+				rwFile("usr/lib/libc.so.6", 0o755, "libc\n"),
+				rwLink(tar.TypeSymlink, "lib", "usr/lib"),     // usrmerge, relative
+				rwLink(tar.TypeSymlink, "lib64", "/usr/lib"),  // absolute: inside the root
+				rwLink(tar.TypeSymlink, "up", "../../.."),     // clamped at the root
+				rwLink(tar.TypeSymlink, "chain", "lib64/sub"), // through another symlink
+				rwFile("lib/libx.so", 0o644, "through a relative symlink\n"),
+				rwFile("lib64/ld-linux.so.2", 0o755, "through an absolute one\n"),
+				rwFile("up/usr/lib/liby.so", 0o644, "through .. at the root\n"),
+				rwFile("chain/z", 0o644, "through two symlinks to a new directory\n"),
+				rwHard("usr/bin-libc", "lib/libc.so.6", 0o755), // hardlink target through a symlink
+			})}
+		}},
 		{name: "devices", tars: func() [][]byte {
 			files := []toctest.File{
 				{Hdr: rwHdr(tar.TypeChar, "dev/null", 0o666)},

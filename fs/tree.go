@@ -179,21 +179,95 @@ func (b *builder) lookup(p string) int32 {
 	return cur
 }
 
-// ensureDir returns the directory at p, creating implicit directories (and
-// replacing non-directories) on the way, as extraction would.
-func (b *builder) ensureDir(p string) int32 {
-	cur := int32(0)
-	for p != "" {
-		var c string
-		c, p, _ = strings.Cut(p, "/")
+// maxSymlinks bounds the symlinks followed resolving one entry's parent
+// directories (containerd's bound, continuity's fs.RootPath).
+const maxSymlinks = 255
+
+// ownSymlink returns the target of node i if it is a symlink that layer li
+// put there (itself, or a hardlink to one).
+func (b *builder) ownSymlink(li int, i int32) (string, bool) {
+	n := &b.nodes[i]
+	if n.kind != kindEntry || int(n.layer) != li {
+		return "", false
+	}
+	d := &b.nodes[n.data]
+	if d.kind != kindEntry {
+		return "", false
+	}
+	if e := &b.layers[d.layer].toc.Entries[d.entry]; e.Type == tar.TypeSymlink {
+		return e.Linkname, true
+	}
+	return "", false
+}
+
+// resolveDir walks the directory path p ("" is the root) for an entry of
+// layer li and returns its node, or -1 when a name on the way is missing
+// or not a directory (create false) or when symlinks loop. A symlink that
+// layer li itself put on the way is followed, inside the root (an
+// absolute target starts at the root, ".." stops there), as containerd and
+// Docker do when they unpack a layer into its own directory; a lower
+// layer's symlink is not: there, create makes a directory that hides it,
+// as the layer's own directory does in an overlay. With create, missing
+// names become implicit directories and non-directories are replaced, as
+// extraction would.
+func (b *builder) resolveDir(li int, p string, create bool) int32 {
+	parts := strings.Split(p, "/")
+	stack := []int32{0} // the directories walked, the root first
+	hops := 0
+	for len(parts) > 0 {
+		c := parts[0]
+		parts = parts[1:]
+		cur := stack[len(stack)-1]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(stack) > 1 {
+				stack = stack[:len(stack)-1]
+			}
+			continue
+		}
 		next, ok := b.nodes[cur].kids[c]
+		if ok {
+			if target, link := b.ownSymlink(li, next); link {
+				if hops++; hops > maxSymlinks {
+					return -1
+				}
+				if strings.HasPrefix(target, "/") {
+					stack = stack[:1]
+				}
+				parts = append(strings.Split(target, "/"), parts...)
+				continue
+			}
+		}
 		if !ok || !b.isDir(next) {
+			if !create {
+				return -1
+			}
 			next = b.newNode(0, noEntry, kindImplicitDir, c)
 			b.nodes[cur].kids[c] = next
 		}
-		cur = next
+		stack = append(stack, next)
 	}
-	return cur
+	return stack[len(stack)-1]
+}
+
+// lookupFrom returns the node at p for an entry of layer li: its parent
+// directories resolved as resolveDir does, its last name not followed
+// (a hardlink to a symlink links the symlink). -1 if there is none.
+func (b *builder) lookupFrom(li int, p string) int32 {
+	dir, base := path.Split(p)
+	d := b.resolveDir(li, strings.TrimSuffix(dir, "/"), false)
+	if d < 0 {
+		return -1
+	}
+	if base == "" {
+		return d
+	}
+	if i, ok := b.nodes[d].kids[base]; ok {
+		return i
+	}
+	return -1
 }
 
 // add places entry ei of layer li at its path.
@@ -206,7 +280,12 @@ func (b *builder) add(li int, ei uint32) {
 		return
 	}
 	dir, base := path.Split(e.Name)
-	parent := b.ensureDir(strings.TrimSuffix(dir, "/"))
+	parent := b.resolveDir(li, strings.TrimSuffix(dir, "/"), true)
+	if parent < 0 {
+		b.log.Warn("too many symlinks in the entry's directories; entry skipped",
+			"layer", b.layers[li].name, "path", e.Name)
+		return
+	}
 	old, exists := b.nodes[parent].kids[base]
 	kind := kindEntry
 	if b.overlay && strings.HasPrefix(base, whiteoutPrefix) {
@@ -225,7 +304,7 @@ func (b *builder) add(li int, ei uint32) {
 		return
 	}
 	if e.Type == tar.TypeLink && kind == kindEntry {
-		target := b.lookup(e.Linkname)
+		target := b.lookupFrom(li, e.Linkname)
 		if target < 0 || b.isDir(target) {
 			b.log.Warn("hardlink target missing; entry skipped",
 				"layer", b.layers[li].name, "path", e.Name, "target", e.Linkname)
@@ -279,8 +358,9 @@ func (b *builder) addLayer(li int) {
 			}
 			if base == whiteoutOpaque {
 				dir, _ := path.Split(e.Name)
-				d := b.ensureDir(strings.TrimSuffix(dir, "/"))
-				b.nodes[d].flags |= flagOpaque
+				if d := b.resolveDir(li, strings.TrimSuffix(dir, "/"), true); d >= 0 {
+					b.nodes[d].flags |= flagOpaque
+				}
 				continue
 			}
 			if strings.HasPrefix(base, whiteoutMeta) || len(base) == len(whiteoutPrefix) {
