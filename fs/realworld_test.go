@@ -259,12 +259,20 @@ func TestRealWorldTars(t *testing.T) {
 					rwFile("o/old", 0o644, "old\n"),
 					{Hdr: rwHdr(tar.TypeDir, "o/sub/", 0o755)},
 					rwFile("o/sub/deep", 0o644, "deep\n"),
+					{Hdr: rwHdr(tar.TypeDir, "re/", 0o755)},
+					rwFile("re/lower", 0o644, "lower\n"),
+					rwFile("re2/lower", 0o644, "lower\n"),
 				}),
 				formatTar(t, tar.FormatPAX, []toctest.File{
 					rwFile("k/.wh.a", 0o644, ""), // the first name of a hardlink group
 					rwFile("o/.wh..wh..opq", 0o644, ""),
 					rwFile("o/mid", 0o644, "mid\n"),
 					{Hdr: rwHdr(tar.TypeDir, "o/sub/", 0o700)},
+					rwFile(".wh.re", 0o644, ""), // removed and made again in one layer
+					{Hdr: rwHdr(tar.TypeDir, "re/", 0o711)},
+					rwFile("re/upper", 0o644, "upper\n"),
+					rwFile(".wh.re2", 0o644, ""),
+					rwFile("re2/upper", 0o644, "made again without an entry of its own\n"),
 				}),
 				formatTar(t, tar.FormatPAX, []toctest.File{
 					rwFile("k/a", 0o600, "new a\n"),
@@ -380,6 +388,36 @@ func TestLowerSymlinkBecomesDirectory(t *testing.T) {
 	for p, want := range map[string]bool{"lib/libx.so": true, "usr/lib/libc.so.6": true, "usr/lib/libx.so": false, "lib/libc.so.6": false} {
 		if _, ok := got.Files[p]; ok != want {
 			t.Errorf("%s present = %v, want %v", p, ok, want)
+		}
+	}
+}
+
+// TestWhiteoutAfterOwnDirectory: a layer that makes a directory and then
+// whites out its name (".wh.d" after "d/" and "d/new") hides the lower
+// layers' d and keeps its own (OCI: a whiteout applies to lower layers
+// only), merged and as a per-layer mount under overlayfs. (containerd's
+// plain applier would delete the layer's own d too.)
+func TestWhiteoutAfterOwnDirectory(t *testing.T) {
+	requireFUSE(t)
+	tars := [][]byte{
+		formatTar(t, tar.FormatPAX, []toctest.File{rwFile("d/old", 0o644, "lower\n"), rwFile("e/old", 0o644, "lower\n")}),
+		formatTar(t, tar.FormatPAX, []toctest.File{
+			{Hdr: rwHdr(tar.TypeDir, "d/", 0o755)},
+			rwFile("d/new", 0o644, "upper\n"),
+			rwFile("e/new", 0o644, "upper\n"), // e has no entry of its own
+			rwFile(".wh.d", 0o644, ""),
+			rwFile(".wh.e", 0o644, ""),
+		}),
+	}
+	for name, dir := range map[string]string{"merged": mountTars(t, tars...), "overlayfs": overlayTars(t, tars...)} {
+		if dir == "" {
+			continue
+		}
+		got := fstest.ReadTree(t, dir)
+		for p, want := range map[string]bool{"d/new": true, "e/new": true, "d/old": false, "e/old": false} {
+			if _, ok := got.Files[p]; ok != want {
+				t.Errorf("%s: %s present = %v, want %v", name, p, ok, want)
+			}
 		}
 	}
 }

@@ -244,8 +244,12 @@ func (b *builder) resolveDir(li int, p string, create bool) int32 {
 			if !create {
 				return -1
 			}
+			wh := ok && b.nodes[next].kind == kindWhiteout
 			next = b.newNode(0, noEntry, kindImplicitDir, c)
 			b.nodes[cur].kids[c] = next
+			if wh { // as for a directory entry over its own layer's whiteout
+				b.nodes[next].flags |= flagOpaque
+			}
 		}
 		stack = append(stack, next)
 	}
@@ -291,9 +295,14 @@ func (b *builder) add(li int, ei uint32) {
 	if b.overlay && strings.HasPrefix(base, whiteoutPrefix) {
 		kind = kindWhiteout
 		base = base[len(whiteoutPrefix):]
-		if _, exists := b.nodes[parent].kids[base]; exists {
+		if k, exists := b.nodes[parent].kids[base]; exists {
 			// A whiteout hides lower layers only, never an entry (or a
-			// parent of one) of its own layer.
+			// parent of one) of its own layer; a directory of its own
+			// layer that it names hides the lower layers' whole (opaque),
+			// as in the merged tree.
+			if b.isDir(k) {
+				b.nodes[k].flags |= flagOpaque
+			}
 			return
 		}
 	}
@@ -315,7 +324,13 @@ func (b *builder) add(li int, ei uint32) {
 		b.nodes[parent].kids[base] = i
 		return
 	}
-	b.nodes[parent].kids[base] = b.newNode(li, ei, kind, "")
+	i := b.newNode(li, ei, kind, "")
+	b.nodes[parent].kids[base] = i
+	if exists && b.nodes[old].kind == kindWhiteout && b.isDir(i) {
+		// Removed and made again in one layer: the lower layers' directory
+		// stays hidden.
+		b.nodes[i].flags |= flagOpaque
+	}
 }
 
 // applyWhiteouts applies the OCI whiteouts of layer li to the tree built
