@@ -422,6 +422,26 @@ func TestWhiteoutAfterOwnDirectory(t *testing.T) {
 	}
 }
 
+// TestUnsupportedTypeSkipped: an entry of a type no runtime unpacks (a
+// GNU volume label here), in a TOC written before converters refused them
+// (toc.ErrUnsupportedEntry), is left out with a warning, not shown as a
+// file whose reads fail.
+func TestUnsupportedTypeSkipped(t *testing.T) {
+	requireFUSE(t)
+	b := formatTar(t, tar.FormatPAX, []toctest.File{rwFile("label", 0o644, ""), rwFile("kept", 0o644, "kept\n")})
+	blob, res := toctest.Convert(t, b, toc.WithChunkSize(64<<10))
+	tc := *res.TOC
+	tc.Entries = append([]toc.Entry(nil), res.TOC.Entries...)
+	tc.Entries[0].Type = 'V'
+	dir, _ := mountLayers(t, []*testLayer{{tar: b, blob: blob, toc: &tc, fetcher: fstest.NewBlobFetcher(blob)}}, Options{Cache: fstest.NewMemCache()})
+	if _, err := os.Lstat(filepath.Join(dir, "label")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("label: %v, want ENOENT", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "kept")); err != nil || string(got) != "kept\n" {
+		t.Errorf("kept: %q, %v", got, err)
+	}
+}
+
 // TestHardlinkBeforeTarget: a hardlink whose target comes later in its
 // layer is left out with a warning (containerd and Docker fail to unpack
 // such a layer), never shown as a wrong or empty file; the rest of the

@@ -382,8 +382,25 @@ func (b *builder) addLayer(li int) {
 				continue
 			}
 		}
+		if !shownType(e.Type) {
+			// Converters refuse these (toc.ErrUnsupportedEntry); an older
+			// or foreign one may have let one through: no contents to serve.
+			b.log.Warn("entry of an unsupported tar type skipped",
+				"layer", b.layers[li].name, "path", e.Name, "type", string(e.Type))
+			continue
+		}
 		b.add(li, uint32(ei))
 	}
+}
+
+// shownType reports whether the tree shows entries of tar type typ.
+func shownType(typ byte) bool {
+	switch typ {
+	case tar.TypeReg, 0, tar.TypeCont, tar.TypeGNUSparse, tar.TypeLink, tar.TypeSymlink,
+		tar.TypeChar, tar.TypeBlock, tar.TypeDir, tar.TypeFifo:
+		return true
+	}
+	return false
 }
 
 // buildTree builds the tree of layers, bottom layer first.

@@ -121,6 +121,10 @@ var (
 	ErrUnsafePath = errors.New("tar entry path escapes the root")
 	// ErrBadTar means the tar stream could not be parsed.
 	ErrBadTar = errors.New("bad tar stream")
+	// ErrUnsupportedEntry means a tar entry has a type that container
+	// runtimes do not unpack (a GNU volume label, a dump directory, a
+	// vendor type): containerd and Docker refuse such a layer.
+	ErrUnsupportedEntry = errors.New("unsupported tar entry type")
 	// ErrBadChunk means a chunk's frame does not decode to the chunk's bytes.
 	ErrBadChunk = errors.New("bad chunk")
 	// ErrTOCMismatch means a converted blob's TOC does not describe the tar

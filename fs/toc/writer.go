@@ -569,6 +569,9 @@ func entryFromHeader(h *tar.Header, off int64) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: %.300q at offset %d: path longer than %d bytes or a component longer than %d",
 			ErrTooLarge, h.Name, off, MaxNameLength, MaxComponentLength)
 	}
+	if !unpackedType(h.Typeflag) {
+		return Entry{}, fmt.Errorf("%w: %.300q at offset %d: type %q", ErrUnsupportedEntry, h.Name, off, h.Typeflag)
+	}
 	if h.Typeflag == tar.TypeLink {
 		if e.Linkname, err = CleanName(h.Linkname); err != nil {
 			return Entry{}, fmt.Errorf("hardlink %q at offset %d: %w", h.Name, off, err)
@@ -602,6 +605,20 @@ func entryFromHeader(h *tar.Header, off int64) (Entry, error) {
 		e.Type = tar.TypeReg
 	}
 	return e, nil
+}
+
+// unpackedType reports whether a reader can show entries of type typ: the
+// types container runtimes unpack, sparse files, and contiguous files
+// ('7', a regular file to every tar reader but containerd's and Docker's,
+// which refuse it). archive/tar has already consumed PAX and GNU long-name
+// headers and turned old regular files ('\x00') into '0' or '5'.
+func unpackedType(typ byte) bool {
+	switch typ {
+	case tar.TypeReg, tar.TypeLink, tar.TypeSymlink, tar.TypeChar, tar.TypeBlock, tar.TypeDir, tar.TypeFifo,
+		tar.TypeCont, tar.TypeGNUSparse:
+		return true
+	}
+	return false
 }
 
 // mirroredPAX are PAX keys whose values the Entry already holds in typed fields.
