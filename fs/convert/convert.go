@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -468,11 +469,13 @@ func (c *converter) index(ctx context.Context, idx v1.ImageIndex) (*index, []Ima
 }
 
 // Decompress returns the uncompressed tar of a layer blob read from r,
-// detecting gzip, zstd or plain tar from the first bytes (media types are not
-// always truthful). The returned Close releases the decoder, not r.
+// detecting gzip, zstd (a zstd frame or a skippable one first) or plain tar
+// from the first bytes (media types are not always truthful). The returned
+// Close releases the decoder, not r.
 func Decompress(r io.Reader) (io.ReadCloser, error) {
 	br := bufio.NewReaderSize(r, 1<<20)
 	head, _ := br.Peek(4)
+	skippable := len(head) == 4 && binary.LittleEndian.Uint32(head)&0xFFFFFFF0 == 0x184D2A50
 	switch {
 	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
 		zr, err := gzip.NewReader(br)
@@ -480,7 +483,7 @@ func Decompress(r io.Reader) (io.ReadCloser, error) {
 			return nil, fmt.Errorf("gzip: %w", err)
 		}
 		return zr, nil
-	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}), skippable:
 		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<30))
 		if err != nil {
 			return nil, fmt.Errorf("zstd: %w", err)

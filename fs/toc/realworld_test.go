@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/lazyfs/lazyfs/fs/toc"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
 )
@@ -43,5 +45,29 @@ func TestUnsupportedEntryTypes(t *testing.T) {
 	files = append(files, toctest.File{Hdr: tar.Header{Typeflag: tar.TypeCont, Name: "contiguous", Mode: 0o644, Size: 1}, Data: []byte("c")})
 	if _, err := toc.Convert(context.Background(), bytes.NewReader(toctest.Tar(t, files)), io.Discard); err != nil {
 		t.Fatalf("supported types: %v", err)
+	}
+}
+
+// TestEmptyTarStartsWithAFrame: a zero-byte tar (some tools push such
+// layers) converts to a blob that starts with an ordinary zstd frame, not
+// with the TOC's skippable frame: clients that tell zstd from an
+// uncompressed layer by its first four bytes (go-containerregistry, hence
+// crane and ko; containers/image) would otherwise take the blob for a tar
+// and fail its diffID.
+func TestEmptyTarStartsWithAFrame(t *testing.T) {
+	for name, tarball := range map[string][]byte{"zero bytes": nil, "end blocks only": make([]byte, 1024)} {
+		blob, res := toctest.Convert(t, tarball)
+		if !bytes.HasPrefix(blob, []byte{0x28, 0xb5, 0x2f, 0xfd}) {
+			t.Errorf("%s: blob starts with % x", name, blob[:4])
+		}
+		d, _ := zstd.NewReader(bytes.NewReader(blob))
+		out, err := io.ReadAll(d)
+		d.Close()
+		if err != nil || !bytes.Equal(out, tarball) {
+			t.Errorf("%s: decompressed %d bytes, %v", name, len(out), err)
+		}
+		if _, diffID, err := toc.Verify(context.Background(), bytes.NewReader(blob), int64(len(blob)), &res.Location); err != nil || diffID != res.DiffID {
+			t.Errorf("%s: verify: %v (%s, want %s)", name, err, diffID, res.DiffID)
+		}
 	}
 }

@@ -460,6 +460,15 @@ func (c *converter) produce(src io.Reader) error {
 		}
 		return fmt.Errorf("%w: after the end of the archive at offset %d: %v", ErrBadTar, raw.n, err)
 	}
+	if raw.n == 0 {
+		// An empty tar: one empty frame, so that the blob still starts
+		// with a zstd frame's magic, by which clients that sniff the
+		// first bytes (go-containerregistry, containers/image) tell a zstd
+		// layer from a plain tar, rather than with the TOC's skippable one.
+		if err := c.emit([]byte{}, -1, nil, false); err != nil {
+			return err
+		}
+	}
 	if err := c.flushMeta(raw); err != nil {
 		return err
 	}
