@@ -33,8 +33,13 @@ import (
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
-// refDigestAnnotation ties a BuildKit attestation manifest to the image it describes.
-const refDigestAnnotation = "vnd.docker.reference.digest"
+// BuildKit's annotations on the attestation manifests it adds to an index:
+// refTypeAnnotation marks them ("attestation-manifest"), refDigestAnnotation
+// names the image each describes.
+const (
+	refTypeAnnotation   = "vnd.docker.reference.type"
+	refDigestAnnotation = "vnd.docker.reference.digest"
+)
 
 // Errors of this package.
 var (
@@ -378,18 +383,40 @@ func platformString(p *v1.Platform) string {
 	return p.String()
 }
 
-// pick returns the image of idx matching the requested platform.
+// pick returns the image of idx to convert for the requested platform, as
+// containerd (and the lazy mount, remote.Fetcher.Resolve) would choose it
+// to run: an image whose index entry's platform satisfies it, else one
+// whose entry has no platform and whose config's does; never an
+// attestation manifest (vnd.docker.reference.type).
 func (c *converter) pick(idx v1.ImageIndex) (v1.Image, v1.Descriptor, error) {
 	im, err := idx.IndexManifest()
 	if err != nil {
 		return nil, v1.Descriptor{}, fmt.Errorf("image %s: %w", c.src, err)
 	}
+	runnable := func(d v1.Descriptor) bool { return d.MediaType.IsImage() && d.Annotations[refTypeAnnotation] == "" }
 	for _, d := range im.Manifests {
-		if d.MediaType.IsImage() && d.Platform != nil && d.Platform.Satisfies(*c.o.platform) {
+		if runnable(d) && d.Platform != nil && d.Platform.Satisfies(*c.o.platform) {
 			img, err := idx.Image(d.Digest)
 			if err != nil {
 				return nil, d, fmt.Errorf("image %s@%s: %w", c.src, d.Digest, err)
 			}
+			return img, d, nil
+		}
+	}
+	for _, d := range im.Manifests {
+		if !runnable(d) || d.Platform != nil {
+			continue
+		}
+		img, err := idx.Image(d.Digest)
+		if err != nil {
+			return nil, d, fmt.Errorf("image %s@%s: %w", c.src, d.Digest, err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return nil, d, fmt.Errorf("image %s@%s: config: %w", c.src, d.Digest, err)
+		}
+		if p := cf.Platform(); p != nil && p.Satisfies(*c.o.platform) {
+			d.Platform = p
 			return img, d, nil
 		}
 	}

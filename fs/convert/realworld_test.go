@@ -2,10 +2,18 @@ package convert_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/lazyfs/lazyfs/fs/convert"
@@ -35,5 +43,45 @@ func TestDecompressSkippableFirst(t *testing.T) {
 		if err != nil || !bytes.Equal(got, tarball) {
 			t.Errorf("magic %#x: %d bytes, %v; want the %d-byte tar", magic, len(got), err, len(tarball))
 		}
+	}
+}
+
+// TestPlatformPickLikeContainerd: --platform chooses from an index as
+// containerd and the lazy mount do: never an attestation manifest (even
+// when asked for unknown/unknown), and an image whose index entry has no
+// platform by its config.
+func TestPlatformPickLikeContainerd(t *testing.T) {
+	reg := newRegistry(t)
+	arm := sourceImage(t, "linux/arm64")
+	armDigest, _ := arm.Digest()
+	att, err := mutate.AppendLayers(empty.Image, static.NewLayer([]byte(`{"_type":"https://in-toto.io/Statement/v0.1"}`), "application/vnd.in-toto+json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := mutate.AppendManifests(empty.Index,
+		mutate.IndexAddendum{Add: att, Descriptor: v1.Descriptor{
+			Platform: &v1.Platform{OS: "unknown", Architecture: "unknown"},
+			Annotations: map[string]string{
+				"vnd.docker.reference.type":   "attestation-manifest",
+				"vnd.docker.reference.digest": armDigest.String(),
+			},
+		}},
+		mutate.IndexAddendum{Add: arm}, // no platform in the index: linux/arm64 in its config
+	)
+	r, _ := name.ParseReference(reg.ref("pick:1"))
+	if err := remote.WriteIndex(r, idx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := convert.Image(context.Background(), reg.ref("pick:1"), reg.ref("pick:arm"),
+		convert.WithPlatform(&v1.Platform{OS: "linux", Architecture: "arm64"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Images) != 1 || rep.Images[0].SourceDigest != armDigest.String() || rep.Images[0].Platform != "linux/arm64" {
+		t.Errorf("picked %+v, want %s (linux/arm64)", rep.Images, armDigest)
+	}
+	if _, err := convert.Image(context.Background(), reg.ref("pick:1"), reg.ref("pick:att"),
+		convert.WithPlatform(&v1.Platform{OS: "unknown", Architecture: "unknown"})); !errors.Is(err, convert.ErrNoMatchingPlatform) {
+		t.Errorf("unknown/unknown: %v, want ErrNoMatchingPlatform", err)
 	}
 }

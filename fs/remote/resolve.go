@@ -93,23 +93,8 @@ func (f *Fetcher) Resolve(ctx context.Context, ref string, platform *v1.Platform
 			return nil, fmt.Errorf("resolve %s: %w: index: %v", r, ErrBadResponse, err)
 		}
 		img.IndexDigest = dig
-		var child *v1.Descriptor
-		for i := range idx.Manifests {
-			d := &idx.Manifests[i]
-			if d.Platform != nil && d.Platform.Satisfies(*platform) && d.MediaType.IsImage() {
-				child = d
-				break
-			}
-		}
-		if child == nil {
-			return nil, fmt.Errorf("resolve %s: %w %s", r, ErrNoPlatform, platform)
-		}
-		img.Platform = child.Platform
-		if raw, mt, dig, err = f.manifest(ctx, img.Repo, child.Digest.String(), true); err != nil {
-			return nil, fmt.Errorf("resolve %s: platform %s: %w", r, platform, err)
-		}
-		if mt.IsIndex() {
-			return nil, fmt.Errorf("resolve %s: %w: nested index %s", r, ErrBadResponse, dig)
+		if img.Platform, raw, mt, dig, err = f.pick(ctx, img.Repo, idx, platform); err != nil {
+			return nil, fmt.Errorf("resolve %s: %w", r, err)
 		}
 	}
 	if !mt.IsImage() {
@@ -125,6 +110,87 @@ func (f *Fetcher) Resolve(ctx context.Context, ref string, platform *v1.Platform
 		img.Layers = append(img.Layers, Layer{Descriptor: l})
 	}
 	return img, nil
+}
+
+// refTypeAnnotation marks the manifests BuildKit adds to an index that are
+// not images to run (value "attestation-manifest").
+const refTypeAnnotation = "vnd.docker.reference.type"
+
+// pick chooses the image of index idx to run on platform, as containerd
+// does: an image manifest whose descriptor's platform satisfies platform
+// (the first), else one whose descriptor has no platform and whose config's
+// os, architecture and variant do. An attestation manifest
+// (vnd.docker.reference.type) is never chosen. It returns the platform and
+// the chosen manifest.
+func (f *Fetcher) pick(ctx context.Context, repo name.Repository, idx *v1.IndexManifest, platform *v1.Platform) (
+	*v1.Platform, []byte, types.MediaType, v1.Hash, error) {
+	get := func(d *v1.Descriptor) ([]byte, types.MediaType, v1.Hash, error) {
+		raw, mt, dig, err := f.manifest(ctx, repo, d.Digest.String(), true)
+		if err != nil {
+			return nil, "", v1.Hash{}, fmt.Errorf("platform %s: manifest %s: %w", platform, d.Digest, err)
+		}
+		if !mt.IsImage() {
+			return nil, "", v1.Hash{}, fmt.Errorf("platform %s: %w: manifest %s is %q, not an image", platform, ErrBadResponse, dig, mt)
+		}
+		return raw, mt, dig, nil
+	}
+	runnable := func(d *v1.Descriptor) bool { return d.MediaType.IsImage() && d.Annotations[refTypeAnnotation] == "" }
+	for i := range idx.Manifests {
+		if d := &idx.Manifests[i]; runnable(d) && d.Platform != nil && d.Platform.Satisfies(*platform) {
+			raw, mt, dig, err := get(d)
+			return d.Platform, raw, mt, dig, err
+		}
+	}
+	for i := range idx.Manifests {
+		d := &idx.Manifests[i]
+		if !runnable(d) || d.Platform != nil {
+			continue
+		}
+		raw, mt, dig, err := get(d)
+		if err != nil {
+			return nil, nil, "", v1.Hash{}, err
+		}
+		p, err := f.configPlatform(ctx, repo, raw)
+		if err != nil {
+			return nil, nil, "", v1.Hash{}, fmt.Errorf("platform %s: manifest %s: %w", platform, dig, err)
+		}
+		if p.Satisfies(*platform) {
+			return p, raw, mt, dig, nil
+		}
+	}
+	return nil, nil, "", v1.Hash{}, fmt.Errorf("%w %s", ErrNoPlatform, platform)
+}
+
+// maxConfigSize bounds an image config read to learn its platform.
+const maxConfigSize = 4 << 20
+
+// configPlatform reads the config of the image manifest raw (verified by
+// its digest) and returns its os, architecture and variant.
+func (f *Fetcher) configPlatform(ctx context.Context, repo name.Repository, raw []byte) (*v1.Platform, error) {
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("%w: manifest: %v", ErrBadResponse, err)
+	}
+	if m.Config.Size <= 0 || m.Config.Size > maxConfigSize {
+		return nil, fmt.Errorf("%w: config %s of %d bytes", ErrBadResponse, m.Config.Digest, m.Config.Size)
+	}
+	b := make([]byte, m.Config.Size)
+	if _, err := f.Blob(repo, m.Config.Digest, m.Config.Size).ReadAt(ctx, b, 0); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if sum := sha256.Sum256(b); m.Config.Digest.Algorithm != "sha256" || hex.EncodeToString(sum[:]) != m.Config.Digest.Hex {
+		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, toc.ErrDigestMismatch)
+	}
+	var cf struct {
+		OS           string `json:"os"`
+		Architecture string `json:"architecture"`
+		Variant      string `json:"variant"`
+		OSVersion    string `json:"os.version"`
+	}
+	if err := json.Unmarshal(b, &cf); err != nil {
+		return nil, fmt.Errorf("%w: config %s: %v", ErrBadResponse, m.Config.Digest, err)
+	}
+	return &v1.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant, OSVersion: cf.OSVersion}, nil
 }
 
 func isDigest(r name.Reference) bool {
