@@ -254,8 +254,9 @@ func convertRecord(cmd *cobra.Command, rep *convert.Report, dst name.Tag, args [
 }
 
 func printConvertSummary(w io.Writer, rep *convert.Report) error {
-	var verified, trusted int
+	var verified, trusted, foreign, artifacts int
 	for _, ir := range rep.Images {
+		tarLayers := false
 		for _, l := range ir.Layers {
 			switch l.KeptTOC {
 			case "verified":
@@ -263,6 +264,28 @@ func printConvertSummary(w io.Writer, rep *convert.Report) error {
 			case "trusted":
 				trusted++
 			}
+			switch l.Kept {
+			case "not distributable":
+				foreign++
+			case "not a tar layer":
+			default:
+				tarLayers = true
+			}
+		}
+		if !tarLayers && len(ir.Layers) > 0 {
+			artifacts++
+		}
+	}
+	if artifacts > 0 {
+		if _, err := fmt.Fprintf(w, "kept %d manifest(s) without tar layers unchanged (build attestations, artifacts; "+
+			"an attestation's vnd.docker.reference.digest names the converted image)\n", artifacts); err != nil {
+			return err
+		}
+	}
+	if foreign > 0 {
+		if _, err := fmt.Fprintf(w, "kept %d non-distributable (foreign) layer(s) as they are: their blobs stay at their URLs, "+
+			"outside the registry, and a lazy mount cannot serve them (a runtime that pulls whole can)\n", foreign); err != nil {
+			return err
 		}
 	}
 	if verified+trusted > 0 {

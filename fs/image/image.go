@@ -35,6 +35,12 @@ import (
 // ErrNotConverted means the image has layers that are not lazyfs-chunked.
 var ErrNotConverted = errors.New("not a lazyfs image")
 
+// ErrNonDistributable means the image has a non-distributable ("foreign")
+// layer, whose blob its descriptor's URLs serve instead of the registry
+// (Windows base layers): lazyfs convert keeps such layers as they are, and
+// a lazy mount cannot serve them, pulled or not.
+var ErrNonDistributable = errors.New("non-distributable (foreign) layer")
+
 // ErrBusy means a mount could not be unmounted because files in it are in use.
 var ErrBusy = errors.New("mount is busy")
 
@@ -324,6 +330,11 @@ func Mount(ctx context.Context, ref, dir string, o Options) (_ *Mounted, err err
 	img, err := r.Resolve(ctx, ref, o.Platform)
 	if err != nil {
 		return nil, err
+	}
+	for i := range img.Layers {
+		if err := checkDistributable(img, i); err != nil {
+			return nil, err
+		}
 	}
 	if !o.Pull {
 		for i, l := range img.Layers {

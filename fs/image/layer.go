@@ -51,6 +51,9 @@ func OpenLayer(ctx context.Context, r *Resolver, img *remote.Image, i int, o Lay
 		}
 		return &Layer{TOC: t, img: img, index: i, fetcher: r.Fetcher().LayerBlob(img, i)}, nil
 	}
+	if err := checkDistributable(img, i); err != nil {
+		return nil, err
+	}
 	if !o.Pull {
 		return nil, fmt.Errorf("image %s: layer %d (%s): %w: %s without a lazyfs index", img.Ref, i, d.Digest, ErrNotConverted, d.MediaType)
 	}
@@ -99,4 +102,15 @@ func (l *Layer) Close() error {
 	l.temp = nil
 	f.Close()
 	return os.Remove(f.Name())
+}
+
+// checkDistributable fails with ErrNonDistributable for a foreign layer.
+func checkDistributable(img *remote.Image, i int) error {
+	d := &img.Layers[i]
+	if d.MediaType.IsDistributable() {
+		return nil
+	}
+	return fmt.Errorf("image %s: layer %d (%s): %w: %s is served from its URLs %q, not by the registry, "+
+		"and lazyfs cannot serve it: run the image with a runtime that pulls it whole",
+		img.Ref, i, d.Digest, ErrNonDistributable, d.MediaType, d.URLs)
 }

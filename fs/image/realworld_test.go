@@ -4,9 +4,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -248,6 +250,38 @@ func pulledLikeACLient(t *testing.T, img v1.Image) {
 			if err != nil || h != want {
 				t.Errorf("layer %d (%s): %s is %s (%v), want %s", i, d, what, h, err, want)
 			}
+		}
+	}
+}
+
+// TestForeignLayer: a non-distributable layer (Windows base layers: its
+// blob is served from its URLs, not by the registry) is kept as it is by
+// convert, which says so in its report, and a mount refuses the image
+// naming the layer, with --pull too, rather than failing on a 404 as a
+// "bad tar".
+func TestForeignLayer(t *testing.T) {
+	reg := registrytest.New(t)
+	t1 := toctest.Tar(t, []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "base", Mode: 0o644}, Data: []byte("base")}})
+	t2 := toctest.Tar(t, []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "app", Mode: 0o644}, Data: []byte("app")}})
+	img, err := mutate.Append(mutate.MediaType(empty.Image, types.DockerManifestSchema2),
+		mutate.Addendum{Layer: &blobLayer{gzipMembers(t1), t1, types.DockerForeignLayer}, URLs: []string{"https://mcr.example/base.tar.gz"}},
+		mutate.Addendum{Layer: &blobLayer{gzipMembers(t2), t2, types.DockerLayer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	registrytest.Push(t, reg.Ref("win:plain"), img)
+	rep, err := convert.Image(context.Background(), reg.Ref("win:plain"), reg.Ref("win:lazy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := rep.Images[0].Layers; l[0].Kept != "not distributable" || l[1].Kept != "" {
+		t.Errorf("layers %+v", l)
+	}
+	for _, pull := range []bool{false, true} {
+		dir := t.TempDir()
+		_, err := image.Mount(context.Background(), reg.Ref("win:lazy"), dir, image.Options{Fetcher: remote.New(), Pull: pull, TempDir: t.TempDir()})
+		if !errors.Is(err, image.ErrNonDistributable) || !strings.Contains(err.Error(), "layer 0") || !strings.Contains(err.Error(), "mcr.example") {
+			t.Errorf("pull=%v: %v, want ErrNonDistributable naming layer 0 and its URL", pull, err)
 		}
 	}
 }
