@@ -198,7 +198,9 @@ func (c *converter) layer(ctx context.Context, img v1.Image, where string, i int
 		ann[k] = v
 	}
 	ann[toc.AnnotationSourceDigest] = d.Digest.String()
-	j.desc = v1.Descriptor{MediaType: toc.MediaTypeLayer, Size: res.Size, Digest: h, Annotations: ann, URLs: d.URLs}
+	// No URLs: they serve the source blob, and clients (containerd) try
+	// them before the registry, which alone holds the converted one.
+	j.desc = v1.Descriptor{MediaType: toc.MediaTypeLayer, Size: res.Size, Digest: h, Annotations: ann}
 	j.layer = &fileLayer{path: f.Name(), digest: h, diffID: diffID, size: res.Size}
 	j.report.Digest, j.report.MediaType, j.report.Size = h.String(), toc.MediaTypeLayer, res.Size
 	j.report.UncompressedSize, j.report.Entries, j.report.Chunks = res.TOC.TarSize, len(res.TOC.Entries), len(res.TOC.Chunks)

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/lazyfs/lazyfs/fs/convert"
@@ -83,5 +84,32 @@ func TestPlatformPickLikeContainerd(t *testing.T) {
 	if _, err := convert.Image(context.Background(), reg.ref("pick:1"), reg.ref("pick:att"),
 		convert.WithPlatform(&v1.Platform{OS: "unknown", Architecture: "unknown"})); !errors.Is(err, convert.ErrNoMatchingPlatform) {
 		t.Errorf("unknown/unknown: %v, want ErrNoMatchingPlatform", err)
+	}
+}
+
+// TestConvertedLayerDropsURLs: a distributable layer whose descriptor
+// lists URLs (mirrors of the source blob) loses them once converted: the
+// converted blob is only in the registry, and containerd tries a
+// descriptor's URLs before the registry, so it would fetch the source blob
+// and fail its digest.
+func TestConvertedLayerDropsURLs(t *testing.T) {
+	reg := newRegistry(t)
+	tarball := toctest.Tar(t, toctest.AllTypes(1000))
+	img, err := mutate.Append(empty.Image, mutate.Addendum{
+		Layer: newRawLayer(gzipStd(tarball), tarball, types.OCILayer), URLs: []string{"https://mirror.example/blob"},
+		Annotations: map[string]string{"org.example": "kept"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, reg.ref("urls:1"), img)
+	if _, err := convert.Image(context.Background(), reg.ref("urls:1"), reg.ref("urls:lazy")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := pull(t, reg.ref("urls:lazy")).Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := m.Layers[0]; len(l.URLs) != 0 || l.Annotations["org.example"] != "kept" {
+		t.Errorf("converted layer: urls %q, annotations %v", l.URLs, l.Annotations)
 	}
 }
