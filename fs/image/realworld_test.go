@@ -97,7 +97,7 @@ func attestationImage(t *testing.T) v1.Image {
 
 // TestRealWorldImage converts an index as registries hold them (BuildKit
 // attestations beside two platforms; Docker schema2 manifests and config;
-// gzip layers of several members, Docker's 32-byte empty layer, a
+// gzip layers of several members, Docker's 32-byte empty layer (twice), a
 // zero-byte tar, zstd and uncompressed layers, a "gzip" layer that is a
 // plain tar; history with empty_layer entries), checks that the converted
 // index is whole for any client (go-containerregistry's full validation:
@@ -119,6 +119,7 @@ func TestRealWorldImage(t *testing.T) {
 		toctest.Tar(t, []toctest.File{file("plain/file", "from an uncompressed layer\n")}),
 		nil, // a zero-byte tar
 		toctest.Tar(t, []toctest.File{file("lying/file", "gzip media type, plain bytes\n")}),
+		make([]byte, 1024), // the same empty layer again: one blob, two layers
 	}
 	half := len(tars[0]) / 2
 	layers := []*blobLayer{
@@ -129,6 +130,7 @@ func TestRealWorldImage(t *testing.T) {
 		{tars[4], tars[4], types.DockerUncompressedLayer},
 		{gzipMembers(tars[5]), tars[5], types.DockerLayer},
 		{tars[6], tars[6], types.DockerLayer},
+		{gzipMembers(tars[7]), tars[7], types.DockerLayer},
 	}
 	platformImage := func(arch string) v1.Image {
 		img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.DockerManifestSchema2), types.DockerConfigJSON)
