@@ -422,6 +422,23 @@ func TestWhiteoutAfterOwnDirectory(t *testing.T) {
 	}
 }
 
+// TestSymlinkLoopSkipped: an entry under a loop of its own layer's
+// symlinks (containerd fails such a layer: too many links) is left out
+// with a warning; the links and the rest of the layer are served.
+func TestSymlinkLoopSkipped(t *testing.T) {
+	requireFUSE(t)
+	dir := mountTars(t, formatTar(t, tar.FormatPAX, []toctest.File{
+		rwLink(tar.TypeSymlink, "a", "b"),
+		rwLink(tar.TypeSymlink, "b", "/a"),
+		rwFile("a/x", 0o644, "under a loop\n"),
+		rwFile("kept", 0o644, "kept\n"),
+	}))
+	got := fstest.ReadTree(t, dir)
+	if got.Files["a"].Type != "symlink" || got.Files["b"].Type != "symlink" || got.Files["kept"].Type != "reg" || len(got.Files) != 4 {
+		t.Errorf("tree %+v", got.Files)
+	}
+}
+
 // TestUnsupportedTypeSkipped: an entry of a type no runtime unpacks (a
 // GNU volume label here), in a TOC written before converters refused them
 // (toc.ErrUnsupportedEntry), is left out with a warning, not shown as a
