@@ -269,20 +269,48 @@ func (r *refTree) lookup(p string) *refNode {
 	return n
 }
 
-func (r *refTree) mkdirAll(p string) *refNode {
-	n := r.root
-	for _, c := range strings.Split(p, "/") {
-		if c == "" {
+// resolveDir walks the directory p for an entry of the layer being
+// applied, following the symlinks that layer made (mine) inside the root
+// and replacing anything else that is not a directory (create) as
+// extraction into the layer's own directory does; nil if a name is
+// missing (create false) or symlinks loop.
+func (r *refTree) resolveDir(p string, mine map[*refNode]bool, create bool) *refNode {
+	parts := strings.Split(p, "/")
+	stack := []*refNode{r.root}
+	for hops := 0; len(parts) > 0; {
+		c := parts[0]
+		parts = parts[1:]
+		n := stack[len(stack)-1]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(stack) > 1 {
+				stack = stack[:len(stack)-1]
+			}
 			continue
 		}
 		k := n.kids[c]
+		if k != nil && mine[k] && k.f != nil && k.f.hdr.Typeflag == tar.TypeSymlink {
+			if hops++; hops > 255 {
+				return nil
+			}
+			if strings.HasPrefix(k.f.hdr.Linkname, "/") {
+				stack = stack[:1]
+			}
+			parts = append(strings.Split(k.f.hdr.Linkname, "/"), parts...)
+			continue
+		}
 		if k == nil || !k.isDir() {
+			if !create {
+				return nil
+			}
 			k = &refNode{kids: map[string]*refNode{}}
 			n.kids[c] = k
 		}
-		n = k
+		stack = append(stack, k)
 	}
-	return n
+	return stack[len(stack)-1]
 }
 
 // apply extracts one layer.
@@ -321,35 +349,47 @@ func (r *refTree) apply(t testing.TB, tarball []byte) {
 			delete(d.kids, strings.TrimPrefix(base, ".wh."))
 		}
 	}
+	mine := map[*refNode]bool{} // the names this layer made
 	for _, f := range files {
 		name := refClean(f.hdr.Name)
 		dir, base := path.Split(name)
-		if strings.HasPrefix(base, ".wh.") {
+		if strings.HasPrefix(base, ".wh.") || f.hdr.Typeflag == tar.TypeXGlobalHeader {
 			continue
 		}
 		if name == "" {
 			r.root.f = f
 			continue
 		}
-		parent := r.mkdirAll(dir)
+		parent := r.resolveDir(dir, mine, true)
+		if parent == nil {
+			continue // symlinks loop: the entry is skipped
+		}
 		old := parent.kids[base]
+		var n *refNode
 		switch {
 		case f.hdr.Typeflag == tar.TypeDir && old != nil && old.isDir():
 			old.f = f
+			continue
 		case f.hdr.Typeflag == tar.TypeDir:
-			parent.kids[base] = &refNode{f: f, kids: map[string]*refNode{}}
+			n = &refNode{f: f, kids: map[string]*refNode{}}
 		case f.hdr.Typeflag == tar.TypeLink:
-			target := r.lookup(refClean(f.hdr.Linkname))
+			ldir, lbase := path.Split(refClean(f.hdr.Linkname))
+			var target *refNode
+			if d := r.resolveDir(ldir, mine, false); d != nil {
+				target = d.kids[lbase]
+			}
 			if target == nil || target.isDir() {
 				if r.lenient {
 					continue
 				}
 				t.Fatalf("reference: hardlink %s to missing %s", name, f.hdr.Linkname)
 			}
-			parent.kids[base] = &refNode{f: target.f}
+			n = &refNode{f: target.f}
 		default:
-			parent.kids[base] = &refNode{f: f}
+			n = &refNode{f: f}
 		}
+		parent.kids[base] = n
+		mine[n] = true
 	}
 }
 
@@ -381,6 +421,7 @@ func (r *refTree) info() treeInfo {
 			case tar.TypeDir:
 			case tar.TypeSymlink:
 				fi.Type, fi.Link, fi.Size = "symlink", h.Linkname, int64(len(h.Linkname))
+				fi.Perm = 0o777 // Linux shows no other mode for a symlink
 			case tar.TypeChar:
 				fi.Type, fi.Rdev = "char", unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor))
 			case tar.TypeBlock:

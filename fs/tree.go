@@ -211,12 +211,12 @@ func (b *builder) ownSymlink(li int, i int32) (string, bool) {
 // names become implicit directories and non-directories are replaced, as
 // extraction would.
 func (b *builder) resolveDir(li int, p string, create bool) int32 {
-	parts := strings.Split(p, "/")
-	stack := []int32{0} // the directories walked, the root first
+	var buf [32]int32
+	stack := append(buf[:0], 0) // the directories walked, the root first
 	hops := 0
-	for len(parts) > 0 {
-		c := parts[0]
-		parts = parts[1:]
+	for p != "" {
+		var c string
+		c, p, _ = strings.Cut(p, "/")
 		cur := stack[len(stack)-1]
 		switch c {
 		case "", ".":
@@ -236,7 +236,10 @@ func (b *builder) resolveDir(li int, p string, create bool) int32 {
 				if strings.HasPrefix(target, "/") {
 					stack = stack[:1]
 				}
-				parts = append(strings.Split(target, "/"), parts...)
+				if p != "" {
+					target += "/" + p
+				}
+				p = target
 				continue
 			}
 		}
