@@ -258,6 +258,8 @@ func TestServe(t *testing.T) {
 	mnt, mnt2 := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "mnt2")
 	os.Mkdir(mnt, 0o755)
 	os.Mkdir(mnt2, 0o755)
+	// A failure below kills the daemon: leave no dead mount behind.
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
 	// --no-fill: the read below misses, as a cold read does.
 	if out, err := run(t, "mount", "--no-fill", "--control", sock, "--state-dir", state, dst, mnt); err != nil || !strings.Contains(out, "served by the daemon") {
 		t.Fatalf("mount: %q %v", out, err)
