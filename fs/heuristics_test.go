@@ -222,7 +222,11 @@ func TestPrefetchLandsEachChunk(t *testing.T) {
 		for {
 			select {
 			case <-s.ready:
-				s.next <- struct{}{}
+				select { // the fetcher may give up (Root closed) after ready
+				case s.next <- struct{}{}:
+				case <-r.ctx.Done():
+					return
+				}
 			case <-r.ctx.Done():
 				return
 			}
