@@ -107,7 +107,7 @@ func TestEquivalence(t *testing.T) {
 			layers := buildLayers(t, corpus[:tc.layers])
 			dir, root := mountLayers(t, layers, Options{Cache: fstest.NewMemCache()})
 			want := reference(t, layers)
-			got := walkMount(t, dir)
+			got := fstest.ReadTree(t, dir)
 			if d := cmp.Diff(want, got); d != "" {
 				t.Fatalf("mounted tree differs from the extraction (-want +got):\n%s", d)
 			}

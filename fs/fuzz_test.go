@@ -81,7 +81,7 @@ func treeFiles(t testing.TB, r *Root) map[string]fileInfo {
 		d := r.t.nodes[i].data
 		var a fuse.Attr
 		r.fillAttr(d, &a)
-		fi := fileInfo{Type: typeName(a.Mode), Perm: a.Mode & 0o7777}
+		fi := fileInfo{Type: fstest.TypeName(a.Mode), Perm: a.Mode & 0o7777}
 		if fi.Type != "dir" {
 			fi.Nlink = a.Nlink
 		}

@@ -7,13 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path"
-	"path/filepath"
-	"slices"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -109,122 +105,12 @@ func dropCache(t testing.TB, p string) {
 	}
 }
 
-// fileInfo is what the equivalence tests compare for each path.
-type fileInfo struct {
-	Type   string
-	Perm   uint32 // incl. setuid, setgid, sticky
-	UID    uint32
-	GID    uint32
-	Size   int64 // regular files and symlinks
-	Link   string
-	Rdev   uint64
-	Mtime  int64 // nanoseconds since the epoch
-	Nlink  uint32
-	Xattrs map[string]string
-	SHA256 string
-}
-
-// treeInfo is a whole tree: infos by path plus hardlink groups.
-type treeInfo struct {
-	Files  map[string]fileInfo
-	Groups [][]string // sorted groups of paths sharing an inode (size > 1)
-}
-
-func typeName(mode uint32) string {
-	switch mode & syscall.S_IFMT {
-	case syscall.S_IFDIR:
-		return "dir"
-	case syscall.S_IFREG:
-		return "reg"
-	case syscall.S_IFLNK:
-		return "symlink"
-	case syscall.S_IFCHR:
-		return "char"
-	case syscall.S_IFBLK:
-		return "block"
-	case syscall.S_IFIFO:
-		return "fifo"
-	}
-	return "?"
-}
-
-func sortGroups(g map[uint64][]string) [][]string {
-	var out [][]string
-	for _, ps := range g {
-		if len(ps) > 1 {
-			slices.Sort(ps)
-			out = append(out, ps)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
-	return out
-}
-
-// walkMount reads the mounted tree at dir into a treeInfo.
-func walkMount(t testing.TB, dir string) treeInfo {
-	t.Helper()
-	ti := treeInfo{Files: map[string]fileInfo{}}
-	groups := map[uint64][]string{}
-	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if rel == "." {
-			rel = ""
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil {
-			return err
-		}
-		fi := fileInfo{Type: typeName(st.Mode), Perm: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid,
-			Mtime: st.Mtim.Nano(), Xattrs: map[string]string{}}
-		switch fi.Type {
-		case "reg":
-			fi.Size = st.Size
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(b)
-			fi.SHA256 = hex.EncodeToString(sum[:])
-		case "symlink":
-			fi.Size = st.Size
-			if fi.Link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		case "char", "block":
-			fi.Rdev = st.Rdev
-		}
-		if fi.Type != "dir" {
-			fi.Nlink = uint32(st.Nlink)
-			groups[st.Ino] = append(groups[st.Ino], rel)
-		}
-		buf := make([]byte, 64<<10)
-		n, err := unix.Llistxattr(p, buf)
-		if err != nil {
-			return err
-		}
-		for _, k := range strings.Split(string(buf[:n]), "\x00") {
-			if k == "" {
-				continue
-			}
-			v := make([]byte, 64<<10)
-			m, err := unix.Lgetxattr(p, k, v)
-			if err != nil {
-				return err
-			}
-			fi.Xattrs[k] = string(v[:m])
-		}
-		ti.Files[rel] = fi
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ti.Groups = sortGroups(groups)
-	return ti
-}
+// fileInfo and treeInfo are what the equivalence tests compare: a path's
+// attributes and contents, and a whole tree (fstest.ReadTree reads a mount).
+type (
+	fileInfo = fstest.FileInfo
+	treeInfo = fstest.Tree
+)
 
 // Reference applier: an in-memory extraction of the layers' tar streams
 // (read with archive/tar, independent of the TOC) with OCI whiteout rules.
@@ -445,6 +331,6 @@ func (r *refTree) info() treeInfo {
 			ti.Files[p] = fi
 		}
 	}
-	ti.Groups = sortGroups(groups)
+	ti.Groups = fstest.SortGroups(groups)
 	return ti
 }

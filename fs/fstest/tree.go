@@ -59,7 +59,7 @@ func ReadTree(t testing.TB, dir string) Tree {
 		if err := unix.Lstat(p, &st); err != nil {
 			return err
 		}
-		fi := FileInfo{Type: typeName(st.Mode), Perm: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid,
+		fi := FileInfo{Type: TypeName(st.Mode), Perm: st.Mode & 0o7777, UID: st.Uid, GID: st.Gid,
 			Mtime: st.Mtim.Nano(), Xattrs: map[string]string{}}
 		switch fi.Type {
 		case "reg":
@@ -104,17 +104,26 @@ func ReadTree(t testing.TB, dir string) Tree {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ps := range groups {
-		if len(ps) > 1 {
-			slices.Sort(ps)
-			tr.Groups = append(tr.Groups, ps)
-		}
-	}
-	sort.Slice(tr.Groups, func(i, j int) bool { return tr.Groups[i][0] < tr.Groups[j][0] })
+	tr.Groups = SortGroups(groups)
 	return tr
 }
 
-func typeName(mode uint32) string {
+// SortGroups returns the groups of more than one path among g (paths by
+// inode), each sorted, in the order of their first paths: Tree.Groups.
+func SortGroups(g map[uint64][]string) [][]string {
+	var out [][]string
+	for _, ps := range g {
+		if len(ps) > 1 {
+			slices.Sort(ps)
+			out = append(out, ps)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
+	return out
+}
+
+// TypeName is FileInfo.Type for a stat mode.
+func TypeName(mode uint32) string {
 	switch mode & syscall.S_IFMT {
 	case syscall.S_IFDIR:
 		return "dir"
