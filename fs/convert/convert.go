@@ -383,6 +383,11 @@ func platformString(p *v1.Platform) string {
 	return p.String()
 }
 
+// maxPlatformless bounds the index entries without a platform whose
+// manifest and config pick reads to learn their platform (the source
+// index is the registry's; each costs two requests).
+const maxPlatformless = 16
+
 // pick returns the image of idx to convert for the requested platform, as
 // containerd (and the lazy mount, remote.Fetcher.Resolve) would choose it
 // to run: an image whose index entry's platform satisfies it, else one
@@ -403,10 +408,16 @@ func (c *converter) pick(idx v1.ImageIndex) (v1.Image, v1.Descriptor, error) {
 			return img, d, nil
 		}
 	}
+	probed := 0
 	for _, d := range im.Manifests {
 		if !runnable(d) || d.Platform != nil {
 			continue
 		}
+		if probed == maxPlatformless {
+			return nil, v1.Descriptor{}, fmt.Errorf("image %s: %w %s: none of the first %d index entries without a platform is for it, and no more are read (name the image by its digest)",
+				c.src, ErrNoMatchingPlatform, c.o.platform, maxPlatformless)
+		}
+		probed++
 		img, err := idx.Image(d.Digest)
 		if err != nil {
 			return nil, d, fmt.Errorf("image %s@%s: %w", c.src, d.Digest, err)

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -111,5 +113,37 @@ func TestConvertedLayerDropsURLs(t *testing.T) {
 	}
 	if l := m.Layers[0]; len(l.URLs) != 0 || l.Annotations["org.example"] != "kept" {
 		t.Errorf("converted layer: urls %q, annotations %v", l.URLs, l.Annotations)
+	}
+}
+
+// TestPlatformPickBound: convert --platform reads the configs of at most
+// 16 index entries without a platform (two requests each) looking for
+// it: with more, a later match is not found.
+func TestPlatformPickBound(t *testing.T) {
+	reg := newRegistry(t)
+	ppc, amd := sourceImage(t, "linux/ppc64le"), sourceImage(t, "linux/amd64")
+	amdDigest, _ := amd.Digest()
+	for _, n := range []int{16, 17} {
+		idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+		for range n - 1 {
+			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: ppc})
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: amd})
+		src := reg.ref(fmt.Sprintf("many:%d", n))
+		r, _ := name.ParseReference(src)
+		if err := remote.WriteIndex(r, idx); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := convert.Image(context.Background(), src, reg.ref(fmt.Sprintf("many:%d-lazy", n)),
+			convert.WithPlatform(&v1.Platform{OS: "linux", Architecture: "amd64"}))
+		if n == 16 {
+			if err != nil || len(rep.Images) != 1 || rep.Images[0].SourceDigest != amdDigest.String() {
+				t.Errorf("16 entries without a platform, the last matching: %+v, %v", rep, err)
+			}
+			continue
+		}
+		if !errors.Is(err, convert.ErrNoMatchingPlatform) || !strings.Contains(err.Error(), "16") {
+			t.Errorf("17 entries without a platform: %v, want ErrNoMatchingPlatform naming the bound", err)
+		}
 	}
 }

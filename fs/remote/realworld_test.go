@@ -3,6 +3,8 @@ package remote
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -31,23 +33,7 @@ func TestIndexSelectionLikeContainerd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	image := func(os, arch, data string) v1.Image {
-		l := newLayer(t, []toctest.File{{Hdr: toctest.AllTypes(0)[2].Hdr, Data: []byte(data)}}, 64<<10)
-		img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
-		img, err := mutate.Append(img, mutate.Addendum{Layer: static.NewLayer(l.blob, toc.MediaTypeLayer),
-			Annotations: l.res.Annotations(), MediaType: toc.MediaTypeLayer})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cf, _ := img.ConfigFile()
-		cf = cf.DeepCopy()
-		cf.OS, cf.Architecture = os, arch
-		img, err = mutate.ConfigFile(img, cf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return img
-	}
+	image := func(os, arch, data string) v1.Image { return platformImage(t, os, arch, data) }
 	amd, arm, ppc := image("linux", "amd64", "amd64"), image("linux", "arm64", "arm64"), image("linux", "ppc64le", "ppc64le")
 	armLabelled := image("linux", "arm64", "arm64, labelled")
 	att := image("unknown", "unknown", `{"_type":"https://in-toto.io/Statement/v0.1"}`)
@@ -91,6 +77,61 @@ func TestIndexSelectionLikeContainerd(t *testing.T) {
 	for _, p := range []v1.Platform{{OS: "unknown", Architecture: "unknown"}, {OS: "linux", Architecture: "s390x"}} {
 		if img, err := f.Resolve(context.Background(), ref.String(), &p); !errors.Is(err, ErrNoPlatform) {
 			t.Errorf("%s: %v (%v), want ErrNoPlatform", p, img, err)
+		}
+	}
+}
+
+// platformImage is a one-layer lazyfs image whose config names os/arch and
+// whose one file holds data (distinct data, distinct digests).
+func platformImage(t *testing.T, os, arch, data string) v1.Image {
+	t.Helper()
+	l := newLayer(t, []toctest.File{{Hdr: toctest.AllTypes(0)[2].Hdr, Data: []byte(data)}}, 64<<10)
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img, err := mutate.Append(img, mutate.Addendum{Layer: static.NewLayer(l.blob, toc.MediaTypeLayer),
+		Annotations: l.res.Annotations(), MediaType: toc.MediaTypeLayer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = os, arch
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// TestIndexPlatformlessBound: the configs of at most maxPlatformless index
+// entries without a platform are read (two requests each) looking for the
+// platform: an index with more is refused with ErrNoPlatform, even when a
+// later entry would match, rather than sending the registry's count of
+// requests.
+func TestIndexPlatformlessBound(t *testing.T) {
+	_, host := newRegistry(t, nil)
+	for _, n := range []int{maxPlatformless, maxPlatformless + 1} {
+		ref, err := name.ParseReference(fmt.Sprintf("%s/lazy/many:%d", host, n), name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+		for i := range n - 1 {
+			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: platformImage(t, "linux", "ppc64le", fmt.Sprint("ppc ", i))})
+		}
+		amd := platformImage(t, "linux", "amd64", "amd64, last")
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: amd})
+		if err := ggcrremote.WriteIndex(ref, idx, ggcrremote.WithTransport(pushTransport(t))); err != nil {
+			t.Fatal(err)
+		}
+		img, err := newFetcher(t).Resolve(context.Background(), ref.String(), &v1.Platform{OS: "linux", Architecture: "amd64"})
+		if n <= maxPlatformless {
+			if want, _ := amd.Digest(); err != nil || img.Digest != want {
+				t.Errorf("%d entries without a platform, the last matching: %v, %v", n, img, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrNoPlatform) || !strings.Contains(err.Error(), fmt.Sprint(maxPlatformless)) {
+			t.Errorf("%d entries without a platform: %v (%v), want ErrNoPlatform naming the bound", n, img, err)
 		}
 	}
 }

@@ -141,11 +141,16 @@ func (f *Fetcher) pick(ctx context.Context, repo name.Repository, idx *v1.IndexM
 			return d.Platform, raw, mt, dig, err
 		}
 	}
+	probed := 0
 	for i := range idx.Manifests {
 		d := &idx.Manifests[i]
 		if !runnable(d) || d.Platform != nil {
 			continue
 		}
+		if probed == maxPlatformless {
+			return nil, nil, "", v1.Hash{}, fmt.Errorf("%w %s: none of the first %d index entries without a platform is for it, and no more are read (name the image by its digest)", ErrNoPlatform, platform, maxPlatformless)
+		}
+		probed++
 		raw, mt, dig, err := get(d)
 		if err != nil {
 			return nil, nil, "", v1.Hash{}, err
@@ -160,6 +165,11 @@ func (f *Fetcher) pick(ctx context.Context, repo name.Repository, idx *v1.IndexM
 	}
 	return nil, nil, "", v1.Hash{}, fmt.Errorf("%w %s", ErrNoPlatform, platform)
 }
+
+// maxPlatformless bounds the index entries without a platform whose
+// manifest and config pick reads to learn their platform: the index is the
+// registry's, and each costs two requests.
+const maxPlatformless = 16
 
 // maxConfigSize bounds an image config read to learn its platform.
 const maxConfigSize = 4 << 20
