@@ -178,6 +178,23 @@ type layer struct {
 	// shared library: a neighbour window crosses into those only while
 	// they turn out to be read (prefetchNeighbours).
 	big []uint64
+	// sparse holds, for each sparse file with a map, where each of its
+	// regions starts among its stored bytes.
+	sparse map[*toc.Entry][]int64
+}
+
+// sparseStart returns where region i of sparse file e starts among its
+// stored bytes (their total for i past the last region).
+func (l *layer) sparseStart(e *toc.Entry, i int) int64 {
+	starts := l.sparse[e]
+	if i < len(starts) {
+		return starts[i]
+	}
+	var n int64
+	for _, r := range e.SparseMap() {
+		n += r.Length
+	}
+	return n
 }
 
 func newLayer(i int, l Layer) *layer {
@@ -185,6 +202,18 @@ func newLayer(i int, l Layer) *layer {
 	ly.big = make([]uint64, (len(l.TOC.Chunks)+63)/64)
 	for i := range l.TOC.Entries {
 		e := &l.TOC.Entries[i]
+		if rs := e.SparseMap(); len(rs) > 0 {
+			starts := make([]int64, len(rs))
+			var n int64
+			for j, r := range rs {
+				starts[j] = n
+				n += r.Length
+			}
+			if ly.sparse == nil {
+				ly.sparse = map[*toc.Entry][]int64{}
+			}
+			ly.sparse[e] = starts
+		}
 		if e.NumChunks > 1 || e.NumChunks == 1 && toc.IsSharedLibrary(e.Name) {
 			for c := e.FirstChunk; c < e.FirstChunk+e.NumChunks; c++ {
 				ly.big[c/64] |= 1 << (c % 64)

@@ -77,7 +77,7 @@ var libraryDirs = []string{
 // one after another; each found now is one blocking round trip less. Each
 // library is parsed once per Root.
 func (r *Root) prefetchDeps(l *layer, e *toc.Entry) {
-	if e.Size > maxDepsInput || r.lean() {
+	if e.Size > maxDepsInput || e.NumChunks == 0 || e.Flags&toc.FlagSparse != 0 || r.lean() {
 		return
 	}
 	buf := make([]byte, e.Size)

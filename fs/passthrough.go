@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
 // MinPassthroughSize is the smallest file served through passthrough:
@@ -75,7 +76,7 @@ func (h *ptHandle) Release(ctx context.Context) syscall.Errno {
 // when d is fully cached, starts making its copy.
 func (s *spool) open(ctx context.Context, r *Root, d uint32) (gofs.FileHandle, bool) {
 	_, e := r.t.dataEntry(d)
-	if e.Size < MinPassthroughSize {
+	if e.Size < MinPassthroughSize || e.Flags&toc.FlagSparse != 0 {
 		return nil, false
 	}
 	s.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -286,9 +287,17 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64, s
 		return 0, 0, false, 0
 	}
 	n := int(min(int64(len(dest)), e.Size-off))
+	if e.Flags&toc.FlagSparse != 0 {
+		if e.Flags&toc.FlagSparseMap == 0 {
+			// A sparse file in a TOC from before sparse maps: its data
+			// is not chunked, so it cannot be served.
+			r.reportEIO(chunkKey{l, -1 - int(d)}, e.Name, -1, fmt.Errorf("%w: sparse file is not chunked", ErrChunkUnavailable))
+			return 0, 0, false, syscall.EIO
+		}
+		return r.readSparse(ctx, l, e, dest[:n], off)
+	}
 	if e.NumChunks == 0 {
-		// A sparse file: its data is not chunked, so it cannot be served.
-		r.reportEIO(chunkKey{l, -1 - int(d)}, e.Name, -1, fmt.Errorf("%w: sparse file is not chunked", ErrChunkUnavailable))
+		r.reportEIO(chunkKey{l, -1 - int(d)}, e.Name, -1, fmt.Errorf("%w: file has no chunks", ErrChunkUnavailable))
 		return 0, 0, false, syscall.EIO
 	}
 	t := l.toc
@@ -307,6 +316,22 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64, s
 			return n, last, false, 0
 		}
 	}
+	fetched, errno := r.readChunks(ctx, l, e, first, last, dest[:n], off)
+	if errno != 0 {
+		return 0, 0, false, errno
+	}
+	r.stats.bytesRead.Add(int64(n))
+	return n, last, fetched, 0
+}
+
+// readChunks fills dest with entry e's stored bytes from off (the file's
+// bytes; a sparse file's regions, one after the other), which chunks
+// [first, last) hold, from the cache or the network, and reports whether
+// it fetched any.
+func (r *Root) readChunks(ctx context.Context, l *layer, e *toc.Entry, first, last int, dest []byte, off int64) (bool, syscall.Errno) {
+	t := l.toc
+	n := len(dest)
+	base := t.Chunks[e.FirstChunk].Offset
 	var missing []int
 	for i := first; i < last; i++ {
 		c := &t.Chunks[i]
@@ -331,14 +356,45 @@ func (r *Root) readFile(ctx context.Context, d uint32, dest []byte, off int64, s
 		if err != nil {
 			if ctx.Err() != nil {
 				r.stats.interrupted.Add(1)
-				return 0, 0, false, syscall.EINTR
+				return false, syscall.EINTR
 			}
 			r.reportEIO(chunkKey{l, failed}, e.Name, failed, err)
-			return 0, 0, false, syscall.EIO
+			return false, syscall.EIO
 		}
 	}
-	r.stats.bytesRead.Add(int64(n))
-	return n, last, len(missing) > 0, 0
+	return len(missing) > 0, 0
+}
+
+// readSparse reads the bytes [off, off+len(dest)) of the sparse file e
+// (FlagSparseMap): zeros in its holes, its regions' bytes from its chunks.
+// It returns what readFile does.
+func (r *Root) readSparse(ctx context.Context, l *layer, e *toc.Entry, dest []byte, off int64) (int, int, bool, syscall.Errno) {
+	rs := e.SparseMap()
+	end := off + int64(len(dest))
+	clear(dest)
+	// The first region that ends after off, and where its bytes start
+	// among the stored ones.
+	i := sort.Search(len(rs), func(i int) bool { return rs[i].Offset+rs[i].Length > off })
+	stored := l.sparseStart(e, i)
+	var fetched bool
+	last := int(e.FirstChunk)
+	for ; i < len(rs) && rs[i].Offset < end; i++ {
+		lo, hi := max(off, rs[i].Offset), min(end, rs[i].Offset+rs[i].Length)
+		p := stored + lo - rs[i].Offset
+		first, l2 := l.toc.ChunkRange(e, p, hi-lo)
+		if r.opts.OnRead != nil {
+			r.opts.OnRead(ReadEvent{Layer: l.index, Path: e.Name, Offset: lo, Size: hi - lo, FirstChunk: first, LastChunk: l2})
+		}
+		f, errno := r.readChunks(ctx, l, e, first, l2, dest[lo-off:hi-off], p)
+		if errno != 0 {
+			return 0, 0, false, errno
+		}
+		fetched = fetched || f
+		last = l2
+		stored += rs[i].Length
+	}
+	r.stats.bytesRead.Add(int64(len(dest)))
+	return len(dest), last, fetched, 0
 }
 
 // copyChunk copies the part of a chunk at file offset coff that overlaps

@@ -19,10 +19,10 @@ func TestFuzzCorpus(t *testing.T) {
 	res, blob := seedTOC(t)
 	raw, tails, tars := hostileSeeds(t)
 	seeds := map[string][][]byte{
-		"FuzzUnmarshal":   append([][]byte{res.TOC.Marshal()}, raw...),
+		"FuzzUnmarshal":   append(append([][]byte{res.TOC.Marshal()}, raw...), sparseTOCSeeds(t)...),
 		"FuzzParseFooter": {blob[len(blob)-toc.FooterSize:]},
 		"FuzzReadTOC":     append([][]byte{blob[res.Location.Offset-8:]}, tails...),
-		"FuzzConvert":     append([][]byte{toctest.Tar(t, toctest.AllTypes(5000))}, tars...),
+		"FuzzConvert":     append(append([][]byte{toctest.Tar(t, toctest.AllTypes(5000))}, tars...), sparseTarSeeds(t)...),
 		"FuzzVerify":      verifySeeds(t),
 	}
 	for name, list := range seeds {

@@ -16,6 +16,12 @@ const tocMagic = "LZFSTOC\x00"
 const (
 	// tocFlagLibraryChunkSize: a uvarint library chunk size follows the chunk size.
 	tocFlagLibraryChunkSize = 1 << iota
+	// tocFlagSparseMaps: entries may carry a sparse map (entry flag bit 5).
+	// Set only when one does, so that readers from before sparse maps
+	// refuse exactly the TOCs they would misread.
+	tocFlagSparseMaps
+
+	tocFlagsKnown = tocFlagLibraryChunkSize | tocFlagSparseMaps
 )
 
 // Entry field-presence bits in the encoding (see docs/format.md).
@@ -25,6 +31,7 @@ const (
 	encFlagDev
 	encFlagXattrs
 	encFlagPAX
+	encFlagSparseMap
 )
 
 func cleanPath(p string) string { return path.Clean(p) }
@@ -62,6 +69,12 @@ func (t *TOC) Marshal() []byte {
 	var flags uint64
 	if t.LibraryChunkSize != 0 && t.LibraryChunkSize != t.ChunkSize {
 		flags |= tocFlagLibraryChunkSize
+	}
+	for i := range t.Entries {
+		if t.Entries[i].Flags&FlagSparseMap != 0 {
+			flags |= tocFlagSparseMaps
+			break
+		}
 	}
 	b = binary.AppendUvarint(b, flags)
 	b = binary.AppendUvarint(b, uint64(t.ChunkSize))
@@ -124,6 +137,9 @@ func (t *TOC) Marshal() []byte {
 		if len(e.PAX()) > 0 {
 			f |= encFlagPAX
 		}
+		if e.Flags&FlagSparseMap != 0 {
+			f |= encFlagSparseMap
+		}
 		b = binary.AppendUvarint(b, f)
 		if f&encFlagLink != 0 {
 			b = appendString(b, e.Linkname)
@@ -137,6 +153,16 @@ func (t *TOC) Marshal() []byte {
 		}
 		if f&encFlagPAX != 0 {
 			b = appendKVs(b, e.PAX(), strs)
+		}
+		if f&encFlagSparseMap != 0 {
+			rs := e.SparseMap()
+			b = binary.AppendUvarint(b, uint64(len(rs)))
+			var end int64
+			for _, r := range rs {
+				b = binary.AppendUvarint(b, uint64(r.Offset-end))
+				b = binary.AppendUvarint(b, uint64(r.Length))
+				end = r.Offset + r.Length
+			}
 		}
 	}
 	return b
@@ -292,8 +318,8 @@ func Unmarshal(b []byte) (*TOC, error) {
 		return nil, fmt.Errorf("%w: toc version %d (this reader knows %d)", ErrUnsupportedVersion, v, Version)
 	}
 	flags := d.uvarint("flags")
-	if d.err == nil && flags&^tocFlagLibraryChunkSize != 0 {
-		return nil, fmt.Errorf("%w: toc flags %#x (this reader knows %#x)", ErrUnsupportedVersion, flags, tocFlagLibraryChunkSize)
+	if d.err == nil && flags&^tocFlagsKnown != 0 {
+		return nil, fmt.Errorf("%w: toc flags %#x (this reader knows %#x)", ErrUnsupportedVersion, flags, tocFlagsKnown)
 	}
 	t := &TOC{}
 	t.ChunkSize = d.int63("chunk size")
@@ -435,6 +461,10 @@ func Unmarshal(b []byte) (*TOC, error) {
 		e.HeaderOffset = hdr
 		e.NumChunks = d.u32("chunk count")
 		f := d.uvarint("flags")
+		if f >= encFlagSparseMap<<1 || f&encFlagSparseMap != 0 && flags&tocFlagSparseMaps == 0 {
+			d.fail("entry %d: flags %#x", i, f)
+			return nil, d.err
+		}
 		if f&encFlagSparse != 0 {
 			e.Flags |= FlagSparse
 		}
@@ -454,6 +484,15 @@ func Unmarshal(b []byte) (*TOC, error) {
 			}
 			if f&encFlagPAX != 0 {
 				e.Ext.PAX = d.kvs(lookup, "pax record")
+			}
+		}
+		if f&encFlagSparseMap != 0 {
+			e.Flags |= FlagSparseMap
+			if rs := d.regions(); len(rs) > 0 {
+				if e.Ext == nil {
+					e.Ext = &EntryExt{}
+				}
+				e.Ext.Sparse = rs
 			}
 		}
 		if d.err != nil {
@@ -528,6 +567,30 @@ func (d *decoder) kvs(lookup func(string) string, what string) []KV {
 	return kvs
 }
 
+// regions reads a sparse map: a count, then each region's gap from the end
+// of the one before and its length.
+func (d *decoder) regions() []Region {
+	n := d.count("sparse region", 2)
+	if n == 0 {
+		return nil
+	}
+	rs := make([]Region, n)
+	var end int64
+	for i := range rs {
+		gap, length := d.int63("sparse gap"), d.int63("sparse length")
+		if d.err != nil {
+			return nil
+		}
+		if gap > MaxFileSize || length > MaxFileSize || end > MaxFileSize-gap-length {
+			d.fail("sparse region %d beyond %d bytes", i, int64(MaxFileSize))
+			return nil
+		}
+		rs[i] = Region{Offset: end + gap, Length: length}
+		end += gap + length
+	}
+	return rs
+}
+
 // checkEntry validates entry i and assigns its chunks, which follow those of
 // the entries before it.
 func (t *TOC) checkEntry(i int, e *Entry, next *uint32) error {
@@ -542,13 +605,31 @@ func (t *TOC) checkEntry(i int, e *Entry, next *uint32) error {
 			return bad("hardlink target is not clean or escapes the root")
 		}
 	}
+	// The bytes the chunks hold: the file's, or a sparse file's regions'.
+	stored := e.Size
+	if e.Flags&FlagSparseMap != 0 {
+		if e.Flags&FlagSparse == 0 || !e.IsRegular() && e.Type != 'S' {
+			return bad("a sparse map on an entry that is not a sparse file")
+		}
+		stored = 0
+		var end int64
+		for j, r := range e.SparseMap() {
+			if r.Length <= 0 || r.Offset < end || r.Offset+r.Length > e.Size {
+				return bad("sparse region %d (%d bytes at %d) empty, out of order or beyond the size %d", j, r.Length, r.Offset, e.Size)
+			}
+			end = r.Offset + r.Length
+			stored += r.Length
+		}
+	} else if e.Flags&FlagSparse != 0 {
+		stored = 0
+	}
 	if e.NumChunks == 0 {
-		if e.IsRegular() && e.Size != 0 && e.Flags&FlagSparse == 0 {
-			return bad("%d bytes but no chunks", e.Size)
+		if e.Chunked() && stored != 0 {
+			return bad("%d bytes but no chunks", stored)
 		}
 		return nil
 	}
-	if !e.IsRegular() || e.Flags&FlagSparse != 0 {
+	if !e.Chunked() {
 		return bad("chunks on an entry that cannot have them")
 	}
 	if uint64(*next)+uint64(e.NumChunks) > uint64(len(t.Chunks)) {
@@ -564,8 +645,8 @@ func (t *TOC) checkEntry(i int, e *Entry, next *uint32) error {
 		}
 		pos += int64(cs[j].Size)
 	}
-	if pos-cs[0].Offset != e.Size {
-		return bad("chunks cover %d bytes, size is %d", pos-cs[0].Offset, e.Size)
+	if pos-cs[0].Offset != stored {
+		return bad("chunks cover %d bytes, the file stores %d", pos-cs[0].Offset, stored)
 	}
 	if cs[0].Offset < e.HeaderOffset+512 {
 		return bad("data at %d before its header at %d", cs[0].Offset, e.HeaderOffset)

@@ -31,6 +31,9 @@ func FuzzUnmarshal(f *testing.F) {
 		{Hdr: tar.Header{Name: "etc/x", Typeflag: tar.TypeReg, Mode: 0o644}, Data: toctest.Random(4, 20<<10)},
 	}), toc.WithChunkSize(2*toc.MinChunkSize), toc.WithLibraryChunkSize(toc.MinChunkSize))
 	f.Add(lib.TOC.Marshal()) // with the library chunk size flag
+	for _, b := range sparseTOCSeeds(f) {
+		f.Add(b) // with a sparse map
+	}
 	raw, _, _ := hostileSeeds(f)
 	for _, b := range raw {
 		f.Add(b)
@@ -107,11 +110,12 @@ func FuzzVerify(f *testing.F) {
 	})
 }
 
-// verifySeeds: an honest blob and one whose TOC lies.
+// verifySeeds: an honest blob, one whose TOC lies, and one with a sparse map.
 func verifySeeds(t testing.TB) [][]byte {
 	blob, res := toctest.Convert(t, toctest.Tar(t, toctest.AllTypes(9000)), toc.WithChunkSize(toc.MinChunkSize))
 	lying, _ := toctest.Relabel(t, blob, res, func(tc *toc.TOC) { tc.Entries[1].Mode |= 0o4000 })
-	return [][]byte{blob, lying}
+	sparse, _ := toctest.Convert(t, sparseTar(t, "1.0", 1<<20, toctest.Random(7, 3000)), toc.WithChunkSize(toc.MinChunkSize))
+	return [][]byte{blob, lying, sparse}
 }
 
 // FuzzConvert: arbitrary tar bytes convert or fail cleanly; a successful
@@ -119,13 +123,17 @@ func verifySeeds(t testing.TB) [][]byte {
 func FuzzConvert(f *testing.F) {
 	f.Add(toctest.Tar(f, toctest.AllTypes(9000)))
 	f.Add([]byte{})
+	for _, b := range sparseTarSeeds(f) {
+		f.Add(b)
+	}
 	_, _, tars := hostileSeeds(f)
 	for _, b := range tars {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var out bytes.Buffer
-		res, err := toc.Convert(context.Background(), bytes.NewReader(b), &out, toc.WithChunkSize(toc.MinChunkSize))
+		res, err := toc.Convert(context.Background(), bytes.NewReader(b), &out, toc.WithChunkSize(toc.MinChunkSize),
+			toc.WithLevel(zstd.SpeedFastest), toc.WithStartupLevel(zstd.SpeedFastest), toc.WithConcurrency(1))
 		if err != nil {
 			return
 		}
@@ -139,4 +147,19 @@ func FuzzConvert(f *testing.F) {
 			t.Fatalf("own toc rejected: %v", err)
 		}
 	})
+}
+
+// sparseTarSeeds: small sparse files in each map format.
+func sparseTarSeeds(t testing.TB) [][]byte {
+	var tars [][]byte
+	for _, v := range []string{"1.0", "0.1", "gnu"} {
+		tars = append(tars, sparseTar(t, v, 1<<20, toctest.Random(6, 3000)))
+	}
+	return tars
+}
+
+// sparseTOCSeeds: a TOC with a sparse map.
+func sparseTOCSeeds(t testing.TB) [][]byte {
+	_, res := toctest.Convert(t, sparseTar(t, "1.0", 1<<20, toctest.Random(5, 3000)), toc.WithChunkSize(toc.MinChunkSize))
+	return [][]byte{res.TOC.Marshal()}
 }

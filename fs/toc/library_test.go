@@ -99,7 +99,7 @@ func TestTOCFlags(t *testing.T) {
 		t.Fatalf("flags byte %#x, want 0 for a TOC without library chunks", good[9])
 	}
 	unknown := bytes.Clone(good)
-	unknown[9] = 0x02
+	unknown[9] = 0x04
 	if _, err := toc.Unmarshal(unknown); !errors.Is(err, toc.ErrUnsupportedVersion) {
 		t.Errorf("unknown flag: %v, want ErrUnsupportedVersion", err)
 	}

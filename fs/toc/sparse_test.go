@@ -1,11 +1,15 @@
 package toc_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -191,10 +195,10 @@ func (r *endless) Read(p []byte) (int, error) {
 }
 
 // TestConvertCancelInsideEntry: cancelling the context stops a conversion
-// in the middle of one huge entry (a sparse file storing a terabyte of
-// zeros, which used to be drained byte by byte with no check).
+// in the middle of one huge entry (a sparse file storing 4 GiB of zeros,
+// which used to be drained byte by byte with no check).
 func TestConvertCancelInsideEntry(t *testing.T) {
-	const stored = 1 << 40
+	const stored = 1<<32 - 512 // the most an 11-digit octal size field holds, in blocks
 	prefix := append(ustarBlock("before.txt", '0', 5), pad512([]byte("hello"))...)
 	prefix = append(prefix, paxHeader([][2]string{{"GNU.sparse.map", fmt.Sprintf("0,%d", int64(stored))},
 		{"GNU.sparse.numblocks", "1"}, {"GNU.sparse.size", fmt.Sprint(int64(4 << 40))}, {"path", "big.img"}})...)
@@ -217,5 +221,189 @@ func TestConvertCancelInsideEntry(t *testing.T) {
 	}
 	if n := src.n.Load(); n > 256<<20 {
 		t.Errorf("read %d MiB after cancelling at 64 MiB", n>>20)
+	}
+}
+
+// writeSparse makes a file of size bytes at path holding data at each of
+// offs, holes elsewhere.
+func writeSparse(t *testing.T, path string, size int64, offs []int64, data []byte) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, o := range offs {
+		if _, err := f.WriteAt(data, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSparseGNUTar: sparse files as GNU tar writes them (old GNU 'S' with
+// extension blocks, PAX 0.0, 0.1 and 1.0) convert to a TOC whose sparse map
+// and chunks give back the file archive/tar expands (what containerd
+// unpacks), byte for byte, and the converted layer still decompresses to
+// the same tar.
+func TestSparseGNUTar(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("no tar")
+	}
+	if out, _ := exec.Command("tar", "--version").Output(); !bytes.Contains(out, []byte("GNU tar")) {
+		t.Skip("tar is not GNU tar")
+	}
+	src := t.TempDir()
+	data := toctest.Random(3, 5000) // not block-aligned, so regions end mid-block
+	var many []int64
+	for i := range int64(30) { // > 4 + 21 regions: two old-GNU extension blocks
+		many = append(many, i*64<<10+int64(i)*7)
+	}
+	writeSparse(t, filepath.Join(src, "many"), 3<<20, many, data)
+	writeSparse(t, filepath.Join(src, "head"), 2<<20, []int64{0}, data)                                    // data, then a hole to the end
+	writeSparse(t, filepath.Join(src, "tail"), 2<<20, []int64{2<<20 - 5000}, data)                         // a hole, then data to the end
+	writeSparse(t, filepath.Join(src, "holes"), 1<<20, nil, nil)                                           // all hole
+	writeSparse(t, filepath.Join(src, "chunks"), 8<<20, []int64{100, 3 << 20}, toctest.Random(4, 300<<10)) // regions over several chunks
+	if err := os.WriteFile(filepath.Join(src, "plain"), []byte("after the sparse files\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range [][]string{
+		{"-H", "gnu"},
+		{"-H", "posix", "--sparse-version=0.0"},
+		{"-H", "posix", "--sparse-version=0.1"},
+		{"-H", "posix", "--sparse-version=1.0"},
+	} {
+		name := strings.Join(format, " ")
+		out := filepath.Join(t.TempDir(), "layer.tar")
+		args := append([]string{"--sparse", "--sort=name", "-cf", out}, format...)
+		args = append(args, "-C", src, "many", "head", "tail", "holes", "chunks", "plain")
+		if msg, err := exec.Command("tar", args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: tar: %v: %s", name, err, msg)
+		}
+		tarball, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blob, res := toctest.Convert(t, tarball, toc.WithChunkSize(toc.MinChunkSize))
+		d, _ := zstd.NewReader(nil)
+		got, derr := d.DecodeAll(blob, nil)
+		d.Close()
+		if derr != nil || !bytes.Equal(got, tarball) {
+			t.Fatalf("%s: converted layer does not decompress to the tar (%v)", name, derr)
+		}
+		tc, _, err := toc.ReadTOC(context.Background(), bytes.NewReader(blob), res.Size, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		want := map[string][]byte{}
+		tr := tar.NewReader(bytes.NewReader(tarball))
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: archive/tar: %v", name, err)
+			}
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatalf("%s: archive/tar: %s: %v", name, h.Name, err)
+			}
+			want[h.Name] = b
+		}
+		seen := 0
+		for i := range tc.Entries {
+			e := &tc.Entries[i]
+			w, ok := want[e.Name]
+			if !ok {
+				t.Errorf("%s: entry %q not in the tar", name, e.Name)
+				continue
+			}
+			seen++
+			if e.Name != "plain" && e.Flags&(toc.FlagSparse|toc.FlagSparseMap) != toc.FlagSparse|toc.FlagSparseMap {
+				t.Errorf("%s: %s: flags %#x, want a sparse file with its map (does the file system keep holes?)", name, e.Name, e.Flags)
+			}
+			if g := toctest.ReadFile(t, blob, tc, e); !bytes.Equal(g, w) {
+				t.Errorf("%s: %s: %d bytes from the TOC differ from archive/tar's %d", name, e.Name, len(g), len(w))
+			}
+		}
+		if seen != len(want) {
+			t.Errorf("%s: %d of %d entries", name, seen, len(want))
+		}
+		for i := range tc.Entries {
+			if e := &tc.Entries[i]; e.Name == "many" && len(e.SparseMap()) != len(many) {
+				t.Errorf("%s: many: %d regions, want %d", name, len(e.SparseMap()), len(many))
+			}
+		}
+		// Verify re-derives the same TOC from the tar.
+		if _, _, err := toc.Verify(context.Background(), bytes.NewReader(blob), res.Size, nil); err != nil {
+			t.Errorf("%s: verify: %v", name, err)
+		}
+	}
+}
+
+// TestSparseMapChecks: a TOC whose sparse map is inconsistent (regions
+// overlapping, out of order, empty or beyond the file, or not adding up to
+// the stored bytes; a map on an entry that is not sparse; the map's bit
+// without the TOC's) is refused whole, and a tar whose map does not match
+// its stored bytes fails conversion, naming the entry.
+func TestSparseMapChecks(t *testing.T) {
+	_, res := toctest.Convert(t, sparseTar(t, "1.0", 1<<20, toctest.Random(5, 3000)), toc.WithChunkSize(toc.MinChunkSize))
+	good := res.TOC.Marshal()
+	if _, err := toc.Unmarshal(good); err != nil {
+		t.Fatal(err)
+	}
+	var si int
+	for i, e := range res.TOC.Entries {
+		if e.Flags&toc.FlagSparseMap != 0 {
+			si = i
+		}
+	}
+	if rs := res.TOC.Entries[si].SparseMap(); len(rs) != 1 || rs[0] != (toc.Region{Offset: 0, Length: 3000}) {
+		t.Fatalf("map %v, want one region of 3000 bytes at 0", rs)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(e *toc.Entry)
+	}{
+		{"overlapping", func(e *toc.Entry) { e.Ext.Sparse = []toc.Region{{0, 2000}, {1000, 1000}} }},
+		{"out of order", func(e *toc.Entry) { e.Ext.Sparse = []toc.Region{{5000, 1000}, {0, 2000}} }},
+		{"empty region", func(e *toc.Entry) { e.Ext.Sparse = []toc.Region{{0, 3000}, {9000, 0}} }},
+		{"beyond the size", func(e *toc.Entry) { e.Ext.Sparse = []toc.Region{{1<<20 - 1000, 3000}} }},
+		{"fewer bytes than the chunks", func(e *toc.Entry) { e.Ext.Sparse = []toc.Region{{0, 2999}} }},
+		{"more bytes than the chunks", func(e *toc.Entry) { e.Ext.Sparse = []toc.Region{{0, 3000}, {8000, 1}} }},
+		{"not sparse", func(e *toc.Entry) { e.Flags &^= toc.FlagSparse }},
+	} {
+		c := *res.TOC
+		c.Entries = append([]toc.Entry(nil), res.TOC.Entries...)
+		ext := *c.Entries[si].Ext
+		c.Entries[si].Ext = &ext
+		tc.mutate(&c.Entries[si])
+		if _, err := toc.Unmarshal(c.Marshal()); !errors.Is(err, toc.ErrBadTOC) {
+			t.Errorf("%s: %v, want ErrBadTOC", tc.name, err)
+		}
+	}
+	// magic (8) + version (1) + flags (1): the sparse-maps bit is bit 1.
+	if good[9] != 0x02 {
+		t.Fatalf("TOC flags %#x, want the sparse-maps bit", good[9])
+	}
+	noFlag := bytes.Clone(good)
+	noFlag[9] = 0
+	if _, err := toc.Unmarshal(noFlag); !errors.Is(err, toc.ErrBadTOC) {
+		t.Errorf("sparse map without the TOC flag: %v, want ErrBadTOC", err)
+	}
+
+	// A tar whose PAX 0.1 map claims more than it stores.
+	var b []byte
+	b = append(b, paxHeader([][2]string{{"GNU.sparse.map", "0,4000"}, {"GNU.sparse.numblocks", "1"},
+		{"GNU.sparse.size", "8192"}, {"path", "big.img"}})...)
+	b = append(b, ustarBlock("GNUSparseFile.0/big.img", '0', 3000)...)
+	b = append(b, pad512(toctest.Random(8, 3000))...)
+	b = append(b, make([]byte, 1024)...)
+	_, err := toc.Convert(context.Background(), bytes.NewReader(b), io.Discard)
+	if !errors.Is(err, toc.ErrBadTar) || !strings.Contains(err.Error(), "big.img") {
+		t.Errorf("map of 4000 bytes over 3000 stored: %v, want ErrBadTar naming big.img", err)
 	}
 }

@@ -61,10 +61,22 @@ func (c *Chunk) Digest() digest.Digest {
 
 // Entry flags.
 const (
-	// FlagSparse marks a GNU/PAX sparse file; its data is kept in the stream
-	// but not cut into chunks (readers cannot serve its contents lazily).
+	// FlagSparse marks a GNU/PAX sparse file. Without FlagSparseMap its
+	// data is kept in the stream but not cut into chunks (TOCs written
+	// before sparse maps: readers cannot serve its contents).
 	FlagSparse = 1 << 0
+	// FlagSparseMap marks a sparse file whose data regions are in
+	// Entry.SparseMap and whose stored bytes (the regions' contents, one
+	// after the other) are its chunks; the holes between them read as
+	// zeros.
+	FlagSparseMap = 1 << 1
 )
+
+// Region is one data region of a sparse file: Length bytes at logical
+// offset Offset, stored in the file's chunks after the regions before it.
+type Region struct {
+	Offset, Length int64
+}
 
 // Entry describes one tar entry with all of its metadata. Fields are
 // ordered for size: a decoded TOC keeps one Entry per tar entry in memory.
@@ -109,6 +121,27 @@ type EntryExt struct {
 	// by Entry's fields: path, linkpath, size, uid, gid, uname, gname,
 	// mtime), sorted by key.
 	PAX []KV
+	// Sparse holds a sparse file's data regions (FlagSparseMap), in
+	// increasing order, none empty, none overlapping.
+	Sparse []Region
+}
+
+// SparseMap returns the data regions of a sparse file with FlagSparseMap
+// (nil for any other entry, and for a sparse file that is all hole).
+func (e *Entry) SparseMap() []Region {
+	if e.Ext == nil {
+		return nil
+	}
+	return e.Ext.Sparse
+}
+
+// Chunked reports whether the entry's contents are served from its chunks:
+// a regular file, or a sparse file with its map.
+func (e *Entry) Chunked() bool {
+	if e.Flags&FlagSparse != 0 {
+		return e.Flags&FlagSparseMap != 0
+	}
+	return e.IsRegular()
 }
 
 // Xattrs returns the entry's extended attributes, sorted by key.

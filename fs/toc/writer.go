@@ -3,6 +3,7 @@ package toc
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -325,6 +326,44 @@ type rawReader struct {
 	buf     []byte
 	dataEnd int64 // end of the current entry's data: bytes before it may be flushed mid-read
 	flush   func() error
+	// sparse, when set, takes the stored bytes of a sparse file (from
+	// r.n on, up to sparse.to) as archive/tar skips them, and cuts them
+	// into chunks.
+	sparse *sparseData
+}
+
+// sparseData cuts the stored bytes of a sparse file into chunks as they
+// stream past: archive/tar only reads them as the expanded file, holes and
+// all, so they are taken from under it when tr.Next skips them.
+type sparseData struct {
+	to    int64 // end of the stored bytes in the tar
+	off   int64 // tar offset of buf's first byte
+	bp    *[]byte
+	emit  func(off int64, bp *[]byte) error
+	size  int // chunk size
+	alloc func() *[]byte
+}
+
+// add takes the stored bytes b, which start at tar offset pos.
+func (s *sparseData) add(b []byte, pos int64) error {
+	for len(b) > 0 {
+		if s.bp == nil {
+			s.bp, s.off = s.alloc(), pos
+			*s.bp = (*s.bp)[:0]
+		}
+		buf := *s.bp
+		k := min(len(b), s.size-len(buf))
+		*s.bp = append(buf, b[:k]...)
+		b, pos = b[k:], pos+int64(k)
+		if len(*s.bp) == s.size || pos == s.to {
+			bp := s.bp
+			s.bp = nil
+			if err := s.emit(s.off, bp); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (r *rawReader) Read(p []byte) (int, error) {
@@ -333,10 +372,22 @@ func (r *rawReader) Read(p []byte) (int, error) {
 	}
 	n, err := r.r.Read(p)
 	if n > 0 {
+		pos := r.n
 		r.n += int64(n)
 		r.h.Write(p[:n])
-		if r.record {
-			r.buf = append(r.buf, p[:n]...)
+		b := p[:n]
+		if s := r.sparse; s != nil {
+			k := min(int64(len(b)), s.to-pos)
+			if serr := s.add(b[:k], pos); serr != nil {
+				return n, serr
+			}
+			b = b[k:]
+			if pos+k == s.to {
+				r.sparse = nil
+			}
+		}
+		if r.record && len(b) > 0 {
+			r.buf = append(r.buf, b...)
 			if len(r.buf) >= metaFlush && r.n <= r.dataEnd && r.flush != nil {
 				if ferr := r.flush(); ferr != nil {
 					return n, ferr
@@ -392,12 +443,46 @@ func (c *converter) produce(src io.Reader) error {
 		}
 		if e.Flags&FlagSparse != 0 {
 			// The expanded view of a sparse file may be petabytes of
-			// holes: never read it. Its stored bytes are skipped (and
-			// recorded) by the next tr.Next; where they end comes from the
-			// entry's own header block.
+			// holes: never read it. Its stored bytes are cut into chunks
+			// as the next tr.Next skips them; where they end comes from
+			// the entry's own header block, its regions from its map.
 			end, err := sparseDataEnd(raw, hdrOff, hdr.Typeflag)
 			if err != nil {
 				return fmt.Errorf("%w: sparse file %q at offset %d: %v", ErrBadTar, hdr.Name, hdrOff, err)
+			}
+			rs, err := sparseMap(raw, hdrOff, hdr)
+			if err != nil {
+				return fmt.Errorf("%w: sparse file %q at offset %d: map: %v", ErrBadTar, hdr.Name, hdrOff, err)
+			}
+			var stored int64
+			for _, r := range rs {
+				stored += r.Length
+			}
+			if stored != end-raw.n {
+				return fmt.Errorf("%w: sparse file %q at offset %d: its map has %d data bytes, %d are stored",
+					ErrBadTar, hdr.Name, hdrOff, stored, end-raw.n)
+			}
+			e.Flags |= FlagSparseMap
+			if len(rs) > 0 {
+				if e.Ext == nil {
+					e.Ext = &EntryExt{}
+				}
+				e.Ext.Sparse = rs
+			}
+			if stored > 0 {
+				if err := c.flushMeta(raw); err != nil {
+					return err
+				}
+				e.FirstChunk = uint32(len(c.toc.Chunks))
+				ei := len(c.toc.Entries)
+				start := stored <= int64(c.o.chunkSize)
+				raw.sparse = &sparseData{to: end, size: c.o.chunkSize,
+					alloc: func() *[]byte { return c.pool.Get().(*[]byte) },
+					emit: func(off int64, bp *[]byte) error {
+						c.toc.Chunks = append(c.toc.Chunks, Chunk{Offset: off, Size: uint32(len(*bp))})
+						c.toc.Entries[ei].NumChunks++
+						return c.emit(*bp, len(c.toc.Chunks)-1, bp, start)
+					}}
 			}
 			raw.dataEnd, dataEnd = end, end
 			c.toc.Entries = append(c.toc.Entries, e)
@@ -484,37 +569,192 @@ func (c *converter) produce(src io.Reader) error {
 // from the end of the extension blocks, which tr.Next has just read (old
 // GNU sparse, typeflag 'S').
 func sparseDataEnd(raw *rawReader, hdrOff int64, typ byte) (int64, error) {
+	blk, start, err := headerBlock(raw, hdrOff)
+	if err != nil {
+		return 0, err
+	}
+	size, err := tarNumber(blk[124:136])
+	if err != nil {
+		return 0, fmt.Errorf("size field: %v", err)
+	}
+	if typ == tar.TypeGNUSparse {
+		start = raw.n
+	}
+	if start > raw.n || size > math.MaxInt64-start || start+size < raw.n {
+		return 0, fmt.Errorf("stored size %d at offset %d inconsistent with the %d bytes read", size, start, raw.n)
+	}
+	return start + size, nil
+}
+
+// headerBlock returns the header block of the entry whose headers start at
+// hdrOff (the one after any PAX or GNU long-name headers) from the recorded
+// raw bytes, and the tar offset just after it.
+func headerBlock(raw *rawReader, hdrOff int64) ([]byte, int64, error) {
 	bufStart := raw.n - int64(len(raw.buf))
 	if hdrOff < bufStart {
-		return 0, fmt.Errorf("headers not buffered")
+		return nil, 0, fmt.Errorf("headers not buffered")
 	}
 	pos := hdrOff - bufStart
 	for {
 		if pos < 0 || pos+512 > int64(len(raw.buf)) {
-			return 0, fmt.Errorf("header block beyond the bytes read")
+			return nil, 0, fmt.Errorf("header block beyond the bytes read")
 		}
 		blk := raw.buf[pos : pos+512]
 		size, err := tarNumber(blk[124:136])
 		if err != nil {
-			return 0, fmt.Errorf("size field: %v", err)
+			return nil, 0, fmt.Errorf("size field: %v", err)
 		}
 		switch blk[156] {
 		case tar.TypeXHeader, tar.TypeGNULongName, tar.TypeGNULongLink:
 			if size > int64(len(raw.buf)) {
-				return 0, fmt.Errorf("extended header of %d bytes beyond the bytes read", size)
+				return nil, 0, fmt.Errorf("extended header of %d bytes beyond the bytes read", size)
 			}
 			pos += 512 + (size+511)&^511
 			continue
 		}
-		start := bufStart + pos + 512
-		if typ == tar.TypeGNUSparse {
-			start = raw.n
-		}
-		if start > raw.n || size > math.MaxInt64-start || start+size < raw.n {
-			return 0, fmt.Errorf("stored size %d at offset %d inconsistent with the %d bytes read", size, start, raw.n)
-		}
-		return start + size, nil
+		return blk, bufStart + pos + 512, nil
 	}
+}
+
+// sparseKind tells how a sparse entry's map is stored, as archive/tar
+// decides it: "gnu" (old GNU 'S' header and its extension blocks), "0.x"
+// (PAX records), "1.0" (a text block at the start of the data), or "" for
+// an entry that is not sparse to archive/tar (and so to containerd), even
+// with GNU.sparse.* records (an unknown version, say).
+func sparseKind(h *tar.Header) string {
+	if h.Typeflag == tar.TypeGNUSparse {
+		return "gnu"
+	}
+	major, minor := h.PAXRecords["GNU.sparse.major"], h.PAXRecords["GNU.sparse.minor"]
+	switch {
+	case major == "0" && (minor == "0" || minor == "1"):
+		return "0.x"
+	case major == "1" && minor == "0":
+		return "1.0"
+	case major != "" || minor != "":
+		return ""
+	case h.PAXRecords["GNU.sparse.map"] != "":
+		return "0.x" // 0.0 and 0.1 wrote no version (archive/tar turns 0.0's records into a 0.1 map)
+	}
+	return ""
+}
+
+// maxSparseRegions bounds a sparse file's map, as archive/tar does.
+const maxSparseRegions = 1 << 20
+
+// sparseMap returns the data regions of the sparse entry hdr, whose headers
+// start at hdrOff, from the same bytes archive/tar read them from: the old
+// GNU header block and its extension blocks, the PAX records, or the PAX
+// 1.0 map at the start of the data, which tr.Next has just read (and raw
+// recorded). Empty regions are left out; the others must be in order,
+// apart and inside the file.
+func sparseMap(raw *rawReader, hdrOff int64, hdr *tar.Header) ([]Region, error) {
+	var rs []Region
+	add := func(off, n int64) error {
+		if off < 0 || n < 0 || off > hdr.Size || n > hdr.Size-off {
+			return fmt.Errorf("region of %d bytes at %d outside the file's %d", n, off, hdr.Size)
+		}
+		if len(rs) > 0 && off < rs[len(rs)-1].Offset+rs[len(rs)-1].Length {
+			return fmt.Errorf("region at %d overlaps the one before or is out of order", off)
+		}
+		if n == 0 {
+			return nil
+		}
+		if len(rs) >= maxSparseRegions {
+			return fmt.Errorf("more than %d regions", maxSparseRegions)
+		}
+		rs = append(rs, Region{Offset: off, Length: n})
+		return nil
+	}
+	switch sparseKind(hdr) {
+	case "gnu":
+		blk, end, err := headerBlock(raw, hdrOff)
+		if err != nil {
+			return nil, err
+		}
+		bufStart := raw.n - int64(len(raw.buf))
+		// 4 entries in the header (offset 386), then 21 per extension
+		// block while the byte after them is set.
+		entries, ext := blk[386:482], blk[482]
+		for {
+			for i := 0; i+24 <= len(entries); i += 24 {
+				if entries[i] == 0 {
+					break
+				}
+				off, err1 := tarNumber(entries[i : i+12])
+				n, err2 := tarNumber(entries[i+12 : i+24])
+				if err1 != nil || err2 != nil {
+					return nil, fmt.Errorf("bad number in the map at entry %d", len(rs))
+				}
+				if err := add(off, n); err != nil {
+					return nil, err
+				}
+			}
+			if ext == 0 {
+				return rs, nil
+			}
+			if end+512 > raw.n || end < bufStart {
+				return nil, fmt.Errorf("extension block at %d beyond the bytes read", end)
+			}
+			b := raw.buf[end-bufStart : end-bufStart+512]
+			entries, ext, end = b[:504], b[504], end+512
+		}
+	case "0.x":
+		m := hdr.PAXRecords["GNU.sparse.map"]
+		var f []string
+		if m != "" {
+			f = strings.Split(m, ",")
+		}
+		if len(f)%2 != 0 || len(f)/2 > maxSparseRegions {
+			return nil, fmt.Errorf("GNU.sparse.map of %d numbers", len(f))
+		}
+		for i := 0; i < len(f); i += 2 {
+			off, err1 := strconv.ParseInt(f[i], 10, 64)
+			n, err2 := strconv.ParseInt(f[i+1], 10, 64)
+			if err1 != nil || err2 != nil {
+				return nil, fmt.Errorf("bad number in GNU.sparse.map at pair %d", i/2)
+			}
+			if err := add(off, n); err != nil {
+				return nil, err
+			}
+		}
+		return rs, nil
+	case "1.0":
+		_, start, err := headerBlock(raw, hdrOff)
+		if err != nil {
+			return nil, err
+		}
+		bufStart := raw.n - int64(len(raw.buf))
+		if start < bufStart || start > raw.n {
+			return nil, fmt.Errorf("map beyond the bytes read")
+		}
+		text := raw.buf[start-bufStart:]
+		next := func() (int64, error) {
+			i := bytes.IndexByte(text, '\n')
+			if i < 0 {
+				return 0, fmt.Errorf("map ends early")
+			}
+			v, err := strconv.ParseInt(string(text[:i]), 10, 64)
+			text = text[i+1:]
+			return v, err
+		}
+		cnt, err := next()
+		if err != nil || cnt < 0 || cnt > maxSparseRegions {
+			return nil, fmt.Errorf("bad region count")
+		}
+		for i := int64(0); i < cnt; i++ {
+			off, err1 := next()
+			n, err2 := next()
+			if err1 != nil || err2 != nil {
+				return nil, fmt.Errorf("bad number in the map at entry %d", i)
+			}
+			if err := add(off, n); err != nil {
+				return nil, err
+			}
+		}
+		return rs, nil
+	}
+	return nil, fmt.Errorf("not a sparse file to archive/tar")
 }
 
 // tarNumber parses a tar header numeric field: octal, or base-256 when the
@@ -589,7 +829,7 @@ func entryFromHeader(h *tar.Header, off int64) (Entry, error) {
 	if h.Typeflag == tar.TypeChar || h.Typeflag == tar.TypeBlock {
 		e.Devmajor, e.Devminor = uint32(h.Devmajor), uint32(h.Devminor)
 	}
-	if h.Typeflag == tar.TypeGNUSparse {
+	if sparseKind(h) != "" {
 		e.Flags |= FlagSparse
 	}
 	var ext EntryExt
@@ -597,9 +837,6 @@ func entryFromHeader(h *tar.Header, off int64) (Entry, error) {
 		switch {
 		case strings.HasPrefix(k, "SCHILY.xattr."):
 			ext.Xattrs = append(ext.Xattrs, KV{Key: strings.TrimPrefix(k, "SCHILY.xattr."), Value: v})
-		case strings.HasPrefix(k, "GNU.sparse."):
-			e.Flags |= FlagSparse
-			ext.PAX = append(ext.PAX, KV{Key: k, Value: v})
 		case mirroredPAX[k]:
 		default:
 			ext.PAX = append(ext.PAX, KV{Key: k, Value: v})

@@ -132,7 +132,8 @@ func Convert(t testing.TB, tarball []byte, opts ...toc.Option) ([]byte, *toc.Res
 	return out.Bytes(), res
 }
 
-// ReadFile reassembles entry e's contents from a converted blob by decoding its chunks.
+// ReadFile reassembles entry e's contents from a converted blob by decoding
+// its chunks (a sparse file expanded by its map, holes as zeros).
 func ReadFile(t testing.TB, blob []byte, tc *toc.TOC, e *toc.Entry) []byte {
 	t.Helper()
 	var out []byte
@@ -143,7 +144,20 @@ func ReadFile(t testing.TB, blob []byte, tc *toc.TOC, e *toc.Entry) []byte {
 			t.Fatalf("%s: %v", e.Name, err)
 		}
 	}
-	return out
+	if e.Flags&toc.FlagSparseMap == 0 {
+		return out
+	}
+	// A sparse file: its regions, one after the other, then holes between.
+	if e.Size > 1<<30 {
+		t.Fatalf("%s: a sparse file of %d bytes is too big to expand in a test", e.Name, e.Size)
+	}
+	full := make([]byte, e.Size)
+	var p int64
+	for _, r := range e.SparseMap() {
+		copy(full[r.Offset:r.Offset+r.Length], out[p:p+r.Length])
+		p += r.Length
+	}
+	return full
 }
 
 // Discard is an io.Writer that counts what it is given.
