@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/core/snapshots/storage"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sync/errgroup"
@@ -28,8 +30,33 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string,
 		return false
 	}
 	if labels[LabelImageRef] == "" || labels[LabelLayerDigest] == "" {
-		s.fallback(key, labels, ReasonNoLabels, fmt.Errorf("labels %s and %s missing (pull with `lazyfs pull`, or CRI with disable_snapshot_annotations = false)", LabelImageRef, LabelLayerDigest))
-		return false
+		missing := fmt.Errorf("labels %s and %s missing (pull with `lazyfs pull`, or CRI with disable_snapshot_annotations = false)", LabelImageRef, LabelLayerDigest)
+		if s.locator == nil || target == "" {
+			s.fallback(key, labels, ReasonNoLabels, missing)
+			return false
+		}
+		lctx, cancel := context.WithTimeout(ctx, s.mountTimeout)
+		if _, ok := namespaces.Namespace(lctx); !ok {
+			// containerd's metadata store names the backend's snapshots
+			// NAMESPACE/ID/KEY.
+			if ns, _, ok := strings.Cut(key, "/"); ok && ns != "" {
+				lctx = namespaces.WithNamespace(lctx, ns)
+			}
+		}
+		ref, layer, err := s.locator.Locate(lctx, target)
+		cancel()
+		if err != nil {
+			reason := ReasonNoLabels
+			var r Reasoner
+			if errors.As(err, &r) && validReason(r.FallbackReason()) {
+				reason = r.FallbackReason() // located, and not lazy (a plain image, say)
+			}
+			s.fallback(key, labels, reason, fmt.Errorf("%w; from containerd's content store: %w", missing, err))
+			return false
+		}
+		labels = maps.Clone(labels)
+		labels[LabelImageRef], labels[LabelLayerDigest] = ref, layer
+		s.log.Debug("layer without labels located", "snapshot", target, "image", ref, "layer", layer)
 	}
 	start := time.Now()
 	mp := s.upperPath(id)

@@ -61,10 +61,24 @@ type FileSystem interface {
 	Unmount(ctx context.Context, mountpoint string) error
 }
 
+// Locator finds the image and layer of a snapshot that containerd asks to
+// prepare without the image reference and layer digest labels: a client
+// that pulls with unpacking but without snapshotters.AppendInfoHandlerWrapper
+// (nerdctl with a snapshotter it does not know by name, containerd's Go
+// client as is). chainID is the layer's chain ID (the snapshot to commit).
+// It returns the reference of the image (name@digest) and the layer's
+// digest, or an error saying why not; the layer then falls back, counted
+// with reason no_labels. Package snapshotter/locate reads them from
+// containerd's content store.
+type Locator interface {
+	Locate(ctx context.Context, chainID string) (ref, layer string, err error)
+}
+
 // Option configures New.
 type Option func(*config) error
 
 type config struct {
+	locator      Locator
 	fs           FileSystem
 	logger       *slog.Logger
 	metrics      *Metrics
@@ -79,6 +93,12 @@ const DefaultMountTimeout = 30 * time.Second
 // (counted with reason "no_filesystem"): a plain overlayfs snapshotter.
 func WithFileSystem(f FileSystem) Option {
 	return func(c *config) error { c.fs = f; return nil }
+}
+
+// WithLocator sets the Locator of layers that come without labels (default
+// none: they fall back with reason no_labels).
+func WithLocator(l Locator) Option {
+	return func(c *config) error { c.locator = l; return nil }
 }
 
 // WithLogger sets where fallbacks, restores and cleanup problems are logged.
@@ -126,6 +146,7 @@ type Snapshotter struct {
 	root         string
 	ms           *storage.MetaStore
 	fs           FileSystem
+	locator      Locator
 	log          *slog.Logger
 	m            *Metrics
 	mountTimeout time.Duration
@@ -195,6 +216,7 @@ func New(ctx context.Context, root string, opts ...Option) (*Snapshotter, error)
 		root:         root,
 		ms:           ms,
 		fs:           c.fs,
+		locator:      c.locator,
 		log:          c.logger,
 		m:            c.metrics,
 		mountTimeout: c.mountTimeout,

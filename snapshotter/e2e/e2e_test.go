@@ -269,6 +269,13 @@ func freePort(t *testing.T) string {
 }
 
 func newDaemon(t *testing.T, bin string) *daemon {
+	d := prepareDaemon(t, bin)
+	d.start()
+	return d
+}
+
+// prepareDaemon is newDaemon without the start: set d.args, then d.start().
+func prepareDaemon(t *testing.T, bin string) *daemon {
 	base, err := os.MkdirTemp("", fmt.Sprintf("lazyfs-e2e-snap-%d-", os.Getpid()))
 	if err != nil {
 		t.Fatal(err)
@@ -283,11 +290,12 @@ func newDaemon(t *testing.T, bin string) *daemon {
 	}
 	d.metricsURL = "http://" + d.metricsAddr + "/metrics"
 	t.Cleanup(func() {
-		d.stop()
+		if d.cmd != nil {
+			d.stop()
+		}
 		unmountUnder(t, base)
 		os.RemoveAll(base)
 	})
-	d.start()
 	return d
 }
 

@@ -27,17 +27,20 @@ const DefaultConfigPath = "/etc/lazyfs/config.toml"
 // Config is the daemon's configuration: Defaults(), then the TOML file, then
 // flags set explicitly. Keys in the file are the flag names with '_' for '-'.
 type Config struct {
-	Address        string   `toml:"address"`         // containerd snapshots gRPC socket
-	ControlAddress string   `toml:"control_address"` // control API socket (lazyfs mount/ls/stats, /v1/warm)
-	Root           string   `toml:"root"`            // state: snapshots, metadata
-	CacheDir       string   `toml:"cache_dir"`       // block cache directory (default ROOT/cache)
-	CacheSize      Size     `toml:"cache_size"`      // block cache bound
-	HostsDir       string   `toml:"hosts_dir"`       // containerd-style hosts.toml directory for mirrors
-	MetricsAddress string   `toml:"metrics_address"` // TCP address for /metrics; "" disables
-	LogLevel       string   `toml:"log_level"`       // debug, info, warn, error
-	MountTimeout   Duration `toml:"mount_timeout"`   // bound on mounting one layer lazily
-	ProfileDir     string   `toml:"profile_dir"`     // start-up profiles learned on the node (default ROOT/profiles)
-	Fill           bool     `toml:"fill"`            // after its profile, fetch the rest of a merged image mount in the background
+	Address        string `toml:"address"`         // containerd snapshots gRPC socket
+	ControlAddress string `toml:"control_address"` // control API socket (lazyfs mount/ls/stats, /v1/warm)
+	Root           string `toml:"root"`            // state: snapshots, metadata
+	CacheDir       string `toml:"cache_dir"`       // block cache directory (default ROOT/cache)
+	CacheSize      Size   `toml:"cache_size"`      // block cache bound
+	HostsDir       string `toml:"hosts_dir"`       // containerd-style hosts.toml directory for mirrors
+	// ContainerdAddress is containerd's gRPC socket, where the images of
+	// layers that come without labels are looked up ("" disables).
+	ContainerdAddress string   `toml:"containerd_address"`
+	MetricsAddress    string   `toml:"metrics_address"` // TCP address for /metrics; "" disables
+	LogLevel          string   `toml:"log_level"`       // debug, info, warn, error
+	MountTimeout      Duration `toml:"mount_timeout"`   // bound on mounting one layer lazily
+	ProfileDir        string   `toml:"profile_dir"`     // start-up profiles learned on the node (default ROOT/profiles)
+	Fill              bool     `toml:"fill"`            // after its profile, fetch the rest of a merged image mount in the background
 
 	// The registry fetcher's limits (internal/fetchconf, docs/remote.md):
 	// what a slow or failing registry may cost a read before it fails.
@@ -69,14 +72,15 @@ func Defaults() Config {
 	fd := fetchconf.Defaults()
 	fsd := fsconf.Defaults()
 	return Config{
-		Address:        "/run/lazyfs/snapshotter.sock",
-		ControlAddress: "/run/lazyfs/control.sock",
-		Root:           "/var/lib/lazyfs",
-		CacheSize:      10 << 30,
-		MetricsAddress: "127.0.0.1:9611",
-		LogLevel:       "info",
-		MountTimeout:   Duration(30 * time.Second),
-		Fill:           true,
+		Address:           "/run/lazyfs/snapshotter.sock",
+		ControlAddress:    "/run/lazyfs/control.sock",
+		Root:              "/var/lib/lazyfs",
+		CacheSize:         10 << 30,
+		MetricsAddress:    "127.0.0.1:9611",
+		ContainerdAddress: "/run/containerd/containerd.sock",
+		LogLevel:          "info",
+		MountTimeout:      Duration(30 * time.Second),
+		Fill:              true,
 
 		FetchDeadline:    Duration(fd.FetchDeadline),
 		StallTimeout:     Duration(fd.StallTimeout),
@@ -102,6 +106,7 @@ func (c *Config) BindFlags(f *pflag.FlagSet) {
 	f.StringVar(&c.CacheDir, "cache-dir", c.CacheDir, "block cache directory (default ROOT/cache)")
 	f.Var(&c.CacheSize, "cache-size", "block cache bound (e.g. 10GiB)")
 	f.StringVar(&c.HostsDir, "hosts-dir", c.HostsDir, "directory of containerd-style HOST/hosts.toml files (mirrors)")
+	f.StringVar(&c.ContainerdAddress, "containerd-address", c.ContainerdAddress, `containerd's socket, where the images of layers pulled without labels (nerdctl, ctr run) are looked up ("" disables)`)
 	f.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, `TCP address for /metrics ("" disables)`)
 	f.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	f.Var(&c.MountTimeout, "mount-timeout", "bound on mounting one layer lazily before it falls back")
@@ -151,6 +156,7 @@ func Load(path string, explicit bool, flags Config, f *pflag.FlagSet) (Config, e
 			"cache-dir":              func() { c.CacheDir = flags.CacheDir },
 			"cache-size":             func() { c.CacheSize = flags.CacheSize },
 			"hosts-dir":              func() { c.HostsDir = flags.HostsDir },
+			"containerd-address":     func() { c.ContainerdAddress = flags.ContainerdAddress },
 			"metrics-address":        func() { c.MetricsAddress = flags.MetricsAddress },
 			"log-level":              func() { c.LogLevel = flags.LogLevel },
 			"mount-timeout":          func() { c.MountTimeout = flags.MountTimeout },

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lazyfs/lazyfs/internal/unixsock"
+	"github.com/lazyfs/lazyfs/snapshotter/locate"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
@@ -42,6 +43,7 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	sn       *snapshotter.Snapshotter
+	locator  *locate.Content
 	rpc      *grpc.Server
 	rpcL     net.Listener
 	control  *http.Server
@@ -83,6 +85,10 @@ func New(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 	opts := []snapshotter.Option{snapshotter.WithLogger(log), snapshotter.WithMetrics(m), snapshotter.WithMountTimeout(time.Duration(cfg.MountTimeout))}
 	if d.FileSystem != nil {
 		opts = append(opts, snapshotter.WithFileSystem(d.FileSystem))
+	}
+	if cfg.ContainerdAddress != "" {
+		s.locator = locate.New(cfg.ContainerdAddress)
+		opts = append(opts, snapshotter.WithLocator(s.locator))
 	}
 	if err := mkdirPrivate(cfg.Root); err != nil {
 		return nil, err
@@ -159,6 +165,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	if cerr := s.sn.Close(); err == nil {
 		err = cerr
 	}
+	if s.locator != nil {
+		s.locator.Close()
+	}
 	return err
 }
 
@@ -192,6 +201,9 @@ func (s *Server) closeAll() {
 	}
 	if s.sn != nil {
 		s.sn.Close()
+	}
+	if s.locator != nil {
+		s.locator.Close()
 	}
 }
 

@@ -1,0 +1,140 @@
+package e2e_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazyfs/lazyfs/fs/convert"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/lazyfs/lazyfs/internal/ctrtest"
+)
+
+// TestPullWithoutLabels: a client that pulls with unpacking but without
+// snapshotters.AppendInfoHandlerWrapper (containerd's Go client as is, which
+// is what nerdctl does for a snapshotter it does not know by name) gets the
+// converted image's layers mounted lazily all the same: the snapshotter
+// finds the image in containerd's content store. containerd never downloads
+// those layers. A plain image pulled that way falls back with reason
+// not_converted; ctr image pull, which downloads every blob before it
+// unpacks, unpacks the local copies.
+func TestPullWithoutLabels(t *testing.T) {
+	bin, busybox := needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	r := newRegistry(t)
+	big := toctest.Random(11, 8<<20) // never read
+	base := busyboxLayer(t, busybox)
+	push(t, r.ref("src/app:1"), base, layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("found without labels\n")),
+		dir("data/"), reg("data/big", 0o644, big)}))
+	if _, err := convert.Image(ctx, r.ref("src/app:1"), r.ref("lazy/app:1"), convert.WithChunkSize(64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	push(t, r.ref("plain/app:1"), layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("plain\n"))}))
+	push(t, r.ref("src/ctr:1"), layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("pulled by ctr\n"))}))
+	if _, err := convert.Image(ctx, r.ref("src/ctr:1"), r.ref("lazy/ctr:1"), convert.WithChunkSize(64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	imageSize := imageBytes(t, r.ref("lazy/app:1"))
+
+	// containerd's distribution-source label keeps the registry's host
+	// name only (it drops the port): a registry on another port than 443
+	// needs a hosts.toml for the bare name, as here.
+	hosts := t.TempDir()
+	host, _, _ := strings.Cut(r.host, ":")
+	if err := os.MkdirAll(filepath.Join(hosts, host), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(hosts, host, "hosts.toml"), []byte(fmt.Sprintf("server = %q\n", "http://"+r.host)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := prepareDaemon(t, bin)
+	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
+	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
+	d.start()
+
+	cl, err := client.New(c.Address, client.WithDefaultNamespace(c.Namespace), client.WithTimeout(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchAllHosts))})
+	plainPull := func(ref string) error {
+		_, err := cl.Pull(ctx, ref, client.WithPullUnpack, client.WithPullSnapshotter("lazyfs"), client.WithResolver(resolver))
+		return err
+	}
+
+	lazy := r.ref("lazy/app:1")
+	if err := plainPull(lazy); err != nil {
+		t.Fatalf("pull without labels: %v\n%s", err, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 2 {
+		t.Fatalf("remote layers after pulling a 2-layer converted image without labels: %v, want 2\n%s", got, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_fallback_layers_total"); got != 0 {
+		t.Fatalf("fallback layers: %v, want 0\n%s", got, d.logTail())
+	}
+	// containerd did not download the layers: their blobs are not in its
+	// content store.
+	ref, err := name.ParseReference(lazy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range layers {
+		dg, _ := l.Digest()
+		if _, err := cl.ContentStore().Info(ctx, digest.Digest(dg.String())); !errors.Is(err, errdefs.ErrNotFound) {
+			t.Errorf("layer %d (%s) is in containerd's content store (%v): it was downloaded", i, dg, err)
+		}
+	}
+	out, err := c.Ctr("run", "--rm", "--snapshotter", "lazyfs", lazy, fmt.Sprintf("nolabels-%d-1", os.Getpid()), "/bin/sh", "-c", "cat /etc/motd; busybox --help | head -1")
+	if err != nil || !strings.Contains(out, "found without labels") || !strings.Contains(out, "BusyBox") {
+		t.Fatalf("ctr run: %v\n%s\n%s", err, out, d.logTail())
+	}
+	fetched := r.fetched("lazy/app")
+	t.Logf("image %d bytes; fetched %d bytes (%.1f%%) to pull without labels and run it", imageSize, fetched, 100*float64(fetched)/float64(imageSize))
+	if fetched > imageSize-int64(len(big))/2 {
+		t.Errorf("pull without labels and run fetched %d of %d bytes: the never-read %d-byte file too", fetched, imageSize, len(big))
+	}
+
+	// A plain image: located, not lazy, unpacked by containerd.
+	if err := plainPull(r.ref("plain/app:1")); err != nil {
+		t.Fatalf("pull of a plain image: %v\n%s", err, d.logTail())
+	}
+	if got := d.metric(`lazyfs_snapshotter_fallback_layers_total{reason="not_converted"}`); got != 1 {
+		t.Errorf("plain image pulled without labels: not_converted fallbacks %v, want 1\n%s", got, d.logTail())
+	}
+	if out, err := c.Ctr("run", "--rm", "--snapshotter", "lazyfs", r.ref("plain/app:1"), fmt.Sprintf("nolabels-%d-2", os.Getpid()), "/bin/cat", "/etc/motd"); err == nil {
+		t.Logf("plain image ran: %q", out) // no shell in it: ctr run may fail, the unpack is what counts
+	}
+
+	// ctr image pull fetches every blob, then unpacks: the local copy is
+	// unpacked, nothing is mounted lazily.
+	remoteBefore := d.metric("lazyfs_snapshotter_remote_layers_total")
+	if out, err := c.Ctr("image", "pull", "--plain-http", "--snapshotter", "lazyfs", r.ref("lazy/ctr:1")); err != nil {
+		t.Fatalf("ctr image pull: %v\n%s\n%s", err, out, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != remoteBefore {
+		t.Errorf("ctr image pull (every blob downloaded first) mounted %v layers lazily, want none", got-remoteBefore)
+	}
+}
