@@ -2,7 +2,14 @@
 
 package prewarm
 
-import "syscall"
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+)
 
 // childSysProcAttr puts the child in its own process group (so a worker's
 // own children die with it) and, for holders, asks the kernel to kill it if
@@ -25,3 +32,36 @@ func killGroup(pid int, sig syscall.Signal) {
 }
 
 func setCredential(a *syscall.SysProcAttr, c *syscall.Credential) { a.Credential = c }
+
+// waitStopped waits until every thread of process pid is stopped (a
+// SIGSTOP takes effect when each thread next runs, not when kill returns),
+// the process is gone, or ctx ends.
+func waitStopped(ctx context.Context, pid int) error {
+	for {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return nil // gone: nothing left to answer
+		}
+		stopped := true
+		for _, t := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+			if err != nil {
+				continue // the thread exited
+			}
+			// State is the field after the command name, which is in
+			// parentheses and may hold anything.
+			if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+				stopped = false
+				break
+			}
+		}
+		if stopped {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pid %d: not stopped yet: %w", pid, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+}

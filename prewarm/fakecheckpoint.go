@@ -82,6 +82,12 @@ func (f *FakeCheckpointer) Suspend(ctx context.Context, pid int) (uint64, error)
 		}
 	}
 	killGroup(pid, syscall.SIGSTOP)
+	// As the driver's checkpoint, return once the process answers
+	// nothing: a stop takes effect when each thread next runs.
+	if err := waitStopped(ctx, pid); err != nil {
+		killGroup(pid, syscall.SIGCONT)
+		return 0, fmt.Errorf("fake cuCheckpointProcessCheckpoint pid %d: %w", pid, err)
+	}
 	f.states[pid] = ProcCheckpointed
 	if f.Bytes == 0 {
 		return 1 << 30, nil
