@@ -270,7 +270,23 @@ func (r *refTree) apply(t testing.TB, tarball []byte) {
 				}
 				t.Fatalf("reference: hardlink %s to missing %s", name, f.hdr.Linkname)
 			}
-			n = &refNode{f: target.f}
+			// containerd and Docker apply the link entry's owner,
+			// mtime, mode (not a symlink's) and xattrs (added to the
+			// target's) to the shared inode.
+			tf, lh := target.f, &f.hdr
+			tf.hdr.Uid, tf.hdr.Gid, tf.hdr.ModTime = lh.Uid, lh.Gid, lh.ModTime
+			if tf.hdr.Typeflag != tar.TypeSymlink {
+				tf.hdr.Mode = tf.hdr.Mode&^0o7777 | lh.Mode&0o7777
+			}
+			for k, v := range lh.PAXRecords {
+				if strings.HasPrefix(k, "SCHILY.xattr.") {
+					if tf.hdr.PAXRecords == nil {
+						tf.hdr.PAXRecords = map[string]string{}
+					}
+					tf.hdr.PAXRecords[k] = v
+				}
+			}
+			n = &refNode{f: tf}
 		default:
 			n = &refNode{f: f}
 		}
@@ -294,6 +310,10 @@ func (r *refTree) info() treeInfo {
 			fi.Mtime = h.ModTime.UnixNano()
 			for k, v := range h.PAXRecords {
 				if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+					// Linux keeps user.* xattrs on files and directories only.
+					if strings.HasPrefix(x, "user.") && h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeDir {
+						continue
+					}
 					fi.Xattrs[x] = v
 				}
 			}

@@ -2,11 +2,13 @@ package fs
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/lazyfs/lazyfs/fs/toc"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,8 +57,9 @@ func (r *Root) fillAttr(d uint32, a *fuse.Attr) {
 	if e == nil {
 		return
 	}
-	a.Uid, a.Gid = uint32(e.UID), uint32(e.GID)
-	a.Mtime, a.Mtimensec = uint64(e.ModTimeSec), uint32(e.ModTimeNsec)
+	m := t.metaEntry(d)
+	a.Uid, a.Gid = uint32(m.UID), uint32(m.GID)
+	a.Mtime, a.Mtimensec = uint64(m.ModTimeSec), uint32(m.ModTimeNsec)
 	a.Atime, a.Atimensec = a.Mtime, a.Mtimensec
 	a.Ctime, a.Ctimensec = a.Mtime, a.Mtimensec
 	if n.kind == kindWhiteout {
@@ -112,6 +115,24 @@ func overlayXattr(key string) bool {
 	return strings.HasPrefix(key, "trusted.overlay.") || strings.HasPrefix(key, "user.overlay.")
 }
 
+// servesXattr reports whether the xattr key of the entry is shown: not an
+// overlayfs one (overlayXattr), and user.* only on regular files and
+// directories, the only inodes Linux lets have them (containerd ignores
+// them elsewhere when it unpacks; listed, they would fail to read).
+func (n *inode) servesXattr(key string) bool {
+	if overlayXattr(key) {
+		return false
+	}
+	if strings.HasPrefix(key, "user.") {
+		switch n.r.t.mode(n.idx) & syscall.S_IFMT {
+		case syscall.S_IFREG, syscall.S_IFDIR:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // Getxattr returns an xattr of the entry (overlayfs ones filtered, see
 // overlayXattr), and trusted.overlay.opaque on opaque directories in overlay mode.
 func (n *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
@@ -119,8 +140,12 @@ func (n *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32,
 	var ok bool
 	if attr == overlayOpaqueXattr && n.r.t.nodes[n.idx].flags&flagOpaque != 0 {
 		val, ok = "y", true
-	} else if e := n.r.t.entry(n.idx); e != nil && n.r.t.nodes[n.idx].kind == kindEntry && !overlayXattr(attr) {
-		val, ok = e.Xattr(attr)
+	} else if n.r.t.nodes[n.idx].kind == kindEntry && n.servesXattr(attr) {
+		for _, e := range n.r.t.xattrEntries(n.idx) {
+			if val, ok = e.Xattr(attr); ok {
+				break
+			}
+		}
 	}
 	if !ok {
 		return 0, syscall.ENODATA
@@ -140,10 +165,13 @@ func (n *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Err
 			list = append(append(list, k...), 0)
 		}
 	}
-	if e := n.r.t.entry(n.idx); e != nil && n.r.t.nodes[n.idx].kind == kindEntry {
-		for _, kv := range e.Xattrs() {
-			if !overlayXattr(kv.Key) {
-				add(kv.Key)
+	if n.r.t.nodes[n.idx].kind == kindEntry {
+		es := n.r.t.xattrEntries(n.idx)
+		for j, e := range es {
+			for _, kv := range e.Xattrs() {
+				if n.servesXattr(kv.Key) && (j == 0 || !slices.ContainsFunc(es[:j], func(o *toc.Entry) bool { _, dup := o.Xattr(kv.Key); return dup })) {
+					add(kv.Key)
+				}
 			}
 		}
 	}

@@ -283,6 +283,35 @@ func TestRealWorldTars(t *testing.T) {
 				}),
 			}
 		}},
+		{name: "hardlink-metadata-last-wins", tars: func() [][]byte {
+			// containerd and Docker apply each hardlink entry's mode,
+			// owner, mtime and xattrs to the shared inode: the last one
+			// is what every name shows.
+			hl := func(name, target string, mode int64, uid int, year int, x string) toctest.File {
+				f := rwHard(name, target, mode)
+				f.Hdr.Uid, f.Hdr.Gid = uid, uid+1
+				f.Hdr.ModTime = time.Date(year, 1, 2, 3, 4, 5, 0, time.UTC)
+				f.Hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.x": x}
+				return f
+			}
+			sl := rwLink(tar.TypeSymlink, "sym", "file")
+			file := rwFile("file", 0o644, "data\n")
+			file.Hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.t": "on the target", "SCHILY.xattr.user.x": "replaced"}
+			return [][]byte{formatTar(t, tar.FormatPAX, []toctest.File{
+				file,
+				hl("link1", "file", 0o600, 1234, 2001, "first link"),
+				hl("link2", "link1", 0o4711, 4321, 2002, "second link"),
+				sl,
+				hl("sym-link", "sym", 0o600, 777, 2003, "on a symlink"),
+			})}
+		}, check: func(t *testing.T, got fstest.Tree) {
+			for _, p := range []string{"file", "link1", "link2"} {
+				if f := got.Files[p]; f.UID != 4321 || f.Perm != 0o4711 || f.Xattrs["user.t"] != "on the target" || f.Xattrs["user.x"] != "second link" {
+					t.Errorf("%s: uid %d perm %o xattrs %v, want the last link's 4321 %o, user.x of the last link and user.t of the target",
+						p, f.UID, f.Perm, f.Xattrs, 0o4711)
+				}
+			}
+		}},
 		{name: "symlinks", tars: func() [][]byte {
 			files := []toctest.File{
 				rwLink(tar.TypeSymlink, "abs", "/etc/passwd"),

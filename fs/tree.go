@@ -56,7 +56,42 @@ type tree struct {
 	nodes  []node
 	names  map[uint32]string // names of nodes that have no entry
 	nlink  map[uint32]uint32 // link counts of hardlinked nodes (others have 1)
-	size   int64             // sum of regular file sizes, for statfs
+	// meta maps the data node of a hardlink group to the entry whose
+	// mode, owner, mtime and xattrs the group shows: its last hardlink
+	// entry, which containerd and Docker apply to the shared inode when
+	// they unpack it (the data entry keeps type, size and contents).
+	meta map[uint32]metaRef
+	size int64 // sum of regular file sizes, for statfs
+}
+
+// metaRef names a TOC entry: layer and index.
+type metaRef struct {
+	layer uint16
+	entry uint32
+}
+
+// xattrEntries returns the entries whose xattrs node d (a data node) has,
+// the one that wins a key first: a hardlink group's last link entry, then
+// its data entry (an unpacker sets the link's xattrs on the target's inode,
+// keeping the target's others).
+func (t *tree) xattrEntries(d uint32) []*toc.Entry {
+	e := t.entry(d)
+	if e == nil {
+		return nil
+	}
+	if m, ok := t.meta[d]; ok {
+		return []*toc.Entry{&t.layers[m.layer].toc.Entries[m.entry], e}
+	}
+	return []*toc.Entry{e}
+}
+
+// metaEntry returns the entry that gives node d (a data node) its mode
+// bits, owner, mtime and xattrs.
+func (t *tree) metaEntry(d uint32) *toc.Entry {
+	if m, ok := t.meta[d]; ok {
+		return &t.layers[m.layer].toc.Entries[m.entry]
+	}
+	return t.entry(d)
 }
 
 func (t *tree) entry(i uint32) *toc.Entry {
@@ -114,7 +149,7 @@ func (t *tree) mode(i uint32) uint32 {
 		// the tar header says (an extraction's lchmod does nothing).
 		return syscall.S_IFLNK | 0o777
 	}
-	return typeBits(e.Type) | uint32(e.Mode&0o7777)
+	return typeBits(e.Type) | uint32(t.metaEntry(i).Mode&0o7777)
 }
 
 func (t *tree) isDir(i uint32) bool { return t.mode(t.nodes[i].data)&syscall.S_IFMT == syscall.S_IFDIR }
@@ -148,6 +183,7 @@ type builder struct {
 	nodes   []bnode
 	log     *slog.Logger
 	overlay bool
+	meta    map[int32]metaRef // tree.meta, by builder node
 }
 
 func (b *builder) newNode(li int, ei uint32, kind uint8, name string) int32 {
@@ -323,8 +359,13 @@ func (b *builder) add(li int, ei uint32) {
 			return
 		}
 		i := b.newNode(li, ei, kind, "")
-		b.nodes[i].data = b.nodes[target].data
+		d := b.nodes[target].data
+		b.nodes[i].data = d
 		b.nodes[parent].kids[base] = i
+		if b.meta == nil {
+			b.meta = map[int32]metaRef{}
+		}
+		b.meta[int32(d)] = metaRef{layer: uint16(li), entry: ei}
 		return
 	}
 	i := b.newNode(li, ei, kind, "")
@@ -489,6 +530,14 @@ func (b *builder) freeze() *tree {
 	for d, c := range refs {
 		if c > 1 {
 			t.nlink[uint32(newID[d])] = c
+		}
+	}
+	for d, m := range b.meta {
+		if newID[d] >= 0 {
+			if t.meta == nil {
+				t.meta = map[uint32]metaRef{}
+			}
+			t.meta[uint32(newID[d])] = m
 		}
 	}
 	if len(t.names) == 0 {
