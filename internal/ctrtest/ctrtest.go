@@ -82,7 +82,9 @@ func StartWith(t testing.TB, o Options) *Containerd {
 	fmt.Fprintf(&b, "version = 2\nroot = %q\nstate = %q\ndisabled_plugins = %s\n[grpc]\n  address = %q\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = %q\n",
 		filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled, c.Address, filepath.Join(dir, "opt"))
 	for name, sock := range proxies {
-		fmt.Fprintf(&b, "[proxy_plugins.%s]\n  type = \"snapshot\"\n  address = %q\n", name, sock)
+		// As docs/examples/containerd-config.toml (the exports line is
+		// for containerd 2.x; this checks that 1.6 takes it).
+		fmt.Fprintf(&b, "[proxy_plugins.%s]\n  type = \"snapshot\"\n  address = %q\n  exports = { enable_remote_snapshot_annotations = \"true\" }\n", name, sock)
 	}
 	b.WriteString(o.CRI)
 	cfg := filepath.Join(dir, "config.toml")
