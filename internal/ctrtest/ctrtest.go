@@ -81,10 +81,18 @@ func StartWith(t testing.TB, o Options) *Containerd {
 	}
 	fmt.Fprintf(&b, "version = 2\nroot = %q\nstate = %q\ndisabled_plugins = %s\n[grpc]\n  address = %q\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = %q\n",
 		filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled, c.Address, filepath.Join(dir, "opt"))
+	// As docs/examples/containerd-config.toml: the exports line and the
+	// transfer service's unpack_config are for containerd 2.x (its ctr
+	// image pull, and CRI when it uses the transfer service); this checks
+	// that 1.6 takes them.
 	for name, sock := range proxies {
-		// As docs/examples/containerd-config.toml (the exports line is
-		// for containerd 2.x; this checks that 1.6 takes it).
 		fmt.Fprintf(&b, "[proxy_plugins.%s]\n  type = \"snapshot\"\n  address = %q\n  exports = { enable_remote_snapshot_annotations = \"true\" }\n", name, sock)
+	}
+	for name := range proxies {
+		fmt.Fprintf(&b, "[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = \"linux\"\n  snapshotter = %q\n", name)
+	}
+	if len(proxies) > 0 {
+		b.WriteString("[[plugins.\"io.containerd.transfer.v1.local\".unpack_config]]\n  platform = \"linux\"\n  snapshotter = \"overlayfs\"\n")
 	}
 	b.WriteString(o.CRI)
 	cfg := filepath.Join(dir, "config.toml")
@@ -139,13 +147,19 @@ func StartWith(t testing.TB, o Options) *Containerd {
 	return c
 }
 
-// Ctr runs ctr against this containerd in its namespace, bounded by CtrTimeout.
+// Ctr runs ctr against this containerd in its namespace, bounded by
+// CtrTimeout, and returns its standard output (a container's output, for
+// ctr run); its standard error, where containerd 2.x's ctr also prints
+// warnings, is in the error only.
 func (c *Containerd) Ctr(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), CtrTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "ctr", append([]string{"--address", c.Address, "--namespace", c.Namespace}, args...)...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "ctr", append([]string{"--address", c.Address, "--namespace", c.Namespace}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, tail(string(out), 2000))
+		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, tail(string(out)+stderr.String(), 2000))
 	}
 	return string(out), nil
 }

@@ -41,6 +41,9 @@ func TestCRIPassesLabels(t *testing.T) {
   disable_snapshot_annotations = false
 [plugins."io.containerd.grpc.v1.cri".registry.mirrors.%q]
   endpoint = ["http://%s"]
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "lazyfs"
+  disable_snapshot_annotations = false
 `, r.host, r.host),
 	})
 	conn, err := grpc.NewClient("unix://"+c.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
