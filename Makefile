@@ -13,7 +13,7 @@ BINARIES  := lazyfs lazyfs-snapshotter lazyfs-prewarm
 PREWARM_CGO_CFLAGS := -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build test test-short race fuzz bench deps demo vet lint fmt clean install
+.PHONY: all build test test-containerd2 test-short race fuzz bench deps demo vet lint fmt clean install
 
 all: build
 
@@ -37,6 +37,17 @@ deps:
 test: deps vet
 	$(GO) test -count=1 -timeout 25m ./...
 	$(GO) test -count=1 -race -short -timeout 15m ./fs/...
+
+## test-containerd2: the containerd end-to-end tests again, against containerd 2.x
+## (containerd, ctr and its runc shim built from containerd's module into .cache)
+CONTAINERD2 ?= v2.4.2
+CONTAINERD2_BIN = $(CURDIR)/.cache/containerd2/$(CONTAINERD2)
+test-containerd2: deps
+	@test -x $(CONTAINERD2_BIN)/containerd-shim-runc-v2 || GOBIN=$(CONTAINERD2_BIN) $(GO) install \
+		github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD2) \
+		github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD2) \
+		github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD2)
+	PATH=$(CONTAINERD2_BIN):$$PATH $(GO) test -count=1 -timeout 10m ./snapshotter/e2e/ ./snapshotter/pull/
 
 ## test-short: the suite without the slow cases
 test-short:
