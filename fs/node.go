@@ -74,6 +74,11 @@ func (r *Root) fillAttr(d uint32, a *fuse.Attr) {
 		a.Rdev = uint32(unix.Mkdev(e.Devmajor, e.Devminor))
 	}
 	a.Blocks = (a.Size + 511) / 512
+	if e.Flags&toc.FlagSparseMap != 0 {
+		// What it occupies: its regions, as an unpacked sparse file would.
+		l := t.layers[t.nodes[d].layer]
+		a.Blocks = (uint64(l.sparseStart(e, len(e.SparseMap()))) + 511) / 512
+	}
 }
 
 // Lookup finds a child; missing names are cached by the kernel for NegativeTimeout.

@@ -585,6 +585,14 @@ func TestSparseFiles(t *testing.T) {
 			if got, err := os.ReadFile(filepath.Join(dir, sub, name)); err != nil || !bytes.Equal(got, want) {
 				t.Errorf("%s/%s: %d bytes (%v) differ from archive/tar's %d", sub, name, len(got), err, len(want))
 			}
+			// du counts what the file stores, not its holes.
+			var st syscall.Stat_t
+			if err := syscall.Stat(filepath.Join(dir, sub, name), &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Blocks*512 >= st.Size/2 {
+				t.Errorf("%s/%s: %d blocks for %d bytes mostly holes", sub, name, st.Blocks, st.Size)
+			}
 			f, err := os.Open(filepath.Join(dir, sub, name))
 			if err != nil {
 				t.Fatal(err)
