@@ -74,7 +74,8 @@ func TestModesExact(t *testing.T) {
 }
 
 // TestOverlayXattrsFiltered: a layer cannot plant overlayfs xattrs
-// (trusted.overlay.*, user.overlay.*) through the mount; the opaque marker
+// (trusted.overlay.*, user.overlay.*), nor any other trusted.* (which
+// containerd does not set either), through the mount; the opaque marker
 // comes only from a ".wh..wh..opq" whiteout.
 func TestOverlayXattrsFiltered(t *testing.T) {
 	planted := map[string]string{
@@ -84,6 +85,7 @@ func TestOverlayXattrsFiltered(t *testing.T) {
 		"SCHILY.xattr.user.overlay.opaque":      "y",
 		"SCHILY.xattr.user.overlay.origin":      "x",
 		"SCHILY.xattr.user.keep":                "kept",
+		"SCHILY.xattr.trusted.other":            "containerd does not set trusted.* either",
 	}
 	files := []toctest.File{
 		{Hdr: hostileHdr(tar.TypeDir, "planted/", 0o755)},
@@ -100,7 +102,7 @@ func TestOverlayXattrsFiltered(t *testing.T) {
 			full := filepath.Join(dir, p)
 			names := listXattrs(t, full)
 			for _, n := range names {
-				if strings.HasPrefix(n, "trusted.overlay.") || strings.HasPrefix(n, "user.overlay.") {
+				if strings.HasPrefix(n, "trusted.") || strings.HasPrefix(n, "user.overlay.") {
 					t.Errorf("overlay=%v: %s lists planted xattr %q", overlay, p, n)
 				}
 			}

@@ -121,11 +121,13 @@ func overlayXattr(key string) bool {
 }
 
 // servesXattr reports whether the xattr key of the entry is shown: not an
-// overlayfs one (overlayXattr), and user.* only on regular files and
+// overlayfs one (overlayXattr) nor any trusted.* (which containerd does
+// not set when it unpacks: an image must not), and user.* only on regular files and
 // directories, the only inodes Linux lets have them (containerd ignores
 // them elsewhere when it unpacks; listed, they would fail to read).
 func (n *inode) servesXattr(key string) bool {
-	if overlayXattr(key) {
+	if overlayXattr(key) || strings.HasPrefix(key, "trusted.") {
+		// containerd never sets trusted.* from a layer either.
 		return false
 	}
 	if strings.HasPrefix(key, "user.") {
