@@ -177,6 +177,9 @@ func runInNamespace(ctx context.Context, c Config, scratch string) (_ *Result, e
 	if err := setupSpecial(merged, mount); err != nil {
 		return nil, err
 	}
+	if err := setupNetworkFiles(merged); err != nil {
+		return nil, err
+	}
 	cred, err := lookupUser(merged, c.User)
 	if err != nil {
 		return nil, err
@@ -263,6 +266,58 @@ func runInNamespace(ctx context.Context, c Config, scratch string) (_ *Result, e
 	}
 	res.ExitCode = exitCode(cmd.ProcessState, werr)
 	return res, nil
+}
+
+// networkFiles are the host's files a run sees in place of the image's, as
+// a container runtime gives a container on the host's network: name
+// resolution (an image's resolv.conf is often empty, or a symlink into a
+// /run it does not have), the host table, the host's name.
+var networkFiles = []string{"/etc/resolv.conf", "/etc/hosts", "/etc/hostname"}
+
+// maxNetworkFile bounds a host file copied by setupNetworkFiles.
+const maxNetworkFile = 1 << 20
+
+// setupNetworkFiles copies the host's networkFiles into root, the run's
+// writable overlay (the image is not touched). The image's own entry is
+// replaced, never written through: a symlink of the image would resolve on
+// the host. A file the host lacks leaves the image's as it is.
+func setupNetworkFiles(root string) error {
+	for _, p := range networkFiles {
+		fi, err := os.Stat(p)
+		if err != nil || !fi.Mode().IsRegular() || fi.Size() > maxNetworkFile {
+			continue
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		dst := filepath.Join(root, resolveIn(root, p))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			continue // the image's /etc is not a directory: leave it be
+		}
+		if fi, err := os.Lstat(dst); err == nil {
+			if fi.IsDir() {
+				continue
+			}
+			if !fi.Mode().IsRegular() {
+				if err := os.Remove(dst); err != nil {
+					return fmt.Errorf("%w: replace %s: %v", ErrSetup, p, err)
+				}
+			}
+		}
+		f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o644)
+		if err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrSetup, p, err)
+		}
+		_, werr := f.Write(data)
+		if err := f.Close(); werr == nil {
+			werr = err
+		}
+		if werr != nil {
+			return fmt.Errorf("%w: %s: %v", ErrSetup, p, werr)
+		}
+	}
+	return nil
 }
 
 // setupSpecial mounts /proc, /sys (read-only) and a minimal /dev in root.

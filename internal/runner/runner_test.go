@@ -38,6 +38,9 @@ func busyboxLayer(t testing.TB) []toctest.File {
 		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/busybox", Mode: 0o755}, Data: bb},
 		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/passwd", Mode: 0o644}, Data: []byte("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")},
 		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/group", Mode: 0o644}, Data: []byte("root:x:0:\napp:x:1000:\nstaff:x:50:\n")},
+		// A resolv.conf that is a symlink to an absolute path: the run must
+		// replace it, not write through it onto the host.
+		{Hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "etc/resolv.conf", Linkname: "/run/lazyfs-runner-test/stub-resolv.conf"}},
 		// The image's own device node: a lazy mount is nodev, so it must not be the one used.
 		{Hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3}},
 	}
@@ -128,6 +131,33 @@ pwd; id -u; id -g; echo "$GREETING"
 	}
 	if _, err := runner.Run(context.Background(), runner.Config{Root: dir, Args: []string{"python3"}}); !errors.Is(err, runner.ErrNotFound) {
 		t.Fatalf("missing command: %v, want ErrNotFound", err)
+	}
+}
+
+// TestRunNetworkFiles: a run resolves names as the host does: it sees the
+// host's /etc/resolv.conf, /etc/hosts and /etc/hostname (as a runtime
+// gives a container on the host's network), copied into its overlay; the
+// image's resolv.conf symlink to an absolute path is replaced, not
+// followed onto the host, and the image is not changed.
+func TestRunNetworkFiles(t *testing.T) {
+	dir := mountImage(t)
+	var want string
+	for _, p := range []string{"/etc/resolv.conf", "/etc/hosts", "/etc/hostname"} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Skipf("the host has no %s", p)
+		}
+		want += string(b)
+	}
+	res, out, errs := run(t, runner.Config{Root: dir, Args: []string{"cat", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname"}})
+	if res.ExitCode != 0 || out != want {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want the host's files %q", res.ExitCode, out, errs, want)
+	}
+	if _, err := os.Lstat("/run/lazyfs-runner-test"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the run wrote through the image's symlink onto the host: %v", err)
+	}
+	if l, err := os.Readlink(filepath.Join(dir, "etc/resolv.conf")); err != nil || l != "/run/lazyfs-runner-test/stub-resolv.conf" {
+		t.Errorf("the image's resolv.conf changed: %q, %v", l, err)
 	}
 }
 
