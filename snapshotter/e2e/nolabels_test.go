@@ -117,6 +117,26 @@ func TestPullWithoutLabels(t *testing.T) {
 		t.Errorf("pull without labels and run fetched %d of %d bytes: the never-read %d-byte file too", fetched, imageSize, len(big))
 	}
 
+	// The located layers' snapshots carry the labels the lookup found:
+	// after kill -9 and a restart, they are mounted again and a container
+	// reads a file it never read (containerd redials the proxy after a
+	// back-off, so the first runs may find it unavailable).
+	d.kill9()
+	d.start()
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		out, err = c.Ctr("run", "--rm", "--snapshotter", "lazyfs", lazy, fmt.Sprintf("nolabels-%d-3", os.Getpid()), "busybox", "md5sum", "/data/big")
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unavailable") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil || !strings.Contains(out, md5hex(big)) {
+		t.Fatalf("container after kill -9 and restart: %v %q\n%s", err, out, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_restored_mounts_total"); got < 2 {
+		t.Errorf("restored mounts after restart: %v, want 2", got)
+	}
+
 	// A plain image: located, not lazy, unpacked by containerd.
 	if err := plainPull(r.ref("plain/app:1")); err != nil {
 		t.Fatalf("pull of a plain image: %v\n%s", err, d.logTail())
