@@ -490,57 +490,6 @@ func TestHardlinkBeforeTarget(t *testing.T) {
 	}
 }
 
-// gnuSparseTar returns a layer GNU tar writes with --sparse and the given
-// format options, holding sparse files under dir/: many regions (two old-GNU
-// extension blocks), data then a hole to the end, a hole then data, all
-// hole, regions over several chunks, and a plain file.
-func gnuSparseTar(t *testing.T, dir string, format ...string) []byte {
-	t.Helper()
-	if out, _ := exec.Command("tar", "--version").Output(); !bytes.Contains(out, []byte("GNU tar")) {
-		t.Skip("no GNU tar")
-	}
-	src := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(src, dir), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	write := func(name string, size int64, offs []int64, data []byte) {
-		f, err := os.Create(filepath.Join(src, dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		for _, o := range offs {
-			if _, err := f.WriteAt(data, o); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := f.Truncate(size); err != nil {
-			t.Fatal(err)
-		}
-	}
-	data := toctest.Random(9, 5000)
-	var many []int64
-	for i := range int64(30) {
-		many = append(many, i*64<<10+i*7)
-	}
-	write("many", 3<<20, many, data)
-	write("head", 2<<20, []int64{0}, data)
-	write("tail", 2<<20, []int64{2<<20 - 5000}, data)
-	write("holes", 1<<20, nil, nil)
-	write("chunks", 8<<20, []int64{100, 3 << 20}, toctest.Random(10, 300<<10))
-	write("plain", 23, []int64{0}, []byte("after the sparse files\n"))
-	out := filepath.Join(t.TempDir(), "layer.tar")
-	args := append([]string{"--sparse", "--sort=name", "--owner=0", "--group=0", "--numeric-owner", "-cf", out}, format...)
-	if msg, err := exec.Command("tar", append(args, "-C", src, dir)...).CombinedOutput(); err != nil {
-		t.Fatalf("tar %q: %v: %s", format, err, msg)
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestSparseFiles: sparse files as GNU tar writes them (PAX 0.0, 0.1 and
 // 1.0, and old GNU 'S' with extension blocks) read through the mount
 // exactly as containerd unpacks the PAX ones and archive/tar expands all
@@ -550,10 +499,10 @@ func gnuSparseTar(t *testing.T, dir string, format ...string) []byte {
 func TestSparseFiles(t *testing.T) {
 	requireFUSE(t)
 	tars := [][]byte{
-		gnuSparseTar(t, "gnu", "-H", "gnu"),
-		gnuSparseTar(t, "pax00", "-H", "posix", "--sparse-version=0.0"),
-		gnuSparseTar(t, "pax01", "-H", "posix", "--sparse-version=0.1"),
-		gnuSparseTar(t, "pax10", "-H", "posix", "--sparse-version=1.0"),
+		toctest.GNUSparseTar(t, "gnu", "-H", "gnu"),
+		toctest.GNUSparseTar(t, "pax00", "-H", "posix", "--sparse-version=0.0"),
+		toctest.GNUSparseTar(t, "pax01", "-H", "posix", "--sparse-version=0.1"),
+		toctest.GNUSparseTar(t, "pax10", "-H", "posix", "--sparse-version=1.0"),
 	}
 	// containerd (and Docker) refuse old GNU sparse entries ('S'):
 	// "unhandled tar header type 83"; the mount serves them as
