@@ -53,6 +53,7 @@ func validReason(s string) bool {
 // register it where the daemon registers its other collectors.
 type Metrics struct {
 	remote    prometheus.Counter
+	located   prometheus.Counter
 	fallback  *prometheus.CounterVec
 	restored  prometheus.Counter
 	restoreKO prometheus.Counter
@@ -65,6 +66,10 @@ func NewMetrics() *Metrics {
 		remote: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "lazyfs", Subsystem: "snapshotter", Name: "remote_layers_total",
 			Help: "Layers mounted lazily and committed as remote snapshots.",
+		}),
+		located: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "lazyfs", Subsystem: "snapshotter", Name: "located_layers_total",
+			Help: "Layers that came without image labels and were found in containerd's content store (a remote layer when they mount).",
 		}),
 		fallback: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "lazyfs", Subsystem: "snapshotter", Name: "fallback_layers_total",
@@ -89,6 +94,7 @@ func NewMetrics() *Metrics {
 // Describe implements prometheus.Collector.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.remote.Describe(ch)
+	m.located.Describe(ch)
 	m.fallback.Describe(ch)
 	m.restored.Describe(ch)
 	m.restoreKO.Describe(ch)
@@ -98,6 +104,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.remote.Collect(ch)
+	m.located.Collect(ch)
 	m.fallback.Collect(ch)
 	m.restored.Collect(ch)
 	m.restoreKO.Collect(ch)

@@ -56,6 +56,7 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string,
 		}
 		labels = maps.Clone(labels)
 		labels[LabelImageRef], labels[LabelLayerDigest] = ref, layer
+		s.m.located.Inc()
 		s.log.Debug("layer without labels located", "snapshot", target, "image", ref, "layer", layer)
 	}
 	start := time.Now()

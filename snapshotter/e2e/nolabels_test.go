@@ -87,6 +87,9 @@ func TestPullWithoutLabels(t *testing.T) {
 	if got := d.metric("lazyfs_snapshotter_fallback_layers_total"); got != 0 {
 		t.Fatalf("fallback layers: %v, want 0\n%s", got, d.logTail())
 	}
+	if got := d.metric("lazyfs_snapshotter_located_layers_total"); got != 2 {
+		t.Errorf("layers located in containerd's content store: %v, want 2", got)
+	}
 	// containerd did not download the layers: their blobs are not in its
 	// content store.
 	ref, err := name.ParseReference(lazy)
