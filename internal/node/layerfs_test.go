@@ -153,7 +153,13 @@ func TestLayerFS(t *testing.T) {
 	if err := lfs.Mount(context.Background(), dirs[0], labels(ref, digests[1])); !errors.Is(err, node.ErrMountPointInUse) {
 		t.Fatalf("other layer on a used mount point: %v", err)
 	}
+	// The cache writes what a read fetched in the background: LocalBytes
+	// reaches the file's size soon after the read, not with it.
 	ls := n.List(context.Background())
+	for deadline := time.Now().Add(10 * time.Second); len(ls) == 2 && ls[0].LocalBytes < int64(len(big)) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		ls = n.List(context.Background())
+	}
 	if len(ls) != 2 || ls[0].Kind != node.KindLayer || ls[0].Layer != digests[0] || ls[0].FetchedBytes == 0 || ls[0].LocalBytes < int64(len(big)) {
 		t.Fatalf("list: %+v", ls)
 	}
