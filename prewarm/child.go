@@ -225,6 +225,20 @@ func (c *child) terminate(wait time.Duration) time.Duration {
 	return time.Since(t0)
 }
 
+// exitedOnItsOwn reports whether the child's process has already ended
+// (reaped, or a zombie) though done is not closed yet, and then waits up
+// to wait for the reaper to close it: the child was not stopped by us.
+func (c *child) exitedOnItsOwn(wait time.Duration) bool {
+	if syscall.Kill(c.pid, 0) == nil && !zombie(c.pid) {
+		return false
+	}
+	select {
+	case <-c.done:
+	case <-time.After(wait):
+	}
+	return true
+}
+
 func (c *child) exited() bool {
 	select {
 	case <-c.done:

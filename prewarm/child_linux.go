@@ -65,3 +65,13 @@ func waitStopped(ctx context.Context, pid int) error {
 		}
 	}
 }
+
+// zombie reports whether process pid has exited and awaits its reaping.
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'Z'
+}

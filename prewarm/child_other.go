@@ -19,3 +19,5 @@ func killGroup(pid int, sig syscall.Signal) {
 }
 
 func waitStopped(context.Context, int) error { return nil }
+
+func zombie(int) bool { return false }

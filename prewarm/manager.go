@@ -740,8 +740,10 @@ func (m *Manager) Release(ctx context.Context, req ReleaseRequest) (ReleaseResul
 		deferred.stop()
 	}
 	if worker != nil && !worker.exited() {
-		worker.terminate(2 * time.Second)
-		res.WorkerStopped = true
+		if !worker.exitedOnItsOwn(2 * time.Second) {
+			worker.terminate(2 * time.Second)
+			res.WorkerStopped = true
+		}
 	}
 	m.log.Info("gpu released", "gpu", req.UUID, "claim", cl.id, "held_for", time.Since(cl.since).Round(time.Millisecond))
 	return res, nil
