@@ -44,13 +44,8 @@ func waitStopped(ctx context.Context, pid int) error {
 		}
 		stopped := true
 		for _, t := range tasks {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
-			if err != nil {
-				continue // the thread exited
-			}
-			// State is the field after the command name, which is in
-			// parentheses and may hold anything.
-			if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+			st, ok := procState(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+			if ok && st != 'T' && st != 't' { // !ok: the thread exited
 				stopped = false
 				break
 			}
@@ -68,10 +63,20 @@ func waitStopped(ctx context.Context, pid int) error {
 
 // zombie reports whether process pid has exited and awaits its reaping.
 func zombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, ok := procState(fmt.Sprintf("/proc/%d/stat", pid))
+	return ok && st == 'Z'
+}
+
+// procState returns the state letter of a /proc stat file: the field after
+// the command name, which is in parentheses and may hold anything.
+func procState(path string) (byte, bool) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return false
+		return 0, false
 	}
 	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] == 'Z'
+	if i < 0 || i+2 >= len(b) {
+		return 0, false
+	}
+	return b[i+2], true
 }
