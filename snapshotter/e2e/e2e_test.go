@@ -425,6 +425,15 @@ func (d *daemon) stop() {
 	d.log.Close()
 }
 
+// proxyRedialing reports whether err is containerd still failing to reach
+// a restarted snapshotter's socket: "Unavailable" (containerd 1.6), or
+// "connection error ... connection refused" (2.x), until its proxy
+// connection redials.
+func proxyRedialing(err error) bool {
+	m := strings.ToLower(err.Error())
+	return strings.Contains(m, "unavailable") || strings.Contains(m, "connection refused") || strings.Contains(m, "connection error")
+}
+
 // metric sums the samples of a metric whose line starts with prefix (a name,
 // or a name and the start of its labels).
 func (d *daemon) metric(prefix string) float64 {
@@ -637,7 +646,7 @@ func TestContainerdLazyPull(t *testing.T) {
 	d.start()
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		out, err = run(lazy, "/bin/sh", "-c", "cat /etc/motd; busybox md5sum /data/later")
-		if err == nil || !strings.Contains(err.Error(), "Unavailable") && !strings.Contains(err.Error(), "unavailable") || time.Now().After(deadline) {
+		if err == nil || !proxyRedialing(err) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -658,7 +667,7 @@ func TestContainerdLazyPull(t *testing.T) {
 	d.start()
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		out, err = run(other, "busybox", "cat", "/etc/motd")
-		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unavailable") || time.Now().After(deadline) {
+		if err == nil || !proxyRedialing(err) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)

@@ -100,7 +100,7 @@ func TestHolderKeepsRunningContainers(t *testing.T) {
 	)
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		o, err = c.Ctr("run", "--rm", "--snapshotter", "lazyfs", ref, id+"-new", "busybox", "md5sum", "/data/a")
-		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unavailable") || time.Now().After(deadline) {
+		if err == nil || !proxyRedialing(err) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)

@@ -128,7 +128,7 @@ func TestPullWithoutLabels(t *testing.T) {
 	d.start()
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		out, err = c.Ctr("run", "--rm", "--snapshotter", "lazyfs", lazy, fmt.Sprintf("nolabels-%d-3", os.Getpid()), "busybox", "md5sum", "/data/big")
-		if err == nil || !strings.Contains(strings.ToLower(err.Error()), "unavailable") || time.Now().After(deadline) {
+		if err == nil || !proxyRedialing(err) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
