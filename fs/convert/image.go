@@ -239,12 +239,27 @@ func (c *converter) verifyKept(ctx context.Context, l partial.CompressedLayer, d
 	}
 	_, got, err := toc.Verify(ctx, f, n, &loc)
 	if err != nil {
+		if t, _, rerr := toc.ReadTOC(ctx, f, n, &loc); rerr == nil && errors.Is(err, toc.ErrTOCMismatch) && legacySparse(t) {
+			return fmt.Errorf("%w: %w (its TOC predates sparse maps and the layer has sparse files: convert the source image again, or keep it with --trust-chunked, its sparse files then unreadable)",
+				ErrKeptLayerMismatch, err)
+		}
 		return fmt.Errorf("%w: %w", ErrKeptLayerMismatch, err)
 	}
 	if got.String() != diffID.String() {
 		return fmt.Errorf("%w: %w: uncompressed %s, config says %s", ErrKeptLayerMismatch, ErrDiffIDMismatch, got, diffID)
 	}
 	return nil
+}
+
+// legacySparse reports whether t, written before sparse maps, has a sparse
+// file without one: today's converter derives another TOC for its layer.
+func legacySparse(t *toc.TOC) bool {
+	for i := range t.Entries {
+		if f := t.Entries[i].Flags; f&toc.FlagSparse != 0 && f&toc.FlagSparseMap == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // ctxReader stops reading when ctx ends.

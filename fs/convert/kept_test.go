@@ -3,6 +3,7 @@ package convert_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -72,5 +73,42 @@ func TestKeptLayerVerified(t *testing.T) {
 				t.Errorf("layer report kept %q, toc %q; want already chunked, %q", lr.Kept, lr.KeptTOC, tc.want)
 			}
 		})
+	}
+}
+
+// TestKeptLegacySparseLayer: a layer converted before sparse maps, whose
+// TOC has a sparse file without one, fails the kept-layer check with an
+// error that says why and what to do.
+func TestKeptLegacySparseLayer(t *testing.T) {
+	reg := newRegistry(t)
+	tarball := toctest.GNUSparseTar(t, "d", "-H", "posix", "--sparse-version=1.0")
+	blob, res := toctest.Convert(t, tarball, toc.WithChunkSize(toc.MinChunkSize))
+	legacy, loc := toctest.Relabel(t, blob, res, func(tc *toc.TOC) {
+		var chunks []toc.Chunk
+		for i := range tc.Entries {
+			e := &tc.Entries[i]
+			if e.Flags&toc.FlagSparseMap != 0 {
+				e.Flags &^= toc.FlagSparseMap
+				e.NumChunks = 0
+				ext := *e.Ext
+				ext.Sparse = nil
+				e.Ext = &ext
+				continue
+			}
+			chunks = append(chunks, res.TOC.EntryChunks(e)...)
+		}
+		tc.Chunks = chunks
+	})
+	r := toc.Result{TOC: res.TOC, Location: loc}
+	l := newRawLayer(legacy, tarball, types.MediaType(toc.MediaTypeLayer))
+	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1),
+		mutate.Addendum{Layer: l, Annotations: r.Annotations(), MediaType: types.MediaType(toc.MediaTypeLayer)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push(t, reg.ref("kept:legacy-sparse"), img)
+	_, err = convert.Image(context.Background(), reg.ref("kept:legacy-sparse"), reg.ref("kept-out:legacy-sparse"))
+	if !errors.Is(err, convert.ErrKeptLayerMismatch) || !strings.Contains(err.Error(), "predates sparse maps") {
+		t.Fatalf("err %v, want ErrKeptLayerMismatch saying the TOC predates sparse maps", err)
 	}
 }
