@@ -179,7 +179,7 @@ type layer struct {
 	// they turn out to be read (prefetchNeighbours).
 	big []uint64
 	// sparse holds, for each sparse file with a map, where each of its
-	// regions starts among its stored bytes.
+	// regions starts among its stored bytes, and their total last.
 	sparse map[*toc.Entry][]int64
 }
 
@@ -187,14 +187,10 @@ type layer struct {
 // stored bytes (their total for i past the last region).
 func (l *layer) sparseStart(e *toc.Entry, i int) int64 {
 	starts := l.sparse[e]
-	if i < len(starts) {
-		return starts[i]
+	if len(starts) == 0 {
+		return 0
 	}
-	var n int64
-	for _, r := range e.SparseMap() {
-		n += r.Length
-	}
-	return n
+	return starts[min(i, len(starts)-1)]
 }
 
 func newLayer(i int, l Layer) *layer {
@@ -203,11 +199,9 @@ func newLayer(i int, l Layer) *layer {
 	for i := range l.TOC.Entries {
 		e := &l.TOC.Entries[i]
 		if rs := e.SparseMap(); len(rs) > 0 {
-			starts := make([]int64, len(rs))
-			var n int64
+			starts := make([]int64, len(rs)+1)
 			for j, r := range rs {
-				starts[j] = n
-				n += r.Length
+				starts[j+1] = starts[j] + r.Length
 			}
 			if ly.sparse == nil {
 				ly.sparse = map[*toc.Entry][]int64{}
