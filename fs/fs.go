@@ -391,7 +391,7 @@ const writeQueue = 256
 // read-ahead never evicts chunks before the reader gets to them, and at
 // least 64 MiB.
 func hotSetBytes(ls []*layer, readAhead int) int64 {
-	return max(64<<20, 2*int64(max(readAhead, 0))*int64(maxChunkSize(ls)))
+	return max(64<<20, 2*bigFileWindow*int64(max(readAhead, 0))*int64(maxChunkSize(ls)))
 }
 
 func maxChunkSize(ls []*layer) int {
