@@ -75,6 +75,19 @@ func TestBigFile(t *testing.T) {
 	requireFUSE(t)
 	size := bigSize()
 	layer, want := bigFileLayer(t, size, bigChunk)
+	// owned: the hot set keeps the fetcher's buffers (fs/remote's way);
+	// copied: it copies chunks out of a buffer the fetcher reuses.
+	for _, copied := range []bool{false, true} {
+		t.Run(map[bool]string{false: "owned", true: "copied"}[copied], func(t *testing.T) {
+			layer.fetcher.SetCopied(copied)
+			t.Cleanup(func() { layer.fetcher.SetCopied(false) })
+			testBigFile(t, layer, want)
+		})
+	}
+}
+
+func testBigFile(t *testing.T, layer *testLayer, want []byte) {
+	size := len(want)
 	nchunks := int64(size / bigChunk)
 	mount := func(t *testing.T) (string, *Root) {
 		layer.fetcher.Reset()

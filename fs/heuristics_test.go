@@ -147,6 +147,12 @@ type stallFetcher struct {
 	ready, next chan struct{}
 }
 
+// FetchChunksOwned goes through FetchChunks above (the embedded fetcher's
+// would bypass it).
+func (s *stallFetcher) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, _ func(int) []byte, fn func(int, []byte, bool) error) error {
+	return s.FetchChunks(ctx, chunks, func(i int, data []byte) error { return fn(i, data, false) })
+}
+
 func (s *stallFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
 	if ctx.Value(bgKey{}) == nil {
 		return s.BlobFetcher.FetchChunks(ctx, chunks, fn)
@@ -440,6 +446,12 @@ type concurrencyFetcher struct {
 	*fstest.BlobFetcher
 	mu       sync.Mutex
 	now, max int
+}
+
+// FetchChunksOwned goes through FetchChunks above (the embedded fetcher's
+// would bypass it).
+func (f *concurrencyFetcher) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, _ func(int) []byte, fn func(int, []byte, bool) error) error {
+	return f.FetchChunks(ctx, chunks, func(i int, data []byte) error { return fn(i, data, false) })
 }
 
 func (f *concurrencyFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {

@@ -58,6 +58,26 @@ func newHotSet(limit int64, bufCap int) *hotSet {
 	return &hotSet{limit: limit, bufCap: bufCap, m: map[[32]byte]*hotChunk{}}
 }
 
+// buf returns an empty buffer with room for n bytes, from the set's pools:
+// a fetcher decodes a chunk into it, and adopt takes it without a copy.
+func (s *hotSet) buf(n int) []byte {
+	if k, c := hotClass(n); k < hotClasses && c <= max(s.bufCap, minHotBuf) {
+		if p, _ := s.pools[k].Get().(*[]byte); p != nil {
+			return (*p)[:0]
+		}
+		return make([]byte, 0, c)
+	}
+	return make([]byte, 0, n)
+}
+
+// recycle gives a buffer from buf back when it was not adopted.
+func (s *hotSet) recycle(b []byte) {
+	if k, c := hotClass(cap(b)); k < hotClasses && c == cap(b) {
+		b = b[:0]
+		s.pools[k].Put(&b)
+	}
+}
+
 // add copies data (a verified chunk) into the set unless it is there, and
 // returns it held once for the caller, or nil if it was already there.
 func (s *hotSet) add(sum [32]byte, data []byte) *hotChunk {
@@ -68,29 +88,29 @@ func (s *hotSet) add(sum [32]byte, data []byte) *hotChunk {
 	}
 	s.mu.Unlock()
 	// Copy outside the lock; a racing add of the same chunk loses below.
-	var buf []byte
-	if k, c := hotClass(len(data)); k < hotClasses && c <= max(s.bufCap, minHotBuf) {
-		if p, _ := s.pools[k].Get().(*[]byte); p != nil {
-			buf = (*p)[:len(data)]
-		} else {
-			buf = make([]byte, len(data), c)
-		}
-	} else {
-		buf = make([]byte, len(data))
+	buf := append(s.buf(len(data)), data...)
+	c := s.adopt(sum, buf)
+	if c == nil {
+		s.recycle(buf)
 	}
-	copy(buf, data)
-	c := &hotChunk{sum: sum, data: buf, set: s}
+	return c
+}
+
+// adopt puts data (a verified chunk, in a buffer the caller gives up:
+// from buf, or one the set may pool) into the set unless it is there, and
+// returns it held once for the caller. If the chunk was already there it
+// returns nil, and data stays the caller's.
+func (s *hotSet) adopt(sum [32]byte, data []byte) *hotChunk {
+	c := &hotChunk{sum: sum, data: data, set: s}
 	c.refs.Store(2) // the set's and the caller's
 	s.mu.Lock()
 	if _, ok := s.m[sum]; ok {
 		s.mu.Unlock()
-		c.refs.Store(1)
-		c.release()
 		return nil
 	}
 	s.m[sum] = c
 	s.fifo = append(s.fifo, c)
-	s.bytes += int64(cap(buf))
+	s.bytes += int64(cap(data))
 	var out []*hotChunk
 	for s.bytes > s.limit && s.head < len(s.fifo)-1 {
 		old := s.fifo[s.head]

@@ -183,6 +183,12 @@ func markBackground(ctx context.Context) context.Context {
 	return context.WithValue(ctx, bgKey{}, true)
 }
 
+// FetchChunksOwned goes through FetchChunks above (the embedded fetcher's
+// would bypass it).
+func (g *gatedFetcher) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, _ func(int) []byte, fn func(int, []byte, bool) error) error {
+	return g.FetchChunks(ctx, chunks, func(i int, data []byte) error { return fn(i, data, false) })
+}
+
 func (g *gatedFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
 	if ctx.Value(bgKey{}) == nil {
 		g.fg.Add(int64(len(chunks)))
@@ -383,6 +389,12 @@ type orderFetcher struct {
 	l     *testLayer
 	mu    sync.Mutex
 	calls [][]int
+}
+
+// FetchChunksOwned goes through FetchChunks above (the embedded fetcher's
+// would bypass it).
+func (o *orderFetcher) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, _ func(int) []byte, fn func(int, []byte, bool) error) error {
+	return o.FetchChunks(ctx, chunks, func(i int, data []byte) error { return fn(i, data, false) })
 }
 
 func (o *orderFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {

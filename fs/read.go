@@ -532,7 +532,7 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 	got := make([]bool, len(idx))
 	vf, ok := l.fetcher.(verifyingFetcher)
 	trusted := ok && vf.VerifiesChunks()
-	err := l.fetcher.FetchChunks(ctx, chunks, func(k int, data []byte) error {
+	got1 := func(k int, data []byte, own bool) error {
 		if k < 0 || k >= len(chunks) {
 			return fmt.Errorf("fetcher delivered chunk %d of %d", k, len(chunks))
 		}
@@ -542,13 +542,29 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		}
 		r.stats.fetched.Add(1)
 		r.stats.fetchedBytes.Add(int64(len(data)))
-		r.storeChunk(c, data)
+		var h *hotChunk
+		if own {
+			h = r.hot.adopt(c.Sum, data)
+		} else {
+			h = r.hot.add(c.Sum, data)
+		}
 		if deliver != nil {
 			deliver(idx[k], data)
 		}
+		if h != nil {
+			r.queuePut(h)
+		} else if own {
+			r.hot.recycle(data) // the set had it already
+		}
 		got[k] = true
 		return nil
-	})
+	}
+	var err error
+	if of, ok := l.fetcher.(ownedFetcher); ok {
+		err = of.FetchChunksOwned(ctx, chunks, r.hot.buf, got1)
+	} else {
+		err = l.fetcher.FetchChunks(ctx, chunks, func(k int, data []byte) error { return got1(k, data, false) })
+	}
 	if err == nil {
 		for k := range got {
 			if !got[k] {
@@ -645,16 +661,20 @@ type cacheVerifiedPutter interface {
 	PutVerified(ctx context.Context, d digest.Digest, data []byte) error
 }
 
-// storeChunk puts a verified chunk into the hot set, where reads find it,
-// and queues it for the cache writer. It never waits for the cache: when
-// the writer's queue is full (the cache's write path is slower than the
-// network) the chunk is served from the hot set and not cached
-// (Stats.CacheSkipped); a later read of it fetches it again.
-func (r *Root) storeChunk(c *toc.Chunk, data []byte) {
-	h := r.hot.add(c.Sum, data)
-	if h == nil {
-		return // already there (a shared fetch, or fetched twice)
-	}
+// ownedFetcher is the optional ChunkFetcher method (fs/remote has it) that
+// decodes chunks into buffers from get and lets fn keep them (own): the
+// hot set then takes a fetched chunk without copying it.
+type ownedFetcher interface {
+	FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error
+}
+
+// queuePut queues hot chunk h (a verified chunk just put into the hot set,
+// where reads find it; the caller's hold passes to the queue) for the cache
+// writer. It never waits for the cache: when the writer's queue is full
+// (the cache's write path is slower than the network) the chunk is served
+// from the hot set and not cached (Stats.CacheSkipped); a later read of it
+// fetches it again.
+func (r *Root) queuePut(h *hotChunk) {
 	if r.opts.Cache == nil || r.ctx.Err() != nil {
 		h.release()
 		return

@@ -42,6 +42,7 @@ type BlobFetcher struct {
 	started chan struct{}
 	latency time.Duration
 	every   int64 // fail every every-th call (0: never)
+	copied  bool  // FetchChunksOwned never hands over a buffer
 
 	requests atomic.Int64 // FetchChunks calls
 	chunks   atomic.Int64 // chunks delivered
@@ -100,8 +101,31 @@ func (f *BlobFetcher) Stats() (requests, chunks, bytes int64) {
 // Reset zeroes the counters.
 func (f *BlobFetcher) Reset() { f.requests.Store(0); f.chunks.Store(0); f.bytes.Store(0) }
 
+// SetCopied makes FetchChunksOwned deliver every chunk as FetchChunks does
+// (own false, in a buffer reused for the next chunk), as a fetcher without
+// owned buffers would (true), or hand the caller its buffers again (false,
+// the default).
+func (f *BlobFetcher) SetCopied(v bool) { f.mu.Lock(); f.copied = v; f.mu.Unlock() }
+
 // FetchChunks implements fs.ChunkFetcher.
 func (f *BlobFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i int, data []byte) error) error {
+	return f.fetch(ctx, chunks, nil, func(i int, data []byte, _ bool) error { return fn(i, data) })
+}
+
+// FetchChunksOwned is FetchChunks decoding each chunk into a buffer from get
+// and handing it to fn to keep (own true), as fs/remote does: unless
+// SetCopied, or when chunks holds the chunk more than once.
+func (f *BlobFetcher) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error {
+	f.mu.Lock()
+	copied := f.copied
+	f.mu.Unlock()
+	if copied {
+		get = nil
+	}
+	return f.fetch(ctx, chunks, get, fn)
+}
+
+func (f *BlobFetcher) fetch(ctx context.Context, chunks []toc.Chunk, get func(int) []byte, fn func(int, []byte, bool) error) error {
 	call := f.requests.Add(1)
 	f.mu.Lock()
 	fail, tamper, lie, block, started, latency := f.fail, f.tamper, f.lie, f.block, f.started, f.latency
@@ -131,11 +155,19 @@ func (f *BlobFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn fu
 		return ErrFetchFailed
 	}
 	var buf []byte
+	seen := map[[32]byte]int{}
+	for i := range chunks {
+		seen[chunks[i].Sum]++
+	}
 	for i := range chunks {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		c := &chunks[i]
+		own := get != nil && seen[c.Sum] == 1
+		if own {
+			buf = get(int(c.Size))
+		}
 		end := c.CompressedOffset + int64(c.CompressedSize)
 		if c.CompressedOffset < 0 || end > int64(len(f.blob)) {
 			return fmt.Errorf("chunk at %d+%d: outside the blob of %d bytes", c.CompressedOffset, c.CompressedSize, len(f.blob))
@@ -159,8 +191,11 @@ func (f *BlobFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn fu
 		if err != nil {
 			return err
 		}
-		if err := fn(i, buf); err != nil {
+		if err := fn(i, buf, own); err != nil {
 			return err
+		}
+		if own {
+			buf = nil // the caller's now
 		}
 		f.chunks.Add(1)
 	}

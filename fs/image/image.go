@@ -481,13 +481,28 @@ type fetchCounter struct {
 }
 
 func (c *fetchCounter) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
+	return c.FetchChunksOwned(ctx, chunks, nil, func(i int, data []byte, _ bool) error { return fn(i, data) })
+}
+
+// FetchChunksOwned passes get and ownership through when the wrapped
+// fetcher decodes into the caller's buffers (fs/remote), and otherwise
+// delivers with own false.
+func (c *fetchCounter) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, get func(int) []byte, fn func(int, []byte, bool) error) error {
 	start := time.Now()
 	var n, nb atomic.Int64
-	err := c.f.FetchChunks(ctx, chunks, func(i int, data []byte) error {
+	count := func(i int, data []byte, own bool) error {
 		n.Add(1)
 		nb.Add(int64(chunks[i].CompressedSize))
-		return fn(i, data)
-	})
+		return fn(i, data, own)
+	}
+	var err error
+	if of, ok := c.f.(interface {
+		FetchChunksOwned(context.Context, []toc.Chunk, func(int) []byte, func(int, []byte, bool) error) error
+	}); ok && get != nil {
+		err = of.FetchChunksOwned(ctx, chunks, get, count)
+	} else {
+		err = c.f.FetchChunks(ctx, chunks, func(i int, data []byte) error { return count(i, data, false) })
+	}
 	c.chunks.Add(n.Load())
 	c.bytes.Add(nb.Load())
 	if err != nil {

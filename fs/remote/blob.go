@@ -385,6 +385,21 @@ func (f *Fetcher) complete(w *want, data []byte, err error, abandoned bool) (sha
 // Under a context marked with Background the requests never take the last
 // quarter of the fetcher's request slots.
 func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i int, data []byte) error) error {
+	return b.fetchChunks(ctx, chunks, nil, func(i int, data []byte, _ bool) error { return fn(i, data) })
+}
+
+// FetchChunksOwned is FetchChunks for a caller that keeps chunks (package
+// fs's hot set): each chunk is decoded into a buffer from get (length 0,
+// capacity at least n), and fn gets own true when data is that buffer and
+// nothing else uses it (no other caller joined the fetch of that chunk, and
+// chunks holds it once): the caller may keep it, and must not expect it back.
+// Otherwise data is only valid during the call, as with FetchChunks. A
+// buffer from get that fn did not get to own is dropped, never reused.
+func (b *Blob) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error {
+	return b.fetchChunks(ctx, chunks, get, fn)
+}
+
+func (b *Blob) fetchChunks(ctx context.Context, chunks []toc.Chunk, get func(int) []byte, fn func(int, []byte, bool) error) error {
 	if len(chunks) == 0 {
 		return nil
 	}
@@ -418,7 +433,7 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 		w.idx = append(w.idx, i)
 	}
 	for len(pending) > 0 {
-		joined, err := b.fetchPlanned(ctx, pending, fn)
+		joined, err := b.fetchPlanned(ctx, pending, get, fn)
 		for _, w := range joined {
 			joinedAll = append(joinedAll, w.call)
 		}
@@ -439,7 +454,7 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 				}
 				return w.call.err
 			}
-			if err := deliver(fn, w, w.call.data); err != nil {
+			if err := deliver(fn, w, w.call.data, false); err != nil {
 				return fmt.Errorf("blob %s: chunk at %d: %w", b.digest, w.c.CompressedOffset, err)
 			}
 		}
@@ -453,7 +468,7 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 // behind a long (background) fetch are not held hostage: whoever starts
 // first fetches them and the others join. It returns the chunks that were
 // already in flight elsewhere, to be awaited.
-func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, fn func(int, []byte) error) ([]*want, error) {
+func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, get func(int) []byte, fn func(int, []byte, bool) error) ([]*want, error) {
 	f := b.f
 	bg := isBackground(ctx)
 	var mu sync.Mutex
@@ -488,13 +503,13 @@ func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, fn func(int, []b
 			// fn is this caller's: never called once it has left.
 			var dmu sync.Mutex
 			gone := false
-			deliverFn := func(i int, data []byte) error {
+			deliverFn := func(i int, data []byte, own bool) error {
 				dmu.Lock()
 				defer dmu.Unlock()
 				if gone {
 					return nil
 				}
-				return fn(i, data)
+				return fn(i, data, own)
 			}
 			done := make(chan error, 1)
 			go func() {
@@ -503,7 +518,7 @@ func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, fn func(int, []b
 				defer cancel(nil)
 				subs := b.plan(own)
 				for k, sub := range subs {
-					if err := b.fetchRun(rctx, sub, deliverFn); err != nil {
+					if err := b.fetchRun(rctx, sub, get, deliverFn); err != nil {
 						for _, rest := range subs[k+1:] {
 							for _, w := range rest {
 								f.complete(w, nil, err, true)
@@ -564,9 +579,12 @@ func (b *Blob) checkChunk(c *toc.Chunk) error {
 	return nil
 }
 
-func deliver(fn func(int, []byte) error, w *want, data []byte) error {
+// deliver hands a chunk to fn for each index it has in the caller's chunks;
+// own (the caller may keep data) only when it has one.
+func deliver(fn func(int, []byte, bool) error, w *want, data []byte, own bool) error {
+	own = own && len(w.idx) == 1
 	for _, i := range w.idx {
-		if err := fn(i, data); err != nil {
+		if err := fn(i, data, own); err != nil {
 			return err
 		}
 	}
@@ -623,7 +641,7 @@ func putData(b []byte) { dataPool.Put(&b) }
 // retry: each retry asks only for the chunks not yet delivered). The caller
 // holds a request slot. Every chunk of the run is completed (delivered or
 // failed) when it returns.
-func (b *Blob) fetchRun(ctx context.Context, run []*want, fn func(int, []byte) error) (err error) {
+func (b *Blob) fetchRun(ctx context.Context, run []*want, get func(int) []byte, fn func(int, []byte, bool) error) (err error) {
 	f := b.f
 	i := 0
 	defer func() {
@@ -660,7 +678,15 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, fn func(int, []byte) e
 					return err
 				}
 				pos = w.end()
-				data, err := toc.DecodeChunk(&w.c, *fp, getData(int(w.c.Size)))
+				var buf []byte
+				if get != nil {
+					buf = get(int(w.c.Size))
+				}
+				owned := cap(buf) >= int(w.c.Size)
+				if !owned {
+					buf = getData(int(w.c.Size))
+				}
+				data, err := toc.DecodeChunk(&w.c, *fp, buf[:0])
 				framePool.Put(fp)
 				if err != nil {
 					f.st.verify.Add(1)
@@ -668,12 +694,14 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, fn func(int, []byte) e
 					return &verifyError{fmt.Errorf("blob %s from %s: %w", b.digest, ep.base, err)}
 				}
 				f.st.chunks.Add(1)
+				// Owned only if the decoder filled get's buffer in place.
+				owned = owned && len(data) > 0 && &data[0] == &buf[:1][0]
 				shared := f.complete(w, data, nil, false)
 				i++
-				if err := deliver(fn, w, data); err != nil {
+				if err := deliver(fn, w, data, owned && !shared); err != nil {
 					return &stopError{fmt.Errorf("blob %s: chunk at %d: %w", b.digest, w.c.CompressedOffset, err)}
 				}
-				if !shared {
+				if !shared && !owned {
 					putData(data)
 				}
 			}

@@ -412,3 +412,82 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// FetchChunksOwned decodes into the caller's buffers and gives one to the
+// caller only when nothing else uses it: a chunk asked for twice in one call,
+// or joined by another caller, is delivered with own false.
+func TestFetchChunksOwned(t *testing.T) {
+	l := allTypesLayer(t)
+	gate := make(chan struct{})
+	fl := &faults{}
+	_, host := newRegistry(t, fl.wrap)
+	push(t, host, "lazy/img:v1", l)
+	f := newFetcher(t)
+	b := f.Blob(repoOf(t, host, "lazy/img"), l.digest(), l.res.Size)
+	want := l.want(t)
+	cs := l.res.TOC.Chunks
+	type got struct {
+		data []byte
+		own  bool
+	}
+	var mu sync.Mutex
+	gave := map[*byte]bool{} // first bytes of the buffers get returned
+	get := func(n int) []byte {
+		b := make([]byte, 0, n+1)
+		mu.Lock()
+		gave[&b[:1][0]] = true
+		mu.Unlock()
+		return b
+	}
+	fetch := func(ctx context.Context, chunks []toc.Chunk) (map[int]got, error) {
+		out := map[int]got{}
+		err := b.FetchChunksOwned(ctx, chunks, get, func(i int, data []byte, own bool) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if !own {
+				data = bytes.Clone(data)
+			} else if !gave[&data[0]] {
+				t.Errorf("chunk %d: owned data is not a buffer from get", i)
+			}
+			out[i] = got{data, own}
+			return nil
+		})
+		return out, err
+	}
+
+	res, err := fetch(context.Background(), []toc.Chunk{cs[1], cs[2], cs[1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range []int{1, 2, 1} {
+		if !bytes.Equal(res[i].data, want[k]) {
+			t.Fatalf("index %d: wrong bytes", i)
+		}
+	}
+	if res[0].own || res[2].own || !res[1].own {
+		t.Errorf("own = %v %v %v, want false true false (chunk 1 is asked for twice)", res[0].own, res[1].own, res[2].own)
+	}
+
+	// A second caller joins the first one's fetch of chunk 4: neither may
+	// keep a buffer the other reads.
+	fl.set(func(f *faults) { f.gate = gate })
+	first := make(chan map[int]got, 1)
+	go func() { r, _ := fetch(context.Background(), []toc.Chunk{cs[4]}); first <- r }()
+	for fl.blobGets.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	second := make(chan map[int]got, 1)
+	go func() { r, _ := fetch(context.Background(), []toc.Chunk{cs[4]}); second <- r }()
+	for f.Stats().ChunksShared == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	close(gate)
+	for _, r := range []map[int]got{<-first, <-second} {
+		if !bytes.Equal(r[0].data, want[4]) {
+			t.Fatal("shared chunk: wrong bytes")
+		}
+		if r[0].own {
+			t.Error("a shared chunk was delivered as owned")
+		}
+	}
+}
