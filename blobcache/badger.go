@@ -627,17 +627,30 @@ func (c *Badger) dropCorrupt(k key, bad *entry, cause error) {
 
 // Put implements Cache.
 func (c *Badger) Put(ctx context.Context, d digest.Digest, data []byte) error {
-	return c.put(ctx, d, data, true)
+	return c.put(ctx, d, data, true, nil)
 }
 
 // PutVerified stores data like Put without hashing it again: the caller has
 // just checked sha256(data) == d (as package fs does for every fetched
 // chunk). A wrong claim stores bytes that Get serves; use Put otherwise.
 func (c *Badger) PutVerified(ctx context.Context, d digest.Digest, data []byte) error {
-	return c.put(ctx, d, data, false)
+	return c.put(ctx, d, data, false, nil)
 }
 
-func (c *Badger) put(ctx context.Context, d digest.Digest, data []byte, verify bool) error {
+// PutVerifiedChecksum is PutVerified with the record's checksum,
+// Checksum(data), computed by the caller: right after it decoded or hashed
+// the chunk, when the bytes are still in its CPU's cache (a cold pass over
+// them costs several times more). A wrong sum stores a record that fails
+// its check when read: Get then drops it as corrupt, a miss.
+func (c *Badger) PutVerifiedChecksum(ctx context.Context, d digest.Digest, data []byte, sum uint32) error {
+	return c.put(ctx, d, data, false, &sum)
+}
+
+// Checksum returns the checksum blobcache keeps with each chunk it stores
+// (CRC-32C), for PutVerifiedChecksum.
+func Checksum(data []byte) uint32 { return crc32c(data) }
+
+func (c *Badger) put(ctx context.Context, d digest.Digest, data []byte, verify bool, sum *uint32) error {
 	k, err := parseDigest(d)
 	if err != nil {
 		return err
@@ -670,7 +683,12 @@ func (c *Badger) put(ctx context.Context, d digest.Digest, data []byte, verify b
 			return mismatch(d, sum)
 		}
 	}
-	crc := crc32c(data)
+	var crc uint32
+	if sum != nil {
+		crc = *sum
+	} else {
+		crc = crc32c(data)
+	}
 	var rec []byte // the badger value: a chunk record, or an extent record
 	var seg *segment
 	var off int64

@@ -520,3 +520,29 @@ func TestBigChunkEvictsManySmall(t *testing.T) {
 		t.Fatalf("big chunk: %v", err)
 	}
 }
+
+// PutVerifiedChecksum stores a chunk with the caller's checksum: the right
+// one reads back, a wrong one makes the record fail its check on Get
+// (dropped, a miss), in each place a chunk can live.
+func TestPutVerifiedChecksum(t *testing.T) {
+	for _, size := range []int{100, 2 << 10, 256 << 10} { // LSM tree, value log, segment
+		c := openT(t, t.TempDir(), WithCapacity(4<<20))
+		ctx := context.Background()
+		data, ds := chunksT(2, size, uint64(size)+7)
+		if err := c.PutVerifiedChecksum(ctx, ds[0], data[0], Checksum(data[0])); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := c.Get(ctx, ds[0]); err != nil || !bytes.Equal(got, data[0]) {
+			t.Fatalf("%d bytes, right checksum: Get = %d bytes, %v", size, len(got), err)
+		}
+		if err := c.PutVerifiedChecksum(ctx, ds[1], data[1], Checksum(data[1])^1); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := c.Get(ctx, ds[1]); err == nil {
+			t.Fatalf("%d bytes, wrong checksum: Get served %d bytes", size, len(got))
+		}
+		if ok, _ := c.Has(ctx, ds[1]); ok {
+			t.Errorf("%d bytes: a record that failed its check is still there", size)
+		}
+	}
+}

@@ -75,18 +75,32 @@ func TestBigFile(t *testing.T) {
 	requireFUSE(t)
 	size := bigSize()
 	layer, want := bigFileLayer(t, size, bigChunk)
-	// owned: the hot set keeps the fetcher's buffers (fs/remote's way);
-	// copied: it copies chunks out of a buffer the fetcher reuses.
+	// owned: the hot set keeps the fetcher's buffers (fs/remote's way),
+	// stored in blobcache with the checksums computed as chunks arrive
+	// (TestSpliceChecksFirst reads them back after a reopen); copied: the
+	// hot set copies chunks out of a buffer the fetcher reuses, into a map
+	// cache.
 	for _, copied := range []bool{false, true} {
 		t.Run(map[bool]string{false: "owned", true: "copied"}[copied], func(t *testing.T) {
 			layer.fetcher.SetCopied(copied)
 			t.Cleanup(func() { layer.fetcher.SetCopied(false) })
-			testBigFile(t, layer, want)
+			newCache := func(t *testing.T) Cache { return fstest.NewMemCache() }
+			if !copied {
+				newCache = func(t *testing.T) Cache {
+					c, err := blobcache.Open(t.TempDir())
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Cleanup(func() { c.Close() })
+					return c
+				}
+			}
+			testBigFile(t, layer, want, newCache)
 		})
 	}
 }
 
-func testBigFile(t *testing.T, layer *testLayer, want []byte) {
+func testBigFile(t *testing.T, layer *testLayer, want []byte, newCache func(*testing.T) Cache) {
 	size := len(want)
 	nchunks := int64(size / bigChunk)
 	mount := func(t *testing.T) (string, *Root) {
@@ -94,7 +108,7 @@ func testBigFile(t *testing.T, layer *testLayer, want []byte) {
 		layer.fetcher.SetLatency(2 * time.Millisecond)
 		layer.fetcher.SetFailEvery(7)
 		t.Cleanup(func() { layer.fetcher.SetLatency(0); layer.fetcher.SetFailEvery(0) })
-		return mountLayers(t, []*testLayer{layer}, Options{Cache: fstest.NewMemCache(), NeighbourWindow: -1})
+		return mountLayers(t, []*testLayer{layer}, Options{Cache: newCache(t), NeighbourWindow: -1})
 	}
 
 	t.Run("sequential", func(t *testing.T) {

@@ -228,23 +228,26 @@ type Root struct {
 	log   *slog.Logger
 	stats counters
 
-	ctx      context.Context
-	bgctx    context.Context // ctx, as PrefetchContext derives it for background fetches
-	hot      *hotSet         // recently fetched chunks, served before the cache
-	puts     chan *hotChunk  // verified chunks for the cache writer
-	queued   atomic.Int64    // chunks queued for or being written by the cache writer
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	prefetch chan prefetchJob
-	inflight sync.Map // [32]byte chunk sum → *flight: fetches in progress
-	nb       neighbourUse
-	depsSeen sync.Map // uint32 data node → true: libraries whose dependencies were (or are to be) looked up
-	reported sync.Map // chunkKey → struct{}: EIO already logged
-	spool    *spool
-	bufs     sync.Pool  // *[]byte chunk buffers for partial cache reads
-	lifeMu   sync.Mutex // orders spawn against Close
-	bulkMu   sync.Mutex
-	bulks    map[uint32]bool // nodes whose file a bulk fill is fetching
+	ctx   context.Context
+	bgctx context.Context // ctx, as PrefetchContext derives it for background fetches
+	hot   *hotSet         // recently fetched chunks, served before the cache
+	// checksums: the cache takes a chunk's record checksum along
+	// (cacheChecksumPutter), so fetch computes it.
+	checksums bool
+	puts      chan *hotChunk // verified chunks for the cache writer
+	queued    atomic.Int64   // chunks queued for or being written by the cache writer
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	prefetch  chan prefetchJob
+	inflight  sync.Map // [32]byte chunk sum → *flight: fetches in progress
+	nb        neighbourUse
+	depsSeen  sync.Map // uint32 data node → true: libraries whose dependencies were (or are to be) looked up
+	reported  sync.Map // chunkKey → struct{}: EIO already logged
+	spool     *spool
+	bufs      sync.Pool  // *[]byte chunk buffers for partial cache reads
+	lifeMu    sync.Mutex // orders spawn against Close
+	bulkMu    sync.Mutex
+	bulks     map[uint32]bool // nodes whose file a bulk fill is fetching
 	// profiled is, per layer, a bit per chunk named by the start-up profile
 	// being prefetched (nil without one): reads are lean then, and a miss of
 	// a profiled chunk gets windows only over the profile's chunks
@@ -368,6 +371,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		r.spool = sp
 	}
 	r.hot = newHotSet(hotSetBytes(ls, opts.ReadAhead), maxChunkSize(ls))
+	_, r.checksums = opts.Cache.(cacheChecksumPutter)
 	if opts.Cache != nil {
 		r.puts = make(chan *hotChunk, writeQueue)
 		r.wg.Add(1)

@@ -50,8 +50,13 @@ func hotClass(n int) (int, int) {
 type hotChunk struct {
 	sum  [32]byte
 	data []byte
-	refs atomic.Int32
-	set  *hotSet
+	// check is the cache's checksum of data (blobcache.Checksum), when
+	// checked: computed as the chunk arrives, while its bytes are in the
+	// CPU's cache, not when the cache writer gets to it.
+	check   uint32
+	checked bool
+	refs    atomic.Int32
+	set     *hotSet
 }
 
 func newHotSet(limit int64, bufCap int) *hotSet {

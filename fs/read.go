@@ -548,6 +548,9 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		} else {
 			h = r.hot.add(c.Sum, data)
 		}
+		if h != nil && r.checksums {
+			h.check, h.checked = blobcache.Checksum(data), true
+		}
 		if deliver != nil {
 			deliver(idx[k], data)
 		}
@@ -661,6 +664,15 @@ type cacheVerifiedPutter interface {
 	PutVerified(ctx context.Context, d digest.Digest, data []byte) error
 }
 
+// cacheChecksumPutter is the optional Cache method (blobcache has it) that
+// takes the record checksum (blobcache.Checksum) along: fetch computes it
+// while a chunk's bytes are in the CPU's cache (cold read of 1 GiB: 0.04 s
+// of CPU there against 0.26 s in the cache writer). Like PutVerified it
+// does not keep data.
+type cacheChecksumPutter interface {
+	PutVerifiedChecksum(ctx context.Context, d digest.Digest, data []byte, sum uint32) error
+}
+
 // ownedFetcher is the optional ChunkFetcher method (fs/remote has it) that
 // decodes chunks into buffers from get and lets fn keep them (own): the
 // hot set then takes a fetched chunk without copying it.
@@ -694,7 +706,9 @@ func (r *Root) put(h *hotChunk) {
 	defer h.release()
 	d := digest.NewDigestFromBytes(digest.SHA256, h.sum[:])
 	var err error
-	if vp, ok := r.opts.Cache.(cacheVerifiedPutter); ok {
+	if cp, ok := r.opts.Cache.(cacheChecksumPutter); ok && h.checked {
+		err = cp.PutVerifiedChecksum(r.ctx, d, h.data, h.check) // does not keep h.data
+	} else if vp, ok := r.opts.Cache.(cacheVerifiedPutter); ok {
 		err = vp.PutVerified(r.ctx, d, h.data) // does not keep h.data
 	} else {
 		// Cache.Put may keep its slice; the hot set's buffer is recycled.
