@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ import (
 	"github.com/lazyfs/lazyfs/blobcache"
 	"github.com/lazyfs/lazyfs/blobcache/blobcachetest"
 	"github.com/lazyfs/lazyfs/fs/fstest"
+	"github.com/lazyfs/lazyfs/fs/toc"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
 )
 
@@ -451,4 +453,62 @@ func TestFullCacheDisk(t *testing.T) {
 	root.hot.clear()
 	dropCache(t, filepath.Join(dir, "model.bin"))
 	mustRead(t, filepath.Join(dir, "model.bin"), want)
+}
+
+// callSizes records the chunks of every FetchChunks call.
+type callSizes struct {
+	*fstest.BlobFetcher
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (c *callSizes) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
+	c.mu.Lock()
+	c.sizes = append(c.sizes, len(chunks))
+	c.mu.Unlock()
+	return c.BlobFetcher.FetchChunks(ctx, chunks, fn)
+}
+
+// FetchChunksOwned goes through FetchChunks above (the embedded fetcher's
+// would bypass it).
+func (c *callSizes) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, _ func(int) []byte, fn func(int, []byte, bool) error) error {
+	return c.FetchChunks(ctx, chunks, func(i int, data []byte) error { return fn(i, data, false) })
+}
+
+func (c *callSizes) max() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Max(append([]int{0}, c.sizes...))
+}
+
+// TestBigFileReadAheadJobs: a sequential reader of a big file (≥ 64 MiB, not
+// a library) gets read-ahead in jobs of up to 16 MiB, one range request
+// each, so that a registry serves a model's weights in few requests; a
+// smaller file's jobs stay at 4 MiB.
+func TestBigFileReadAheadJobs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("converts a 64 MiB file")
+	}
+	small := toctest.Random(5, 32<<20)
+	big := toctest.Random(6, bulkMinSize)
+	l := convertLayer(t, toctest.Tar(t, []toctest.File{reg("big.bin", 0o644, big), reg("small.bin", 0o644, small)}), bigChunk)
+	for _, tc := range []struct {
+		name    string
+		want    []byte
+		maxJobs int // chunks of the largest read-ahead job allowed
+		minJobs int // ... and the largest expected at least
+	}{
+		{"small.bin", small, raJobBytes / bigChunk, raJobBytes / bigChunk},
+		{"big.bin", big, bigRAJobBytes / bigChunk, raJobBytes/bigChunk + 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &callSizes{BlobFetcher: fstest.NewBlobFetcher(l.blob)}
+			f.SetLatency(2 * time.Millisecond) // reads wait: the window grows
+			dir, _ := mountFetcher(t, l, f, Options{NeighbourWindow: -1, Cache: fstest.NewMemCache()})
+			mustRead(t, filepath.Join(dir, tc.name), tc.want)
+			if m := f.max(); m > tc.maxJobs || m < tc.minJobs {
+				t.Errorf("largest fetch %d chunks of %d KiB, want %d to %d", m, bigChunk>>10, tc.minJobs, tc.maxJobs)
+			}
+		})
+	}
 }

@@ -238,7 +238,7 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 	// Split into jobs of at most raJobBytes, which the prefetch workers
 	// fetch in parallel: parallel range requests across one big file,
 	// whatever the fetcher does within one call.
-	step := max(1, raJobBytes/max(1, int(l.toc.ChunkSize)))
+	step := max(1, h.jobBytes(e)/max(1, int(l.toc.ChunkSize)))
 	for i := from; i < to; i += step {
 		if !r.queuePrefetch(prefetchJob{l: l, first: i, last: min(i+step, to), path: e.Name}) {
 			h.mu.Lock()
@@ -257,27 +257,48 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 // 7.03 s with 4; reading all of /usr 4.19 against 4.30 s.
 const slowLinkJobs = 2
 
-// raJobBytes bounds one read-ahead job: fs/remote's default request bound,
-// so that one job is one range request. The window (up to ReadAhead chunks,
-// bigFileWindow times that in a big file) goes out in jobs fetched in
-// parallel, as many as the window holds: a window grows while the reader
-// still waits for the network, so a link whose connections are each slower
-// than the link gets more requests in flight. Cold `cat` of a 1 GiB file on
-// loopback (bench/scripts/cold-read.sh, one run, 5 rounds, medians): 4 MiB
-// jobs 2.39 s and 1.76 s of the registry's CPU, 16 MiB jobs 2.21 s and
-// 1.31 s, 16 MiB jobs in windows of up to 64 MiB 2.08 s and 1.17 s.
-const raJobBytes = 16 << 20
+// raJobBytes bounds one read-ahead job, so that one job is one range
+// request: the window goes out in jobs that the prefetch workers fetch in
+// parallel, as many as it holds, and a window grows while the reader still
+// waits for the network, so a link whose connections are each slower than
+// the link gets more requests in flight.
+const raJobBytes = 4 << 20
 
-// bigFileWindow multiplies ReadAhead for a stream in a big file that is not
-// a shared library (model weights, a dataset): such a file is read far, and
-// its window must cover the link's bandwidth × round trip (25 MB at 10
-// Gbit/s and 20 ms) in requests large enough to cost the registry little.
-const bigFileWindow = 2
+// A big file (bigFile) is read in jobs of bigRAJobBytes, fs/remote's
+// default request bound, in windows of up to bigFileWindow × ReadAhead
+// chunks: such a file (model weights, a dataset) is read far, its window
+// must cover the link's bandwidth × round trip (25 MB at 10 Gbit/s and
+// 20 ms), and the registry's cost is per request as much as per byte. Cold
+// `cat` of a 1 GiB file on loopback (bench/scripts/cold-read.sh, one run, 5
+// rounds, medians): 4 MiB jobs 2.39 s and 1.76 s of the registry's CPU,
+// 16 MiB jobs 2.21 s and 1.31 s, 16 MiB jobs in windows of up to 64 MiB
+// 2.08 s and 1.17 s. Other files keep 4 MiB jobs: `import torch` without a
+// profile at 1 Gbit/s (`lazyfs bench --mode mount -n 3`, builds
+// interleaved), 16 MiB jobs everywhere 5.00 and 4.82 s, 16 MiB only in big
+// files 4.70 and 4.62 s, and 4 MiB everywhere (before the CPU savings that
+// came with it) 5.19 and 5.09 s.
+const (
+	bigRAJobBytes = 16 << 20
+	bigFileWindow = 2
+)
+
+// bigFile reports whether the stream's file gets big-file read-ahead: at
+// least bulkMinSize bytes and not a shared library (a program uses a small
+// part of a big library).
+func (h *handle) bigFile(e *toc.Entry) bool { return !h.lib && e.Size >= bulkMinSize }
+
+// jobBytes returns the bytes of one read-ahead job in file e.
+func (h *handle) jobBytes(e *toc.Entry) int {
+	if h.bigFile(e) {
+		return bigRAJobBytes
+	}
+	return raJobBytes
+}
 
 // maxWindow returns the largest read-ahead window, in chunks, of a stream in
 // file e.
 func (h *handle) maxWindow(e *toc.Entry) int {
-	if !h.lib && e.Size >= bulkMinSize {
+	if h.bigFile(e) {
 		return bigFileWindow * h.r.opts.ReadAhead
 	}
 	return h.r.opts.ReadAhead

@@ -6,6 +6,10 @@
 #   SIZE_MIB=1024 ROUNDS=3 bench/scripts/cold-read.sh
 # MMAP=1 adds a loader-like read (mmap, tensors of 2-16 MiB in a random
 # order: bench/scripts/mmapload.py) of the same file from a fresh mount.
+# COMPARE="BIN1 BIN2 ..." times several lazyfs builds instead, one after the
+# other in every round on the same registry (builds differ by less than
+# this machine drifts between runs), with the registry's CPU seconds
+# around each read; the conversion uses $LAZYFS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -48,6 +52,30 @@ crane append --insecure -f "$W/layer.tar" -t "$REG/bench/model:plain" >/dev/null
 DIGEST=$("$LAZYFS" inspect --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"])')
 BLOB=$("$LAZYFS" inspect --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["size"])')
 now() { date +%s.%N; }
+regcpu() { awk '{print $14+$15}' "/proc/$REGPID/stat"; } # registry's utime+stime, ticks
+secs() { python3 -c 'import sys; print(f"{float(sys.argv[2])-float(sys.argv[1]):.2f}")' "$@"; }
+if [ -n "${COMPARE:-}" ]; then
+	echo "| round | crane blob (s, registry CPU s) |$(for b in $COMPARE; do printf ' %s (s, registry CPU s) |' "$b"; done)"
+	echo "|---|---|$(for b in $COMPARE; do printf -- '---|'; done)"
+	hz=$(getconf CLK_TCK)
+	for r in $(seq "$ROUNDS"); do
+		sync; echo 3 > /proc/sys/vm/drop_caches
+		c0=$(regcpu); t0=$(now); crane blob --insecure "$REG/bench/model@$DIGEST" > /dev/null; t1=$(now); c1=$(regcpu)
+		line="| $r | $(secs "$t0" "$t1"), $(secs 0 "$(((c1-c0)*100/hz))e-2") |"
+		for b in $COMPARE; do
+			rm -rf "$W/cache" "$W/mnt" "$W/state"; mkdir -p "$W/mnt"
+			sync; echo 3 > /proc/sys/vm/drop_caches
+			c0=$(regcpu); t0=$(now)
+			"$b" mount ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+			cat "$W/mnt/model.bin" > /dev/null
+			t1=$(now); c1=$(regcpu)
+			"$b" umount --state-dir "$W/state" "$W/mnt" >/dev/null
+			line="$line $(secs "$t0" "$t1"), $(secs 0 "$(((c1-c0)*100/hz))e-2") |"
+		done
+		echo "$line"
+	done
+	exit 0
+fi
 echo "| round | crane blob (s) | lazyfs mount + cat (s) | crane MB/s | lazyfs MB/s | lazyfs / crane speed |${MMAP:+ mount + mmap loader (s) | mmap / cat time |}"
 echo "|---|---|---|---|---|---|${MMAP:+---|---|}"
 for r in $(seq "$ROUNDS"); do
