@@ -9,7 +9,8 @@
 # COMPARE="BIN1 BIN2 ..." times several lazyfs builds instead, one after the
 # other in every round on the same registry (builds differ by less than
 # this machine drifts between runs), with the registry's CPU seconds
-# around each read; the conversion uses $LAZYFS.
+# around each read (and with MMAP=1 the loader's time from a fresh mount);
+# the conversion uses $LAZYFS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -70,7 +71,18 @@ if [ -n "${COMPARE:-}" ]; then
 			cat "$W/mnt/model.bin" > /dev/null
 			t1=$(now); c1=$(regcpu)
 			"$b" umount --state-dir "$W/state" "$W/mnt" >/dev/null
-			line="$line $(secs "$t0" "$t1"), $(secs 0 "$(((c1-c0)*100/hz))e-2") |"
+			line="$line $(secs "$t0" "$t1"), $(secs 0 "$(((c1-c0)*100/hz))e-2")"
+			if [ -n "${MMAP:-}" ]; then
+				rm -rf "$W/cache" "$W/state"
+				sync; echo 3 > /proc/sys/vm/drop_caches
+				t0=$(now)
+				"$b" mount ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+				python3 bench/scripts/mmapload.py "$W/mnt/model.bin" "$r" >/dev/null
+				t1=$(now)
+				"$b" umount --state-dir "$W/state" "$W/mnt" >/dev/null
+				line="$line, mmap loader $(secs "$t0" "$t1")"
+			fi
+			line="$line |"
 		done
 		echo "$line"
 	done
