@@ -21,6 +21,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lazyfs/lazyfs/internal/platform"
+
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -33,13 +35,9 @@ import (
 	"github.com/lazyfs/lazyfs/fs/toc"
 )
 
-// BuildKit's annotations on the attestation manifests it adds to an index:
-// refTypeAnnotation marks them ("attestation-manifest"), refDigestAnnotation
-// names the image each describes.
-const (
-	refTypeAnnotation   = "vnd.docker.reference.type"
-	refDigestAnnotation = "vnd.docker.reference.digest"
-)
+// refDigestAnnotation names the image an attestation manifest of BuildKit's
+// describes (platform.RefTypeAnnotation marks such manifests).
+const refDigestAnnotation = "vnd.docker.reference.digest"
 
 // Errors of this package.
 var (
@@ -383,55 +381,55 @@ func platformString(p *v1.Platform) string {
 	return p.String()
 }
 
-// maxPlatformless bounds the index entries without a platform whose
-// manifest and config pick reads to learn their platform (the source
-// index is the registry's; each costs two requests).
-const maxPlatformless = 16
-
 // pick returns the image of idx to convert for the requested platform, as
 // containerd (and the lazy mount, remote.Fetcher.Resolve) would choose it
-// to run: an image whose index entry's platform satisfies it, else one
-// whose entry has no platform and whose config's does; never an
-// attestation manifest (vnd.docker.reference.type).
+// to run: platform.Pick, an image whose index entry's platform satisfies
+// it, else one whose entry has no platform and whose config's does; never
+// an attestation manifest.
 func (c *converter) pick(idx v1.ImageIndex) (v1.Image, v1.Descriptor, error) {
 	im, err := idx.IndexManifest()
 	if err != nil {
 		return nil, v1.Descriptor{}, fmt.Errorf("image %s: %w", c.src, err)
 	}
-	runnable := func(d v1.Descriptor) bool { return d.MediaType.IsImage() && d.Annotations[refTypeAnnotation] == "" }
-	for _, d := range im.Manifests {
-		if runnable(d) && d.Platform != nil && d.Platform.Satisfies(*c.o.platform) {
-			img, err := idx.Image(d.Digest)
-			if err != nil {
-				return nil, d, fmt.Errorf("image %s@%s: %w", c.src, d.Digest, err)
-			}
-			return img, d, nil
+	imgs := map[int]v1.Image{}
+	image := func(i int) (v1.Image, error) {
+		if img, ok := imgs[i]; ok {
+			return img, nil
 		}
-	}
-	probed := 0
-	for _, d := range im.Manifests {
-		if !runnable(d) || d.Platform != nil {
-			continue
-		}
-		if probed == maxPlatformless {
-			return nil, v1.Descriptor{}, fmt.Errorf("image %s: %w %s: none of the first %d index entries without a platform is for it, and no more are read (name the image by its digest)",
-				c.src, ErrNoMatchingPlatform, c.o.platform, maxPlatformless)
-		}
-		probed++
+		d := im.Manifests[i]
 		img, err := idx.Image(d.Digest)
 		if err != nil {
-			return nil, d, fmt.Errorf("image %s@%s: %w", c.src, d.Digest, err)
+			return nil, fmt.Errorf("image %s@%s: %w", c.src, d.Digest, err)
+		}
+		imgs[i] = img
+		return img, nil
+	}
+	i, p, err := platform.Pick(im.Manifests, *c.o.platform, func(i int) (*v1.Platform, error) {
+		img, err := image(i)
+		if err != nil {
+			return nil, err
 		}
 		cf, err := img.ConfigFile()
 		if err != nil {
-			return nil, d, fmt.Errorf("image %s@%s: config: %w", c.src, d.Digest, err)
+			return nil, fmt.Errorf("image %s@%s: config: %w", c.src, im.Manifests[i].Digest, err)
 		}
-		if p := cf.Platform(); p != nil && p.Satisfies(*c.o.platform) {
-			d.Platform = p
-			return img, d, nil
-		}
+		return cf.Platform(), nil
+	})
+	switch {
+	case errors.Is(err, platform.ErrUnprobed):
+		return nil, v1.Descriptor{}, fmt.Errorf("image %s: %w %s: %w", c.src, ErrNoMatchingPlatform, c.o.platform, err)
+	case err != nil:
+		return nil, v1.Descriptor{}, err
+	case i < 0:
+		return nil, v1.Descriptor{}, fmt.Errorf("image %s: %w %s", c.src, ErrNoMatchingPlatform, c.o.platform)
 	}
-	return nil, v1.Descriptor{}, fmt.Errorf("image %s: %w %s", c.src, ErrNoMatchingPlatform, c.o.platform)
+	img, err := image(i)
+	if err != nil {
+		return nil, im.Manifests[i], err
+	}
+	d := im.Manifests[i]
+	d.Platform = p
+	return img, d, nil
 }
 
 // index converts every image of an index (nested indexes are converted too).

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lazyfs/lazyfs/internal/platform"
+
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -102,14 +104,14 @@ func platformImage(t *testing.T, os, arch, data string) v1.Image {
 	return img
 }
 
-// TestIndexPlatformlessBound: the configs of at most maxPlatformless index
+// TestIndexPlatformlessBound: the configs of at most platform.MaxPlatformless index
 // entries without a platform are read (two requests each) looking for the
 // platform: an index with more is refused with ErrNoPlatform, even when a
 // later entry would match, rather than sending the registry's count of
 // requests.
 func TestIndexPlatformlessBound(t *testing.T) {
 	_, host := newRegistry(t, nil)
-	for _, n := range []int{maxPlatformless, maxPlatformless + 1} {
+	for _, n := range []int{platform.MaxPlatformless, platform.MaxPlatformless + 1} {
 		ref, err := name.ParseReference(fmt.Sprintf("%s/lazy/many:%d", host, n), name.Insecure)
 		if err != nil {
 			t.Fatal(err)
@@ -124,13 +126,13 @@ func TestIndexPlatformlessBound(t *testing.T) {
 			t.Fatal(err)
 		}
 		img, err := newFetcher(t).Resolve(context.Background(), ref.String(), &v1.Platform{OS: "linux", Architecture: "amd64"})
-		if n <= maxPlatformless {
+		if n <= platform.MaxPlatformless {
 			if want, _ := amd.Digest(); err != nil || img.Digest != want {
 				t.Errorf("%d entries without a platform, the last matching: %v, %v", n, img, err)
 			}
 			continue
 		}
-		if !errors.Is(err, ErrNoPlatform) || !strings.Contains(err.Error(), fmt.Sprint(maxPlatformless)) {
+		if !errors.Is(err, ErrNoPlatform) || !strings.Contains(err.Error(), fmt.Sprint(platform.MaxPlatformless)) {
 			t.Errorf("%d entries without a platform: %v (%v), want ErrNoPlatform naming the bound", n, img, err)
 		}
 	}

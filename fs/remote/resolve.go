@@ -6,11 +6,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"runtime"
 	"strings"
+
+	"github.com/lazyfs/lazyfs/internal/platform"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -112,64 +115,58 @@ func (f *Fetcher) Resolve(ctx context.Context, ref string, platform *v1.Platform
 	return img, nil
 }
 
-// refTypeAnnotation marks the manifests BuildKit adds to an index that are
-// not images to run (value "attestation-manifest").
-const refTypeAnnotation = "vnd.docker.reference.type"
-
 // pick chooses the image of index idx to run on platform, as containerd
-// does: an image manifest whose descriptor's platform satisfies platform
-// (the first), else one whose descriptor has no platform and whose config's
-// os, architecture and variant do. An attestation manifest
-// (vnd.docker.reference.type) is never chosen. It returns the platform and
-// the chosen manifest.
-func (f *Fetcher) pick(ctx context.Context, repo name.Repository, idx *v1.IndexManifest, platform *v1.Platform) (
+// does (platform.Pick: an entry whose platform satisfies it, else one
+// without a platform whose config's does; never an attestation). It
+// returns the platform and the chosen manifest.
+func (f *Fetcher) pick(ctx context.Context, repo name.Repository, idx *v1.IndexManifest, want *v1.Platform) (
 	*v1.Platform, []byte, types.MediaType, v1.Hash, error) {
-	get := func(d *v1.Descriptor) ([]byte, types.MediaType, v1.Hash, error) {
+	type got struct {
+		raw []byte
+		mt  types.MediaType
+		dig v1.Hash
+	}
+	read := map[int]got{}
+	get := func(i int) (got, error) {
+		if g, ok := read[i]; ok {
+			return g, nil
+		}
+		d := &idx.Manifests[i]
 		raw, mt, dig, err := f.manifest(ctx, repo, d.Digest.String(), true)
 		if err != nil {
-			return nil, "", v1.Hash{}, fmt.Errorf("platform %s: manifest %s: %w", platform, d.Digest, err)
+			return got{}, fmt.Errorf("platform %s: manifest %s: %w", want, d.Digest, err)
 		}
 		if !mt.IsImage() {
-			return nil, "", v1.Hash{}, fmt.Errorf("platform %s: %w: manifest %s is %q, not an image", platform, ErrBadResponse, dig, mt)
+			return got{}, fmt.Errorf("platform %s: %w: manifest %s is %q, not an image", want, ErrBadResponse, dig, mt)
 		}
-		return raw, mt, dig, nil
+		read[i] = got{raw, mt, dig}
+		return read[i], nil
 	}
-	runnable := func(d *v1.Descriptor) bool { return d.MediaType.IsImage() && d.Annotations[refTypeAnnotation] == "" }
-	for i := range idx.Manifests {
-		if d := &idx.Manifests[i]; runnable(d) && d.Platform != nil && d.Platform.Satisfies(*platform) {
-			raw, mt, dig, err := get(d)
-			return d.Platform, raw, mt, dig, err
-		}
-	}
-	probed := 0
-	for i := range idx.Manifests {
-		d := &idx.Manifests[i]
-		if !runnable(d) || d.Platform != nil {
-			continue
-		}
-		if probed == maxPlatformless {
-			return nil, nil, "", v1.Hash{}, fmt.Errorf("%w %s: none of the first %d index entries without a platform is for it, and no more are read (name the image by its digest)", ErrNoPlatform, platform, maxPlatformless)
-		}
-		probed++
-		raw, mt, dig, err := get(d)
+	i, p, err := platform.Pick(idx.Manifests, *want, func(i int) (*v1.Platform, error) {
+		g, err := get(i)
 		if err != nil {
-			return nil, nil, "", v1.Hash{}, err
+			return nil, err
 		}
-		p, err := f.configPlatform(ctx, repo, raw)
+		p, err := f.configPlatform(ctx, repo, g.raw)
 		if err != nil {
-			return nil, nil, "", v1.Hash{}, fmt.Errorf("platform %s: manifest %s: %w", platform, dig, err)
+			return nil, fmt.Errorf("platform %s: manifest %s: %w", want, g.dig, err)
 		}
-		if p.Satisfies(*platform) {
-			return p, raw, mt, dig, nil
-		}
+		return p, nil
+	})
+	switch {
+	case errors.Is(err, platform.ErrUnprobed):
+		return nil, nil, "", v1.Hash{}, fmt.Errorf("%w %s: %w", ErrNoPlatform, want, err)
+	case err != nil:
+		return nil, nil, "", v1.Hash{}, err
+	case i < 0:
+		return nil, nil, "", v1.Hash{}, fmt.Errorf("%w %s", ErrNoPlatform, want)
 	}
-	return nil, nil, "", v1.Hash{}, fmt.Errorf("%w %s", ErrNoPlatform, platform)
+	g, err := get(i)
+	if err != nil {
+		return nil, nil, "", v1.Hash{}, err
+	}
+	return p, g.raw, g.mt, g.dig, nil
 }
-
-// maxPlatformless bounds the index entries without a platform whose
-// manifest and config pick reads to learn their platform: the index is the
-// registry's, and each costs two requests.
-const maxPlatformless = 16
 
 // maxConfigSize bounds an image config read to learn its platform.
 const maxConfigSize = 4 << 20
