@@ -483,8 +483,9 @@ func (c *callSizes) max() int {
 
 // TestBigFileReadAheadJobs: a sequential reader of a big file (≥ 64 MiB, not
 // a library) gets read-ahead in jobs of up to 16 MiB, one range request
-// each, so that a registry serves a model's weights in few requests; a
-// smaller file's jobs stay at 4 MiB.
+// each, so that a registry serves a model's weights in few requests, once
+// the link has shown itself fast; a smaller file's jobs, and a big file's
+// on a slow link (every fetch slower than 30 MB/s), stay at 4 MiB.
 func TestBigFileReadAheadJobs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("converts a 64 MiB file")
@@ -493,19 +494,22 @@ func TestBigFileReadAheadJobs(t *testing.T) {
 	big := toctest.Random(6, bulkMinSize)
 	l := convertLayer(t, toctest.Tar(t, []toctest.File{reg("big.bin", 0o644, big), reg("small.bin", 0o644, small)}), bigChunk)
 	for _, tc := range []struct {
-		name    string
-		want    []byte
-		maxJobs int // chunks of the largest read-ahead job allowed
-		minJobs int // ... and the largest expected at least
+		name, file string
+		want       []byte
+		latency    time.Duration // per fetch: reads wait, so the window grows
+		maxJobs    int           // chunks of the largest read-ahead job allowed
+		minJobs    int           // ... and the largest expected at least
 	}{
-		{"small.bin", small, raJobBytes / bigChunk, raJobBytes / bigChunk},
-		{"big.bin", big, bigRAJobBytes / bigChunk, raJobBytes/bigChunk + 1},
+		{"small", "small.bin", small, 2 * time.Millisecond, raJobBytes / bigChunk, raJobBytes / bigChunk},
+		{"big", "big.bin", big, 2 * time.Millisecond, bigRAJobBytes / bigChunk, raJobBytes/bigChunk + 1},
+		// 4 MiB in 250 ms is 17 MB/s: the link never shows itself fast.
+		{"big-slow-link", "big.bin", big, 250 * time.Millisecond, raJobBytes / bigChunk, raJobBytes / bigChunk},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &callSizes{BlobFetcher: fstest.NewBlobFetcher(l.blob)}
-			f.SetLatency(2 * time.Millisecond) // reads wait: the window grows
+			f.SetLatency(tc.latency)
 			dir, _ := mountFetcher(t, l, f, Options{NeighbourWindow: -1, Cache: fstest.NewMemCache()})
-			mustRead(t, filepath.Join(dir, tc.name), tc.want)
+			mustRead(t, filepath.Join(dir, tc.file), tc.want)
 			if m := f.max(); m > tc.maxJobs || m < tc.minJobs {
 				t.Errorf("largest fetch %d chunks of %d KiB, want %d to %d", m, bigChunk>>10, tc.minJobs, tc.maxJobs)
 			}

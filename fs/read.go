@@ -284,8 +284,14 @@ const (
 
 // bigFile reports whether the stream's file gets big-file read-ahead: at
 // least bulkMinSize bytes and not a shared library (a program uses a small
-// part of a big library).
-func (h *handle) bigFile(e *toc.Entry) bool { return !h.lib && e.Size >= bulkMinSize }
+// part of a big library), on a link that has shown itself fast (a fetch of
+// ≥ 1 MiB at ≥ slowLinkRate). On a slow link, or before any such fetch, a
+// 16 MiB request shared with three others could outlast the fetch deadline
+// (60 s: 1.1 MB/s of link for four), and it saves nothing where the link,
+// not the registry, is the limit.
+func (h *handle) bigFile(e *toc.Entry) bool {
+	return !h.lib && e.Size >= bulkMinSize && h.r.link.max.Load() >= slowLinkRate
+}
 
 // jobBytes returns the bytes of one read-ahead job in file e.
 func (h *handle) jobBytes(e *toc.Entry) int {
