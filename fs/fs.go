@@ -37,6 +37,17 @@ type ChunkFetcher interface {
 	FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i int, data []byte) error) error
 }
 
+// OwnedChunkFetcher is the optional ChunkFetcher method (fs/remote's Blob
+// has it) that decodes each chunk into a buffer from get (length 0, room
+// for n bytes) and lets fn keep it when own is true: the Root's hot set
+// then takes a fetched chunk without copying it. With own false, data is
+// only valid during the call, as with FetchChunks. A wrapper of a fetcher
+// (counting, gating) must implement it through its own FetchChunks or pass
+// it on, or an embedded fetcher's method would bypass the wrapper.
+type OwnedChunkFetcher interface {
+	FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error
+}
+
 // Layer is one converted layer to serve.
 type Layer struct {
 	// Name identifies the layer in logs, e.g. "docker.io/library/x@sha256:…/sha256:…".
@@ -351,7 +362,8 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 			*d = 0
 		}
 	}
-	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger, weights: mostlyWeights(ls)}
+	big, all := bigFileBytes(ls)
+	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger, weights: mostlyWeights(big, all)}
 	r.slowJobs = make(chan struct{}, slowLinkJobs)
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.bgctx = r.ctx
@@ -370,7 +382,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 		}
 		r.spool = sp
 	}
-	r.hot = newHotSet(hotSetBytes(ls, opts.ReadAhead), maxChunkSize(ls))
+	r.hot = newHotSet(hotSetBytes(ls, opts.ReadAhead, big > 0), maxChunkSize(ls))
 	_, r.checksums = opts.Cache.(cacheChecksumPutter)
 	if opts.Cache != nil {
 		r.puts = make(chan *hotChunk, writeQueue)
@@ -391,11 +403,17 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 // fetched chunks are served but not cached.
 const writeQueue = 256
 
-// hotSetBytes sizes the hot set: twice the largest read-ahead window, so that
-// read-ahead never evicts chunks before the reader gets to them, and at
-// least 64 MiB.
-func hotSetBytes(ls []*layer, readAhead int) int64 {
-	return max(64<<20, 2*bigFileWindow*int64(max(readAhead, 0))*int64(maxChunkSize(ls)))
+// hotSetBytes sizes the hot set: twice the largest read-ahead window (a big
+// file's, when the layers have one), so that read-ahead never evicts chunks
+// before the reader gets to them, and at least 64 MiB. The set fills up to
+// its bound as chunks arrive, so a mount without big files keeps the
+// smaller one.
+func hotSetBytes(ls []*layer, readAhead int, bigFiles bool) int64 {
+	window := int64(max(readAhead, 0))
+	if bigFiles {
+		window *= bigFileWindow
+	}
+	return max(64<<20, 2*window*int64(maxChunkSize(ls)))
 }
 
 func maxChunkSize(ls []*layer) int {

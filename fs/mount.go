@@ -254,9 +254,12 @@ func (r *Root) noteFetch(n int64, d time.Duration) {
 }
 
 // mostlyWeights reports whether at least half of the layers' file bytes are
-// in files of bulkMinSize or more that are not shared libraries.
-func mostlyWeights(ls []*layer) bool {
-	var big, all int64
+// in big files (bigFileBytes).
+func mostlyWeights(big, all int64) bool { return all > 0 && 2*big >= all }
+
+// bigFileBytes returns the bytes of the layers' regular files (all), and of
+// those in files of bulkMinSize or more that are not shared libraries (big).
+func bigFileBytes(ls []*layer) (big, all int64) {
 	for _, l := range ls {
 		for i := range l.toc.Entries {
 			e := &l.toc.Entries[i]
@@ -269,5 +272,5 @@ func mostlyWeights(ls []*layer) bool {
 			}
 		}
 	}
-	return all > 0 && 2*big >= all
+	return big, all
 }

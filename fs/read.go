@@ -590,7 +590,7 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		return nil
 	}
 	var err error
-	if of, ok := l.fetcher.(ownedFetcher); ok {
+	if of, ok := l.fetcher.(OwnedChunkFetcher); ok {
 		err = of.FetchChunksOwned(ctx, chunks, r.hot.buf, got1)
 	} else {
 		err = l.fetcher.FetchChunks(ctx, chunks, func(k int, data []byte) error { return got1(k, data, false) })
@@ -700,12 +700,6 @@ type cacheChecksumPutter interface {
 	PutVerifiedChecksum(ctx context.Context, d digest.Digest, data []byte, sum uint32) error
 }
 
-// ownedFetcher is the optional ChunkFetcher method (fs/remote has it) that
-// decodes chunks into buffers from get and lets fn keep them (own): the
-// hot set then takes a fetched chunk without copying it.
-type ownedFetcher interface {
-	FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error
-}
 
 // queuePut queues hot chunk h (a verified chunk just put into the hot set,
 // where reads find it; the caller's hold passes to the queue) for the cache

@@ -496,9 +496,7 @@ func (c *fetchCounter) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk,
 		return fn(i, data, own)
 	}
 	var err error
-	if of, ok := c.f.(interface {
-		FetchChunksOwned(context.Context, []toc.Chunk, func(int) []byte, func(int, []byte, bool) error) error
-	}); ok && get != nil {
+	if of, ok := c.f.(fs.OwnedChunkFetcher); ok && get != nil {
 		err = of.FetchChunksOwned(ctx, chunks, get, count)
 	} else {
 		err = c.f.FetchChunks(ctx, chunks, func(i int, data []byte) error { return count(i, data, false) })
