@@ -682,7 +682,7 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, get func(int) []byte, 
 				if get != nil {
 					buf = get(int(w.c.Size))
 				}
-				owned := cap(buf) >= int(w.c.Size)
+				owned := get != nil && cap(buf) >= int(w.c.Size)
 				if !owned {
 					buf = getData(int(w.c.Size))
 				}
