@@ -700,7 +700,6 @@ type cacheChecksumPutter interface {
 	PutVerifiedChecksum(ctx context.Context, d digest.Digest, data []byte, sum uint32) error
 }
 
-
 // queuePut queues hot chunk h (a verified chunk just put into the hot set,
 // where reads find it; the caller's hold passes to the queue) for the cache
 // writer. It never waits for the cache: when the writer's queue is full
