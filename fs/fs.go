@@ -156,8 +156,11 @@ type Stats struct {
 	Prefetched    int64 `json:"prefetched"`    // chunks fetched by read-ahead and neighbour prefetch
 	NeighbourJobs int64 `json:"neighbourJobs"` // neighbour prefetches queued after small-file misses
 	LibraryJobs   int64 `json:"libraryJobs"`   // whole-library fetches queued at open (Options.WholeLibrary)
-	EIO           int64 `json:"eio"`           // reads failed with EIO
-	Interrupted   int64 `json:"interrupted"`   // reads cancelled by the kernel's interrupt
+	// PartialLibraries counts libraries fetched without the code past the
+	// start of their executable segment (a slow link).
+	PartialLibraries int64 `json:"partialLibraries"`
+	EIO              int64 `json:"eio"`         // reads failed with EIO
+	Interrupted      int64 `json:"interrupted"` // reads cancelled by the kernel's interrupt
 	// CacheSkipped counts fetched chunks not handed to the cache because
 	// its writer was behind (they were served, not stored).
 	CacheSkipped int64 `json:"cacheSkipped"`
@@ -176,7 +179,7 @@ type Stats struct {
 
 type counters struct {
 	reads, bytesRead, hits, misses, fetched, fetchedBytes, prefetched, neighbourJobs, eio, interrupted, passthrough, lookups, neglookups atomic.Int64
-	cacheSkipped, cacheErrors, bulkFills, libraryJobs, spliced                                                                           atomic.Int64
+	cacheSkipped, cacheErrors, bulkFills, libraryJobs, spliced, partialLibraries                                                         atomic.Int64
 }
 
 // layer is a Layer as the Root holds it.
@@ -449,6 +452,6 @@ func (r *Root) Stats() Stats {
 		FetchedChunks: s.fetched.Load(), FetchedBytes: s.fetchedBytes.Load(),
 		Prefetched: s.prefetched.Load(), NeighbourJobs: s.neighbourJobs.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
 		Passthrough: s.passthrough.Load(), Spliced: s.spliced.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
-		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(), BulkFills: s.bulkFills.Load(), LibraryJobs: s.libraryJobs.Load(),
+		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(), BulkFills: s.bulkFills.Load(), LibraryJobs: s.libraryJobs.Load(), PartialLibraries: s.partialLibraries.Load(),
 	}
 }

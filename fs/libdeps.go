@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"path"
 	"strings"
 	"syscall"
@@ -76,7 +77,7 @@ var libraryDirs = []string{
 // own directory, then the default directories. The loader opens them next,
 // one after another; each found now is one blocking round trip less. Each
 // library is parsed once per Root.
-func (r *Root) prefetchDeps(l *layer, e *toc.Entry) {
+func (r *Root) prefetchDeps(l *layer, e *toc.Entry, skip [2]int) {
 	if e.Size > maxDepsInput || e.NumChunks == 0 || e.Flags&toc.FlagSparse != 0 || r.lean() {
 		return
 	}
@@ -84,6 +85,9 @@ func (r *Root) prefetchDeps(l *layer, e *toc.Entry) {
 	t := l.toc
 	base := t.Chunks[e.FirstChunk].Offset
 	for i := int(e.FirstChunk); i < int(e.FirstChunk+e.NumChunks); i++ {
+		if i >= skip[0] && i < skip[1] {
+			continue // code not fetched (partial library): zeros do for the loader's tables
+		}
 		c := &t.Chunks[i]
 		if !r.cacheRead(r.bgctx, c, buf, 0, c.Offset-base) {
 			return // not local after all (a failed fetch): the loader will say
@@ -162,4 +166,104 @@ func (r *Root) resolve(p string) (uint32, bool) {
 		i = k
 	}
 	return i, true
+}
+
+// noSkip is prefetchDeps' skip range when every chunk was fetched.
+var noSkip = [2]int{-1, -1}
+
+// Partial libraries: on a slow link a library of more than partialLibMin
+// compressed bytes is fetched without the part of its executable segment
+// past the first partialLibCode bytes. A start runs little of a big
+// library's code (import torch: 1-5 of each big library's 25-49 code
+// chunks, docs/bench.md) but needs its headers, symbol and relocation
+// tables, writable data and the start of its code (.init, .plt); the code
+// it does run faults in, one round trip a piece.
+const (
+	partialLibMin  = 512 << 10
+	partialLibCode = 192 << 10
+	maxPhnum       = 128 // program headers looked at
+)
+
+// prefetchLibraryRest queues the rest of library e after its first chunk
+// arrived: all of it but the chunks wholly inside its executable segment
+// past partialLibCode, or all of it when the first chunk is not a 64-bit
+// little-endian ELF file whose program headers it holds. deps: look its
+// dependencies up once the rest has arrived.
+func (r *Root) prefetchLibraryRest(l *layer, e *toc.Entry, deps bool) {
+	first, last := int(e.FirstChunk), int(e.FirstChunk+e.NumChunks)
+	c := &l.toc.Chunks[first]
+	head := make([]byte, c.Size)
+	skip := noSkip
+	if e.Flags&toc.FlagSparse == 0 && r.cacheRead(r.bgctx, c, head, 0, 0) {
+		// (A sparse file's chunks hold its regions, not its offsets.)
+		if off, size, ok := execSegment(head); ok && size > partialLibCode && off+partialLibCode < e.Size {
+			lo := off + partialLibCode
+			hi := min(off+size, e.Size)
+			// Chunks wholly inside [lo, hi).
+			a, _ := l.toc.ChunkRange(e, lo, 1)
+			if l.toc.Chunks[a].Offset-l.toc.Chunks[first].Offset < lo {
+				a++
+			}
+			_, b := l.toc.ChunkRange(e, hi-1, 1)
+			if b > a && l.toc.Chunks[b-1].Offset-l.toc.Chunks[first].Offset+int64(l.toc.Chunks[b-1].Size) > hi {
+				b--
+			}
+			if b > a {
+				skip = [2]int{a, b}
+			}
+		}
+	}
+	var done func()
+	if deps {
+		done = func() { r.prefetchDeps(l, e, skip) }
+	}
+	var jobs []prefetchJob
+	if skip == noSkip {
+		jobs = append(jobs, prefetchJob{l: l, first: first + 1, last: last, path: e.Name})
+	} else {
+		if skip[0] > first+1 {
+			jobs = append(jobs, prefetchJob{l: l, first: first + 1, last: skip[0], path: e.Name})
+		}
+		if skip[1] < last {
+			jobs = append(jobs, prefetchJob{l: l, first: skip[1], last: last, path: e.Name})
+		}
+		r.stats.partialLibraries.Add(1)
+	}
+	if len(jobs) == 0 {
+		if done != nil {
+			done()
+		}
+		return
+	}
+	jobs[len(jobs)-1].done = done
+	for _, j := range jobs {
+		r.queuePrefetch(j)
+	}
+}
+
+// execSegment returns the file range of the first executable PT_LOAD
+// segment of the 64-bit little-endian ELF file whose first bytes are b,
+// when b holds its program headers. b comes from an image: every offset
+// and count is checked against b.
+func execSegment(b []byte) (off, size int64, ok bool) {
+	if len(b) < 64 || string(b[:4]) != elf.ELFMAG || elf.Class(b[elf.EI_CLASS]) != elf.ELFCLASS64 || elf.Data(b[elf.EI_DATA]) != elf.ELFDATA2LSB {
+		return 0, 0, false
+	}
+	le := binary.LittleEndian
+	phoff, phentsize, phnum := le.Uint64(b[32:]), uint64(le.Uint16(b[54:])), uint64(le.Uint16(b[56:]))
+	if phentsize < 56 || phnum > maxPhnum || phoff > uint64(len(b)) || phnum*phentsize > uint64(len(b))-phoff {
+		return 0, 0, false
+	}
+	for i := range phnum {
+		p := b[phoff+i*phentsize:]
+		if elf.ProgType(le.Uint32(p)) != elf.PT_LOAD || elf.ProgFlag(le.Uint32(p[4:]))&elf.PF_X == 0 {
+			continue
+		}
+		o, n := le.Uint64(p[8:]), le.Uint64(p[32:])
+		if o > 1<<40 || n > 1<<40 {
+			return 0, 0, false
+		}
+		return int64(o), int64(n), true
+	}
+	return 0, 0, false
 }

@@ -3,6 +3,7 @@ package fs
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"debug/elf"
 	"encoding/binary"
 	"fmt"
@@ -189,4 +190,98 @@ func TestDependencyPrefetch(t *testing.T) {
 			t.Fatalf("%d misses reading a prefetched dependency", s.ChunkMisses)
 		}
 	}
+}
+
+// partialELF returns a 64-bit ELF file of random bytes whose program
+// headers make [64 KiB, 64 KiB+codeSize) its executable segment, with a
+// read-only segment before and a writable one after it.
+func partialELF(codeSize int) []byte {
+	const head, data = 64 << 10, 256 << 10
+	b := toctest.Random(21, head+codeSize+data)
+	le := binary.LittleEndian
+	clear(b[:64+3*56])
+	copy(b, elf.ELFMAG)
+	b[elf.EI_CLASS], b[elf.EI_DATA], b[elf.EI_VERSION] = byte(elf.ELFCLASS64), byte(elf.ELFDATA2LSB), 1
+	le.PutUint16(b[16:], uint16(elf.ET_DYN))
+	le.PutUint16(b[18:], uint16(elf.EM_X86_64))
+	le.PutUint64(b[32:], 64) // e_phoff
+	le.PutUint16(b[54:], 56) // e_phentsize
+	le.PutUint16(b[56:], 3)  // e_phnum
+	for i, s := range []struct {
+		flags     elf.ProgFlag
+		off, size uint64
+	}{{elf.PF_R, 0, head}, {elf.PF_R | elf.PF_X, head, uint64(codeSize)}, {elf.PF_R | elf.PF_W, uint64(head + codeSize), data}} {
+		p := b[64+i*56:]
+		le.PutUint32(p, uint32(elf.PT_LOAD))
+		le.PutUint32(p[4:], uint32(s.flags))
+		le.PutUint64(p[8:], s.off)
+		le.PutUint64(p[32:], s.size)
+	}
+	return b
+}
+
+// TestPartialLibrary: on a slow link a big library is fetched at open
+// without the chunks of its executable segment past the first 192 KiB; on
+// a fast one whole. Either way it reads byte for byte.
+func TestPartialLibrary(t *testing.T) {
+	const chunk = 64 << 10
+	const code = 1536 << 10
+	lib := partialELF(code)
+	l := convertLayer(t, toctest.Tar(t, []toctest.File{reg("usr/lib/libbig.so", 0o644, lib)}), chunk)
+	// Chunks wholly inside [64 KiB + 192 KiB, 64 KiB + code).
+	skipFirst, skipLast := (64<<10+partialLibCode)/chunk, (64<<10+code)/chunk
+	all := (len(lib) + chunk - 1) / chunk
+	if off, size, ok := execSegment(lib); !ok || off != 64<<10 || size != code {
+		t.Fatalf("execSegment = %d, %d, %v", off, size, ok)
+	}
+	for _, slow := range []bool{true, false} {
+		t.Run(map[bool]string{true: "slow", false: "fast"}[slow], func(t *testing.T) {
+			f := fstest.NewBlobFetcher(l.blob)
+			cache := fstest.NewMemCache()
+			dir, root := mountFetcher(t, l, f, Options{WholeLibrary: 4 << 20, ReadAhead: -1, NeighbourWindow: -1, Cache: cache})
+			root.link.slow.Store(slow)
+			fd, err := os.Open(filepath.Join(dir, "usr/lib/libbig.so"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fd.Close()
+			want := all
+			if slow {
+				want = all - (skipLast - skipFirst)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for root.Stats().Prefetched < int64(want) && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			time.Sleep(50 * time.Millisecond) // nothing more arrives
+			if err := root.FlushCache(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			s := root.Stats()
+			if s.Prefetched != int64(want) {
+				t.Errorf("fetched %d chunks at open, want %d of %d", s.Prefetched, want, all)
+			}
+			for i := range all {
+				c := &l.toc.Chunks[i]
+				_, err := cache.Get(context.Background(), c.Digest())
+				if skipped := slow && i >= skipFirst && i < skipLast; skipped == (err == nil) {
+					t.Errorf("chunk %d: cached %v, want %v", i, err == nil, !skipped)
+				}
+			}
+			if got := s.PartialLibraries; got != map[bool]int64{true: 1, false: 0}[slow] {
+				t.Errorf("PartialLibraries = %d", got)
+			}
+			mustRead(t, filepath.Join(dir, "usr/lib/libbig.so"), lib)
+		})
+	}
+}
+
+func FuzzExecSegment(f *testing.F) {
+	f.Add(partialELF(256 << 10)[:4096])
+	f.Add([]byte("\x7fELF"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if off, size, ok := execSegment(b); ok && (off < 0 || size < 0) {
+			t.Fatalf("negative range %d+%d", off, size)
+		}
+	})
 }

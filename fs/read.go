@@ -104,7 +104,13 @@ func (r *Root) prefetchLibrary(l *layer, e *toc.Entry, d uint32) {
 	j := prefetchJob{l: l, first: first, last: last, path: e.Name}
 	_, seen := r.depsSeen.LoadOrStore(d, true)
 	if !seen {
-		j.done = func() { r.prefetchDeps(l, e) }
+		j.done = func() { r.prefetchDeps(l, e, noSkip) }
+	}
+	if r.link.slow.Load() && cs[last-1].CompressedOffset+int64(cs[last-1].CompressedSize)-cs[first].CompressedOffset > partialLibMin {
+		// On a slow link, bytes are the limit: the first chunk, then
+		// (once the program headers are known) all but the code a start
+		// does not run (prefetchLibraryRest).
+		j.last, j.done = first+1, func() { r.prefetchLibraryRest(l, e, !seen) }
 	}
 	if r.queuePrefetch(j) {
 		r.stats.libraryJobs.Add(1)
