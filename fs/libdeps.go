@@ -192,6 +192,7 @@ const (
 func (r *Root) prefetchLibraryRest(l *layer, e *toc.Entry, deps bool) {
 	first, last := int(e.FirstChunk), int(e.FirstChunk+e.NumChunks)
 	c := &l.toc.Chunks[first]
+	base := c.Offset
 	head := make([]byte, c.Size)
 	skip := noSkip
 	if e.Flags&toc.FlagSparse == 0 && r.cacheRead(r.bgctx, c, head, 0, 0) {
@@ -201,11 +202,11 @@ func (r *Root) prefetchLibraryRest(l *layer, e *toc.Entry, deps bool) {
 			hi := min(off+size, e.Size)
 			// Chunks wholly inside [lo, hi).
 			a, _ := l.toc.ChunkRange(e, lo, 1)
-			if l.toc.Chunks[a].Offset-l.toc.Chunks[first].Offset < lo {
+			if l.toc.Chunks[a].Offset-base < lo {
 				a++
 			}
 			_, b := l.toc.ChunkRange(e, hi-1, 1)
-			if b > a && l.toc.Chunks[b-1].Offset-l.toc.Chunks[first].Offset+int64(l.toc.Chunks[b-1].Size) > hi {
+			if b > a && l.toc.Chunks[b-1].Offset-base+int64(l.toc.Chunks[b-1].Size) > hi {
 				b--
 			}
 			if b > a {

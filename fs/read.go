@@ -98,7 +98,8 @@ func (r *Root) prefetchLibrary(l *layer, e *toc.Entry, d uint32) {
 	}
 	cs := l.toc.Chunks
 	first, last := int(e.FirstChunk), int(e.FirstChunk+e.NumChunks)
-	if cs[last-1].CompressedOffset+int64(cs[last-1].CompressedSize)-cs[first].CompressedOffset > r.opts.WholeLibrary {
+	compressed := cs[last-1].CompressedOffset + int64(cs[last-1].CompressedSize) - cs[first].CompressedOffset
+	if compressed > r.opts.WholeLibrary {
 		return
 	}
 	j := prefetchJob{l: l, first: first, last: last, path: e.Name}
@@ -106,7 +107,7 @@ func (r *Root) prefetchLibrary(l *layer, e *toc.Entry, d uint32) {
 	if !seen {
 		j.done = func() { r.prefetchDeps(l, e, noSkip) }
 	}
-	if r.link.slow.Load() && cs[last-1].CompressedOffset+int64(cs[last-1].CompressedSize)-cs[first].CompressedOffset > partialLibMin {
+	if r.link.slow.Load() && compressed > partialLibMin {
 		// On a slow link, bytes are the limit: the first chunk, then
 		// (once the program headers are known) all but the code a start
 		// does not run (prefetchLibraryRest).
@@ -587,9 +588,10 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		if deliver != nil {
 			deliver(idx[k], data)
 		}
-		if h != nil {
+		switch {
+		case h != nil:
 			r.queuePut(h)
-		} else if own {
+		case own:
 			r.hot.recycle(data) // the set had it already
 		}
 		got[k] = true
