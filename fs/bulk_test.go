@@ -78,6 +78,9 @@ func TestKernelReadAhead(t *testing.T) {
 		if got := slow.KernelReadAheadKB(); got != want || set != want {
 			t.Errorf("%s on a slow link: KernelReadAheadKB() = %d, set %d, want %d", tc.name, got, set, want)
 		}
+		if st := slow.Stats(); !st.SlowLink || st.LinkBytesPerSecond != 20<<20 {
+			t.Errorf("%s on a slow link: Stats() SlowLink %v, LinkBytesPerSecond %d, want true, %d", tc.name, st.SlowLink, st.LinkBytesPerSecond, 20<<20)
+		}
 	}
 	// One fetch at a fast link's rate among them: the link is not slow; small
 	// fetches are not samples.
@@ -89,6 +92,9 @@ func TestKernelReadAhead(t *testing.T) {
 	}
 	if got := r.KernelReadAheadKB(); got != bigReadAheadKB {
 		t.Errorf("a link that once delivered 400 MiB/s: KernelReadAheadKB() = %d, want %d", got, bigReadAheadKB)
+	}
+	if st := r.Stats(); st.SlowLink || st.LinkBytesPerSecond != 400<<20 {
+		t.Errorf("a link that once delivered 400 MiB/s: Stats() SlowLink %v, LinkBytesPerSecond %d", st.SlowLink, st.LinkBytesPerSecond)
 	}
 }
 

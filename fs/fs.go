@@ -175,6 +175,11 @@ type Stats struct {
 	Spliced    int64 `json:"spliced"`
 	Lookups    int64 `json:"lookups"`    // LOOKUP requests
 	NegLookups int64 `json:"negLookups"` // LOOKUP requests of missing names
+	// LinkBytesPerSecond is the fastest rate (compressed bytes per second)
+	// a fetch of at least 1 MiB has shown; 0 before any. SlowLink reports that the first such fetches were all slower
+	// than 30 MB/s, which turns on the slow-link behaviours (docs/fs.md).
+	LinkBytesPerSecond int64 `json:"linkBytesPerSecond"`
+	SlowLink           bool  `json:"slowLink"`
 }
 
 type counters struct {
@@ -453,5 +458,6 @@ func (r *Root) Stats() Stats {
 		Prefetched: s.prefetched.Load(), NeighbourJobs: s.neighbourJobs.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
 		Passthrough: s.passthrough.Load(), Spliced: s.spliced.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
 		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(), BulkFills: s.bulkFills.Load(), LibraryJobs: s.libraryJobs.Load(), PartialLibraries: s.partialLibraries.Load(),
+		LinkBytesPerSecond: r.link.max.Load(), SlowLink: r.link.slow.Load(),
 	}
 }

@@ -246,6 +246,7 @@ func (r *Root) noteFetch(n int64, d time.Duration) {
 		return
 	}
 	r.link.slow.Store(true)
+	r.log.Info("link is slow: fewer bytes per request from now on", "fastestBytesPerSecond", r.link.max.Load(), "samples", linkSamples)
 	r.kernelRAMu.Lock()
 	defer r.kernelRAMu.Unlock()
 	if r.kernelRA != nil {
