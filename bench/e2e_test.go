@@ -89,6 +89,10 @@ func TestRunHelloMount(t *testing.T) {
 			if s.DaemonPeakRSSBytes <= 0 {
 				t.Errorf("%s: daemon RSS not measured", m.Mode)
 			}
+			// A mount sample carries the mount's own counters: it fetched.
+			if m.Mode == (MountMode{}).Name() && (s.Mount == nil || s.Mount.FetchedChunks == 0) {
+				t.Errorf("%s: mount stats %+v, want fetched chunks", m.Mode, s.Mount)
+			}
 		}
 		if m.Summary == nil || m.Summary.ReadySeconds.N != 2 {
 			t.Errorf("%s: summary %+v", m.Mode, m.Summary)

@@ -40,6 +40,11 @@ type Trial interface {
 	Close() error
 }
 
+// mountStatser is a Trial that can report its mount's own counters.
+type mountStatser interface {
+	MountStats(ctx context.Context) (*MountStats, error)
+}
+
 // Env is what every mode of a run shares.
 type Env struct {
 	// WorkDir is this run's temporary directory; a trial's files go below it.

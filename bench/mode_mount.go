@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -193,6 +194,24 @@ func mountArgs(cacheDir, stateDir, profileDir string, insecure bool, ref, mnt st
 		args = append(args, "--insecure")
 	}
 	return append(args, ref, mnt)
+}
+
+// MountStats implements mountStatser: lazyfs stats of the trial's mount.
+func (tr *mountTrial) MountStats(ctx context.Context) (*MountStats, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, tr.env.Lazyfs, "stats", "--json", "--no-daemon",
+		"--state-dir", filepath.Join(tr.sockDir, "state"), tr.mnt()).Output()
+	if err != nil {
+		return nil, fmt.Errorf("lazyfs stats %s: %w", tr.mnt(), err)
+	}
+	var st struct {
+		FS MountStats `json:"fs"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("lazyfs stats %s: %w", tr.mnt(), err)
+	}
+	return &st.FS, nil
 }
 
 // Daemons implements Trial.

@@ -102,7 +102,22 @@ type Sample struct {
 	DaemonCPUSeconds   float64 `json:"daemonCpuSeconds"`
 	DaemonPeakRSSBytes int64   `json:"daemonPeakRssBytes"`
 	ClientCPUSeconds   float64 `json:"clientCpuSeconds"`
-	Error              string  `json:"error,omitempty"`
+	// Mount is what the lazyfs mount said of itself when the workload
+	// was ready (mount modes; nil where the binary could not say).
+	Mount *MountStats `json:"mount,omitempty"`
+	Error string      `json:"error,omitempty"`
+}
+
+// MountStats are a few of a mount's own counters (lazyfs stats --json):
+// why it fetched what it did.
+type MountStats struct {
+	ChunkMisses      int64 `json:"chunkMisses"`
+	FetchedChunks    int64 `json:"fetchedChunks"`
+	LibraryJobs      int64 `json:"libraryJobs"`
+	PartialLibraries int64 `json:"partialLibraries"`
+	// LinkBytesPerSecond and SlowLink are the mount's view of the link.
+	LinkBytesPerSecond int64 `json:"linkBytesPerSecond"`
+	SlowLink           bool  `json:"slowLink"`
 }
 
 // Summary holds the median and p95 of each measure over a mode's samples

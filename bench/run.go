@@ -320,6 +320,9 @@ func sample(ctx context.Context, env *Env, m Mode, t Target, link *Link, reg Reg
 			s.DaemonPeakRSSBytes += u.PeakRSSBytes
 		}
 	}
+	if ms, ok := tr.(mountStatser); ok && runErr == nil {
+		s.Mount, _ = ms.MountStats(ctx) // an older binary may not say; the sample stands
+	}
 	// The registry logs a request after its response went out.
 	sleepCtx(ctx, 100*time.Millisecond)
 	if link != nil {
