@@ -48,6 +48,16 @@ type OwnedChunkFetcher interface {
 	FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error
 }
 
+// LinkMeter is the optional ChunkFetcher method (fs/remote's Blob has it)
+// that reports what the fetcher measured of the link behind it: the fastest
+// rate in compressed bytes per second, round trip excluded, and how many
+// responses of at least 1 MiB it measured. The Root then judges the link by
+// it (Stats.SlowLink) instead of timing its own fetches, which include the
+// round trip. A wrapper without a meter behind it returns samples < 0.
+type LinkMeter interface {
+	LinkRate() (bytesPerSecond, samples int64)
+}
+
 // Layer is one converted layer to serve.
 type Layer struct {
 	// Name identifies the layer in logs, e.g. "docker.io/library/x@sha256:…/sha256:…".
@@ -373,6 +383,13 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 	big, all := bigFileBytes(ls)
 	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger, weights: mostlyWeights(big, all)}
 	r.slowJobs = make(chan struct{}, slowLinkJobs)
+	// A node's fetcher may know the link already (a daemon's earlier
+	// mounts): a Root starts from that, not from nothing.
+	for _, l := range ls {
+		if r.pollLink(l.fetcher) {
+			break
+		}
+	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.bgctx = r.ctx
 	if opts.PrefetchContext != nil {

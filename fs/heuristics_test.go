@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -495,5 +496,85 @@ func TestSlowLinkBackgroundJobs(t *testing.T) {
 				t.Errorf("%d background fetches at once on a fast link, want more than %d", f.max, slowLinkJobs)
 			}
 		})
+	}
+}
+
+// meterFetcher is a fetcher whose calls take delay and that reports the
+// link rate the test sets (a LinkMeter, like fs/remote's Blob).
+type meterFetcher struct {
+	b             *fstest.BlobFetcher
+	delay         time.Duration
+	rate, samples atomic.Int64
+}
+
+func (f *meterFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
+	time.Sleep(f.delay)
+	return f.b.FetchChunks(ctx, chunks, fn)
+}
+
+func (f *meterFetcher) LinkRate() (int64, int64) { return f.rate.Load(), f.samples.Load() }
+
+// TestLinkMeter: with a fetcher that measures the link (fs/remote times a
+// response's body without its round trip), the Root judges the link by that
+// measure, not by its own fetches' durations, and starts from what the
+// fetcher knew; a wrapper with nothing behind it (samples < 0) leaves the
+// Root timing its own fetches.
+func TestLinkMeter(t *testing.T) {
+	const cs = 256 << 10
+	l := convertLayer(t, toctest.Tar(t, []toctest.File{reg("w", 0o644, toctest.Random(9, 8*cs))}), cs)
+	all := make([]int, len(l.toc.Chunks))
+	for i := range all {
+		all[i] = i
+	}
+	// 2 MiB in 100 ms per call: 20 MiB/s by the Root's own clock.
+	fetchSlowly := func(r *Root) {
+		t.Helper()
+		for range linkSamples {
+			if _, err := r.fetch(context.Background(), r.t.layers[0], all, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// The fetcher measures the link fast (its round trips were the slow
+	// part): the Root's slow clock does not count.
+	f := &meterFetcher{b: fstest.NewBlobFetcher(l.blob), delay: 100 * time.Millisecond}
+	f.rate.Store(100 << 20)
+	f.samples.Store(linkSamples)
+	r := newTestRoot(t, l, f, Options{})
+	fetchSlowly(r)
+	if st := r.Stats(); st.SlowLink || st.LinkBytesPerSecond != 100<<20 {
+		t.Errorf("fetcher measured 100 MiB/s: Stats() SlowLink %v, LinkBytesPerSecond %d", st.SlowLink, st.LinkBytesPerSecond)
+	}
+
+	// Too few samples yet: not slow; once the fetcher has linkSamples of
+	// them all below slowLinkRate, the next fetch makes the link slow.
+	f.rate.Store(20 << 20)
+	f.samples.Store(linkSamples - 1)
+	r = newTestRoot(t, l, f, Options{})
+	fetchSlowly(r)
+	if r.Stats().SlowLink {
+		t.Errorf("fetcher with %d samples: slow already", linkSamples-1)
+	}
+	f.samples.Store(linkSamples)
+	if _, err := r.fetch(context.Background(), r.t.layers[0], all[:1], nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Stats(); !st.SlowLink || st.LinkBytesPerSecond != 20<<20 {
+		t.Errorf("fetcher measured 20 MiB/s over %d samples: Stats() SlowLink %v, LinkBytesPerSecond %d", linkSamples, st.SlowLink, st.LinkBytesPerSecond)
+	}
+
+	// A new Root on a fetcher that already knows the link slow (a daemon's
+	// earlier mounts) is slow before its first read.
+	if r := newTestRoot(t, l, f, Options{}); !r.Stats().SlowLink || r.KernelReadAheadKB() != slowReadAheadKB {
+		t.Errorf("Root on a fetcher that knew the link slow: SlowLink %v, kernel read-ahead %d KiB", r.Stats().SlowLink, r.KernelReadAheadKB())
+	}
+
+	// samples < 0: no measure behind the fetcher; the Root's own clock.
+	f.samples.Store(-1)
+	r = newTestRoot(t, l, f, Options{})
+	fetchSlowly(r)
+	if st := r.Stats(); !st.SlowLink || st.LinkBytesPerSecond <= 0 || st.LinkBytesPerSecond >= slowLinkRate {
+		t.Errorf("no measure, 2 MiB per 100 ms: Stats() SlowLink %v, LinkBytesPerSecond %d", st.SlowLink, st.LinkBytesPerSecond)
 	}
 }

@@ -212,13 +212,15 @@ func (r *Root) KernelReadAheadKB() int {
 	return bigReadAheadKB
 }
 
-// linkRate keeps the fastest rate (compressed bytes per second) seen on a
-// fetch of at least linkSampleBytes. The fastest is a lower bound of the
-// link's rate whatever else shared it; once linkSamples such fetches were
-// all slower than slowLinkRate, the link is slow (and stays so).
+// linkRate keeps the fastest rate (compressed bytes per second) seen on the
+// link: measured by the layers' fetchers (LinkMeter) or, for fetchers
+// without a meter, on the Root's own fetches of at least linkSampleBytes.
+// The fastest is a lower bound of the link's rate whatever else shared it;
+// once linkSamples samples were all slower than slowLinkRate, the link is
+// slow (and stays so for this Root).
 type linkRate struct {
 	max     atomic.Int64
-	samples atomic.Int32
+	samples atomic.Int64 // the Root's own (noteFetch)
 	slow    atomic.Bool
 }
 
@@ -228,25 +230,45 @@ const (
 	slowLinkRate    = 30 << 20 // bytes/s: a 200 Mbit/s link delivers 25 MB/s at most
 )
 
-// noteFetch records a fetch of n compressed bytes that took d, and on the
-// linkSamples-th sample, if the link is slow, has Mount lower the kernel
-// read-ahead (slowReadAheadKB).
+// noteFetch records a fetch of n compressed bytes that took d, for a
+// fetcher without a LinkMeter. Its duration includes the round trip, so a
+// fast link far away can look slow this way.
 func (r *Root) noteFetch(n int64, d time.Duration) {
 	if n < linkSampleBytes || d <= 0 {
 		return
 	}
-	rate := int64(float64(n) / d.Seconds())
+	r.noteLink(int64(float64(n)/d.Seconds()), r.link.samples.Add(1))
+}
+
+// pollLink takes what fetcher measured of the link, if it measures (a
+// LinkMeter), and reports whether it does.
+func (r *Root) pollLink(fetcher ChunkFetcher) bool {
+	lm, ok := fetcher.(LinkMeter)
+	if !ok {
+		return false
+	}
+	rate, n := lm.LinkRate()
+	if n < 0 {
+		return false
+	}
+	r.noteLink(rate, n)
+	return true
+}
+
+// noteLink records that the link's fastest rate is at least rate, over
+// samples measures in all. When the link turns out slow it has Mount lower
+// the kernel read-ahead (slowReadAheadKB).
+func (r *Root) noteLink(rate, samples int64) {
 	for {
 		m := r.link.max.Load()
 		if rate <= m || r.link.max.CompareAndSwap(m, rate) {
 			break
 		}
 	}
-	if r.link.samples.Add(1) != linkSamples || r.link.max.Load() >= slowLinkRate {
+	if samples < linkSamples || r.link.max.Load() >= slowLinkRate || !r.link.slow.CompareAndSwap(false, true) {
 		return
 	}
-	r.link.slow.Store(true)
-	r.log.Info("link is slow: fewer bytes per request from now on", "fastestBytesPerSecond", r.link.max.Load(), "samples", linkSamples)
+	r.log.Info("link is slow: fewer bytes per request from now on", "fastestBytesPerSecond", r.link.max.Load(), "samples", samples)
 	r.kernelRAMu.Lock()
 	defer r.kernelRAMu.Unlock()
 	if r.kernelRA != nil {

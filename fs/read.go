@@ -619,7 +619,9 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		}
 		return idx[0], err
 	}
-	r.noteFetch(compressed, time.Since(start))
+	if !r.pollLink(l.fetcher) {
+		r.noteFetch(compressed, time.Since(start))
+	}
 	return 0, nil
 }
 

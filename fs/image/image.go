@@ -512,6 +512,15 @@ func (c *fetchCounter) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk,
 	return err
 }
 
+// LinkRate passes on the wrapped fetcher's measure of the link (samples -1:
+// it has none).
+func (c *fetchCounter) LinkRate() (bytesPerSecond, samples int64) {
+	if m, ok := c.f.(fs.LinkMeter); ok {
+		return m.LinkRate()
+	}
+	return 0, -1
+}
+
 // VerifiesChunks passes on the wrapped fetcher's promise (fs trusts chunks
 // that a verifying fetcher delivers).
 func (c *fetchCounter) VerifiesChunks() bool {

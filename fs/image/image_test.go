@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/convert"
 	"github.com/lazyfs/lazyfs/fs/fstest"
@@ -196,6 +199,34 @@ func TestLazyAndMerged(t *testing.T) {
 	}
 	if st.Layers != 2 || st.Entries < 4 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestLinkRateShown: a mount shows its fetcher's measure of the link
+// (passed through the mount's counting wrapper) once a read took responses
+// of 1 MiB or more.
+func TestLinkRateShown(t *testing.T) {
+	needFUSE(t)
+	reg := newRegistry(t)
+	data := toctest.Random(5, 8<<20)
+	ref := pushConverted(t, reg, "weights", []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "w.bin", Mode: 0o644}, Data: data}})
+	f := remote.New()
+	m := mount(t, ref, f)
+	if st := m.Stats(); st.FS.LinkBytesPerSecond != 0 {
+		t.Fatalf("before any read: LinkBytesPerSecond %d", st.FS.LinkBytesPerSecond)
+	}
+	if got, err := os.ReadFile(filepath.Join(m.Dir(), "w.bin")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("w.bin: %v", err)
+	}
+	// Every blob of the registry shares the fetcher's measure.
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rate, n := f.Blob(r.Context(), v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}, 0).LinkRate()
+	if st := m.Stats(); n <= 0 || st.FS.LinkBytesPerSecond != rate || st.FS.SlowLink {
+		t.Errorf("after an 8 MiB read on loopback: LinkBytesPerSecond %d, SlowLink %v; the fetcher measured %d B/s in %d responses",
+			st.FS.LinkBytesPerSecond, st.FS.SlowLink, rate, n)
 	}
 }
 

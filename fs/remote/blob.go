@@ -27,12 +27,13 @@ type Blob struct {
 	repo   name.Repository
 	digest v1.Hash
 	size   int64
+	link   *linkMeter // the registry's (LinkRate)
 }
 
 // Blob opens blob d (of size bytes, from its descriptor) of repository repo.
 // No request is sent until a read.
 func (f *Fetcher) Blob(repo name.Repository, d v1.Hash, size int64) *Blob {
-	return &Blob{f: f, repo: repo, digest: d, size: size}
+	return &Blob{f: f, repo: repo, digest: d, size: size, link: f.linkFor(repo.RegistryStr())}
 }
 
 // Digest returns the blob's digest.
@@ -665,6 +666,14 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, get func(int) []byte, 
 		off := run[i].c.CompressedOffset
 		return b.rangeAttempt(ctx, ep, c, off, end, func(r io.Reader) error {
 			pos := off
+			// The link's rate (LinkRate): this response's bytes after
+			// its first chunk, timed from that chunk's arrival.
+			first, from := time.Time{}, off
+			defer func() {
+				if i == len(run) && !first.IsZero() {
+					b.link.observe(end-off, end-from, time.Since(first))
+				}
+			}()
 			for i < len(run) {
 				w := run[i]
 				if gap := w.c.CompressedOffset - pos; gap > 0 {
@@ -678,6 +687,9 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, get func(int) []byte, 
 					return err
 				}
 				pos = w.end()
+				if first.IsZero() {
+					first, from = time.Now(), pos
+				}
 				var buf []byte
 				if get != nil {
 					buf = get(int(w.c.Size))

@@ -38,6 +38,7 @@ type Fetcher struct {
 	clients         map[clientKey]*clientEntry
 	redirects       map[redirectKey]redirectEntry
 	inflight        map[chunkKey]*chunkCall
+	links           map[string]*linkMeter // by registry host (linkFor)
 	gen             uint64
 
 	authFlight singleflight.Group
@@ -104,6 +105,7 @@ func New(opts ...Option) *Fetcher {
 		clients:   map[clientKey]*clientEntry{},
 		redirects: map[redirectKey]redirectEntry{},
 		inflight:  map[chunkKey]*chunkCall{},
+		links:     map[string]*linkMeter{},
 	}
 	if o.transport != nil {
 		f.base = o.transport

@@ -1,0 +1,75 @@
+package remote
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+)
+
+// TestLinkRate: the link's rate is timed from a response's first chunk, so
+// a registry that answers late but sends fast measures fast; a slow body
+// measures slow; responses under LinkSampleBytes are not samples; each
+// registry has its own measure.
+func TestLinkRate(t *testing.T) {
+	const cs = 256 << 10
+	l := newLayer(t, []toctest.File{{Hdr: toctest.AllTypes(0)[2].Hdr, Data: toctest.Random(3, 8*cs)}}, cs)
+	chunks := l.res.TOC.Chunks
+	if len(chunks) != 8 {
+		t.Fatalf("%d chunks, want 8", len(chunks))
+	}
+	fl := &faults{}
+	_, host := newRegistry(t, fl.wrap)
+	push(t, host, "lazy/img:v1", l)
+	_, other := newRegistry(t, nil)
+	push(t, other, "lazy/img:v1", l)
+	ctx := context.Background()
+
+	f := newFetcher(t)
+	b := f.Blob(repoOf(t, host, "lazy/img"), l.digest(), l.res.Size)
+	b2 := f.Blob(repoOf(t, other, "lazy/img"), l.digest(), l.res.Size)
+
+	// Under LinkSampleBytes (two 256 KiB incompressible chunks): no sample.
+	if _, err := fetchAll(ctx, b, chunks[:2]); err != nil {
+		t.Fatal(err)
+	}
+	if rate, n := b.LinkRate(); rate != 0 || n != 0 {
+		t.Fatalf("after a 512 KiB response: LinkRate() = %d, %d; want no sample", rate, n)
+	}
+
+	// A late answer (300 ms before the headers), then the body at
+	// loopback speed: the measure leaves the wait out.
+	const late = 300 * time.Millisecond
+	fl.set(func(f *faults) { f.latency = late })
+	start := time.Now()
+	if _, err := fetchAll(ctx, b, chunks[2:8]); err != nil {
+		t.Fatal(err)
+	}
+	whole := time.Since(start)
+	rate, n := b.LinkRate()
+	if n != 1 {
+		t.Fatalf("after a 1.5 MiB response: %d samples, want 1", n)
+	}
+	body := int64(chunks[7].CompressedOffset + int64(chunks[7].CompressedSize) - chunks[2].CompressedOffset)
+	if wholeRate := float64(body) / whole.Seconds(); float64(rate) < 2*wholeRate {
+		// rate ≈ body/T and wholeRate ≤ body/(late+T): twice it unless the
+		// body itself took longer than the 300 ms wait.
+		t.Errorf("late answer: LinkRate() = %d B/s, the whole request's rate %.0f B/s: the wait is in the measure", rate, wholeRate)
+	}
+	if r2, n2 := b2.LinkRate(); r2 != 0 || n2 != 0 {
+		t.Errorf("another registry's blob: LinkRate() = %d, %d; want its own, empty measure", r2, n2)
+	}
+
+	// A slow body (a pause before every 8 KiB: at most 8 MiB/s at 1 ms)
+	// on a second fetcher: slower than 8 MiB/s, whatever the machine.
+	fl.set(func(f *faults) { f.latency, f.trickle = 0, time.Millisecond })
+	f2 := newFetcher(t)
+	slow := f2.Blob(repoOf(t, host, "lazy/img"), l.digest(), l.res.Size)
+	if _, err := fetchAll(ctx, slow, chunks[:6]); err != nil {
+		t.Fatal(err)
+	}
+	if rate, n := slow.LinkRate(); n != 1 || rate <= 0 || rate > 8<<20 {
+		t.Errorf("slow body: LinkRate() = %d B/s over %d samples, want one sample of at most %d", rate, n, 8<<20)
+	}
+}
