@@ -485,7 +485,7 @@ func (c *callSizes) max() int {
 // a library) gets read-ahead in jobs of up to 16 MiB, one range request
 // each, so that a registry serves a model's weights in few requests, once
 // the link has shown itself fast; a smaller file's jobs, and a big file's
-// on a slow link (every fetch slower than 30 MB/s), stay at 4 MiB.
+// on a slow link (every fetch slower than slowLinkRate), stay at 4 MiB.
 func TestBigFileReadAheadJobs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("converts a 64 MiB file")

@@ -186,8 +186,10 @@ type Stats struct {
 	Lookups    int64 `json:"lookups"`    // LOOKUP requests
 	NegLookups int64 `json:"negLookups"` // LOOKUP requests of missing names
 	// LinkBytesPerSecond is the fastest rate (compressed bytes per second)
-	// a fetch of at least 1 MiB has shown; 0 before any. SlowLink reports that the first such fetches were all slower
-	// than 30 MB/s, which turns on the slow-link behaviours (docs/fs.md).
+	// seen on the link: measured by the fetcher without the round trip
+	// (LinkMeter), else on the Root's fetches of at least 1 MiB; 0 before
+	// any. SlowLink reports that the first 8 such measures were all below
+	// ~50 MB/s, which turns on the slow-link behaviours (docs/fs.md).
 	LinkBytesPerSecond int64 `json:"linkBytesPerSecond"`
 	SlowLink           bool  `json:"slowLink"`
 }

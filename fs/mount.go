@@ -227,7 +227,13 @@ type linkRate struct {
 const (
 	linkSampleBytes = 1 << 20
 	linkSamples     = 8
-	slowLinkRate    = 30 << 20 // bytes/s: a 200 Mbit/s link delivers 25 MB/s at most
+	// slowLinkRate (bytes/s, ~400 Mbit/s) lies between the links where the
+	// slow-link behaviours were measured to pay (200 Mbit/s: 24 MB/s of
+	// payload) and to cost (1 Gbit/s: 109 MB/s), with room above the slow
+	// one: a response's measured rate overshoots its link by up to ~30%
+	// (tbf's 256 KiB burst, a reader that was late: 29-31 MB/s measured at
+	// 200 Mbit/s).
+	slowLinkRate = 48 << 20
 )
 
 // noteFetch records a fetch of n compressed bytes that took d, for a
