@@ -115,9 +115,11 @@ type MountStats struct {
 	FetchedChunks    int64 `json:"fetchedChunks"`
 	LibraryJobs      int64 `json:"libraryJobs"`
 	PartialLibraries int64 `json:"partialLibraries"`
-	// LinkBytesPerSecond and SlowLink are the mount's view of the link.
-	LinkBytesPerSecond int64 `json:"linkBytesPerSecond"`
-	SlowLink           bool  `json:"slowLink"`
+	// LinkBytesPerSecond, LinkRTTSeconds and SlowLink are the mount's view
+	// of the link.
+	LinkBytesPerSecond int64   `json:"linkBytesPerSecond"`
+	LinkRTTSeconds     float64 `json:"linkRttSeconds"`
+	SlowLink           bool    `json:"slowLink"`
 }
 
 // Summary holds the median and p95 of each measure over a mode's samples

@@ -50,12 +50,13 @@ type OwnedChunkFetcher interface {
 
 // LinkMeter is the optional ChunkFetcher method (fs/remote's Blob has it)
 // that reports what the fetcher measured of the link behind it: the fastest
-// rate in compressed bytes per second, round trip excluded, and how many
-// responses of at least 1 MiB it measured. The Root then judges the link by
-// it (Stats.SlowLink) instead of timing its own fetches, which include the
-// round trip. A wrapper without a meter behind it returns samples < 0.
+// rate in compressed bytes per second, round trip excluded, how many
+// responses of at least 1 MiB it measured, and the shortest round trip (0:
+// unknown). The Root then judges the link by it (Stats.SlowLink) instead of
+// timing its own fetches, which include the round trip. A wrapper without a
+// meter behind it returns samples < 0.
 type LinkMeter interface {
-	LinkRate() (bytesPerSecond, samples int64)
+	LinkRate() (bytesPerSecond, samples int64, rtt time.Duration)
 }
 
 // Layer is one converted layer to serve.
@@ -189,9 +190,13 @@ type Stats struct {
 	// seen on the link: measured by the fetcher without the round trip
 	// (LinkMeter), else on the Root's fetches of at least 1 MiB; 0 before
 	// any. SlowLink reports that the first 8 such measures were all below
-	// ~50 MB/s, which turns on the slow-link behaviours (docs/fs.md).
+	// ~50 MB/s on a link that is not far (LinkRTTSeconds), which turns
+	// on the slow-link behaviours (docs/fs.md).
 	LinkBytesPerSecond int64 `json:"linkBytesPerSecond"`
 	SlowLink           bool  `json:"slowLink"`
+	// LinkRTTSeconds is the shortest round trip the fetcher measured (to
+	// a response's headers, the registry's time included); 0: unknown.
+	LinkRTTSeconds float64 `json:"linkRttSeconds"`
 }
 
 type counters struct {
@@ -477,6 +482,6 @@ func (r *Root) Stats() Stats {
 		Prefetched: s.prefetched.Load(), NeighbourJobs: s.neighbourJobs.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
 		Passthrough: s.passthrough.Load(), Spliced: s.spliced.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
 		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(), BulkFills: s.bulkFills.Load(), LibraryJobs: s.libraryJobs.Load(), PartialLibraries: s.partialLibraries.Load(),
-		LinkBytesPerSecond: r.link.max.Load(), SlowLink: r.link.slow.Load(),
+		LinkBytesPerSecond: r.link.max.Load(), SlowLink: r.link.slow.Load(), LinkRTTSeconds: time.Duration(r.link.rtt.Load()).Seconds(),
 	}
 }

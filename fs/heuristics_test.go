@@ -502,9 +502,9 @@ func TestSlowLinkBackgroundJobs(t *testing.T) {
 // meterFetcher is a fetcher whose calls take delay and that reports the
 // link rate the test sets (a LinkMeter, like fs/remote's Blob).
 type meterFetcher struct {
-	b             *fstest.BlobFetcher
-	delay         time.Duration
-	rate, samples atomic.Int64
+	b                  *fstest.BlobFetcher
+	delay              time.Duration
+	rate, samples, rtt atomic.Int64
 }
 
 func (f *meterFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
@@ -512,7 +512,9 @@ func (f *meterFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn f
 	return f.b.FetchChunks(ctx, chunks, fn)
 }
 
-func (f *meterFetcher) LinkRate() (int64, int64) { return f.rate.Load(), f.samples.Load() }
+func (f *meterFetcher) LinkRate() (int64, int64, time.Duration) {
+	return f.rate.Load(), f.samples.Load(), time.Duration(f.rtt.Load())
+}
 
 // TestLinkMeter: with a fetcher that measures the link (fs/remote times a
 // response's body without its round trip), the Root judges the link by that
@@ -565,10 +567,22 @@ func TestLinkMeter(t *testing.T) {
 	}
 
 	// A new Root on a fetcher that already knows the link slow (a daemon's
-	// earlier mounts) is slow before its first read.
+	// earlier mounts) is slow before its first read; with a round trip
+	// short for the rate too.
+	f.rtt.Store(int64(time.Millisecond)) // 20 KiB per round trip
 	if r := newTestRoot(t, l, f, Options{}); !r.Stats().SlowLink || r.KernelReadAheadKB() != slowReadAheadKB {
 		t.Errorf("Root on a fetcher that knew the link slow: SlowLink %v, kernel read-ahead %d KiB", r.Stats().SlowLink, r.KernelReadAheadKB())
 	}
+	// A far link (1 MiB per 50 ms round trip at 20 MiB/s) is never slow:
+	// round trips cost more there than the bytes the slow-link behaviours
+	// save.
+	f.rtt.Store(int64(50 * time.Millisecond))
+	r = newTestRoot(t, l, f, Options{})
+	fetchSlowly(r)
+	if st := r.Stats(); st.SlowLink || st.LinkRTTSeconds != 0.05 || r.KernelReadAheadKB() != bigReadAheadKB {
+		t.Errorf("far link: SlowLink %v, LinkRTTSeconds %v, kernel read-ahead %d KiB", st.SlowLink, st.LinkRTTSeconds, r.KernelReadAheadKB())
+	}
+	f.rtt.Store(0)
 
 	// samples < 0: no measure behind the fetcher; the Root's own clock.
 	f.samples.Store(-1)

@@ -514,11 +514,11 @@ func (c *fetchCounter) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk,
 
 // LinkRate passes on the wrapped fetcher's measure of the link (samples -1:
 // it has none).
-func (c *fetchCounter) LinkRate() (bytesPerSecond, samples int64) {
+func (c *fetchCounter) LinkRate() (bytesPerSecond, samples int64, rtt time.Duration) {
 	if m, ok := c.f.(fs.LinkMeter); ok {
 		return m.LinkRate()
 	}
-	return 0, -1
+	return 0, -1, 0
 }
 
 // VerifiesChunks passes on the wrapped fetcher's promise (fs trusts chunks

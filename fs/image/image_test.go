@@ -223,10 +223,10 @@ func TestLinkRateShown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rate, n := f.Blob(r.Context(), v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}, 0).LinkRate()
-	if st := m.Stats(); n <= 0 || st.FS.LinkBytesPerSecond != rate || st.FS.SlowLink {
-		t.Errorf("after an 8 MiB read on loopback: LinkBytesPerSecond %d, SlowLink %v; the fetcher measured %d B/s in %d responses",
-			st.FS.LinkBytesPerSecond, st.FS.SlowLink, rate, n)
+	rate, n, rtt := f.Blob(r.Context(), v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}, 0).LinkRate()
+	if st := m.Stats(); n <= 0 || st.FS.LinkBytesPerSecond != rate || st.FS.LinkRTTSeconds != rtt.Seconds() || st.FS.SlowLink {
+		t.Errorf("after an 8 MiB read on loopback: LinkBytesPerSecond %d, LinkRTTSeconds %v, SlowLink %v; the fetcher measured %d B/s in %d responses, %v",
+			st.FS.LinkBytesPerSecond, st.FS.LinkRTTSeconds, st.FS.SlowLink, rate, n, rtt)
 	}
 }
 

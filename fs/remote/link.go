@@ -20,8 +20,25 @@ const LinkSampleBytes = 1 << 20
 // a 30 ms round trip: 26-28 MB/s over the whole request against ~110 MB/s
 // for the body). The fastest response is a lower bound of the link's rate
 // whatever else shared the link at the time.
+//
+// It also keeps the shortest time from a range request to its response's
+// headers: the round trip plus the registry's own time.
 type linkMeter struct {
 	max, samples atomic.Int64
+	rtt          atomic.Int64 // ns; 0: none yet
+}
+
+// observeRTT records that a response's headers came d after its request.
+func (m *linkMeter) observeRTT(d time.Duration) {
+	if m == nil || d <= 0 {
+		return
+	}
+	for {
+		cur := m.rtt.Load()
+		if cur != 0 && int64(d) >= cur || m.rtt.CompareAndSwap(cur, int64(d)) {
+			break
+		}
+	}
 }
 
 // observe records a response of total bytes whose last n bytes (those after
@@ -55,8 +72,9 @@ func (f *Fetcher) linkFor(reg string) *linkMeter {
 
 // LinkRate returns what the Fetcher measured of the link to the blob's
 // registry, shared by every blob of that registry: the fastest rate in
-// compressed bytes per second (0 before any sample) and the number of
-// responses measured. fs.Root takes it as fs.LinkMeter.
-func (b *Blob) LinkRate() (bytesPerSecond, samples int64) {
-	return b.link.max.Load(), b.link.samples.Load()
+// compressed bytes per second (0 before any sample), the number of
+// responses measured, and the shortest round trip (0 before any response).
+// fs.Root takes it as fs.LinkMeter.
+func (b *Blob) LinkRate() (bytesPerSecond, samples int64, rtt time.Duration) {
+	return b.link.max.Load(), b.link.samples.Load(), time.Duration(b.link.rtt.Load())
 }

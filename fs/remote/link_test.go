@@ -34,8 +34,9 @@ func TestLinkRate(t *testing.T) {
 	if _, err := fetchAll(ctx, b, chunks[:2]); err != nil {
 		t.Fatal(err)
 	}
-	if rate, n := b.LinkRate(); rate != 0 || n != 0 {
-		t.Fatalf("after a 512 KiB response: LinkRate() = %d, %d; want no sample", rate, n)
+	rate0, n0, rtt0 := b.LinkRate()
+	if rate0 != 0 || n0 != 0 || rtt0 <= 0 {
+		t.Fatalf("after a 512 KiB response: LinkRate() = %d, %d, %v; want no sample and a round trip", rate0, n0, rtt0)
 	}
 
 	// A late answer (300 ms before the headers), then the body at
@@ -47,9 +48,12 @@ func TestLinkRate(t *testing.T) {
 		t.Fatal(err)
 	}
 	whole := time.Since(start)
-	rate, n := b.LinkRate()
+	rate, n, rtt := b.LinkRate()
 	if n != 1 {
 		t.Fatalf("after a 1.5 MiB response: %d samples, want 1", n)
+	}
+	if rtt != rtt0 {
+		t.Errorf("round trip %v after a late answer, want the shortest, %v", rtt, rtt0)
 	}
 	body := int64(chunks[7].CompressedOffset + int64(chunks[7].CompressedSize) - chunks[2].CompressedOffset)
 	if wholeRate := float64(body) / whole.Seconds(); float64(rate) < 2*wholeRate {
@@ -57,19 +61,21 @@ func TestLinkRate(t *testing.T) {
 		// body itself took longer than the 300 ms wait.
 		t.Errorf("late answer: LinkRate() = %d B/s, the whole request's rate %.0f B/s: the wait is in the measure", rate, wholeRate)
 	}
-	if r2, n2 := b2.LinkRate(); r2 != 0 || n2 != 0 {
-		t.Errorf("another registry's blob: LinkRate() = %d, %d; want its own, empty measure", r2, n2)
+	if r2, n2, rtt2 := b2.LinkRate(); r2 != 0 || n2 != 0 || rtt2 != 0 {
+		t.Errorf("another registry's blob: LinkRate() = %d, %d, %v; want its own, empty measure", r2, n2, rtt2)
 	}
 
 	// A slow body (a pause before every 8 KiB: at most 8 MiB/s at 1 ms)
-	// on a second fetcher: slower than 8 MiB/s, whatever the machine.
-	fl.set(func(f *faults) { f.latency, f.trickle = 0, time.Millisecond })
+	// after a late answer, on a second fetcher: slower than 8 MiB/s,
+	// whatever the machine, and a round trip of at least the wait.
+	fl.set(func(f *faults) { f.trickle = time.Millisecond })
 	f2 := newFetcher(t)
 	slow := f2.Blob(repoOf(t, host, "lazy/img"), l.digest(), l.res.Size)
 	if _, err := fetchAll(ctx, slow, chunks[:6]); err != nil {
 		t.Fatal(err)
 	}
-	if rate, n := slow.LinkRate(); n != 1 || rate <= 0 || rate > 8<<20 {
-		t.Errorf("slow body: LinkRate() = %d B/s over %d samples, want one sample of at most %d", rate, n, 8<<20)
+	if rate, n, rtt := slow.LinkRate(); n != 1 || rate <= 0 || rate > 8<<20 || rtt < late {
+		t.Errorf("slow body after %v: LinkRate() = %d B/s over %d samples, round trip %v; want one sample of at most %d, a round trip of at least the wait",
+			late, rate, n, rtt, 8<<20)
 	}
 }
