@@ -582,6 +582,14 @@ func TestLinkMeter(t *testing.T) {
 	if st := r.Stats(); st.SlowLink || st.LinkRTTSeconds != 0.05 || r.KernelReadAheadKB() != bigReadAheadKB {
 		t.Errorf("far link: SlowLink %v, LinkRTTSeconds %v, kernel read-ahead %d KiB", st.SlowLink, st.LinkRTTSeconds, r.KernelReadAheadKB())
 	}
+	// A short round trip is the registry's own time, not distance, however
+	// much it would carry (40 MiB/s × 8 ms = 320 KiB): slow.
+	f.rate.Store(40 << 20)
+	f.rtt.Store(int64(8 * time.Millisecond))
+	if r := newTestRoot(t, l, f, Options{}); !r.Stats().SlowLink {
+		t.Errorf("40 MiB/s, 8 ms round trip: not slow")
+	}
+	f.rate.Store(20 << 20)
 	f.rtt.Store(0)
 
 	// samples < 0: no measure behind the fetcher; the Root's own clock.

@@ -237,19 +237,27 @@ const (
 	slowLinkRate = 48 << 20
 )
 
-// farLinkBytes: a link that carries this much in a round trip is far, and
-// the slow-link behaviours, which save bytes at the price of round trips
-// (smaller read-ahead, fewer background fetches, libraries without their
-// code), are the wrong trade there however slow it is. lazyfs bench
-// --mode mount -n 2 at 200 Mbit/s with a 30 ms round trip (~930 KB per
-// round trip): torch 15.6 s without them against 19.5 s with them.
-const farLinkBytes = 256 << 10
+// A link is far when a round trip takes at least farLinkRTT and carries at
+// least farLinkBytes. The slow-link behaviours, which save bytes at the
+// price of round trips (smaller read-ahead, fewer background fetches,
+// libraries without their code), are the wrong trade there however slow it
+// is, and the profile prefetch keeps more batches in flight
+// (farLinkWorkers). lazyfs bench --mode mount -n 2 at 200 Mbit/s with a
+// 30 ms round trip (~930 KB per round trip): torch 15.6 s without the
+// slow-link behaviours against 19.5 s with them; at 5 ms (~225 KB) a tie.
+// The round trip is the shortest time to a response's headers, so it holds
+// the registry's own time: 1-7 ms for a registry on a busy 2-core node
+// here, which is not distance.
+const (
+	farLinkBytes = 256 << 10
+	farLinkRTT   = 10 * time.Millisecond
+)
 
-// farLink reports whether the link is far (farLinkBytes) by its fastest
-// rate and shortest round trip; unknown round trips are near.
+// farLink reports whether the link is far by its fastest rate and shortest
+// round trip; unknown round trips are near.
 func (r *Root) farLink() bool {
 	rtt := time.Duration(r.link.rtt.Load())
-	return float64(r.link.max.Load())*rtt.Seconds() >= farLinkBytes
+	return rtt >= farLinkRTT && float64(r.link.max.Load())*rtt.Seconds() >= farLinkBytes
 }
 
 // noteFetch records a fetch of n compressed bytes that took d, for a

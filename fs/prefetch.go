@@ -313,18 +313,32 @@ func (p *Prefetcher) run(profile []batch) {
 	p.phase.Store("done")
 }
 
-// runBatches fetches the batches next yields with up to workers at once.
+// farLinkWorkers multiplies the batches in flight on a far link (farLink):
+// there each batch waits a round trip that carries more than the batch
+// itself, so a few in flight leave the link idle between them.
+const farLinkWorkers = 4
+
+// runBatches fetches the batches next yields with up to workers at once,
+// farLinkWorkers times as many once the link is known far.
 func (p *Prefetcher) runBatches(workers int, next func(yield func(batch) bool)) {
 	ch := make(chan batch)
 	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for b := range ch {
-				p.fetchBatch(b)
+	var running atomic.Int32
+	var work func()
+	work = func() {
+		defer wg.Done()
+		for b := range ch {
+			p.fetchBatch(b)
+			if n := running.Load(); p.r.farLink() && int(n) < farLinkWorkers*workers && running.CompareAndSwap(n, n+1) {
+				wg.Add(1)
+				go work()
 			}
-		}()
+		}
+	}
+	for range workers {
+		running.Add(1)
+		wg.Add(1)
+		go work()
 	}
 	next(func(b batch) bool {
 		select {

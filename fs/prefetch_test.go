@@ -441,3 +441,39 @@ func TestPrefetchRunsAcrossProfile(t *testing.T) {
 		t.Fatalf("fetch calls %v, want %v (one run per place, the profile's first place first)", f.calls, want)
 	}
 }
+
+// On a far link (more per round trip than farLinkBytes) the profile's
+// batches go farLinkWorkers times as many at once; on a near one, Workers.
+func TestPrefetchFarLink(t *testing.T) {
+	const n = 64
+	l, _ := prefetchLayer(t, n)
+	big := fileSpan(t, l, "app/big.bin")
+	for _, far := range []bool{false, true} {
+		t.Run(fmt.Sprintf("far=%v", far), func(t *testing.T) {
+			f := &concurrencyFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob)}
+			opts := noBackground
+			opts.Cache = fstest.NewMemCache()
+			r := newTestRoot(t, l, f, opts)
+			if far {
+				r.link.max.Store(100 << 20)
+				r.link.rtt.Store(int64(30 * time.Millisecond)) // 3 MiB per round trip
+			}
+			// One chunk per batch: n batches, 2 at first.
+			p, err := r.StartPrefetch([]ChunkSpan{big}, PrefetchOptions{Workers: 2, MaxBatch: 1, MaxGap: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := waitPrefetch(t, p); st.ProfileLocal != n {
+				t.Fatalf("profile: %+v", st)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if !far && f.max > 2 {
+				t.Errorf("near link: %d batches at once, want at most Workers (2)", f.max)
+			}
+			if far && (f.max <= 2 || f.max > 2*farLinkWorkers) {
+				t.Errorf("far link: %d batches at once, want more than Workers (2), at most %d", f.max, 2*farLinkWorkers)
+			}
+		})
+	}
+}
