@@ -579,7 +579,7 @@ func TestLinkMeter(t *testing.T) {
 	f.rtt.Store(int64(50 * time.Millisecond))
 	r = newTestRoot(t, l, f, Options{})
 	fetchSlowly(r)
-	if st := r.Stats(); st.SlowLink || st.LinkRTTSeconds != 0.05 || r.KernelReadAheadKB() != bigReadAheadKB {
+	if st := r.Stats(); st.SlowLink || st.LinkRTTSeconds != 0.05 || r.KernelReadAheadKB() != farLinkScale*bigReadAheadKB {
 		t.Errorf("far link: SlowLink %v, LinkRTTSeconds %v, kernel read-ahead %d KiB", st.SlowLink, st.LinkRTTSeconds, r.KernelReadAheadKB())
 	}
 	// A short round trip is the registry's own time, not distance, however
@@ -598,5 +598,125 @@ func TestLinkMeter(t *testing.T) {
 	fetchSlowly(r)
 	if st := r.Stats(); !st.SlowLink || st.LinkBytesPerSecond <= 0 || st.LinkBytesPerSecond >= slowLinkRate {
 		t.Errorf("no measure, 2 MiB per 100 ms: Stats() SlowLink %v, LinkBytesPerSecond %d", st.SlowLink, st.LinkBytesPerSecond)
+	}
+}
+
+// TestFarLink: on a far link (a round trip of ≥ farLinkRTT carrying ≥
+// farLinkBytes) a start without a profile takes farLinkScale times more
+// per round trip: whole libraries up to that many times WholeLibrary, and a
+// kernel read-ahead that many times bigReadAheadKB (set through Mount's
+// hook when the link turns out far); a near link keeps the defaults.
+func TestFarLink(t *testing.T) {
+	lib := toctest.Random(4, 40*testChunk)
+	tf := []toctest.File{
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "lib/", Mode: 0o755}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "lib/libmid.so.1", Mode: 0o644}, Data: lib},
+	}
+	l := convertLayer(t, toctest.Tar(t, tf), testChunk)
+	span := fileSpan(t, l, "lib/libmid.so.1")
+	for _, far := range []bool{false, true} {
+		t.Run(fmt.Sprintf("far=%v", far), func(t *testing.T) {
+			f := fstest.NewBlobFetcher(l.blob)
+			opts := Options{ReadAhead: -1, NeighbourWindow: -1, WholeLibrary: 16 * testChunk, Cache: fstest.NewMemCache()}
+			dir, r := mountFetcher(t, l, f, opts)
+			var set atomic.Int64
+			r.setKernelRA(func(kb int) { set.Store(int64(kb)) })
+			rtt := time.Millisecond // the registry's own time: near
+			if far {
+				rtt = 30 * time.Millisecond // 3 MiB per round trip
+			}
+			r.link.rtt.Store(int64(rtt))
+			r.noteLink(100<<20, 1)
+			wantRA := int64(bigReadAheadKB)
+			if far {
+				wantRA = farLinkScale * bigReadAheadKB
+				if set.Load() != wantRA {
+					t.Errorf("far link: Mount's kernel read-ahead set to %d KiB, want %d", set.Load(), wantRA)
+				}
+			}
+			if got := r.KernelReadAheadKB(); int64(got) != wantRA {
+				t.Errorf("KernelReadAheadKB() = %d, want %d", got, wantRA)
+			}
+			fh, err := os.Open(filepath.Join(dir, "lib/libmid.so.1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fh.Close()
+			// 40 chunks: over WholeLibrary (16), within 4 times it.
+			want := int64(0)
+			if far {
+				want = 1
+				waitCached(t, r, l, "lib/libmid.so.1")
+			}
+			if s := r.Stats(); s.LibraryJobs != want {
+				t.Fatalf("%d whole-library jobs for a 40-chunk library, want %d", s.LibraryJobs, want)
+			}
+			if _, chunks, _ := f.Stats(); chunks != want*int64(span.Last-span.First) {
+				t.Fatalf("%d chunks fetched at open, want %d", chunks, want*int64(span.Last-span.First))
+			}
+			if got, err := os.ReadFile(filepath.Join(dir, "lib/libmid.so.1")); err != nil || !bytes.Equal(got, lib) {
+				t.Fatalf("libmid.so.1: %v (or wrong bytes)", err)
+			}
+		})
+	}
+}
+
+// TestFarLinkNeighbours: on a far link the neighbour window after a
+// small-file miss is farLinkScale times NeighbourWindow.
+func TestFarLinkNeighbours(t *testing.T) {
+	tf := []toctest.File{{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "py/", Mode: 0o755}}}
+	for i := range 24 {
+		tf = append(tf, toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("py/f%02d.py", i), Mode: 0o644}, Data: toctest.Random(uint64(100+i), 4<<10)})
+	}
+	l := convertLayer(t, toctest.Tar(t, tf), testChunk)
+	for _, far := range []bool{false, true} {
+		t.Run(fmt.Sprintf("far=%v", far), func(t *testing.T) {
+			f := fstest.NewBlobFetcher(l.blob)
+			// 16 KiB: the next ~3 files of 4 KiB; 64 KiB when far: ~15.
+			opts := Options{ReadAhead: -1, NeighbourWindow: 16 << 10, WholeLibrary: -1, Cache: fstest.NewMemCache()}
+			dir, r := mountFetcher(t, l, f, opts)
+			if far {
+				r.link.rtt.Store(int64(30 * time.Millisecond))
+				r.noteLink(100<<20, 1)
+			}
+			if _, err := os.ReadFile(filepath.Join(dir, "py/f00.py")); err != nil {
+				t.Fatal(err)
+			}
+			waitCached(t, r, l, "py/f02.py") // in either window; its job has ended
+			if far {
+				waitCached(t, r, l, "py/f12.py")
+				return
+			}
+			if n, _ := cachedChunks(t, r, l, "py/f12.py"); n != 0 {
+				t.Errorf("near link: py/f12.py fetched by a 16 KiB window")
+			}
+		})
+	}
+}
+
+// TestFarScale: a start without a profile takes the round trip's bytes over
+// farLinkBytes (rounded) times its defaults per round trip, 1 to
+// farLinkScale, and 1 on a link that is not far.
+func TestFarScale(t *testing.T) {
+	l := convertLayer(t, toctest.Tar(t, []toctest.File{reg("f", 0o644, []byte("x"))}), testChunk)
+	for _, tc := range []struct {
+		rate int64
+		rtt  time.Duration
+		want int64
+	}{
+		{100 << 20, time.Millisecond, 1},      // the registry's own time: near
+		{100 << 20, 8 * time.Millisecond, 1},  // 800 KiB, but under farLinkRTT
+		{20 << 20, 12 * time.Millisecond, 1},  // 246 KiB: near
+		{25 << 20, 20 * time.Millisecond, 2},  // 512 KiB
+		{25 << 20, 30 * time.Millisecond, 3},  // 768 KiB
+		{30 << 20, 32 * time.Millisecond, 4},  // 983 KiB: 3.84, rounded
+		{100 << 20, 30 * time.Millisecond, 4}, // 3 MiB: at most farLinkScale
+	} {
+		r := newTestRoot(t, l, noFetcher{}, Options{})
+		r.link.rtt.Store(int64(tc.rtt))
+		r.noteLink(tc.rate, 1)
+		if got := r.farScale(); got != tc.want {
+			t.Errorf("%d B/s, %v: farScale() = %d, want %d", tc.rate, tc.rtt, got, tc.want)
+		}
 	}
 }

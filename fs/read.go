@@ -99,7 +99,8 @@ func (r *Root) prefetchLibrary(l *layer, e *toc.Entry, d uint32) {
 	cs := l.toc.Chunks
 	first, last := int(e.FirstChunk), int(e.FirstChunk+e.NumChunks)
 	compressed := cs[last-1].CompressedOffset + int64(cs[last-1].CompressedSize) - cs[first].CompressedOffset
-	if compressed > r.opts.WholeLibrary {
+	limit := r.opts.WholeLibrary * r.farScale()
+	if compressed > limit {
 		return
 	}
 	j := prefetchJob{l: l, first: first, last: last, path: e.Name}
@@ -820,7 +821,8 @@ func (r *Root) prefetchNeighbours(l *layer, from int, path string, inProfile boo
 	chunks := l.toc.Chunks
 	cross := !inProfile && r.nb.crossing()
 	to := from
-	for sum := int64(0); to < len(chunks) && sum < r.opts.NeighbourWindow; to++ {
+	window := r.opts.NeighbourWindow * r.farScale()
+	for sum := int64(0); to < len(chunks) && sum < window; to++ {
 		if inProfile && !r.inProfile(l, to) || !inProfile && !cross && l.isBig(to) {
 			break
 		}
