@@ -194,6 +194,8 @@ const (
 //     read-around is link time (torch without a profile: 7.46 s at
 //     200 Mbit/s against 7.83 s at 1024 KiB; at 1 Gbit/s 256 KiB would cost
 //     5.61 s against 4.79 s, the round trips mattering more than bytes);
+//   - farScale times 1024 KiB once the link has shown itself far (a long
+//     round trip that carries more than a miss asks for);
 //   - 32 KiB once a start-up profile is being prefetched (or with
 //     Options.Lean) into such a mount: the kernel reads read_ahead_kb around
 //     each mmap page fault, and the dynamic loader faults in scattered parts
@@ -245,36 +247,19 @@ const (
 // least farLinkBytes. The slow-link behaviours, which save bytes at the
 // price of round trips (smaller read-ahead, fewer background fetches,
 // libraries without their code), are the wrong trade there however slow it
-// is, and the profile prefetch keeps more batches in flight
-// (farLinkWorkers). lazyfs bench --mode mount -n 2 at 200 Mbit/s with a
-// 30 ms round trip (~930 KB per round trip): torch 15.6 s without the
-// slow-link behaviours against 19.5 s with them; at 5 ms (~225 KB) a tie.
-// The round trip is the shortest time to a response's headers, so it holds
-// the registry's own time: 1-7 ms for a registry on a busy 2-core node
-// here, which is not distance.
-// farLinkScale bounds farScale.
-const farLinkScale = 4
-
-// farScale is how many times its defaults a start without a profile takes
-// per round trip on the link (whole libraries, neighbour windows, kernel
-// read-ahead): 1 on a link that is not far, else the round trip's bytes
-// over farLinkBytes, rounded, 1 to farLinkScale. Each round trip saved is worth its
-// bytes of link time and no more: 4 times everywhere cost torch 10.94 s
-// against 10.16 s at 200 Mbit/s + 10 ms (~360 KB per round trip: 205
-// against 152 MB moved), and paid 13.45 -> 8.71 s at 1 Gbit/s + 30 ms
-// (~5 MB per round trip) and 15.92 -> 13.09 s at 200 Mbit/s + 30 ms
-// (~960 KB; 3 times: 14.11 s).
-func (r *Root) farScale() int64 {
-	if !r.farLink() {
-		return 1
-	}
-	rtt := time.Duration(r.link.rtt.Load())
-	return min(farLinkScale, max(1, int64(math.Round(float64(r.link.max.Load())*rtt.Seconds()/farLinkBytes))))
-}
-
+// is; the profile prefetch keeps more batches in flight (farLinkWorkers)
+// and a start without a profile takes more per round trip (farScale).
+// lazyfs bench --mode mount -n 2 at 200 Mbit/s with a 30 ms round trip
+// (~930 KB per round trip): torch 15.6 s without the slow-link behaviours
+// against 19.5 s with them; at 5 ms (~225 KB) a tie. The round trip is the
+// shortest time to a response's headers, so it holds the registry's own
+// time: 1-7 ms for a registry on a busy 2-core node here, which is not
+// distance.
 const (
 	farLinkBytes = 256 << 10
 	farLinkRTT   = 10 * time.Millisecond
+	// farLinkScale bounds farScale.
+	farLinkScale = 4
 )
 
 // farLink reports whether the link is far by its fastest rate and shortest
@@ -282,6 +267,23 @@ const (
 func (r *Root) farLink() bool {
 	rtt := time.Duration(r.link.rtt.Load())
 	return rtt >= farLinkRTT && float64(r.link.max.Load())*rtt.Seconds() >= farLinkBytes
+}
+
+// farScale is how many times its defaults a start without a profile takes
+// per round trip (whole libraries, neighbour windows, kernel read-ahead): 1
+// on a link that is not far, else the round trip's bytes over farLinkBytes,
+// rounded, 1 to farLinkScale. A round trip saved is worth its bytes of link
+// time and no more: 4 times everywhere cost torch 10.94 s against 10.16 s
+// at 200 Mbit/s + 10 ms (~360 KB per round trip: 205 against 152 MB
+// moved), and paid 13.45 -> 8.71 s at 1 Gbit/s + 30 ms (~5 MB per round
+// trip) and 15.92 -> 13.09 s at 200 Mbit/s + 30 ms (~960 KB; 3 times:
+// 14.11 s).
+func (r *Root) farScale() int64 {
+	if !r.farLink() {
+		return 1
+	}
+	rtt := time.Duration(r.link.rtt.Load())
+	return min(farLinkScale, max(1, int64(math.Round(float64(r.link.max.Load())*rtt.Seconds()/farLinkBytes))))
 }
 
 // noteFetch records a fetch of n compressed bytes that took d, for a
@@ -313,8 +315,9 @@ func (r *Root) pollLink(fetcher ChunkFetcher) bool {
 }
 
 // noteLink records that the link's fastest rate is at least rate, over
-// samples measures in all. When the link turns out slow and near (farLink)
-// it has Mount lower the kernel read-ahead (slowReadAheadKB).
+// samples measures in all. When the link turns out far it has Mount raise
+// the kernel read-ahead (farScale); when it turns out slow and near, lower
+// it (slowReadAheadKB).
 func (r *Root) noteLink(rate, samples int64) {
 	for {
 		m := r.link.max.Load()
