@@ -120,6 +120,7 @@ type MountStats struct {
 	LinkBytesPerSecond int64   `json:"linkBytesPerSecond"`
 	LinkRTTSeconds     float64 `json:"linkRttSeconds"`
 	SlowLink           bool    `json:"slowLink"`
+	FarLink            bool    `json:"farLink"`
 }
 
 // Summary holds the median and p95 of each measure over a mode's samples

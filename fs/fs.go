@@ -196,7 +196,10 @@ type Stats struct {
 	SlowLink           bool  `json:"slowLink"`
 	// LinkRTTSeconds is the shortest round trip the fetcher measured (to
 	// a response's headers, the registry's time included); 0: unknown.
+	// FarLink reports a round trip of at least 10 ms that carries at least
+	// 256 KiB at that rate: a start then takes more per round trip.
 	LinkRTTSeconds float64 `json:"linkRttSeconds"`
+	FarLink        bool    `json:"farLink"`
 }
 
 type counters struct {
@@ -482,6 +485,6 @@ func (r *Root) Stats() Stats {
 		Prefetched: s.prefetched.Load(), NeighbourJobs: s.neighbourJobs.Load(), EIO: s.eio.Load(), Interrupted: s.interrupted.Load(),
 		Passthrough: s.passthrough.Load(), Spliced: s.spliced.Load(), Lookups: s.lookups.Load(), NegLookups: s.neglookups.Load(),
 		CacheSkipped: s.cacheSkipped.Load(), CacheErrors: s.cacheErrors.Load(), BulkFills: s.bulkFills.Load(), LibraryJobs: s.libraryJobs.Load(), PartialLibraries: s.partialLibraries.Load(),
-		LinkBytesPerSecond: r.link.max.Load(), SlowLink: r.link.slow.Load(), LinkRTTSeconds: time.Duration(r.link.rtt.Load()).Seconds(),
+		LinkBytesPerSecond: r.link.max.Load(), SlowLink: r.link.slow.Load(), LinkRTTSeconds: time.Duration(r.link.rtt.Load()).Seconds(), FarLink: r.farLink(),
 	}
 }

@@ -155,8 +155,9 @@ func TestMountThroughDaemon(t *testing.T) {
 		t.Fatalf("ls: no progress column: %q %v", out, err)
 	}
 	if out, err := run(t, "stats", "--control", sock, "--state-dir", state, mnt); err != nil || !strings.Contains(out, dst) ||
-		!regexp.MustCompile(`prefetch:\s+(fill|done|profile); profile \(none\) 0/0 chunks local, image \d+/\d+ chunks local`).MatchString(out) {
-		t.Fatalf("stats: no prefetch progress: %q %v", out, err)
+		!regexp.MustCompile(`prefetch:\s+(fill|done|profile); profile \(none\) 0/0 chunks local, image \d+/\d+ chunks local`).MatchString(out) ||
+		!regexp.MustCompile(`link:\s+(not measured yet|fastest .+/s, round trip [0-9.]+ ms: (fast|slow|far))`).MatchString(out) {
+		t.Fatalf("stats: no prefetch progress or link line: %q %v", out, err)
 	}
 	// --no-fill travels with the request: the daemon's mount fills nothing.
 	mnt2 := filepath.Join(tmp, "mnt2")

@@ -294,6 +294,7 @@ func newStatsCmd() *cobra.Command {
 			fmt.Fprintf(w, "fetched:      %s in %d chunks (%.1f%% of the image)\n", humanBytes(st.Fetched.Bytes), st.Fetched.Chunks, 100*float64(st.Fetched.Bytes)/float64(max(st.ImageSize, 1)))
 			fmt.Fprintf(w, "reads:        %d (%s), chunk hits %d, misses %d, read-ahead %d, EIO %d\n", st.FS.Reads, humanBytes(st.FS.BytesRead), st.FS.ChunkHits, st.FS.ChunkMisses, st.FS.Prefetched, st.FS.EIO)
 			fmt.Fprintf(w, "server:       %d requests, %s fetched in all by its fetcher\n", st.Remote.Requests, humanBytes(st.Remote.BytesFetched))
+			fmt.Fprintf(w, "link:         %s\n", linkLine(st.FS))
 			if p := st.Prefetch; p != nil {
 				fmt.Fprintf(w, "prefetch:     %s; profile (%s) %d/%d chunks local, image %d/%d chunks local%s\n", p.Phase, profileSourceOr(st.ProfileSource), p.ProfileLocal, p.ProfileChunks, p.ImageLocal, p.ImageChunks, fillNote(p.FillStopped))
 			}
@@ -307,6 +308,21 @@ func newStatsCmd() *cobra.Command {
 
 // errPartial marks output that is complete except for servers that did not answer.
 var errPartial = errors.New("some servers did not answer")
+
+// linkLine says what the mount measured of the link and how it judged it.
+func linkLine(st fs.Stats) string {
+	if st.LinkBytesPerSecond == 0 {
+		return "not measured yet (no response of 1 MiB or more)"
+	}
+	verdict := "fast"
+	switch {
+	case st.SlowLink:
+		verdict = "slow: fewer bytes per request"
+	case st.FarLink:
+		verdict = "far: more bytes per round trip"
+	}
+	return fmt.Sprintf("fastest %s/s, round trip %.1f ms: %s", humanBytes(st.LinkBytesPerSecond), st.LinkRTTSeconds*1000, verdict)
+}
 
 func profileSourceOr(s string) string {
 	if s == "" {

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
 	"github.com/lazyfs/lazyfs/internal/node"
@@ -192,5 +193,23 @@ func TestUmountRefusesForeignMounts(t *testing.T) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.TMPFS_MAGIC {
 		t.Fatal("the tmpfs was unmounted")
+	}
+}
+
+// TestLinkLine: lazyfs stats says what the mount measured of the link and
+// which way it judged it.
+func TestLinkLine(t *testing.T) {
+	for _, tc := range []struct {
+		st   fs.Stats
+		want string
+	}{
+		{fs.Stats{}, "not measured yet (no response of 1 MiB or more)"},
+		{fs.Stats{LinkBytesPerSecond: 30 << 20, LinkRTTSeconds: 0.0013, SlowLink: true}, "fastest 30MiB/s, round trip 1.3 ms: slow: fewer bytes per request"},
+		{fs.Stats{LinkBytesPerSecond: 150 << 20, LinkRTTSeconds: 0.033, FarLink: true}, "fastest 150MiB/s, round trip 33.0 ms: far: more bytes per round trip"},
+		{fs.Stats{LinkBytesPerSecond: 150 << 20, LinkRTTSeconds: 0.0015}, "fastest 150MiB/s, round trip 1.5 ms: fast"},
+	} {
+		if got := linkLine(tc.st); got != tc.want {
+			t.Errorf("linkLine(%+v) = %q, want %q", tc.st, got, tc.want)
+		}
 	}
 }
