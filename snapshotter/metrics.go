@@ -17,6 +17,10 @@ const (
 	ReasonMountFailed  = "mount_failed"  // Mount failed and its error named no reason
 	ReasonTimeout      = "timeout"       // Mount ran past its deadline
 	ReasonCommitFailed = "commit_failed" // the lazy mount worked, recording it did not
+
+	// ReasonRegistryNotFound is the reason a FileSystem names when the
+	// registry has no such image or layer (service.Reason).
+	ReasonRegistryNotFound = "registry_not_found"
 )
 
 // Reasoner is implemented by errors that name why a layer cannot be mounted

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,6 +30,7 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string,
 		s.fallback(key, labels, ReasonNoFileSystem, errors.New("no lazy filesystem configured"))
 		return false
 	}
+	refs := []string{labels[LabelImageRef]}
 	if labels[LabelImageRef] == "" || labels[LabelLayerDigest] == "" {
 		missing := fmt.Errorf("labels %s and %s missing (pull with `lazyfs pull`, or CRI with disable_snapshot_annotations = false)", LabelImageRef, LabelLayerDigest)
 		if s.locator == nil || target == "" {
@@ -44,8 +46,8 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string,
 			}
 		}
 		ref, layer, err := s.locator.Locate(lctx, target)
-		cancel()
 		if err != nil {
+			cancel()
 			reason := ReasonNoLabels
 			var r Reasoner
 			if errors.As(err, &r) && validReason(r.FallbackReason()) {
@@ -54,30 +56,56 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string,
 			s.fallback(key, labels, reason, fmt.Errorf("%w; from containerd's content store: %w", missing, err))
 			return false
 		}
+		refs = s.alternates(lctx, ref)
+		cancel()
 		labels = maps.Clone(labels)
 		labels[LabelImageRef], labels[LabelLayerDigest] = ref, layer
 		s.m.located.Inc()
-		s.log.Debug("layer without labels located", "snapshot", target, "image", ref, "layer", layer)
+		s.log.Debug("layer without labels located", "snapshot", target, "image", ref, "layer", layer, "candidates", refs)
 	}
 	start := time.Now()
 	mp := s.upperPath(id)
 	mctx, cancel := context.WithTimeoutCause(ctx, s.mountTimeout, errDeadline)
-	err := s.fs.Mount(mctx, mp, labels)
-	if err != nil && errors.Is(context.Cause(mctx), errDeadline) {
-		err = fmt.Errorf("%w: %w", errDeadline, err)
-	}
-	cancel()
-	if err != nil {
+	var errs []error
+	for _, ref := range refs {
+		l := labels
+		if ref != labels[LabelImageRef] {
+			l = maps.Clone(labels)
+			l[LabelImageRef] = ref
+		}
+		err := s.fs.Mount(mctx, mp, l)
+		if err != nil && errors.Is(context.Cause(mctx), errDeadline) {
+			err = fmt.Errorf("%w: %w", errDeadline, err)
+		}
+		if err == nil {
+			if len(refs) > 1 {
+				s.learnHost(labels[LabelImageRef], ref)
+			}
+			labels = l
+			errs = nil
+			break
+		}
 		// A failed Mount may still have left something behind.
 		if uerr := s.unmount(ctx, mp); uerr != nil {
 			s.log.Error("cannot unmount a failed lazy mount", "mountpoint", mp, "err", uerr)
 		}
-		s.fallback(key, labels, reasonOf(err), err)
+		if len(refs) > 1 {
+			err = fmt.Errorf("as %s: %w", ref, err)
+		}
+		errs = append(errs, err)
+		if r := reasonOf(err); mctx.Err() != nil || (r != ReasonMountFailed && r != ReasonRegistryNotFound) {
+			break // a registry answered there, or time is up: the next guess would not do better
+		}
+	}
+	cancel()
+	if len(errs) > 0 {
+		// The reason is the last attempt's; the error names every one.
+		s.fallback(key, labels, reasonOf(errs[len(errs)-1]), errors.Join(errs...))
 		return false
 	}
 	committed := maps.Clone(labels)
 	committed[LabelRemote] = "true"
-	err = s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
+	err := s.ms.WithTransaction(ctx, true, func(ctx context.Context) error {
 		_, err := storage.CommitActive(ctx, key, target, snapshots.Usage{}, append(opts, snapshots.WithLabels(committed))...)
 		return err
 	})
@@ -104,6 +132,45 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string,
 	s.m.prepare.Observe(d.Seconds())
 	s.log.Info("layer mounted lazily", "image", labels[LabelImageRef], "layer", labels[LabelLayerDigest], "snapshot", target, "took", d)
 	return true
+}
+
+// alternates returns the references to try for a located ref: the
+// locator's alternates (Alternator), the host that served the last located
+// layer of the same host first.
+func (s *Snapshotter) alternates(ctx context.Context, ref string) []string {
+	a, ok := s.locator.(Alternator)
+	if !ok {
+		return []string{ref}
+	}
+	refs := a.Alternates(ctx, ref)
+	if len(refs) == 0 {
+		return []string{ref}
+	}
+	host, rest, _ := strings.Cut(ref, "/")
+	s.hostsMu.Lock()
+	h, ok := s.hosts[host]
+	s.hostsMu.Unlock()
+	if ok {
+		if i := slices.Index(refs, h+"/"+rest); i > 0 {
+			refs = append([]string{refs[i]}, slices.Delete(slices.Clone(refs), i, i+1)...)
+		}
+	}
+	return refs
+}
+
+// maxLearnedHosts bounds the hosts learnHost remembers.
+const maxLearnedHosts = 64
+
+// learnHost remembers that located reference ref was served as served.
+func (s *Snapshotter) learnHost(ref, served string) {
+	host, _, _ := strings.Cut(ref, "/")
+	h, _, _ := strings.Cut(served, "/")
+	s.hostsMu.Lock()
+	defer s.hostsMu.Unlock()
+	if _, ok := s.hosts[host]; !ok && len(s.hosts) >= maxLearnedHosts {
+		clear(s.hosts)
+	}
+	s.hosts[host] = h
 }
 
 func (s *Snapshotter) fallback(key string, labels map[string]string, reason string, err error) {

@@ -74,6 +74,15 @@ type Locator interface {
 	Locate(ctx context.Context, chainID string) (ref, layer string, err error)
 }
 
+// Alternator is implemented by a Locator whose references may name a
+// registry without its port (containerd's distribution-source label drops
+// it; see locate.Content.Alternates). Alternates returns the references a
+// located ref may stand for, most likely first, ref among them; the layer
+// is mounted from the first that serves it, within one mount timeout.
+type Alternator interface {
+	Alternates(ctx context.Context, ref string) []string
+}
+
 // Option configures New.
 type Option func(*config) error
 
@@ -154,6 +163,11 @@ type Snapshotter struct {
 
 	remounts singleflight.Group // one re-mount at a time per remote snapshot id
 
+	// hostsMu guards hosts: for a located reference's host, the host of
+	// the alternate that last mounted (see Alternator), tried first.
+	hostsMu sync.Mutex
+	hosts   map[string]string
+
 	// The restore pass New starts: stopped and waited for by Close.
 	stopRestore context.CancelFunc
 	restoring   sync.WaitGroup
@@ -221,6 +235,7 @@ func New(ctx context.Context, root string, opts ...Option) (*Snapshotter, error)
 		m:            c.metrics,
 		mountTimeout: c.mountTimeout,
 		options:      c.mountOptions,
+		hosts:        map[string]string{},
 	}
 	s.restored = make(chan struct{})
 	if s.fs == nil {

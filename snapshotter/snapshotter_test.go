@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -66,6 +69,9 @@ type bindFS struct {
 	layers map[string]string // layer digest -> directory
 	fail   map[string]error  // layer digest -> Mount error
 	block  chan struct{}     // when set, Mount waits for it to close
+	host   string            // when set, Mount serves only image references on this host
+
+	tried []string // image references given to Mount, in order
 
 	mu      sync.Mutex
 	mounted map[string]bool
@@ -74,6 +80,13 @@ type bindFS struct {
 
 func (b *bindFS) Mount(ctx context.Context, mp string, labels map[string]string) error {
 	d := labels[snapshotter.LabelLayerDigest]
+	ref := labels[snapshotter.LabelImageRef]
+	b.mu.Lock()
+	b.tried = append(b.tried, ref)
+	b.mu.Unlock()
+	if h, _, _ := strings.Cut(ref, "/"); b.host != "" && h != b.host {
+		return fmt.Errorf("resolve %s: no registry at %s", ref, h)
+	}
 	if err := b.fail[d]; err != nil {
 		return err
 	}
@@ -430,5 +443,105 @@ func TestCloseStopsRestore(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Close waited for a blocked restore")
+	}
+}
+
+// portLocator locates every layer as ref (a bare host, as containerd's
+// distribution-source label gives it) and offers alts as its alternates.
+type portLocator struct {
+	ref  string
+	alts []string
+}
+
+func (l portLocator) Locate(ctx context.Context, chainID string) (string, string, error) {
+	return l.ref, "sha256:" + strings.TrimPrefix(chainID, "layer-"), nil
+}
+
+func (l portLocator) Alternates(ctx context.Context, ref string) []string { return l.alts }
+
+// TestLocatedRefAlternates: a layer located without labels is mounted from
+// the first of the locator's alternates that serves it (the registry's port
+// guessed), its snapshot keeps that reference, the next layer of the same
+// host tries the host that served first, and when no alternate serves,
+// the layer falls back with an error naming every attempt.
+func TestLocatedRefAlternates(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	lfs := &bindFS{
+		layers:  map[string]string{"sha256:aaaa": t.TempDir(), "sha256:bbbb": t.TempDir(), "sha256:cccc": t.TempDir()},
+		host:    "reg.test:5000",
+		mounted: map[string]bool{},
+	}
+	const rest = "/app@sha256:0123"
+	loc := portLocator{ref: "reg.test" + rest, alts: []string{"reg.test:6000" + rest, "reg.test" + rest, "reg.test:5000" + rest}}
+	m := snapshotter.NewMetrics()
+	s, err := snapshotter.New(ctx, t.TempDir(), snapshotter.WithFileSystem(lfs), snapshotter.WithLocator(loc), snapshotter.WithMetrics(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); lfs.forget(t) })
+	prepare := func(target string) error {
+		_, err := s.Prepare(ctx, "extract-"+target, "", snapshots.WithLabels(map[string]string{snapshotter.LabelTargetRef: target}))
+		return err
+	}
+
+	if err := prepare("layer-aaaa"); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("Prepare of a located layer: %v, want ErrAlreadyExists", err)
+	}
+	if !slices.Equal(lfs.tried, loc.alts) {
+		t.Fatalf("references tried: %q, want %q", lfs.tried, loc.alts)
+	}
+	info, err := s.Stat(ctx, "layer-aaaa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.Labels[snapshotter.LabelImageRef]; got != "reg.test:5000"+rest {
+		t.Fatalf("snapshot's image reference %q, want the one that served", got)
+	}
+
+	lfs.tried = nil
+	if err := prepare("layer-bbbb"); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("Prepare of the second located layer: %v", err)
+	}
+	if want := []string{"reg.test:5000" + rest}; !slices.Equal(lfs.tried, want) {
+		t.Fatalf("second layer tried %q, want %q (the host that served first)", lfs.tried, want)
+	}
+	if got := m.RemoteLayers(); got != 2 {
+		t.Fatalf("remote layers %v, want 2", got)
+	}
+
+	// No alternate serves: one fallback, every attempt in the log.
+	var logs strings.Builder
+	lfs.host = "elsewhere"
+	s2, err := snapshotter.New(ctx, t.TempDir(), snapshotter.WithFileSystem(lfs), snapshotter.WithLocator(loc),
+		snapshotter.WithMetrics(snapshotter.NewMetrics()), snapshotter.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	ms, err := s2.Prepare(ctx, "extract-c", "", snapshots.WithLabels(map[string]string{snapshotter.LabelTargetRef: "layer-cccc"}))
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("Prepare when no alternate serves: %v %v, want an active snapshot to unpack into", ms, err)
+	}
+	for _, r := range loc.alts {
+		if !strings.Contains(logs.String(), "as "+r+": ") {
+			t.Errorf("fallback log does not name the attempt as %s:\n%s", r, logs.String())
+		}
+	}
+
+	// A registry that answers, and refuses: no more guesses.
+	lfs.host, lfs.tried = "reg.test:6000", nil
+	lfs.fail = map[string]error{"sha256:dddd": reasonErr("registry_auth")}
+	m3 := snapshotter.NewMetrics()
+	s3, err := snapshotter.New(ctx, t.TempDir(), snapshotter.WithFileSystem(lfs), snapshotter.WithLocator(loc), snapshotter.WithMetrics(m3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s3.Close()
+	if _, err := s3.Prepare(ctx, "extract-d", "", snapshots.WithLabels(map[string]string{snapshotter.LabelTargetRef: "layer-dddd"})); err != nil {
+		t.Fatal(err)
+	}
+	if want := loc.alts[:1]; !slices.Equal(lfs.tried, want) || m3.Fallbacks("registry_auth") != 1 {
+		t.Fatalf("after a refusal tried %q (fallbacks registry_auth: %v), want %q and 1", lfs.tried, m3.Fallbacks("registry_auth"), want)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
 
 	"github.com/lazyfs/lazyfs/fs/convert"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
@@ -51,8 +52,8 @@ func TestPullWithoutLabels(t *testing.T) {
 	imageSize := imageBytes(t, r.ref("lazy/app:1"))
 
 	// containerd's distribution-source label keeps the registry's host
-	// name only (it drops the port): a registry on another port than 443
-	// needs a hosts.toml for the bare name, as here.
+	// name only (it drops the port): a hosts.toml for the bare name says
+	// where it is, as here (TestPullWithoutLabelsFindsPort: without one).
 	hosts := t.TempDir()
 	host, _, _ := strings.Cut(r.host, ":")
 	if err := os.MkdirAll(filepath.Join(hosts, host), 0o755); err != nil {
@@ -169,5 +170,87 @@ func TestPullWithoutLabels(t *testing.T) {
 	}
 	if got := d.metric("lazyfs_snapshotter_remote_layers_total") - remoteBefore; got != want {
 		t.Errorf("ctr image pull of containerd %s mounted %v layers lazily, want %v", ver.Version, got, want)
+	}
+}
+
+// TestPullWithoutLabelsFindsPort: containerd's distribution-source label
+// drops the registry's port, so a pull without labels from a registry on
+// another port than 443 names a host that serves nothing. With no
+// hosts.toml for the bare name, the snapshotter tries the ports the node
+// knows that host with: a HOST:PORT entry of hosts_dir (the second
+// registry) and images in containerd's image store (the first: a plain
+// image pulled from it before). Both converted images are mounted lazily,
+// their snapshots name the registry with its port, and a container reads
+// the first one.
+func TestPullWithoutLabelsFindsPort(t *testing.T) {
+	bin, busybox := needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	r1, r2 := newRegistry(t), newRegistry(t)
+	push(t, r1.ref("src/app:1"), busyboxLayer(t, busybox), layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("port from the image store\n"))}))
+	push(t, r1.ref("plain/app:1"), layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("plain\n"))}))
+	push(t, r2.ref("src/app:1"), layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("port from hosts_dir\n"))}))
+	for _, r := range []*countingRegistry{r1, r2} {
+		if _, err := convert.Image(ctx, r.ref("src/app:1"), r.ref("lazy/app:1"), convert.WithChunkSize(64<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hosts := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(hosts, r2.host), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(hosts, r2.host, "hosts.toml"), []byte(fmt.Sprintf("server = %q\n", "http://"+r2.host)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := prepareDaemon(t, bin)
+	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
+	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
+	d.start()
+	cl, err := client.New(c.Address, client.WithDefaultNamespace(c.Namespace), client.WithTimeout(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchAllHosts))})
+	plainPull := func(ref string) {
+		t.Helper()
+		if _, err := cl.Pull(ctx, ref, client.WithPullUnpack, client.WithPullSnapshotter("lazyfs"), client.WithResolver(resolver)); err != nil {
+			t.Fatalf("pull %s without labels: %v\n%s", ref, err, d.logTail())
+		}
+	}
+
+	plainPull(r1.ref("plain/app:1")) // names r1's port in the image store
+	for i, tc := range []struct {
+		r      *countingRegistry
+		layers float64
+	}{{r1, 2}, {r2, 1}} {
+		before := d.metric("lazyfs_snapshotter_remote_layers_total")
+		plainPull(tc.r.ref("lazy/app:1"))
+		if got := d.metric("lazyfs_snapshotter_remote_layers_total") - before; got != tc.layers {
+			t.Fatalf("image %d: %v layers mounted lazily, want %v\n%s", i+1, got, tc.layers, d.logTail())
+		}
+		img, err := cl.GetImage(ctx, tc.r.ref("lazy/app:1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, err := img.RootFS(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := cl.SnapshotService("lazyfs").Stat(ctx, identity.ChainID(ids).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := info.Labels["containerd.io/snapshot/cri.image-ref"]; !strings.HasPrefix(got, tc.r.host+"/lazy/app@") {
+			t.Errorf("image %d: snapshot's image reference %q, want one on %s", i+1, got, tc.r.host)
+		}
+	}
+	if got := d.metric("lazyfs_snapshotter_fallback_layers_total"); got != 1 {
+		t.Errorf("fallback layers %v, want 1 (the plain image's)\n%s", got, d.logTail())
+	}
+	out, err := c.Ctr("run", "--rm", "--snapshotter", "lazyfs", r1.ref("lazy/app:1"), fmt.Sprintf("findsport-%d", os.Getpid()), "busybox", "cat", "/etc/motd")
+	if err != nil || !strings.Contains(out, "port from the image store") {
+		t.Fatalf("ctr run: %v\n%s\n%s", err, out, d.logTail())
 	}
 }

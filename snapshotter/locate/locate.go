@@ -77,7 +77,8 @@ func (notLazyError) FallbackReason() string { return reasonNotLazy }
 
 // Content locates layers through containerd's content service.
 type Content struct {
-	address string
+	address  string
+	hostsDir string
 
 	mu     sync.Mutex
 	conn   *grpc.ClientConn
@@ -88,8 +89,12 @@ type Content struct {
 
 // New returns a Locator that asks the containerd at address (its gRPC
 // socket). It connects on first use.
-func New(address string) *Content {
-	return &Content{address: address, chains: map[digest.Digest][]digest.Digest{}}
+func New(address string, opts ...Option) *Content {
+	c := &Content{address: address, chains: map[digest.Digest][]digest.Digest{}}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Close closes the connection to containerd.

@@ -43,7 +43,7 @@ func Reason(err error) string {
 		{image.ErrNotConverted, "not_converted"}, {toc.ErrNotChunked, "not_converted"},
 		{image.ErrNoLayer, "no_such_layer"},
 		{toc.ErrDigestMismatch, "toc_invalid"}, {toc.ErrBadTOC, "toc_invalid"}, {toc.ErrBadFooter, "toc_invalid"},
-		{remote.ErrUnauthorized, "registry_auth"}, {remote.ErrNotFound, "registry_not_found"},
+		{remote.ErrUnauthorized, "registry_auth"}, {remote.ErrNotFound, snapshotter.ReasonRegistryNotFound},
 	} {
 		if strings.Contains(msg, c.sentinel.Error()) {
 			return c.reason
@@ -64,7 +64,7 @@ func reasonOf(err error) string {
 	case errors.Is(err, remote.ErrUnauthorized):
 		return "registry_auth"
 	case errors.Is(err, remote.ErrNotFound):
-		return "registry_not_found"
+		return snapshotter.ReasonRegistryNotFound
 	case errors.Is(err, remote.ErrBadResponse), errors.Is(err, remote.ErrRangeNotSupported), errors.Is(err, remote.ErrNoPlatform):
 		return "registry"
 	case errors.Is(err, context.DeadlineExceeded):

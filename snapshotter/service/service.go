@@ -87,7 +87,7 @@ func New(ctx context.Context, cfg Config, d Deps) (_ *Server, err error) {
 		opts = append(opts, snapshotter.WithFileSystem(d.FileSystem))
 	}
 	if cfg.ContainerdAddress != "" {
-		s.locator = locate.New(cfg.ContainerdAddress)
+		s.locator = locate.New(cfg.ContainerdAddress, locate.WithHostsDir(cfg.HostsDir))
 		opts = append(opts, snapshotter.WithLocator(s.locator))
 	}
 	if err := mkdirPrivate(cfg.Root); err != nil {
