@@ -79,3 +79,51 @@ func TestLinkRate(t *testing.T) {
 			late, rate, n, rtt, 8<<20)
 	}
 }
+
+// TestLinkRTTAlone: only a request sent while no other range response of
+// the registry is in flight measures the round trip (one sent behind
+// another waits for it in the link's queue): a late first answer measures
+// long, a quick answer that came while its body was still in flight does
+// not count, and a quick answer on its own does.
+func TestLinkRTTAlone(t *testing.T) {
+	const cs = 256 << 10
+	l := newLayer(t, []toctest.File{{Hdr: toctest.AllTypes(0)[2].Hdr, Data: toctest.Random(4, 6*cs)}}, cs)
+	chunks := l.res.TOC.Chunks
+	fl := &faults{}
+	_, host := newRegistry(t, fl.wrap)
+	push(t, host, "lazy/img:v1", l)
+	ctx := context.Background()
+	b := newFetcher(t).Blob(repoOf(t, host, "lazy/img"), l.digest(), l.res.Size)
+
+	const late = 300 * time.Millisecond
+	fl.set(func(f *faults) { f.latency, f.stalls, f.stallFor = late, 1, 2*time.Second })
+	first := make(chan error, 1)
+	go func() { _, err := fetchAll(ctx, b, chunks[:2]); first <- err }()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, _, rtt := b.LinkRate(); rtt > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no round trip measured 10s after the first request")
+		}
+	}
+	if _, _, rtt := b.LinkRate(); rtt < late {
+		t.Fatalf("first answer after %v: round trip %v", late, rtt)
+	}
+	fl.set(func(f *faults) { f.latency = 0 })
+	if _, err := fetchAll(ctx, b, chunks[2:4]); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, rtt := b.LinkRate(); rtt < late {
+		t.Errorf("a quick answer sent while the first response was in flight: round trip %v, want the first's (≥ %v)", rtt, late)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fetchAll(ctx, b, chunks[4:6]); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, rtt := b.LinkRate(); rtt >= late {
+		t.Errorf("a quick answer on its own: round trip %v, want it under %v", rtt, late)
+	}
+}
