@@ -664,13 +664,9 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, get func(int) []byte, 
 			return nil
 		}
 		off := run[i].c.CompressedOffset
-		alone := b.link.begin()
-		defer b.link.end()
 		sent := time.Now()
 		return b.rangeAttempt(ctx, ep, c, off, end, func(r io.Reader) error {
-			if alone {
-				b.link.observeRTT(time.Since(sent))
-			}
+			b.link.observeRTT(time.Since(sent))
 			pos := off
 			// The link's rate (LinkRate): this response's bytes after
 			// its first chunk, timed from that chunk's arrival.

@@ -22,27 +22,10 @@ const LinkSampleBytes = 1 << 20
 // whatever else shared the link at the time.
 //
 // It also keeps the shortest time from a range request to its response's
-// headers: the round trip plus the registry's own time. Only requests sent
-// while no other range response of the registry was in flight count: on a
-// link whose queue holds the bodies of earlier responses (a shaper's or a
-// router's buffer), a response's headers wait behind them, and that wait
-// is the link's load, not its length (on a 200 Mbit/s link, 16 ms to
-// headers were measured under a profile prefetch with no delay on the path).
+// headers: the round trip plus the registry's own time.
 type linkMeter struct {
 	max, samples atomic.Int64
 	rtt          atomic.Int64 // ns; 0: none yet
-	busy         atomic.Int64 // range responses in flight
-}
-
-// begin notes a range request about to be sent and reports whether no
-// other was in flight (its round trip then counts); end must follow when
-// its response is done.
-func (m *linkMeter) begin() bool { return m != nil && m.busy.Add(1) == 1 }
-
-func (m *linkMeter) end() {
-	if m != nil {
-		m.busy.Add(-1)
-	}
 }
 
 // observeRTT records that a response's headers came d after its request.
