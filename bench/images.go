@@ -66,10 +66,13 @@ type ImageRefs struct {
 var imagePackages = map[string][]string{
 	"python": {"python3", "python3-numpy"},
 	"torch":  {"python3", "python3-torch"},
+	// Node.js tools: thousands of small JavaScript files in
+	// /usr/share/nodejs (eslint's recommends are what its CLI loads).
+	"node": {"nodejs", "eslint", "node-typescript", "node-chalk", "node-js-yaml", "node-strip-ansi", "node-text-table"},
 }
 
 // BuiltImages are the image names Prepare builds itself.
-var BuiltImages = []string{"hello", "python", "torch", "weights"}
+var BuiltImages = []string{"hello", "python", "torch", "node", "weights"}
 
 func (im *Images) logf(format string, args ...any) {
 	if im.Logf != nil {
@@ -95,7 +98,7 @@ func (im *Images) Prepare(ctx context.Context, image string, reg Registry) (Imag
 		img, err = im.layeredImage(ctx, []func(context.Context) (string, error){im.busyboxLayer})
 	case "weights":
 		img, err = im.layeredImage(ctx, []func(context.Context) (string, error){im.busyboxLayer, im.weightsLayer})
-	case "python", "torch":
+	case "python", "torch", "node":
 		img, err = im.layeredImage(ctx, []func(context.Context) (string, error){func(ctx context.Context) (string, error) { return im.rootfsLayer(ctx, image) }})
 	default:
 		repo = reg.Host() + "/bench/user-" + shortHash(image)

@@ -49,6 +49,7 @@ var builtin = map[string]Workload{
 	"hello":   {Name: "hello", Image: "hello", Cmd: []string{"/bin/sh", "-c", "echo hello from lazyfs bench"}},
 	"python":  {Name: "python", Image: "python", Cmd: []string{"python3", "-c", "import numpy; print('numpy', numpy.__version__)"}},
 	"torch":   {Name: "torch", Image: "torch", Cmd: []string{"python3", "-c", "import torch; print('torch', torch.__version__)"}},
+	"node":    {Name: "node", Image: "node", Cmd: []string{"/bin/sh", "-c", "echo 'var x = 1;' | eslint --no-eslintrc --stdin --rule 'semi: error' && tsc --version"}},
 	"readall": {Name: "readall", Image: "python", Cmd: []string{"python3", "-c", readAllScript}},
 	"weights": {Name: "weights", Image: "weights", Cmd: []string{"/bin/sh", "-c", "cat /weights/model.safetensors > /dev/null && echo read"}},
 }
