@@ -3,6 +3,8 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -79,5 +81,77 @@ func TestCRIPassesLabels(t *testing.T) {
 	}
 	if _, err := images.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
 		t.Errorf("CRI RemoveImage: %v", err)
+	}
+}
+
+// TestCRIWithoutAnnotations: containerd's CRI plugin as configured out of
+// the box (disable_snapshot_annotations = true: no image labels reach the
+// snapshotter), with its registry hosts in a config_path directory that
+// the daemon reads as its hosts_dir, pulls a converted image from a
+// registry on a port other than 443 with every layer mounted lazily: the
+// snapshotter finds the image in containerd's content store and the
+// registry's port from the HOST:PORT entry of that directory.
+func TestCRIWithoutAnnotations(t *testing.T) {
+	bin, busybox := needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r := newRegistry(t)
+	push(t, r.ref("src/cri:1"),
+		busyboxLayer(t, busybox),
+		layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("pulled by CRI without labels\n")), reg("etc/big", 0o644, toctest.Random(8, 8<<20))}))
+	if _, err := convert.Image(ctx, r.ref("src/cri:1"), r.ref("lazy/cri:1")); err != nil {
+		t.Fatal(err)
+	}
+	hosts := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(hosts, r.host), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+r.host, "http://"+r.host)
+	if err := os.WriteFile(filepath.Join(hosts, r.host, "hosts.toml"), []byte(toml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := prepareDaemon(t, bin)
+	c := ctrtest.StartWith(t, ctrtest.Options{
+		Proxies: map[string]string{"lazyfs": d.sock},
+		CRI: fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "lazyfs"
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = %q
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "lazyfs"
+[plugins."io.containerd.cri.v1.images".registry]
+  config_path = %q
+`, hosts, hosts),
+	})
+	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
+	d.start()
+	conn, err := grpc.NewClient("unix://"+c.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	images := runtimeapi.NewImageServiceClient(conn)
+	ref := r.ref("lazy/cri:1")
+	for deadline := time.Now().Add(30 * time.Second); ; { // the CRI plugin initialises after the socket answers
+		_, err = images.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+		if err == nil || time.Now().After(deadline) || !strings.Contains(err.Error(), "Unimplemented") && !strings.Contains(err.Error(), "not initialized") {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("CRI PullImage: %v\n%s", err, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 2 {
+		t.Fatalf("remote layers after a CRI pull without annotations: %v, want 2 (fallbacks: %s)\n%s", got,
+			metricLines(t, d.metricsURL, "lazyfs_snapshotter_fallback_layers_total{"), d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_located_layers_total"); got != 2 {
+		t.Errorf("layers located in containerd's content store: %v, want 2", got)
+	}
+	if size := imageBytes(t, ref); r.fetched("lazy/cri") > size/4 {
+		t.Errorf("CRI pull fetched %d of %d bytes", r.fetched("lazy/cri"), size)
 	}
 }
