@@ -56,27 +56,14 @@ func TestPullWithoutLabels(t *testing.T) {
 	// where it is, as here (TestPullWithoutLabelsFindsPort: without one).
 	hosts := t.TempDir()
 	host, _, _ := strings.Cut(r.host, ":")
-	if err := os.MkdirAll(filepath.Join(hosts, host), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(hosts, host, "hosts.toml"), []byte(fmt.Sprintf("server = %q\n", "http://"+r.host)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeHostsTOML(t, hosts, host, fmt.Sprintf("server = %q\n", "http://"+r.host))
 	d := prepareDaemon(t, bin)
 	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
 	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
 	d.start()
 
-	cl, err := client.New(c.Address, client.WithDefaultNamespace(c.Namespace), client.WithTimeout(10*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchAllHosts))})
-	plainPull := func(ref string) error {
-		_, err := cl.Pull(ctx, ref, client.WithPullUnpack, client.WithPullSnapshotter("lazyfs"), client.WithResolver(resolver))
-		return err
-	}
+	cl, pull := unlabelledPuller(t, c)
+	plainPull := func(ref string) error { return pull(ctx, ref) }
 
 	lazy := r.ref("lazy/app:1")
 	if err := plainPull(lazy); err != nil {
@@ -156,12 +143,8 @@ func TestPullWithoutLabels(t *testing.T) {
 	// the local copy is unpacked, nothing is mounted lazily. containerd
 	// 2.x's goes through the transfer service, which passes the labels
 	// (the proxy plugin exports enable_remote_snapshot_annotations): lazy.
-	ver, err := cl.Version(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := 0.0
-	if v := strings.TrimPrefix(ver.Version, "v"); !strings.HasPrefix(v, "1.") {
+	want, ver := 0.0, containerdVersion(ctx, t, c)
+	if !strings.HasPrefix(ver, "1.") {
 		want = 1
 	}
 	remoteBefore := d.metric("lazyfs_snapshotter_remote_layers_total")
@@ -169,7 +152,7 @@ func TestPullWithoutLabels(t *testing.T) {
 		t.Fatalf("ctr image pull: %v\n%s\n%s", err, out, d.logTail())
 	}
 	if got := d.metric("lazyfs_snapshotter_remote_layers_total") - remoteBefore; got != want {
-		t.Errorf("ctr image pull of containerd %s mounted %v layers lazily, want %v", ver.Version, got, want)
+		t.Errorf("ctr image pull of containerd %s mounted %v layers lazily, want %v", ver, got, want)
 	}
 }
 
@@ -197,25 +180,15 @@ func TestPullWithoutLabelsFindsPort(t *testing.T) {
 		}
 	}
 	hosts := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(hosts, r2.host), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(hosts, r2.host, "hosts.toml"), []byte(fmt.Sprintf("server = %q\n", "http://"+r2.host)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeHostsTOML(t, hosts, r2.host, fmt.Sprintf("server = %q\n", "http://"+r2.host))
 	d := prepareDaemon(t, bin)
 	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
 	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
 	d.start()
-	cl, err := client.New(c.Address, client.WithDefaultNamespace(c.Namespace), client.WithTimeout(10*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchAllHosts))})
+	cl, pull := unlabelledPuller(t, c)
 	plainPull := func(ref string) {
 		t.Helper()
-		if _, err := cl.Pull(ctx, ref, client.WithPullUnpack, client.WithPullSnapshotter("lazyfs"), client.WithResolver(resolver)); err != nil {
+		if err := pull(ctx, ref); err != nil {
 			t.Fatalf("pull %s without labels: %v\n%s", ref, err, d.logTail())
 		}
 	}
@@ -253,4 +226,47 @@ func TestPullWithoutLabelsFindsPort(t *testing.T) {
 	if err != nil || !strings.Contains(out, "port from the image store") {
 		t.Fatalf("ctr run: %v\n%s\n%s", err, out, d.logTail())
 	}
+}
+
+// writeHostsTOML writes dir/host/hosts.toml.
+func writeHostsTOML(t *testing.T, dir, host, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dir, host), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, host, "hosts.toml"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// unlabelledPuller returns containerd's Go client on c and a pull that
+// unpacks into lazyfs without snapshotters.AppendInfoHandlerWrapper, as
+// nerdctl does for a snapshotter it does not know by name.
+func unlabelledPuller(t *testing.T, c *ctrtest.Containerd) (*client.Client, func(ctx context.Context, ref string) error) {
+	t.Helper()
+	cl, err := client.New(c.Address, client.WithDefaultNamespace(c.Namespace), client.WithTimeout(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchAllHosts))})
+	return cl, func(ctx context.Context, ref string) error {
+		_, err := cl.Pull(ctx, ref, client.WithPullUnpack, client.WithPullSnapshotter("lazyfs"), client.WithResolver(resolver))
+		return err
+	}
+}
+
+// containerdVersion returns the version of containerd c, without its "v".
+func containerdVersion(ctx context.Context, t *testing.T, c *ctrtest.Containerd) string {
+	t.Helper()
+	cl, err := client.New(c.Address, client.WithTimeout(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	v, err := cl.Version(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimPrefix(v.Version, "v")
 }
