@@ -13,7 +13,8 @@
 // computes each config's chain IDs, and answers with the manifest whose
 // layer has the snapshot's chain ID: its reference HOST/REPO@DIGEST and the
 // layer's digest. Blobs read are bounded, configs' chain IDs are cached, and
-// every call has the caller's deadline.
+// every call has the caller's deadline. The label names the registry without
+// its port; Alternates names the HOST:PORT registries it may stand for.
 package locate
 
 import (
