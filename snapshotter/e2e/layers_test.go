@@ -1,0 +1,59 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lazyfs/lazyfs/fs/convert"
+	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/lazyfs/lazyfs/internal/ctrtest"
+	"github.com/lazyfs/lazyfs/snapshotter/pull"
+)
+
+// TestManyLayers: an image of 100 layers (Docker allows 127), each mounted
+// lazily, runs: the container's overlay stacks 100 FUSE lower directories,
+// whose lowerdir option is longer than the page the kernel takes mount
+// options in, and sees every layer's file and the top layer's version of
+// a file every layer writes.
+func TestManyLayers(t *testing.T) {
+	bin, busybox := needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	const n = 100
+	r := newRegistry(t)
+	layers := []v1.Layer{busyboxLayer(t, busybox)}
+	for i := 1; i < n; i++ {
+		layers = append(layers, layer(t, []toctest.File{dir("layers/"),
+			reg(fmt.Sprintf("layers/%03d", i), 0o644, []byte(fmt.Sprintf("layer %d\n", i))),
+			reg("layers/top", 0o644, []byte(fmt.Sprintf("written by layer %d\n", i)))}))
+	}
+	push(t, r.ref("src/many:1"), layers...)
+	if _, err := convert.Image(ctx, r.ref("src/many:1"), r.ref("lazy/many:1")); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, bin)
+	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
+	ref := r.ref("lazy/many:1")
+	if _, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace)); err != nil {
+		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != n {
+		t.Fatalf("remote layers after pulling a %d-layer image: %v\n%s", n, got, d.logTail())
+	}
+	out, err := c.Ctr("run", "--rm", "--snapshotter", "lazyfs", ref, fmt.Sprintf("many-%d", os.Getpid()),
+		"/bin/sh", "-c", "busybox cat /layers/001 /layers/099 /layers/top; busybox ls /layers | busybox wc -l")
+	if err != nil {
+		t.Fatalf("ctr run over %d lazy layers: %v\n%s\n%s", n, err, out, d.logTail())
+	}
+	for _, want := range []string{"layer 1\n", "layer 99\n", fmt.Sprintf("written by layer %d\n", n-1), fmt.Sprintf("%d\n", n)} {
+		if !strings.Contains(out, want) {
+			t.Errorf("container output %q lacks %q", out, want)
+		}
+	}
+}
