@@ -8,7 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/lazyfs/lazyfs/fs/convert"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
@@ -55,5 +58,59 @@ func TestManyLayers(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("container output %q lacks %q", out, want)
 		}
+	}
+}
+
+// TestMixedImage: an image whose lower layers are converted and whose top
+// layer is a plain gzip layer added later (a build on top of a lazyfs base
+// image): the converted layers are mounted lazily, the plain one falls back
+// and containerd unpacks it over them, its whiteout hiding a file of a
+// lazy layer and its file replacing one.
+func TestMixedImage(t *testing.T) {
+	bin, busybox := needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r := newRegistry(t)
+	push(t, r.ref("src/base:1"), busyboxLayer(t, busybox), layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("from the lazy base\n")),
+		dir("data/"), reg("data/gone", 0o644, []byte("deleted above\n")), reg("data/kept", 0o644, []byte("kept\n"))}))
+	if _, err := convert.Image(ctx, r.ref("src/base:1"), r.ref("lazy/base:1")); err != nil {
+		t.Fatal(err)
+	}
+	baseRef, err := name.ParseReference(r.ref("lazy/base:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := remote.Image(baseRef)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mixed, err := mutate.AppendLayers(base, layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("from the plain layer\n")),
+		dir("data/"), reg("data/.wh.gone", 0o644, nil)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := r.ref("mixed/app:1")
+	mixedRef, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(mixedRef, mixed); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, bin)
+	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
+	if _, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace)); err != nil {
+		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
+	}
+	if got, fb := d.metric("lazyfs_snapshotter_remote_layers_total"), d.metric(`lazyfs_snapshotter_fallback_layers_total{reason="not_converted"}`); got != 2 || fb != 1 {
+		t.Fatalf("mixed image: %v layers lazy and %v not converted, want 2 and 1\n%s", got, fb, d.logTail())
+	}
+	out, err := c.Ctr("run", "--rm", "--snapshotter", "lazyfs", ref, fmt.Sprintf("mixed-%d", os.Getpid()),
+		"/bin/sh", "-c", "busybox cat /etc/motd; busybox ls /data")
+	if err != nil {
+		t.Fatalf("ctr run: %v\n%s\n%s", err, out, d.logTail())
+	}
+	if want := "from the plain layer\nkept\n"; out != want {
+		t.Errorf("container over a plain layer on lazy ones printed %q, want %q", out, want)
 	}
 }
