@@ -1,7 +1,7 @@
 package remote
 
 import (
-	"sync/atomic"
+	"sync"
 	"time"
 )
 
@@ -23,9 +23,47 @@ const LinkSampleBytes = 1 << 20
 //
 // It also keeps the shortest time from a range request to its response's
 // headers: the round trip plus the registry's own time.
+//
+// A link changes while a daemon runs (another route, a congested uplink),
+// so the measure ages: it keeps what it saw in the current and the previous
+// LinkWindow, and forgets what is older.
 type linkMeter struct {
-	max, samples atomic.Int64
-	rtt          atomic.Int64 // ns; 0: none yet
+	now func() time.Time // time.Now; tests set it
+
+	mu    sync.Mutex
+	start time.Time     // of the current window
+	win   [2]linkWindow // [0] current, [1] previous
+}
+
+// LinkWindow is how long a measure of the link counts: what LinkRate
+// reports comes from the last one to two windows.
+const LinkWindow = 5 * time.Minute
+
+// linkWindow is what one window saw.
+type linkWindow struct {
+	max, samples int64
+	rtt          time.Duration // 0: none
+}
+
+// roll moves to the window holding t (m.mu held).
+func (m *linkMeter) roll(t time.Time) {
+	switch age := t.Sub(m.start); {
+	case m.start.IsZero():
+		m.start = t
+	case age >= 2*LinkWindow:
+		m.win = [2]linkWindow{}
+		m.start = t
+	case age >= LinkWindow:
+		m.win[1], m.win[0] = m.win[0], linkWindow{}
+		m.start = m.start.Add(LinkWindow)
+	}
+}
+
+func (m *linkMeter) clock() time.Time {
+	if m.now != nil {
+		return m.now()
+	}
+	return time.Now()
 }
 
 // observeRTT records that a response's headers came d after its request.
@@ -33,11 +71,11 @@ func (m *linkMeter) observeRTT(d time.Duration) {
 	if m == nil || d <= 0 {
 		return
 	}
-	for {
-		cur := m.rtt.Load()
-		if cur != 0 && int64(d) >= cur || m.rtt.CompareAndSwap(cur, int64(d)) {
-			break
-		}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.roll(m.clock())
+	if w := &m.win[0]; w.rtt == 0 || d < w.rtt {
+		w.rtt = d
 	}
 }
 
@@ -48,13 +86,26 @@ func (m *linkMeter) observe(total, n int64, d time.Duration) {
 		return
 	}
 	rate := int64(float64(n) / d.Seconds())
-	for {
-		cur := m.max.Load()
-		if rate <= cur || m.max.CompareAndSwap(cur, rate) {
-			break
-		}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.roll(m.clock())
+	w := &m.win[0]
+	w.max = max(w.max, rate)
+	w.samples++
+}
+
+// rate returns the fastest rate, the samples and the shortest round trip of
+// the current and the previous window.
+func (m *linkMeter) rate() (int64, int64, time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.roll(m.clock())
+	a, b := m.win[0], m.win[1]
+	rtt := a.rtt
+	if rtt == 0 || b.rtt != 0 && b.rtt < rtt {
+		rtt = b.rtt
 	}
-	m.samples.Add(1)
+	return max(a.max, b.max), a.samples + b.samples, rtt
 }
 
 // linkFor returns the meter of the link to registry host reg (created on
@@ -71,10 +122,11 @@ func (f *Fetcher) linkFor(reg string) *linkMeter {
 }
 
 // LinkRate returns what the Fetcher measured of the link to the blob's
-// registry, shared by every blob of that registry: the fastest rate in
-// compressed bytes per second (0 before any sample), the number of
-// responses measured, and the shortest round trip (0 before any response).
+// registry in the last LinkWindow or two, shared by every blob of that
+// registry: the fastest rate in compressed bytes per second (0 without a
+// sample), the number of responses measured, and the shortest round trip
+// (0 without a response).
 // fs.Root takes it as fs.LinkMeter.
 func (b *Blob) LinkRate() (bytesPerSecond, samples int64, rtt time.Duration) {
-	return b.link.max.Load(), b.link.samples.Load(), time.Duration(b.link.rtt.Load())
+	return b.link.rate()
 }

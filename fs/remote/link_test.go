@@ -79,3 +79,37 @@ func TestLinkRate(t *testing.T) {
 			late, rate, n, rtt, 8<<20)
 	}
 }
+
+// TestLinkMeterAges: the measure keeps the current and the previous
+// LinkWindow: a fast link that turned slow reads slow once its fast
+// responses are two windows old, and a quiet link forgets everything.
+func TestLinkMeterAges(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	m := &linkMeter{now: func() time.Time { return now }}
+	if r, n, rtt := m.rate(); r != 0 || n != 0 || rtt != 0 {
+		t.Fatalf("new meter: %d, %d, %v", r, n, rtt)
+	}
+	fast := func() { m.observe(4<<20, 4<<20, 40*time.Millisecond) }  // ~105 MB/s
+	slow := func() { m.observe(4<<20, 4<<20, 400*time.Millisecond) } // ~10 MB/s
+	fast()
+	m.observeRTT(2 * time.Millisecond)
+	fastRate, _, _ := m.rate()
+
+	now = now.Add(LinkWindow + time.Second) // the previous window still counts
+	slow()
+	m.observeRTT(30 * time.Millisecond)
+	if r, n, rtt := m.rate(); r != fastRate || n != 2 || rtt != 2*time.Millisecond {
+		t.Errorf("one window later: %d B/s over %d, %v; want the fast %d over 2, 2ms", r, n, rtt, fastRate)
+	}
+
+	now = now.Add(LinkWindow) // the fast response is two windows old
+	slow()
+	if r, n, rtt := m.rate(); r >= fastRate/2 || n != 2 || rtt != 30*time.Millisecond {
+		t.Errorf("two windows later: %d B/s over %d, %v; want the slow rate over 2, 30ms", r, n, rtt)
+	}
+
+	now = now.Add(2 * LinkWindow) // quiet: nothing counts
+	if r, n, rtt := m.rate(); r != 0 || n != 0 || rtt != 0 {
+		t.Errorf("after two quiet windows: %d, %d, %v; want nothing", r, n, rtt)
+	}
+}
