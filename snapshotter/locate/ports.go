@@ -18,7 +18,8 @@ import (
 const (
 	// maxAlternates bounds the HOST:PORT names tried for one bare host.
 	maxAlternates = 4
-	// maxImageNames bounds the image names Alternates reads.
+	// maxImageNames bounds the image names Alternates looks at, most
+	// recently updated first.
 	maxImageNames = 1024
 	// guessPort is the port a registry listens on by default
 	// (distribution's, Docker's and most local registries'). Tried last.
@@ -103,7 +104,7 @@ func (c *Content) imagePorts(ctx context.Context, host string) []string {
 		return nil
 	}
 	if ns, ok := namespaces.Namespace(ctx); ok {
-		ctx = namespaces.WithNamespace(ctx, ns)
+		ctx = namespaces.WithNamespace(ctx, ns) // as Locate: sent as gRPC metadata too
 	}
 	// The filter narrows the list (its dots match any character); portOf
 	// checks each name exactly.
@@ -111,13 +112,13 @@ func (c *Content) imagePorts(ctx context.Context, host string) []string {
 	if err != nil {
 		return nil
 	}
-	imgs := resp.GetImages()
-	if len(imgs) > maxImageNames {
-		imgs = imgs[:maxImageNames]
-	}
+	imgs := resp.GetImages() // bounded by gRPC's message size
 	slices.SortStableFunc(imgs, func(a, b *imagesapi.Image) int {
 		return b.GetUpdatedAt().AsTime().Compare(a.GetUpdatedAt().AsTime())
 	})
+	if len(imgs) > maxImageNames {
+		imgs = imgs[:maxImageNames]
+	}
 	var ports []string
 	for _, im := range imgs {
 		h, _, _ := strings.Cut(im.GetName(), "/")
