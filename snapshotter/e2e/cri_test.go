@@ -25,12 +25,7 @@ func TestCRIPassesLabels(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	r := newRegistry(t)
-	push(t, r.ref("src/cri:1"),
-		busyboxLayer(t, busybox),
-		layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("pulled by CRI\n")), reg("etc/big", 0o644, toctest.Random(7, 8<<20))}))
-	if _, err := convert.Image(ctx, r.ref("src/cri:1"), r.ref("lazy/cri:1")); err != nil {
-		t.Fatal(err)
-	}
+	pushCRIImage(ctx, t, r, busybox, "pulled by CRI\n", 7)
 	d := newDaemon(t, bin)
 	c := ctrtest.StartWith(t, ctrtest.Options{
 		Proxies: map[string]string{"lazyfs": d.sock},
@@ -82,12 +77,7 @@ func TestCRIWithoutAnnotations(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	r := newRegistry(t)
-	push(t, r.ref("src/cri:1"),
-		busyboxLayer(t, busybox),
-		layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte("pulled by CRI without labels\n")), reg("etc/big", 0o644, toctest.Random(8, 8<<20))}))
-	if _, err := convert.Image(ctx, r.ref("src/cri:1"), r.ref("lazy/cri:1")); err != nil {
-		t.Fatal(err)
-	}
+	pushCRIImage(ctx, t, r, busybox, "pulled by CRI without labels\n", 8)
 	hosts := t.TempDir()
 	writeHostsTOML(t, hosts, r.host, fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+r.host, "http://"+r.host))
 	d := prepareDaemon(t, bin)
@@ -149,5 +139,17 @@ func criPull(ctx context.Context, images runtimeapi.ImageServiceClient, ref stri
 		if err == nil || time.Now().After(deadline) || !strings.Contains(err.Error(), "Unimplemented") && !strings.Contains(err.Error(), "not initialized") {
 			return resp, err
 		}
+	}
+}
+
+// pushCRIImage pushes src/cri:1 to r (busybox, then /etc/motd and an
+// 8 MiB /etc/big of random bytes from seed) and converts it to lazy/cri:1.
+func pushCRIImage(ctx context.Context, t *testing.T, r *countingRegistry, busybox []byte, motd string, seed uint64) {
+	t.Helper()
+	push(t, r.ref("src/cri:1"),
+		busyboxLayer(t, busybox),
+		layer(t, []toctest.File{dir("etc/"), reg("etc/motd", 0o644, []byte(motd)), reg("etc/big", 0o644, toctest.Random(seed, 8<<20))}))
+	if _, err := convert.Image(ctx, r.ref("src/cri:1"), r.ref("lazy/cri:1")); err != nil {
+		t.Fatal(err)
 	}
 }
