@@ -93,6 +93,15 @@ type Options struct {
 	// trusted.overlay.opaque=y xattr of its directory. Without it the layers
 	// are merged with OCI whiteout rules and whiteout files are hidden.
 	OverlayWhiteouts bool
+	// LowerDirs, with OverlayWhiteouts, are the directories of the layers
+	// an overlay stacks below this one, the nearest first (the snapshot's
+	// parents). A directory the layer has no entry for (a tar that omits
+	// parent directories, as Bazel's and crane's do) then shows the mode,
+	// owner and mtime the nearest lower layer gives it, as containerd's
+	// unpack leaves it, instead of 0755, root: overlayfs shows the upper
+	// layer's attributes, so a lower /tmp of 1777 would become 0755. At
+	// most MaxLowerDirs are looked at.
+	LowerDirs []string
 	// Passthrough serves files whose chunks are all cached through FUSE
 	// passthrough from a copy in SpoolDir (needs root and kernel ≥ 6.9).
 	Passthrough bool
@@ -392,6 +401,9 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 	}
 	big, all := bigFileBytes(ls)
 	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger, weights: mostlyWeights(big, all)}
+	if opts.OverlayWhiteouts {
+		r.t.borrowLowerAttrs(opts.LowerDirs, opts.Logger)
+	}
 	r.slowJobs = make(chan struct{}, slowLinkJobs)
 	// A node's fetcher may know the link already (a daemon's earlier
 	// mounts): a Root starts from that, not from nothing.

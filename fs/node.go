@@ -55,6 +55,12 @@ func (r *Root) fillAttr(d uint32, a *fuse.Attr) {
 	}
 	e := t.entry(d)
 	if e == nil {
+		if da, ok := t.dirs[d]; ok {
+			a.Uid, a.Gid = da.uid, da.gid
+			a.Mtime, a.Mtimensec = uint64(da.mtime), da.mtimeNsec
+			a.Atime, a.Atimensec = a.Mtime, a.Mtimensec
+			a.Ctime, a.Ctimensec = a.Mtime, a.Mtimensec
+		}
 		return
 	}
 	m := t.metaEntry(d)

@@ -13,9 +13,10 @@ import (
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
 )
 
-// TestOverlayfsLowers stacks per-layer mounts (OverlayWhiteouts) under a
-// read-only overlayfs, as the snapshotter does, and compares the result with
-// the extraction of all layers.
+// TestOverlayfsLowers stacks per-layer mounts (OverlayWhiteouts, each with
+// the mounts below as its LowerDirs) under a read-only overlayfs, as the
+// snapshotter does, and compares the result with the extraction of all
+// layers, attributes of directories a layer has no entry for included.
 func TestOverlayfsLowers(t *testing.T) {
 	requireFUSE(t)
 	if b, err := os.ReadFile("/proc/filesystems"); err != nil || !strings.Contains(string(b), "overlay") {
@@ -33,10 +34,12 @@ func TestOverlayfsLowers(t *testing.T) {
 	}
 	corpus[1] = l2
 	layers := buildLayers(t, corpus)
+	// Mounted bottom-up, each layer given the ones below it (LowerDirs),
+	// as the snapshotter does; overlayfs lists the top layer first.
 	var lowers []string
-	for i := len(layers) - 1; i >= 0; i-- { // overlayfs lists the top layer first
-		dir, _ := mountLayers(t, layers[i:i+1], Options{OverlayWhiteouts: true, Cache: fstest.NewMemCache()})
-		lowers = append(lowers, dir)
+	for i := range layers {
+		dir, _ := mountLayers(t, layers[i:i+1], Options{OverlayWhiteouts: true, Cache: fstest.NewMemCache(), LowerDirs: lowers})
+		lowers = append([]string{dir}, lowers...)
 	}
 	merged := t.TempDir()
 	if err := syscall.Mount("overlay", merged, "overlay", syscall.MS_RDONLY, "lowerdir="+strings.Join(lowers, ":")); err != nil {
@@ -45,16 +48,12 @@ func TestOverlayfsLowers(t *testing.T) {
 	t.Cleanup(func() { syscall.Unmount(merged, syscall.MNT_DETACH) })
 
 	want, got := reference(t, layers), fstest.ReadTree(t, merged)
-	// Per-layer mounts show a directory a layer has no entry for with
-	// default attributes (0755, root, mtime 0), and overlayfs shows the
-	// topmost layer's: compare directories by type only.
-	// The link count is the lower inode's: names whited out in upper layers
-	// still count (overlayfs behaviour).
+	// Directories a layer has no entry for take their attributes from the
+	// layers below (LowerDirs), as an extraction keeps them. The link
+	// count is the lower inode's: names whited out in upper layers still
+	// count (overlayfs behaviour).
 	for _, ti := range []treeInfo{want, got} {
 		for p, fi := range ti.Files {
-			if fi.Type == "dir" {
-				fi = fileInfo{Type: "dir"}
-			}
 			fi.Nlink = 0
 			ti.Files[p] = fi
 		}

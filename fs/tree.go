@@ -55,7 +55,11 @@ type tree struct {
 	layers []*layer
 	nodes  []node
 	names  map[uint32]string // names of nodes that have no entry
-	nlink  map[uint32]uint32 // link counts of hardlinked nodes (others have 1)
+	// dirs holds the attributes implicit directories take from the
+	// layers below a per-layer mount (Options.LowerDirs); others show
+	// 0755, root, mtime 0.
+	dirs  map[uint32]dirAttr
+	nlink map[uint32]uint32 // link counts of hardlinked nodes (others have 1)
 	// meta maps the data node of a hardlink group to the entry whose
 	// mode, owner, mtime and xattrs the group shows: its last hardlink
 	// entry, which containerd and Docker apply to the shared inode when
@@ -139,6 +143,9 @@ func (t *tree) mode(i uint32) uint32 {
 	n := &t.nodes[i]
 	switch n.kind {
 	case kindImplicitDir:
+		if a, ok := t.dirs[i]; ok {
+			return syscall.S_IFDIR | a.mode
+		}
 		return syscall.S_IFDIR | 0o755
 	case kindWhiteout:
 		return syscall.S_IFCHR
