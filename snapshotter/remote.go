@@ -25,7 +25,7 @@ const restoreConcurrency = 4
 // lazy mount and commit it as target. It reports whether it did; when it did
 // not, it has logged and counted why, and the snapshot is left active and
 // empty for containerd to unpack into.
-func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string, labels map[string]string, opts []snapshots.Opt) bool {
+func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string, parents []string, labels map[string]string, opts []snapshots.Opt) bool {
 	if s.fs == nil {
 		s.fallback(key, labels, ReasonNoFileSystem, errors.New("no lazy filesystem configured"))
 		return false
@@ -73,7 +73,7 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string,
 			l = maps.Clone(labels)
 			l[LabelImageRef] = ref
 		}
-		err := s.fs.Mount(mctx, mp, l)
+		err := s.fs.Mount(mctx, mp, s.withLowers(l, parents))
 		if err != nil && errors.Is(context.Cause(mctx), errDeadline) {
 			err = fmt.Errorf("%w: %w", errDeadline, err)
 		}
@@ -180,9 +180,10 @@ func (s *Snapshotter) fallback(key string, labels map[string]string, reason stri
 }
 
 type remoteSnapshot struct {
-	name   string
-	id     string
-	labels map[string]string
+	name    string
+	id      string
+	labels  map[string]string
+	parents []string // ids of the snapshots below, the nearest first
 }
 
 // ensureParents checks the lazy mounts among the snapshot chain that starts
@@ -193,7 +194,10 @@ func (s *Snapshotter) ensureParents(ctx context.Context, parent string) error {
 	if parent == "" || s.fs == nil {
 		return nil
 	}
-	var remotes []remoteSnapshot
+	var (
+		remotes []remoteSnapshot
+		ids     []string // the chain's, the nearest first
+	)
 	if err := s.ms.WithTransaction(ctx, false, func(ctx context.Context) error {
 		for name := parent; name != ""; {
 			id, info, _, err := storage.GetInfo(ctx, name)
@@ -203,13 +207,18 @@ func (s *Snapshotter) ensureParents(ctx context.Context, parent string) error {
 			if info.Labels[LabelRemote] != "" {
 				remotes = append(remotes, remoteSnapshot{name: name, id: id, labels: info.Labels})
 			}
+			ids = append(ids, id)
 			name = info.Parent
 		}
 		return nil
 	}); err != nil {
 		return err
 	}
-	for _, r := range remotes {
+	// The farthest first: a mount reads the attributes of the directories
+	// its layer leaves out from the mounts below it (LabelLowerDirs).
+	for i := len(remotes) - 1; i >= 0; i-- {
+		r := remotes[i]
+		r.parents = ids[slices.Index(ids, r.id)+1:]
 		if err := s.check(ctx, r); err == nil {
 			continue
 		}
@@ -246,7 +255,7 @@ func (s *Snapshotter) remount(ctx context.Context, r remoteSnapshot) error {
 	}
 	mctx, cancel := context.WithTimeoutCause(ctx, s.mountTimeout, errDeadline)
 	defer cancel()
-	if err := s.fs.Mount(mctx, mp, r.labels); err != nil {
+	if err := s.fs.Mount(mctx, mp, s.withLowers(r.labels, r.parents)); err != nil {
 		s.m.restoreKO.Inc()
 		s.log.Error("cannot restore lazy mount", "snapshot", r.name, "image", r.labels[LabelImageRef], "layer", r.labels[LabelLayerDigest], "err", err)
 		return fmt.Errorf("restore lazy mount: %w", err)
@@ -268,7 +277,16 @@ func (s *Snapshotter) listRemotes(ctx context.Context) ([]remoteSnapshot, error)
 			if err != nil {
 				return err
 			}
-			remotes = append(remotes, remoteSnapshot{name: info.Name, id: id, labels: info.Labels})
+			r := remoteSnapshot{name: info.Name, id: id, labels: info.Labels}
+			for p := info.Parent; p != "" && len(r.parents) < maxChain; {
+				pid, pinfo, _, err := storage.GetInfo(ctx, p)
+				if err != nil {
+					return err
+				}
+				r.parents = append(r.parents, pid)
+				p = pinfo.Parent
+			}
+			remotes = append(remotes, r)
 			return nil
 		})
 	}); err != nil && !errors.Is(err, errdefs.ErrNotFound) { // a new store has no bucket yet
@@ -277,25 +295,39 @@ func (s *Snapshotter) listRemotes(ctx context.Context) ([]remoteSnapshot, error)
 	return remotes, nil
 }
 
+// maxChain bounds the parents of a snapshot listRemotes follows.
+const maxChain = 4096
+
 // restoreAll mounts again every one of remotes that does not serve, a few
-// at a time, until ctx ends. Failures are logged and counted, not returned:
+// at a time, until ctx ends: by depth, each snapshot after those below it
+// (a mount reads the directories its layer leaves out from the mounts
+// below, LabelLowerDirs). Failures are logged and counted, not returned:
 // the snapshot is retried when a container needs it (ensureParents).
 func (s *Snapshotter) restoreAll(ctx context.Context, remotes []remoteSnapshot) {
-	var g errgroup.Group
-	g.SetLimit(restoreConcurrency)
-	for _, r := range remotes {
-		if ctx.Err() != nil {
-			break
+	remotes = slices.Clone(remotes)
+	slices.SortStableFunc(remotes, func(a, b remoteSnapshot) int { return len(a.parents) - len(b.parents) })
+	for len(remotes) > 0 && ctx.Err() == nil {
+		n := 1
+		for n < len(remotes) && len(remotes[n].parents) == len(remotes[0].parents) {
+			n++
 		}
-		g.Go(func() error {
-			if s.check(ctx, r) == nil {
-				return nil
+		var g errgroup.Group
+		g.SetLimit(restoreConcurrency)
+		for _, r := range remotes[:n] {
+			if ctx.Err() != nil {
+				break
 			}
-			_ = s.restore(ctx, r) // logged and counted
-			return nil
-		})
+			g.Go(func() error {
+				if s.check(ctx, r) == nil {
+					return nil
+				}
+				_ = s.restore(ctx, r) // logged and counted
+				return nil
+			})
+		}
+		g.Wait()
+		remotes = remotes[n:]
 	}
-	g.Wait()
 }
 
 // isMounted reports whether mp is a mount point; a dead FUSE mount

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,7 +36,16 @@ const (
 	// LabelRemote marks a committed snapshot whose directory is a lazy mount.
 	// It keeps the inheritable prefix so containerd's metadata store passes it on.
 	LabelRemote = "containerd.io/snapshot/lazyfs.remote"
+	// LabelLowerDirs is passed to FileSystem.Mount only, never kept in a
+	// snapshot's labels: the directories of the snapshot's parents, the
+	// nearest first, ':'-separated as in overlayfs's lowerdir option. A
+	// directory the layer's tar leaves out then shows the attributes the
+	// layers below give it, as containerd's unpack leaves it.
+	LabelLowerDirs = "containerd.io/snapshot/lazyfs.lowerdirs"
 )
+
+// maxLowerDirs bounds the parents named in LabelLowerDirs (the nearest).
+const maxLowerDirs = 1024
 
 // FileSystem mounts layers lazily. It is what the snapshotter consumes;
 // lazyfs's node daemon (internal/node.LayerFS) implements it.
@@ -366,7 +376,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		return nil, err
 	}
 	if target, ok := base.Labels[LabelTargetRef]; ok && target != "" {
-		if s.prepareRemote(ctx, key, target, sn.ID, base.Labels, opts) {
+		if s.prepareRemote(ctx, key, target, sn.ID, sn.ParentIDs, base.Labels, opts) {
 			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 		}
 	}
@@ -638,6 +648,27 @@ func (s *Snapshotter) mounts(sn storage.Snapshot) []mount.Mount {
 	options = append(options, "lowerdir="+strings.Join(lowers, ":"))
 	options = append(options, s.options...)
 	return []mount.Mount{{Type: "overlay", Source: "overlay", Options: options}}
+}
+
+// withLowers returns labels and LabelLowerDirs naming the directories of
+// the snapshots parents (ids, the nearest first), for FileSystem.Mount.
+func (s *Snapshotter) withLowers(labels map[string]string, parents []string) map[string]string {
+	l := maps.Clone(labels)
+	if l == nil {
+		l = map[string]string{}
+	}
+	delete(l, LabelLowerDirs)
+	if len(parents) > maxLowerDirs {
+		parents = parents[:maxLowerDirs]
+	}
+	if len(parents) > 0 {
+		dirs := make([]string, len(parents))
+		for i, id := range parents {
+			dirs[i] = s.upperPath(id)
+		}
+		l[LabelLowerDirs] = strings.Join(dirs, ":")
+	}
+	return l
 }
 
 func (s *Snapshotter) upperPath(id string) string {

@@ -76,6 +76,8 @@ type bindFS struct {
 	mu      sync.Mutex
 	mounted map[string]bool
 	mounts  int
+	lowers  map[string]string // mount point -> LabelLowerDirs it was given
+	order   []string          // mount points, in the order they were mounted
 }
 
 func (b *bindFS) Mount(ctx context.Context, mp string, labels map[string]string) error {
@@ -111,6 +113,10 @@ func (b *bindFS) Mount(ctx context.Context, mp string, labels map[string]string)
 	b.mu.Lock()
 	b.mounted[mp] = true
 	b.mounts++
+	if b.lowers != nil {
+		b.lowers[mp] = labels[snapshotter.LabelLowerDirs]
+	}
+	b.order = append(b.order, mp)
 	b.mu.Unlock()
 	return nil
 }
@@ -544,4 +550,82 @@ func TestLocatedRefAlternates(t *testing.T) {
 	if want := loc.alts[:1]; !slices.Equal(lfs.tried, want) || m3.Fallbacks("registry_auth") != 1 {
 		t.Fatalf("after a refusal tried %q (fallbacks registry_auth: %v), want %q and 1", lfs.tried, m3.Fallbacks("registry_auth"), want)
 	}
+}
+
+// TestLowerDirsGiven: each lazy layer's Mount is given the directories of
+// the snapshots below it, the nearest first (LabelLowerDirs), which are
+// never kept in the snapshot's labels; after a restart, and when a
+// container needs lost mounts again, they are mounted again bottom-up with
+// the same lowers.
+func TestLowerDirsGiven(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	lfs := &bindFS{layers: map[string]string{}, mounted: map[string]bool{}, lowers: map[string]string{}}
+	digests := []string{"sha256:aaaa", "sha256:bbbb", "sha256:cccc"}
+	for _, d := range digests {
+		lfs.layers[d] = t.TempDir()
+	}
+	root := t.TempDir()
+	s, err := snapshotter.New(ctx, root, snapshotter.WithFileSystem(lfs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); lfs.forget(t) })
+	parent := ""
+	var mps []string // mount points, bottom first
+	for i, d := range digests {
+		target := "layer-" + d[7:8]
+		if _, err := s.Prepare(ctx, "extract-"+target, parent, layerLabels("reg/img:1", d, target)); !errors.Is(err, errdefs.ErrAlreadyExists) {
+			t.Fatalf("Prepare %s: %v", target, err)
+		}
+		mps = append(mps, lfs.order[i])
+		info, err := s.Stat(ctx, target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := info.Labels[snapshotter.LabelLowerDirs]; ok {
+			t.Fatalf("%s keeps %s=%q in its labels", target, snapshotter.LabelLowerDirs, v)
+		}
+		parent = target
+	}
+	want := map[string]string{mps[0]: "", mps[1]: mps[0], mps[2]: mps[1] + ":" + mps[0]}
+	check := func(when string) {
+		t.Helper()
+		lfs.mu.Lock()
+		defer lfs.mu.Unlock()
+		for mp, w := range want {
+			if got := lfs.lowers[mp]; got != w {
+				t.Errorf("%s: mount %s given lowers %q, want %q", when, mp, got, w)
+			}
+		}
+		if n := len(lfs.order); n < 3 || !slices.Equal(lfs.order[n-3:], mps) {
+			t.Errorf("%s: mounted in the order %v, want %v last", when, lfs.order, mps)
+		}
+	}
+	check("pull")
+
+	// A restart after the daemon lost every mount: restored bottom-up.
+	lfs.forget(t)
+	clear(lfs.lowers)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = snapshotter.New(ctx, root, snapshotter.WithFileSystem(lfs)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.Restored():
+	case <-time.After(30 * time.Second):
+		t.Fatal("restore pass not done within 30s")
+	}
+	check("restart")
+
+	// Mounts lost while running: a container's Prepare mounts them again,
+	// bottom-up.
+	lfs.forget(t)
+	clear(lfs.lowers)
+	if _, err := s.Prepare(ctx, "ctr", parent); err != nil {
+		t.Fatal(err)
+	}
+	check("container")
 }

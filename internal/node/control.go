@@ -54,7 +54,7 @@ type Health struct {
 }
 
 // maxRequestBody bounds a control API request body.
-const maxRequestBody = 64 << 10
+const maxRequestBody = 256 << 10
 
 // Handler serves the node's control API (HTTP/JSON, for a unix socket):
 //

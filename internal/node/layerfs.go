@@ -16,6 +16,11 @@ const (
 	LabelImageRef    = "containerd.io/snapshot/cri.image-ref"
 	LabelLayerDigest = "containerd.io/snapshot/cri.layer-digest"
 	LabelImageLayers = "containerd.io/snapshot/cri.image-layers"
+	// LabelLowerDirs is passed by the snapshotter to Mount, never kept in
+	// a snapshot's labels: the directories of the snapshot's parents, the
+	// nearest first, ':'-separated as in overlayfs's lowerdir option
+	// (fs.Options.LowerDirs).
+	LabelLowerDirs = "containerd.io/snapshot/lazyfs.lowerdirs"
 )
 
 // LayerFS serves single layers of lazyfs images as overlayfs lower layers,
@@ -41,6 +46,10 @@ func (n *Node) LayerFS() *LayerFS { return &LayerFS{n: n} }
 func (l *LayerFS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
 	n := l.n
 	ref, layer, err := parseLabels(labels)
+	if err != nil {
+		return fmt.Errorf("layer mount at %s: %w", mountpoint, err)
+	}
+	lowers, err := parseLowerDirs(labels[LabelLowerDirs])
 	if err != nil {
 		return fmt.Errorf("layer mount at %s: %w", mountpoint, err)
 	}
@@ -71,6 +80,7 @@ func (l *LayerFS) Mount(ctx context.Context, mountpoint string, labels map[strin
 		return err
 	}
 	lo := n.imageOptions()
+	lo.FS.LowerDirs = lowers
 	var release func()
 	lo.Profiles, release = n.layerProfiles(img)
 	m, err := image.MountImageLayer(ctx, n.resolver, img, i, dir, lo)

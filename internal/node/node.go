@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -556,6 +557,30 @@ func parseLabels(labels map[string]string) (ref string, layer digest.Digest, err
 		return "", "", fmt.Errorf("image %s: label %s: %w", ref, LabelLayerDigest, err)
 	}
 	return ref, layer, nil
+}
+
+// maxLowerDirsLabel bounds LabelLowerDirs.
+const maxLowerDirsLabel = 128 << 10
+
+// parseLowerDirs reads LabelLowerDirs: absolute, clean paths, at most
+// fs.MaxLowerDirs of them.
+func parseLowerDirs(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	if len(s) > maxLowerDirsLabel {
+		return nil, fmt.Errorf("label %s: %d bytes, more than %d", LabelLowerDirs, len(s), maxLowerDirsLabel)
+	}
+	dirs := strings.Split(s, ":")
+	if len(dirs) > fs.MaxLowerDirs {
+		dirs = dirs[:fs.MaxLowerDirs]
+	}
+	for _, d := range dirs {
+		if !filepath.IsAbs(d) || filepath.Clean(d) != d {
+			return nil, fmt.Errorf("label %s: %q is not an absolute, clean path", LabelLowerDirs, d)
+		}
+	}
+	return dirs, nil
 }
 
 // keyedMutex serialises work per key (mount point).

@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"archive/tar"
 	"context"
 	"fmt"
 	"os"
@@ -112,5 +113,57 @@ func TestMixedImage(t *testing.T) {
 	}
 	if want := "from the plain layer\nkept\n"; out != want {
 		t.Errorf("container over a plain layer on lazy ones printed %q, want %q", out, want)
+	}
+}
+
+// TestImplicitDirs: a layer whose tar leaves out parent directories (as
+// Bazel's and crane's do) over a base with /tmp 1777 and a home directory
+// of its own owner. Mounted lazily, the directories it leaves out show
+// what they show when containerd unpacks the same image with its own
+// overlayfs snapshotter: the base's mode and owner, not 0755 root (which
+// would leave /tmp unwritable for every user but root).
+func TestImplicitDirs(t *testing.T) {
+	bin, busybox := needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r := newRegistry(t)
+	hdr := func(name string, mode int64, uid int) toctest.File {
+		return toctest.File{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode, Uid: uid, Gid: uid}}
+	}
+	push(t, r.ref("src/implicit:1"), busyboxLayer(t, busybox),
+		layer(t, []toctest.File{hdr("tmp/", 0o1777, 0), hdr("home/", 0o755, 0), hdr("home/app/", 0o750, 1000),
+			reg("home/app/.keep", 0o644, nil)}),
+		layer(t, []toctest.File{reg("tmp/cache/x", 0o644, []byte("x\n")), reg("home/app/.profile", 0o644, []byte("p\n"))}))
+	if _, err := convert.Image(ctx, r.ref("src/implicit:1"), r.ref("lazy/implicit:1")); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, bin)
+	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
+	ref := r.ref("lazy/implicit:1")
+	if _, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace)); err != nil {
+		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 3 {
+		t.Fatalf("remote layers: %v, want 3\n%s", got, d.logTail())
+	}
+	const script = "busybox stat -c '%n %a %u:%g' / /tmp /tmp/cache /home /home/app"
+	lazy, err := c.Ctr("run", "--rm", "--snapshotter", "lazyfs", ref, fmt.Sprintf("implicit-lazy-%d", os.Getpid()), "/bin/sh", "-c", script)
+	if err != nil {
+		t.Fatalf("ctr run (lazyfs): %v\n%s\n%s", err, lazy, d.logTail())
+	}
+	// The same image unpacked by containerd into its overlayfs snapshotter.
+	if out, err := c.Ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
+		t.Fatalf("ctr image pull (overlayfs): %v\n%s", err, out)
+	}
+	plain, err := c.Ctr("run", "--rm", "--snapshotter", "overlayfs", ref, fmt.Sprintf("implicit-plain-%d", os.Getpid()), "/bin/sh", "-c", script)
+	if err != nil {
+		t.Fatalf("ctr run (overlayfs): %v\n%s", err, plain)
+	}
+	want := "/ 755 0:0\n/tmp 1777 0:0\n/tmp/cache 755 0:0\n/home 755 0:0\n/home/app 750 1000:1000\n"
+	if plain != want {
+		t.Fatalf("containerd's own unpack shows\n%s, the test expects\n%s", plain, want)
+	}
+	if lazy != plain {
+		t.Errorf("lazy mounts show\n%s, containerd's unpack\n%s", lazy, plain)
 	}
 }
