@@ -67,13 +67,16 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string,
 	mp := s.upperPath(id)
 	mctx, cancel := context.WithTimeoutCause(ctx, s.mountTimeout, errDeadline)
 	var errs []error
-	for _, ref := range refs {
+	for i, ref := range refs {
 		l := labels
 		if ref != labels[LabelImageRef] {
 			l = maps.Clone(labels)
 			l[LabelImageRef] = ref
 		}
-		err := s.fs.Mount(mctx, mp, s.withLowers(l, parents))
+		gctx, gcancel := guessContext(mctx, len(refs)-i)
+		err := s.fs.Mount(gctx, mp, s.withLowers(l, parents))
+		unanswered := errors.Is(context.Cause(gctx), errGuessDeadline)
+		gcancel()
 		if err != nil && errors.Is(context.Cause(mctx), errDeadline) {
 			err = fmt.Errorf("%w: %w", errDeadline, err)
 		}
@@ -93,6 +96,9 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string,
 			err = fmt.Errorf("as %s: %w", ref, err)
 		}
 		errs = append(errs, err)
+		if unanswered && mctx.Err() == nil {
+			continue // a host that drops packets: the next guess gets the time left
+		}
 		if r := reasonOf(err); mctx.Err() != nil || (r != ReasonMountFailed && r != ReasonRegistryNotFound) {
 			break // a registry answered there, or time is up: the next guess would not do better
 		}
@@ -132,6 +138,28 @@ func (s *Snapshotter) prepareRemote(ctx context.Context, key, target, id string,
 	s.m.prepare.Observe(d.Seconds())
 	s.log.Info("layer mounted lazily", "image", labels[LabelImageRef], "layer", labels[LabelLayerDigest], "snapshot", target, "took", d)
 	return true
+}
+
+// errGuessDeadline ends one guess of several (guessContext).
+var errGuessDeadline = errors.New("no answer within this guess's share of the mount timeout")
+
+// minGuessTime is the least a guess of several gets (guessContext), unless
+// less than twice that is left.
+const minGuessTime = 5 * time.Second
+
+// guessContext bounds one of the references tried for a located layer,
+// the first of left: each but the last gets an equal share of the time
+// left (at least minGuessTime, or half of what is left), so that a guess at
+// a host that drops packets, which only the dial timeout would end, leaves
+// time for the next. The last gets what is left.
+func guessContext(ctx context.Context, left int) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if left <= 1 || !ok {
+		return ctx, func() {}
+	}
+	rem := time.Until(dl)
+	share := max(rem/time.Duration(left), min(minGuessTime, rem/2))
+	return context.WithTimeoutCause(ctx, share, errGuessDeadline)
 }
 
 // alternates returns the references to try for a located ref: the

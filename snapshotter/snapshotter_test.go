@@ -70,6 +70,7 @@ type bindFS struct {
 	fail   map[string]error  // layer digest -> Mount error
 	block  chan struct{}     // when set, Mount waits for it to close
 	host   string            // when set, Mount serves only image references on this host
+	dead   string            // when set, Mount of a reference on this host waits for its context (packets dropped)
 
 	tried []string // image references given to Mount, in order
 
@@ -86,6 +87,10 @@ func (b *bindFS) Mount(ctx context.Context, mp string, labels map[string]string)
 	b.mu.Lock()
 	b.tried = append(b.tried, ref)
 	b.mu.Unlock()
+	if h, _, _ := strings.Cut(ref, "/"); b.dead != "" && h == b.dead {
+		<-ctx.Done()
+		return fmt.Errorf("resolve %s: dial tcp %s: %w", ref, h, ctx.Err())
+	}
 	if h, _, _ := strings.Cut(ref, "/"); b.host != "" && h != b.host {
 		return fmt.Errorf("resolve %s: no registry at %s", ref, h)
 	}
@@ -474,7 +479,7 @@ func TestLocatedRefAlternates(t *testing.T) {
 	needRoot(t)
 	ctx := context.Background()
 	lfs := &bindFS{
-		layers:  map[string]string{"sha256:aaaa": t.TempDir(), "sha256:bbbb": t.TempDir(), "sha256:cccc": t.TempDir()},
+		layers:  map[string]string{"sha256:aaaa": t.TempDir(), "sha256:bbbb": t.TempDir(), "sha256:cccc": t.TempDir(), "sha256:eeee": t.TempDir()},
 		host:    "reg.test:5000",
 		mounted: map[string]bool{},
 	}
@@ -549,6 +554,26 @@ func TestLocatedRefAlternates(t *testing.T) {
 	}
 	if want := loc.alts[:1]; !slices.Equal(lfs.tried, want) || m3.Fallbacks("registry_auth") != 1 {
 		t.Fatalf("after a refusal tried %q (fallbacks registry_auth: %v), want %q and 1", lfs.tried, m3.Fallbacks("registry_auth"), want)
+	}
+
+	// A guess at a host that drops packets ends with its share of the
+	// mount timeout, and the next guess gets the rest.
+	lfs.host, lfs.dead, lfs.tried, lfs.fail = "", "reg.test:6000", nil, nil
+	m4 := snapshotter.NewMetrics()
+	s4, err := snapshotter.New(ctx, t.TempDir(), snapshotter.WithFileSystem(lfs), snapshotter.WithLocator(loc), snapshotter.WithMetrics(m4),
+		snapshotter.WithMountTimeout(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s4.Close()
+	if err := func() error {
+		_, err := s4.Prepare(ctx, "extract-e", "", snapshots.WithLabels(map[string]string{snapshotter.LabelTargetRef: "layer-eeee"}))
+		return err
+	}(); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Fatalf("Prepare after a guess at a dead host: %v, want the next guess mounted (ErrAlreadyExists)", err)
+	}
+	if want := loc.alts[:2]; !slices.Equal(lfs.tried, want) || m4.RemoteLayers() != 1 {
+		t.Fatalf("tried %q (remote layers %v), want %q and 1", lfs.tried, m4.RemoteLayers(), want)
 	}
 }
 
