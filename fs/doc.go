@@ -27,6 +27,11 @@ var (
 	ErrNoLayers = errors.New("no layers")
 	// ErrBadOptions means the options cannot be used together or with the layers given.
 	ErrBadOptions = errors.New("bad fs options")
+	// ErrLowerHardlink means a layer to be shown alone (OverlayWhiteouts)
+	// has a hardlink whose target is not in the layer: in a lower one, or
+	// nowhere. A per-layer mount cannot show it; unpacking the layer over
+	// the ones below can (or fails, if the target is nowhere).
+	ErrLowerHardlink = errors.New("hardlink to a file of another layer")
 	// ErrChunkUnavailable means a chunk could be neither read from the cache nor fetched.
 	ErrChunkUnavailable = errors.New("chunk unavailable")
 	// ErrChunkCorrupt means a chunk's bytes do not match its digest.

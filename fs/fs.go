@@ -92,6 +92,8 @@ type Options struct {
 	// ".wh.NAME" as a 0:0 character device NAME, ".wh..wh..opq" as the
 	// trusted.overlay.opaque=y xattr of its directory. Without it the layers
 	// are merged with OCI whiteout rules and whiteout files are hidden.
+	// NewRoot refuses a layer with a hardlink to a file it does not hold
+	// (ErrLowerHardlink): alone, it could not show that name.
 	OverlayWhiteouts bool
 	// LowerDirs, with OverlayWhiteouts, are the directories of the layers
 	// an overlay stacks below this one, the nearest first (the snapshot's
@@ -352,7 +354,8 @@ func (r *Root) inProfile(l *layer, i int) bool {
 }
 
 // NewRoot builds the tree of layers (bottom layer first). It fails if no
-// layers are given, or with OverlayWhiteouts and more than one layer.
+// layers are given, or with OverlayWhiteouts and more than one layer or a
+// layer with a hardlink whose target it lacks (ErrLowerHardlink).
 func NewRoot(layers []Layer, opts Options) (*Root, error) {
 	if len(layers) == 0 {
 		return nil, ErrNoLayers
@@ -401,6 +404,11 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 	}
 	big, all := bigFileBytes(ls)
 	r := &Root{t: buildTree(ls, opts.OverlayWhiteouts, opts.Logger), opts: opts, log: opts.Logger, weights: mostlyWeights(big, all)}
+	if opts.OverlayWhiteouts && r.t.danglingLinks > 0 {
+		// The merged view skips such a link with a warning; a layer
+		// mounted alone would hide a file containerd's unpack gives it.
+		return nil, fmt.Errorf("layer %s: %w: %s (%d such hardlinks)", ls[0].name, ErrLowerHardlink, r.t.danglingLink, r.t.danglingLinks)
+	}
 	if opts.OverlayWhiteouts {
 		r.t.borrowLowerAttrs(opts.LowerDirs, opts.Logger)
 	}

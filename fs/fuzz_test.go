@@ -2,6 +2,7 @@ package fs
 
 import (
 	"archive/tar"
+	"errors"
 	"fmt"
 	"path"
 	"strings"
@@ -144,6 +145,9 @@ func FuzzTree(f *testing.F) {
 		}
 		for _, l := range ls {
 			o, err := NewRoot([]Layer{l}, Options{ReadAhead: -1, OverlayWhiteouts: true})
+			if errors.Is(err, ErrLowerHardlink) {
+				continue // a hardlink whose target this layer lacks: not shown alone
+			}
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"strings"
@@ -25,7 +26,12 @@ func TestOverlayfsLowers(t *testing.T) {
 		}
 	}
 	corpus := layeredCorpus()
-	// A hardlink into a lower layer cannot be shown by a per-layer mount.
+	// A hardlink into a lower layer cannot be shown by a per-layer mount:
+	// such a layer is refused (the snapshotter lets containerd unpack it).
+	hl := buildLayers(t, corpus)[1]
+	if _, err := NewRoot([]Layer{{Name: "hl", TOC: hl.toc, Fetcher: hl.fetcher}}, Options{OverlayWhiteouts: true}); !errors.Is(err, ErrLowerHardlink) || !strings.Contains(err.Error(), "implicit/hl -> keep/a") {
+		t.Fatalf("a layer with a hardlink into a lower one, mounted alone: %v, want ErrLowerHardlink naming it", err)
+	}
 	var l2 []toctest.File
 	for _, f := range corpus[1] {
 		if f.Hdr.Name != "implicit/hl" {

@@ -66,6 +66,10 @@ type tree struct {
 	// they unpack it (the data entry keeps type, size and contents).
 	meta map[uint32]metaRef
 	size int64 // sum of regular file sizes, for statfs
+	// danglingLinks counts hardlinks left out for want of their target;
+	// danglingLink names the first.
+	danglingLinks int
+	danglingLink  string
 }
 
 // metaRef names a TOC entry: layer and index.
@@ -191,6 +195,10 @@ type builder struct {
 	log     *slog.Logger
 	overlay bool
 	meta    map[int32]metaRef // tree.meta, by builder node
+	// danglingLinks counts hardlinks skipped for want of their target;
+	// danglingLink is the first, "path -> target".
+	danglingLinks int
+	danglingLink  string
 }
 
 func (b *builder) newNode(li int, ei uint32, kind uint8, name string) int32 {
@@ -363,6 +371,10 @@ func (b *builder) add(li int, ei uint32) {
 		if target < 0 || b.isDir(target) {
 			b.log.Warn("hardlink target missing; entry skipped",
 				"layer", b.layers[li].name, "path", e.Name, "target", e.Linkname)
+			if b.danglingLinks == 0 {
+				b.danglingLink = e.Name + " -> " + e.Linkname
+			}
+			b.danglingLinks++
 			return
 		}
 		i := b.newNode(li, ei, kind, "")
@@ -465,7 +477,9 @@ func buildTree(layers []*layer, overlay bool, log *slog.Logger) *tree {
 	for li := range layers {
 		b.addLayer(li)
 	}
-	return b.freeze()
+	t := b.freeze()
+	t.danglingLinks, t.danglingLink = b.danglingLinks, b.danglingLink
+	return t
 }
 
 // freeze numbers the reachable nodes breadth-first (children consecutive and

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lazyfs/lazyfs/blobcache"
+	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
 )
 
@@ -78,6 +79,8 @@ func (m *metrics) fallback(err error) {
 		reason = "not_converted"
 	case errors.Is(err, image.ErrNoLayer):
 		reason = "no_such_layer"
+	case errors.Is(err, fs.ErrLowerHardlink):
+		reason = "lower_hardlink"
 	}
 	m.fallbacks.WithLabelValues(reason).Inc()
 }

@@ -167,3 +167,35 @@ func TestImplicitDirs(t *testing.T) {
 		t.Errorf("lazy mounts show\n%s, containerd's unpack\n%s", lazy, plain)
 	}
 }
+
+// TestLowerHardlink: a layer with a hardlink to a file of the layer below
+// (hand-made tars only) cannot be shown by a per-layer mount, which used
+// to leave the name out silently. It now falls back (lower_hardlink) and
+// containerd unpacks it as it does with its own overlayfs snapshotter:
+// into the layer's own directory, where the link's target is missing, so
+// the pull fails the same way (as Docker's overlay2 fails too).
+func TestLowerHardlink(t *testing.T) {
+	bin, busybox := needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	r := newRegistry(t)
+	push(t, r.ref("src/hardlink:1"), busyboxLayer(t, busybox),
+		layer(t, []toctest.File{dir("etc/"), reg("etc/app.conf", 0o644, []byte("from the lower layer\n"))}),
+		layer(t, []toctest.File{dir("etc/"), {Hdr: tar.Header{Typeflag: tar.TypeLink, Name: "etc/app.link", Linkname: "etc/app.conf"}}}))
+	if _, err := convert.Image(ctx, r.ref("src/hardlink:1"), r.ref("lazy/hardlink:1")); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, bin)
+	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
+	out, err := c.Ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", r.ref("src/hardlink:1"))
+	if err == nil || !strings.Contains(err.Error()+out, "app.link") {
+		t.Fatalf("containerd's overlayfs unpack of a hardlink into a lower layer: %v\n%s\nthe test expects it to fail on the link", err, out)
+	}
+	_, err = pull.Pull(ctx, r.ref("lazy/hardlink:1"), pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace))
+	if err == nil || !strings.Contains(err.Error(), "app.link") {
+		t.Fatalf("lazyfs pull: %v, want containerd's unpack to fail on the link as with overlayfs\n%s", err, d.logTail())
+	}
+	if got, fb := d.metric("lazyfs_snapshotter_remote_layers_total"), d.metric(`lazyfs_snapshotter_fallback_layers_total{reason="lower_hardlink"}`); got != 2 || fb != 1 {
+		t.Fatalf("%v layers lazy and %v lower_hardlink fallbacks, want 2 and 1\n%s", got, fb, d.logTail())
+	}
+}

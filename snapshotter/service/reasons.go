@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/remote"
 	"github.com/lazyfs/lazyfs/fs/toc"
@@ -27,8 +28,8 @@ func (r reasonFS) Mount(ctx context.Context, mountpoint string, labels map[strin
 }
 
 // Reason classifies why a layer cannot be mounted lazily, in one of a fixed
-// set of words: not_converted, no_such_layer, toc_invalid, registry_auth,
-// registry_not_found, registry, timeout, mount_failed.
+// set of words: not_converted, no_such_layer, toc_invalid, lower_hardlink,
+// registry_auth, registry_not_found, registry, timeout, mount_failed.
 func Reason(err error) string {
 	if r := reasonOf(err); r != snapshotter.ReasonMountFailed {
 		return r
@@ -41,7 +42,7 @@ func Reason(err error) string {
 		reason   string
 	}{
 		{image.ErrNotConverted, "not_converted"}, {toc.ErrNotChunked, "not_converted"},
-		{image.ErrNoLayer, "no_such_layer"},
+		{image.ErrNoLayer, "no_such_layer"}, {fs.ErrLowerHardlink, "lower_hardlink"},
 		{toc.ErrDigestMismatch, "toc_invalid"}, {toc.ErrBadTOC, "toc_invalid"}, {toc.ErrBadFooter, "toc_invalid"},
 		{remote.ErrUnauthorized, "registry_auth"}, {remote.ErrNotFound, snapshotter.ReasonRegistryNotFound},
 	} {
@@ -58,6 +59,8 @@ func reasonOf(err error) string {
 		return "not_converted"
 	case errors.Is(err, image.ErrNoLayer):
 		return "no_such_layer"
+	case errors.Is(err, fs.ErrLowerHardlink):
+		return "lower_hardlink"
 	case errors.Is(err, toc.ErrDigestMismatch), errors.Is(err, toc.ErrBadTOC), errors.Is(err, toc.ErrBadFooter),
 		errors.Is(err, toc.ErrUnsupportedVersion), errors.Is(err, toc.ErrUnsafePath):
 		return "toc_invalid"
