@@ -5,12 +5,19 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
@@ -198,4 +205,152 @@ func TestLowerHardlink(t *testing.T) {
 	if got, fb := d.metric("lazyfs_snapshotter_remote_layers_total"), d.metric(`lazyfs_snapshotter_fallback_layers_total{reason="lower_hardlink"}`); got != 2 || fb != 1 {
 		t.Fatalf("%v layers lazy and %v lower_hardlink fallbacks, want 2 and 1\n%s", got, fb, d.logTail())
 	}
+}
+
+// TestSetuidAndCapabilities: a setuid-root program and a program with a
+// file capability (security.capability, cap_net_raw+ep), run by an image
+// whose user is 1000, get the privileges they get when containerd unpacks
+// the image itself: the lazy FUSE lower layers pass the mode bits and the
+// xattr through overlayfs to exec.
+func TestSetuidAndCapabilities(t *testing.T) {
+	bin, busybox := needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	src := filepath.Join(t.TempDir(), "main.go")
+	if err := os.WriteFile(src, []byte(`package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+)
+
+func main() {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			fmt.Printf("%s uid=%d euid=%d capeff=%s\n", os.Args[0], os.Getuid(), os.Geteuid(), strings.TrimSpace(v))
+		}
+	}
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(t.TempDir(), "privs")
+	build := exec.CommandContext(ctx, "go", "build", "-o", exe, src)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	prog, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRegistry(t)
+	capped := reg("bin/capped", 0o755, prog)
+	capped.Hdr.Format = tar.FormatPAX
+	// VFS_CAP_REVISION_2 with the effective bit; permitted: CAP_NET_RAW (13).
+	capped.Hdr.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"}
+	img, err := mutate.AppendLayers(empty.Image, busyboxLayer(t, busybox),
+		layer(t, []toctest.File{dir("bin/"), reg("bin/suid", 0o4755, prog), capped, reg("bin/plain", 0o755, prog)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, err = mutate.Config(img, v1.Config{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}, User: "1000:1000"}); err != nil {
+		t.Fatal(err)
+	}
+	srcRef, err := name.ParseReference(r.ref("src/privs:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(srcRef, img); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := convert.Image(ctx, r.ref("src/privs:1"), r.ref("lazy/privs:1")); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, bin)
+	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
+	ref := r.ref("lazy/privs:1")
+	if _, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace)); err != nil {
+		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 2 {
+		t.Fatalf("remote layers: %v, want 2\n%s", got, d.logTail())
+	}
+	const script = "/bin/plain; /bin/suid; /bin/capped"
+	lazy, err := runWithNewPrivileges(ctx, c, ref, "lazyfs", script)
+	if err != nil {
+		t.Fatalf("run (lazyfs): %v\n%s\n%s", err, lazy, d.logTail())
+	}
+	if out, err := c.Ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
+		t.Fatalf("ctr image pull (overlayfs): %v\n%s", err, out)
+	}
+	plain, err := runWithNewPrivileges(ctx, c, ref, "overlayfs", script)
+	if err != nil {
+		t.Fatalf("run (overlayfs): %v\n%s", err, plain)
+	}
+	lines := strings.Split(strings.TrimSpace(plain), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "uid=1000 euid=1000 capeff=0000000000000000") ||
+		!strings.Contains(lines[1], "uid=1000 euid=0 ") || !strings.Contains(lines[2], "uid=1000 euid=1000 capeff=0000000000002000") {
+		t.Fatalf("containerd's own unpack gives\n%s\nthe test expects no privileges, euid 0, then CAP_NET_RAW alone", plain)
+	}
+	if lazy != plain {
+		t.Errorf("over lazy layers:\n%s\nover containerd's unpack:\n%s", lazy, plain)
+	}
+}
+
+// runWithNewPrivileges runs script in a container of ref over snapshotter
+// with containerd's Go client, as Kubernetes runs a pod that allows
+// privilege escalation (no_new_privs off: ctr run always sets it), and
+// returns what it printed.
+func runWithNewPrivileges(ctx context.Context, c *ctrtest.Containerd, ref, snapshotter, script string) (string, error) {
+	cl, err := client.New(c.Address, client.WithDefaultNamespace(c.Namespace))
+	if err != nil {
+		return "", err
+	}
+	defer cl.Close()
+	img, err := cl.GetImage(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	id := fmt.Sprintf("privs-%s-%d", snapshotter, os.Getpid())
+	ctr, err := cl.NewContainer(ctx, id, client.WithImage(img), client.WithSnapshotter(snapshotter), client.WithNewSnapshot(id, img),
+		client.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs("/bin/sh", "-c", script), oci.WithNewPrivileges))
+	if err != nil {
+		return "", err
+	}
+	defer ctr.Delete(context.WithoutCancel(ctx), client.WithSnapshotCleanup)
+	// The shim writes the output to a file: nothing is lost to a FIFO
+	// opened late.
+	log := filepath.Join(os.TempDir(), id+".log")
+	defer os.Remove(log)
+	task, err := ctr.NewTask(ctx, cio.LogFile(log))
+	if err != nil {
+		return "", err
+	}
+	exit, err := task.Wait(ctx)
+	if err != nil {
+		task.Delete(context.WithoutCancel(ctx))
+		return "", err
+	}
+	if err := task.Start(ctx); err != nil {
+		task.Delete(context.WithoutCancel(ctx))
+		return "", err
+	}
+	var st client.ExitStatus
+	select {
+	case st = <-exit:
+	case <-ctx.Done():
+		task.Kill(context.WithoutCancel(ctx), syscall.SIGKILL)
+		<-exit
+	}
+	if _, err := task.Delete(context.WithoutCancel(ctx)); err != nil {
+		return "", err
+	}
+	out, rerr := os.ReadFile(log)
+	if code, _, err := st.Result(); err != nil || code != 0 || ctx.Err() != nil {
+		return string(out), fmt.Errorf("exit status %d: %v %v", code, err, ctx.Err())
+	}
+	return string(out), rerr
 }
