@@ -30,8 +30,9 @@ type dirAttr struct {
 
 // implicitDirs returns the implicit directories of t other than the root,
 // with their paths ("a/b"), in breadth-first order, leaving out those below
-// an opaque directory of the layer itself: the layers below do not show
-// there.
+// an opaque directory of the layer itself (which keeps the lower
+// directory's attributes, as containerd's unpack creates it, but hides
+// what is below it).
 func (t *tree) implicitDirs() (ids []uint32, paths []string) {
 	type item struct {
 		id   uint32
@@ -43,14 +44,18 @@ func (t *tree) implicitDirs() (ids []uint32, paths []string) {
 		queue = queue[1:]
 		n := &t.nodes[it.id]
 		for k := n.kids; k < n.kids+n.nkids; k++ {
-			if !t.isDir(k) || t.nodes[k].flags&flagOpaque != 0 {
+			if !t.isDir(k) {
 				continue
 			}
 			p := path.Join(it.path, t.name(k))
 			if t.nodes[k].kind == kindImplicitDir {
 				ids, paths = append(ids, k), append(paths, p)
 			}
-			queue = append(queue, item{k, p}) // an entry's subtree may hold implicit directories too
+			if t.nodes[k].flags&flagOpaque == 0 {
+				// An opaque directory keeps the lower one's attributes
+				// but hides what is below it.
+				queue = append(queue, item{k, p}) // an entry's subtree may hold implicit directories too
+			}
 		}
 	}
 	return ids, paths
@@ -67,9 +72,10 @@ func (t *tree) implicitDirs() (ids []uint32, paths []string) {
 // is a directory, reached without following symlinks; a whiteout, a
 // non-directory, a symlink on the way or an opaque directory above it in a
 // lower hides the layers below it, and the directory keeps 0755, root,
-// mtime 0, as containerd creates a missing parent. The root takes the
-// owner (and mtime) of the nearest lower's root and keeps 0755, as the
-// snapshotter's upper directory does. Lowers that cannot be read within lowerDirsBudget are given up
+// mtime 0, as containerd creates a missing parent. The root, whose entry
+// ("./") containerd's unpack ignores, takes the owner (and mtime) of the
+// nearest lower's root and keeps 0755, as the snapshotter's upper
+// directory does. Lowers that cannot be read within lowerDirsBudget are given up
 // with a warning.
 func (t *tree) borrowLowerAttrs(lowers []string, log *slog.Logger) {
 	if len(lowers) == 0 {

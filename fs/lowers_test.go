@@ -60,8 +60,13 @@ func TestImplicitDirsFromLowers(t *testing.T) {
 		mkdir(lower, p, 0o700, 7)
 	}
 	mkdir(lower, "tmp", 0o700, 7) // hidden by the nearer one's
+	mkdir(upper, "made-opaque/sub", 0o711, 9)
+	mkdir(upper, "made-opaque", 0o700, 5)
 
+	dot := toctest.File{Hdr: th(tar.TypeDir, "./", 0o700)} // ignored, as containerd's unpack ignores it
+	dot.Hdr.Uid = 1000
 	layer := buildLayers(t, [][]toctest.File{{
+		dot,
 		reg("tmp/x", 0o644, []byte("x")),
 		reg("home/user/.profile", 0o644, []byte("p")),
 		reg("gone/sub/x", 0o644, []byte("x")),
@@ -69,6 +74,8 @@ func TestImplicitDirsFromLowers(t *testing.T) {
 		reg("opaque/sub/x", 0o644, []byte("x")),
 		reg("only-lower/sub/x", 0o644, []byte("x")),
 		reg("nowhere/x", 0o644, []byte("x")),
+		reg("made-opaque/.wh..wh..opq", 0o644, nil), // its directory left out
+		reg("made-opaque/sub/y", 0o644, []byte("y")),
 		{Hdr: th(tar.TypeDir, "own/", 0o711)},
 		reg("own/sub/x", 0o644, []byte("x")),
 	}})
@@ -81,16 +88,18 @@ func TestImplicitDirsFromLowers(t *testing.T) {
 		mtime    int64
 	}
 	want := map[string]attr{
-		"":               {0o755, 42, 43, -1}, // the root: the owner, never the mode
-		"tmp":            {0o1777, 0, 0, mtime.Unix()},
-		"home":           {0o755, 0, 0, -1},
-		"home/user":      {0o750, 1000, 1000, mtime.Unix()},
-		"gone/sub":       {0o755, 0, 0, 0}, // whited out in the nearer lower
-		"link/sub":       {0o755, 0, 0, 0}, // a symlink there: never followed
-		"opaque/sub":     {0o755, 0, 0, 0}, // below an opaque directory
-		"only-lower/sub": {0o700, 7, 7, mtime.Unix()},
-		"nowhere":        {0o755, 0, 0, 0},
-		"own/sub":        {0o700, 7, 7, mtime.Unix()}, // under the layer's own directory: still merged
+		"":                {0o755, 42, 43, -1}, // the root: the owner, never the mode
+		"tmp":             {0o1777, 0, 0, mtime.Unix()},
+		"home":            {0o755, 0, 0, -1},
+		"home/user":       {0o750, 1000, 1000, mtime.Unix()},
+		"gone/sub":        {0o755, 0, 0, 0}, // whited out in the nearer lower
+		"link/sub":        {0o755, 0, 0, 0}, // a symlink there: never followed
+		"opaque/sub":      {0o755, 0, 0, 0}, // below an opaque directory
+		"only-lower/sub":  {0o700, 7, 7, mtime.Unix()},
+		"nowhere":         {0o755, 0, 0, 0},
+		"own/sub":         {0o700, 7, 7, mtime.Unix()}, // under the layer's own directory: still merged
+		"made-opaque":     {0o700, 5, 5, mtime.Unix()}, // opaque: the lower's attributes, not its contents
+		"made-opaque/sub": {0o755, 0, 0, 0},
 	}
 	for p, w := range want {
 		var st syscall.Stat_t

@@ -63,6 +63,9 @@ func TestOverlayfsLowers(t *testing.T) {
 			fi.Nlink = 0
 			ti.Files[p] = fi
 		}
+		// containerd's unpack ignores a "./" entry, and so do per-layer
+		// mounts; the reference applies it.
+		delete(ti.Files, "")
 	}
 	if d := cmp.Diff(want.Files, got.Files); d != "" {
 		t.Fatalf("overlayfs over per-layer mounts differs from the extraction (-want +got):\n%s", d)

@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -279,14 +281,14 @@ func main() {
 		t.Fatalf("remote layers: %v, want 2\n%s", got, d.logTail())
 	}
 	const script = "/bin/plain; /bin/suid; /bin/capped"
-	lazy, err := runWithNewPrivileges(ctx, c, ref, "lazyfs", script)
+	lazy, err := runIn(ctx, c, ref, "lazyfs", script, oci.WithNewPrivileges)
 	if err != nil {
 		t.Fatalf("run (lazyfs): %v\n%s\n%s", err, lazy, d.logTail())
 	}
 	if out, err := c.Ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
 		t.Fatalf("ctr image pull (overlayfs): %v\n%s", err, out)
 	}
-	plain, err := runWithNewPrivileges(ctx, c, ref, "overlayfs", script)
+	plain, err := runIn(ctx, c, ref, "overlayfs", script, oci.WithNewPrivileges)
 	if err != nil {
 		t.Fatalf("run (overlayfs): %v\n%s", err, plain)
 	}
@@ -300,11 +302,11 @@ func main() {
 	}
 }
 
-// runWithNewPrivileges runs script in a container of ref over snapshotter
-// with containerd's Go client, as Kubernetes runs a pod that allows
-// privilege escalation (no_new_privs off: ctr run always sets it), and
-// returns what it printed.
-func runWithNewPrivileges(ctx context.Context, c *ctrtest.Containerd, ref, snapshotter, script string) (string, error) {
+// runIn runs script in a container of ref over snapshotter with
+// containerd's Go client and returns what it printed. opts adjust the
+// spec: oci.WithNewPrivileges turns no_new_privs off, as Kubernetes runs a
+// pod that allows privilege escalation (ctr run always sets it).
+func runIn(ctx context.Context, c *ctrtest.Containerd, ref, snapshotter, script string, opts ...oci.SpecOpts) (string, error) {
 	cl, err := client.New(c.Address, client.WithDefaultNamespace(c.Namespace))
 	if err != nil {
 		return "", err
@@ -314,9 +316,9 @@ func runWithNewPrivileges(ctx context.Context, c *ctrtest.Containerd, ref, snaps
 	if err != nil {
 		return "", err
 	}
-	id := fmt.Sprintf("privs-%s-%d", snapshotter, os.Getpid())
+	id := fmt.Sprintf("run-%s-%d-%d", snapshotter, os.Getpid(), runs.Add(1))
 	ctr, err := cl.NewContainer(ctx, id, client.WithImage(img), client.WithSnapshotter(snapshotter), client.WithNewSnapshot(id, img),
-		client.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs("/bin/sh", "-c", script), oci.WithNewPrivileges))
+		client.WithNewSpec(append([]oci.SpecOpts{oci.WithImageConfig(img), oci.WithProcessArgs("/bin/sh", "-c", script)}, opts...)...))
 	if err != nil {
 		return "", err
 	}
@@ -353,4 +355,107 @@ func runWithNewPrivileges(ctx context.Context, c *ctrtest.Containerd, ref, snaps
 		return string(out), fmt.Errorf("exit status %d: %v %v", code, err, ctx.Err())
 	}
 	return string(out), rerr
+}
+
+var runs atomic.Int64 // runIn's containers
+
+// TestSameTreeAsUnpack: an image of every entry type and of the layer
+// changes real images make (whiteouts of files and directories, opaque
+// directories, a directory's attributes changed, a file replaced by a
+// directory and by a symlink, hardlinks, directories a layer leaves out,
+// setuid and sticky bits, devices, long and non-ASCII names, times before
+// 1970), seen from a container over lazy layers and over containerd's own
+// overlayfs unpack of the same image: every name, type, mode, owner, size,
+// link count, link target and file digest, and the mtime of all but
+// directories (containerd's unpack sets those of directories it writes
+// into to the time of the unpack), must be the same.
+func TestSameTreeAsUnpack(t *testing.T) {
+	bin, busybox := needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	r := newRegistry(t)
+	at := time.Date(2024, 2, 3, 4, 5, 6, 0, time.UTC)
+	h := func(typ byte, name string, mode int64, uid int) toctest.File {
+		return toctest.File{Hdr: tar.Header{Typeflag: typ, Name: name, Mode: mode, Uid: uid, Gid: uid, ModTime: at}}
+	}
+	file := func(name string, mode int64, data string) toctest.File {
+		f := h(tar.TypeReg, name, mode, 0)
+		f.Data = []byte(data)
+		return f
+	}
+	link := func(typ byte, name, target string) toctest.File {
+		f := h(typ, name, 0o777, 0)
+		f.Hdr.Linkname = target
+		return f
+	}
+	push(t, r.ref("src/tree:1"), busyboxLayer(t, busybox),
+		layer(t, toctest.AllTypes(300_000)),
+		layer(t, []toctest.File{
+			h(tar.TypeDir, "etc/", 0o750, 0), // attributes change, contents kept
+			file("etc/.wh.hostname", 0o644, ""),
+			h(tar.TypeDir, "etc/empty/", 0o700, 5), // a file becomes a directory
+			file("etc/empty/inside", 0o600, "inside\n"),
+			link(tar.TypeSymlink, "text/zeros", "../etc/empty/inside"), // a file becomes a symlink
+			h(tar.TypeDir, "opaque/", 0o711, 0),
+			file("opaque/.wh..wh..opq", 0o644, ""),
+			file("opaque/new", 0o644, "new\n"),
+			file(".wh.ünïcødé", 0o644, ""),       // a whole directory removed
+			file("tmp/left-out/x", 0o640, "x\n"), // tmp/ and tmp/left-out/ left out
+			file("data/a", 0o644, "shared\n"),
+			link(tar.TypeLink, "data/b", "data/a"),
+			link(tar.TypeLink, "data/c", "data/a"),
+			h(tar.TypeDir, "home/u/", 0o700, 1000),
+			file("home/u/.profile", 0o600, "profile\n"),
+		}),
+		layer(t, []toctest.File{
+			file("data/.wh.c", 0o644, ""),               // one name of a hardlink group removed
+			file("home/u/more/notes", 0o644, "notes\n"), // under a lower directory of its own owner
+			file("bin/tool", 0o755, "a new tool\n"),     // replaces a setuid file with hardlinks
+			file("etc/empty/.wh..wh..opq", 0o644, ""),   // opaque, with its own directory left out
+		}))
+	if _, err := convert.Image(ctx, r.ref("src/tree:1"), r.ref("lazy/tree:1")); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, bin)
+	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
+	ref := r.ref("lazy/tree:1")
+	if _, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace)); err != nil {
+		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 4 {
+		t.Fatalf("remote layers: %v, want 4\n%s", got, d.logTail())
+	}
+	const script = `busybox find / -xdev ! -path /proc ! -path /sys ! -path /dev ! -path /run | busybox sort | while read -r f; do
+	if [ -d "$f" ] && [ ! -L "$f" ]; then busybox stat -c '%n %f %u:%g %s %h' "$f"; else busybox stat -c '%n %f %u:%g %s %h %Y' "$f"; fi
+	if [ -L "$f" ]; then busybox readlink "$f"; elif [ -f "$f" ]; then busybox md5sum "$f"; fi
+done`
+	lazy, err := runIn(ctx, c, ref, "lazyfs", script)
+	if err != nil {
+		t.Fatalf("run (lazyfs): %v\n%s\n%s", err, lazy, d.logTail())
+	}
+	if out, err := c.Ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
+		t.Fatalf("ctr image pull (overlayfs): %v\n%s", err, out)
+	}
+	plain, err := runIn(ctx, c, ref, "overlayfs", script)
+	if err != nil {
+		t.Fatalf("run (overlayfs): %v\n%s", err, plain)
+	}
+	if n := strings.Count(plain, "\n"); n < 60 {
+		t.Fatalf("containerd's unpack shows %d lines:\n%s", n, plain)
+	}
+	if lazy != plain {
+		pl, ll := strings.Split(plain, "\n"), strings.Split(lazy, "\n")
+		var diff []string
+		for _, l := range ll {
+			if !slices.Contains(pl, l) {
+				diff = append(diff, "+ "+l)
+			}
+		}
+		for _, l := range pl {
+			if !slices.Contains(ll, l) {
+				diff = append(diff, "- "+l)
+			}
+		}
+		t.Errorf("the tree over lazy layers (+) differs from containerd's unpack (-):\n%s", strings.Join(diff, "\n"))
+	}
 }
