@@ -363,6 +363,7 @@ var runs atomic.Int64 // runIn's containers
 // changes real images make (whiteouts of files and directories, opaque
 // directories, a directory's attributes changed, a file replaced by a
 // directory and by a symlink, hardlinks, directories a layer leaves out,
+// a path through a lower layer's symlink (merged /usr: lib -> usr/lib),
 // setuid and sticky bits, devices, long and non-ASCII names, times before
 // 1970), seen from a container over lazy layers and over containerd's own
 // overlayfs unpack of the same image: every name, type, mode, owner, size,
@@ -406,12 +407,16 @@ func TestSameTreeAsUnpack(t *testing.T) {
 			link(tar.TypeLink, "data/c", "data/a"),
 			h(tar.TypeDir, "home/u/", 0o700, 1000),
 			file("home/u/.profile", 0o600, "profile\n"),
+			h(tar.TypeDir, "usr/lib/", 0o755, 0), // merged /usr, as Debian 12's
+			file("usr/lib/libc.so", 0o644, "libc\n"),
+			link(tar.TypeSymlink, "lib", "usr/lib"),
 		}),
 		layer(t, []toctest.File{
 			file("data/.wh.c", 0o644, ""),               // one name of a hardlink group removed
 			file("home/u/more/notes", 0o644, "notes\n"), // under a lower directory of its own owner
 			file("bin/tool", 0o755, "a new tool\n"),     // replaces a setuid file with hardlinks
 			file("etc/empty/.wh..wh..opq", 0o644, ""),   // opaque, with its own directory left out
+			file("lib/libfoo.so", 0o644, "foo\n"),       // through a lower layer's symlink, parent left out
 		}))
 	if _, err := convert.Image(ctx, r.ref("src/tree:1"), r.ref("lazy/tree:1")); err != nil {
 		t.Fatal(err)
