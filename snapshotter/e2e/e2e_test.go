@@ -429,6 +429,24 @@ func (d *daemon) stop() {
 // a restarted snapshotter's socket: "Unavailable" (containerd 1.6), or
 // "connection error ... connection refused" (2.x), until its proxy
 // connection redials.
+// waitProxy waits until containerd reaches d's snapshotter: when containerd
+// started first, its proxy connection backs off (up to 3 s) between
+// redials, and the first calls after d.start() may find it unavailable.
+func waitProxy(t *testing.T, c *ctrtest.Containerd, d *daemon) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := c.Ctr("snapshots", "--snapshotter", "lazyfs", "ls")
+		if err == nil {
+			return
+		}
+		if !proxyRedialing(fmt.Errorf("%w: %s", err, out)) || time.Now().After(deadline) {
+			t.Fatalf("containerd does not reach the snapshotter: %v\n%s\n%s", err, out, d.logTail())
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
 func proxyRedialing(err error) bool {
 	m := strings.ToLower(err.Error())
 	return strings.Contains(m, "unavailable") || strings.Contains(m, "connection refused") || strings.Contains(m, "connection error")

@@ -2,8 +2,10 @@ package e2e_test
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/lazyfs/lazyfs/fs/convert"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
@@ -218,36 +221,7 @@ func TestSetuidAndCapabilities(t *testing.T) {
 	bin, busybox := needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	src := filepath.Join(t.TempDir(), "main.go")
-	if err := os.WriteFile(src, []byte(`package main
-
-import (
-	"fmt"
-	"os"
-	"strings"
-)
-
-func main() {
-	b, _ := os.ReadFile("/proc/self/status")
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
-			fmt.Printf("%s uid=%d euid=%d capeff=%s\n", os.Args[0], os.Getuid(), os.Geteuid(), strings.TrimSpace(v))
-		}
-	}
-}
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	exe := filepath.Join(t.TempDir(), "privs")
-	build := exec.CommandContext(ctx, "go", "build", "-o", exe, src)
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	prog, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prog := buildProgram(ctx, t, privsProgram)
 	r := newRegistry(t)
 	capped := reg("bin/capped", 0o755, prog)
 	capped.Hdr.Format = tar.FormatPAX
@@ -362,14 +336,15 @@ var runs atomic.Int64 // runIn's containers
 // TestSameTreeAsUnpack: an image of every entry type and of the layer
 // changes real images make (whiteouts of files and directories, opaque
 // directories, a directory's attributes changed, a file replaced by a
-// directory and by a symlink, hardlinks, directories a layer leaves out,
-// a path through a lower layer's symlink (merged /usr: lib -> usr/lib),
-// setuid and sticky bits, devices, long and non-ASCII names, times before
-// 1970), seen from a container over lazy layers and over containerd's own
-// overlayfs unpack of the same image: every name, type, mode, owner, size,
-// link count, link target and file digest, and the mtime of all but
-// directories (containerd's unpack sets those of directories it writes
-// into to the time of the unpack), must be the same.
+// directory and by a symlink, a directory by a file, hardlinks,
+// directories a layer leaves out, a path through a lower layer's symlink
+// (merged /usr: lib -> usr/lib), setuid and sticky bits, devices, xattrs,
+// GNU sparse files, long and non-ASCII names, times before 1970), seen
+// from a container over lazy layers and over containerd's own overlayfs
+// unpack of the same image: every name, type, mode, owner, link count,
+// xattr, and for all but directories size, mtime, device numbers, link
+// target and contents' digest must be the same. (containerd's unpack sets
+// the mtime of directories it writes into to the time of the unpack.)
 func TestSameTreeAsUnpack(t *testing.T) {
 	bin, busybox := needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -389,7 +364,15 @@ func TestSameTreeAsUnpack(t *testing.T) {
 		f.Hdr.Linkname = target
 		return f
 	}
+	sparse := toctest.GNUSparseTar(t, "sparse", "-H", "posix", "--sparse-version=1.0")
+	dev := func(typ byte, name string, major, minor int64) toctest.File {
+		f := h(typ, name, 0o660, 0)
+		f.Hdr.Devmajor, f.Hdr.Devminor = major, minor
+		return f
+	}
 	push(t, r.ref("src/tree:1"), busyboxLayer(t, busybox),
+		layer(t, []toctest.File{reg(".tree", 0o755, buildProgram(ctx, t, treeProgram))}),
+		rawLayer(t, sparse),
 		layer(t, toctest.AllTypes(300_000)),
 		layer(t, []toctest.File{
 			h(tar.TypeDir, "etc/", 0o750, 0), // attributes change, contents kept
@@ -410,6 +393,9 @@ func TestSameTreeAsUnpack(t *testing.T) {
 			h(tar.TypeDir, "usr/lib/", 0o755, 0), // merged /usr, as Debian 12's
 			file("usr/lib/libc.so", 0o644, "libc\n"),
 			link(tar.TypeSymlink, "lib", "usr/lib"),
+			dev(tar.TypeChar, "var/null", 1, 3), // /dev is the runtime's: devices elsewhere
+			dev(tar.TypeBlock, "var/sda", 8, 0),
+			h(tar.TypeFifo, "var/fifo", 0o600, 0),
 		}),
 		layer(t, []toctest.File{
 			file("data/.wh.c", 0o644, ""),               // one name of a hardlink group removed
@@ -431,13 +417,10 @@ func TestSameTreeAsUnpack(t *testing.T) {
 	if _, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace)); err != nil {
 		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
 	}
-	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 4 {
-		t.Fatalf("remote layers: %v, want 4\n%s", got, d.logTail())
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 6 {
+		t.Fatalf("remote layers: %v, want 6\n%s", got, d.logTail())
 	}
-	const script = `busybox find / -xdev ! -path /proc ! -path /sys ! -path /dev ! -path /run | busybox sort | while read -r f; do
-	if [ -d "$f" ] && [ ! -L "$f" ]; then busybox stat -c '%n %f %u:%g %s %h' "$f"; else busybox stat -c '%n %f %u:%g %s %h %Y' "$f"; fi
-	if [ -L "$f" ]; then busybox readlink "$f"; elif [ -f "$f" ]; then busybox md5sum "$f"; fi
-done`
+	const script = "/.tree"
 	lazy, err := runIn(ctx, c, ref, "lazyfs", script)
 	if err != nil {
 		t.Fatalf("run (lazyfs): %v\n%s\n%s", err, lazy, d.logTail())
@@ -449,8 +432,10 @@ done`
 	if err != nil {
 		t.Fatalf("run (overlayfs): %v\n%s", err, plain)
 	}
-	if n := strings.Count(plain, "\n"); n < 40 {
-		t.Fatalf("containerd's unpack shows %d lines:\n%s", n, plain)
+	for _, want := range []string{"/usr/bin/ping ", "security.capability=", "user.comment=", "/sparse/many ", "/var/sda ", "rdev=2048", "/var/null ", "rdev=259", "/var/fifo ", "/lib/libfoo.so ", "/deep/fresh "} {
+		if !strings.Contains(plain, want) {
+			t.Fatalf("containerd's unpack shows no %q:\n%s", want, plain)
+		}
 	}
 	if lazy != plain {
 		pl, ll := strings.Split(plain, "\n"), strings.Split(lazy, "\n")
@@ -467,4 +452,125 @@ done`
 		}
 		t.Errorf("the tree over lazy layers (+) differs from containerd's unpack (-):\n%s", strings.Join(diff, "\n"))
 	}
+}
+
+// privsProgram prints its name, real and effective uid and effective
+// capabilities.
+const privsProgram = `package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+)
+
+func main() {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			fmt.Printf("%s uid=%d euid=%d capeff=%s\n", os.Args[0], os.Getuid(), os.Geteuid(), strings.TrimSpace(v))
+		}
+	}
+}
+`
+
+// treeProgram prints one line per name under / (the runtime's /proc, /sys,
+// /dev and /run left out), sorted: type and mode, owner, link count, and
+// for all but directories size, mtime with nanoseconds, device numbers,
+// link target or the contents' sha256; then every xattr with its value.
+const treeProgram = `package main
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	var lines []string
+	filepath.WalkDir("/", func(p string, d fs.DirEntry, err error) error {
+		switch p {
+		case "/proc", "/sys", "/dev", "/run":
+			return fs.SkipDir
+		}
+		if err != nil {
+			lines = append(lines, p+" error "+err.Error())
+			return nil
+		}
+		var st syscall.Stat_t
+		if err := syscall.Lstat(p, &st); err != nil {
+			lines = append(lines, p+" lstat "+err.Error())
+			return nil
+		}
+		l := fmt.Sprintf("%s %o %d:%d nlink=%d", p, st.Mode, st.Uid, st.Gid, st.Nlink)
+		switch st.Mode & syscall.S_IFMT {
+		case syscall.S_IFDIR:
+		case syscall.S_IFLNK:
+			t, _ := os.Readlink(p)
+			l += fmt.Sprintf(" size=%d mtime=%d.%09d -> %s", st.Size, st.Mtim.Sec, st.Mtim.Nsec, t)
+		case syscall.S_IFREG:
+			b, err := os.ReadFile(p)
+			l += fmt.Sprintf(" size=%d mtime=%d.%09d sha256=%x err=%v", st.Size, st.Mtim.Sec, st.Mtim.Nsec, sha256.Sum256(b), err)
+		default:
+			l += fmt.Sprintf(" size=%d mtime=%d.%09d rdev=%d", st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Rdev)
+		}
+		if st.Mode&syscall.S_IFMT != syscall.S_IFLNK {
+			buf := make([]byte, 64<<10)
+			n, _ := syscall.Listxattr(p, buf)
+			names := strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00")
+			sort.Strings(names)
+			for _, x := range names {
+				if x == "" {
+					continue
+				}
+				v := make([]byte, 64<<10)
+				m, err := syscall.Getxattr(p, x, v)
+				if err != nil {
+					l += fmt.Sprintf(" %s:%v", x, err)
+					continue
+				}
+				l += fmt.Sprintf(" %s=%q", x, v[:m])
+			}
+		}
+		lines = append(lines, l)
+		return nil
+	})
+	sort.Strings(lines)
+	fmt.Println(strings.Join(lines, "\n"))
+}
+`
+
+// buildProgram builds a static Go program from source and returns it.
+func buildProgram(ctx context.Context, t *testing.T, source string) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	src := filepath.Join(dir, "main.go")
+	if err := os.WriteFile(src, []byte(source), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(dir, "prog")
+	build := exec.CommandContext(ctx, "go", "build", "-o", exe, src)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func rawLayer(t *testing.T, b []byte) v1.Layer {
+	t.Helper()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }

@@ -61,6 +61,7 @@ func TestPullWithoutLabels(t *testing.T) {
 	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
 	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
 	d.start()
+	waitProxy(t, c, d)
 
 	cl, pull := unlabelledPuller(t, c)
 	plainPull := func(ref string) error { return pull(ctx, ref) }
@@ -185,6 +186,7 @@ func TestPullWithoutLabelsFindsPort(t *testing.T) {
 	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
 	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
 	d.start()
+	waitProxy(t, c, d)
 	cl, pull := unlabelledPuller(t, c)
 	plainPull := func(ref string) {
 		t.Helper()
