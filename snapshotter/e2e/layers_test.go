@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -344,7 +345,9 @@ var runs atomic.Int64 // runIn's containers
 // unpack of the same image: every name, type, mode, owner, link count,
 // xattr, and for all but directories size, mtime, device numbers, link
 // target and contents' digest must be the same. (containerd's unpack sets
-// the mtime of directories it writes into to the time of the unpack.)
+// the mtime of directories it writes into to the time of the unpack.) The
+// same holds for lazyfs run (the merged mount under its own overlay) but
+// for link counts and the files it writes in /etc.
 func TestSameTreeAsUnpack(t *testing.T) {
 	bin, busybox := needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -436,6 +439,46 @@ func TestSameTreeAsUnpack(t *testing.T) {
 		if !strings.Contains(plain, want) {
 			t.Fatalf("containerd's unpack shows no %q:\n%s", want, plain)
 		}
+	}
+	// lazyfs run: the merged mount of the whole image under its own overlay.
+	cli := filepath.Join(t.TempDir(), "lazyfs")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", cli, "github.com/lazyfs/lazyfs/cmd/lazyfs").CombinedOutput(); err != nil {
+		t.Fatalf("go build lazyfs: %v\n%s", err, out)
+	}
+	out, err := exec.CommandContext(ctx, cli, "run", "--insecure", "--cache-dir", "", "--profile-dir", "", ref, "--", "/.tree").Output()
+	if err != nil {
+		t.Fatalf("lazyfs run: %v\n%s", err, out)
+	}
+	// Two differences are lazyfs run's own: it writes /etc/hostname, hosts
+	// and resolv.conf, as docker run does (ctr run does not), and its
+	// merged tree counts the links a name has left (overlayfs shows 1 for
+	// a directory merged from several layers, and a lower file's count of
+	// names, removed ones included).
+	norm := func(s string) string {
+		var keep []string
+		for _, l := range strings.Split(s, "\n") {
+			switch strings.SplitN(l, " ", 2)[0] {
+			case "/etc/hostname", "/etc/hosts", "/etc/resolv.conf":
+				continue
+			}
+			keep = append(keep, nlinkRE.ReplaceAllString(l, ""))
+		}
+		return strings.Join(keep, "\n")
+	}
+	if run, want := norm(string(out)), norm(plain); run != want {
+		pl, ll := strings.Split(want, "\n"), strings.Split(run, "\n")
+		var diff []string
+		for _, l := range ll {
+			if !slices.Contains(pl, l) {
+				diff = append(diff, "+ "+l)
+			}
+		}
+		for _, l := range pl {
+			if !slices.Contains(ll, l) {
+				diff = append(diff, "- "+l)
+			}
+		}
+		t.Errorf("the tree in lazyfs run (+) differs from containerd's unpack (-):\n%s", strings.Join(diff, "\n"))
 	}
 	if lazy != plain {
 		pl, ll := strings.Split(plain, "\n"), strings.Split(lazy, "\n")
@@ -574,3 +617,5 @@ func rawLayer(t *testing.T, b []byte) v1.Layer {
 	}
 	return l
 }
+
+var nlinkRE = regexp.MustCompile(` nlink=[0-9]+`)
