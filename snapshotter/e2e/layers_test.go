@@ -147,31 +147,13 @@ func TestImplicitDirs(t *testing.T) {
 		layer(t, []toctest.File{hdr("tmp/", 0o1777, 0), hdr("home/", 0o755, 0), hdr("home/app/", 0o750, 1000),
 			reg("home/app/.keep", 0o644, nil)}),
 		layer(t, []toctest.File{reg("tmp/cache/x", 0o644, []byte("x\n")), reg("home/app/.profile", 0o644, []byte("p\n"))}))
-	if _, err := convert.Image(ctx, r.ref("src/implicit:1"), r.ref("lazy/implicit:1")); err != nil {
-		t.Fatal(err)
-	}
-	d := newDaemon(t, bin)
-	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
-	ref := r.ref("lazy/implicit:1")
-	if _, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace)); err != nil {
-		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
-	}
-	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 3 {
-		t.Fatalf("remote layers: %v, want 3\n%s", got, d.logTail())
-	}
+	d, c, ref := pullLazily(ctx, t, bin, r, "src/implicit:1", "lazy/implicit:1", 3)
 	const script = "busybox stat -c '%n %a %u:%g' / /tmp /tmp/cache /home /home/app"
-	lazy, err := c.Ctr("run", "--rm", "--snapshotter", "lazyfs", ref, fmt.Sprintf("implicit-lazy-%d", os.Getpid()), "/bin/sh", "-c", script)
+	lazy, err := runIn(ctx, c, ref, "lazyfs", script)
 	if err != nil {
-		t.Fatalf("ctr run (lazyfs): %v\n%s\n%s", err, lazy, d.logTail())
+		t.Fatalf("run (lazyfs): %v\n%s\n%s", err, lazy, d.logTail())
 	}
-	// The same image unpacked by containerd into its overlayfs snapshotter.
-	if out, err := c.Ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
-		t.Fatalf("ctr image pull (overlayfs): %v\n%s", err, out)
-	}
-	plain, err := c.Ctr("run", "--rm", "--snapshotter", "overlayfs", ref, fmt.Sprintf("implicit-plain-%d", os.Getpid()), "/bin/sh", "-c", script)
-	if err != nil {
-		t.Fatalf("ctr run (overlayfs): %v\n%s", err, plain)
-	}
+	plain := runUnpacked(ctx, t, c, ref, script)
 	want := "/ 755 0:0\n/tmp 1777 0:0\n/tmp/cache 755 0:0\n/home 755 0:0\n/home/app 750 1000:1000\n"
 	if plain != want {
 		t.Fatalf("containerd's own unpack shows\n%s, the test expects\n%s", plain, want)
@@ -243,30 +225,13 @@ func TestSetuidAndCapabilities(t *testing.T) {
 	if err := remote.Write(srcRef, img); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := convert.Image(ctx, r.ref("src/privs:1"), r.ref("lazy/privs:1")); err != nil {
-		t.Fatal(err)
-	}
-	d := newDaemon(t, bin)
-	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
-	ref := r.ref("lazy/privs:1")
-	if _, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace)); err != nil {
-		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
-	}
-	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 2 {
-		t.Fatalf("remote layers: %v, want 2\n%s", got, d.logTail())
-	}
+	d, c, ref := pullLazily(ctx, t, bin, r, "src/privs:1", "lazy/privs:1", 2)
 	const script = "/bin/plain; /bin/suid; /bin/capped"
 	lazy, err := runIn(ctx, c, ref, "lazyfs", script, oci.WithNewPrivileges)
 	if err != nil {
 		t.Fatalf("run (lazyfs): %v\n%s\n%s", err, lazy, d.logTail())
 	}
-	if out, err := c.Ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
-		t.Fatalf("ctr image pull (overlayfs): %v\n%s", err, out)
-	}
-	plain, err := runIn(ctx, c, ref, "overlayfs", script, oci.WithNewPrivileges)
-	if err != nil {
-		t.Fatalf("run (overlayfs): %v\n%s", err, plain)
-	}
+	plain := runUnpacked(ctx, t, c, ref, script, oci.WithNewPrivileges)
 	lines := strings.Split(strings.TrimSpace(plain), "\n")
 	if len(lines) != 3 || !strings.Contains(lines[0], "uid=1000 euid=1000 capeff=0000000000000000") ||
 		!strings.Contains(lines[1], "uid=1000 euid=0 ") || !strings.Contains(lines[2], "uid=1000 euid=1000 capeff=0000000000002000") {
@@ -411,30 +376,13 @@ func TestSameTreeAsUnpack(t *testing.T) {
 			file("deep/.wh..wh..opq", 0o644, ""),
 			file("deep/fresh", 0o644, "fresh\n"),
 		}))
-	if _, err := convert.Image(ctx, r.ref("src/tree:1"), r.ref("lazy/tree:1")); err != nil {
-		t.Fatal(err)
-	}
-	d := newDaemon(t, bin)
-	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
-	ref := r.ref("lazy/tree:1")
-	if _, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace)); err != nil {
-		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
-	}
-	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != 6 {
-		t.Fatalf("remote layers: %v, want 6\n%s", got, d.logTail())
-	}
+	d, c, ref := pullLazily(ctx, t, bin, r, "src/tree:1", "lazy/tree:1", 6)
 	const script = "/.tree"
 	lazy, err := runIn(ctx, c, ref, "lazyfs", script)
 	if err != nil {
 		t.Fatalf("run (lazyfs): %v\n%s\n%s", err, lazy, d.logTail())
 	}
-	if out, err := c.Ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
-		t.Fatalf("ctr image pull (overlayfs): %v\n%s", err, out)
-	}
-	plain, err := runIn(ctx, c, ref, "overlayfs", script)
-	if err != nil {
-		t.Fatalf("run (overlayfs): %v\n%s", err, plain)
-	}
+	plain := runUnpacked(ctx, t, c, ref, script)
 	for _, want := range []string{"/usr/bin/ping ", "security.capability=", "user.comment=", "/sparse/many ", "/var/sda ", "rdev=2048", "/var/null ", "rdev=259", "/var/fifo ", "/lib/libfoo.so ", "/deep/fresh "} {
 		if !strings.Contains(plain, want) {
 			t.Fatalf("containerd's unpack shows no %q:\n%s", want, plain)
@@ -466,34 +414,10 @@ func TestSameTreeAsUnpack(t *testing.T) {
 		return strings.Join(keep, "\n")
 	}
 	if run, want := norm(string(out)), norm(plain); run != want {
-		pl, ll := strings.Split(want, "\n"), strings.Split(run, "\n")
-		var diff []string
-		for _, l := range ll {
-			if !slices.Contains(pl, l) {
-				diff = append(diff, "+ "+l)
-			}
-		}
-		for _, l := range pl {
-			if !slices.Contains(ll, l) {
-				diff = append(diff, "- "+l)
-			}
-		}
-		t.Errorf("the tree in lazyfs run (+) differs from containerd's unpack (-):\n%s", strings.Join(diff, "\n"))
+		t.Errorf("the tree in lazyfs run (+) differs from containerd's unpack (-):\n%s", lineDiff(want, run))
 	}
 	if lazy != plain {
-		pl, ll := strings.Split(plain, "\n"), strings.Split(lazy, "\n")
-		var diff []string
-		for _, l := range ll {
-			if !slices.Contains(pl, l) {
-				diff = append(diff, "+ "+l)
-			}
-		}
-		for _, l := range pl {
-			if !slices.Contains(ll, l) {
-				diff = append(diff, "- "+l)
-			}
-		}
-		t.Errorf("the tree over lazy layers (+) differs from containerd's unpack (-):\n%s", strings.Join(diff, "\n"))
+		t.Errorf("the tree over lazy layers (+) differs from containerd's unpack (-):\n%s", lineDiff(plain, lazy))
 	}
 }
 
@@ -619,3 +543,55 @@ func rawLayer(t *testing.T, b []byte) v1.Layer {
 }
 
 var nlinkRE = regexp.MustCompile(` nlink=[0-9]+`)
+
+// pullLazily converts image src of r to dst, starts the daemon and
+// containerd, pulls dst lazily and checks that lazy of its layers were
+// mounted lazily.
+func pullLazily(ctx context.Context, t *testing.T, bin string, r *countingRegistry, src, dst string, lazy float64) (*daemon, *ctrtest.Containerd, string) {
+	t.Helper()
+	if _, err := convert.Image(ctx, r.ref(src), r.ref(dst)); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemon(t, bin)
+	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
+	ref := r.ref(dst)
+	if _, err := pull.Pull(ctx, ref, pull.WithAddress(c.Address), pull.WithNamespace(c.Namespace)); err != nil {
+		t.Fatalf("lazyfs pull: %v\n%s", err, d.logTail())
+	}
+	if got := d.metric("lazyfs_snapshotter_remote_layers_total"); got != lazy {
+		t.Fatalf("remote layers: %v, want %v\n%s", got, lazy, d.logTail())
+	}
+	return d, c, ref
+}
+
+// runUnpacked pulls ref into containerd's own overlayfs snapshotter (which
+// unpacks it) and runs script there (runIn).
+func runUnpacked(ctx context.Context, t *testing.T, c *ctrtest.Containerd, ref, script string, opts ...oci.SpecOpts) string {
+	t.Helper()
+	if out, err := c.Ctr("image", "pull", "--plain-http", "--snapshotter", "overlayfs", ref); err != nil {
+		t.Fatalf("ctr image pull (overlayfs): %v\n%s", err, out)
+	}
+	out, err := runIn(ctx, c, ref, "overlayfs", script, opts...)
+	if err != nil {
+		t.Fatalf("run (overlayfs): %v\n%s", err, out)
+	}
+	return out
+}
+
+// lineDiff lists the lines of got that want lacks (+) and those of want
+// that got lacks (-).
+func lineDiff(want, got string) string {
+	wl, gl := strings.Split(want, "\n"), strings.Split(got, "\n")
+	var diff []string
+	for _, l := range gl {
+		if !slices.Contains(wl, l) {
+			diff = append(diff, "+ "+l)
+		}
+	}
+	for _, l := range wl {
+		if !slices.Contains(gl, l) {
+			diff = append(diff, "- "+l)
+		}
+	}
+	return strings.Join(diff, "\n")
+}
