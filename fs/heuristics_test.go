@@ -720,3 +720,90 @@ func TestFarScale(t *testing.T) {
 		}
 	}
 }
+
+// gateFetcher holds fetches of the chunks in hold until gate closes.
+type gateFetcher struct {
+	*fstest.BlobFetcher
+	hold    map[[32]byte]bool
+	gate    chan struct{}
+	blocked atomic.Int32
+}
+
+// FetchChunksOwned goes through FetchChunks (the embedded fetcher's would
+// bypass it).
+func (f *gateFetcher) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, _ func(int) []byte, fn func(int, []byte, bool) error) error {
+	return f.FetchChunks(ctx, chunks, func(i int, data []byte) error { return fn(i, data, false) })
+}
+
+func (f *gateFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
+	for _, c := range chunks {
+		if f.hold[c.Sum] {
+			f.blocked.Add(1)
+			select {
+			case <-f.gate:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			break
+		}
+	}
+	return f.BlobFetcher.FetchChunks(ctx, chunks, fn)
+}
+
+// TestSlowLinkQueuedJobHoldsNoChunk: on a slow link, a background job
+// waiting for one of the slowLinkJobs tokens has claimed none of its
+// chunks, so a reader that needs one fetches it at once instead of
+// waiting behind the background fetches that hold the tokens.
+func TestSlowLinkQueuedJobHoldsNoChunk(t *testing.T) {
+	var files []toctest.File
+	for i := range 8 {
+		files = append(files, reg(fmt.Sprintf("d/f%d", i), 0o644, toctest.Random(uint64(100+i), 8<<10)))
+	}
+	l := convertLayer(t, toctest.Tar(t, files), toc.DefaultChunkSize)
+	chunk := map[string]int{}
+	for _, e := range l.toc.Entries {
+		if e.NumChunks == 1 {
+			chunk[e.Name] = int(e.FirstChunk)
+		}
+	}
+	f := &gateFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}), hold: map[[32]byte]bool{}}
+	defer close(f.gate)
+	for i := range slowLinkJobs {
+		f.hold[l.toc.Chunks[chunk[fmt.Sprintf("d/f%d", i)]].Sum] = true
+	}
+	r := newTestRoot(t, l, f, Options{Cache: fstest.NewMemCache(), PrefetchWorkers: 8})
+	r.link.slow.Store(true)
+	ly := r.t.layers[0]
+	for i := range slowLinkJobs {
+		c := chunk[fmt.Sprintf("d/f%d", i)]
+		if !r.queuePrefetch(prefetchJob{l: ly, first: c, last: c + 1}) {
+			t.Fatal("prefetch queue full")
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); f.blocked.Load() < slowLinkJobs; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d background fetches started, want %d", f.blocked.Load(), slowLinkJobs)
+		}
+	}
+	// Both tokens are held: the next job waits for one.
+	c := chunk["d/f7"]
+	if !r.queuePrefetch(prefetchJob{l: ly, first: c, last: c + 1}) {
+		t.Fatal("prefetch queue full")
+	}
+	time.Sleep(50 * time.Millisecond) // a worker has taken the job
+	dir, ok := r.t.child(0, "d")
+	if !ok {
+		t.Fatal("no d")
+	}
+	k, ok := r.t.child(dir, "f7")
+	if !ok {
+		t.Fatal("no d/f7")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	buf := make([]byte, 8<<10)
+	n, _, _, errno := r.readFile(ctx, r.t.nodes[k].data, buf, 0, nil)
+	if errno != 0 || !bytes.Equal(buf[:n], files[7].Data) {
+		t.Fatalf("read of a chunk queued behind two held background fetches: %d bytes, errno %v (want its bytes at once)", n, errno)
+	}
+}

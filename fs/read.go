@@ -937,6 +937,20 @@ func (r *Root) runPrefetch(j prefetchJob) {
 	if !r.waitQueueRoom(r.bgctx, j.last-j.first) {
 		return
 	}
+	if r.link.slow.Load() && !r.lean() {
+		// On a slow link one range request fills it, and every other one
+		// in flight takes a share of the link (TCP shares it by
+		// connection) from the readers blocked on a miss: without a
+		// profile, at most slowLinkJobs background fetches run at once.
+		// The token comes before the chunks are claimed: a job waiting
+		// for one holds no chunk a reader would then wait for.
+		select {
+		case r.slowJobs <- struct{}{}:
+			defer func() { <-r.slowJobs }()
+		case <-r.bgctx.Done():
+			return
+		}
+	}
 	var todo []int
 	var flights []*flight
 	for i := j.first; i < j.last; i++ {
@@ -972,18 +986,6 @@ func (r *Root) runPrefetch(j prefetchJob) {
 		}
 		landed[k] = true
 		r.land(j.l, todo[k:k+1], flights[k:k+1])
-	}
-	if r.link.slow.Load() && !r.lean() {
-		// On a slow link one range request fills it, and every other one
-		// in flight takes a share of the link (TCP shares it by
-		// connection) from the readers blocked on a miss: without a
-		// profile, at most slowLinkJobs background fetches run at once.
-		select {
-		case r.slowJobs <- struct{}{}:
-			defer func() { <-r.slowJobs }()
-		case <-r.bgctx.Done():
-			return
-		}
 	}
 	if _, err := r.fetch(r.bgctx, j.l, todo, deliver); err != nil {
 		if r.ctx.Err() == nil {
