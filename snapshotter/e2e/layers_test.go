@@ -305,9 +305,9 @@ var runs atomic.Int64 // runIn's containers
 // directory and by a symlink, a directory by a file, hardlinks,
 // directories a layer leaves out, a path through a lower layer's symlink
 // (merged /usr: lib -> usr/lib), setuid and sticky bits, devices, xattrs,
-// GNU sparse files, long and non-ASCII names, times before 1970), seen
-// from a container over lazy layers and over containerd's own overlayfs
-// unpack of the same image: every name, type, mode, owner, link count,
+// GNU sparse files, an empty layer, long and non-ASCII names, times before
+// 1970), seen from a container over lazy layers and over containerd's own
+// overlayfs unpack of the same image: every name, type, mode, owner, link count,
 // xattr, and for all but directories size, mtime, device numbers, link
 // target and contents' digest must be the same. (containerd's unpack sets
 // the mtime of directories it writes into to the time of the unpack.) The
@@ -341,6 +341,7 @@ func TestSameTreeAsUnpack(t *testing.T) {
 	push(t, r.ref("src/tree:1"), busyboxLayer(t, busybox),
 		layer(t, []toctest.File{reg(".tree", 0o755, buildProgram(ctx, t, treeProgram))}),
 		rawLayer(t, sparse),
+		layer(t, nil), // an empty layer (RUN true)
 		layer(t, toctest.AllTypes(300_000)),
 		layer(t, []toctest.File{
 			h(tar.TypeDir, "etc/", 0o750, 0), // attributes change, contents kept
@@ -376,7 +377,7 @@ func TestSameTreeAsUnpack(t *testing.T) {
 			file("deep/.wh..wh..opq", 0o644, ""),
 			file("deep/fresh", 0o644, "fresh\n"),
 		}))
-	d, c, ref := pullLazily(ctx, t, bin, r, "src/tree:1", "lazy/tree:1", 6)
+	d, c, ref := pullLazily(ctx, t, bin, r, "src/tree:1", "lazy/tree:1", 7)
 	const script = "/.tree"
 	lazy, err := runIn(ctx, c, ref, "lazyfs", script)
 	if err != nil {
