@@ -95,9 +95,7 @@ func TestCRIWithoutAnnotations(t *testing.T) {
   config_path = %q
 `, hosts, hosts),
 	})
-	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
-	d.start()
-	waitProxy(t, c, d)
+	d.startAfter(c, hosts)
 	ref := r.ref("lazy/cri:1")
 	if _, err := criPull(ctx, criImages(t, c), ref); err != nil {
 		t.Fatalf("CRI PullImage: %v\n%s", err, d.logTail())

@@ -429,11 +429,15 @@ func (d *daemon) stop() {
 // a restarted snapshotter's socket: "Unavailable" (containerd 1.6), or
 // "connection error ... connection refused" (2.x), until its proxy
 // connection redials.
-// waitProxy waits until containerd reaches d's snapshotter: when containerd
-// started first, its proxy connection backs off (up to 3 s) between
-// redials, and the first calls after d.start() may find it unavailable.
-func waitProxy(t *testing.T, c *ctrtest.Containerd, d *daemon) {
+// startAfter starts d for containerd c, which runs already
+// (--containerd-address, --hosts-dir hosts), and waits until c reaches it:
+// c's proxy connection backs off (up to 3 s) between redials, so the first
+// calls after d.start() may find it unavailable.
+func (d *daemon) startAfter(c *ctrtest.Containerd, hosts string) {
+	t := d.t
 	t.Helper()
+	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
+	d.start()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		out, err := c.Ctr("snapshots", "--snapshotter", "lazyfs", "ls")

@@ -59,9 +59,7 @@ func TestPullWithoutLabels(t *testing.T) {
 	writeHostsTOML(t, hosts, host, fmt.Sprintf("server = %q\n", "http://"+r.host))
 	d := prepareDaemon(t, bin)
 	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
-	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
-	d.start()
-	waitProxy(t, c, d)
+	d.startAfter(c, hosts)
 
 	cl, pull := unlabelledPuller(t, c)
 	plainPull := func(ref string) error { return pull(ctx, ref) }
@@ -184,9 +182,7 @@ func TestPullWithoutLabelsFindsPort(t *testing.T) {
 	writeHostsTOML(t, hosts, r2.host, fmt.Sprintf("server = %q\n", "http://"+r2.host))
 	d := prepareDaemon(t, bin)
 	c := ctrtest.Start(t, map[string]string{"lazyfs": d.sock})
-	d.args = []string{"--containerd-address", c.Address, "--hosts-dir", hosts}
-	d.start()
-	waitProxy(t, c, d)
+	d.startAfter(c, hosts)
 	cl, pull := unlabelledPuller(t, c)
 	plainPull := func(ref string) {
 		t.Helper()
