@@ -89,7 +89,7 @@ func (r *Root) prefetchDeps(l *layer, e *toc.Entry, skip [2]int) {
 			continue // code not fetched (partial library): zeros do for the loader's tables
 		}
 		c := &t.Chunks[i]
-		if !r.cacheRead(r.bgctx, c, buf, 0, c.Offset-base) {
+		if !r.localRead(r.bgctx, c, buf, 0, c.Offset-base) {
 			return // not local after all (a failed fetch): the loader will say
 		}
 	}
@@ -195,7 +195,7 @@ func (r *Root) prefetchLibraryRest(l *layer, e *toc.Entry, deps bool) {
 	base := c.Offset
 	head := make([]byte, c.Size)
 	skip := noSkip
-	if e.Flags&toc.FlagSparse == 0 && r.cacheRead(r.bgctx, c, head, 0, 0) {
+	if e.Flags&toc.FlagSparse == 0 && r.localRead(r.bgctx, c, head, 0, 0) {
 		// (A sparse file's chunks hold its regions, not its offsets.)
 		if off, size, ok := execSegment(head); ok && size > partialLibCode && off+partialLibCode < e.Size {
 			lo := off + partialLibCode

@@ -471,6 +471,30 @@ type cacheGetIntoer interface {
 	GetInto(ctx context.Context, d digest.Digest, buf []byte) ([]byte, error)
 }
 
+// localRead is cacheRead after waiting, until ctx ends, for a fetch of c in
+// flight: the background work that reads a chunk just fetched (a library's
+// program headers and dynamic section) must not take a chunk a reader
+// claimed, and is still fetching, for one that is not there. A loader reads
+// a library's first chunk as soon as it opens it, often while the job
+// queued at open waits for its turn; the job then skips that chunk and ends
+// before it has arrived.
+func (r *Root) localRead(ctx context.Context, c *toc.Chunk, dest []byte, off, coff int64) bool {
+	if v, ok := r.inflight.Load(c.Sum); ok {
+		ctx, cancel := context.WithTimeout(ctx, localWait)
+		defer cancel()
+		select {
+		case <-v.(*flight).done:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return r.cacheRead(ctx, c, dest, off, coff)
+}
+
+// localWait bounds localRead's wait for a flight (a fetch ends by its own
+// deadline; this keeps a prefetch worker from waiting on it as long).
+const localWait = 10 * time.Second
+
 // cacheRead copies the part of chunk c (at file offset coff) that overlaps
 // dest (the file's bytes from off) from the hot set or the cache, and
 // reports a hit.
