@@ -192,6 +192,67 @@ func TestDependencyPrefetch(t *testing.T) {
 	}
 }
 
+// TestDependencyPrefetchHeadInFlight: the job fetching a library whole at
+// open skips the chunk its loader is reading already; the dependencies are
+// still looked up, once that chunk has arrived (they were given up on when
+// it had not).
+func TestDependencyPrefetchHeadInFlight(t *testing.T) {
+	a := elfLib([]string{"libb.so.1"}, "", 4*testChunk)
+	b := elfLib(nil, "", 4*testChunk)
+	l := convertLayer(t, toctest.Tar(t, []toctest.File{
+		reg("usr/lib/liba.so", 0o755, a),
+		reg("usr/lib/libb.so.1", 0o755, b),
+	}), testChunk)
+	pa := fileSpan(t, l, "usr/lib/liba.so")
+	f := &gateFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}),
+		hold: map[[32]byte]bool{l.toc.Chunks[pa.First].Sum: true}}
+	r := newTestRoot(t, l, f, Options{ReadAhead: -1, NeighbourWindow: -1, Cache: fstest.NewMemCache()})
+	var d uint32
+	for _, n := range []string{"usr", "lib", "liba.so"} {
+		k, ok := r.t.child(d, n)
+		if !ok {
+			t.Fatalf("no %s", n)
+		}
+		d = k
+	}
+	d = r.t.nodes[d].data
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	read := make(chan error, 1)
+	go func() { // the loader's read of the ELF header
+		buf := make([]byte, 64)
+		n, _, _, errno := r.readFile(ctx, d, buf, 0, nil)
+		if errno != 0 || !bytes.Equal(buf[:n], a[:64]) {
+			read <- fmt.Errorf("loader's read: %d bytes, errno %v", n, errno)
+			return
+		}
+		read <- nil
+	}()
+	for f.blocked.Load() == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the reader's fetch did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, _, errno := r.open(ctx, d); errno != 0 {
+		t.Fatal(errno)
+	}
+	// The job fetches the rest of liba.so and ends while the first chunk
+	// is still in flight.
+	for n, total := cachedChunks(t, r, l, "usr/lib/liba.so"); n < total-1; n, total = cachedChunks(t, r, l, "usr/lib/liba.so") {
+		if ctx.Err() != nil {
+			t.Fatalf("%d of liba.so's %d chunks fetched", n, total)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(f.gate)
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	waitCached(t, r, l, "usr/lib/libb.so.1")
+}
+
 // partialELF returns a 64-bit ELF file of random bytes whose program
 // headers make [64 KiB, 64 KiB+codeSize) its executable segment, with a
 // read-only segment before and a writable one after it.
