@@ -292,6 +292,7 @@ type Root struct {
 	inflight  sync.Map // [32]byte chunk sum → *flight: fetches in progress
 	nb        neighbourUse
 	depsSeen  sync.Map // uint32 data node → true: libraries whose dependencies were (or are to be) looked up
+	libCode   sync.Map // uint32 data node → [2]int: chunks of a library's code (libraryCode)
 	reported  sync.Map // chunkKey → struct{}: EIO already logged
 	spool     *spool
 	bufs      sync.Pool  // *[]byte chunk buffers for partial cache reads

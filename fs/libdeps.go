@@ -192,24 +192,12 @@ const (
 func (r *Root) prefetchLibraryRest(l *layer, e *toc.Entry, deps bool) {
 	first, last := int(e.FirstChunk), int(e.FirstChunk+e.NumChunks)
 	c := &l.toc.Chunks[first]
-	base := c.Offset
 	head := make([]byte, c.Size)
 	skip := noSkip
 	if e.Flags&toc.FlagSparse == 0 && r.localRead(r.bgctx, c, head, 0, 0) {
 		// (A sparse file's chunks hold its regions, not its offsets.)
 		if off, size, ok := execSegment(head); ok && size > partialLibCode && off+partialLibCode < e.Size {
-			lo := off + partialLibCode
-			hi := min(off+size, e.Size)
-			// Chunks wholly inside [lo, hi).
-			a, _ := l.toc.ChunkRange(e, lo, 1)
-			if l.toc.Chunks[a].Offset-base < lo {
-				a++
-			}
-			_, b := l.toc.ChunkRange(e, hi-1, 1)
-			if b > a && l.toc.Chunks[b-1].Offset-base+int64(l.toc.Chunks[b-1].Size) > hi {
-				b--
-			}
-			if b > a {
+			if a, b := chunksInside(l.toc, e, off+partialLibCode, min(off+size, e.Size)); b > a {
 				skip = [2]int{a, b}
 			}
 		}
@@ -240,6 +228,49 @@ func (r *Root) prefetchLibraryRest(l *layer, e *toc.Entry, deps bool) {
 	for _, j := range jobs {
 		r.queuePrefetch(j)
 	}
+}
+
+// chunksInside returns the range [a, b) of e's chunks that lie wholly
+// inside the bytes [lo, hi) of the file (a >= b: none), for 0 <= lo < hi
+// <= e.Size.
+func chunksInside(t *toc.TOC, e *toc.Entry, lo, hi int64) (a, b int) {
+	base := t.Chunks[e.FirstChunk].Offset
+	a, _ = t.ChunkRange(e, lo, 1)
+	if t.Chunks[a].Offset-base < lo {
+		a++
+	}
+	_, b = t.ChunkRange(e, hi-1, 1)
+	if b > a && t.Chunks[b-1].Offset-base+int64(t.Chunks[b-1].Size) > hi {
+		b--
+	}
+	return a, b
+}
+
+// libraryCode returns the chunks [a, b) wholly inside the executable
+// segment of library e (data node d), ok false while its first chunk is not
+// local (or it is sparse); a, b are equal when it has none. Kept per
+// library: the chunk read-ahead of a slow link asks on every READ that
+// would queue some.
+func (r *Root) libraryCode(l *layer, e *toc.Entry, d uint32) (a, b int, ok bool) {
+	if v, ok := r.libCode.Load(d); ok {
+		ab := v.([2]int)
+		return ab[0], ab[1], true
+	}
+	if e.NumChunks == 0 || e.Flags&toc.FlagSparse != 0 {
+		return 0, 0, false
+	}
+	c := &l.toc.Chunks[e.FirstChunk]
+	head := make([]byte, c.Size)
+	if !r.cacheRead(r.bgctx, c, head, 0, 0) {
+		return 0, 0, false
+	}
+	var ab [2]int
+	if off, size, ok := execSegment(head); ok && off < e.Size && size > 0 {
+		ab[0], ab[1] = chunksInside(l.toc, e, off, min(off+size, e.Size))
+		ab[1] = max(ab[0], ab[1])
+	}
+	r.libCode.Store(d, ab)
+	return ab[0], ab[1], true
 }
 
 // execSegment returns the file range of the first executable PT_LOAD

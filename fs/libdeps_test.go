@@ -256,8 +256,13 @@ func TestDependencyPrefetchHeadInFlight(t *testing.T) {
 // partialELF returns a 64-bit ELF file of random bytes whose program
 // headers make [64 KiB, 64 KiB+codeSize) its executable segment, with a
 // read-only segment before and a writable one after it.
-func partialELF(codeSize int) []byte {
-	const head, data = 64 << 10, 256 << 10
+func partialELF(codeSize int) []byte { return segmentedELF(64<<10, codeSize) }
+
+// segmentedELF returns a 64-bit ELF file of random bytes whose program
+// headers make [0, head) its first (read-only) segment, [head,
+// head+codeSize) its executable one, and 256 KiB after it writable.
+func segmentedELF(head, codeSize int) []byte {
+	const data = 256 << 10
 	b := toctest.Random(21, head+codeSize+data)
 	le := binary.LittleEndian
 	clear(b[:64+3*56])
@@ -271,7 +276,7 @@ func partialELF(codeSize int) []byte {
 	for i, s := range []struct {
 		flags     elf.ProgFlag
 		off, size uint64
-	}{{elf.PF_R, 0, head}, {elf.PF_R | elf.PF_X, head, uint64(codeSize)}, {elf.PF_R | elf.PF_W, uint64(head + codeSize), data}} {
+	}{{elf.PF_R, 0, uint64(head)}, {elf.PF_R | elf.PF_X, uint64(head), uint64(codeSize)}, {elf.PF_R | elf.PF_W, uint64(head + codeSize), data}} {
 		p := b[64+i*56:]
 		le.PutUint32(p, uint32(elf.PT_LOAD))
 		le.PutUint32(p[4:], uint32(s.flags))
@@ -412,6 +417,75 @@ func TestPartialLibraryHeadInFlight(t *testing.T) {
 	}
 	if s := r.Stats(); s.PartialLibraries != 1 || s.Prefetched != int64(want) {
 		t.Errorf("PartialLibraries = %d, Prefetched = %d; want 1 and %d", s.PartialLibraries, s.Prefetched, want)
+	}
+}
+
+// TestSlowLinkLibraryReadAheadSkipsCode: on a slow link, the chunk
+// read-ahead after a long run through a library's tables (the loader
+// applying relocations) stops where its code starts, and a run inside the
+// code gets none; on a fast link it goes on.
+func TestSlowLinkLibraryReadAheadSkipsCode(t *testing.T) {
+	const chunk = 64 << 10
+	const tables, code = 3 << 20, 8 << 20
+	lib := segmentedELF(tables, code)
+	l := convertLayer(t, toctest.Tar(t, []toctest.File{reg("usr/lib/libbig.so", 0o644, lib)}), chunk)
+	sp := fileSpan(t, l, "usr/lib/libbig.so")
+	codeFirst, codeLast := sp.First+tables/chunk, sp.First+(tables+code)/chunk
+	for _, slow := range []bool{true, false} {
+		t.Run(map[bool]string{true: "slow", false: "fast"}[slow], func(t *testing.T) {
+			cache := fstest.NewMemCache()
+			r := newTestRoot(t, l, fstest.NewBlobFetcher(l.blob), Options{WholeLibrary: -1, NeighbourWindow: -1, ReadAhead: 16, Cache: cache})
+			r.link.slow.Store(slow)
+			var d uint32
+			for _, n := range []string{"usr", "lib", "libbig.so"} {
+				k, ok := r.t.child(d, n)
+				if !ok {
+					t.Fatalf("no %s", n)
+				}
+				d = k
+			}
+			d = r.t.nodes[d].data
+			ctx := context.Background()
+			fh, _, errno := r.open(ctx, d)
+			if errno != 0 {
+				t.Fatal(errno)
+			}
+			h := fh.(*handle)
+			read := func(from, to int) {
+				buf := make([]byte, 128<<10)
+				for off := from; off < to; off += len(buf) {
+					res, errno := h.Read(ctx, buf, int64(off))
+					if errno != 0 {
+						t.Fatalf("read at %d: %v", off, errno)
+					}
+					if b, _ := res.Bytes(nil); !bytes.Equal(b, lib[off:off+len(buf)]) {
+						t.Fatalf("read at %d: wrong bytes", off)
+					}
+				}
+			}
+			cached := func(from, to int) (n int) {
+				time.Sleep(100 * time.Millisecond) // the read-ahead queued has run
+				if err := r.FlushCache(ctx); err != nil {
+					t.Fatal(err)
+				}
+				for i := from; i < to; i++ {
+					if _, err := cache.Get(ctx, l.toc.Chunks[i].Digest()); err == nil {
+						n++
+					}
+				}
+				return n
+			}
+			read(0, tables)
+			if n := cached(codeFirst, codeLast); (n == 0) != slow {
+				t.Fatalf("after a run through the tables, %d of %d code chunks fetched", n, codeLast-codeFirst)
+			}
+			// A long run inside the code, past where that read-ahead went.
+			from, to := tables+(2<<20), tables+(5<<20)
+			read(from, to)
+			if n := cached(sp.First+to/chunk, codeLast); (n == 0) != slow {
+				t.Fatalf("after a run of %d code chunks, %d chunks after it fetched", (to-from)/chunk, n)
+			}
+		})
 	}
 }
 

@@ -216,6 +216,24 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 		h.mu.Unlock()
 		return
 	}
+	h.mu.Unlock()
+	// On a slow link a library's read-ahead stays out of its code: a long
+	// run there is the loader reading its relocations, whose read-ahead
+	// went on into code a start mostly does not run (import torch at
+	// 200 Mbit/s: 8.5 MB of libgdal's code after its 3 MB of tables, a
+	// fifth of it used). The code a start runs faults in.
+	if h.lib && r.link.slow.Load() {
+		a, b, ok := r.libraryCode(l, e, h.d)
+		if ok && b > a {
+			if last-1 >= a && last-1 < b {
+				return
+			}
+			if last <= a {
+				end = a
+			}
+		}
+	}
+	h.mu.Lock()
 	if seq < 6 || missed {
 		s.win = min(2*s.win, h.maxWindow(e))
 	}
