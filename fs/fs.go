@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -224,8 +226,9 @@ type layer struct {
 	name    string
 	toc     *toc.TOC
 	fetcher ChunkFetcher
-	// big has bit i set for chunk i of a file of more than one chunk or a
-	// shared library: a neighbour window crosses into those only while
+	// big has bit i set for chunk i of a file of more than one chunk, a
+	// shared library or a Python source compiled beside it
+	// (compiledSources): a neighbour window crosses into those only while
 	// they turn out to be read (prefetchNeighbours).
 	big []uint64
 	// sparse holds, for each sparse file with a map, where each of its
@@ -259,12 +262,51 @@ func newLayer(i int, l Layer) *layer {
 			ly.sparse[e] = starts
 		}
 		if e.NumChunks > 1 || e.NumChunks == 1 && toc.IsSharedLibrary(e.Name) {
-			for c := e.FirstChunk; c < e.FirstChunk+e.NumChunks; c++ {
-				ly.big[c/64] |= 1 << (c % 64)
-			}
+			ly.markBig(e)
 		}
 	}
+	for _, e := range compiledSources(l.TOC) {
+		ly.markBig(e)
+	}
 	return ly
+}
+
+func (ly *layer) markBig(e *toc.Entry) {
+	for c := e.FirstChunk; c < e.FirstChunk+e.NumChunks; c++ {
+		ly.big[c/64] |= 1 << (c % 64)
+	}
+}
+
+// compiledSources returns the Python sources of t that have a compiled
+// copy beside them in t (dir/m.py and dir/__pycache__/m.<tag>.pyc, as
+// Debian's py3compile and pip write them): Python imports the .pyc and
+// only stats the .py, so a neighbour window after a .pyc miss that runs on
+// into the sources of its parent directory brings bytes an import does not
+// read (import numpy at 200 Mbit/s: 2.5 of its 23 MB, torch 4.9 of 117 MB).
+func compiledSources(t *toc.TOC) []*toc.Entry {
+	compiled := map[string]bool{}
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		dir, base := path.Split(e.Name)
+		if !strings.HasSuffix(dir, "__pycache__/") || !strings.HasSuffix(base, ".pyc") || !e.IsRegular() {
+			continue
+		}
+		stem, _, ok := strings.Cut(base, ".")
+		if ok {
+			compiled[strings.TrimSuffix(dir, "__pycache__/")+stem] = true
+		}
+	}
+	if len(compiled) == 0 {
+		return nil
+	}
+	var out []*toc.Entry
+	for i := range t.Entries {
+		e := &t.Entries[i]
+		if e.NumChunks > 0 && strings.HasSuffix(e.Name, ".py") && compiled[strings.TrimSuffix(e.Name, ".py")] {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // isBig reports whether chunk c belongs to a big file (layer.big).

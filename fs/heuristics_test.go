@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -806,4 +807,57 @@ func TestSlowLinkQueuedJobHoldsNoChunk(t *testing.T) {
 	if errno != 0 || !bytes.Equal(buf[:n], files[7].Data) {
 		t.Fatalf("read of a chunk queued behind two held background fetches: %d bytes, errno %v (want its bytes at once)", n, errno)
 	}
+}
+
+// TestCompiledSources: a Python source with its compiled copy in the
+// __pycache__ beside it is one a neighbour window does not run into
+// unless such files turn out to be read; one without stays an ordinary
+// small file.
+func TestCompiledSources(t *testing.T) {
+	small := func(name string, seed uint64) toctest.File {
+		return toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644}, Data: toctest.Random(seed, 3000)}
+	}
+	tf := []toctest.File{
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "pkg/", Mode: 0o755}},
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "pkg/__pycache__/", Mode: 0o755}},
+		small("pkg/__pycache__/__init__.cpython-311.pyc", 1),
+		small("pkg/__pycache__/a.cpython-311.pyc", 2),
+		small("pkg/__pycache__/b.cpython-311.opt-1.pyc", 3),
+		small("pkg/__init__.py", 4),
+		small("pkg/a.py", 5),
+		small("pkg/a.pyi", 6),
+		small("pkg/b.py", 7),
+		small("pkg/c.py", 8),
+		small("pkg/sub/a.py", 9),
+		small("pkg/z.txt", 10),
+	}
+	l := convertLayer(t, toctest.Tar(t, tf), testChunk)
+	var got []string
+	for _, e := range compiledSources(l.toc) {
+		got = append(got, e.Name)
+	}
+	if want := []string{"pkg/__init__.py", "pkg/a.py", "pkg/b.py"}; !slices.Equal(got, want) {
+		t.Fatalf("compiled sources %q, want %q", got, want)
+	}
+
+	f := fstest.NewBlobFetcher(l.blob)
+	dir, r := mountFetcher(t, l, f, Options{ReadAhead: -1, WholeLibrary: -1, NeighbourWindow: 16 * testChunk, Cache: fstest.NewMemCache()})
+	r.nb.windows.Store(1) // the next window is not a probe
+	if _, err := os.ReadFile(filepath.Join(dir, "pkg/__pycache__/__init__.cpython-311.pyc")); err != nil {
+		t.Fatal(err)
+	}
+	waitCached(t, r, l, "pkg/__pycache__/b.cpython-311.opt-1.pyc")
+	time.Sleep(100 * time.Millisecond) // nothing more arrives
+	for _, p := range []string{"pkg/__init__.py", "pkg/a.py", "pkg/z.txt"} {
+		if n, _ := cachedChunks(t, r, l, p); n != 0 {
+			t.Errorf("%s fetched by the window after a .pyc miss", p)
+		}
+	}
+	// Once the sources turn out to be read, windows run on into them.
+	r.nb.nbrought.Store(neighbourMinSample)
+	r.nb.used.Store(neighbourMinSample)
+	if _, err := os.ReadFile(filepath.Join(dir, "pkg/__init__.py")); err != nil {
+		t.Fatal(err)
+	}
+	waitCached(t, r, l, "pkg/z.txt")
 }
