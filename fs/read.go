@@ -210,13 +210,6 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 	r := h.r
 	l, e := r.t.dataEntry(h.d)
 	end := int(e.FirstChunk + e.NumChunks)
-	h.mu.Lock()
-	s := &h.streams[st]
-	if h.lib && s.run < longRun {
-		h.mu.Unlock()
-		return
-	}
-	h.mu.Unlock()
 	// On a slow link a library's read-ahead stays out of its code: a long
 	// run there is the loader reading its relocations, whose read-ahead
 	// went on into code a start mostly does not run (import torch at
@@ -234,6 +227,11 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 		}
 	}
 	h.mu.Lock()
+	s := &h.streams[st]
+	if h.lib && s.run < longRun {
+		h.mu.Unlock()
+		return
+	}
 	if seq < 6 || missed {
 		s.win = min(2*s.win, h.maxWindow(e))
 	}
