@@ -226,11 +226,14 @@ type layer struct {
 	name    string
 	toc     *toc.TOC
 	fetcher ChunkFetcher
-	// big has bit i set for chunk i of a file of more than one chunk, a
-	// shared library or a Python source compiled beside it
-	// (compiledSources): a neighbour window crosses into those only while
+	// big has bit i set for chunk i of a file of more than one chunk or a
+	// shared library: a neighbour window crosses into those only while
 	// they turn out to be read (prefetchNeighbours).
 	big []uint64
+	// src has bit i set for chunk i of a Python source compiled beside it
+	// (compiledSources; nil when there are none): treated as big until
+	// the link is known slow (prefetchNeighbours).
+	src []uint64
 	// sparse holds, for each sparse file with a map, where each of its
 	// regions starts among its stored bytes, and their total last.
 	sparse map[*toc.Entry][]int64
@@ -262,20 +265,25 @@ func newLayer(i int, l Layer) *layer {
 			ly.sparse[e] = starts
 		}
 		if e.NumChunks > 1 || e.NumChunks == 1 && toc.IsSharedLibrary(e.Name) {
-			ly.markBig(e)
+			for c := e.FirstChunk; c < e.FirstChunk+e.NumChunks; c++ {
+				ly.big[c/64] |= 1 << (c % 64)
+			}
 		}
 	}
-	for _, e := range compiledSources(l.TOC) {
-		ly.markBig(e)
+	if srcs := compiledSources(l.TOC); len(srcs) > 0 {
+		ly.src = make([]uint64, len(ly.big))
+		for _, e := range srcs {
+			for c := e.FirstChunk; c < e.FirstChunk+e.NumChunks; c++ {
+				ly.src[c/64] |= 1 << (c % 64)
+			}
+		}
 	}
 	return ly
 }
 
-func (ly *layer) markBig(e *toc.Entry) {
-	for c := e.FirstChunk; c < e.FirstChunk+e.NumChunks; c++ {
-		ly.big[c/64] |= 1 << (c % 64)
-	}
-}
+// isSource reports whether chunk c belongs to a Python source compiled
+// beside it (layer.src).
+func (l *layer) isSource(c int) bool { return l.src != nil && l.src[c/64]&(1<<(c%64)) != 0 }
 
 // compiledSources returns the Python sources of t that have a compiled
 // copy beside them in t (dir/m.py and dir/__pycache__/m.<tag>.pyc, as

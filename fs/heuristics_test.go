@@ -811,8 +811,8 @@ func TestSlowLinkQueuedJobHoldsNoChunk(t *testing.T) {
 
 // TestCompiledSources: a Python source with its compiled copy in the
 // __pycache__ beside it is one a neighbour window does not run into
-// unless such files turn out to be read; one without stays an ordinary
-// small file.
+// unless such files turn out to be read or the link is known slow; one
+// without stays an ordinary small file.
 func TestCompiledSources(t *testing.T) {
 	small := func(name string, seed uint64) toctest.File {
 		return toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644}, Data: toctest.Random(seed, 3000)}
@@ -840,24 +840,31 @@ func TestCompiledSources(t *testing.T) {
 		t.Fatalf("compiled sources %q, want %q", got, want)
 	}
 
-	f := fstest.NewBlobFetcher(l.blob)
-	dir, r := mountFetcher(t, l, f, Options{ReadAhead: -1, WholeLibrary: -1, NeighbourWindow: 16 * testChunk, Cache: fstest.NewMemCache()})
-	r.nb.windows.Store(1) // the next window is not a probe
-	if _, err := os.ReadFile(filepath.Join(dir, "pkg/__pycache__/__init__.cpython-311.pyc")); err != nil {
-		t.Fatal(err)
-	}
-	waitCached(t, r, l, "pkg/__pycache__/b.cpython-311.opt-1.pyc")
-	time.Sleep(100 * time.Millisecond) // nothing more arrives
-	for _, p := range []string{"pkg/__init__.py", "pkg/a.py", "pkg/z.txt"} {
-		if n, _ := cachedChunks(t, r, l, p); n != 0 {
-			t.Errorf("%s fetched by the window after a .pyc miss", p)
+	for _, slow := range []bool{false, true} {
+		dir, r := mountFetcher(t, l, fstest.NewBlobFetcher(l.blob), Options{ReadAhead: -1, WholeLibrary: -1, NeighbourWindow: 16 * testChunk, Cache: fstest.NewMemCache()})
+		r.link.slow.Store(slow)
+		r.nb.windows.Store(1) // the next window is not a probe
+		if _, err := os.ReadFile(filepath.Join(dir, "pkg/__pycache__/__init__.cpython-311.pyc")); err != nil {
+			t.Fatal(err)
 		}
+		waitCached(t, r, l, "pkg/__pycache__/b.cpython-311.opt-1.pyc")
+		if slow {
+			// On a link known slow the window runs on (prefetchNeighbours).
+			waitCached(t, r, l, "pkg/z.txt")
+			continue
+		}
+		time.Sleep(100 * time.Millisecond) // nothing more arrives
+		for _, p := range []string{"pkg/__init__.py", "pkg/a.py", "pkg/z.txt"} {
+			if n, _ := cachedChunks(t, r, l, p); n != 0 {
+				t.Errorf("%s fetched by the window after a .pyc miss", p)
+			}
+		}
+		// Once the sources turn out to be read, windows run on into them.
+		r.nb.nbrought.Store(neighbourMinSample)
+		r.nb.used.Store(neighbourMinSample)
+		if _, err := os.ReadFile(filepath.Join(dir, "pkg/__init__.py")); err != nil {
+			t.Fatal(err)
+		}
+		waitCached(t, r, l, "pkg/z.txt")
 	}
-	// Once the sources turn out to be read, windows run on into them.
-	r.nb.nbrought.Store(neighbourMinSample)
-	r.nb.used.Store(neighbourMinSample)
-	if _, err := os.ReadFile(filepath.Join(dir, "pkg/__init__.py")); err != nil {
-		t.Fatal(err)
-	}
-	waitCached(t, r, l, "pkg/z.txt")
 }
