@@ -231,8 +231,8 @@ type layer struct {
 	// they turn out to be read (prefetchNeighbours).
 	big []uint64
 	// src has bit i set for chunk i of a Python source compiled beside it
-	// (compiledSources; nil when there are none): treated as big until
-	// the link is known slow (prefetchNeighbours).
+	// (compiledSources; nil when there are none): treated as big while
+	// the link is not judged (prefetchNeighbours).
 	src []uint64
 	// sparse holds, for each sparse file with a map, where each of its
 	// regions starts among its stored bytes, and their total last.

@@ -811,8 +811,8 @@ func TestSlowLinkQueuedJobHoldsNoChunk(t *testing.T) {
 
 // TestCompiledSources: a Python source with its compiled copy in the
 // __pycache__ beside it is one a neighbour window does not run into
-// unless such files turn out to be read or the link is known slow; one
-// without stays an ordinary small file.
+// unless such files turn out to be read or the link is judged (known slow
+// or shown fast); one without stays an ordinary small file.
 func TestCompiledSources(t *testing.T) {
 	small := func(name string, seed uint64) toctest.File {
 		return toctest.File{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644}, Data: toctest.Random(seed, 3000)}
@@ -840,16 +840,21 @@ func TestCompiledSources(t *testing.T) {
 		t.Fatalf("compiled sources %q, want %q", got, want)
 	}
 
-	for _, slow := range []bool{false, true} {
+	for _, link := range []string{"unknown", "slow", "fast"} {
 		dir, r := mountFetcher(t, l, fstest.NewBlobFetcher(l.blob), Options{ReadAhead: -1, WholeLibrary: -1, NeighbourWindow: 16 * testChunk, Cache: fstest.NewMemCache()})
-		r.link.slow.Store(slow)
+		switch link {
+		case "slow":
+			r.link.slow.Store(true)
+		case "fast":
+			r.link.max.Store(slowLinkRate)
+		}
 		r.nb.windows.Store(1) // the next window is not a probe
 		if _, err := os.ReadFile(filepath.Join(dir, "pkg/__pycache__/__init__.cpython-311.pyc")); err != nil {
 			t.Fatal(err)
 		}
 		waitCached(t, r, l, "pkg/__pycache__/b.cpython-311.opt-1.pyc")
-		if slow {
-			// On a link known slow the window runs on (prefetchNeighbours).
+		if link != "unknown" {
+			// On a link judged the window runs on (prefetchNeighbours).
 			waitCached(t, r, l, "pkg/z.txt")
 			continue
 		}

@@ -857,22 +857,23 @@ func (r *Root) reportEIO(k chunkKey, path string, chunk int, err error) {
 // stop there); an import mostly does not (torch: 28 MB of libraries came in
 // windows), and the loader fetches the libraries it opens itself
 // (prefetchLibrary). So do Python sources compiled beside them (layer.src)
-// until the link is known slow. There a shorter window cost torch more
-// than the sources' bytes saved (import torch at 200 Mbit/s, builds
-// interleaved: +0.03 to +0.26 s in six pairs with the sources always
-// treated so, -0.6 and +0.25 s in two pairs with them treated so until the
-// link is known slow; numpy, whose start ends before the link is judged,
-// 1.05-1.13 against 1.15-1.21 s either way). Why is not established: the
-// windows' jobs then queue for two background fetches (slowLinkJobs), so
-// more of them cost more round trips.
+// while the link is not judged, neither known slow nor shown fast: they
+// are bytes an import does not read, which a link nothing is known of may
+// not afford, but a shorter window costs round trips. Measured (import
+// torch and numpy, builds interleaved): with the sources always treated
+// so, numpy at 200 Mbit/s 1.05-1.13 s against 1.15-1.21 s (its start ends
+// before the link is judged), but torch at 200 Mbit/s slower in six pairs
+// of six (+0.03 to +0.26 s) and at 1 Gbit/s 5.03, 5.05 s against 4.90,
+// 4.92 s; until the link is judged, torch 6.26, 6.54 s against 6.87, 6.29 s
+// at 200 Mbit/s and 4.67, 4.51 s against 4.68, 4.76 s (always) at 1 Gbit/s.
 func (r *Root) prefetchNeighbours(l *layer, from int, path string, inProfile bool) {
 	chunks := l.toc.Chunks
 	cross := !inProfile && r.nb.crossing()
 	to := from
 	window := r.opts.NeighbourWindow * r.farScale()
-	slow := r.link.slow.Load()
+	judged := r.link.slow.Load() || r.link.max.Load() >= slowLinkRate
 	for sum := int64(0); to < len(chunks) && sum < window; to++ {
-		if inProfile && !r.inProfile(l, to) || !inProfile && !cross && (l.isBig(to) || !slow && l.isSource(to)) {
+		if inProfile && !r.inProfile(l, to) || !inProfile && !cross && (l.isBig(to) || !judged && l.isSource(to)) {
 			break
 		}
 		sum += int64(chunks[to].CompressedSize)
