@@ -207,27 +207,10 @@ func TestDependencyPrefetchHeadInFlight(t *testing.T) {
 	f := &gateFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}),
 		hold: map[[32]byte]bool{l.toc.Chunks[pa.First].Sum: true}}
 	r := newTestRoot(t, l, f, Options{ReadAhead: -1, NeighbourWindow: -1, Cache: fstest.NewMemCache()})
-	var d uint32
-	for _, n := range []string{"usr", "lib", "liba.so"} {
-		k, ok := r.t.child(d, n)
-		if !ok {
-			t.Fatalf("no %s", n)
-		}
-		d = k
-	}
-	d = r.t.nodes[d].data
+	d := dataNode(t, r, "usr/lib/liba.so")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	read := make(chan error, 1)
-	go func() { // the loader's read of the ELF header
-		buf := make([]byte, 64)
-		n, _, _, errno := r.readFile(ctx, d, buf, 0, nil)
-		if errno != 0 || !bytes.Equal(buf[:n], a[:64]) {
-			read <- fmt.Errorf("loader's read: %d bytes, errno %v", n, errno)
-			return
-		}
-		read <- nil
-	}()
+	read := loaderRead(ctx, r, d, a[:64]) // the ELF header
 	for f.blocked.Load() == 0 {
 		if ctx.Err() != nil {
 			t.Fatal("the reader's fetch did not start")
@@ -359,15 +342,7 @@ func TestPartialLibraryHeadInFlight(t *testing.T) {
 	cache := fstest.NewMemCache()
 	r := newTestRoot(t, l, f, Options{WholeLibrary: 4 << 20, ReadAhead: -1, NeighbourWindow: -1, Cache: cache})
 	r.link.slow.Store(true)
-	var d uint32
-	for _, n := range []string{"usr", "lib", "libbig.so"} {
-		k, ok := r.t.child(d, n)
-		if !ok {
-			t.Fatalf("no %s", n)
-		}
-		d = k
-	}
-	d = r.t.nodes[d].data
+	d := dataNode(t, r, "usr/lib/libbig.so")
 	// Every background token is taken: the job queued at open waits.
 	for range slowLinkJobs {
 		r.slowJobs <- struct{}{}
@@ -378,16 +353,7 @@ func TestPartialLibraryHeadInFlight(t *testing.T) {
 	if _, _, errno := r.open(ctx, d); errno != 0 {
 		t.Fatal(errno)
 	}
-	read := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 4096)
-		n, _, _, errno := r.readFile(ctx, d, buf, 0, nil)
-		if errno != 0 || !bytes.Equal(buf[:n], lib[:4096]) {
-			read <- fmt.Errorf("loader's read: %d bytes, errno %v", n, errno)
-			return
-		}
-		read <- nil
-	}()
+	read := loaderRead(ctx, r, d, lib[:4096])
 	select {
 	case <-started: // the reader's fetch of the first chunk
 	case <-ctx.Done():
@@ -436,15 +402,7 @@ func TestSlowLinkLibraryReadAheadSkipsCode(t *testing.T) {
 			cache := fstest.NewMemCache()
 			r := newTestRoot(t, l, fstest.NewBlobFetcher(l.blob), Options{WholeLibrary: -1, NeighbourWindow: -1, ReadAhead: 16, Cache: cache})
 			r.link.slow.Store(slow)
-			var d uint32
-			for _, n := range []string{"usr", "lib", "libbig.so"} {
-				k, ok := r.t.child(d, n)
-				if !ok {
-					t.Fatalf("no %s", n)
-				}
-				d = k
-			}
-			d = r.t.nodes[d].data
+			d := dataNode(t, r, "usr/lib/libbig.so")
 			ctx := context.Background()
 			fh, _, errno := r.open(ctx, d)
 			if errno != 0 {
@@ -487,6 +445,33 @@ func TestSlowLinkLibraryReadAheadSkipsCode(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loaderRead reads the start of data node d in the background, as a
+// loader reads a library it has just opened, and reports on the channel
+// whether it read want.
+func loaderRead(ctx context.Context, r *Root, d uint32, want []byte) <-chan error {
+	read := make(chan error, 1)
+	go func() {
+		buf := make([]byte, len(want))
+		n, _, _, errno := r.readFile(ctx, d, buf, 0, nil)
+		if errno != 0 || !bytes.Equal(buf[:n], want) {
+			read <- fmt.Errorf("loader's read: %d bytes, errno %v", n, errno)
+			return
+		}
+		read <- nil
+	}()
+	return read
+}
+
+// dataNode returns the data node of the file at path p in r.
+func dataNode(t *testing.T, r *Root, p string) uint32 {
+	t.Helper()
+	i, ok := r.resolve(p)
+	if !ok {
+		t.Fatalf("no %s", p)
+	}
+	return r.t.nodes[i].data
 }
 
 func FuzzExecSegment(f *testing.F) {
