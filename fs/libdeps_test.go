@@ -269,18 +269,27 @@ func segmentedELF(head, codeSize int) []byte {
 	return b
 }
 
+// partialLibrary is the layer of the partial-library tests: usr/lib/libbig.so
+// (lib, 64 KiB chunks, a code segment of partialCode bytes at 64 KiB), the
+// chunks [skipFirst, skipLast) wholly inside its code past partialLibCode,
+// and its number of chunks.
+func partialLibrary(t *testing.T) (lib []byte, l *testLayer, skipFirst, skipLast, all int) {
+	const chunk = 64 << 10
+	lib = partialELF(partialCode)
+	l = convertLayer(t, toctest.Tar(t, []toctest.File{reg("usr/lib/libbig.so", 0o644, lib)}), chunk)
+	// Chunks wholly inside [64 KiB + 192 KiB, 64 KiB + code).
+	skipFirst, skipLast = (64<<10+partialLibCode)/chunk, (64<<10+partialCode)/chunk
+	return lib, l, skipFirst, skipLast, (len(lib) + chunk - 1) / chunk
+}
+
+const partialCode = 1536 << 10
+
 // TestPartialLibrary: on a slow link a big library is fetched at open
 // without the chunks of its executable segment past the first 192 KiB; on
 // a fast one whole. Either way it reads byte for byte.
 func TestPartialLibrary(t *testing.T) {
-	const chunk = 64 << 10
-	const code = 1536 << 10
-	lib := partialELF(code)
-	l := convertLayer(t, toctest.Tar(t, []toctest.File{reg("usr/lib/libbig.so", 0o644, lib)}), chunk)
-	// Chunks wholly inside [64 KiB + 192 KiB, 64 KiB + code).
-	skipFirst, skipLast := (64<<10+partialLibCode)/chunk, (64<<10+code)/chunk
-	all := (len(lib) + chunk - 1) / chunk
-	if off, size, ok := execSegment(lib); !ok || off != 64<<10 || size != code {
+	lib, l, skipFirst, skipLast, all := partialLibrary(t)
+	if off, size, ok := execSegment(lib); !ok || off != 64<<10 || size != partialCode {
 		t.Fatalf("execSegment = %d, %d, %v", off, size, ok)
 	}
 	for _, slow := range []bool{true, false} {
@@ -332,12 +341,7 @@ func TestPartialLibrary(t *testing.T) {
 // without the code (it was fetched whole: 20 of the 27 big libraries of a
 // cold import torch at 200 Mbit/s, 31.5 MB where their code was not needed).
 func TestPartialLibraryHeadInFlight(t *testing.T) {
-	const chunk = 64 << 10
-	const code = 1536 << 10
-	lib := partialELF(code)
-	l := convertLayer(t, toctest.Tar(t, []toctest.File{reg("usr/lib/libbig.so", 0o644, lib)}), chunk)
-	skipFirst, skipLast := (64<<10+partialLibCode)/chunk, (64<<10+code)/chunk
-	all := (len(lib) + chunk - 1) / chunk
+	lib, l, skipFirst, skipLast, all := partialLibrary(t)
 	f := fstest.NewBlobFetcher(l.blob)
 	cache := fstest.NewMemCache()
 	r := newTestRoot(t, l, f, Options{WholeLibrary: 4 << 20, ReadAhead: -1, NeighbourWindow: -1, Cache: cache})
