@@ -16,9 +16,10 @@ var (
 	_ cacheHaser     = (*blobcache.Badger)(nil)
 	_ cacheGetIntoer = (*blobcache.Badger)(nil)
 
-	_ OwnedChunkFetcher   = (*remote.Blob)(nil)
-	_ OwnedChunkFetcher   = (*fstest.BlobFetcher)(nil)
-	_ cacheChecksumPutter = (*blobcache.Badger)(nil)
+	_ OwnedChunkFetcher    = (*remote.Blob)(nil)
+	_ ClaimingChunkFetcher = (*remote.Blob)(nil)
+	_ OwnedChunkFetcher    = (*fstest.BlobFetcher)(nil)
+	_ cacheChecksumPutter  = (*blobcache.Badger)(nil)
 )
 
 // The registry fetcher verifies every chunk, so fs may skip its own hash.

@@ -50,6 +50,46 @@ type OwnedChunkFetcher interface {
 	FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error
 }
 
+// ClaimingChunkFetcher is the optional ChunkFetcher method (fs/remote's
+// Blob has it) that background fetches use so as not to hold chunks while
+// they wait for a request slot: each request, once it may start, calls
+// claim(i) for each index of chunks it covers and fetches only those
+// claimed; the Root registers a chunk as in flight there, so a reader that
+// needs it meanwhile fetches it itself instead of waiting behind other
+// background work. Chunks not claimed are neither fetched nor delivered and
+// are no error; claim is called again, and must return true again, for a
+// chunk it claimed whose fetch is retried. get, fn and own are as with
+// OwnedChunkFetcher (get may be nil: own is then false). A wrapper that
+// passes it on to a fetcher without it can use FetchClaimedFirst.
+type ClaimingChunkFetcher interface {
+	FetchChunksClaimed(ctx context.Context, chunks []toc.Chunk, claim func(i int) bool, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error
+}
+
+// FetchClaimedFirst is FetchChunksClaimed for a fetcher without it: it
+// claims every chunk first and fetches those claimed.
+func FetchClaimedFirst(ctx context.Context, f ChunkFetcher, chunks []toc.Chunk, claim func(i int) bool, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error {
+	var sub []toc.Chunk
+	var at []int
+	for i := range chunks {
+		if claim(i) {
+			sub, at = append(sub, chunks[i]), append(at, i)
+		}
+	}
+	if len(sub) == 0 {
+		return nil
+	}
+	back := func(k int, data []byte, own bool) error {
+		if k < 0 || k >= len(at) {
+			return fmt.Errorf("fetcher delivered chunk %d of %d", k, len(at))
+		}
+		return fn(at[k], data, own)
+	}
+	if of, ok := f.(OwnedChunkFetcher); ok && get != nil {
+		return of.FetchChunksOwned(ctx, sub, get, back)
+	}
+	return f.FetchChunks(ctx, sub, func(k int, data []byte) error { return back(k, data, false) })
+}
+
 // LinkMeter is the optional ChunkFetcher method (fs/remote's Blob has it)
 // that reports what the fetcher measured of the link behind it: the fastest
 // rate in compressed bytes per second, round trip excluded, how many

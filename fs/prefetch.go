@@ -355,32 +355,16 @@ func (p *Prefetcher) runBatches(workers int, next func(yield func(batch) bool)) 
 // fetchBatch fetches the chunks of b that are neither cached nor being
 // fetched by a reader, read-ahead or another batch; for those in flight it
 // waits for that fetch (as a reader would) instead of fetching them again.
+// Each chunk is claimed only when its request may start (fetchBackground).
 func (p *Prefetcher) fetchBatch(b batch) {
 	r := p.r
 	defer p.reserved.Add(-b.reserve)
-	var todo, busy []int
-	var mine, theirs []*flight
 	landed := func(i int) {
 		p.markLocal(b.l, i)
 		if b.profile {
 			p.profileLocal.Add(1)
 		}
 	}
-	defer func() {
-		// Chunks another fetch had in flight (a reader, read-ahead, or a
-		// chunk of the same content) are local once it landed, if it did.
-		for k, i := range busy {
-			select {
-			case <-theirs[k].done:
-			case <-p.ctx.Done():
-				return
-			}
-			c := &b.l.toc.Chunks[i]
-			if r.hot.has(c.Sum) || r.cacheHas(p.ctx, c) {
-				landed(i)
-			}
-		}
-	}()
 	// Run no faster than the cache stores what the prefetch fetches (a
 	// chunk the cache writer had no room for would be served once and
 	// lost), and wait before claiming: a reader that needs a chunk must
@@ -388,35 +372,54 @@ func (p *Prefetcher) fetchBatch(b batch) {
 	if !r.waitQueueRoom(p.ctx, len(b.idx)) {
 		return
 	}
+	var todo []int
 	for _, i := range b.idx {
-		c := &b.l.toc.Chunks[i]
-		if r.cacheHas(p.ctx, c) {
+		if r.cacheHas(p.ctx, &b.l.toc.Chunks[i]) {
 			landed(i)
 			continue
 		}
-		f, ok := r.claim(c.Sum)
-		if !ok {
-			busy, theirs = append(busy, i), append(theirs, f)
-			continue
-		}
-		todo, mine = append(todo, i), append(mine, f)
+		todo = append(todo, i)
 	}
 	if len(todo) == 0 {
 		return
 	}
-	defer r.land(b.l, todo, mine)
+	var mu sync.Mutex
+	var busy []int
+	var theirs []*flight
+	var local atomic.Int64
+	skipped := func(i int, f *flight) {
+		if f == nil {
+			local.Add(1)
+			landed(i)
+			return
+		}
+		mu.Lock()
+		busy, theirs = append(busy, i), append(theirs, f)
+		mu.Unlock()
+	}
 	p.batches.Add(1)
-	var got atomic.Int64
-	_, err := r.fetch(p.ctx, b.l, todo, func(i int, data []byte) {
-		got.Add(1)
+	n, err := r.fetchBackground(p.ctx, b.l, todo, skipped, func(i int, data []byte) {
 		p.fetchedBytes.Add(int64(len(data)))
 		landed(i)
 	})
-	r.stats.prefetched.Add(got.Load())
+	r.stats.prefetched.Add(n)
 	if err != nil {
-		p.failed.Add(int64(len(todo)) - got.Load())
+		p.failed.Add(int64(len(todo)-len(busy)) - n - local.Load())
 		if p.ctx.Err() == nil {
 			r.log.Warn("prefetch failed; reads will fetch the chunks themselves", "layer", b.l.name, "chunks", len(todo), "error", err)
+		}
+	}
+	// Chunks another fetch had in flight (a reader, read-ahead, or a
+	// chunk of the same content) are local once it landed, if it did.
+	for k, i := range busy {
+		select {
+		case <-theirs[k].done:
+		case <-p.ctx.Done():
+			return
+		}
+		c := &b.l.toc.Chunks[i]
+		if r.hot.has(c.Sum) || r.cacheHas(p.ctx, c) {
+			landed(i)
 		}
 	}
 }

@@ -4,7 +4,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -192,7 +194,17 @@ func (g *gatedFetcher) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk,
 func (g *gatedFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
 	if ctx.Value(bgKey{}) == nil {
 		g.fg.Add(int64(len(chunks)))
-		return g.BlobFetcher.FetchChunks(ctx, chunks, fn)
+	}
+	if err := g.hold(ctx); err != nil {
+		return err
+	}
+	return g.BlobFetcher.FetchChunks(ctx, chunks, fn)
+}
+
+// hold holds a background fetch until the gate opens.
+func (g *gatedFetcher) hold(ctx context.Context) error {
+	if ctx.Value(bgKey{}) == nil {
+		return nil
 	}
 	select {
 	case g.started <- struct{}{}:
@@ -200,10 +212,10 @@ func (g *gatedFetcher) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn f
 	}
 	select {
 	case <-g.gate:
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return g.BlobFetcher.FetchChunks(ctx, chunks, fn)
 }
 
 // A foreground read of a chunk at the end of the profile does not wait for
@@ -259,6 +271,76 @@ func TestPrefetchForegroundJumpsQueue(t *testing.T) {
 	}
 	if _, err := os.ReadFile(filepath.Join(dir, "lib/c.so")); err == nil {
 		t.Fatal("a file outside the profile read without the registry: the check above proves nothing")
+	}
+}
+
+// claimGatedFetcher is a gatedFetcher that takes claims as fs/remote does:
+// a background fetch claims its chunks only once it passes the gate, as a
+// request does once it has its slot.
+type claimGatedFetcher struct{ *gatedFetcher }
+
+func (g claimGatedFetcher) FetchChunksClaimed(ctx context.Context, chunks []toc.Chunk, claim func(int) bool, _ func(int) []byte, fn func(int, []byte, bool) error) error {
+	if err := g.hold(ctx); err != nil {
+		return err
+	}
+	return FetchClaimedFirst(ctx, g.BlobFetcher, chunks, claim, nil, fn)
+}
+
+// A reader never waits for a background fetch that has not started: with a
+// fetcher that claims chunks as requests start (fs/remote, whose background
+// requests wait for a slot behind others), a read of a chunk in a profile
+// batch held back gets it at once, and the batch then skips it instead of
+// fetching it again. (Claimed before the wait, the read would wait for the
+// gate.)
+func TestPrefetchQueuedBatchClaimsNothing(t *testing.T) {
+	l, files := prefetchLayer(t, 32)
+	g := &gatedFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}), started: make(chan struct{}, 1)}
+	l.fetcher = nil
+	opts := noBackground
+	opts.Cache = fstest.NewMemCache()
+	opts.PrefetchContext = markBackground
+	dir, r := mountFetcher(t, l, claimGatedFetcher{g}, opts)
+
+	// One worker, 64 KiB batches: the held batch is big.bin's first four
+	// chunks.
+	p := startHeld(t, r, g, l, []string{"app/big.bin", "lib/d.so"})
+	read := make(chan error, 1)
+	go func() {
+		f, err := os.Open(filepath.Join(dir, "app/big.bin"))
+		if err != nil {
+			read <- err
+			return
+		}
+		defer f.Close()
+		got := make([]byte, 4*pfChunk)
+		if _, err := io.ReadFull(f, got); err != nil {
+			read <- err
+			return
+		}
+		if !bytes.Equal(got, files["app/big.bin"][:4*pfChunk]) {
+			read <- errors.New("wrong bytes")
+		}
+		read <- nil
+	}()
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		close(g.gate)
+		t.Fatal("the read waited for a held background batch that had claimed its chunks")
+	}
+	if fg := g.fg.Load(); fg < 4 {
+		t.Fatalf("the read fetched %d chunks, want at least the 4 it read", fg)
+	}
+	close(g.gate)
+	st := waitPrefetch(t, p)
+	if _, delivered, _ := g.Stats(); delivered != int64(st.ProfileChunks) {
+		t.Fatalf("%d chunks delivered for a profile of %d: the batch fetched the read's chunks again", delivered, st.ProfileChunks)
+	}
+	if st.ProfileLocal != st.ProfileChunks {
+		t.Fatalf("profile not all local: %+v", st)
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -597,19 +596,29 @@ func (r *Root) cacheHas(ctx context.Context, c *toc.Chunk) bool {
 // deliver (if not nil).
 // On error it returns the index of a chunk that was not delivered.
 func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i int, data []byte)) (int, error) {
+	return r.fetchClaimed(ctx, l, idx, nil, func(k int, data []byte) {
+		if deliver != nil {
+			deliver(idx[k], data)
+		}
+	})
+}
+
+// fetchClaimed is fetch with deliver given k, the chunk's place in idx.
+// With claim, the chunks are claimed as their requests start
+// (ClaimingChunkFetcher); one whose claim returned false is no error.
+func (r *Root) fetchClaimed(ctx context.Context, l *layer, idx []int, claim func(k int) bool, deliver func(k int, data []byte)) (int, error) {
 	chunks := make([]toc.Chunk, len(idx))
-	var compressed int64 // for the link's rate (noteFetch)
 	for k, i := range idx {
 		chunks[k] = l.toc.Chunks[i]
-		compressed += int64(chunks[k].CompressedSize)
 	}
 	start := time.Now()
 	got := make([]bool, len(idx))
+	var claimed []bool // nil: all
 	vf, ok := l.fetcher.(verifyingFetcher)
 	trusted := ok && vf.VerifiesChunks()
 	got1 := func(k int, data []byte, own bool) error {
-		if k < 0 || k >= len(chunks) {
-			return fmt.Errorf("fetcher delivered chunk %d of %d", k, len(chunks))
+		if k < 0 || k >= len(chunks) || claimed != nil && !claimed[k] {
+			return fmt.Errorf("fetcher delivered chunk %d of %d, not claimed", k, len(chunks))
 		}
 		c := &chunks[k]
 		if len(data) != int(c.Size) || (!trusted && sha256.Sum256(data) != c.Sum) {
@@ -626,9 +635,7 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		if h != nil && r.checksums {
 			h.check, h.checked = blobcache.Checksum(data), true
 		}
-		if deliver != nil {
-			deliver(idx[k], data)
-		}
+		deliver(k, data)
 		switch {
 		case h != nil:
 			r.queuePut(h)
@@ -638,15 +645,35 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 		got[k] = true
 		return nil
 	}
+	var get func(int) []byte
+	of, owned := l.fetcher.(OwnedChunkFetcher)
+	if owned {
+		get = r.hot.buf
+	}
 	var err error
-	if of, ok := l.fetcher.(OwnedChunkFetcher); ok {
-		err = of.FetchChunksOwned(ctx, chunks, r.hot.buf, got1)
-	} else {
+	switch {
+	case claim != nil:
+		claimed = make([]bool, len(idx))
+		mark := func(k int) bool {
+			if k < 0 || k >= len(idx) || !claim(k) {
+				return false
+			}
+			claimed[k] = true
+			return true
+		}
+		if cf, ok := l.fetcher.(ClaimingChunkFetcher); ok {
+			err = cf.FetchChunksClaimed(ctx, chunks, mark, get, got1)
+		} else {
+			err = FetchClaimedFirst(ctx, l.fetcher, chunks, mark, get, got1)
+		}
+	case owned:
+		err = of.FetchChunksOwned(ctx, chunks, get, got1)
+	default:
 		err = l.fetcher.FetchChunks(ctx, chunks, func(k int, data []byte) error { return got1(k, data, false) })
 	}
 	if err == nil {
 		for k := range got {
-			if !got[k] {
+			if !got[k] && (claimed == nil || claimed[k]) {
 				err = fmt.Errorf("chunk %d: %w: fetcher did not deliver it", idx[k], ErrChunkUnavailable)
 				break
 			}
@@ -654,16 +681,83 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 	}
 	if err != nil {
 		for k := range got {
-			if !got[k] {
+			if !got[k] && (claimed == nil || claimed[k]) {
 				return idx[k], err
 			}
 		}
 		return idx[0], err
 	}
+	var compressed int64 // for the link's rate (noteFetch)
+	for k := range got {
+		if got[k] {
+			compressed += int64(chunks[k].CompressedSize)
+		}
+	}
 	if !r.pollLink(l.fetcher) {
 		r.noteFetch(compressed, time.Since(start))
 	}
 	return 0, nil
+}
+
+// fetchBackground fetches chunks idx of l for background work (read-ahead,
+// neighbour windows, libraries, profile prefetch, fill), claiming each only
+// when the request that fetches it may start (ClaimingChunkFetcher): until
+// then a reader that needs the chunk fetches it itself and the request
+// skips it, so that no reader waits for background requests queued behind
+// others for a request slot (many mounts share a node's fetcher). A chunk
+// local by then (hot set or cache) is skipped, and skipped(i, nil) called;
+// one another fetch has in flight is left to it, and skipped(i, its
+// flight) called. skipped may be called from several goroutines at once.
+// Each chunk's flight lands as soon as the chunk is in the hot set; got (if
+// not nil) is called for each chunk fetched. It returns how many were.
+func (r *Root) fetchBackground(ctx context.Context, l *layer, idx []int, skipped func(i int, f *flight), got func(i int, data []byte)) (int64, error) {
+	flights := make([]*flight, len(idx))
+	landed := make([]bool, len(idx))
+	skip := func(i int, f *flight) bool {
+		if skipped != nil {
+			skipped(i, f)
+		}
+		return false
+	}
+	claim := func(k int) bool {
+		if flights[k] != nil {
+			return true // its fetch is retried
+		}
+		c := &l.toc.Chunks[idx[k]]
+		if r.hot.has(c.Sum) || r.cacheHas(ctx, c) {
+			return skip(idx[k], nil)
+		}
+		f, mine := r.claim(c.Sum)
+		if !mine {
+			return skip(idx[k], f)
+		}
+		if r.hot.has(c.Sum) { // landed between the check and the claim
+			r.land(l, idx[k:k+1], []*flight{f})
+			return skip(idx[k], nil)
+		}
+		flights[k] = f
+		return true
+	}
+	defer func() {
+		for k, f := range flights {
+			if f != nil && !landed[k] {
+				r.land(l, idx[k:k+1], flights[k:k+1])
+			}
+		}
+	}()
+	var n atomic.Int64
+	_, err := r.fetchClaimed(ctx, l, idx, claim, func(k int, data []byte) {
+		n.Add(1)
+		if got != nil {
+			got(idx[k], data)
+		}
+		// Land it now, not when the whole fetch ends: a reader waiting
+		// for the first chunk of a 4 MiB job gets it after that chunk's
+		// transfer, not the job's.
+		landed[k] = true
+		r.land(l, idx[k:k+1], flights[k:k+1])
+	})
+	return n.Load(), err
 }
 
 // flight is a fetch of one chunk in progress (by a reader or read-ahead);
@@ -1002,48 +1096,19 @@ func (r *Root) runPrefetch(j prefetchJob) {
 		}
 	}
 	var todo []int
-	var flights []*flight
 	for i := j.first; i < j.last; i++ {
-		c := &j.l.toc.Chunks[i]
-		if r.cacheHas(r.bgctx, c) {
-			continue
+		if !r.cacheHas(r.bgctx, &j.l.toc.Chunks[i]) {
+			todo = append(todo, i)
 		}
-		f, mine := r.claim(c.Sum)
-		if !mine {
-			continue
-		}
-		todo = append(todo, i)
-		flights = append(flights, f)
 	}
 	if len(todo) == 0 {
 		return
 	}
-	// Land each chunk's flight as soon as it is in the hot set, not when
-	// the whole job ends: a reader waiting for the first chunk of a 4 MiB
-	// job gets it after that chunk's transfer, not the job's.
-	landed := make([]bool, len(todo))
-	defer func() {
-		for k, i := range todo {
-			if !landed[k] {
-				r.land(j.l, []int{i}, flights[k:k+1])
-			}
-		}
-	}()
-	deliver := func(i int, data []byte) {
-		k, ok := slices.BinarySearch(todo, i)
-		if !ok || landed[k] {
-			return
-		}
-		landed[k] = true
-		r.land(j.l, todo[k:k+1], flights[k:k+1])
+	n, err := r.fetchBackground(r.bgctx, j.l, todo, nil, nil)
+	r.stats.prefetched.Add(n)
+	if err != nil && r.ctx.Err() == nil {
+		r.log.Debug("read-ahead failed", "layer", j.l.name, "path", j.path, "error", err)
 	}
-	if _, err := r.fetch(r.bgctx, j.l, todo, deliver); err != nil {
-		if r.ctx.Err() == nil {
-			r.log.Debug("read-ahead failed", "layer", j.l.name, "path", j.path, "error", err)
-		}
-		return
-	}
-	r.stats.prefetched.Add(int64(len(todo)))
 }
 
 // Prefetch fetches every chunk of the regular file at path (relative to the

@@ -472,6 +472,10 @@ func mountLayers(ctx context.Context, img *remote.Image, layers []*Layer, layer,
 	return m, nil
 }
 
+// fetchCounter passes on fs/remote's claims: without them every background
+// fetch would claim its chunks before waiting for a request slot.
+var _ fs.ClaimingChunkFetcher = (*fetchCounter)(nil)
+
 // fetchCounter counts what one mount's layer fetched through a fetcher
 // that other mounts may share.
 type fetchCounter struct {
@@ -488,19 +492,35 @@ func (c *fetchCounter) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn f
 // fetcher decodes into the caller's buffers (fs/remote), and otherwise
 // delivers with own false.
 func (c *fetchCounter) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, get func(int) []byte, fn func(int, []byte, bool) error) error {
+	return c.count(chunks, fn, func(fn func(int, []byte, bool) error) error {
+		if of, ok := c.f.(fs.OwnedChunkFetcher); ok && get != nil {
+			return of.FetchChunksOwned(ctx, chunks, get, fn)
+		}
+		return c.f.FetchChunks(ctx, chunks, func(i int, data []byte) error { return fn(i, data, false) })
+	})
+}
+
+// FetchChunksClaimed passes the claims through when the wrapped fetcher
+// takes them (fs/remote), and otherwise claims every chunk first.
+func (c *fetchCounter) FetchChunksClaimed(ctx context.Context, chunks []toc.Chunk, claim func(int) bool, get func(int) []byte, fn func(int, []byte, bool) error) error {
+	return c.count(chunks, fn, func(fn func(int, []byte, bool) error) error {
+		if cf, ok := c.f.(fs.ClaimingChunkFetcher); ok {
+			return cf.FetchChunksClaimed(ctx, chunks, claim, get, fn)
+		}
+		return fs.FetchClaimedFirst(ctx, c.f, chunks, claim, get, fn)
+	})
+}
+
+// count runs fetch with fn counted: chunks and compressed bytes delivered,
+// failures, and the event for the mount's observer.
+func (c *fetchCounter) count(chunks []toc.Chunk, fn func(int, []byte, bool) error, fetch func(func(int, []byte, bool) error) error) error {
 	start := time.Now()
 	var n, nb atomic.Int64
-	count := func(i int, data []byte, own bool) error {
+	err := fetch(func(i int, data []byte, own bool) error {
 		n.Add(1)
 		nb.Add(int64(chunks[i].CompressedSize))
 		return fn(i, data, own)
-	}
-	var err error
-	if of, ok := c.f.(fs.OwnedChunkFetcher); ok && get != nil {
-		err = of.FetchChunksOwned(ctx, chunks, get, count)
-	} else {
-		err = c.f.FetchChunks(ctx, chunks, func(i int, data []byte) error { return count(i, data, false) })
-	}
+	})
 	c.chunks.Add(n.Load())
 	c.bytes.Add(nb.Load())
 	if err != nil {

@@ -386,7 +386,7 @@ func (f *Fetcher) complete(w *want, data []byte, err error, abandoned bool) (sha
 // Under a context marked with Background the requests never take the last
 // quarter of the fetcher's request slots.
 func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i int, data []byte) error) error {
-	return b.fetchChunks(ctx, chunks, nil, func(i int, data []byte, _ bool) error { return fn(i, data) })
+	return b.fetchChunks(ctx, chunks, nil, nil, func(i int, data []byte, _ bool) error { return fn(i, data) })
 }
 
 // FetchChunksOwned is FetchChunks for a caller that keeps chunks (package
@@ -397,10 +397,29 @@ func (b *Blob) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(i in
 // Otherwise data is only valid during the call, as with FetchChunks. A
 // buffer from get that fn did not get to own is dropped, never reused.
 func (b *Blob) FetchChunksOwned(ctx context.Context, chunks []toc.Chunk, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error {
-	return b.fetchChunks(ctx, chunks, get, fn)
+	return b.fetchChunks(ctx, chunks, nil, get, fn)
 }
 
-func (b *Blob) fetchChunks(ctx context.Context, chunks []toc.Chunk, get func(int) []byte, fn func(int, []byte, bool) error) error {
+// FetchChunksClaimed is FetchChunksOwned for work that must not hold chunks
+// while it waits (package fs's read-ahead, profile prefetch and fill, which
+// register each chunk they fetch so that a reader needing it waits for
+// their fetch instead of fetching it again): each run of requests, once it
+// has its request slot, calls claim(i) for each index of chunks it covers
+// and fetches only those for which claim returned true. A reader that
+// needs a chunk meanwhile fetches it itself, and the run then skips it. A
+// chunk whose claim returned false is neither fetched nor delivered and is
+// no error; nor is one never claimed because an earlier error or the end
+// of ctx stopped the call. claim may be called from several goroutines at
+// once, and again for an index it already claimed (a chunk whose fetch by
+// another caller was abandoned is retried): it must then return true.
+func (b *Blob) FetchChunksClaimed(ctx context.Context, chunks []toc.Chunk, claim func(i int) bool, get func(n int) []byte, fn func(i int, data []byte, own bool) error) error {
+	if claim == nil {
+		return errors.New("FetchChunksClaimed: no claim function")
+	}
+	return b.fetchChunks(ctx, chunks, claim, get, fn)
+}
+
+func (b *Blob) fetchChunks(ctx context.Context, chunks []toc.Chunk, claim func(int) bool, get func(int) []byte, fn func(int, []byte, bool) error) error {
 	if len(chunks) == 0 {
 		return nil
 	}
@@ -434,7 +453,7 @@ func (b *Blob) fetchChunks(ctx context.Context, chunks []toc.Chunk, get func(int
 		w.idx = append(w.idx, i)
 	}
 	for len(pending) > 0 {
-		joined, err := b.fetchPlanned(ctx, pending, get, fn)
+		joined, err := b.fetchPlanned(ctx, pending, claim, get, fn)
 		for _, w := range joined {
 			joinedAll = append(joinedAll, w.call)
 		}
@@ -469,7 +488,10 @@ func (b *Blob) fetchChunks(ctx context.Context, chunks []toc.Chunk, get func(int
 // behind a long (background) fetch are not held hostage: whoever starts
 // first fetches them and the others join. It returns the chunks that were
 // already in flight elsewhere, to be awaited.
-func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, get func(int) []byte, fn func(int, []byte, bool) error) ([]*want, error) {
+//
+// With claim (FetchChunksClaimed), a run that has its slot keeps only the
+// chunks the caller claims.
+func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, claim func(int) bool, get func(int) []byte, fn func(int, []byte, bool) error) ([]*want, error) {
 	f := b.f
 	bg := isBackground(ctx)
 	var mu sync.Mutex
@@ -483,6 +505,12 @@ func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, get func(int) []
 					err = c
 				}
 				return fmt.Errorf("blob %s: chunk at %d: waiting for a request slot: %w", b.digest, r[0].c.CompressedOffset, err)
+			}
+			if claim != nil {
+				if r = claimed(r, claim); len(r) == 0 {
+					f.release(bg)
+					return nil
+				}
 			}
 			fl := &flight{refs: 1}
 			own, join := f.claim(r, fl)
@@ -544,6 +572,25 @@ func (b *Blob) fetchPlanned(ctx context.Context, wants []*want, get func(int) []
 		})
 	}
 	return joined, g.Wait()
+}
+
+// claimed keeps the chunks of run that the caller claims, each want with
+// the indices claimed.
+func claimed(run []*want, claim func(int) bool) []*want {
+	kept := run[:0:0]
+	for _, w := range run {
+		idx := w.idx[:0:0]
+		for _, i := range w.idx {
+			if claim(i) {
+				idx = append(idx, i)
+			}
+		}
+		if len(idx) > 0 {
+			w.idx = idx
+			kept = append(kept, w)
+		}
+	}
+	return kept
 }
 
 // claim takes ownership of the chunks of run that nobody is fetching and

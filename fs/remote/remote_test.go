@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -351,9 +352,10 @@ func TestDuplicateChunks(t *testing.T) {
 	}
 }
 
-// Background fetches leave a quarter of the request slots to on-demand
-// reads, and chunks queued behind them are fetched by whoever asks first.
-func TestBackgroundPriority(t *testing.T) {
+// gatedBlob pushes a layer to a registry whose blob GETs wait until gate
+// is closed, and returns its blob through a fetcher of 4 request slots
+// (3 for background work) that makes one request per chunk.
+func gatedBlob(t *testing.T) (*layer, *faults, chan struct{}, *Blob) {
 	l := allTypesLayer(t)
 	gate := make(chan struct{})
 	fl := &faults{}
@@ -361,8 +363,14 @@ func TestBackgroundPriority(t *testing.T) {
 	push(t, host, "lazy/img:v1", l)
 	fl.set(func(f *faults) { f.gate = gate })
 	f := newFetcher(t, WithConcurrency(4), WithMaxGap(0), WithMaxRequestSize(1))
-	b := f.Blob(repoOf(t, host, "lazy/img"), l.digest(), l.res.Size)
-	chunks := l.res.TOC.Chunks // one request per chunk
+	return l, fl, gate, f.Blob(repoOf(t, host, "lazy/img"), l.digest(), l.res.Size)
+}
+
+// Background fetches leave a quarter of the request slots to on-demand
+// reads, and chunks queued behind them are fetched by whoever asks first.
+func TestBackgroundPriority(t *testing.T) {
+	l, fl, gate, b := gatedBlob(t)
+	chunks := l.res.TOC.Chunks
 	bgDone := make(chan error, 1)
 	go func() {
 		_, err := fetchAll(Background(context.Background()), b, chunks)
@@ -399,6 +407,71 @@ func TestBackgroundPriority(t *testing.T) {
 	}
 	if err := <-bgDone; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// FetchChunksClaimed claims each chunk only when its request has a slot:
+// background runs queued behind others claim nothing, and a chunk the
+// caller declines by then is neither requested nor delivered, and is no
+// error.
+func TestFetchChunksClaimedAtSlot(t *testing.T) {
+	l, fl, gate, b := gatedBlob(t)
+	chunks := l.res.TOC.Chunks
+	var mu sync.Mutex
+	claims := map[int]int{}
+	decline := -1
+	claim := func(i int) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		claims[i]++
+		return i != decline
+	}
+	delivered := make([]atomic.Int64, len(chunks))
+	want := l.want(t)
+	done := make(chan error, 1)
+	go func() {
+		done <- b.FetchChunksClaimed(Background(context.Background()), chunks, claim, nil, func(i int, data []byte, _ bool) error {
+			if !bytes.Equal(data, want[i]) {
+				return fmt.Errorf("chunk %d: wrong bytes", i)
+			}
+			delivered[i].Add(1)
+			return nil
+		})
+	}()
+	waitFor(t, func() bool { return fl.inflight.Load() == 3 })
+	time.Sleep(20 * time.Millisecond)
+	mu.Lock()
+	claimedEarly := len(claims)
+	for i := len(chunks) - 1; i >= 0 && decline < 0; i-- {
+		if claims[i] == 0 {
+			decline = i
+		}
+	}
+	mu.Unlock()
+	close(gate)
+	if claimedEarly != 3 {
+		<-done
+		t.Fatalf("%d chunks claimed while 3 requests had slots: runs waiting for a slot claimed theirs", claimedEarly)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i := range chunks {
+		n := delivered[i].Load()
+		switch {
+		case claims[i] != 1:
+			t.Errorf("chunk %d claimed %d times", i, claims[i])
+		case i == decline && n != 0:
+			t.Errorf("declined chunk %d delivered", i)
+		case i != decline && n != 1:
+			t.Errorf("chunk %d delivered %d times", i, n)
+		}
+	}
+	skipped := fmt.Sprintf("bytes=%d-", chunks[decline].CompressedOffset)
+	for _, r := range fl.rangesSeen() {
+		if strings.HasPrefix(r, skipped) {
+			t.Errorf("declined chunk %d requested: %s", decline, r)
+		}
 	}
 }
 
