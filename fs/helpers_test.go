@@ -243,8 +243,7 @@ func (r *refTree) apply(t testing.TB, tarball []byte) {
 			continue
 		}
 		if name == "" {
-			r.root.f = f
-			continue
+			continue // the root: containerd's and Docker's unpacks ignore it
 		}
 		parent := r.resolveDir(dir, mine, true)
 		if parent == nil {

@@ -332,12 +332,10 @@ func (b *builder) lookupFrom(li int, p string) int32 {
 func (b *builder) add(li int, ei uint32) {
 	e := &b.layers[li].toc.Entries[ei]
 	if e.Name == "" {
-		// containerd's unpack ignores an entry that resolves to the root
-		// ("./"): a layer's own directory keeps what the snapshotter gave
-		// it, and so does a per-layer mount's root (borrowLowerAttrs).
-		if e.Type == tar.TypeDir && !b.overlay {
-			b.nodes[0].entry, b.nodes[0].layer, b.nodes[0].kind = ei, uint16(li), kindEntry
-		}
+		// containerd's and Docker's unpacks ignore an entry that resolves
+		// to the root ("./"): a layer's own directory keeps what the
+		// snapshotter gave it, and so do a per-layer mount's root
+		// (borrowLowerAttrs) and the merged view's.
 		return
 	}
 	dir, base := path.Split(e.Name)
