@@ -460,6 +460,14 @@ type callSizes struct {
 	*fstest.BlobFetcher
 	mu    sync.Mutex
 	sizes []int
+	rate  int64 // > 0: the link rate LinkRate reports (else the Root times fetches)
+}
+
+func (c *callSizes) LinkRate() (int64, int64, time.Duration) {
+	if c.rate > 0 {
+		return c.rate, linkSamples, 0
+	}
+	return 0, -1, 0
 }
 
 func (c *callSizes) FetchChunks(ctx context.Context, chunks []toc.Chunk, fn func(int, []byte) error) error {
@@ -497,16 +505,17 @@ func TestBigFileReadAheadJobs(t *testing.T) {
 		name, file string
 		want       []byte
 		latency    time.Duration // per fetch: reads wait, so the window grows
+		rate       int64         // the link's rate, if measured (a fetch of 2 ms per 4 MiB is not under -race)
 		maxJobs    int           // chunks of the largest read-ahead job allowed
 		minJobs    int           // ... and the largest expected at least
 	}{
-		{"small", "small.bin", small, 2 * time.Millisecond, raJobBytes / bigChunk, raJobBytes / bigChunk},
-		{"big", "big.bin", big, 2 * time.Millisecond, bigRAJobBytes / bigChunk, raJobBytes/bigChunk + 1},
+		{"small", "small.bin", small, 2 * time.Millisecond, 1 << 30, raJobBytes / bigChunk, raJobBytes / bigChunk},
+		{"big", "big.bin", big, 2 * time.Millisecond, 1 << 30, bigRAJobBytes / bigChunk, raJobBytes/bigChunk + 1},
 		// 4 MiB in 250 ms is 17 MB/s: the link never shows itself fast.
-		{"big-slow-link", "big.bin", big, 250 * time.Millisecond, raJobBytes / bigChunk, raJobBytes / bigChunk},
+		{"big-slow-link", "big.bin", big, 250 * time.Millisecond, 0, raJobBytes / bigChunk, raJobBytes / bigChunk},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &callSizes{BlobFetcher: fstest.NewBlobFetcher(l.blob)}
+			f := &callSizes{BlobFetcher: fstest.NewBlobFetcher(l.blob), rate: tc.rate}
 			f.SetLatency(tc.latency)
 			dir, _ := mountFetcher(t, l, f, Options{NeighbourWindow: -1, Cache: fstest.NewMemCache()})
 			mustRead(t, filepath.Join(dir, tc.file), tc.want)
