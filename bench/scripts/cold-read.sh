@@ -11,6 +11,9 @@
 # this machine drifts between runs), with the registry's CPU seconds
 # around each read (and with MMAP=1 the loader's time from a fresh mount);
 # the conversion uses $LAZYFS.
+# Every mount gets --profile-dir= (no learned start-up profile): a mount
+# would otherwise prefetch the order the previous round's read recorded,
+# and this measures the read path. MOUNT_FLAGS adds flags to every mount.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -67,7 +70,7 @@ if [ -n "${COMPARE:-}" ]; then
 			rm -rf "$W/cache" "$W/mnt" "$W/state"; mkdir -p "$W/mnt"
 			sync; echo 3 > /proc/sys/vm/drop_caches
 			c0=$(regcpu); t0=$(now)
-			"$b" mount ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+			"$b" mount --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
 			cat "$W/mnt/model.bin" > /dev/null
 			t1=$(now); c1=$(regcpu)
 			"$b" umount --state-dir "$W/state" "$W/mnt" >/dev/null
@@ -76,7 +79,7 @@ if [ -n "${COMPARE:-}" ]; then
 				rm -rf "$W/cache" "$W/state"
 				sync; echo 3 > /proc/sys/vm/drop_caches
 				t0=$(now)
-				"$b" mount ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+				"$b" mount --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
 				python3 bench/scripts/mmapload.py "$W/mnt/model.bin" "$r" >/dev/null
 				t1=$(now)
 				"$b" umount --state-dir "$W/state" "$W/mnt" >/dev/null
@@ -97,7 +100,7 @@ for r in $(seq "$ROUNDS"); do
 	sync; echo 3 > /proc/sys/vm/drop_caches
 	read -r _ u0 n0 s0 i0 _ < /proc/stat
 	t2=$(now)
-	LAZYFS_CPUPROFILE=${LAZYFS_CPUPROFILE:-} "$LAZYFS" mount ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+	LAZYFS_CPUPROFILE=${LAZYFS_CPUPROFILE:-} "$LAZYFS" mount --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
 	cat "$W/mnt/model.bin" > /dev/null
 	[ -z "${SHOW_STATS:-}" ] || "$LAZYFS" stats --state-dir "$W/state" "$W/mnt" >&2
 	t3=$(now)
@@ -109,7 +112,7 @@ for r in $(seq "$ROUNDS"); do
 		rm -rf "$W/cache"
 		sync; echo 3 > /proc/sys/vm/drop_caches
 		t4=$(now)
-		"$LAZYFS" mount ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+		"$LAZYFS" mount --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
 		python3 bench/scripts/mmapload.py "$W/mnt/model.bin" "$r" >/dev/null
 		t5=$(now)
 		[ -z "${SHOW_STATS:-}" ] || "$LAZYFS" stats --state-dir "$W/state" "$W/mnt" >&2
