@@ -376,6 +376,7 @@ type Root struct {
 	checksums bool
 	puts      chan *hotChunk // verified chunks for the cache writer
 	queued    atomic.Int64   // chunks queued for or being written by the cache writer
+	putStart  atomic.Int64   // when the writer started on its current chunk (unix ns; 0: idle)
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	prefetch  chan prefetchJob
@@ -548,6 +549,10 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 // writeQueue bounds the chunks waiting for the cache writer; beyond it
 // fetched chunks are served but not cached.
 const writeQueue = 256
+
+// bgWriteQueue is how full background fetches fill the write queue
+// (queuePutWait): the rest is for chunks fetched for readers.
+const bgWriteQueue = writeQueue * 3 / 4
 
 // hotSetBytes sizes the hot set: twice the largest read-ahead window (a big
 // file's, when the layers have one), so that read-ahead never evicts chunks

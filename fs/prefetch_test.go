@@ -19,6 +19,7 @@ import (
 	"github.com/lazyfs/lazyfs/fs/fstest"
 	"github.com/lazyfs/lazyfs/fs/toc"
 	"github.com/lazyfs/lazyfs/fs/toc/toctest"
+	"github.com/opencontainers/go-digest"
 )
 
 const pfChunk = 16 << 10
@@ -359,6 +360,52 @@ func TestPrefetchIgnoresForeignSpans(t *testing.T) {
 	st := waitPrefetch(t, p)
 	if st.Ignored != 3 || st.ProfileChunks != int64(a.Last-a.First) || st.ProfileLocal != st.ProfileChunks || st.Phase != "done" {
 		t.Fatalf("stats %+v: want 3 ignored and a.py prefetched", st)
+	}
+}
+
+// slowCache is a cache whose Put takes a while, like a busy disk.
+type slowCache struct {
+	*fstest.MemCache
+	delay time.Duration
+}
+
+func (c *slowCache) Put(ctx context.Context, d digest.Digest, data []byte) error {
+	time.Sleep(c.delay)
+	return c.MemCache.Put(ctx, d, data)
+}
+
+// A prefetch whose batches outrun the cache writer drops nothing: a chunk
+// fetched in the background waits for room in the writer's queue while the
+// writer makes progress, so every chunk is cached, each fetched once.
+// (With batches that only checked for room before they started, four of
+// 128 chunks each overfilled the 256-place queue, and the chunks left over
+// were fetched and dropped.)
+func TestPrefetchSlowCacheDropsNothing(t *testing.T) {
+	l, _ := prefetchLayer(t, 1024)
+	f := fstest.NewBlobFetcher(l.blob)
+	cache := &slowCache{MemCache: fstest.NewMemCache(), delay: 200 * time.Microsecond}
+	opts := noBackground
+	opts.Cache = cache
+	r := newTestRoot(t, l, f, opts)
+	p, err := r.StartPrefetch([]ChunkSpan{fileSpan(t, l, "app/big.bin")}, PrefetchOptions{Workers: 4, MaxBatch: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitPrefetch(t, p)
+	if err := r.FlushCache(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.Stats(); s.CacheSkipped != 0 || st.ProfileLocal != st.ProfileChunks {
+		t.Fatalf("%d chunks fetched and not cached; prefetch %+v", s.CacheSkipped, st)
+	}
+	if _, delivered, _ := f.Stats(); delivered != st.ProfileChunks {
+		t.Fatalf("%d chunks delivered for a profile of %d", delivered, st.ProfileChunks)
+	}
+	span := fileSpan(t, l, "app/big.bin")
+	for i := span.First; i < span.Last; i++ {
+		if ok, _ := cache.Has(context.Background(), l.toc.Chunks[i].Digest()); !ok {
+			t.Fatalf("chunk %d prefetched and not cached", i)
+		}
 	}
 }
 
