@@ -63,7 +63,7 @@ func (r *Root) startBulk(d uint32, off int64) {
 	fill:
 		for _, span := range [][2]int{{from, end}, {first, from}} {
 			for i := span[0]; i < span[1]; i += bulkWindow {
-				j := prefetchJob{l: l, first: i, last: min(i+bulkWindow, span[1]), path: e.Name}
+				j := prefetchJob{l: l, first: i, last: min(i+bulkWindow, span[1]), path: e.Name, paced: true}
 				if !r.waitQueueRoom(ctx, bulkWindow) {
 					break fill
 				}

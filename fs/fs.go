@@ -377,19 +377,24 @@ type Root struct {
 	puts      chan *hotChunk // verified chunks for the cache writer
 	queued    atomic.Int64   // chunks queued for or being written by the cache writer
 	putStart  atomic.Int64   // when the writer started on its current chunk (unix ns; 0: idle)
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	prefetch  chan prefetchJob
-	inflight  sync.Map // [32]byte chunk sum → *flight: fetches in progress
-	nb        neighbourUse
-	depsSeen  sync.Map // uint32 data node → true: libraries whose dependencies were (or are to be) looked up
-	libCode   sync.Map // uint32 data node → [2]int: chunks of a library's code (libraryCode)
-	reported  sync.Map // chunkKey → struct{}: EIO already logged
-	spool     *spool
-	bufs      sync.Pool  // *[]byte chunk buffers for partial cache reads
-	lifeMu    sync.Mutex // orders spawn against Close
-	bulkMu    sync.Mutex
-	bulks     map[uint32]bool // nodes whose file a bulk fill is fetching
+	// room is closed (and replaced) when the writer's queue has room again
+	// for background fetches waiting in queuePutWait (roomWaiters).
+	roomMu      sync.Mutex
+	room        chan struct{}
+	roomWaiters atomic.Int64
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+	prefetch    chan prefetchJob
+	inflight    sync.Map // [32]byte chunk sum → *flight: fetches in progress
+	nb          neighbourUse
+	depsSeen    sync.Map // uint32 data node → true: libraries whose dependencies were (or are to be) looked up
+	libCode     sync.Map // uint32 data node → [2]int: chunks of a library's code (libraryCode)
+	reported    sync.Map // chunkKey → struct{}: EIO already logged
+	spool       *spool
+	bufs        sync.Pool  // *[]byte chunk buffers for partial cache reads
+	lifeMu      sync.Mutex // orders spawn against Close
+	bulkMu      sync.Mutex
+	bulks       map[uint32]bool // nodes whose file a bulk fill is fetching
 	// profiled is, per layer, a bit per chunk named by the start-up profile
 	// being prefetched (nil without one): reads are lean then, and a miss of
 	// a profiled chunk gets windows only over the profile's chunks
@@ -533,6 +538,7 @@ func NewRoot(layers []Layer, opts Options) (*Root, error) {
 	_, r.checksums = opts.Cache.(cacheChecksumPutter)
 	if opts.Cache != nil {
 		r.puts = make(chan *hotChunk, writeQueue)
+		r.room = make(chan struct{})
 		r.wg.Add(1)
 		go r.cacheWriter()
 	}

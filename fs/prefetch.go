@@ -398,7 +398,10 @@ func (p *Prefetcher) fetchBatch(b batch) {
 		mu.Unlock()
 	}
 	p.batches.Add(1)
-	n, err := r.fetchBackground(p.ctx, b.l, todo, skipped, func(i int, data []byte) {
+	// Fill batches run far ahead of the workload and wait for the cache;
+	// the profile's are needed soon, and readers take them from the hot
+	// set whether or not the cache kept up.
+	n, err := r.fetchBackground(p.ctx, b.l, todo, !b.profile, skipped, func(i int, data []byte) {
 		p.fetchedBytes.Add(int64(len(data)))
 		landed(i)
 	})

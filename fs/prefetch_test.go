@@ -374,20 +374,20 @@ func (c *slowCache) Put(ctx context.Context, d digest.Digest, data []byte) error
 	return c.MemCache.Put(ctx, d, data)
 }
 
-// A prefetch whose batches outrun the cache writer drops nothing: a chunk
-// fetched in the background waits for room in the writer's queue while the
-// writer makes progress, so every chunk is cached, each fetched once.
-// (With batches that only checked for room before they started, four of
-// 128 chunks each overfilled the 256-place queue, and the chunks left over
-// were fetched and dropped.)
-func TestPrefetchSlowCacheDropsNothing(t *testing.T) {
+// A fill whose batches outrun the cache writer drops nothing: a chunk it
+// fetches waits for room in the writer's queue while the writer makes
+// progress, so every chunk is cached, each fetched once. (With batches
+// that only checked for room before they started, four of 128 chunks each
+// overfilled the 256-place queue, and the chunks left over were fetched
+// and dropped.)
+func TestFillSlowCacheDropsNothing(t *testing.T) {
 	l, _ := prefetchLayer(t, 1024)
 	f := fstest.NewBlobFetcher(l.blob)
 	cache := &slowCache{MemCache: fstest.NewMemCache(), delay: 200 * time.Microsecond}
 	opts := noBackground
 	opts.Cache = cache
 	r := newTestRoot(t, l, f, opts)
-	p, err := r.StartPrefetch([]ChunkSpan{fileSpan(t, l, "app/big.bin")}, PrefetchOptions{Workers: 4, MaxBatch: 4 << 20})
+	p, err := r.StartPrefetch([]ChunkSpan{fileSpan(t, l, "lib/d.so")}, PrefetchOptions{Fill: true, FillWorkers: 4, MaxBatch: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,16 +395,15 @@ func TestPrefetchSlowCacheDropsNothing(t *testing.T) {
 	if err := r.FlushCache(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if s := r.Stats(); s.CacheSkipped != 0 || st.ProfileLocal != st.ProfileChunks {
+	if s := r.Stats(); s.CacheSkipped != 0 || st.ImageLocal != st.ImageChunks {
 		t.Fatalf("%d chunks fetched and not cached; prefetch %+v", s.CacheSkipped, st)
 	}
-	if _, delivered, _ := f.Stats(); delivered != st.ProfileChunks {
-		t.Fatalf("%d chunks delivered for a profile of %d", delivered, st.ProfileChunks)
+	if _, delivered, _ := f.Stats(); delivered != st.ImageChunks {
+		t.Fatalf("%d chunks delivered for an image of %d", delivered, st.ImageChunks)
 	}
-	span := fileSpan(t, l, "app/big.bin")
-	for i := span.First; i < span.Last; i++ {
+	for i := range l.toc.Chunks {
 		if ok, _ := cache.Has(context.Background(), l.toc.Chunks[i].Digest()); !ok {
-			t.Fatalf("chunk %d prefetched and not cached", i)
+			t.Fatalf("chunk %d filled and not cached", i)
 		}
 	}
 }

@@ -262,8 +262,9 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 	// fetch in parallel: parallel range requests across one big file,
 	// whatever the fetcher does within one call.
 	step := max(1, h.jobBytes(e)/max(1, int(l.toc.ChunkSize)))
+	paced := h.bigFile(e)
 	for i := from; i < to; i += step {
-		if !r.queuePrefetch(prefetchJob{l: l, first: i, last: min(i+step, to), path: e.Name}) {
+		if !r.queuePrefetch(prefetchJob{l: l, first: i, last: min(i+step, to), path: e.Name, paced: paced}) {
 			h.mu.Lock()
 			s.win = max(initialWindow, s.win/2)
 			s.raEnd = min(s.raEnd, i)
@@ -596,7 +597,7 @@ func (r *Root) cacheHas(ctx context.Context, c *toc.Chunk) bool {
 // deliver (if not nil).
 // On error it returns the index of a chunk that was not delivered.
 func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i int, data []byte)) (int, error) {
-	return r.fetchClaimed(ctx, l, idx, nil, func(k int, data []byte) {
+	return r.fetchClaimed(ctx, l, idx, nil, false, func(k int, data []byte) {
 		if deliver != nil {
 			deliver(idx[k], data)
 		}
@@ -605,10 +606,10 @@ func (r *Root) fetch(ctx context.Context, l *layer, idx []int, deliver func(i in
 
 // fetchClaimed is fetch with deliver given k, the chunk's place in idx.
 // With claim (background work: fetchBackground) the chunks are claimed as
-// their requests start (ClaimingChunkFetcher), one whose claim returned
-// false is no error, and each chunk fetched waits for room in the cache
-// writer's queue (queuePutWait).
-func (r *Root) fetchClaimed(ctx context.Context, l *layer, idx []int, claim func(k int) bool, deliver func(k int, data []byte)) (int, error) {
+// their requests start (ClaimingChunkFetcher), and one whose claim
+// returned false is no error. A paced fetch's chunks wait for room in the
+// cache writer's queue (queuePutWait).
+func (r *Root) fetchClaimed(ctx context.Context, l *layer, idx []int, claim func(k int) bool, paced bool, deliver func(k int, data []byte)) (int, error) {
 	chunks := make([]toc.Chunk, len(idx))
 	for k, i := range idx {
 		chunks[k] = l.toc.Chunks[i]
@@ -639,7 +640,7 @@ func (r *Root) fetchClaimed(ctx context.Context, l *layer, idx []int, claim func
 		}
 		deliver(k, data)
 		switch {
-		case h != nil && claim != nil:
+		case h != nil && paced:
 			r.queuePutWait(ctx, h)
 		case h != nil:
 			r.queuePut(h)
@@ -714,7 +715,7 @@ func (r *Root) fetchClaimed(ctx context.Context, l *layer, idx []int, claim func
 // flight) called. skipped may be called from several goroutines at once.
 // Each chunk's flight lands as soon as the chunk is in the hot set; got (if
 // not nil) is called for each chunk fetched. It returns how many were.
-func (r *Root) fetchBackground(ctx context.Context, l *layer, idx []int, skipped func(i int, f *flight), got func(i int, data []byte)) (int64, error) {
+func (r *Root) fetchBackground(ctx context.Context, l *layer, idx []int, paced bool, skipped func(i int, f *flight), got func(i int, data []byte)) (int64, error) {
 	flights := make([]*flight, len(idx))
 	landed := make([]bool, len(idx))
 	skip := func(i int, f *flight) bool {
@@ -750,7 +751,7 @@ func (r *Root) fetchBackground(ctx context.Context, l *layer, idx []int, skipped
 		}
 	}()
 	var n atomic.Int64
-	_, err := r.fetchClaimed(ctx, l, idx, claim, func(k int, data []byte) {
+	_, err := r.fetchClaimed(ctx, l, idx, claim, paced, func(k int, data []byte) {
 		n.Add(1)
 		if got != nil {
 			got(idx[k], data)
@@ -883,15 +884,35 @@ func (r *Root) queuePut(h *hotChunk) {
 // at most for the writer to take a few chunks: a writer stuck on one chunk
 // for writerStall (a disk that stopped) is not waited for.
 func (r *Root) queuePutWait(ctx context.Context, h *hotChunk) {
-	for r.queued.Load() >= bgWriteQueue && !r.writerStuck() {
-		select {
-		case <-ctx.Done():
-			r.queuePut(h)
-			return
-		case <-time.After(time.Millisecond):
+	for r.queued.Load() >= bgWriteQueue && !r.writerStuck() && ctx.Err() == nil {
+		r.roomWaiters.Add(1)
+		r.roomMu.Lock()
+		room := r.room
+		r.roomMu.Unlock()
+		if r.queued.Load() >= bgWriteQueue { // the writer signals after this check
+			t := time.NewTimer(writerStall)
+			select {
+			case <-room:
+			case <-ctx.Done():
+			case <-t.C:
+			}
+			t.Stop()
 		}
+		r.roomWaiters.Add(-1)
 	}
 	r.queuePut(h)
+}
+
+// roomMade wakes the background fetches waiting for room in the writer's
+// queue (queuePutWait), if there is room now.
+func (r *Root) roomMade() {
+	if r.roomWaiters.Load() == 0 || r.queued.Load() >= bgWriteQueue {
+		return
+	}
+	r.roomMu.Lock()
+	close(r.room)
+	r.room = make(chan struct{})
+	r.roomMu.Unlock()
 }
 
 // writerStall is how long the cache writer may spend on one chunk before
@@ -907,6 +928,7 @@ func (r *Root) writerStuck() bool {
 
 func (r *Root) put(h *hotChunk) {
 	r.putStart.Store(time.Now().UnixNano())
+	defer r.roomMade()
 	defer r.putStart.Store(0)
 	defer r.queued.Add(-1)
 	defer h.release()
@@ -1086,6 +1108,10 @@ type prefetchJob struct {
 	first, last int
 	path        string
 	done        func() // called when the job ends (may be nil)
+	// paced: the job's chunks wait for room in the cache writer's queue
+	// rather than being dropped (queuePutWait): read-ahead in a big file
+	// and its bulk fill.
+	paced bool
 }
 
 // queuePrefetch queues a job unless the queue is full or the Root closed.
@@ -1145,7 +1171,7 @@ func (r *Root) runPrefetch(j prefetchJob) {
 	if len(todo) == 0 {
 		return
 	}
-	n, err := r.fetchBackground(r.bgctx, j.l, todo, nil, nil)
+	n, err := r.fetchBackground(r.bgctx, j.l, todo, j.paced, nil, nil)
 	r.stats.prefetched.Add(n)
 	if err != nil && r.ctx.Err() == nil {
 		r.log.Debug("read-ahead failed", "layer", j.l.name, "path", j.path, "error", err)
