@@ -871,8 +871,9 @@ func (r *Root) queuePut(h *hotChunk) {
 	}
 }
 
-// queuePutWait is queuePut for background fetches: while the writer's
-// queue is three quarters full (bgWriteQueue) and the writer is making
+// queuePutWait is queuePut for chunks fetched far ahead of any reader
+// (paced jobs: read-ahead in a big file, its bulk fill, the fill after a
+// profile): while the writer's queue is three quarters full (bgWriteQueue) and the writer is making
 // progress, it waits (until ctx ends) instead of dropping the chunk; the
 // last quarter is left to chunks fetched for readers. A prefetched chunk
 // that is not cached is lost once the hot set lets it go, and the read
