@@ -219,18 +219,27 @@ func (g *gatedFetcher) hold(ctx context.Context) error {
 	}
 }
 
-// A foreground read of a chunk at the end of the profile does not wait for
-// the queue: it gets the right bytes while the prefetch is still held back,
-// and the prefetch then finds the chunk cached instead of fetching it again.
-// Once prefetched, the profiled files read correctly with the registry gone.
-func TestPrefetchForegroundJumpsQueue(t *testing.T) {
+// mountGated mounts a layer of small files and a 32-chunk big.bin, served
+// through a gatedFetcher (as fetcher wraps it) that holds background
+// fetches back until its gate opens.
+func mountGated(t *testing.T, fetcher func(*gatedFetcher) ChunkFetcher) (*testLayer, map[string][]byte, *gatedFetcher, string, *Root) {
+	t.Helper()
 	l, files := prefetchLayer(t, 32)
 	g := &gatedFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}), started: make(chan struct{}, 1)}
 	l.fetcher = nil
 	opts := noBackground
 	opts.Cache = fstest.NewMemCache()
 	opts.PrefetchContext = markBackground
-	dir, r := mountFetcher(t, l, g, opts)
+	dir, r := mountFetcher(t, l, fetcher(g), opts)
+	return l, files, g, dir, r
+}
+
+// A foreground read of a chunk at the end of the profile does not wait for
+// the queue: it gets the right bytes while the prefetch is still held back,
+// and the prefetch then finds the chunk cached instead of fetching it again.
+// Once prefetched, the profiled files read correctly with the registry gone.
+func TestPrefetchForegroundJumpsQueue(t *testing.T) {
+	l, files, g, dir, r := mountGated(t, func(g *gatedFetcher) ChunkFetcher { return g })
 
 	profiled := []string{"app/big.bin", "app/a.py", "lib/d.so"}
 	p := startHeld(t, r, g, l, profiled)
@@ -294,13 +303,7 @@ func (g claimGatedFetcher) FetchChunksClaimed(ctx context.Context, chunks []toc.
 // fetching it again. (Claimed before the wait, the read would wait for the
 // gate.)
 func TestPrefetchQueuedBatchClaimsNothing(t *testing.T) {
-	l, files := prefetchLayer(t, 32)
-	g := &gatedFetcher{BlobFetcher: fstest.NewBlobFetcher(l.blob), gate: make(chan struct{}), started: make(chan struct{}, 1)}
-	l.fetcher = nil
-	opts := noBackground
-	opts.Cache = fstest.NewMemCache()
-	opts.PrefetchContext = markBackground
-	dir, r := mountFetcher(t, l, claimGatedFetcher{g}, opts)
+	l, files, g, dir, r := mountGated(t, func(g *gatedFetcher) ChunkFetcher { return claimGatedFetcher{g} })
 
 	// One worker, 64 KiB batches: the held batch is big.bin's first four
 	// chunks.
