@@ -719,8 +719,8 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, get func(int) []byte, 
 			// its first chunk, timed from that chunk's arrival.
 			first, from := time.Time{}, off
 			defer func() {
-				if i == len(run) && !first.IsZero() {
-					b.link.observe(end-off, end-from, time.Since(first))
+				if !first.IsZero() {
+					b.link.end(end-off, end-from, time.Since(first), i == len(run))
 				}
 			}()
 			for i < len(run) {
@@ -738,6 +738,7 @@ func (b *Blob) fetchRun(ctx context.Context, run []*want, get func(int) []byte, 
 				pos = w.end()
 				if first.IsZero() {
 					first, from = time.Now(), pos
+					b.link.begin()
 				}
 				var buf []byte
 				if get != nil {

@@ -78,6 +78,73 @@ func TestLinkRate(t *testing.T) {
 		t.Errorf("slow body after %v: LinkRate() = %d B/s over %d samples, round trip %v; want one sample of at most %d, a round trip of at least the wait",
 			late, rate, n, rtt, 8<<20)
 	}
+
+	// A response cut after its first chunks ends its part of the busy
+	// period too: a meter left counting it would credit every later
+	// response with a period that never ends.
+	fl.set(func(f *faults) { f.trickle, f.latency, f.midResets = 0, 0, 1 })
+	if _, err := fetchAll(ctx, b, chunks); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*linkMeter{b.link, slow.link} {
+		m.mu.Lock()
+		n := m.streaming
+		m.mu.Unlock()
+		if n != 0 {
+			t.Errorf("after every fetch ended (one cut short): %d responses still streaming", n)
+		}
+	}
+}
+
+// observe records a response alone on the link: total bytes, the last n of
+// which took d.
+func (m *linkMeter) observe(total, n int64, d time.Duration) {
+	m.begin()
+	m.end(total, n, d, true)
+}
+
+// TestLinkMeterBusyPeriod: responses that overlap are measured together
+// (the link carried all their bytes in the time they shared), a response
+// after a quiet gap only by itself, and one that failed is no sample and
+// adds nothing.
+func TestLinkMeterBusyPeriod(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	m := &linkMeter{now: func() time.Time { return now }}
+	const n = 4 << 20
+	d := 400 * time.Millisecond
+	alone := int64(float64(n) / d.Seconds()) // ~10.5 MB/s
+	for range 4 {
+		m.begin()
+	}
+	now = now.Add(d)
+	for range 4 {
+		m.end(n, n, d, true)
+	}
+	if r, k, _ := m.rate(); k != 4 || r < 4*alone*99/100 {
+		t.Errorf("four 4 MiB responses in the same 400 ms: %d B/s over %d samples; want about %d (each alone: %d)", r, k, 4*alone, alone)
+	}
+
+	m = &linkMeter{now: func() time.Time { return now }}
+	m.begin()
+	now = now.Add(d)
+	m.end(n, n, d, true)
+	now = now.Add(time.Second) // quiet
+	m.begin()
+	now = now.Add(d)
+	m.end(n, n, d, true)
+	if r, k, _ := m.rate(); k != 2 || r > alone*101/100 {
+		t.Errorf("two 4 MiB responses a second apart: %d B/s over %d samples; want each alone's, %d", r, k, alone)
+	}
+
+	m = &linkMeter{now: func() time.Time { return now }}
+	m.begin()
+	m.begin()
+	now = now.Add(d)
+	m.end(n, n, d, false) // failed: no sample, no bytes
+	m.end(n, n, d, true)
+	if r, k, _ := m.rate(); k != 1 || r > alone*101/100 || m.streaming != 0 {
+		t.Errorf("a failed and a whole response together: %d B/s over %d samples, %d streaming; want the whole one's %d over 1, none streaming", r, k, m.streaming, alone)
+	}
 }
 
 // TestLinkMeterAges: the measure keeps the current and the previous
