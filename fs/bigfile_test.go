@@ -134,6 +134,17 @@ func testBigFile(t *testing.T, layer *testLayer, want []byte, newCache func(*tes
 		if err := root.FlushCache(context.Background()); err != nil {
 			t.Fatal(err)
 		}
+		// Chunks read whole and stored have left the hot set (all but
+		// those the cache writer skipped).
+		var kept int64
+		for _, c := range root.t.layers[0].toc.Chunks {
+			if c.Offset+int64(c.Size) <= int64(size/2) && root.hot.has(c.Sum) {
+				kept++
+			}
+		}
+		if skipped := root.Stats().CacheSkipped; kept > skipped {
+			t.Errorf("%d chunks of the half read and cached still in the hot set (%d not cached)", kept, skipped)
+		}
 		root.hot.clear()
 		read(size/2, size)
 		if !bytes.Equal(got, want) {

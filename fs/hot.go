@@ -22,9 +22,10 @@ type hotSet struct {
 
 	mu    sync.Mutex
 	m     map[[32]byte]*hotChunk
-	fifo  []*hotChunk // insertion order; fifo[head:] are live
+	fifo  []*hotChunk // insertion order; fifo[head:] are live or dropped
 	head  int
 	bytes int64 // capacity of the live chunks' buffers
+	dead  int   // dropped chunks still in fifo[head:]
 
 	pools [hotClasses]sync.Pool // *[]byte of cap minHotBuf << class
 }
@@ -57,7 +58,19 @@ type hotChunk struct {
 	checked bool
 	refs    atomic.Int32
 	set     *hotSet
+	// served counts the bytes handed to the kernel in READ replies; done
+	// holds doneRead once they cover the chunk and doneStored once the
+	// cache has it. With both the chunk leaves the set (drop).
+	served atomic.Int64
+	done   atomic.Int32
+	// dropped: left the set before the FIFO reached it (guarded by set.mu).
+	dropped bool
 }
+
+const (
+	doneRead = 1 << iota
+	doneStored
+)
 
 func newHotSet(limit int64, bufCap int) *hotSet {
 	return &hotSet{limit: limit, bufCap: bufCap, m: map[[32]byte]*hotChunk{}}
@@ -121,9 +134,29 @@ func (s *hotSet) adopt(sum [32]byte, data []byte) *hotChunk {
 		old := s.fifo[s.head]
 		s.fifo[s.head] = nil
 		s.head++
+		if old.dropped {
+			s.dead--
+			continue
+		}
 		delete(s.m, old.sum)
 		s.bytes -= int64(cap(old.data))
 		out = append(out, old)
+	}
+	for s.head < len(s.fifo) && s.fifo[s.head].dropped {
+		s.fifo[s.head] = nil
+		s.head++
+		s.dead--
+	}
+	if s.dead > len(s.m)+64 {
+		// Dropped chunks behind a live one: keep the live ones only.
+		live := s.fifo[:0]
+		for _, c := range s.fifo[s.head:] {
+			if !c.dropped {
+				live = append(live, c)
+			}
+		}
+		clear(s.fifo[len(live):])
+		s.fifo, s.head, s.dead = live, 0, 0
 	}
 	if s.head > len(s.fifo)/2 && s.head > 64 {
 		s.fifo = append(s.fifo[:0], s.fifo[s.head:]...)
@@ -154,6 +187,52 @@ func (s *hotSet) has(sum [32]byte) bool {
 	return ok
 }
 
+// served records that n more bytes of chunk sum went to the kernel in a
+// READ reply. A chunk read whole is in the page cache, so once the cache
+// has it too the set lets it go (drop) instead of holding it until the
+// FIFO reaches it: a sequential reader then keeps about its read-ahead
+// window in memory, not the set's whole bound (every buffer the set fills
+// is memory the process touches, and on this project's VMs a first touch
+// costs ~11 µs per page).
+func (s *hotSet) served(sum [32]byte, n int64) {
+	s.mu.Lock()
+	c := s.m[sum]
+	var size int64
+	if c != nil {
+		size = int64(len(c.data)) // c.data is the set's while c is in s.m
+	}
+	s.mu.Unlock()
+	if c != nil && c.served.Add(n) >= size {
+		c.finish(doneRead)
+	}
+}
+
+// stored records that the cache has c.
+func (c *hotChunk) stored() { c.finish(doneStored) }
+
+// finish sets bit in c.done and drops c from its set when that completes
+// doneRead|doneStored.
+func (c *hotChunk) finish(bit int32) {
+	if old := c.done.Or(bit); old|bit == doneRead|doneStored && old != old|bit {
+		c.set.drop(c)
+	}
+}
+
+// drop takes c out of the set, unless it has left already.
+func (s *hotSet) drop(c *hotChunk) {
+	s.mu.Lock()
+	if s.m[c.sum] != c {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.m, c.sum)
+	s.bytes -= int64(cap(c.data))
+	c.dropped = true
+	s.dead++
+	s.mu.Unlock()
+	c.release()
+}
+
 // release lets go of one hold on c.
 func (c *hotChunk) release() {
 	if c.refs.Add(-1) != 0 {
@@ -170,10 +249,12 @@ func (c *hotChunk) release() {
 func (s *hotSet) clear() {
 	s.mu.Lock()
 	out := s.fifo[s.head:]
-	s.fifo, s.head, s.bytes = nil, 0, 0
+	s.fifo, s.head, s.bytes, s.dead = nil, 0, 0, 0
 	clear(s.m)
 	s.mu.Unlock()
 	for _, c := range out {
-		c.release()
+		if !c.dropped {
+			c.release()
+		}
 	}
 }

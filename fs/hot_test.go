@@ -57,3 +57,86 @@ func TestHotClass(t *testing.T) {
 		}
 	}
 }
+
+// TestHotSetDropsReadAndStored: a chunk leaves the set once READ replies
+// covered it whole and the cache has it, in either order, and not before;
+// the FIFO forgets dropped chunks, even behind one that stays, and the bound
+// still evicts the rest.
+func TestHotSetDropsReadAndStored(t *testing.T) {
+	const bufCap = 256 << 10
+	s := newHotSet(4*bufCap, bufCap)
+	seq := 0
+	chunk := func() *hotChunk {
+		seq++
+		data := make([]byte, bufCap)
+		binary.LittleEndian.PutUint64(data, uint64(seq))
+		c := s.add(sha256.Sum256(data), data)
+		if c == nil {
+			t.Fatal("add: chunk already there")
+		}
+		return c
+	}
+	live := func() (int, int64) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.m), s.bytes
+	}
+
+	a := chunk()
+	s.served(a.sum, bufCap/2)
+	a.stored()
+	if !s.has(a.sum) {
+		t.Fatal("half read and stored: dropped")
+	}
+	s.served(a.sum, bufCap/2)
+	if s.has(a.sum) {
+		t.Fatal("read whole and stored: still in the set")
+	}
+	if n, b := live(); n != 0 || b != 0 {
+		t.Fatalf("after the drop: %d chunks, %d bytes; want none", n, b)
+	}
+	if a.refs.Load() != 1 {
+		t.Fatalf("dropped chunk held %d times, want 1 (the caller's)", a.refs.Load())
+	}
+	a.release()
+
+	b := chunk()
+	s.served(b.sum, bufCap)
+	if !s.has(b.sum) {
+		t.Fatal("read whole, not stored (the cache writer fell behind): dropped")
+	}
+	b.stored()
+	b.stored() // twice: no second drop
+	if s.has(b.sum) {
+		t.Fatal("stored after it was read whole: still in the set")
+	}
+	b.release()
+
+	// One chunk that stays (never read) in front of many dropped ones: the
+	// FIFO must not grow with them.
+	keep := chunk()
+	keep.release()
+	for range 2000 {
+		c := chunk()
+		s.served(c.sum, bufCap)
+		c.stored()
+		c.release()
+	}
+	s.mu.Lock()
+	fifo, dead := len(s.fifo)-s.head, s.dead
+	s.mu.Unlock()
+	if fifo > 2*64+2 || dead < 0 {
+		t.Fatalf("after 2,000 dropped chunks behind one kept: %d FIFO entries (%d dead)", fifo, dead)
+	}
+	if !s.has(keep.sum) {
+		t.Fatal("the chunk never read left the set with room to spare")
+	}
+
+	// The bound still evicts chunks that are never read.
+	for range 8 {
+		chunk().release()
+	}
+	if n, b := live(); b > 4*bufCap || n != 4 || s.has(keep.sum) {
+		t.Fatalf("8 unread chunks into a set of 4: %d chunks, %d bytes, oldest kept %v", n, b, s.has(keep.sum))
+	}
+}

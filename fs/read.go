@@ -435,6 +435,13 @@ func (r *Root) readChunks(ctx context.Context, l *layer, e *toc.Entry, first, la
 			return false, syscall.EIO
 		}
 	}
+	for i := first; i < last; i++ {
+		c := &t.Chunks[i]
+		coff := c.Offset - base
+		if lo, hi := max(off, coff), min(off+int64(n), coff+int64(c.Size)); lo < hi {
+			r.hot.served(c.Sum, hi-lo)
+		}
+	}
 	return len(missing) > 0, 0
 }
 
@@ -943,10 +950,14 @@ func (r *Root) put(h *hotChunk) {
 		// Cache.Put may keep its slice; the hot set's buffer is recycled.
 		err = r.opts.Cache.Put(r.ctx, d, bytes.Clone(h.data))
 	}
-	if err != nil && r.ctx.Err() == nil {
-		r.stats.cacheErrors.Add(1)
-		r.log.Debug("cache put", "chunk", d, "error", err)
+	if err != nil {
+		if r.ctx.Err() == nil {
+			r.stats.cacheErrors.Add(1)
+			r.log.Debug("cache put", "chunk", d, "error", err)
+		}
+		return
 	}
+	h.stored()
 }
 
 // FlushCache waits until every fetched chunk queued for the cache has been
