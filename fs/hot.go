@@ -191,9 +191,9 @@ func (s *hotSet) has(sum [32]byte) bool {
 // READ reply. A chunk read whole is in the page cache, so once the cache
 // has it too the set lets it go (drop) instead of holding it until the
 // FIFO reaches it: a sequential reader then keeps about its read-ahead
-// window in memory, not the set's whole bound (every buffer the set fills
-// is memory the process touches, and on this project's VMs a first touch
-// costs ~11 µs per page).
+// window in memory, not the set's whole bound: every buffer the set fills
+// is memory the process touches (on one VM measured here a first touch
+// cost ~11 µs per page; docs/fs.md, "Twelfth session").
 func (s *hotSet) served(sum [32]byte, n int64) {
 	s.mu.Lock()
 	c := s.m[sum]
