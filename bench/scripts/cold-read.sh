@@ -6,6 +6,8 @@
 #   SIZE_MIB=1024 ROUNDS=3 bench/scripts/cold-read.sh
 # MMAP=1 adds a loader-like read (mmap, tensors of 2-16 MiB in a random
 # order: bench/scripts/mmapload.py) of the same file from a fresh mount.
+# SHOW_STATS=1 prints each mount's stats, the mount server's CPU, page
+# faults and peak RSS, and how busy the CPUs were.
 # COMPARE="BIN1 BIN2 ..." times several lazyfs builds instead, one after the
 # other in every round on the same registry (builds differ by less than
 # this machine drifts between runs), with the registry's CPU seconds
@@ -56,6 +58,9 @@ crane append --insecure -f "$W/layer.tar" -t "$REG/bench/model:plain" >/dev/null
 DIGEST=$("$LAZYFS" inspect --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"])')
 BLOB=$("$LAZYFS" inspect --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["size"])')
 now() { date +%s.%N; }
+# server: the mount server's CPU seconds, page faults and peak RSS so far
+# (SHOW_STATS): on some VMs a first touch of memory costs ~11 µs a page.
+server() { for p in $(pgrep -f -- "$W/mnt"); do awk -v hz="$(getconf CLK_TCK)" '{printf "mount server: %.2f s CPU, %d page faults, ", ($14+$15)/hz, $10}' "/proc/$p/stat"; awk '/VmHWM/{print "peak RSS " $2 " kB"}' "/proc/$p/status"; done; }
 regcpu() { awk '{print $14+$15}' "/proc/$REGPID/stat"; } # registry's utime+stime, ticks
 secs() { python3 -c 'import sys; print(f"{float(sys.argv[2])-float(sys.argv[1]):.2f}")' "$@"; }
 if [ -n "${COMPARE:-}" ]; then
@@ -102,7 +107,7 @@ for r in $(seq "$ROUNDS"); do
 	t2=$(now)
 	LAZYFS_CPUPROFILE=${LAZYFS_CPUPROFILE:-} "$LAZYFS" mount --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
 	cat "$W/mnt/model.bin" > /dev/null
-	[ -z "${SHOW_STATS:-}" ] || "$LAZYFS" stats --state-dir "$W/state" "$W/mnt" >&2
+	[ -z "${SHOW_STATS:-}" ] || { "$LAZYFS" stats --state-dir "$W/state" "$W/mnt"; server; } >&2
 	t3=$(now)
 	read -r _ u1 n1 s1 i1 _ < /proc/stat
 	[ -z "${SHOW_STATS:-}" ] || echo "cpu busy during the lazy read: $(( (u1-u0)+(n1-n0)+(s1-s0) )) of $(( (u1-u0)+(n1-n0)+(s1-s0)+(i1-i0) )) jiffies" >&2
@@ -115,7 +120,7 @@ for r in $(seq "$ROUNDS"); do
 		"$LAZYFS" mount --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
 		python3 bench/scripts/mmapload.py "$W/mnt/model.bin" "$r" >/dev/null
 		t5=$(now)
-		[ -z "${SHOW_STATS:-}" ] || "$LAZYFS" stats --state-dir "$W/state" "$W/mnt" >&2
+		[ -z "${SHOW_STATS:-}" ] || { "$LAZYFS" stats --state-dir "$W/state" "$W/mnt"; server; } >&2
 		"$LAZYFS" umount --state-dir "$W/state" "$W/mnt" >/dev/null
 	fi
 	python3 -c "import sys; c=float(sys.argv[2])-float(sys.argv[1]); l=float(sys.argv[4])-float(sys.argv[3]); b=int(sys.argv[5]); m=float(sys.argv[8])-float(sys.argv[7]); print(f'| {sys.argv[6]} | {c:.2f} | {l:.2f} | {b/1e6/c:.0f} | {b/1e6/l:.0f} | {c/l:.2f} |' + (f' {m:.2f} | {m/l:.2f} |' if m > 0 else ''))" "$t0" "$t1" "$t2" "$t3" "$BLOB" "$r" "$t4" "$t5"
