@@ -59,7 +59,8 @@ func TestHotClass(t *testing.T) {
 }
 
 // TestHotSetDropsReadAndStored: a chunk leaves the set once READ replies
-// covered it whole and the cache has it, in either order, and not before;
+// covered it whole (or it was fetched ahead of readers) and the cache has
+// it, in either order, and not before;
 // the FIFO forgets dropped chunks, even behind one that stays, and the bound
 // still evicts the rest.
 func TestHotSetDropsReadAndStored(t *testing.T) {
@@ -111,6 +112,19 @@ func TestHotSetDropsReadAndStored(t *testing.T) {
 		t.Fatal("stored after it was read whole: still in the set")
 	}
 	b.release()
+
+	// Fetched ahead of readers: it leaves once stored, read or not.
+	ahead := chunk()
+	ahead.aheadOfReaders()
+	if !s.has(ahead.sum) {
+		t.Fatal("fetched ahead, not stored: dropped")
+	}
+	ahead.stored()
+	if s.has(ahead.sum) {
+		t.Fatal("fetched ahead and stored: still in the set")
+	}
+	s.served(ahead.sum, bufCap) // a READ after it left: nothing to count
+	ahead.release()
 
 	// One chunk that stays (never read) in front of many dropped ones: the
 	// FIFO must not grow with them.

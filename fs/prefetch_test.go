@@ -433,6 +433,15 @@ func TestFillCompletesThenAllLocal(t *testing.T) {
 	if chunks != int64(len(l.toc.Chunks)) {
 		t.Fatalf("fill fetched %d chunks in %d requests, want each of the %d once", chunks, reqs, len(l.toc.Chunks))
 	}
+	// The fill's chunks left the hot set once stored: it holds the
+	// profile's (not fetched ahead of readers) and what the cache skipped.
+	prof := fileSpan(t, l, "lib/c.so")
+	r.hot.mu.Lock()
+	held := int64(len(r.hot.m))
+	r.hot.mu.Unlock()
+	if max := int64(prof.Last-prof.First) + r.Stats().CacheSkipped; held > max {
+		t.Errorf("after the fill: %d chunks in the hot set, want at most the profile's %d and the %d not cached", held, prof.Last-prof.First, r.Stats().CacheSkipped)
+	}
 	l.fetcher.SetFailing(true)
 	for name, want := range files {
 		got, err := os.ReadFile(filepath.Join(dir, name))

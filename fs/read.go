@@ -648,6 +648,7 @@ func (r *Root) fetchClaimed(ctx context.Context, l *layer, idx []int, claim func
 		deliver(k, data)
 		switch {
 		case h != nil && paced:
+			h.aheadOfReaders()
 			r.queuePutWait(ctx, h)
 		case h != nil:
 			r.queuePut(h)
