@@ -81,6 +81,16 @@ func TestKernelReadAhead(t *testing.T) {
 		if st := slow.Stats(); !st.SlowLink || st.LinkBytesPerSecond != 20<<20 {
 			t.Errorf("%s on a slow link: Stats() SlowLink %v, LinkBytesPerSecond %d, want true, %d", tc.name, st.SlowLink, st.LinkBytesPerSecond, 20<<20)
 		}
+		// A later sample at a fast link's rate (the first ones came while
+		// the node was busy): the link is not slow after all.
+		slow.noteFetch(4<<20, time.Second/50) // 200 MiB/s
+		want = 1024
+		if tc.want == 4096 {
+			want = 4096
+		}
+		if got := slow.KernelReadAheadKB(); got != want || set != want || slow.Stats().SlowLink {
+			t.Errorf("%s, slow then fast: KernelReadAheadKB() = %d, set %d, SlowLink %v; want %d, not slow", tc.name, got, set, slow.Stats().SlowLink, want)
+		}
 	}
 	// One fetch at a fast link's rate among them: the link is not slow; small
 	// fetches are not samples.
