@@ -226,7 +226,7 @@ func (r *Root) KernelReadAheadKB() int {
 // start-up keeps a small node's CPU busy, and on a 2-core VM a 1 Gbit/s
 // link was judged slow in 2 of 6 cold starts of `import torch` (lazyfs
 // bench --mode mount -n 3 --link 1gbit, 118-120 MB moved in 12.2-13.2 s
-// against 151-154 MB in 10.4-11.2 s) while later samples measured it at
+// against 151-154 MB in 10.4-13.1 s) while later samples measured it at
 // 67-82 MB/s. The fastest rate only grows, so the verdict changes once.
 type linkRate struct {
 	max     atomic.Int64
