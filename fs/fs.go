@@ -428,16 +428,22 @@ func (r *Root) setKernelRA(f func(kb int)) {
 	r.kernelRAMu.Unlock()
 }
 
-// profileStarted marks the chunks of the profile being prefetched and, if
-// Mount chose the kernel read-ahead, sets it again for a mount with a
-// profile.
-func (r *Root) profileStarted(named [][]uint64) {
-	r.profiled.Store(&named)
+// applyKernelRA sets the kernel read-ahead again, if Mount chose it, after
+// something KernelReadAheadKB depends on changed.
+func (r *Root) applyKernelRA() {
 	r.kernelRAMu.Lock()
 	defer r.kernelRAMu.Unlock()
 	if r.kernelRA != nil {
 		r.kernelRA(r.KernelReadAheadKB())
 	}
+}
+
+// profileStarted marks the chunks of the profile being prefetched and, if
+// Mount chose the kernel read-ahead, sets it again for a mount with a
+// profile.
+func (r *Root) profileStarted(named [][]uint64) {
+	r.profiled.Store(&named)
+	r.applyKernelRA()
 }
 
 // inProfile reports whether chunk i of l is named by the Root's profile.

@@ -332,28 +332,16 @@ func (r *Root) noteLink(rate, samples int64) {
 	}
 	if r.link.max.Load() >= slowLinkRate && r.link.slow.CompareAndSwap(true, false) {
 		r.log.Info("link is fast after all: the slow-link behaviours end", "fastestBytesPerSecond", r.link.max.Load(), "samples", samples)
-		r.kernelRAMu.Lock()
-		if r.kernelRA != nil {
-			r.kernelRA(r.KernelReadAheadKB())
-		}
-		r.kernelRAMu.Unlock()
+		r.applyKernelRA()
 	}
 	if r.farLink() && !r.link.slow.Load() && r.link.far.CompareAndSwap(false, true) {
-		r.kernelRAMu.Lock()
-		if r.kernelRA != nil {
-			r.kernelRA(r.KernelReadAheadKB())
-		}
-		r.kernelRAMu.Unlock()
+		r.applyKernelRA()
 	}
 	if samples < linkSamples || r.link.max.Load() >= slowLinkRate || r.farLink() || !r.link.slow.CompareAndSwap(false, true) {
 		return
 	}
 	r.log.Info("link is slow: fewer bytes per request from now on", "fastestBytesPerSecond", r.link.max.Load(), "samples", samples)
-	r.kernelRAMu.Lock()
-	defer r.kernelRAMu.Unlock()
-	if r.kernelRA != nil {
-		r.kernelRA(r.KernelReadAheadKB())
-	}
+	r.applyKernelRA()
 }
 
 // mostlyWeights reports whether at least half of the layers' file bytes are
