@@ -26,9 +26,10 @@ const LinkSampleBytes = 1 << 20
 // one (the bytes that the responses ended since such a busy period began
 // delivered after their first chunks, over the period's time so far).
 // Responses in parallel share the link, and on a busy node they share the
-// CPU that reads them: 4 MiB responses eight at a time on loopback each
-// measured under 48 MiB/s while together they moved 300 MB/s, and a mount
-// judged that link slow for good (fs.Root's slow-link behaviours).
+// CPU that reads them, so each alone can measure under what they move
+// together: a cold 1 GiB read on loopback, whose mount read ~200 MB/s as a
+// whole, was judged slow by fs.Root (none of its first eight responses
+// reached 48 MiB/s alone).
 //
 // It also keeps the shortest time from a range request to its response's
 // headers: the round trip plus the registry's own time.
