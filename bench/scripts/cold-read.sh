@@ -13,6 +13,10 @@
 # this machine drifts between runs), with the registry's CPU seconds
 # around each read (and with MMAP=1 the loader's time from a fresh mount);
 # the conversion uses $LAZYFS.
+# RATE=1gbit (any tc rate) puts the registry in a network namespace behind a
+# veth pair whose registry side tbf shapes to RATE (burst: 10 ms of it, at
+# least 256 KiB, as lazyfs bench shapes): a node whose link, not its CPU,
+# is the limit.
 # Every mount gets --profile-dir= (no learned start-up profile): a mount
 # would otherwise prefetch the order the previous round's read recorded,
 # and this measures the read path. MOUNT_FLAGS adds flags to every mount.
@@ -27,17 +31,38 @@ LAZYFS=${LAZYFS:-$REPO/bin/lazyfs}
 [ -n "${NO_BUILD:-}" ] || make -s build >/dev/null
 W=$(mktemp -d /tmp/lazyfs-coldread.XXXXXX)
 REGPID=
+NS=
 cleanup() {
 	set +e
 	mountpoint -q "$W/mnt" && "$LAZYFS" umount --state-dir "$W/state" "$W/mnt" >/dev/null
 	[ -n "$REGPID" ] && kill "$REGPID" && wait "$REGPID" 2>/dev/null
+	[ -n "$NS" ] && ip netns del "$NS"
 	rm -rf "$W"
 }
 trap cleanup EXIT
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-REG=127.0.0.1:$PORT
+INSECURE=() # lazyfs reaches only localhost over plain HTTP without --insecure
+IN=()       # runs the registry in the shaped link's namespace
+if [ -n "${RATE:-}" ]; then
+	NS=lzcr$$
+	ip netns add "$NS"
+	ip link add "${NS}h" type veth peer name "${NS}n"
+	ip link set "${NS}n" netns "$NS"
+	ip addr add 169.254.203.1/30 dev "${NS}h"
+	ip link set "${NS}h" up
+	ip netns exec "$NS" ip addr add 169.254.203.2/30 dev "${NS}n"
+	ip netns exec "$NS" ip link set "${NS}n" up
+	ip netns exec "$NS" ip link set lo up
+	BURST=$(python3 -c 'import re,sys; m=re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)bit", sys.argv[1].lower()) or sys.exit("RATE: want a tc rate such as 1gbit or 200mbit, not "+sys.argv[1]); print(max(256<<10, int(float(m[1])*{"":1,"k":1e3,"m":1e6,"g":1e9}[m[2]])//800))' "$RATE")
+	ip netns exec "$NS" tc qdisc replace dev "${NS}n" root tbf rate "$RATE" burst "$BURST" latency 100ms
+	REG=169.254.203.2:5000
+	INSECURE=(--insecure)
+	IN=(ip netns exec "$NS")
+else
+	PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	REG=127.0.0.1:$PORT
+fi
 printf 'version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s/registry}}\nhttp: {addr: %s}\n' "$W" "$REG" > "$W/registry.yml"
-.cache/registry/usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
+"${IN[@]}" .cache/registry/usr/bin/docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
 REGPID=$!
 for _ in $(seq 100); do curl -fs "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
 
@@ -54,9 +79,9 @@ with open(sys.argv[1], "wb") as f:
 PY
 tar -C "$W/root" -cf "$W/layer.tar" model.bin
 crane append --insecure -f "$W/layer.tar" -t "$REG/bench/model:plain" >/dev/null 2>&1
-"$LAZYFS" convert "$REG/bench/model:plain" "$REG/bench/model:lazy" >/dev/null
-DIGEST=$("$LAZYFS" inspect --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"])')
-BLOB=$("$LAZYFS" inspect --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["size"])')
+"$LAZYFS" convert "${INSECURE[@]}" "$REG/bench/model:plain" "$REG/bench/model:lazy" >/dev/null
+DIGEST=$("$LAZYFS" inspect "${INSECURE[@]}" --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["digest"])')
+BLOB=$("$LAZYFS" inspect "${INSECURE[@]}" --json "$REG/bench/model:lazy" | python3 -c 'import json,sys; print(json.load(sys.stdin)["layers"][0]["size"])')
 now() { date +%s.%N; }
 # server: the mount server's CPU seconds, page faults and peak RSS so far
 # (SHOW_STATS): on some VMs a first touch of memory costs ~11 µs a page.
@@ -75,7 +100,7 @@ if [ -n "${COMPARE:-}" ]; then
 			rm -rf "$W/cache" "$W/mnt" "$W/state"; mkdir -p "$W/mnt"
 			sync; echo 3 > /proc/sys/vm/drop_caches
 			c0=$(regcpu); t0=$(now)
-			"$b" mount --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+			"$b" mount "${INSECURE[@]}" --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
 			cat "$W/mnt/model.bin" > /dev/null
 			t1=$(now); c1=$(regcpu)
 			"$b" umount --state-dir "$W/state" "$W/mnt" >/dev/null
@@ -84,7 +109,7 @@ if [ -n "${COMPARE:-}" ]; then
 				rm -rf "$W/cache" "$W/state"
 				sync; echo 3 > /proc/sys/vm/drop_caches
 				t0=$(now)
-				"$b" mount --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+				"$b" mount "${INSECURE[@]}" --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
 				python3 bench/scripts/mmapload.py "$W/mnt/model.bin" "$r" >/dev/null
 				t1=$(now)
 				"$b" umount --state-dir "$W/state" "$W/mnt" >/dev/null
@@ -105,7 +130,7 @@ for r in $(seq "$ROUNDS"); do
 	sync; echo 3 > /proc/sys/vm/drop_caches
 	read -r _ u0 n0 s0 i0 _ < /proc/stat
 	t2=$(now)
-	LAZYFS_CPUPROFILE=${LAZYFS_CPUPROFILE:-} "$LAZYFS" mount --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+	LAZYFS_CPUPROFILE=${LAZYFS_CPUPROFILE:-} "$LAZYFS" mount "${INSECURE[@]}" --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
 	cat "$W/mnt/model.bin" > /dev/null
 	[ -z "${SHOW_STATS:-}" ] || { "$LAZYFS" stats --state-dir "$W/state" "$W/mnt"; server; } >&2
 	t3=$(now)
@@ -117,7 +142,7 @@ for r in $(seq "$ROUNDS"); do
 		rm -rf "$W/cache"
 		sync; echo 3 > /proc/sys/vm/drop_caches
 		t4=$(now)
-		"$LAZYFS" mount --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
+		"$LAZYFS" mount "${INSECURE[@]}" --profile-dir= ${MOUNT_FLAGS:-} --state-dir "$W/state" --cache-dir "$W/cache" "$REG/bench/model:lazy" "$W/mnt" >/dev/null
 		python3 bench/scripts/mmapload.py "$W/mnt/model.bin" "$r" >/dev/null
 		t5=$(now)
 		[ -z "${SHOW_STATS:-}" ] || { "$LAZYFS" stats --state-dir "$W/state" "$W/mnt"; server; } >&2
@@ -125,4 +150,4 @@ for r in $(seq "$ROUNDS"); do
 	fi
 	python3 -c "import sys; c=float(sys.argv[2])-float(sys.argv[1]); l=float(sys.argv[4])-float(sys.argv[3]); b=int(sys.argv[5]); m=float(sys.argv[8])-float(sys.argv[7]); print(f'| {sys.argv[6]} | {c:.2f} | {l:.2f} | {b/1e6/c:.0f} | {b/1e6/l:.0f} | {c/l:.2f} |' + (f' {m:.2f} | {m/l:.2f} |' if m > 0 else ''))" "$t0" "$t1" "$t2" "$t3" "$BLOB" "$r" "$t4" "$t5"
 done
-echo "(blob: $BLOB bytes for a ${SIZE_MIB} MiB file; registry: distribution on $REG)"
+echo "(blob: $BLOB bytes for a ${SIZE_MIB} MiB file; registry: distribution on $REG${RATE:+, behind a link shaped to $RATE})"
