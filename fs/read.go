@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -232,7 +233,10 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 		return
 	}
 	if seq < 6 || missed {
-		s.win = min(2*s.win, h.maxWindow(e))
+		if w := min(2*s.win, h.maxWindow(e)); w != s.win {
+			s.win = w
+			r.logWindow(e.Name, w, last, "grow")
+		}
 	}
 	window := s.win
 	from := max(last, s.raEnd)
@@ -268,9 +272,20 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 			h.mu.Lock()
 			s.win = max(initialWindow, s.win/2)
 			s.raEnd = min(s.raEnd, i)
+			w := s.win
 			h.mu.Unlock()
+			r.logWindow(e.Name, w, last, "back off: read-ahead queue full")
 			return
 		}
+	}
+}
+
+// logWindow logs, at debug level, a stream's new read-ahead window (chunks,
+// and the chunk the reader had reached): with the log's times it shows the
+// ramp-up and the back-off (docs/fs.md, "Thirteenth session").
+func (r *Root) logWindow(path string, chunks, at int, why string) {
+	if r.log.Enabled(r.ctx, slog.LevelDebug) {
+		r.log.Debug("read-ahead window", "path", path, "chunks", chunks, "at_chunk", at, "why", why)
 	}
 }
 
