@@ -13,6 +13,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -185,6 +188,28 @@ func TestReadAhead(t *testing.T) {
 	}
 	if s := root.Stats(); s.ChunkHits == 0 {
 		t.Fatalf("sequential read never hit a read-ahead chunk: %+v", s)
+	}
+}
+
+// TestReadAheadWindowLogged: at debug level the mount logs each change of a
+// stream's read-ahead window, so a slow ramp over a far link can be seen
+// (docs/fs.md): a cold sequential read whose READs wait for the network
+// logs the window doubling from initialWindow.
+func TestReadAheadWindowLogged(t *testing.T) {
+	layer, want := bigFileLayer(t, 16<<20, bigChunk)
+	layer.fetcher.SetLatency(2 * time.Millisecond)
+	t.Cleanup(func() { layer.fetcher.SetLatency(0) })
+	logs := &lockedBuffer{}
+	dir, _ := mountLayers(t, []*testLayer{layer}, Options{NeighbourWindow: -1, Cache: fstest.NewMemCache(),
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	mustRead(t, filepath.Join(dir, "model.bin"), want)
+	var grew []int
+	for _, m := range regexp.MustCompile(`msg="read-ahead window" path=model.bin chunks=(\d+) at_chunk=\d+ why=grow`).FindAllStringSubmatch(logs.String(), -1) {
+		n, _ := strconv.Atoi(m[1])
+		grew = append(grew, n)
+	}
+	if len(grew) < 2 || grew[0] != 2*initialWindow || slices.Max(grew) < 8*initialWindow {
+		t.Errorf("window changes logged: %v; want the ramp from %d chunks up to at least %d\n%s", grew, 2*initialWindow, 8*initialWindow, logs.String())
 	}
 }
 
