@@ -50,14 +50,19 @@ if [ -n "${RATE:-}" ]; then
 	ip netns add "$NS"
 	ip link add "${NS}h" type veth peer name "${NS}n"
 	ip link set "${NS}n" netns "$NS"
-	ip addr add 169.254.203.1/30 dev "${NS}h"
+	# a /30 of 169.254.203.0/24 that no interface here uses
+	for i in $(seq 0 63); do
+		NET=169.254.203.$(( ($$ + i) % 64 * 4 ))
+		ip -4 -o addr | grep -q " ${NET%.*}.$(( ${NET##*.} + 1 ))/" || break
+	done
+	ip addr add "${NET%.*}.$(( ${NET##*.} + 1 ))/30" dev "${NS}h"
 	ip link set "${NS}h" up
-	ip netns exec "$NS" ip addr add 169.254.203.2/30 dev "${NS}n"
+	ip netns exec "$NS" ip addr add "${NET%.*}.$(( ${NET##*.} + 2 ))/30" dev "${NS}n"
 	ip netns exec "$NS" ip link set "${NS}n" up
 	ip netns exec "$NS" ip link set lo up
 	BURST=$(python3 -c 'import re,sys; m=re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)bit", sys.argv[1].lower()) or sys.exit("RATE: want a tc rate such as 1gbit or 200mbit, not "+sys.argv[1]); print(max(256<<10, int(float(m[1])*{"":1,"k":1e3,"m":1e6,"g":1e9}[m[2]])//800))' "$RATE")
 	ip netns exec "$NS" tc qdisc replace dev "${NS}n" root tbf rate "$RATE" burst "$BURST" latency 100ms
-	REG=169.254.203.2:5000
+	REG=${NET%.*}.$(( ${NET##*.} + 2 )):5000
 	INSECURE=(--insecure)
 	IN=(ip netns exec "$NS")
 else
