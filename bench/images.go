@@ -60,6 +60,10 @@ type ImageRefs struct {
 	// digest, same layers) with its start-up profile attached by lazyfs
 	// record; "" when the lazyfs binary cannot record or recording failed.
 	Profiled string `json:"profiled,omitempty"`
+	// Stargz is the plain image converted to eStargz (Images.Estargz),
+	// for the stargz mode; StargzBytes its layers' size.
+	Stargz      string `json:"stargz,omitempty"`
+	StargzBytes int64  `json:"stargzBytes,omitempty"`
 }
 
 // Debian package sets of the built images.
@@ -129,6 +133,35 @@ func (im *Images) Prepare(ctx context.Context, image string, reg Registry) (Imag
 	if refs.LazyBytes, err = layerBytes(lazy); err != nil {
 		return refs, fmt.Errorf("image %s: %w", refs.Lazy, err)
 	}
+	return refs, nil
+}
+
+// Estargz adds to refs the plain image's eStargz copy (ImageRefs.Stargz),
+// converting it unless the registry has it already, within Timeout.
+func (im *Images) Estargz(ctx context.Context, refs ImageRefs) (ImageRefs, error) {
+	timeout := im.Timeout
+	if timeout <= 0 {
+		timeout = time.Hour
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	repo, _, ok := strings.Cut(refs.Plain, ":plain")
+	if !ok {
+		return refs, fmt.Errorf("image %s: not a prepared plain image", refs.Plain)
+	}
+	ref := repo + ":" + estargzTag()
+	im.logf("converting %s to eStargz %s", refs.Plain, ref)
+	if err := toEstargz(ctx, refs.Plain, ref, ""); err != nil {
+		return refs, err
+	}
+	img, err := remoteImageInsecure(ctx, ref)
+	if err != nil {
+		return refs, err
+	}
+	if refs.StargzBytes, err = layerBytes(img); err != nil {
+		return refs, fmt.Errorf("image %s: %w", ref, err)
+	}
+	refs.Stargz = ref
 	return refs, nil
 }
 

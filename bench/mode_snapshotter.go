@@ -83,9 +83,10 @@ func snapshotterArgs(dir, sockDir, hostsDir string) []string {
 	}
 }
 
-// pullArgs is how the harness asks lazyfs to pull through containerd.
-func pullArgs(lazyfs, ctdSock, ref string, insecure bool) []string {
-	a := []string{lazyfs, "pull", "--address", ctdSock, "--namespace", containerdNamespace, "--snapshotter", "lazyfs"}
+// pullArgs is how the harness asks lazyfs to pull through containerd into
+// a remote snapshotter.
+func pullArgs(lazyfs, ctdSock, snapshotter, ref string, insecure bool) []string {
+	a := []string{lazyfs, "pull", "--address", ctdSock, "--namespace", containerdNamespace, "--snapshotter", snapshotter}
 	if insecure {
 		a = append(a, "--plain-http")
 	}
@@ -102,6 +103,42 @@ func writeHostsDir(dir, ref string) error {
 	}
 	conf := fmt.Sprintf("server = %q\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+host, "http://"+host)
 	return os.WriteFile(filepath.Join(d, "hosts.toml"), []byte(conf), 0o644)
+}
+
+// startSnapshotter starts a proxy snapshotter daemon, its output in
+// logPath, and waits until it listens on sock. stop stops it (and waits up
+// to 10 s for it to exit, then kills it); unmounting what it left mounted
+// is the caller's part.
+func startSnapshotter(ctx context.Context, env *Env, bin string, args []string, logPath, sock string) (pid int, stop func(), err error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	stop = func() { stopProcess(cmd.Process.Pid, false, done, 10*time.Second) }
+	err = waitFor(ctx, filepath.Base(bin)+" "+sock, env.timeout(), 20*time.Millisecond, func() error {
+		select {
+		case <-done:
+			b, _ := os.ReadFile(logPath)
+			return permanent(fmt.Errorf("exited: %s", lastLines(string(b), 5)))
+		default:
+		}
+		_, err := os.Stat(sock)
+		return err
+	})
+	if err != nil {
+		stop()
+		return 0, nil, err
+	}
+	return cmd.Process.Pid, stop, nil
 }
 
 // Start implements Mode.
@@ -125,32 +162,8 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 		return nil, err
 	}
 	sock := filepath.Join(sockDir, "snapshotter.sock")
-	logf, err := os.Create(filepath.Join(dir, "snapshotter.log"))
+	pid, stopSnap, err := startSnapshotter(ctx, env, bin, snapshotterArgs(dir, sockDir, hostsDir), filepath.Join(dir, "snapshotter.log"), sock)
 	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	snap := exec.Command(bin, snapshotterArgs(dir, sockDir, hostsDir)...)
-	snap.Stdout, snap.Stderr = logf, logf
-	snap.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := snap.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	done := make(chan struct{})
-	go func() { _ = snap.Wait(); close(done) }()
-	stopSnap := func() { stopProcess(snap.Process.Pid, false, done, 10*time.Second) }
-	err = waitFor(ctx, "lazyfs-snapshotter "+sock, env.timeout(), 20*time.Millisecond, func() error {
-		select {
-		case <-done:
-			b, _ := os.ReadFile(logf.Name())
-			return permanent(fmt.Errorf("exited: %s", lastLines(string(b), 5)))
-		default:
-		}
-		_, err := os.Stat(sock)
-		return err
-	})
-	if err != nil {
-		stopSnap()
 		os.RemoveAll(dir)
 		os.RemoveAll(sockDir)
 		return nil, err
@@ -164,7 +177,7 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 		return nil, err
 	}
 	tr := &ctrTrial{env: env, t: t, dir: dir, sockDir: sockDir, ctd: ctd, ref: ref, snap: "lazyfs",
-		pull: pullArgs(env.Lazyfs, ctd.sock, ref, env.Insecure), extra: []int{snap.Process.Pid}, onClose: stopSnap}
+		pull: pullArgs(env.Lazyfs, ctd.sock, "lazyfs", ref, env.Insecure), extra: []int{pid}, onClose: stopSnap}
 	if m.Warm {
 		var ph Phases
 		if err := tr.Run(ctx, &ph); err != nil {
@@ -184,8 +197,16 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 	return tr, nil
 }
 
-// StargzMode would run the workload with stargz-snapshotter; it runs only
-// when containerd-stargz-grpc and ctr-remote are on PATH.
+// StargzMode runs the workload through containerd with stargz-snapshotter
+// (containerd-stargz-grpc, on PATH), the lazy-pulling snapshotter lazyfs is
+// most often compared with, on the workload's eStargz copy
+// (ImageRefs.Stargz): `lazyfs pull --snapshotter stargz` (which passes the
+// CRI remote-snapshot labels stargz-snapshotter reads as well; ctr-remote
+// rpull would pass the same reference and digests), containers create,
+// tasks start. The eStargz copy has no prioritized files, so
+// stargz-snapshotter prefetches nothing: the counterpart of lazy. Its
+// background fetch stays on, as it is by default. Each trial's
+// stargz-snapshotter has its own root and no cache from earlier samples.
 type StargzMode struct{}
 
 var _ Mode = StargzMode{}
@@ -194,16 +215,64 @@ var _ Mode = StargzMode{}
 func (StargzMode) Name() string { return "stargz" }
 
 // Check implements Mode.
-func (StargzMode) Check(*Env) error {
-	for _, b := range []string{"containerd-stargz-grpc", "ctr-remote"} {
-		if _, err := exec.LookPath(b); err != nil {
-			return skipf("no %s on PATH", b)
-		}
+func (StargzMode) Check(env *Env) error {
+	if err := (FullMode{}).Check(env); err != nil {
+		return err
 	}
-	return skipf("containerd-stargz-grpc and ctr-remote found, but the stargz mode is not implemented in this harness yet")
+	if _, err := exec.LookPath("containerd-stargz-grpc"); err != nil {
+		return skipf("no containerd-stargz-grpc on PATH (stargz-snapshotter)")
+	}
+	if exec.Command(env.Lazyfs, "pull", "--help").Run() != nil {
+		return skipf("%s has no pull command (needed to pass containerd the remote-snapshot labels)", env.Lazyfs)
+	}
+	return nil
+}
+
+// stargzConfig is containerd-stargz-grpc's configuration for a trial: the
+// registry of ref over plain HTTP when insecure, everything else as
+// stargz-snapshotter's defaults have it.
+func stargzConfig(ref string, insecure bool) string {
+	if !insecure {
+		return ""
+	}
+	host, _, _ := strings.Cut(ref, "/")
+	return fmt.Sprintf("[[resolver.host.%q.mirrors]]\n  host = %q\n  insecure = true\n", host, host)
 }
 
 // Start implements Mode.
-func (StargzMode) Start(context.Context, *Env, Target) (Trial, error) {
-	return nil, skipf("stargz mode not implemented")
+func (m StargzMode) Start(ctx context.Context, env *Env, t Target) (Trial, error) {
+	bin, err := exec.LookPath("containerd-stargz-grpc")
+	if err != nil {
+		return nil, err
+	}
+	ref := t.Refs.Stargz
+	if ref == "" {
+		return nil, fmt.Errorf("workload %s: no eStargz copy of image %s (see the run's notes)", t.Workload.Name, t.Workload.Image)
+	}
+	dir, sockDir, err := env.nextDir(m.Name())
+	if err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(dir, "stargz.toml")
+	if err := os.WriteFile(cfg, []byte(stargzConfig(ref, env.Insecure)), 0o644); err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(sockDir, "stargz.sock")
+	args := []string{"--address", sock, "--root", filepath.Join(dir, "stargz"), "--config", cfg, "--log-level", "info"}
+	pid, stopSnap, err := startSnapshotter(ctx, env, bin, args, filepath.Join(dir, "stargz.log"), sock)
+	if err != nil {
+		os.RemoveAll(dir)
+		os.RemoveAll(sockDir)
+		return nil, err
+	}
+	ctd, err := startContainerd(ctx, dir, sockDir, []proxySnapshotter{{"stargz", sock}}, env.timeout())
+	if err != nil {
+		stopSnap()
+		unmountUnder(dir)
+		os.RemoveAll(dir)
+		os.RemoveAll(sockDir)
+		return nil, err
+	}
+	return &ctrTrial{env: env, t: t, dir: dir, sockDir: sockDir, ctd: ctd, ref: ref, snap: "stargz",
+		pull: pullArgs(env.Lazyfs, ctd.sock, "stargz", ref, env.Insecure), extra: []int{pid}, onClose: stopSnap}, nil
 }

@@ -143,6 +143,12 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 
 	// The images, over the unshaped link.
 	images := &Images{CacheDir: cfg.CacheDir, Lazyfs: lazyfs, WeightsBytes: cfg.WeightsBytes, Logf: cfg.Logf}
+	estargz := false // the stargz mode runs: convert to eStargz too
+	for _, m := range cfg.Modes {
+		if _, ok := m.(StargzMode); ok && m.Check(&Env{Lazyfs: lazyfs}) == nil {
+			estargz = true
+		}
+	}
 	refs := map[string]ImageRefs{}
 	imgErr := map[string]error{}
 	for _, w := range cfg.Workloads {
@@ -157,6 +163,14 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			}
 			imgErr[w.Image] = err
 			continue
+		}
+		if estargz {
+			if r, err = images.Estargz(ctx, r); err != nil {
+				if ctx.Err() != nil {
+					return nil, fmt.Errorf("bench interrupted converting image %s to eStargz: %w", w.Image, ctx.Err())
+				}
+				rep.Notes = append(rep.Notes, fmt.Sprintf("image %s: no eStargz copy, the stargz mode fails on it: %v", w.Image, err))
+			}
 		}
 		refs[w.Image] = r
 	}
@@ -202,6 +216,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			r.Lazy = proxy.Addr() + strings.TrimPrefix(r.Lazy, reg.Host())
 			if r.Profiled != "" {
 				r.Profiled = proxy.Addr() + strings.TrimPrefix(r.Profiled, reg.Host())
+			}
+			if r.Stargz != "" {
+				r.Stargz = proxy.Addr() + strings.TrimPrefix(r.Stargz, reg.Host())
 			}
 			wrefs[k] = r
 		}
