@@ -12,6 +12,7 @@ BINARIES  := lazyfs lazyfs-snapshotter lazyfs-prewarm
 # only those warnings.
 PREWARM_CGO_CFLAGS := -O2 -g -Wno-deprecated-declarations
 export PATH := /usr/local/go/bin:$(PATH)
+STARGZD   := $(CURDIR)/.cache/bin/containerd-stargz-grpc
 
 .PHONY: all build test test-containerd2 test-short race fuzz bench deps demo vet lint fmt clean install
 
@@ -34,9 +35,16 @@ deps:
 	./.ci/deps.sh
 
 ## test: deps, vet and the whole test suite (what CI runs; the README's test command)
-test: deps vet
-	$(GO) test -count=1 -timeout 25m ./...
+test: deps vet $(STARGZD)
+	PATH=$(dir $(STARGZD)):$$PATH $(GO) test -count=1 -timeout 25m ./...
 	$(GO) test -count=1 -race -short -timeout 15m ./fs/...
+
+## stargz-snapshotter's containerd-stargz-grpc, for lazyfs bench's stargz mode
+## and its test: built from stargz-snapshotter's library module into .cache
+## (bench/testdata/stargzd: the upstream command's module is not fetchable here)
+$(STARGZD): bench/testdata/stargzd/main.go bench/testdata/stargzd/go.mod bench/testdata/stargzd/go.sum
+	@mkdir -p $(dir $@)
+	cd bench/testdata/stargzd && $(GO) build -o $@ .
 
 ## test-containerd2: the containerd end-to-end tests again, against containerd 2.x
 ## (containerd, ctr and its runc shim built from containerd's module into .cache)

@@ -145,3 +145,82 @@ func runOnce(t *testing.T, ctx context.Context, lazyfs, tmp string) string {
 	}
 	return ph.Output
 }
+
+// TestStargzMode runs the hello workload through stargz-snapshotter: the
+// image converted to eStargz, pulled through containerd into the stargz
+// snapshotter, and run by runc. While the trial holds the container, the
+// image's layers must be served by stargz-snapshotter's FUSE mounts under
+// the trial's directory (a lazy pull, not its fallback of unpacking the
+// layers whole); after Close nothing is left mounted.
+func TestStargzMode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end to end; -short")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := findBusybox(); err != nil {
+		t.Skip(err)
+	}
+	lazyfs := buildLazyfs(t)
+	tmp := t.TempDir()
+	env := &Env{WorkDir: filepath.Join(tmp, "work"), Lazyfs: lazyfs, Insecure: true, Timeout: time.Minute}
+	if err := (StargzMode{}).Check(env); err != nil {
+		t.Skip(err) // make deps builds containerd-stargz-grpc
+	}
+	ln, err := netListen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := StartInProcess(ln)
+	defer reg.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	im := &Images{CacheDir: filepath.Join(tmp, "cache"), Lazyfs: lazyfs, Logf: t.Logf}
+	refs, err := im.Prepare(ctx, "hello", reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if refs, err = im.Estargz(ctx, refs); err != nil {
+		t.Fatal(err)
+	}
+	w, _ := BuiltinWorkload("hello")
+	sockDir, err := os.MkdirTemp(shortTempBase(), "lzbtest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	env.SockDir = sockDir
+	tr, err := StargzMode{}.Start(ctx, env, Target{Workload: w, Refs: refs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ph Phases
+	err = tr.Run(ctx, &ph)
+	fuseMounts := 0
+	if mi, merr := os.ReadFile("/proc/self/mountinfo"); merr == nil {
+		for _, l := range strings.Split(string(mi), "\n") {
+			if strings.Contains(l, env.WorkDir) && strings.Contains(l, " - fuse") {
+				fuseMounts++
+			}
+		}
+	}
+	if cerr := tr.Close(); cerr != nil {
+		t.Errorf("close: %v", cerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(ph.Output, "hello from lazyfs bench") {
+		t.Errorf("workload output %q", ph.Output)
+	}
+	if ph.Pull <= 0 || ph.Run <= 0 {
+		t.Errorf("phases not measured: %+v", ph)
+	}
+	if fuseMounts == 0 {
+		t.Errorf("no stargz FUSE mount under %s while the container ran: the layers were not pulled lazily", env.WorkDir)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), env.WorkDir) {
+		t.Errorf("mounts left under %s", env.WorkDir)
+	}
+}
