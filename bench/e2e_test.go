@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
 )
 
 // buildLazyfs builds cmd/lazyfs into a temporary directory.
@@ -148,10 +150,12 @@ func runOnce(t *testing.T, ctx context.Context, lazyfs, tmp string) string {
 
 // TestStargzMode runs the hello workload through stargz-snapshotter: the
 // image converted to eStargz, pulled through containerd into the stargz
-// snapshotter, and run by runc. While the trial holds the container, the
-// image's layers must be served by stargz-snapshotter's FUSE mounts under
-// the trial's directory (a lazy pull, not its fallback of unpacking the
-// layers whole); after Close nothing is left mounted.
+// snapshotter, and run by runc; then stargz+profile, on the copy whose
+// layers put the files of hello's recorded start-up profile first. While
+// a trial holds the container, the image's layers must be served by
+// stargz-snapshotter's FUSE mounts under the trial's directory (a lazy
+// pull, not its fallback of unpacking the layers whole); after Close
+// nothing is left mounted.
 func TestStargzMode(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end to end; -short")
@@ -159,14 +163,17 @@ func TestStargzMode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
 	if _, err := findBusybox(); err != nil {
 		t.Skip(err)
 	}
 	lazyfs := buildLazyfs(t)
 	tmp := t.TempDir()
 	env := &Env{WorkDir: filepath.Join(tmp, "work"), Lazyfs: lazyfs, Insecure: true, Timeout: time.Minute}
-	if err := (StargzMode{}).Check(env); err != nil {
-		t.Skip(err) // make deps builds containerd-stargz-grpc
+	if err := (StargzMode{Profile: true}).Check(env); err != nil {
+		t.Skip(err) // make test builds containerd-stargz-grpc
 	}
 	ln, err := netListen("127.0.0.1:0")
 	if err != nil {
@@ -177,6 +184,7 @@ func TestStargzMode(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	im := &Images{CacheDir: filepath.Join(tmp, "cache"), Lazyfs: lazyfs, Logf: t.Logf}
+	w, _ := BuiltinWorkload("hello")
 	refs, err := im.Prepare(ctx, "hello", reg)
 	if err != nil {
 		t.Fatal(err)
@@ -184,43 +192,62 @@ func TestStargzMode(t *testing.T) {
 	if refs, err = im.Estargz(ctx, refs); err != nil {
 		t.Fatal(err)
 	}
-	w, _ := BuiltinWorkload("hello")
+	if refs.Profiled, err = im.Record(ctx, w, refs); err != nil || refs.Profiled == "" {
+		t.Fatalf("record: %q, %v", refs.Profiled, err)
+	}
+	if refs, err = im.EstargzProfiled(ctx, w, refs); err != nil {
+		t.Fatal(err)
+	}
+	// hello runs busybox: its layer's eStargz puts it before the landmark.
+	pimg, err := remoteImageInsecure(ctx, refs.StargzProfiled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	players, _ := pimg.Layers()
+	r := openEstargz(t, players[0])
+	mark, ok := r.Lookup(estargz.PrefetchLandmark)
+	bb, ok2 := r.Lookup("bin/busybox")
+	if !ok || !ok2 || bb.Offset >= mark.Offset {
+		t.Errorf("%s: busybox (%v) not prioritized before the landmark (%v)", refs.StargzProfiled, ok2, ok)
+	}
 	sockDir, err := os.MkdirTemp(shortTempBase(), "lzbtest")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(sockDir)
 	env.SockDir = sockDir
-	tr, err := StargzMode{}.Start(ctx, env, Target{Workload: w, Refs: refs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ph Phases
-	err = tr.Run(ctx, &ph)
-	fuseMounts := 0
-	if mi, merr := os.ReadFile("/proc/self/mountinfo"); merr == nil {
-		for _, l := range strings.Split(string(mi), "\n") {
-			if strings.Contains(l, env.WorkDir) && strings.Contains(l, " - fuse") {
-				fuseMounts++
+	for _, m := range []StargzMode{{}, {Profile: true}} {
+		tr, err := m.Start(ctx, env, Target{Workload: w, Refs: refs})
+		if err != nil {
+			t.Fatalf("%s: %v", m.Name(), err)
+		}
+		var ph Phases
+		err = tr.Run(ctx, &ph)
+		fuseMounts := 0
+		if mi, merr := os.ReadFile("/proc/self/mountinfo"); merr == nil {
+			for _, l := range strings.Split(string(mi), "\n") {
+				if strings.Contains(l, env.WorkDir) && strings.Contains(l, " - fuse") {
+					fuseMounts++
+				}
 			}
 		}
-	}
-	if cerr := tr.Close(); cerr != nil {
-		t.Errorf("close: %v", cerr)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(ph.Output, "hello from lazyfs bench") {
-		t.Errorf("workload output %q", ph.Output)
-	}
-	if ph.Pull <= 0 || ph.Run <= 0 {
-		t.Errorf("phases not measured: %+v", ph)
-	}
-	if fuseMounts == 0 {
-		t.Errorf("no stargz FUSE mount under %s while the container ran: the layers were not pulled lazily", env.WorkDir)
-	}
-	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), env.WorkDir) {
-		t.Errorf("mounts left under %s", env.WorkDir)
+		if cerr := tr.Close(); cerr != nil {
+			t.Errorf("%s: close: %v", m.Name(), cerr)
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", m.Name(), err)
+		}
+		if !strings.Contains(ph.Output, "hello from lazyfs bench") {
+			t.Errorf("%s: workload output %q", m.Name(), ph.Output)
+		}
+		if ph.Pull <= 0 || ph.Run <= 0 {
+			t.Errorf("%s: phases not measured: %+v", m.Name(), ph)
+		}
+		if fuseMounts == 0 {
+			t.Errorf("%s: no stargz FUSE mount under %s while the container ran: the layers were not pulled lazily", m.Name(), env.WorkDir)
+		}
+		if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), env.WorkDir) {
+			t.Errorf("%s: mounts left under %s", m.Name(), env.WorkDir)
+		}
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strings"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -17,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
+	"github.com/lazyfs/lazyfs/fs/profile"
 )
 
 // estargzTag is the tag of a workload's eStargz copy: the estargz library's
@@ -35,13 +38,15 @@ func estargzTag() string {
 
 // toEstargz converts the image src into dst, with every layer rebuilt as
 // eStargz by stargz-snapshotter's own estargz package (what `ctr-remote
-// image optimize --no-optimize` and `nerdctl image convert --estargz` run),
-// gzip at the default level, no prioritized files (so stargz-snapshotter
-// prefetches nothing: the no-profile baseline). The layers carry the TOC
+// image optimize` and `nerdctl image convert --estargz` run), gzip at the
+// default level. prioritized[i] are layer i's files to put first, in
+// order, behind a prefetch landmark (what ctr-remote optimize records by
+// running the image); a layer without any gets the no-prefetch landmark,
+// so stargz-snapshotter prefetches nothing of it. The layers carry the TOC
 // digest and uncompressed size annotations stargz-snapshotter verifies
 // them by. A dst already in the registry is kept. Layers are spooled under
 // tmpDir ("" for the system's).
-func toEstargz(ctx context.Context, src, dst, tmpDir string) error {
+func toEstargz(ctx context.Context, src, dst, tmpDir string, prioritized [][]string) error {
 	r, err := name.ParseReference(dst, name.Insecure)
 	if err != nil {
 		return fmt.Errorf("image %s: %w", dst, err)
@@ -73,8 +78,15 @@ func toEstargz(ctx context.Context, src, dst, tmpDir string) error {
 	if out, err = mutate.ConfigFile(out, cf); err != nil {
 		return err
 	}
+	if len(prioritized) > len(layers) {
+		return fmt.Errorf("image %s: %d layers, but prioritized files for %d", src, len(layers), len(prioritized))
+	}
 	for i, l := range layers {
-		el, err := estargzLayer(ctx, l, tmp)
+		var files []string
+		if i < len(prioritized) {
+			files = prioritized[i]
+		}
+		el, err := estargzLayer(ctx, l, tmp, files)
 		if err != nil {
 			return fmt.Errorf("image %s: layer %d: eStargz: %w", src, i, err)
 		}
@@ -99,7 +111,7 @@ type esgzLayer struct {
 	uncompressed int64
 }
 
-func estargzLayer(ctx context.Context, l v1.Layer, dir string) (*esgzLayer, error) {
+func estargzLayer(ctx context.Context, l v1.Layer, dir string, prioritized []string) (*esgzLayer, error) {
 	// Build reads the layer's tar at random offsets: spool it.
 	rc, err := l.Uncompressed()
 	if err != nil {
@@ -115,7 +127,9 @@ func estargzLayer(ctx context.Context, l v1.Layer, dir string) (*esgzLayer, erro
 	if err != nil {
 		return nil, err
 	}
-	blob, err := estargz.Build(io.NewSectionReader(tarf, 0, n), estargz.WithContext(ctx), estargz.WithCompressionLevel(gzip.DefaultCompression))
+	var missed []string // a profiled path this layer lacks (a whiteout's target, say)
+	blob, err := estargz.Build(io.NewSectionReader(tarf, 0, n), estargz.WithContext(ctx), estargz.WithCompressionLevel(gzip.DefaultCompression),
+		estargz.WithPrioritizedFiles(prioritized), estargz.WithAllowPrioritizeNotFound(&missed))
 	if err != nil {
 		return nil, err
 	}
@@ -161,3 +175,94 @@ func (b *fileBlob) DiffID() (v1.Hash, error)            { return b.diffID, nil }
 func (b *fileBlob) Size() (int64, error)                { return b.size, nil }
 func (b *fileBlob) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
 func (b *fileBlob) Compressed() (io.ReadCloser, error)  { return os.Open(b.path) }
+
+// EstargzProfiled adds to refs w's eStargz copy with the files of w's
+// start-up profile (attached to refs.Profiled by Record) prioritized, in
+// the order the workload first read them, layer by layer: what ctr-remote
+// image optimize records by running the image, taken from the same
+// recorded run lazy+profile starts from. It converts unless the registry
+// has the copy already, within Timeout.
+func (im *Images) EstargzProfiled(ctx context.Context, w *Workload, refs ImageRefs) (ImageRefs, error) {
+	if refs.Profiled == "" {
+		return refs, fmt.Errorf("workload %s: no recorded start-up profile to prioritize", w.Name)
+	}
+	timeout := im.Timeout
+	if timeout <= 0 {
+		timeout = time.Hour
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	repo, _, ok := strings.Cut(refs.Plain, ":plain")
+	if !ok {
+		return refs, fmt.Errorf("image %s: not a prepared plain image", refs.Plain)
+	}
+	prio, key, err := profiledFiles(ctx, refs)
+	if err != nil {
+		return refs, fmt.Errorf("workload %s: %w", w.Name, err)
+	}
+	ref := repo + ":" + estargzTag() + "-" + key
+	im.logf("converting %s to eStargz %s, prioritizing %s's start-up profile", refs.Plain, ref, w.Name)
+	if err := toEstargz(ctx, refs.Plain, ref, "", prio); err != nil {
+		return refs, err
+	}
+	refs.StargzProfiled = ref
+	return refs, nil
+}
+
+// profiledFiles returns, for each layer of refs.Plain, the paths of that
+// layer the start-up profile on refs.Profiled names, in first-read order,
+// and a short key of the profile. The converted image's layers are the
+// plain image's, one for one and in order.
+func profiledFiles(ctx context.Context, refs ImageRefs) ([][]string, string, error) {
+	pref, err := name.ParseReference(refs.Profiled, name.Insecure)
+	if err != nil {
+		return nil, "", err
+	}
+	lazy, err := remote.Image(pref, remote.WithContext(ctx))
+	if err != nil {
+		return nil, "", fmt.Errorf("image %s: %w", refs.Profiled, err)
+	}
+	d, err := lazy.Digest()
+	if err != nil {
+		return nil, "", err
+	}
+	p, desc, err := profile.Pull(ctx, pref.Context(), d, remote.WithContext(ctx))
+	if err != nil {
+		return nil, "", fmt.Errorf("start-up profile of %s: %w", refs.Profiled, err)
+	}
+	plain, err := remoteImageInsecure(ctx, refs.Plain)
+	if err != nil {
+		return nil, "", err
+	}
+	pm, err := plain.Manifest()
+	if err != nil {
+		return nil, "", err
+	}
+	lm, err := lazy.Manifest()
+	if err != nil {
+		return nil, "", err
+	}
+	if len(pm.Layers) != len(lm.Layers) {
+		return nil, "", fmt.Errorf("image %s has %d layers, its conversion %s %d", refs.Plain, len(pm.Layers), refs.Profiled, len(lm.Layers))
+	}
+	index := make(map[string]int, len(lm.Layers))
+	for i, l := range lm.Layers {
+		index[l.Digest.String()] = i
+	}
+	prio := make([][]string, len(lm.Layers))
+	seen := make(map[[2]string]bool)
+	for _, s := range p.Spans {
+		if s.Layer < 0 || s.Layer >= len(p.Layers) {
+			return nil, "", fmt.Errorf("start-up profile %s: span of %s names layer %d of %d", desc.Digest, s.Path, s.Layer, len(p.Layers))
+		}
+		i, ok := index[p.Layers[s.Layer]]
+		if !ok {
+			return nil, "", fmt.Errorf("start-up profile %s: layer %s is not in %s", desc.Digest, p.Layers[s.Layer], refs.Profiled)
+		}
+		if k := [2]string{p.Layers[s.Layer], s.Path}; !seen[k] {
+			seen[k] = true
+			prio[i] = append(prio[i], s.Path)
+		}
+	}
+	return prio, shortHash(desc.Digest.String()), nil
+}

@@ -41,7 +41,7 @@ func TestToEstargz(t *testing.T) {
 	if err := remote.Write(mustRef(t, src), orig, remote.WithContext(ctx)); err != nil {
 		t.Fatal(err)
 	}
-	if err := toEstargz(ctx, src, dst, t.TempDir()); err != nil {
+	if err := toEstargz(ctx, src, dst, t.TempDir(), nil); err != nil {
 		t.Fatal(err)
 	}
 	img, err := remoteImageInsecure(ctx, dst)
@@ -99,9 +99,52 @@ func TestToEstargz(t *testing.T) {
 			t.Fatalf("layer %d: the original has no files to compare", i)
 		}
 	}
+	// Without prioritized files, stargz-snapshotter is told to prefetch
+	// nothing; with them, they come first, in order, before the landmark.
+	for i := range layers {
+		r := openEstargz(t, layers[i])
+		if _, ok := r.Lookup(estargz.NoPrefetchLandmark); !ok {
+			t.Errorf("layer %d: no %s", i, estargz.NoPrefetchLandmark)
+		}
+	}
+	var names []string
+	forEachFile(t, origLayers[1], func(name string, _ []byte) { names = append(names, name) })
+	prio := [][]string{nil, {names[len(names)-1], "not/in/this/layer"}}
+	if err := toEstargz(ctx, src, dst+"-prio", t.TempDir(), prio); err != nil {
+		t.Fatal(err)
+	}
+	pimg, err := remoteImageInsecure(ctx, dst+"-prio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validate.Image(pimg); err != nil {
+		t.Fatalf("prioritized copy invalid: %v", err)
+	}
+	players, _ := pimg.Layers()
+	if _, ok := openEstargz(t, players[0]).Lookup(estargz.NoPrefetchLandmark); !ok {
+		t.Errorf("layer 0, nothing prioritized: no %s", estargz.NoPrefetchLandmark)
+	}
+	r1 := openEstargz(t, players[1])
+	mark, ok := r1.Lookup(estargz.PrefetchLandmark)
+	if !ok {
+		t.Fatalf("layer 1, a file prioritized: no %s", estargz.PrefetchLandmark)
+	}
+	first, ok := r1.Lookup(names[len(names)-1])
+	if !ok || first.Offset >= mark.Offset {
+		t.Errorf("layer 1: prioritized %s (%+v) is not before the landmark at %d", names[len(names)-1], first, mark.Offset)
+	}
+	for _, n := range names[:len(names)-1] {
+		if e, ok := r1.Lookup(n); ok && e.Offset < mark.Offset {
+			t.Errorf("layer 1: %s, not prioritized, is before the landmark", n)
+		}
+	}
+	if err := toEstargz(ctx, src, dst+"-bad", t.TempDir(), make([][]string, 4)); err == nil {
+		t.Error("prioritized files for 4 layers of a 3-layer image: no error")
+	}
+
 	// Converting again keeps the copy in the registry as it is.
 	before, _ := img.Digest()
-	if err := toEstargz(ctx, src, dst, t.TempDir()); err != nil {
+	if err := toEstargz(ctx, src, dst, t.TempDir(), nil); err != nil {
 		t.Fatal(err)
 	}
 	again, err := remoteImageInsecure(ctx, dst)
@@ -111,6 +154,19 @@ func TestToEstargz(t *testing.T) {
 	if d, _ := again.Digest(); d != before {
 		t.Errorf("second conversion replaced the copy: %s, was %s", d, before)
 	}
+}
+
+func openEstargz(t *testing.T, l v1.Layer) *estargz.Reader {
+	t.Helper()
+	blob, err := readAll(l.Compressed())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := estargz.Open(io.NewSectionReader(bytes.NewReader(blob), 0, int64(len(blob))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 func mustRef(t *testing.T, s string) name.Reference {

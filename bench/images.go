@@ -64,6 +64,10 @@ type ImageRefs struct {
 	// for the stargz mode; StargzBytes its layers' size.
 	Stargz      string `json:"stargz,omitempty"`
 	StargzBytes int64  `json:"stargzBytes,omitempty"`
+	// StargzProfiled is the workload's eStargz copy with the files of its
+	// start-up profile prioritized (Images.EstargzProfiled), for the
+	// stargz+profile mode.
+	StargzProfiled string `json:"stargzProfiled,omitempty"`
 }
 
 // Debian package sets of the built images.
@@ -151,7 +155,7 @@ func (im *Images) Estargz(ctx context.Context, refs ImageRefs) (ImageRefs, error
 	}
 	ref := repo + ":" + estargzTag()
 	im.logf("converting %s to eStargz %s", refs.Plain, ref)
-	if err := toEstargz(ctx, refs.Plain, ref, ""); err != nil {
+	if err := toEstargz(ctx, refs.Plain, ref, "", nil); err != nil {
 		return refs, err
 	}
 	img, err := remoteImageInsecure(ctx, ref)

@@ -147,7 +147,7 @@ func skipf(format string, args ...any) error { return &SkipError{Reason: fmt.Spr
 
 // Modes returns the known modes by name, in their default order.
 func Modes() []Mode {
-	return []Mode{FullMode{}, MountMode{}, MountMode{Profile: true}, MountMode{Warm: true}, SnapshotterMode{Profile: false}, SnapshotterMode{Profile: true}, SnapshotterMode{Warm: true}, StargzMode{}}
+	return []Mode{FullMode{}, MountMode{}, MountMode{Profile: true}, MountMode{Warm: true}, SnapshotterMode{Profile: false}, SnapshotterMode{Profile: true}, SnapshotterMode{Warm: true}, StargzMode{}, StargzMode{Profile: true}}
 }
 
 // usesProfile reports whether a mode starts from the workload's recorded
@@ -157,6 +157,8 @@ func usesProfile(m Mode) bool {
 	case MountMode:
 		return m.Profile
 	case SnapshotterMode:
+		return m.Profile
+	case StargzMode:
 		return m.Profile
 	}
 	return false

@@ -204,18 +204,27 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 // CRI remote-snapshot labels stargz-snapshotter reads as well; ctr-remote
 // rpull would pass the same reference and digests), containers create,
 // tasks start. The eStargz copy has no prioritized files, so
-// stargz-snapshotter prefetches nothing: the counterpart of lazy. Its
-// background fetch stays on, as it is by default. Each trial's
-// stargz-snapshotter has its own root and no cache from earlier samples.
-type StargzMode struct{}
+// stargz-snapshotter prefetches nothing: the counterpart of lazy. Profile
+// runs the copy whose layers put the files of the workload's start-up
+// profile first (ImageRefs.StargzProfiled), which stargz-snapshotter
+// prefetches at mount: the counterpart of lazy+profile, and of an image
+// optimized by ctr-remote. Its background fetch stays on, as it is by
+// default. Each trial's stargz-snapshotter has its own root and no cache
+// from earlier samples.
+type StargzMode struct{ Profile bool }
 
 var _ Mode = StargzMode{}
 
 // Name implements Mode.
-func (StargzMode) Name() string { return "stargz" }
+func (m StargzMode) Name() string {
+	if m.Profile {
+		return "stargz+profile"
+	}
+	return "stargz"
+}
 
 // Check implements Mode.
-func (StargzMode) Check(env *Env) error {
+func (m StargzMode) Check(env *Env) error {
 	if err := (FullMode{}).Check(env); err != nil {
 		return err
 	}
@@ -224,6 +233,9 @@ func (StargzMode) Check(env *Env) error {
 	}
 	if exec.Command(env.Lazyfs, "pull", "--help").Run() != nil {
 		return skipf("%s has no pull command (needed to pass containerd the remote-snapshot labels)", env.Lazyfs)
+	}
+	if m.Profile && !HasCommand(env.Lazyfs, "record") {
+		return skipf("%s has no record command, so there is no start-up profile to prioritize", env.Lazyfs)
 	}
 	return nil
 }
@@ -246,8 +258,11 @@ func (m StargzMode) Start(ctx context.Context, env *Env, t Target) (Trial, error
 		return nil, err
 	}
 	ref := t.Refs.Stargz
+	if m.Profile {
+		ref = t.Refs.StargzProfiled
+	}
 	if ref == "" {
-		return nil, fmt.Errorf("workload %s: no eStargz copy of image %s (see the run's notes)", t.Workload.Name, t.Workload.Image)
+		return nil, fmt.Errorf("workload %s: no eStargz copy of image %s for %s (see the run's notes)", t.Workload.Name, t.Workload.Image, m.Name())
 	}
 	dir, sockDir, err := env.nextDir(m.Name())
 	if err != nil {

@@ -143,10 +143,12 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 
 	// The images, over the unshaped link.
 	images := &Images{CacheDir: cfg.CacheDir, Lazyfs: lazyfs, WeightsBytes: cfg.WeightsBytes, Logf: cfg.Logf}
-	estargz := false // the stargz mode runs: convert to eStargz too
+	// The stargz modes run: convert to eStargz too.
+	estargz, estargzProfiled := false, false
 	for _, m := range cfg.Modes {
-		if _, ok := m.(StargzMode); ok && m.Check(&Env{Lazyfs: lazyfs}) == nil {
-			estargz = true
+		if sm, ok := m.(StargzMode); ok && m.Check(&Env{Lazyfs: lazyfs}) == nil {
+			estargz = estargz || !sm.Profile
+			estargzProfiled = estargzProfiled || sm.Profile
 		}
 	}
 	refs := map[string]ImageRefs{}
@@ -194,6 +196,14 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			rep.Notes = append(rep.Notes, fmt.Sprintf("workload %s: no start-up profile: %v", w.Name, err))
 		}
 		r.Profiled = p
+		if estargzProfiled && p != "" {
+			if r, err = images.EstargzProfiled(ctx, w, r); err != nil {
+				if ctx.Err() != nil {
+					return nil, fmt.Errorf("bench interrupted converting %s's image to eStargz: %w", w.Name, ctx.Err())
+				}
+				rep.Notes = append(rep.Notes, fmt.Sprintf("workload %s: no prioritized eStargz copy, the stargz+profile mode fails on it: %v", w.Name, err))
+			}
+		}
 		wrefs[w.Name] = r
 	}
 
@@ -219,6 +229,9 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 			}
 			if r.Stargz != "" {
 				r.Stargz = proxy.Addr() + strings.TrimPrefix(r.Stargz, reg.Host())
+			}
+			if r.StargzProfiled != "" {
+				r.StargzProfiled = proxy.Addr() + strings.TrimPrefix(r.StargzProfiled, reg.Host())
 			}
 			wrefs[k] = r
 		}

@@ -53,9 +53,11 @@ first stdout line matching --ready-line.
 Modes: full (containerd + overlayfs), mount (lazyfs mount + chroot), mount+profile
 (the same with the registry's start-up profile), mount-warm
 (the same with the block cache already holding what the workload reads),
-lazy, lazy+profile, warm (the lazyfs snapshotter) and stargz; mount+profile and
-lazy+profile start from the workload's start-up profile, recorded once per
-image, workload and lazyfs binary with lazyfs record. Modes whose components
+lazy, lazy+profile, warm (the lazyfs snapshotter), stargz and stargz+profile
+(stargz-snapshotter on an eStargz copy of the image, made in process);
+mount+profile, lazy+profile and stargz+profile start from the workload's
+start-up profile, recorded once per image, workload and lazyfs binary with
+lazyfs record (stargz+profile prioritizes its files in the eStargz copy). Modes whose components
 are missing are skipped with a note. Needs root.`,
 		Example: `  lazyfs bench --workload hello,python --mode full,mount --samples 3
   lazyfs bench --workload torch --link 1gbit --rtt 20ms --json > torch.json
@@ -154,7 +156,7 @@ are missing are skipped with a note. Needs root.`,
 	}
 	f := cmd.Flags()
 	f.StringSliceVar(&workloads, "workload", []string{"hello", "python"}, "built-in workloads: "+strings.Join(bench.WorkloadNames(), ", "))
-	f.StringSliceVar(&modes, "mode", []string{"full", "mount", "mount+profile", "mount-warm", "lazy", "lazy+profile", "warm", "stargz"}, "modes to compare")
+	f.StringSliceVar(&modes, "mode", []string{"full", "mount", "mount+profile", "mount-warm", "lazy", "lazy+profile", "warm", "stargz", "stargz+profile"}, "modes to compare")
 	f.IntVarP(&samples, "samples", "n", 5, "samples (rounds) per mode")
 	f.StringVar(&link, "link", "200mbit", "link profile: "+strings.Join(bench.Profiles, ", ")+" or any rate such as 500mbit")
 	f.DurationVar(&rtt, "rtt", 0, "added round-trip time through a latency proxy (e.g. 20ms)")
