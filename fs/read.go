@@ -227,15 +227,21 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 		}
 	}
 	h.mu.Lock()
+	grown := 0 // logged once the lock is released
+	unlock := func() {
+		h.mu.Unlock()
+		if grown > 0 {
+			r.logWindow(e.Name, grown, last, "grow")
+		}
+	}
 	s := &h.streams[st]
 	if h.lib && s.run < longRun {
-		h.mu.Unlock()
+		unlock()
 		return
 	}
 	if seq < 6 || missed {
 		if w := min(2*s.win, h.maxWindow(e)); w != s.win {
-			s.win = w
-			r.logWindow(e.Name, w, last, "grow")
+			s.win, grown = w, w
 		}
 	}
 	window := s.win
@@ -257,11 +263,11 @@ func (h *handle) readAhead(st, last, seq int, missed bool) {
 	// file): one large coalesced request costs the registry and the fetcher
 	// less than many small ones for the same bytes.
 	if from >= to || (to-from < window/2 && to < end && s.raEnd > last) {
-		h.mu.Unlock()
+		unlock()
 		return
 	}
 	s.raEnd = to
-	h.mu.Unlock()
+	unlock()
 	// Split into jobs of at most raJobBytes, which the prefetch workers
 	// fetch in parallel: parallel range requests across one big file,
 	// whatever the fetcher does within one call.
