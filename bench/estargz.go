@@ -8,7 +8,6 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
-	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -176,6 +175,40 @@ func (b *fileBlob) Size() (int64, error)                { return b.size, nil }
 func (b *fileBlob) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
 func (b *fileBlob) Compressed() (io.ReadCloser, error)  { return os.Open(b.path) }
 
+// Estargz adds to refs the plain image's eStargz copy (ImageRefs.Stargz),
+// converting it unless the registry has it already, within Timeout.
+func (im *Images) Estargz(ctx context.Context, refs ImageRefs) (ImageRefs, error) {
+	ctx, cancel := im.bounded(ctx)
+	defer cancel()
+	repo, err := plainRepo(refs)
+	if err != nil {
+		return refs, err
+	}
+	ref := repo + ":" + estargzTag()
+	im.logf("converting %s to eStargz %s", refs.Plain, ref)
+	if err := toEstargz(ctx, refs.Plain, ref, "", nil); err != nil {
+		return refs, err
+	}
+	img, err := remoteImageInsecure(ctx, ref)
+	if err != nil {
+		return refs, err
+	}
+	if refs.StargzBytes, err = layerBytes(img); err != nil {
+		return refs, fmt.Errorf("image %s: %w", ref, err)
+	}
+	refs.Stargz = ref
+	return refs, nil
+}
+
+// plainRepo is the repository of a prepared image (its plain tag's).
+func plainRepo(refs ImageRefs) (string, error) {
+	repo, ok := strings.CutSuffix(refs.Plain, ":plain")
+	if !ok {
+		return "", fmt.Errorf("image %s: not a prepared plain image", refs.Plain)
+	}
+	return repo, nil
+}
+
 // EstargzProfiled adds to refs w's eStargz copy with the files of w's
 // start-up profile (attached to refs.Profiled by Record) prioritized, in
 // the order the workload first read them, layer by layer: what ctr-remote
@@ -186,15 +219,11 @@ func (im *Images) EstargzProfiled(ctx context.Context, w *Workload, refs ImageRe
 	if refs.Profiled == "" {
 		return refs, fmt.Errorf("workload %s: no recorded start-up profile to prioritize", w.Name)
 	}
-	timeout := im.Timeout
-	if timeout <= 0 {
-		timeout = time.Hour
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := im.bounded(ctx)
 	defer cancel()
-	repo, _, ok := strings.Cut(refs.Plain, ":plain")
-	if !ok {
-		return refs, fmt.Errorf("image %s: not a prepared plain image", refs.Plain)
+	repo, err := plainRepo(refs)
+	if err != nil {
+		return refs, err
 	}
 	prio, key, err := profiledFiles(ctx, refs)
 	if err != nil {

@@ -92,11 +92,7 @@ func (im *Images) logf(format string, args ...any) {
 // which is copied in) is in reg as a plain and a converted image, within
 // Timeout.
 func (im *Images) Prepare(ctx context.Context, image string, reg Registry) (ImageRefs, error) {
-	timeout := im.Timeout
-	if timeout <= 0 {
-		timeout = time.Hour
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := im.bounded(ctx)
 	defer cancel()
 	var img v1.Image
 	var err error
@@ -140,33 +136,14 @@ func (im *Images) Prepare(ctx context.Context, image string, reg Registry) (Imag
 	return refs, nil
 }
 
-// Estargz adds to refs the plain image's eStargz copy (ImageRefs.Stargz),
-// converting it unless the registry has it already, within Timeout.
-func (im *Images) Estargz(ctx context.Context, refs ImageRefs) (ImageRefs, error) {
+// bounded is ctx bounded by Timeout (default 1 hour), for preparing one
+// image.
+func (im *Images) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
 	timeout := im.Timeout
 	if timeout <= 0 {
 		timeout = time.Hour
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	repo, _, ok := strings.Cut(refs.Plain, ":plain")
-	if !ok {
-		return refs, fmt.Errorf("image %s: not a prepared plain image", refs.Plain)
-	}
-	ref := repo + ":" + estargzTag()
-	im.logf("converting %s to eStargz %s", refs.Plain, ref)
-	if err := toEstargz(ctx, refs.Plain, ref, "", nil); err != nil {
-		return refs, err
-	}
-	img, err := remoteImageInsecure(ctx, ref)
-	if err != nil {
-		return refs, err
-	}
-	if refs.StargzBytes, err = layerBytes(img); err != nil {
-		return refs, fmt.Errorf("image %s: %w", ref, err)
-	}
-	refs.Stargz = ref
-	return refs, nil
+	return context.WithTimeout(ctx, timeout)
 }
 
 func layerBytes(img v1.Image) (int64, error) {

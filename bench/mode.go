@@ -122,6 +122,18 @@ type Target struct {
 	Refs     ImageRefs
 }
 
+// lazyRef is the converted image a lazyfs mode starts: the profiled copy
+// when profile is set.
+func (t Target) lazyRef(profile bool) (string, error) {
+	if !profile {
+		return t.Refs.Lazy, nil
+	}
+	if t.Refs.Profiled == "" {
+		return "", fmt.Errorf("workload %s: no recorded start-up profile (see the run's notes)", t.Workload.Name)
+	}
+	return t.Refs.Profiled, nil
+}
+
 // Phases split a sample's time to ready.
 type Phases struct {
 	// Pull is the image pull (full: fetch and unpack; mount: until the

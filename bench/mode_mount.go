@@ -66,15 +66,13 @@ func (m MountMode) Check(env *Env) error {
 
 // Start implements Mode.
 func (m MountMode) Start(ctx context.Context, env *Env, t Target) (Trial, error) {
-	dir, sockDir, err := env.nextDir(m.Name())
+	ref, err := t.lazyRef(m.Profile)
 	if err != nil {
 		return nil, err
 	}
-	ref := t.Refs.Lazy
-	if m.Profile {
-		if ref = t.Refs.Profiled; ref == "" {
-			return nil, fmt.Errorf("workload %s: no recorded start-up profile (see the run's notes)", t.Workload.Name)
-		}
+	dir, sockDir, err := env.nextDir(m.Name())
+	if err != nil {
+		return nil, err
 	}
 	tr := &mountTrial{env: env, t: t, ref: ref, dir: dir, sockDir: sockDir, profileDir: env.hasFlag("mount", "profile-dir")}
 	if m.Warm {

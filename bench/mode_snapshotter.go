@@ -141,17 +141,38 @@ func startSnapshotter(ctx context.Context, env *Env, bin string, args []string, 
 	return cmd.Process.Pid, stop, nil
 }
 
+// startProxyTrial starts a proxy snapshotter daemon (bin args, listening
+// on sock, its log in dir) and a containerd that has it as snapshotter
+// name, and returns the trial that pulls ref into it with lazyfs pull. On
+// an error it leaves nothing running, mounted or on disk.
+func startProxyTrial(ctx context.Context, env *Env, t Target, dir, sockDir, name, ref, sock, bin string, args []string) (*ctrTrial, error) {
+	pid, stopSnap, err := startSnapshotter(ctx, env, bin, args, filepath.Join(dir, name+"-snapshotter.log"), sock)
+	if err != nil {
+		os.RemoveAll(dir)
+		os.RemoveAll(sockDir)
+		return nil, err
+	}
+	ctd, err := startContainerd(ctx, dir, sockDir, []proxySnapshotter{{name, sock}}, env.timeout())
+	if err != nil {
+		stopSnap()
+		unmountUnder(dir)
+		os.RemoveAll(dir)
+		os.RemoveAll(sockDir)
+		return nil, err
+	}
+	return &ctrTrial{env: env, t: t, dir: dir, sockDir: sockDir, ctd: ctd, ref: ref, snap: name,
+		pull: pullArgs(env.Lazyfs, ctd.sock, name, ref, env.Insecure), extra: []int{pid}, onClose: stopSnap}, nil
+}
+
 // Start implements Mode.
 func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, error) {
 	bin, err := snapshotterBinary(env)
 	if err != nil {
 		return nil, err
 	}
-	ref := t.Refs.Lazy
-	if m.Profile {
-		if ref = t.Refs.Profiled; ref == "" {
-			return nil, fmt.Errorf("workload %s: no recorded start-up profile (see the run's notes)", t.Workload.Name)
-		}
+	ref, err := t.lazyRef(m.Profile)
+	if err != nil {
+		return nil, err
 	}
 	dir, sockDir, err := env.nextDir(m.Name())
 	if err != nil {
@@ -162,22 +183,10 @@ func (m SnapshotterMode) Start(ctx context.Context, env *Env, t Target) (Trial, 
 		return nil, err
 	}
 	sock := filepath.Join(sockDir, "snapshotter.sock")
-	pid, stopSnap, err := startSnapshotter(ctx, env, bin, snapshotterArgs(dir, sockDir, hostsDir), filepath.Join(dir, "snapshotter.log"), sock)
+	tr, err := startProxyTrial(ctx, env, t, dir, sockDir, "lazyfs", ref, sock, bin, snapshotterArgs(dir, sockDir, hostsDir))
 	if err != nil {
-		os.RemoveAll(dir)
-		os.RemoveAll(sockDir)
 		return nil, err
 	}
-	ctd, err := startContainerd(ctx, dir, sockDir, []proxySnapshotter{{"lazyfs", sock}}, env.timeout())
-	if err != nil {
-		stopSnap()
-		unmountUnder(dir)
-		os.RemoveAll(dir)
-		os.RemoveAll(sockDir)
-		return nil, err
-	}
-	tr := &ctrTrial{env: env, t: t, dir: dir, sockDir: sockDir, ctd: ctd, ref: ref, snap: "lazyfs",
-		pull: pullArgs(env.Lazyfs, ctd.sock, "lazyfs", ref, env.Insecure), extra: []int{pid}, onClose: stopSnap}
 	if m.Warm {
 		var ph Phases
 		if err := tr.Run(ctx, &ph); err != nil {
@@ -274,20 +283,5 @@ func (m StargzMode) Start(ctx context.Context, env *Env, t Target) (Trial, error
 	}
 	sock := filepath.Join(sockDir, "stargz.sock")
 	args := []string{"--address", sock, "--root", filepath.Join(dir, "stargz"), "--config", cfg, "--log-level", "info"}
-	pid, stopSnap, err := startSnapshotter(ctx, env, bin, args, filepath.Join(dir, "stargz.log"), sock)
-	if err != nil {
-		os.RemoveAll(dir)
-		os.RemoveAll(sockDir)
-		return nil, err
-	}
-	ctd, err := startContainerd(ctx, dir, sockDir, []proxySnapshotter{{"stargz", sock}}, env.timeout())
-	if err != nil {
-		stopSnap()
-		unmountUnder(dir)
-		os.RemoveAll(dir)
-		os.RemoveAll(sockDir)
-		return nil, err
-	}
-	return &ctrTrial{env: env, t: t, dir: dir, sockDir: sockDir, ctd: ctd, ref: ref, snap: "stargz",
-		pull: pullArgs(env.Lazyfs, ctd.sock, "stargz", ref, env.Insecure), extra: []int{pid}, onClose: stopSnap}, nil
+	return startProxyTrial(ctx, env, t, dir, sockDir, "stargz", ref, sock, bin, args)
 }
