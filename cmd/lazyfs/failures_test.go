@@ -40,6 +40,8 @@ var failureTable = []failure{
 	{"startup level", []string{"convert", "--startup-level", "0", "{reg}/img:1", "{reg}/img:lazy"}, 64, "--startup-level 0: out of range", false, false},
 	{"jobs", []string{"convert", "--jobs", "-1", "{reg}/img:1", "{reg}/img:lazy"}, 64, "--jobs -1: out of range", false, false},
 	{"read-ahead", []string{"mount", "--read-ahead", "5000", "{reg}/img:lazy", "{dir}"}, 64, "--read-ahead 5000: out of range", false, false},
+	{"device name", []string{"run", "--device", "gpu0", "{reg}/img:1"}, 64, `--device: device "gpu0"`, false, false},
+	{"device undefined", []string{"run", "--cdi-spec-dir", "{dir}", "--device", "nvidia.com/gpu=0", "{reg}/img:1"}, 64, "--device: no CDI spec in ", false, false},
 	{"read-ahead negative", []string{"mount", "--read-ahead", "-1", "{reg}/img:lazy", "{dir}"}, 64, "or off", false, false},
 	{"neighbor window", []string{"mount", "--neighbor-window", "1GiB", "{reg}/img:lazy", "{dir}"}, 64, "--neighbour-window 1GiB: out of range", false, false},
 	{"cache size 0", []string{"mount", "--cache-size", "0", "{reg}/img:lazy", "{dir}"}, 64, "--cache-size 0: out of range", false, false},

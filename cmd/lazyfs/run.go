@@ -13,13 +13,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	ggcr "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/lazyfs/lazyfs/fs"
 	"github.com/lazyfs/lazyfs/fs/image"
 	"github.com/lazyfs/lazyfs/fs/profile"
 	"github.com/lazyfs/lazyfs/fs/remote"
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/internal/node"
 	"github.com/lazyfs/lazyfs/internal/runner"
 )
@@ -38,6 +41,10 @@ type runFlags struct {
 	workdir    string
 	env        []string
 	report     string
+	devices    []string
+	cdiDirs    []string
+	// devEdits are devices resolved by validate (runner.ResolveCDI).
+	devEdits *specs.Spec
 	// stdout, if set, gets the command's stdout instead of the
 	// command's own (lazyfs convert --json --record keeps stdout JSON).
 	stdout io.Writer
@@ -55,10 +62,25 @@ func (rf *runFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&rf.workdir, "workdir", "", "working directory (default: the image config's)")
 	f.StringArrayVar(&rf.env, "env", nil, "KEY=VALUE added to the image config's environment (repeatable)")
 	f.StringVar(&rf.report, "report", "", "write a JSON report of the run (exit code, times, bytes fetched, prefetch) to this file")
+	f.StringArrayVar(&rf.devices, "device", nil, "a CDI device to give the command, such as nvidia.com/gpu=0 or nvidia.com/gpu=all (repeatable; specs as nvidia-ctk cdi generate writes them)")
+	f.StringSliceVar(&rf.cdiDirs, "cdi-spec-dir", cdi.DefaultSpecDirs, "directories of CDI specs for --device")
 }
 
-// validate checks the flags before anything is fetched or run.
-func (rf *runFlags) validate() error { return rf.imageFlags.validate() }
+// validate checks the flags before anything is fetched or run, and
+// resolves --device.
+func (rf *runFlags) validate() error {
+	if err := rf.imageFlags.validate(); err != nil {
+		return err
+	}
+	if len(rf.devices) > 0 {
+		d, err := runner.ResolveCDI(rf.cdiDirs, rf.devices)
+		if err != nil {
+			return cli.Usagef("--device: %w", err)
+		}
+		rf.devEdits = d
+	}
+	return nil
+}
 
 // fsOptions are the mount's fs.Options; a recording run reads lean. With
 // --passthrough, the node keeps the copies under its (temporary) root.
@@ -103,12 +125,18 @@ read-only lower layer of a writable overlay (a tmpfs, gone after the run),
 image config's environment, working directory and user. Without CMD it runs
 the image's entrypoint and cmd. The network is the host's. Needs root.
 
+--device gives the command CDI devices, such as GPUs (nvidia.com/gpu=0, or
+nvidia.com/gpu=all), from the Container Device Interface specs in
+--cdi-spec-dir (nvidia-ctk cdi generate writes NVIDIA's to /etc/cdi or
+/var/run/cdi): their device nodes, driver library mounts, environment and
+hooks, applied as a container runtime applies them.
+
 A start-up profile is prefetched when there is one: the one learned on this
 node (--profile-dir) or else the one attached to the image in its registry
 (lazyfs record, lazyfs profile push). The run records its own first-read order
 into --profile-dir for the next cold start. It unmounts on exit and exits with
 the command's status.`,
-		Example: "  lazyfs run 127.0.0.1:5000/python:3.12-lazy -- python3 -c 'import json'\n  lazyfs run --ready-line 'listening' --timeout 60s REF -- /server",
+		Example: "  lazyfs run 127.0.0.1:5000/python:3.12-lazy -- python3 -c 'import json'\n  lazyfs run --ready-line 'listening' --timeout 60s REF -- /server\n  lazyfs run --device nvidia.com/gpu=0 REF -- python3 -c 'import torch; print(torch.cuda.is_available())'",
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_, err := runImage(cmd, args[0], args[1:], &rf, false)
@@ -220,7 +248,7 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 	c := runner.Config{
 		Root: m.Dir(), Args: runner.Command(cfg, args),
 		Env: append(append([]string(nil), cfg.Env...), rf.env...), WorkDir: cfg.WorkingDir, User: cfg.User,
-		Timeout: rf.timeout, ReadyLine: ready,
+		Timeout: rf.timeout, ReadyLine: ready, Devices: rf.devEdits,
 		Stdin: cmd.InOrStdin(), Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr(),
 	}
 	if rf.stdout != nil {

@@ -77,6 +77,19 @@ func TestRunRecordInspect(t *testing.T) {
 	if err != nil || out != "x\n5\n/srv\nhi from the config\n" {
 		t.Fatalf("run: %q %v", out, err)
 	}
+	// --device: a CDI device (a stand-in for a GPU: /dev/zero) reaches the
+	// command, with its spec's environment.
+	cdiDir := filepath.Join(tmp, "cdi")
+	os.Mkdir(cdiDir, 0o755)
+	spec := `{"cdiVersion": "0.6.0", "kind": "lazyfs.test/gpu", "devices": [{"name": "0", "containerEdits": {"env": ["TEST_GPU=0"], "deviceNodes": [{"path": "/dev/testgpu0", "hostPath": "/dev/zero"}]}}]}`
+	if err := os.WriteFile(filepath.Join(cdiDir, "test.json"), []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = run(t, append(append([]string{"run", "--cdi-spec-dir", cdiDir, "--device", "lazyfs.test/gpu=0"}, common...), dst, "--", "sh", "-c",
+		`head -c 4 /dev/testgpu0 | wc -c && echo "$TEST_GPU"`)...)
+	if err != nil || out != "4\n0\n" {
+		t.Fatalf("run --device: %q %v", out, err)
+	}
 	out, err = run(t, append(append([]string{"run"}, common...), dst)...)
 	if err != nil || out != "default cmd\n" {
 		t.Fatalf("run of the image's cmd: %q %v", out, err)

@@ -25,6 +25,9 @@ type initSpec struct {
 	GID  uint32   `json:"gid"`
 	Args []string `json:"args"`
 	Env  []string `json:"env"`
+	// Wait: read a byte from fd 3 before going on (Run's hooks run
+	// meanwhile); EOF without it means the run was abandoned.
+	Wait bool `json:"wait,omitempty"`
 }
 
 // init runs the helper when this binary was re-executed by Run: it never
@@ -37,6 +40,14 @@ func init() {
 	var s initSpec
 	if err := json.Unmarshal([]byte(spec), &s); err != nil {
 		fail("bad helper spec: %v", err)
+	}
+	if s.Wait {
+		f := os.NewFile(3, "release")
+		var b [1]byte
+		if n, _ := f.Read(b[:]); n != 1 {
+			os.Exit(127) // the run failed before the command could start
+		}
+		f.Close()
 	}
 	if err := syscall.Chroot(s.Root); err != nil {
 		fail("chroot %s: %v", s.Root, err)

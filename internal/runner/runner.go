@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -63,9 +64,16 @@ type Config struct {
 	KillGrace time.Duration
 	// ScratchSize bounds the overlay's writable layer, a tmpfs (default 1 GiB).
 	ScratchSize int64
-	Stdin       io.Reader
-	Stdout      io.Writer
-	Stderr      io.Writer
+	// Devices are device edits to apply, as ResolveCDI returns them for
+	// CDI devices such as GPUs: environment (set over Env), device nodes
+	// (made in the run's /dev), mounts (bound from the host) and hooks
+	// (run before the command starts, with the OCI state on stdin and a
+	// bundle whose config.json gives the run's root, as a runtime runs a
+	// CDI spec's createContainer hooks). nil: none.
+	Devices *specs.Spec
+	Stdin   io.Reader
+	Stdout  io.Writer
+	Stderr  io.Writer
 }
 
 // Result is how a run ended.
@@ -180,11 +188,19 @@ func runInNamespace(ctx context.Context, c Config, scratch string) (_ *Result, e
 	if err := setupNetworkFiles(merged); err != nil {
 		return nil, err
 	}
+	if c.Devices != nil {
+		if err := applyDevices(merged, c.Devices, mount); err != nil {
+			return nil, err
+		}
+	}
 	cred, err := lookupUser(merged, c.User)
 	if err != nil {
 		return nil, err
 	}
 	env := withDefaults(c.Env, cred)
+	if c.Devices != nil && c.Devices.Process != nil {
+		env = mergeEnv(env, c.Devices.Process.Env)
+	}
 	prog, err := lookPath(merged, c.Args[0], getenv(env, "PATH"))
 	if err != nil {
 		return nil, err
@@ -199,7 +215,11 @@ func runInNamespace(ctx context.Context, c Config, scratch string) (_ *Result, e
 	// The image's working directory may not exist (runtimes create it).
 	_ = os.MkdirAll(filepath.Join(merged, filepath.Clean(wd)), 0o755)
 
-	spec, err := json.Marshal(initSpec{Root: merged, Dir: wd, Path: prog, UID: cred.Uid, GID: cred.Gid, Args: c.Args, Env: env})
+	var hooks *specs.Hooks
+	if c.Devices != nil {
+		hooks = c.Devices.Hooks
+	}
+	spec, err := json.Marshal(initSpec{Root: merged, Dir: wd, Path: prog, UID: cred.Uid, GID: cred.Gid, Args: c.Args, Env: env, Wait: hooks != nil})
 	if err != nil {
 		return nil, err
 	}
@@ -218,6 +238,18 @@ func runInNamespace(ctx context.Context, c Config, scratch string) (_ *Result, e
 	} else {
 		cmd.Stdout = c.Stdout
 	}
+	// With hooks, the helper waits (before its chroot) until they ran: they
+	// get its pid, as a runtime's hooks get the container's.
+	var release *os.File
+	if hooks != nil {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrSetup, err)
+		}
+		defer w.Close()
+		cmd.ExtraFiles, release = []*os.File{r}, w
+		defer r.Close()
+	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%w: start %s: %v", ErrSetup, c.Args[0], err)
@@ -225,6 +257,33 @@ func runInNamespace(ctx context.Context, c Config, scratch string) (_ *Result, e
 	pgid := cmd.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	var st ociState
+	if hooks != nil {
+		st, err = startHooks(ctx, scratch, merged, c, env, wd, pgid)
+		if err != nil {
+			release.Close()
+			_ = unix.Kill(-pgid, unix.SIGKILL)
+			<-exited
+			return nil, err
+		}
+		if _, err := release.Write([]byte{1}); err != nil {
+			_ = unix.Kill(-pgid, unix.SIGKILL)
+			<-exited
+			return nil, fmt.Errorf("%w: start %s after its hooks: %v", ErrSetup, c.Args[0], err)
+		}
+		release.Close()
+		start = time.Now()
+		st.Status = "running"
+		if err := runHooks(ctx, "poststart", hooks.Poststart, st); err != nil {
+			fmt.Fprintf(c.Stderr, "lazyfs run: %v\n", err)
+		}
+		defer func() {
+			st.Status = "stopped"
+			if err := runHooks(context.WithoutCancel(ctx), "poststop", hooks.Poststop, st); err != nil {
+				fmt.Fprintf(c.Stderr, "lazyfs run: %v\n", err)
+			}
+		}()
+	}
 
 	var timeout <-chan time.Time
 	if c.Timeout > 0 {
@@ -266,6 +325,33 @@ func runInNamespace(ctx context.Context, c Config, scratch string) (_ *Result, e
 	}
 	res.ExitCode = exitCode(cmd.ProcessState, werr)
 	return res, nil
+}
+
+// startHooks writes the run's bundle and runs the hooks that come before
+// the command: prestart, createRuntime, createContainer and startContainer,
+// in that order, all in the run's mount namespace before the helper
+// (pid) chroots. It returns the state the later hooks get.
+func startHooks(ctx context.Context, scratch, root string, c Config, env []string, wd string, pid int) (ociState, error) {
+	bundle := filepath.Join(scratch, "bundle")
+	st := ociState{Version: specs.Version, ID: fmt.Sprintf("lazyfs-run-%d", pid), Status: "created", Pid: pid, Bundle: bundle}
+	if err := os.Mkdir(bundle, 0o700); err != nil {
+		return st, fmt.Errorf("%w: %v", ErrSetup, err)
+	}
+	if err := writeBundle(bundle, root, c, env, wd, c.Devices); err != nil {
+		return st, fmt.Errorf("%w: bundle: %v", ErrSetup, err)
+	}
+	h := c.Devices.Hooks
+	//lint:ignore SA1019 prestart hooks are deprecated but CDI specs may still carry them, and runtimes run them
+	prestart := h.Prestart
+	for _, k := range []struct {
+		kind  string
+		hooks []specs.Hook
+	}{{"prestart", prestart}, {"createRuntime", h.CreateRuntime}, {"createContainer", h.CreateContainer}, {"startContainer", h.StartContainer}} {
+		if err := runHooks(ctx, k.kind, k.hooks, st); err != nil {
+			return st, err
+		}
+	}
+	return st, nil
 }
 
 // networkFiles are the host's files a run sees in place of the image's, as
