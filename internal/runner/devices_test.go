@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -174,5 +175,42 @@ func TestResolveCDIErrors(t *testing.T) {
 	// The valid spec beside it still resolves.
 	if _, err := runner.ResolveCDI([]string{dir}, []string{"lazyfs.test/gpu=0"}); err != nil {
 		t.Errorf("valid spec beside an invalid one: %v", err)
+	}
+}
+
+// TestRunCDIGPU is the device check of --device on a real NVIDIA GPU
+// (internal/runner/testdata/device-check.sh runs it; skipped elsewhere): it
+// generates NVIDIA's CDI spec with nvidia-ctk, resolves nvidia.com/gpu=all,
+// and checks in a run that every device node of the spec opens and every
+// mounted file of the spec (driver libraries, nvidia-smi) is there, with
+// the driver's version under /proc.
+func TestRunCDIGPU(t *testing.T) {
+	if os.Getenv("LAZYFS_GPU_CDI") == "" {
+		t.Skip("device check: set LAZYFS_GPU_CDI=1 on a machine with an NVIDIA GPU and nvidia-ctk")
+	}
+	ctk, err := exec.LookPath("nvidia-ctk")
+	if err != nil {
+		t.Skip("no nvidia-ctk on PATH (NVIDIA Container Toolkit)")
+	}
+	dir := mountImage(t)
+	cdiDir := t.TempDir()
+	if out, err := exec.Command(ctk, "cdi", "generate", "--output", filepath.Join(cdiDir, "nvidia.yaml")).CombinedOutput(); err != nil {
+		t.Fatalf("nvidia-ctk cdi generate: %v: %s", err, out)
+	}
+	devs, err := runner.ResolveCDI([]string{cdiDir}, []string{"nvidia.com/gpu=all"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := "set -e\ncat /proc/driver/nvidia/version | head -n 1\n"
+	for _, n := range devs.Linux.Devices {
+		script += fmt.Sprintf("head -c 0 < %q && echo opened %s\n", n.Path, n.Path)
+	}
+	for _, m := range devs.Mounts {
+		script += fmt.Sprintf("test -e %q && echo mounted %s\n", m.Destination, m.Destination)
+	}
+	res, out, errs := run(t, runner.Config{Root: dir, Args: []string{"sh", "-c", script}, Devices: devs})
+	t.Logf("%d device nodes, %d mounts, %d env, hooks %+v:\n%s", len(devs.Linux.Devices), len(devs.Mounts), len(devs.Process.Env), devs.Hooks, out)
+	if res.ExitCode != 0 || len(devs.Linux.Devices) == 0 {
+		t.Fatalf("exit %d, stderr %q", res.ExitCode, errs)
 	}
 }
