@@ -57,13 +57,22 @@ func (m SnapshotterMode) Check(env *Env) error {
 	if _, err := snapshotterBinary(env); err != nil {
 		return skipf("no lazyfs-snapshotter next to %s or on PATH (the snapshotter is not in this build)", env.Lazyfs)
 	}
-	if exec.Command(env.Lazyfs, "pull", "--help").Run() != nil {
-		return skipf("%s has no pull command (needed to pass containerd the remote-snapshot labels)", env.Lazyfs)
+	if err := checkPull(env); err != nil {
+		return err
 	}
 	if m.Profile {
 		if !HasCommand(env.Lazyfs, "record") {
 			return skipf("%s has no record command, so images carry no start-up profile", env.Lazyfs)
 		}
+	}
+	return nil
+}
+
+// checkPull skips a remote-snapshotter mode whose lazyfs binary has no
+// pull command, which passes containerd the remote-snapshot labels.
+func checkPull(env *Env) error {
+	if !HasCommand(env.Lazyfs, "pull") {
+		return skipf("%s has no pull command (needed to pass containerd the remote-snapshot labels)", env.Lazyfs)
 	}
 	return nil
 }
@@ -240,8 +249,8 @@ func (m StargzMode) Check(env *Env) error {
 	if _, err := exec.LookPath("containerd-stargz-grpc"); err != nil {
 		return skipf("no containerd-stargz-grpc on PATH (stargz-snapshotter)")
 	}
-	if exec.Command(env.Lazyfs, "pull", "--help").Run() != nil {
-		return skipf("%s has no pull command (needed to pass containerd the remote-snapshot labels)", env.Lazyfs)
+	if err := checkPull(env); err != nil {
+		return err
 	}
 	if m.Profile && !HasCommand(env.Lazyfs, "record") {
 		return skipf("%s has no record command, so there is no start-up profile to prioritize", env.Lazyfs)
