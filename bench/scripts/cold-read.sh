@@ -8,7 +8,10 @@
 # order: bench/scripts/mmapload.py) of the same file from a fresh mount;
 # its last two columns leave out the Python interpreter's start (0.4 s on
 # some VMs; cat has none): the mount's time plus the loader's own
-# (mmapload.py times itself from the open to the last tensor).
+# (mmapload.py times itself from the open to the last tensor). It also
+# reads the source file on local disk (ext4 here), cold, with `cat` and
+# with the loader: what the loader costs beyond a sequential read when
+# the file system is not lazyfs, on the same machine in the same round.
 # SHOW_STATS=1 prints each mount's stats, the mount server's CPU, page
 # faults and peak RSS, and how busy the CPUs were.
 # COMPARE="BIN1 BIN2 ..." times several lazyfs builds instead, one after the
@@ -129,8 +132,8 @@ if [ -n "${COMPARE:-}" ]; then
 	done
 	exit 0
 fi
-echo "| round | crane blob (s) | lazyfs mount + cat (s) | crane MB/s | lazyfs MB/s | lazyfs / crane speed |${MMAP:+ mount + mmap loader (s) | mmap / cat time | mount + loader reads (s) | reads / cat time |}"
-echo "|---|---|---|---|---|---|${MMAP:+---|---|---|---|}"
+echo "| round | crane blob (s) | lazyfs mount + cat (s) | crane MB/s | lazyfs MB/s | lazyfs / crane speed |${MMAP:+ mount + mmap loader (s) | mmap / cat time | mount + loader reads (s) | reads / cat time | local disk: cat, loader (s) | local loader / cat |}"
+echo "|---|---|---|---|---|---|${MMAP:+---|---|---|---|---|---|}"
 for r in $(seq "$ROUNDS"); do
 	sync; echo 3 > /proc/sys/vm/drop_caches
 	t0=$(now); crane blob --insecure "$REG/bench/model@$DIGEST" > /dev/null; t1=$(now)
@@ -156,7 +159,12 @@ for r in $(seq "$ROUNDS"); do
 		t5=$(now)
 		[ -z "${SHOW_STATS:-}" ] || { "$LAZYFS" stats --state-dir "$W/state" "$W/mnt"; server; } >&2
 		"$LAZYFS" umount --state-dir "$W/state" "$W/mnt" >/dev/null
+		sync; echo 3 > /proc/sys/vm/drop_caches
+		e0=$(now); cat "$W/root/model.bin" > /dev/null; e1=$(now)
+		sync; echo 3 > /proc/sys/vm/drop_caches
+		e2=$(now); python3 bench/scripts/mmapload.py "$W/root/model.bin" "$r" >/dev/null; e3=$(now)
+		local_cols=" $(secs "$e0" "$e1"), $(secs "$e2" "$e3") | $(python3 -c 'import sys; print(f"{(float(sys.argv[4])-float(sys.argv[3]))/(float(sys.argv[2])-float(sys.argv[1])):.2f}")' "$e0" "$e1" "$e2" "$e3") |"
 	fi
-	python3 -c "import sys; c=float(sys.argv[2])-float(sys.argv[1]); l=float(sys.argv[4])-float(sys.argv[3]); b=int(sys.argv[5]); m=float(sys.argv[8])-float(sys.argv[7]); o=float(sys.argv[9])-float(sys.argv[7])+float(sys.argv[10]); print(f'| {sys.argv[6]} | {c:.2f} | {l:.2f} | {b/1e6/c:.0f} | {b/1e6/l:.0f} | {c/l:.2f} |' + (f' {m:.2f} | {m/l:.2f} | {o:.2f} | {o/l:.2f} |' if m > 0 else ''))" "$t0" "$t1" "$t2" "$t3" "$BLOB" "$r" "$t4" "$t5" "$t4m" "$own"
+	python3 -c "import sys; c=float(sys.argv[2])-float(sys.argv[1]); l=float(sys.argv[4])-float(sys.argv[3]); b=int(sys.argv[5]); m=float(sys.argv[8])-float(sys.argv[7]); o=float(sys.argv[9])-float(sys.argv[7])+float(sys.argv[10]); print(f'| {sys.argv[6]} | {c:.2f} | {l:.2f} | {b/1e6/c:.0f} | {b/1e6/l:.0f} | {c/l:.2f} |' + (f' {m:.2f} | {m/l:.2f} | {o:.2f} | {o/l:.2f} |' if m > 0 else '') + sys.argv[11])" "$t0" "$t1" "$t2" "$t3" "$BLOB" "$r" "$t4" "$t5" "$t4m" "$own" "${local_cols:-}"
 done
 echo "(blob: $BLOB bytes for a ${SIZE_MIB} MiB file; registry: distribution on $REG${RATE:+, behind a link shaped to $RATE})"
