@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -30,6 +31,11 @@ func isMounted(t *testing.T, dir string) bool {
 // TestMain lets the test binary act as the lazyfs binary when the mount
 // command re-executes itself to start a background server.
 func TestMain(m *testing.M) {
+	// Profiles learned by the tests' mounts (and by the lazyfs processes
+	// they start) go to a directory of the run's own, not to the node's.
+	if d := os.Getenv("LAZYFS_TEST_PROFILE_DIR"); d != "" {
+		defaultProfileDir = d
+	}
 	// A test binary started with a subcommand (not -test.* flags) is a
 	// re-executed lazyfs, even if a test forgot LAZYFS_TEST_MAIN: never
 	// let it run the tests again (each would spawn more).
@@ -37,7 +43,16 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	dir, err := os.MkdirTemp("", "lazyfs-test-profiles-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	os.Setenv("LAZYFS_TEST_PROFILE_DIR", dir)
+	defaultProfileDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 func needFUSE(t *testing.T) {

@@ -27,7 +27,7 @@ import (
 	"github.com/lazyfs/lazyfs/internal/runner"
 )
 
-const defaultProfileDir = "/var/lib/lazyfs/profiles"
+var defaultProfileDir = "/var/lib/lazyfs/profiles"
 
 // runFlags are the flags of lazyfs run and lazyfs record.
 type runFlags struct {
