@@ -2,10 +2,13 @@
 # lazyfs demo: on a fresh Debian 12 machine, as root.
 #
 # Installs what it needs, builds lazyfs, starts a registry on 127.0.0.1, builds a
-# sample image from real files (busybox + the Python 3 standard library), converts
-# it, and compares two cold starts of `python3 -c 'import json, ...'`:
+# sample image from real files (busybox, the Python 3 standard library, and a
+# layer of build tools as python:3 images carry: gcc, binutils, C headers), converts
+# it, and compares three cold starts of `python3 -c 'import json, ...'`:
 #   full:  download and unpack the whole image (crane export | tar -x), then run;
-#   lazy:  lazyfs mount (chunks fetched on demand), then run from the mount.
+#   lazy:  lazyfs mount (chunks fetched on demand), then run from the mount;
+#   lazy+profile: the same after `lazyfs record` attached the program's start-up
+#          profile to the image in the registry: the mount prefetches it.
 # The registry sits in its own network namespace behind a veth link shaped to
 # SHAPE (default 200mbit, as a node's share of a datacenter link; SHAPE=off
 # puts it on loopback). Everything it starts is stopped and removed on exit,
@@ -53,7 +56,7 @@ SHAPE=${SHAPE:-200mbit}
 cleanup() {
 	trap '' INT TERM # finish cleaning up even if Ctrl-C is pressed again
 	set +e
-	for m in "$WORK/mnt"; do mountpoint -q "$m" 2>/dev/null && "$LAZYFS" umount --state-dir "$WORK/state" "$m" >/dev/null; done
+	for m in "$WORK/mnt" "$WORK/mnt2"; do mountpoint -q "$m" 2>/dev/null && "$LAZYFS" umount --state-dir "$WORK/state" "$m" >/dev/null; done
 	[ -n "$REGPID" ] && kill "$REGPID" 2>/dev/null && wait "$REGPID" 2>/dev/null
 	[ -n "$NS" ] && ip netns del "$NS" 2>/dev/null
 	rm -rf "$WORK"
@@ -102,7 +105,7 @@ ${RUN_NS[@]+"${RUN_NS[@]}"} .cache/registry/usr/bin/docker-registry serve "$WORK
 REGPID=$!
 for _ in $(seq 100); do curl -fs "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
 
-say "building a sample image: busybox + python3 with its standard library"
+say "building a sample image: busybox, python3 with its standard library, and a build-tools layer (gcc, binutils, headers: python:3 images carry them)"
 ROOT=$WORK/rootfs
 mkdir -p "$ROOT"/{bin,usr/bin,usr/lib,lib64,tmp,etc}
 cp /bin/busybox "$ROOT/bin/busybox"
@@ -118,8 +121,13 @@ rm -rf "$ROOT$PYLIB/test" "$ROOT$PYLIB"/**/__pycache__ 2>/dev/null || true
 echo "nameserver 127.0.0.1" > "$ROOT/etc/resolv.conf"
 tar -C "$ROOT" -czf "$WORK/base.tar.gz" bin lib64 etc tmp lib usr/bin 2>/dev/null || tar -C "$ROOT" -czf "$WORK/base.tar.gz" bin lib64 etc tmp usr/bin
 tar -C "$ROOT" -czf "$WORK/python.tar.gz" usr/lib
-crane append --insecure -f "$WORK/base.tar.gz" -f "$WORK/python.tar.gz" -t "$REG/demo/python:plain" >/dev/null
-IMG_BYTES=$(du -cb "$WORK"/base.tar.gz "$WORK"/python.tar.gz | tail -1 | cut -f1)
+# Build tools, as Debian-based python:3 images have them (from buildpack-deps):
+# most of an image's bytes, and none of them read when python starts.
+TOOLS=()
+for p in usr/lib/gcc usr/libexec/gcc usr/include usr/bin/x86_64-linux-gnu-*; do [ -e "/$p" ] && TOOLS+=("$p"); done
+tar -C / -czf "$WORK/tools.tar.gz" "${TOOLS[@]}"
+crane append --insecure -f "$WORK/base.tar.gz" -f "$WORK/python.tar.gz" -f "$WORK/tools.tar.gz" -t "$REG/demo/python:plain" >/dev/null
+IMG_BYTES=$(du -cb "$WORK"/base.tar.gz "$WORK"/python.tar.gz "$WORK"/tools.tar.gz | tail -1 | cut -f1)
 
 say "converting it: lazyfs convert $REG/demo/python:plain $REG/demo/python:lazy"
 "$LAZYFS" convert ${INSECURE[@]+"${INSECURE[@]}"} "$REG/demo/python:plain" "$REG/demo/python:lazy"
@@ -143,7 +151,9 @@ say "cold start B: lazyfs mount, then run python from the mount"
 sync; echo 3 > /proc/sys/vm/drop_caches
 mkdir -p "$WORK/mnt"
 t0=$(now)
-"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$WORK/cache" "$REG/demo/python:lazy" "$WORK/mnt"
+# --profile-dir in $WORK: the profile the mount learns of the image stays
+# out of the node's /var/lib/lazyfs/profiles (and out of the next demo).
+"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$WORK/cache" --profile-dir "$WORK/profiles" "$REG/demo/python:lazy" "$WORK/mnt"
 t1=$(now)
 chroot "$WORK/mnt" /usr/bin/python3 -c "$WORKLOAD"
 t2=$(now)
@@ -151,25 +161,44 @@ LAZY_READY=$(secs "$t0" "$t1"); LAZY_TOTAL=$(secs "$t0" "$t2")
 STATS=$("$LAZYFS" stats --json --state-dir "$WORK/state" "$WORK/mnt")
 FETCHED=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["remote"]["bytesFetched"])')
 LAZY_IMG=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["imageSize"])')
+"$LAZYFS" umount --state-dir "$WORK/state" "$WORK/mnt" >/dev/null
 
-# --- 5. what happened -------------------------------------------------------
+# --- 5. cold start C: with a start-up profile -------------------------------
+say "recording a start-up profile: lazyfs record $REG/demo/python:lazy -- python3 -c '...'"
+"$LAZYFS" record ${INSECURE[@]+"${INSECURE[@]}"} --cache-dir "" --profile-dir "" "$REG/demo/python:lazy" -- /usr/bin/python3 -c "$WORKLOAD" >/dev/null
+say "cold start C: lazyfs mount (empty cache), which prefetches the recorded profile, then run python"
+sync; echo 3 > /proc/sys/vm/drop_caches
+mkdir -p "$WORK/mnt2"
+t0=$(now)
+# A fresh --profile-dir: what this node learned in cold start B stays out,
+# the profile comes from the registry ("" would turn profiles off).
+"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$WORK/cache2" --profile-dir "$WORK/profiles2" "$REG/demo/python:lazy" "$WORK/mnt2"
+t1=$(now)
+chroot "$WORK/mnt2" /usr/bin/python3 -c "$WORKLOAD"
+t2=$(now)
+PROF_READY=$(secs "$t0" "$t1"); PROF_TOTAL=$(secs "$t0" "$t2")
+PROF_FETCHED=$("$LAZYFS" stats --json --state-dir "$WORK/state" "$WORK/mnt2" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["remote"]["bytesFetched"])')
+
+# --- 6. what happened -------------------------------------------------------
 say "result"
-python3 - "$FULL_READY" "$FULL_TOTAL" "$LAZY_READY" "$LAZY_TOTAL" "$IMG_BYTES" "$FETCHED" "$LAZY_IMG" "$LINK" <<'PY'
+python3 - "$FULL_READY" "$FULL_TOTAL" "$LAZY_READY" "$LAZY_TOTAL" "$PROF_READY" "$PROF_TOTAL" "$IMG_BYTES" "$FETCHED" "$PROF_FETCHED" "$LAZY_IMG" "$LINK" <<'PY'
 import sys
-fr, ft, lr, lt = map(float, sys.argv[1:5]); img, fetched, limg = map(int, sys.argv[5:8]); link = sys.argv[8]
+fr, ft, lr, lt, pr, pt = map(float, sys.argv[1:7]); img, fetched, pfetched, limg = map(int, sys.argv[7:11]); link = sys.argv[11]
 mb = lambda b: f"{b/1e6:.1f} MB"
-print(f"{'':28}{'full pull':>14}{'lazyfs':>14}")
-print(f"{'time to ready (s)':28}{fr:>14.2f}{lr:>14.2f}")
-print(f"{'time to first output (s)':28}{ft:>14.2f}{lt:>14.2f}")
-print(f"{'bytes downloaded':28}{mb(img):>14}{mb(fetched):>14}")
-print(f"\nlazyfs fetched {100*fetched/limg:.1f}% of the {mb(limg)} converted image; "
-      f"time to first output {ft/lt:.1f}x faster than the full pull ({link}).")
+print(f"{'':28}{'full pull':>14}{'lazyfs':>14}{'lazyfs+profile':>16}")
+print(f"{'time to ready (s)':28}{fr:>14.2f}{lr:>14.2f}{pr:>16.2f}")
+print(f"{'time to first output (s)':28}{ft:>14.2f}{lt:>14.2f}{pt:>16.2f}")
+print(f"{'bytes downloaded':28}{mb(img):>14}{mb(fetched):>14}{mb(pfetched):>16}")
+print(f"\nlazyfs fetched {100*fetched/limg:.1f}% of the {mb(limg)} converted image; time to first output "
+      f"{ft/lt:.1f}x faster than the full pull, {ft/pt:.1f}x with the start-up profile ({link}).")
 PY
 cat <<TXT
 
 What to try next (the registry is gone when this script exits; run your own with the same steps):
   lazyfs convert SRC DST              convert any image you can pull (Docker Hub, GHCR, ...) into a lazyfs image
   lazyfs inspect DST                  see its chunked layers, entries, chunks and TOC sizes
+  lazyfs record DST -- CMD            record CMD's start-up profile; mounts of DST prefetch it
+  lazyfs bench                        the cold-start benchmark (numpy, torch, ... over a shaped link: docs/bench.md)
   lazyfs mount DST /mnt/x             mount it lazily; lazyfs stats /mnt/x shows what was fetched
   lazyfs umount /mnt/x
   make test                           run the test suite; docs/ explains the format and each component
