@@ -90,6 +90,24 @@ func TestConvertRecord(t *testing.T) {
 		t.Fatalf("the cold run asked the registry for referrers %d times: the manifest's profile comes first", got)
 	}
 
+	// --profile-dir "": the node learns nothing (not into the default
+	// directory either), and the registry's profile is still prefetched.
+	before, _ := os.ReadDir(defaultProfileDir)
+	if _, err := run(t, "run", "--cache-dir", "", "--profile-dir", "", "--report", report, dst, "--", "cat", "/etc/passwd"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(report)
+	rr = runReport{}
+	if err := json.Unmarshal(b, &rr); err != nil {
+		t.Fatal(err)
+	}
+	if rr.ProfileSource != "registry" || rr.Prefetch == nil || rr.Prefetch.ProfileChunks != int64(p.Chunks) {
+		t.Fatalf("cold run of %s with --profile-dir \"\": %s, want its manifest's %d profile chunks prefetched", dst, b, p.Chunks)
+	}
+	if after, _ := os.ReadDir(defaultProfileDir); len(after) != len(before) {
+		t.Fatalf("run --profile-dir \"\" stored a profile in %s: %d entries, %d before", defaultProfileDir, len(after), len(before))
+	}
+
 	// Through a daemon (no fill): the mount of DST prefetches the whole
 	// profile, after which the recorded files read without a blob request.
 	n, err := node.New(context.Background(), node.Config{Root: filepath.Join(tmp, "root"), CacheDir: node.MemoryCache, CacheSize: 1 << 30,

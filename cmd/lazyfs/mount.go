@@ -101,7 +101,7 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.Var(&mf.logLimit, "log-limit", "bound of a standalone server's log (one previous log is kept)")
 	f.BoolVar(&mf.fill, "fill", false, "after the start-up profile, fetch the rest of the image in the background (stops before the cache would evict); default: on through the daemon (its setting), off standalone")
 	f.BoolVar(&mf.noFill, "no-fill", false, "do not fill: fetch only what is read and the start-up profile (through the daemon too)")
-	f.StringVar(&mf.profileDir, "profile-dir", defaultProfileDir, "start-up profiles learned on this node: prefetched at mount, recorded until unmount (\"\": none)")
+	f.StringVar(&mf.profileDir, "profile-dir", defaultProfileDir, "start-up profiles learned on this node: prefetched at mount, recorded until unmount (\"\": learn none; the image's profile in its registry is still prefetched)")
 	mf.fetch.bind(f)
 	return cmd
 }
@@ -202,7 +202,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 		PullDir:      os.TempDir(),
 		FS:           mf.fsf.options(),
 		Mount:        fs.MountOptions{Debug: mf.debug},
-		Profiles:     node.ProfileConfig{Dir: mf.profileDir, Off: mf.profileDir == "", NoFill: !mf.fill || mf.noFill, Registry: true},
+		Profiles:     node.ProfileConfig{Dir: mf.profileDir, NoLearn: mf.profileDir == "", NoFill: !mf.fill || mf.noFill, Registry: true},
 	}
 	if cfg.FS.Passthrough {
 		// Not the node's default ROOT/spool: a standalone server shares

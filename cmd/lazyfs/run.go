@@ -53,7 +53,7 @@ type runFlags struct {
 func (rf *runFlags) register(f *pflag.FlagSet) {
 	rf.imageFlags = newImageFlags()
 	rf.imageFlags.bind(f)
-	f.StringVar(&rf.profileDir, "profile-dir", defaultProfileDir, "profiles learned on this node, by image digest (\"\": none)")
+	f.StringVar(&rf.profileDir, "profile-dir", defaultProfileDir, "profiles learned on this node, by image digest (\"\": learn none; the image's profile in its registry is still prefetched unless --no-profile)")
 	f.BoolVar(&rf.noProfile, "no-profile", false, "prefetch no start-up profile (neither the node's nor the registry's)")
 	f.BoolVar(&rf.fill, "fill", false, "after the profile, fetch the rest of the image in the background (stops before the cache would evict)")
 	f.DurationVar(&rf.timeout, "timeout", 0, "end the command after this long (SIGTERM, then SIGKILL)")
@@ -188,8 +188,9 @@ func runImage(cmd *cobra.Command, ref string, args []string, rf *runFlags, recor
 	}
 	defer os.RemoveAll(root)
 	// A private node (as a standalone lazyfs mount has): its cache, fetcher
-	// and profiles; with --no-profile it loads none but still records.
-	pc := node.ProfileConfig{Dir: rf.profileDir, Off: rf.profileDir == "" || rf.noProfile, NoFill: !rf.fill}
+	// and profiles; with --no-profile it loads none but still records,
+	// with --profile-dir "" it learns none but prefetches the registry's.
+	pc := node.ProfileConfig{Dir: rf.profileDir, Off: rf.noProfile, NoLearn: rf.profileDir == "", NoFill: !rf.fill}
 	if !rf.noProfile {
 		pc.Registry = true
 	}

@@ -172,7 +172,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if src == nil && cfg.Profiles.Registry {
 		src = n.registryProfile // uses n.fetcher, set below before any mount
 	}
-	if src != nil {
+	if src != nil && !cfg.Profiles.Off {
 		n.sources = newSourceMemo(src)
 	}
 	n.cache = cfg.Cache

@@ -24,6 +24,9 @@ type ProfileConfig struct {
 	Dir string
 	// Off turns profiles off: mounts neither learn nor prefetch them.
 	Off bool
+	// NoLearn keeps no profiles on the node (Dir is unused): mounts learn
+	// nothing, and prefetch Source's profile (or the registry's) only.
+	NoLearn bool
 	// NoFill turns fill off for merged image mounts (fill is on by
 	// default: a workload that reads everything finishes no later than a
 	// full pull).
@@ -51,7 +54,7 @@ type ProfileConfig struct {
 
 // openProfiles opens the node's profile store (nil when profiles are off).
 func openProfiles(cfg Config) (*profile.Store, error) {
-	if cfg.Profiles.Off {
+	if cfg.Profiles.Off || cfg.Profiles.NoLearn {
 		return nil, nil
 	}
 	dir := cfg.Profiles.Dir
@@ -69,11 +72,12 @@ func (n *Node) Profiles() *profile.Store { return n.profiles }
 
 // imageProfiles are the profile options of a merged image mount.
 func (n *Node) imageProfiles(o ImageOptions) image.ProfileOptions {
-	fill := !n.cfg.Profiles.NoFill && n.profiles != nil
+	on := n.profiles != nil || n.sources != nil
+	fill := !n.cfg.Profiles.NoFill && on
 	if o.Fill != nil {
 		fill = *o.Fill
 	}
-	if n.profiles == nil && !o.Record && !fill {
+	if !on && !o.Record && !fill {
 		return image.ProfileOptions{}
 	}
 	po := image.ProfileOptions{Store: n.profiles, Record: o.Record, Prefetch: n.cfg.Profiles.Prefetch, Autosave: n.cfg.Profiles.Autosave}
@@ -91,7 +95,13 @@ func (n *Node) imageProfiles(o ImageOptions) image.ProfileOptions {
 // the mount's hold on the recorder: the last one stores the profile.
 func (n *Node) layerProfiles(img *remote.Image) (po image.ProfileOptions, release func()) {
 	if n.profiles == nil {
-		return image.ProfileOptions{}, func() {}
+		if n.sources == nil {
+			return image.ProfileOptions{}, func() {}
+		}
+		// Nothing to learn into: prefetch the source's profile only.
+		po = image.ProfileOptions{Source: n.sources.Get, Prefetch: n.cfg.Profiles.Prefetch}
+		po.Prefetch.Fill = n.cfg.Profiles.LayerFill
+		return po, func() {}
 	}
 	po = image.ProfileOptions{Store: n.profiles, NoStore: true, Prefetch: n.cfg.Profiles.Prefetch} // the node saves the shared recorder
 	if n.sources != nil {

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -85,48 +86,63 @@ func TestLayerMountsPrefetchRegistryProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref = strings.Replace(ref, reg.Host, alias, 1)
-	n2, err := node.New(ctx, node.Config{Root: t.TempDir(), CacheDir: node.MemoryCache, CacheSize: 1 << 30,
-		Fetcher: remote.New(remote.WithHostsDir(hosts)), Profiles: node.ProfileConfig{Registry: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n2.Close() })
-	lookups := reg.Referrers.Load()
-	img, err := n2.Fetcher().Resolve(ctx, ref, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var digests []string
-	for _, l := range img.Layers {
-		digests = append(digests, l.Digest.String())
-	}
-	ldirs := []string{mountDir(t, "layer0"), mountDir(t, "layer1")}
-	var g errgroup.Group
-	for i, d := range ldirs {
-		g.Go(func() error { return n2.LayerFS().Mount(ctx, d, labels(ref, digests[i], digests...)) })
-	}
-	if err := g.Wait(); err != nil {
-		t.Fatal(err)
-	}
-	c2 := node.NewClient(serveControl(t, n2), 30*time.Second)
-	var total int64
-	for _, d := range ldirs {
-		p := waitProgress(t, c2, d, func(p *node.Progress) bool { return p.Phase == "done" })
-		if p.ProfileSource != "registry" || p.ProfileLocal != p.ProfileChunks {
-			t.Fatalf("layer mount %s: %+v, want the registry's profile, all local", d, p)
-		}
-		total += p.ProfileChunks
-	}
-	if total != int64(prof.Chunks()) {
-		t.Fatalf("the layer mounts prefetched %d profile chunks, the profile has %d", total, prof.Chunks())
-	}
-	if got := reg.Referrers.Load() - lookups; got != 1 {
-		t.Fatalf("the registry was asked for the image's referrers %d times for one image's layers, want 1", got)
-	}
-	for _, d := range ldirs {
-		if err := n2.LayerFS().Unmount(ctx, d); err != nil {
-			t.Fatal(err)
-		}
+	// The same with NoLearn (lazyfs run --profile-dir ""): no profile
+	// store, the registry's profile still prefetched, nothing learned.
+	for _, pc := range []node.ProfileConfig{{Registry: true}, {Registry: true, NoLearn: true}} {
+		t.Run(fmt.Sprintf("NoLearn=%v", pc.NoLearn), func(t *testing.T) {
+			root := t.TempDir()
+			n2, err := node.New(ctx, node.Config{Root: root, CacheDir: node.MemoryCache, CacheSize: 1 << 30,
+				Fetcher: remote.New(remote.WithHostsDir(hosts)), Profiles: pc})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { n2.Close() })
+			lookups := reg.Referrers.Load()
+			img, err := n2.Fetcher().Resolve(ctx, ref, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var digests []string
+			for _, l := range img.Layers {
+				digests = append(digests, l.Digest.String())
+			}
+			ldirs := []string{mountDir(t, "layer0"), mountDir(t, "layer1")}
+			var g errgroup.Group
+			for i, d := range ldirs {
+				g.Go(func() error { return n2.LayerFS().Mount(ctx, d, labels(ref, digests[i], digests...)) })
+			}
+			if err := g.Wait(); err != nil {
+				t.Fatal(err)
+			}
+			c2 := node.NewClient(serveControl(t, n2), 30*time.Second)
+			var total int64
+			for _, d := range ldirs {
+				p := waitProgress(t, c2, d, func(p *node.Progress) bool { return p.Phase == "done" })
+				if p.ProfileSource != "registry" || p.ProfileLocal != p.ProfileChunks {
+					t.Fatalf("layer mount %s: %+v, want the registry's profile, all local", d, p)
+				}
+				total += p.ProfileChunks
+			}
+			if total != int64(prof.Chunks()) {
+				t.Fatalf("the layer mounts prefetched %d profile chunks, the profile has %d", total, prof.Chunks())
+			}
+			if got := reg.Referrers.Load() - lookups; got != 1 {
+				t.Fatalf("the registry was asked for the image's referrers %d times for one image's layers, want 1", got)
+			}
+			for _, d := range ldirs {
+				if err := n2.LayerFS().Unmount(ctx, d); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if pc.NoLearn {
+				if n2.Profiles() != nil {
+					t.Fatal("a node with NoLearn has a profile store")
+				}
+				if ents, _ := os.ReadDir(filepath.Join(root, "profiles")); len(ents) > 0 {
+					t.Fatalf("a node with NoLearn stored %d profiles", len(ents))
+				}
+			}
+		})
 	}
 }
 
