@@ -151,9 +151,9 @@ say "cold start B: lazyfs mount, then run python from the mount"
 sync; echo 3 > /proc/sys/vm/drop_caches
 mkdir -p "$WORK/mnt"
 t0=$(now)
-# --profile-dir in $WORK: the profile the mount learns of the image stays
-# out of the node's /var/lib/lazyfs/profiles (and out of the next demo).
-"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$WORK/cache" --profile-dir "$WORK/profiles" "$REG/demo/python:lazy" "$WORK/mnt"
+# --profile-dir "": the mount learns no profile into the node's
+# /var/lib/lazyfs/profiles (which the next demo would prefetch).
+"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$WORK/cache" --profile-dir "" "$REG/demo/python:lazy" "$WORK/mnt"
 t1=$(now)
 chroot "$WORK/mnt" /usr/bin/python3 -c "$WORKLOAD"
 t2=$(now)
@@ -170,9 +170,8 @@ say "cold start C: lazyfs mount (empty cache), which prefetches the recorded pro
 sync; echo 3 > /proc/sys/vm/drop_caches
 mkdir -p "$WORK/mnt2"
 t0=$(now)
-# A fresh --profile-dir: what this node learned in cold start B stays out,
-# the profile comes from the registry ("" would turn profiles off).
-"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$WORK/cache2" --profile-dir "$WORK/profiles2" "$REG/demo/python:lazy" "$WORK/mnt2"
+# The profile comes from the registry: lazyfs record attached it to the image.
+"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$WORK/cache2" --profile-dir "" "$REG/demo/python:lazy" "$WORK/mnt2"
 t1=$(now)
 chroot "$WORK/mnt2" /usr/bin/python3 -c "$WORKLOAD"
 t2=$(now)
