@@ -100,5 +100,5 @@ for m in modes:
     if rs[0].get("prefetch"):
         pl = f'{med(lambda r: r["prefetch"]["profileLocal"]):.0f}/{med(lambda r: r["prefetch"]["profileChunks"]):.0f}'
     print(f"{m:18}{tot:>9.3f}{med(lambda r: r['mountSeconds']):>9.3f}{med(lambda r: r['runSeconds']):>8.3f}"
-          f"{med(lambda r: r['remote']['Requests']):>10.0f}{med(lambda r: r['remote']['BytesFetched'])/1e6:>12.1f}{pl:>15}{med(lambda r: r['fs']['NeighbourJobs']):>9.0f}   {tot/base:.2f}x")
+          f"{med(lambda r: r['remote']['requests']):>10.0f}{med(lambda r: r['remote']['bytesFetched'])/1e6:>12.1f}{pl:>15}{med(lambda r: r['fs']['neighbourJobs']):>9.0f}   {tot/base:.2f}x")
 PY
