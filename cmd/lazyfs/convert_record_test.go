@@ -164,6 +164,33 @@ func TestConvertRecord(t *testing.T) {
 		t.Fatalf("reading the recorded files after the prefetch made %d blob requests, want 0", got)
 	}
 
+	// --no-profile, through the daemon and standalone: no profile
+	// prefetched, neither the registry's nor one learned.
+	state := filepath.Join(tmp, "state")
+	for _, where := range [][]string{{"--control", sock}, {"--no-daemon", "--cache-dir", "", "--state-dir", state}} {
+		mnt := filepath.Join(tmp, "noprofile")
+		os.Mkdir(mnt, 0o755)
+		if out, err := run(t, append(append([]string{"mount", "--no-profile"}, where...), dst, mnt)...); err != nil {
+			t.Fatalf("mount --no-profile %v: %q %v", where, out, err)
+		}
+		statsArgs := append([]string{"stats", "--json"}, where[:2]...)
+		if where[0] == "--no-daemon" {
+			statsArgs = []string{"stats", "--json", "--state-dir", state}
+		}
+		out, err := run(t, append(statsArgs, mnt)...)
+		run(t, append(append([]string{"umount"}, statsArgs[2:]...), mnt)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st image.Stats
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.ProfileSource != "" || st.Prefetch != nil && st.Prefetch.ProfileChunks != 0 {
+			t.Fatalf("mount --no-profile %v of %s: profile %q %+v, want none", where, dst, st.ProfileSource, st.Prefetch)
+		}
+	}
+
 	// A recording that fails tags nothing.
 	dst2 := reg.Ref("bb:2-lazy")
 	if _, err := run(t, "convert", "--record", "--cache-dir", "", "--profile-dir", "", src, dst2, "--", "/no/such/command"); err == nil {

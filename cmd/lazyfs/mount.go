@@ -29,6 +29,7 @@ type mountFlags struct {
 	logLimit   sizeFlag
 	fill       bool
 	noFill     bool
+	noProfile  bool
 	profileDir string
 	fetch      fetchFlags
 }
@@ -101,6 +102,7 @@ fetching its layers whole first. Unmount with: lazyfs umount DIR.`,
 	f.Var(&mf.logLimit, "log-limit", "bound of a standalone server's log (one previous log is kept)")
 	f.BoolVar(&mf.fill, "fill", false, "after the start-up profile, fetch the rest of the image in the background (stops before the cache would evict); default: on through the daemon (its setting), off standalone")
 	f.BoolVar(&mf.noFill, "no-fill", false, "do not fill: fetch only what is read and the start-up profile (through the daemon too)")
+	f.BoolVar(&mf.noProfile, "no-profile", false, "prefetch no start-up profile, neither the node's nor the registry's; the mount still learns one (through the daemon too)")
 	f.StringVar(&mf.profileDir, "profile-dir", defaultProfileDir, "start-up profiles learned on this node: prefetched at mount, recorded until unmount (\"\": learn none; the image's profile in its registry is still prefetched)")
 	mf.fetch.bind(f)
 	return cmd
@@ -113,7 +115,7 @@ func daemonMount(cmd *cobra.Command, ref, dir string, mf *mountFlags, h node.Hea
 			fmt.Fprintf(cmd.ErrOrStderr(), "lazyfs: --%s is ignored: the daemon (pid %d) serves the mount with its own settings (--no-daemon to serve it here)\n", name, h.PID)
 		}
 	}
-	req := node.MountRequest{Ref: ref, Dir: dir, Pull: mf.pull, Platform: mf.platform, Fill: fillOption(mf)}
+	req := node.MountRequest{Ref: ref, Dir: dir, Pull: mf.pull, Platform: mf.platform, Fill: fillOption(mf), NoProfile: mf.noProfile}
 	st, err := node.NewClient(mf.control, 0).MountImage(cmd.Context(), req)
 	if err != nil {
 		return err
@@ -216,7 +218,7 @@ func serveMount(cmd *cobra.Command, ref, dir string, mf *mountFlags) (err error)
 		cfg.FS.SpoolDir = spool
 	}
 	return node.ServeStandalone(cmd.Context(), node.StandaloneConfig{
-		Node: cfg, Ref: ref, Dir: dir, StateDir: mf.stateDir, Image: node.ImageOptions{Platform: p, Pull: mf.pull, Fill: fillOption(mf)},
+		Node: cfg, Ref: ref, Dir: dir, StateDir: mf.stateDir, Image: node.ImageOptions{Platform: p, Pull: mf.pull, Fill: fillOption(mf), NoProfile: mf.noProfile},
 		Ready: func(st image.Stats) {
 			if mf.notifyFD >= 0 {
 				notify.Ready(st)

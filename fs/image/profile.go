@@ -36,6 +36,9 @@ type ProfileOptions struct {
 	// Record records the first-read order even without a Store, for
 	// Mounted.Recorded (lazyfs record).
 	Record bool
+	// NoLoad prefetches no profile, neither the Store's nor Source's; the
+	// mount still records and stores its own (lazyfs mount --no-profile).
+	NoLoad bool
 	// Prefetch configures the profile prefetch; with Prefetch.Fill the rest
 	// of the image follows in the background, with or without a profile.
 	Prefetch fs.PrefetchOptions
@@ -74,6 +77,9 @@ func loadProfile(ctx context.Context, o ProfileOptions, img *remote.Image, log *
 	ps := &profileState{o: o, log: log, img: img, loaded: make(chan struct{})}
 	go func() {
 		defer close(ps.loaded)
+		if o.NoLoad {
+			return
+		}
 		if o.Store != nil {
 			p, err := o.Store.Load(digestOf(img))
 			switch {

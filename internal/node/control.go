@@ -32,6 +32,8 @@ type MountRequest struct {
 	// daemon's default applies (on unless its profiles are off or it was
 	// started with fill off).
 	Fill *bool `json:"fill,omitempty"`
+	// NoProfile prefetches no start-up profile (ImageOptions.NoProfile).
+	NoProfile bool `json:"noProfile,omitempty"`
 }
 
 // LayerRequest is the body of POST /v1/layers and /v1/layers/check.
@@ -85,10 +87,10 @@ func (n *Node) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/mounts", func(w http.ResponseWriter, r *http.Request) {
 		var req MountRequest
 		if err := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody)).Decode(&req); err != nil || req.Ref == "" || req.Dir == "" {
-			http.Error(w, `body must be {"ref": "...", "dir": "/abs/path", "pull": false, "platform": "", "fill": true}`, http.StatusBadRequest)
+			http.Error(w, `body must be {"ref": "...", "dir": "/abs/path", "pull": false, "platform": "", "fill": true, "noProfile": false}`, http.StatusBadRequest)
 			return
 		}
-		o := ImageOptions{Pull: req.Pull, Fill: req.Fill}
+		o := ImageOptions{Pull: req.Pull, Fill: req.Fill, NoProfile: req.NoProfile}
 		if req.Platform != "" {
 			p, err := v1.ParsePlatform(req.Platform)
 			if err != nil {

@@ -290,6 +290,9 @@ type ImageOptions struct {
 	// Fill, if set, turns fill on or off for this mount instead of the
 	// node's default (ProfileConfig.NoFill): lazyfs mount --fill/--no-fill.
 	Fill *bool
+	// NoProfile prefetches no start-up profile, neither the node's nor the
+	// registry's; the mount still learns one (lazyfs mount --no-profile).
+	NoProfile bool
 }
 
 // MountImage mounts ref's merged root read-only at dir with the node's

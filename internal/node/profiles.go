@@ -80,8 +80,8 @@ func (n *Node) imageProfiles(o ImageOptions) image.ProfileOptions {
 	if !on && !o.Record && !fill {
 		return image.ProfileOptions{}
 	}
-	po := image.ProfileOptions{Store: n.profiles, Record: o.Record, Prefetch: n.cfg.Profiles.Prefetch, Autosave: n.cfg.Profiles.Autosave}
-	if n.sources != nil {
+	po := image.ProfileOptions{Store: n.profiles, Record: o.Record, NoLoad: o.NoProfile, Prefetch: n.cfg.Profiles.Prefetch, Autosave: n.cfg.Profiles.Autosave}
+	if n.sources != nil && !o.NoProfile {
 		po.Source = n.sources.Get
 	}
 	po.Prefetch.Fill = fill
