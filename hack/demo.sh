@@ -146,41 +146,44 @@ chroot "$WORK/full" /usr/bin/python3 -c "$WORKLOAD"
 t2=$(now)
 FULL_READY=$(secs "$t0" "$t1"); FULL_TOTAL=$(secs "$t0" "$t2")
 
+# lazy_start DIR CACHE: a cold start from a lazy mount of the converted image
+# at DIR with the empty block cache CACHE: page cache dropped, mount, run
+# python. Sets READY, TOTAL, FETCHED (bytes from the registry) and LAZY_IMG
+# (the converted image's size), then unmounts.
+lazy_start() {
+	sync; echo 3 > /proc/sys/vm/drop_caches
+	mkdir -p "$1"
+	local t0 t1 t2 stats
+	t0=$(now)
+	# --profile-dir "": the mount learns no profile into the node's
+	# /var/lib/lazyfs/profiles (which the next demo would prefetch); a
+	# profile attached to the image in its registry is still prefetched.
+	"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$2" --profile-dir "" "$REG/demo/python:lazy" "$1"
+	t1=$(now)
+	chroot "$1" /usr/bin/python3 -c "$WORKLOAD"
+	t2=$(now)
+	READY=$(secs "$t0" "$t1"); TOTAL=$(secs "$t0" "$t2")
+	stats=$("$LAZYFS" stats --json --state-dir "$WORK/state" "$1")
+	FETCHED=$(printf '%s' "$stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["remote"]["bytesFetched"])')
+	LAZY_IMG=$(printf '%s' "$stats" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["imageSize"])')
+	"$LAZYFS" umount --state-dir "$WORK/state" "$1" >/dev/null
+}
+
 # --- 4. cold start B: lazy mount -------------------------------------------
 say "cold start B: lazyfs mount, then run python from the mount"
-sync; echo 3 > /proc/sys/vm/drop_caches
-mkdir -p "$WORK/mnt"
-t0=$(now)
-# --profile-dir "": the mount learns no profile into the node's
-# /var/lib/lazyfs/profiles (which the next demo would prefetch).
-"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$WORK/cache" --profile-dir "" "$REG/demo/python:lazy" "$WORK/mnt"
-t1=$(now)
-chroot "$WORK/mnt" /usr/bin/python3 -c "$WORKLOAD"
-t2=$(now)
-LAZY_READY=$(secs "$t0" "$t1"); LAZY_TOTAL=$(secs "$t0" "$t2")
-STATS=$("$LAZYFS" stats --json --state-dir "$WORK/state" "$WORK/mnt")
-FETCHED=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["remote"]["bytesFetched"])')
-LAZY_IMG=$(printf '%s' "$STATS" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["imageSize"])')
-"$LAZYFS" umount --state-dir "$WORK/state" "$WORK/mnt" >/dev/null
+lazy_start "$WORK/mnt" "$WORK/cache"
+LAZY_READY=$READY LAZY_TOTAL=$TOTAL LAZY_FETCHED=$FETCHED
 
 # --- 5. cold start C: with a start-up profile -------------------------------
 say "recording a start-up profile: lazyfs record $REG/demo/python:lazy -- python3 -c '...'"
 "$LAZYFS" record ${INSECURE[@]+"${INSECURE[@]}"} --cache-dir "" --profile-dir "" "$REG/demo/python:lazy" -- /usr/bin/python3 -c "$WORKLOAD" >/dev/null
 say "cold start C: lazyfs mount (empty cache), which prefetches the recorded profile, then run python"
-sync; echo 3 > /proc/sys/vm/drop_caches
-mkdir -p "$WORK/mnt2"
-t0=$(now)
-# The profile comes from the registry: lazyfs record attached it to the image.
-"$LAZYFS" mount ${INSECURE[@]+"${INSECURE[@]}"} --state-dir "$WORK/state" --cache-dir "$WORK/cache2" --profile-dir "" "$REG/demo/python:lazy" "$WORK/mnt2"
-t1=$(now)
-chroot "$WORK/mnt2" /usr/bin/python3 -c "$WORKLOAD"
-t2=$(now)
-PROF_READY=$(secs "$t0" "$t1"); PROF_TOTAL=$(secs "$t0" "$t2")
-PROF_FETCHED=$("$LAZYFS" stats --json --state-dir "$WORK/state" "$WORK/mnt2" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["remote"]["bytesFetched"])')
+lazy_start "$WORK/mnt2" "$WORK/cache2"
+PROF_READY=$READY PROF_TOTAL=$TOTAL PROF_FETCHED=$FETCHED
 
 # --- 6. what happened -------------------------------------------------------
 say "result"
-python3 - "$FULL_READY" "$FULL_TOTAL" "$LAZY_READY" "$LAZY_TOTAL" "$PROF_READY" "$PROF_TOTAL" "$IMG_BYTES" "$FETCHED" "$PROF_FETCHED" "$LAZY_IMG" "$LINK" <<'PY'
+python3 - "$FULL_READY" "$FULL_TOTAL" "$LAZY_READY" "$LAZY_TOTAL" "$PROF_READY" "$PROF_TOTAL" "$IMG_BYTES" "$LAZY_FETCHED" "$PROF_FETCHED" "$LAZY_IMG" "$LINK" <<'PY'
 import sys
 fr, ft, lr, lt, pr, pt = map(float, sys.argv[1:7]); img, fetched, pfetched, limg = map(int, sys.argv[7:11]); link = sys.argv[11]
 mb = lambda b: f"{b/1e6:.1f} MB"
