@@ -54,7 +54,7 @@ func (rf *runFlags) register(f *pflag.FlagSet) {
 	rf.imageFlags = newImageFlags()
 	rf.imageFlags.bind(f)
 	f.StringVar(&rf.profileDir, "profile-dir", defaultProfileDir, "profiles learned on this node, by image digest (\"\": learn none; the image's profile in its registry is still prefetched unless --no-profile)")
-	f.BoolVar(&rf.noProfile, "no-profile", false, "prefetch no start-up profile (neither the node's nor the registry's)")
+	f.BoolVar(&rf.noProfile, "no-profile", false, "prefetch no start-up profile, neither the node's nor the registry's; the run still learns one into --profile-dir")
 	f.BoolVar(&rf.fill, "fill", false, "after the profile, fetch the rest of the image in the background (stops before the cache would evict)")
 	f.DurationVar(&rf.timeout, "timeout", 0, "end the command after this long (SIGTERM, then SIGKILL)")
 	f.StringVar(&rf.readyLine, "ready-line", "", "end the run when the command prints a line on stdout matching this regular expression")
