@@ -20,6 +20,21 @@ import (
 	"github.com/lazyfs/lazyfs/internal/node"
 )
 
+// resolveLayers resolves ref through n's fetcher and returns the image and
+// its layers' digests, in order (what per-layer mounts' labels name).
+func resolveLayers(t *testing.T, n *node.Node, ref string) (*remote.Image, []string) {
+	t.Helper()
+	img, err := n.Fetcher().Resolve(context.Background(), ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digests := make([]string, len(img.Layers))
+	for i, l := range img.Layers {
+		digests[i] = l.Digest.String()
+	}
+	return img, digests
+}
+
 // profileNode starts a Node with its state (and so its learned profiles)
 // in root and a fresh in-memory cache: a restart after the cache was wiped.
 func profileNode(t *testing.T, root string, pc node.ProfileConfig) *node.Node {
@@ -187,14 +202,7 @@ func TestDaemonLearnsProfile(t *testing.T) {
 	// not store the image's profile (TestProfileSurvivesKill checks that
 	// autosave stores it while the layers are mounted).
 	n3 := profileNode(t, root, node.ProfileConfig{Autosave: profile.AutosaveOptions{Off: true}})
-	img, err := n3.Fetcher().Resolve(ctx, ref, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var digests []string
-	for _, l := range img.Layers {
-		digests = append(digests, l.Digest.String())
-	}
+	_, digests := resolveLayers(t, n3, ref)
 	want := 0
 	for _, s := range prof.Spans {
 		if prof.Layers[s.Layer] == digests[1] {
@@ -314,14 +322,7 @@ func TestProfileSurvivesKill(t *testing.T) {
 	t.Run("layers", func(t *testing.T) {
 		root := t.TempDir()
 		n1 := profileNode(t, root, node.ProfileConfig{Autosave: autosave})
-		img, err := n1.Fetcher().Resolve(ctx, ref, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var digests []string
-		for _, l := range img.Layers {
-			digests = append(digests, l.Digest.String())
-		}
+		img, digests := resolveLayers(t, n1, ref)
 		ldirs := []string{mountDir(t, "layer0"), mountDir(t, "layer1")}
 		for i, d := range ldirs {
 			if err := n1.LayerFS().Mount(ctx, d, labels(ref, digests[i], digests...)); err != nil {

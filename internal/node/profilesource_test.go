@@ -98,14 +98,7 @@ func TestLayerMountsPrefetchRegistryProfile(t *testing.T) {
 			}
 			t.Cleanup(func() { n2.Close() })
 			lookups := reg.Referrers.Load()
-			img, err := n2.Fetcher().Resolve(ctx, ref, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var digests []string
-			for _, l := range img.Layers {
-				digests = append(digests, l.Digest.String())
-			}
+			_, digests := resolveLayers(t, n2, ref)
 			ldirs := []string{mountDir(t, "layer0"), mountDir(t, "layer1")}
 			var g errgroup.Group
 			for i, d := range ldirs {
